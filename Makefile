@@ -1,0 +1,95 @@
+# rankflow — `make help` lists the targets. Everything runs from the repository root.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV          := $(CURDIR)/.venv
+PY            := $(VENV)/bin/python
+UV_VERSION    := 0.13.9
+export RANKFLOW_HOME ?= $(CURDIR)/.rankflow
+export RANKFLOW_ROOT := $(CURDIR)
+export AIRFLOW_HOME ?= $(RANKFLOW_HOME)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
+export AIRFLOW__LOGGING__LOGGING_LEVEL ?= WARNING
+# The embedded defaults: Spark in local mode, a local S3 endpoint that accepts any key pair.
+export AIRFLOW_CONN_SPARK_RANKFLOW ?= {"conn_type": "spark", "host": "local[*]"}
+export AWS_ACCESS_KEY_ID ?= rankflow-local
+export AWS_SECRET_ACCESS_KEY ?= rankflow-local
+export AWS_DEFAULT_REGION ?= us-east-1
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/dags
+export PATH := $(VENV)/bin:$(PATH)
+export PYSPARK_PYTHON := $(PY)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(RANKFLOW_HOME)/stamps
+
+.PHONY: help setup up down demo test test-fast lint format typecheck check airflow bench lock clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: requirements.txt requirements.lock pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt -c requirements.lock
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
+	@touch $@
+
+$(STAMP)/redis-server:
+	@mkdir -p $(STAMP)
+	@command -v redis-server >/dev/null || { echo "installing redis-server from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server redis-tools >/dev/null; }
+	@touch $@
+
+$(STAMP)/spark: $(VENV)/.installed
+	@mkdir -p $(STAMP)
+	$(PY) -m rankflow.cli warm-spark
+	@touch $@
+
+$(STAMP)/airflow-db: $(VENV)/.installed
+	@mkdir -p $(STAMP) $(AIRFLOW_HOME)
+	$(VENV)/bin/airflow db migrate >/dev/null
+	@touch $@
+
+setup: $(VENV)/.installed $(STAMP)/redis-server $(STAMP)/spark $(STAMP)/airflow-db ## Install what is missing: venv, redis-server, Delta jars, Airflow DB
+
+up: $(VENV)/.installed $(STAMP)/redis-server ## Start the local Redis server and S3 endpoint
+	$(PY) -m rankflow.cli services up
+
+down: ## Stop the local services
+	@test -x $(PY) && $(PY) -m rankflow.cli services down || true
+
+demo: setup up ## Generate the demo marketplace and run the nightly DAG once, end to end
+	$(PY) -m rankflow.cli demo
+
+test: setup up ## Run every test (unit, Spark, services, DAG, end-to-end)
+	$(PY) -m pytest
+
+test-fast: setup up ## Run the tests that take seconds (no Spark, no end-to-end)
+	$(PY) -m pytest -m "not spark and not slow"
+
+lint: $(VENV)/.installed ## Lint and check formatting (ruff)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed ## Format the code (ruff)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: $(VENV)/.installed ## Type-check the library (mypy --strict)
+	$(VENV)/bin/mypy
+
+check: lint typecheck test ## Everything CI runs
+
+airflow: setup up ## Start `airflow standalone` with the project's DAGs (web UI on :8080)
+	$(VENV)/bin/airflow standalone
+
+bench: setup up ## Benchmark scoring and publishing (BENCH_USERS, BENCH_CANDIDATES)
+	$(PY) bench/bench_score_publish.py
+
+lock: $(VENV)/.installed ## Re-resolve requirements.lock from requirements.txt
+	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 -o requirements.lock
+
+clean: down ## Remove generated data, services' state and caches (keeps .venv)
+	rm -rf $(RANKFLOW_HOME) .pytest_cache .mypy_cache .ruff_cache

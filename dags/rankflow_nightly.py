@@ -1,0 +1,105 @@
+"""
+### rankflow nightly ranking refresh
+
+Turns yesterday's marketplace behaviour into fresh personalised ranked lists:
+
+ingest -> features -> candidates -> training set -> (train -> evaluate/gate | reuse champion)
+-> score -> publish S3 -> publish Redis
+
+Every Spark step is a `spark-submit` of `jobs/<step>.py` on the master of the `spark_rankflow`
+connection (`local[*]` by default); Redis and S3 come from the `redis_rankflow` and `s3_rankflow`
+connections, or the worker's `RANKFLOW_*` environment variables. Each step rewrites only the
+partition of its date, so retries and backfills are safe; a backfill of an older date never
+replaces a newer list in Redis.
+
+**Trigger form**: `ds` (the day to process; defaults to the run's data interval start),
+`surface`, `top_k`, `retrain` (train and gate a new model, or score with the current champion).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, chain, dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+from rankflow_operators import RankflowSparkSubmitOperator
+
+SURFACES = ["home", "search", "similar"]
+
+
+@dag(
+    dag_id="rankflow_nightly",
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 10, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "owner": "ranking",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+    },
+    params={
+        "ds": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            pattern=r"^\d{4}-\d{2}-\d{2}$",
+            description="Day to process (YYYY-MM-DD); empty = the run's data interval start.",
+        ),
+        "surface": Param("home", enum=SURFACES, description="Surface whose lists are built."),
+        "top_k": Param(100, type="integer", minimum=1, maximum=500, description="List length."),
+        "retrain": Param(True, type="boolean", description="Train and gate a new model first."),
+    },
+    doc_md=__doc__,
+    tags=["rankflow"],
+)
+def rankflow_nightly() -> None:
+    """Wire the nightly steps (see the module docstring)."""
+
+    @task(retries=0)
+    def check_params(params: dict, data_interval_start: pendulum.DateTime | None = None) -> str:
+        """Validate the trigger parameters before any work starts; return the day to process."""
+        from rankflow.dagparams import resolve_run_date
+
+        return resolve_run_date(params, data_interval_start)
+
+    @task.branch
+    def choose_model(params: dict) -> str:
+        """Train a challenger, or score with the current champion."""
+        return "train" if params["retrain"] else "reuse_champion"
+
+    @task
+    def reuse_champion() -> None:
+        """Keep the current champion (retrain=false)."""
+
+    ds = check_params()
+    day = ["--ds", ds]
+    lists = ["--surface", "{{ params.surface }}"]
+
+    def spark_step(step: str, args: list, **kwargs: object) -> RankflowSparkSubmitOperator:
+        return RankflowSparkSubmitOperator(step=step, application_args=args, **kwargs)
+
+    ingest = spark_step("ingest", day)
+    features = spark_step("features", day)
+    candidates = spark_step("candidates", day)
+    training_set = spark_step("training_set", day)
+    train = spark_step("train", day)
+    evaluate = spark_step("evaluate", day, retries=0)
+    score = spark_step(
+        "score",
+        [*day, *lists, "--top-k", "{{ params.top_k }}"],
+        trigger_rule="none_failed_min_one_success",
+    )
+    publish_s3 = spark_step("publish_s3", [*day, *lists])
+    publish_redis = spark_step("publish_redis", [*day, *lists])
+
+    branch = choose_model()
+    reuse = reuse_champion()
+    chain(ds, ingest, features, candidates, training_set, branch, [train, reuse])
+    chain(train, evaluate, score)
+    chain(reuse, score, publish_s3, publish_redis)
+
+
+rankflow_nightly()

@@ -1,0 +1,169 @@
+"""The one configuration module: paths, service endpoints and pipeline parameters.
+
+Everything is built once by :func:`load_settings` from environment variables and the versioned
+YAML file (``defaults.yaml`` deep-merged with ``$RANKFLOW_CONFIG``), then passed explicitly.
+Nothing here touches the network or the file system beyond reading that YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
+DEFAULT_S3_ENDPOINT = "http://127.0.0.1:9010"
+
+
+def repo_root() -> Path:
+    """Return the project checkout root (``RANKFLOW_ROOT`` or the folder holding ``include/``)."""
+    if "RANKFLOW_ROOT" in os.environ:
+        return Path(os.environ["RANKFLOW_ROOT"]).resolve()
+    return Path(__file__).resolve().parents[2]
+
+
+def expand_env(value: Any, env: Mapping[str, str]) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML tree."""
+    if isinstance(value, str):
+        return ENV_PATTERN.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env) for v in value]
+    return value
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in, recursing into nested mappings."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_pipeline_config(
+    path: str | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Load the default pipeline YAML, merged with the override file at ``path`` if given."""
+    env = os.environ if env is None else env
+    text = resources.files("rankflow").joinpath("defaults.yaml").read_text()
+    config: dict[str, Any] = yaml.safe_load(text)
+    if path:
+        override = yaml.safe_load(Path(path).read_text()) or {}
+        config = deep_merge(config, override)
+    expanded: dict[str, Any] = expand_env(config, env)
+    return expanded
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Return a stable short hash of a configuration tree (logged with every model)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the embedded deployment keeps its state (all under ``home``)."""
+
+    home: Path
+    raw: Path
+    lake: Path
+    mlflow: Path
+
+    def table(self, name: str) -> str:
+        """Return the location of a Delta table such as ``bronze/events``."""
+        return str(self.lake / name)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Connection and key layout of the serving store."""
+
+    url: str
+    key_prefix: str
+    old_version_ttl_seconds: int
+    mset_batch: int
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Endpoint and layout of the ranked-list exports."""
+
+    endpoint_url: str | None
+    bucket: str
+    region: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """How jobs open their Spark session."""
+
+    master: str
+    shuffle_partitions: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a job, task or command needs to know, built once."""
+
+    paths: Paths
+    redis: RedisSettings
+    s3: S3Settings
+    spark: SparkSettings
+    mlflow_tracking_uri: str
+    model_name: str
+    pipeline: dict[str, Any] = field(repr=False)
+
+    @property
+    def pipeline_hash(self) -> str:
+        """Hash of the pipeline configuration, recorded with every model."""
+        return config_hash(self.pipeline)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from environment variables and the pipeline YAML."""
+    env = os.environ if env is None else env
+    home = Path(env.get("RANKFLOW_HOME", str(repo_root() / ".rankflow"))).resolve()
+    data = home / "data"
+    pipeline = load_pipeline_config(env.get("RANKFLOW_CONFIG"), env)
+    publish = pipeline["publish"]
+    mlflow_dir = home / "mlflow"
+    return Settings(
+        paths=Paths(home=home, raw=data / "raw", lake=data / "lake", mlflow=mlflow_dir),
+        redis=RedisSettings(
+            url=env.get("RANKFLOW_REDIS_URL", DEFAULT_REDIS_URL),
+            key_prefix=publish["redis_key_prefix"],
+            old_version_ttl_seconds=int(publish["old_version_ttl_seconds"]),
+            mset_batch=int(publish["mset_batch"]),
+        ),
+        s3=S3Settings(
+            endpoint_url=env.get("RANKFLOW_S3_ENDPOINT", DEFAULT_S3_ENDPOINT) or None,
+            bucket=env.get("RANKFLOW_S3_BUCKET", "rankflow"),
+            region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+            prefix=publish["s3_prefix"],
+        ),
+        spark=SparkSettings(
+            master=env.get("RANKFLOW_SPARK_MASTER", "local[*]"),
+            shuffle_partitions=int(env.get("RANKFLOW_SHUFFLE_PARTITIONS", "8")),
+        ),
+        mlflow_tracking_uri=env.get(
+            "MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+        ),
+        model_name=env.get("RANKFLOW_MODEL_NAME", "rankflow-ranker"),
+        pipeline=pipeline,
+    )

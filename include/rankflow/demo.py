@@ -1,0 +1,147 @@
+"""``rankflow demo``: simulated marketplace -> history -> one nightly DAG run -> report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from rankflow.config import Settings, config_hash, repo_root
+from rankflow.generate import GeneratorConfig
+
+DAG_ID = "rankflow_nightly"
+
+
+def history_window(last: date, settings: Settings) -> tuple[date, date]:
+    """Return the days whose training sets the first nightly run needs (before ``last``)."""
+    training = settings.pipeline["training"]
+    first = last - timedelta(days=int(training["train_days"]) + int(training["validation_days"]))
+    return first, last - timedelta(days=1)
+
+
+def state_file(settings: Settings, preset: str) -> Path:
+    """Return where the demo remembers what it already generated and built."""
+    return settings.paths.home / "demo" / f"{preset}.json"
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """Read the demo's progress record (empty when starting afresh)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the demo's progress record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2, default=str))
+
+
+def ensure_generated(settings: Settings, config: GeneratorConfig, state: dict[str, Any]) -> dict[str, Any]:
+    """Generate the raw drops unless the same configuration was generated already."""
+    from rankflow.generate import generate_marketplace
+
+    wanted = config_hash({k: str(v) for k, v in asdict(config).items()})
+    if state.get("generated") == wanted:
+        print(f"raw drops: already generated in {settings.paths.raw}")
+        return state
+    if settings.paths.home.joinpath("data").exists():
+        shutil.rmtree(settings.paths.home / "data")
+    summary = generate_marketplace(config, settings.paths.raw)
+    print(f"raw drops: generated {summary.impressions:,} impressions in {summary.seconds:.0f}s")
+    return {"generated": wanted, "summary": summary.as_dict()}
+
+
+def ensure_history(settings: Settings, last: date, start: date, state: dict[str, Any]) -> dict[str, Any]:
+    """Ingest the days before ``last`` and build their training sets (one Spark session)."""
+    from rankflow.pipeline import run_ingest, run_training_set
+    from rankflow.spark import get_session
+
+    first, end = history_window(last, settings)
+    if state.get("history") == [start.isoformat(), end.isoformat()]:
+        print(f"history: already built ({start} .. {end})")
+        return state
+    began = time.monotonic()
+    spark = get_session(settings, "rankflow-demo-history")
+    try:
+        run_ingest(spark, settings, start, end)
+        run_training_set(spark, settings, max(first, start + timedelta(days=1)), end)
+    finally:
+        spark.stop()
+    print(f"history: ingested {start} .. {end}, training sets from {first} in {time.monotonic() - began:.0f}s")
+    return {**state, "history": [start.isoformat(), end.isoformat()]}
+
+
+def run_nightly_dag(ds: date, conf: dict[str, Any]) -> None:
+    """Run the nightly DAG once for ``ds`` in-process with ``airflow dags test``."""
+    airflow = shutil.which("airflow") or str(Path(os.sys.executable).parent / "airflow")
+    command = [
+        airflow, "dags", "test", DAG_ID, f"{ds.isoformat()}T02:00:00+00:00",
+        "--conf", json.dumps({"ds": ds.isoformat(), **conf}),
+    ]
+    subprocess.run(command, check=True, cwd=repo_root())
+
+
+def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
+    """Print where the lists are, the evaluation table and a sample lookup; return the figures."""
+    import redis
+
+    from rankflow.serving import RankingReader, status
+    from rankflow.training import read_run_record
+
+    evaluation = read_run_record(settings, ds, "evaluation")
+    scored = read_run_record(settings, ds, f"score-{surface}")
+    exported = read_run_record(settings, ds, f"publish-s3-{surface}")
+    published = read_run_record(settings, ds, f"publish-redis-{surface}")
+    candidates = read_run_record(settings, ds, "candidates") if (
+        settings.paths.home / "runs" / f"ds={ds.isoformat()}" / "candidates.json"
+    ).exists() else {}
+    client = redis.Redis.from_url(settings.redis.url)
+    reader = RankingReader.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
+    print("\n== offline evaluation on the held-out day", ds, f"({evaluation['rows']:,} impressions)")
+    print(evaluation["text"])
+    print("gate:", evaluation["gate"]["reason"])
+    print("\n== published lists")
+    print(f"S3   s3://{exported['bucket']}/{exported['manifest_key']}  ({exported['users']:,} users)")
+    print(f"Redis {settings.redis.url}  version {published['version']}  ({published['users']:,} users)")
+    print(json.dumps(status(client, settings.redis.key_prefix, surface), default=str, indent=2))
+    sample_user = published.get("sample_user")
+    if sample_user is not None:
+        print("\n== sample lookup: rankflow lookup --user", sample_user)
+        print(json.dumps(reader.lookup(int(sample_user), surface).as_dict())[:400], "...")
+    print("\n== unknown user gets the fallback list: rankflow lookup --user 4000000000")
+    print(json.dumps(reader.lookup(4_000_000_000, surface).as_dict())[:200], "...")
+    figures = {
+        "ds": ds.isoformat(),
+        "scored_users": scored["users"],
+        "s3_users": exported["users"],
+        "redis_users": published["users"],
+        "active_users": candidates.get("users"),
+        "ndcg@10": {k: v["ndcg@10"] for k, v in evaluation["table"].items()},
+    }
+    return figures
+
+
+def run_demo(settings: Settings, preset: str = "demo") -> int:
+    """Run the whole demo; every stage is skipped when its result already exists."""
+    from rankflow import services
+
+    began = time.monotonic()
+    print("\n".join(services.up(settings)))
+    config = GeneratorConfig.preset(preset)
+    last = config.start + timedelta(days=config.days - 1)
+    path = state_file(settings, preset)
+    state = ensure_generated(settings, config, read_state(path))
+    write_state(path, state)
+    state = ensure_history(settings, last, config.start, state)
+    write_state(path, state)
+    surface = str(settings.pipeline["scoring"]["surface"])
+    run_nightly_dag(last, {"surface": surface, "top_k": int(settings.pipeline["scoring"]["top_k"]), "retrain": True})
+    figures = report(settings, last, surface)
+    figures["seconds"] = round(time.monotonic() - began, 1)
+    print("\n== demo figures\n" + json.dumps(figures, indent=2))
+    return 0

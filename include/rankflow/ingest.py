@@ -1,0 +1,228 @@
+"""Raw drops (JSON Lines, docs/raw-format.md) -> bronze Delta tables, with a quarantine.
+
+Every line is parsed against an explicit schema and checked; a line that fails any rule goes to
+``bronze/quarantine`` with the first failing reason and its original text, never silently away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rankflow.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+RAW_KINDS = ("users", "items", "events")
+EVENT_TYPES = ("impression", "click", "like", "save", "add_to_bag", "purchase")
+MAX_ID = 2**32 - 1
+CORRUPT = "_corrupt_record"
+
+
+class IngestError(RuntimeError):
+    """A raw drop cannot be ingested (missing, or too many malformed rows)."""
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    """Counts of one kind of drop for one day."""
+
+    kind: str
+    ds: str
+    rows: int
+    accepted: int
+    quarantined: int
+
+    @property
+    def quarantine_share(self) -> float:
+        """Share of the day's rows that went to quarantine."""
+        return self.quarantined / self.rows if self.rows else 0.0
+
+
+def raw_schema(kind: str) -> StructType:
+    """Return the explicit raw schema of a drop kind (plus the corrupt-record column)."""
+    from pyspark.sql import types as T
+
+    fields = {
+        "users": [
+            T.StructField("user_id", T.LongType()),
+            T.StructField("signup_ts", T.TimestampType()),
+            T.StructField("country", T.StringType()),
+            T.StructField("size", T.StringType()),
+        ],
+        "items": [
+            T.StructField("item_id", T.LongType()),
+            T.StructField("seller_id", T.LongType()),
+            T.StructField("listed_ts", T.TimestampType()),
+            T.StructField("category", T.StringType()),
+            T.StructField("brand", T.StringType()),
+            T.StructField("style", T.StringType()),
+            T.StructField("size", T.StringType()),
+            T.StructField("condition", T.StringType()),
+            T.StructField("price", T.DoubleType()),
+            T.StructField("seller_rating", T.DoubleType()),
+        ],
+        "events": [
+            T.StructField("event_id", T.StringType()),
+            T.StructField("event_type", T.StringType()),
+            T.StructField("ts", T.TimestampType()),
+            T.StructField("user_id", T.LongType()),
+            T.StructField("item_id", T.LongType()),
+            T.StructField("surface", T.StringType()),
+            T.StructField("session_id", T.StringType()),
+            T.StructField("position", T.IntegerType()),
+        ],
+    }[kind]
+    return T.StructType([*fields, T.StructField(CORRUPT, T.StringType())])
+
+
+def required_fields(kind: str) -> tuple[str, ...]:
+    """Return the fields a row of ``kind`` must carry (docs/raw-format.md)."""
+    return {
+        "users": ("user_id", "signup_ts", "country"),
+        "items": ("item_id", "seller_id", "listed_ts", "category", "brand", "condition", "price"),
+        "events": (
+            "event_id",
+            "event_type",
+            "ts",
+            "user_id",
+            "item_id",
+            "surface",
+            "session_id",
+            "position",
+        ),
+    }[kind]
+
+
+def raw_day_path(settings: Settings, kind: str, ds: date) -> Path:
+    """Return the folder of one day's drop of one kind."""
+    return settings.paths.raw / kind / f"ds={ds.isoformat()}"
+
+
+def parse_lines(lines: DataFrame, kind: str) -> DataFrame:
+    """Parse JSON text lines against the explicit schema, keeping the original line as ``raw``."""
+    from pyspark.sql import functions as F
+
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
+    parsed = F.from_json(F.col("value"), raw_schema(kind), options)
+    return lines.select(F.col("value").alias("raw"), parsed.alias("r")).select("raw", "r.*")
+
+
+def rejection_reason(kind: str, ds: date) -> Column:
+    """Return a column holding the first rule a parsed row breaks, or null if it is valid."""
+    from pyspark.sql import functions as F
+
+    day = F.lit(ds.isoformat()).cast("date")
+    rules: list[tuple[Column, str]] = [(F.col(CORRUPT).isNotNull(), "malformed JSON or wrong type")]
+    rules += [(F.col(name).isNull(), f"missing {name}") for name in required_fields(kind)]
+    id_cols = {"users": ["user_id"], "items": ["item_id", "seller_id"], "events": ["user_id", "item_id"]}
+    rules += [
+        ((F.col(c) < 1) | (F.col(c) > MAX_ID), f"{c} outside 1..2^32-1") for c in id_cols[kind]
+    ]
+    if kind == "events":
+        rules += [
+            (~F.col("event_type").isin(*EVENT_TYPES), "unknown event_type"),
+            (F.col("position") < 1, "position < 1"),
+            (F.to_date("ts") != day, "timestamp outside the drop's day"),
+        ]
+    if kind == "items":
+        rules += [(F.col("price") <= 0, "price <= 0")]
+    reason = F.lit(None).cast("string")
+    for condition, text in reversed(rules):
+        reason = F.when(condition, F.lit(text)).otherwise(reason)
+    return reason
+
+
+def with_duplicate_reason(df: DataFrame, key: str) -> DataFrame:
+    """Mark every copy but the first (by raw text) of a repeated key as a duplicate."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    window = Window.partitionBy(key).orderBy("raw")
+    rank = F.row_number().over(window)
+    duplicate = F.col(key).isNotNull() & (rank > 1)
+    return df.withColumn(
+        "reason",
+        F.when(F.col("reason").isNull() & duplicate, F.lit(f"duplicate {key}")).otherwise(
+            F.col("reason")
+        ),
+    )
+
+
+def validate(parsed: DataFrame, kind: str, ds: date) -> DataFrame:
+    """Attach the rejection ``reason`` of every parsed row (null for accepted rows)."""
+    key = {"users": "user_id", "items": "item_id", "events": "event_id"}[kind]
+    return parsed.withColumn("reason", rejection_reason(kind, ds)).transform(
+        lambda df: with_duplicate_reason(df, key)
+    )
+
+
+def accepted_rows(validated: DataFrame, kind: str, ds: date) -> DataFrame:
+    """Select the accepted rows in the bronze schema of ``kind`` (the output contract)."""
+    from pyspark.sql import functions as F
+
+    columns = [f.name for f in raw_schema(kind).fields if f.name != CORRUPT]
+    return validated.where(F.col("reason").isNull()).select(
+        *columns, F.lit(ds.isoformat()).cast("date").alias("ds")
+    )
+
+
+def quarantined_rows(validated: DataFrame, kind: str, ds: date) -> DataFrame:
+    """Select the rejected rows with their reason and original line."""
+    from pyspark.sql import functions as F
+
+    return validated.where(F.col("reason").isNotNull()).select(
+        F.lit(kind).alias("source"),
+        "reason",
+        "raw",
+        F.lit(ds.isoformat()).cast("date").alias("ds"),
+    )
+
+
+def ingest_day(spark: SparkSession, settings: Settings, kind: str, ds: date) -> IngestStats:
+    """Ingest one day's drop of one kind into bronze; quarantine is written before any check."""
+    from pyspark.sql import functions as F
+
+    from rankflow.spark import write_partition
+
+    folder = raw_day_path(settings, kind, ds)
+    if not (folder / "_SUCCESS").exists():
+        raise IngestError(
+            f"the {kind} drop for {ds} is not complete: {folder}/_SUCCESS is missing "
+            "(land the day's files, then the _SUCCESS marker, and retry)"
+        )
+    lines = spark.read.text(str(folder / "*.jsonl*")).where(F.length(F.trim("value")) > 0)
+    validated = validate(parse_lines(lines, kind), kind, ds).cache()
+    counts = validated.groupBy(F.col("reason").isNull().alias("ok")).count().collect()
+    by_status = {bool(row["ok"]): int(row["count"]) for row in counts}
+    stats = IngestStats(
+        kind=kind,
+        ds=ds.isoformat(),
+        rows=sum(by_status.values()),
+        accepted=by_status.get(True, 0),
+        quarantined=by_status.get(False, 0),
+    )
+    quarantine_path = settings.paths.table("bronze/quarantine")
+    (
+        quarantined_rows(validated, kind, ds)
+        .write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"ds = DATE'{ds.isoformat()}' AND source = '{kind}'")
+        .partitionBy("ds", "source")
+        .save(quarantine_path)
+    )
+    limit = float(settings.pipeline["ingest"]["max_quarantine_share"])
+    if stats.quarantine_share > limit:
+        validated.unpersist()
+        raise IngestError(
+            f"{stats.quarantined} of {stats.rows} {kind} rows for {ds} are malformed "
+            f"({stats.quarantine_share:.1%} > limit {limit:.1%}); bronze was not updated. "
+            f"Inspect them in {quarantine_path} (ds={ds}, source={kind}) and fix the drop."
+        )
+    write_partition(accepted_rows(validated, kind, ds), settings.paths.table(f"bronze/{kind}"), ds)
+    validated.unpersist()
+    return stats

@@ -1,0 +1,73 @@
+"""Shared entry point of the ``jobs/*.py`` spark-submit scripts: arguments, session, step."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from typing import Any
+
+from rankflow.config import Settings, load_settings
+
+log = logging.getLogger("rankflow")
+
+
+def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the arguments every job accepts (a day, or a range of days for backfills)."""
+    parser = argparse.ArgumentParser(prog=f"jobs/{step}.py", description=f"rankflow {step} step")
+    parser.add_argument("--ds", type=date.fromisoformat, required=True, help="logical date (YYYY-MM-DD)")
+    parser.add_argument(
+        "--start", type=date.fromisoformat, help="first day of a range ending at --ds (backfill)"
+    )
+    parser.add_argument("--surface", default=None, help="surface of the ranked lists")
+    parser.add_argument("--top-k", type=int, default=None, help="length of each ranked list")
+    parser.add_argument("--model", default="champion", help="model alias or version to score with")
+    args = parser.parse_args(argv)
+    if args.start and args.start > args.ds:
+        parser.error(f"--start {args.start} is after --ds {args.ds}")
+    return args
+
+
+def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]:
+    """Return the pipeline function of a step, bound to parsed arguments."""
+    from rankflow import pipeline
+
+    def surface(settings: Settings, args: argparse.Namespace) -> str:
+        return str(args.surface or settings.pipeline["scoring"]["surface"])
+
+    runners: dict[str, Callable[[Any, Settings, argparse.Namespace], Any]] = {
+        "ingest": lambda s, c, a: pipeline.run_ingest(s, c, a.start or a.ds, a.ds),
+        "features": lambda s, c, a: pipeline.run_features(s, c, a.ds),
+        "candidates": lambda s, c, a: pipeline.run_candidates(s, c, a.ds),
+        "training_set": lambda s, c, a: pipeline.run_training_set(s, c, a.start or a.ds, a.ds),
+        "train": lambda s, c, a: pipeline.run_train(s, c, a.ds),
+        "evaluate": lambda s, c, a: pipeline.run_evaluate(s, c, a.ds),
+        "score": lambda s, c, a: pipeline.run_score(
+            s, c, a.ds, surface(c, a), a.top_k or int(c.pipeline["scoring"]["top_k"]), a.model
+        ),
+        "publish_s3": lambda s, c, a: pipeline.run_publish_s3(s, c, a.ds, surface(c, a)),
+        "publish_redis": lambda s, c, a: pipeline.run_publish_redis(s, c, a.ds, surface(c, a)),
+    }
+    return runners[step]
+
+
+def main(step: str, argv: Sequence[str] | None = None) -> int:
+    """Run one step in a Spark session; print its result as one JSON line; exit non-zero on error."""
+    from rankflow.spark import get_session
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(step, sys.argv[1:] if argv is None else argv)
+    settings = load_settings()
+    spark = get_session(settings, f"rankflow-{step}")
+    try:
+        result = step_runner(step)(spark, settings, args)
+    except Exception as error:
+        log.error("%s failed for %s: %s", step, args.ds, error)
+        raise
+    finally:
+        spark.stop()
+    print(json.dumps({"step": step, "ds": args.ds.isoformat(), "result": result}, default=str))
+    return 0

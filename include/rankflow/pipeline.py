@@ -1,0 +1,336 @@
+"""The nightly steps: read Delta tables, call the transforms, write exactly the ``ds`` partition.
+
+Each function is what one ``jobs/*.py`` entry point runs inside its Spark session; the library
+never knows which scheduler started it.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from rankflow.config import Settings
+from rankflow.features import MODEL_FEATURES, FeatureFrames
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+FEATURE_TABLES = {"items": "silver/item_features", "users": "silver/user_features", "seen": "silver/seen_pairs"}
+INPUT_TABLES = ("bronze/events", "bronze/items", "bronze/users", "silver/training_set")
+
+
+def days(start: date, end: date) -> list[date]:
+    """Return every day from ``start`` to ``end`` inclusive."""
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
+    """Read a Delta table of the lake, with a clear error when an upstream step has not run."""
+    from rankflow.spark import table_exists
+
+    path = settings.paths.table(name)
+    if not table_exists(spark, path):
+        raise FileNotFoundError(f"Delta table {name} does not exist at {path}: run its step first")
+    return spark.read.format("delta").load(path)
+
+
+def read_partition(spark: SparkSession, settings: Settings, name: str, ds: date) -> DataFrame:
+    """Read one ``ds`` partition of a Delta table (without the ``ds`` column)."""
+    from pyspark.sql import functions as F
+
+    return (
+        read_table(spark, settings, name)
+        .where(F.col("ds") == F.lit(ds.isoformat()).cast("date"))
+        .drop("ds")
+    )
+
+
+def bronze(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Return the bronze events, items and users tables."""
+    return (
+        read_table(spark, settings, "bronze/events"),
+        read_table(spark, settings, "bronze/items"),
+        read_table(spark, settings, "bronze/users"),
+    )
+
+
+def run_ingest(spark: SparkSession, settings: Settings, start: date, end: date) -> list[dict[str, Any]]:
+    """Ingest every raw drop kind for each day in ``[start, end]``."""
+    from dataclasses import asdict
+
+    from rankflow.ingest import RAW_KINDS, ingest_day
+
+    results = []
+    for day in days(start, end):
+        for kind in RAW_KINDS:
+            stats = ingest_day(spark, settings, kind, day)
+            results.append({**asdict(stats), "quarantine_share": stats.quarantine_share})
+    return results
+
+
+def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str, int]:
+    """Compute the features as of the end of ``ds`` and write the three silver tables."""
+    from pyspark.sql import functions as F
+
+    from rankflow.features import build_features
+    from rankflow.spark import write_partition
+
+    events, items, users = bronze(spark, settings)
+    frames = build_features(events, items, users, ds, settings.pipeline)
+    counts = {}
+    for face, table in FEATURE_TABLES.items():
+        frame = getattr(frames, face).withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+        write_partition(frame, settings.paths.table(table), ds)
+        counts[face] = read_partition(spark, settings, table, ds).count()
+    return counts
+
+
+def read_features(spark: SparkSession, settings: Settings, ds: date) -> FeatureFrames:
+    """Read the features as of ``ds`` written by the features step."""
+    return FeatureFrames(
+        as_of=ds,
+        items=read_partition(spark, settings, FEATURE_TABLES["items"], ds),
+        users=read_partition(spark, settings, FEATURE_TABLES["users"], ds),
+        seen=read_partition(spark, settings, FEATURE_TABLES["seen"], ds),
+    )
+
+
+def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[str, int]:
+    """Generate the candidates of every active user as of ``ds``."""
+    from pyspark.sql import functions as F
+
+    from rankflow.candidates import generate_candidates
+    from rankflow.spark import write_partition
+
+    candidates = generate_candidates(read_features(spark, settings, ds), settings.pipeline["candidates"])
+    path = settings.paths.table("silver/candidates")
+    write_partition(candidates.withColumn("ds", F.lit(ds.isoformat()).cast("date")), path, ds)
+    written = read_partition(spark, settings, "silver/candidates", ds)
+    stats = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
+    return {"rows": int(stats["rows"]), "users": int(stats["users"])}
+
+
+def run_training_set(spark: SparkSession, settings: Settings, start: date, end: date) -> dict[str, int]:
+    """Build the labelled training rows of each day in ``[start, end]``."""
+    from rankflow.spark import write_partition
+    from rankflow.training_set import build_training_set
+
+    events, items, users = bronze(spark, settings)
+    events = events.cache()
+    rows = {}
+    path = settings.paths.table("silver/training_set")
+    for day in days(start, end):
+        write_partition(build_training_set(events, items, users, day, settings.pipeline), path, day)
+        rows[day.isoformat()] = read_partition(spark, settings, "silver/training_set", day).count()
+    return rows
+
+
+def training_rows(spark: SparkSession, settings: Settings, start: date, end: date) -> Any:
+    """Collect the training rows of ``[start, end]`` as pandas, sorted by query group."""
+    from pyspark.sql import functions as F
+
+    from rankflow.training import sort_by_query
+
+    frame = (
+        read_table(spark, settings, "silver/training_set")
+        .where(F.col("ds").between(F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")))
+        .select("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
+        .toPandas()
+    )
+    return sort_by_query(frame)
+
+
+def table_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
+    """Return the Delta version of every input table (model lineage)."""
+    from rankflow.spark import table_version
+
+    return {name: table_version(spark, settings.paths.table(name)) for name in INPUT_TABLES}
+
+
+def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, Any]:
+    """Train on the days before ``ds`` (early stopping on the last of them) and register."""
+    from rankflow.training import (
+        code_version,
+        fit_ranker,
+        log_and_register,
+        training_window,
+        write_run_record,
+    )
+
+    config = settings.pipeline["training"]
+    window = training_window(ds, config)
+    train = training_rows(spark, settings, window.train_start, window.train_end)
+    validation = training_rows(spark, settings, window.validation_start, window.validation_end)
+    if train.empty or validation.empty:
+        raise ValueError(
+            f"no training rows between {window.train_start} and {window.validation_end}: "
+            "build the training set for those days first (rankflow demo does it)"
+        )
+    booster, history = fit_ranker(train, validation, config)
+    lineage = {
+        "code_version": code_version(),
+        "config_hash": settings.pipeline_hash,
+        "table_versions": table_versions(spark, settings),
+        "window": {k: v.isoformat() for k, v in vars(window).items()},
+        "train_rows": len(train),
+        "validation_rows": len(validation),
+    }
+    record = {**log_and_register(settings, booster, history, lineage, ds), **lineage}
+    record["best_iteration"] = booster.best_iteration
+    write_run_record(settings, ds, "train", record)
+    return record
+
+
+def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
+    """Return the held-out day's rows, with the simulator's truth when it exists."""
+    from pathlib import Path
+
+    frame = training_rows(spark, settings, ds, ds)
+    truth_path = Path(settings.paths.raw) / "truth" / f"ds={ds.isoformat()}"
+    if truth_path.exists():
+        import pandas as pd
+
+        truth = pd.read_parquet(truth_path / "attractiveness.parquet")[["session_id", "item_id", "attractiveness"]]
+        truth = truth.rename(columns={"session_id": "qid"})
+        frame = frame.merge(truth, on=["qid", "item_id"], how="left", validate="one_to_one")
+    return frame
+
+
+def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str, Any]:
+    """Evaluate the new model, the champion and the baselines on ``ds``; promote or refuse."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from rankflow.evaluation import (
+        GateRejectedError,
+        baseline_scores,
+        evaluation_table,
+        format_table,
+        gate_decision,
+        predict,
+    )
+    from rankflow.training import (
+        CHAMPION,
+        ModelNotFoundError,
+        configure_mlflow,
+        load_model,
+        read_run_record,
+        write_run_record,
+    )
+
+    evaluation = settings.pipeline["evaluation"]
+    trained = read_run_record(settings, ds, "train")
+    frame = held_out_rows(spark, settings, ds)
+    if frame.empty:
+        raise ValueError(f"no held-out rows for {ds}: the evaluation set is empty")
+    challenger_raw, challenger_version = load_model(settings, str(trained["model_version"]))
+    rankers = {"challenger": predict(challenger_raw, frame)}
+    champion_version = None
+    try:
+        champion_raw, champion_version = load_model(settings, CHAMPION)
+        if champion_version != challenger_version:
+            rankers["champion"] = predict(champion_raw, frame)
+    except ModelNotFoundError:
+        pass
+    rankers.update(baseline_scores(frame, seed=int(settings.pipeline["training"]["seed"])))
+    table = evaluation_table(frame, rankers, evaluation)
+    decision = gate_decision(table, evaluation)
+    configure_mlflow(settings)
+    with mlflow.start_run(run_id=trained["run_id"]):
+        for ranker, metrics in table.items():
+            mlflow.log_metrics({f"{ranker}.{k}".replace("@", "_at_"): v for k, v in metrics.items()})
+        mlflow.log_dict({"table": table, "gate": decision.as_dict()}, "evaluation.json")
+        mlflow.set_tag("gate", "promoted" if decision.promote else "rejected")
+    record = {
+        "ds": ds.isoformat(),
+        "model_version": challenger_version,
+        "previous_champion": champion_version,
+        "table": table,
+        "gate": decision.as_dict(),
+        "rows": len(frame),
+        "text": format_table(table),
+    }
+    write_run_record(settings, ds, "evaluation", record)
+    if not decision.promote:
+        raise GateRejectedError(
+            f"model version {challenger_version} was not promoted: {decision.reason}; "
+            f"the champion stays {champion_version}"
+        )
+    client = MlflowClient()
+    if champion_version and champion_version != challenger_version:
+        client.set_registered_model_alias(settings.model_name, "previous_champion", champion_version)
+    client.set_registered_model_alias(settings.model_name, CHAMPION, challenger_version)
+    return record
+
+
+def scoring_input(spark: SparkSession, settings: Settings, ds: date) -> DataFrame:
+    """Join the candidates of ``ds`` with the features as of ``ds`` (the serving face)."""
+    from rankflow.features import feature_vector, with_cross_features
+
+    features = read_features(spark, settings, ds)
+    candidates = read_partition(spark, settings, "silver/candidates", ds).select("user_id", "item_id")
+    joined = with_cross_features(candidates, features)
+    return joined.select("user_id", "item_id", *feature_vector(joined))
+
+
+def run_score(
+    spark: SparkSession, settings: Settings, ds: date, surface: str, top_k: int, model: str
+) -> dict[str, Any]:
+    """Score every candidate with ``model`` (alias or version) and write top-K lists to gold."""
+    from pyspark.sql import functions as F
+
+    from rankflow.scoring import fallback_list, score_candidates
+    from rankflow.spark import write_partition
+    from rankflow.training import load_model, write_run_record
+
+    model_raw, model_version = load_model(settings, model)
+    ranked = score_candidates(scoring_input(spark, settings, ds), model_raw, f"v{model_version}", top_k)
+    gold = ranked.withColumn("model_version", F.lit(model_version)).withColumn(
+        "surface", F.lit(surface)
+    ).withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+    path = settings.paths.table("gold/rankings")
+    (
+        gold.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"ds = DATE'{ds.isoformat()}' AND surface = '{surface}'")
+        .partitionBy("ds", "surface")
+        .save(path)
+    )
+    fallback = fallback_list(read_partition(spark, settings, FEATURE_TABLES["items"], ds), top_k)
+    users = read_ranked(spark, settings, ds, surface).count()
+    record = {
+        "ds": ds.isoformat(),
+        "surface": surface,
+        "model_version": model_version,
+        "top_k": top_k,
+        "users": users,
+        "fallback": fallback,
+    }
+    write_run_record(settings, ds, f"score-{surface}", record)
+    return record
+
+
+def read_ranked(spark: SparkSession, settings: Settings, ds: date, surface: str) -> DataFrame:
+    """Read the gold ranked lists of one day and surface."""
+    from pyspark.sql import functions as F
+
+    return read_partition(spark, settings, "gold/rankings", ds).where(F.col("surface") == surface)
+
+
+def publication_version(ds: date, model_version: str) -> str:
+    """Return the id of a publication: sortable by date, the same on a retry of the same run."""
+    return f"{ds:%Y%m%d}-m{model_version}"
+
+
+def run_publish_s3(spark: SparkSession, settings: Settings, ds: date, surface: str) -> dict[str, Any]:
+    """Export the gold lists of ``ds`` to S3 (parts, then manifest, then pointer)."""
+    from rankflow.publish_s3 import export_as_dict, export_rankings
+    from rankflow.training import read_run_record, write_run_record
+
+    scored = read_run_record(settings, ds, f"score-{surface}")
+    version = publication_version(ds, str(scored["model_version"]))
+    ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids", "scores")
+    meta = {"model_version": scored["model_version"], "top_k": scored["top_k"]}
+    result = export_as_dict(export_rankings(ranked, settings.s3, surface, ds, version, meta))
+    write_run_record(settings, ds, f"publish-s3-{surface}", result)
+    return result

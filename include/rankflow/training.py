@@ -1,0 +1,244 @@
+"""LambdaMART training with XGBoost, tracked and registered in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rankflow.config import Settings, repo_root
+from rankflow.features import MODEL_FEATURES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+CHAMPION = "champion"
+
+
+class ModelNotFoundError(RuntimeError):
+    """No model is registered under the requested alias or version."""
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """Days used for fitting, early stopping and held-out evaluation, all before scoring."""
+
+    train_start: date
+    train_end: date
+    validation_start: date
+    validation_end: date
+    test_day: date
+
+
+def training_window(ds: date, config: dict[str, Any]) -> TrainingWindow:
+    """Split the days before and including ``ds`` in time: train, then validation, then test."""
+    validation_days = int(config["validation_days"])
+    validation_end = ds - timedelta(days=1)
+    validation_start = validation_end - timedelta(days=validation_days - 1)
+    train_end = validation_start - timedelta(days=1)
+    return TrainingWindow(
+        train_start=train_end - timedelta(days=int(config["train_days"]) - 1),
+        train_end=train_end,
+        validation_start=validation_start,
+        validation_end=validation_end,
+        test_day=ds,
+    )
+
+
+def sort_by_query(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort rows so each query group is contiguous (XGBoost's ranking requirement)."""
+    return frame.sort_values(["ds", "qid", "position"], kind="stable").reset_index(drop=True)
+
+
+def group_sizes(qids: pd.Series) -> np.ndarray:
+    """Return the size of each contiguous query group, in order."""
+    import numpy as np
+
+    values = qids.to_numpy()
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    return np.diff(np.r_[starts, len(values)])
+
+
+def to_dmatrix(frame: pd.DataFrame) -> xgb.DMatrix:
+    """Build a ranking DMatrix (features, labels, query groups) from sorted rows."""
+    import xgboost as xgb
+
+    matrix = xgb.DMatrix(
+        frame[MODEL_FEATURES].to_numpy(dtype="float32"),
+        label=frame["label"].to_numpy(dtype="float32"),
+        feature_names=MODEL_FEATURES,
+    )
+    matrix.set_group(group_sizes(frame["qid"]))
+    return matrix
+
+
+def fit_ranker(
+    train: pd.DataFrame, validation: pd.DataFrame, config: dict[str, Any]
+) -> tuple[xgb.Booster, dict[str, Any]]:
+    """Fit LambdaMART with early stopping on the validation days; return model and history."""
+    import xgboost as xgb
+
+    params = {**config["params"], "seed": int(config["seed"])}
+    history: dict[str, Any] = {}
+    booster = xgb.train(
+        params,
+        to_dmatrix(train),
+        num_boost_round=int(config["num_boost_round"]),
+        evals=[(to_dmatrix(validation), "validation")],
+        early_stopping_rounds=int(config["early_stopping_rounds"]),
+        evals_result=history,
+        verbose_eval=False,
+    )
+    return booster, history
+
+
+def code_version() -> str:
+    """Return the git commit of the code (``RANKFLOW_CODE_VERSION`` wins), marked if dirty."""
+    if os.environ.get("RANKFLOW_CODE_VERSION"):
+        return os.environ["RANKFLOW_CODE_VERSION"]
+    root = repo_root()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def configure_mlflow(settings: Settings) -> None:
+    """Point MLflow at the tracking store; the embedded one keeps artefacts beside its DB."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if settings.mlflow_tracking_uri.startswith("sqlite:"):
+        settings.paths.mlflow.mkdir(parents=True, exist_ok=True)
+        if mlflow.get_experiment_by_name("rankflow") is None:
+            artifacts = settings.paths.mlflow / "artifacts"
+            mlflow.create_experiment("rankflow", artifact_location=artifacts.as_uri())
+    mlflow.set_experiment("rankflow")
+
+
+def log_and_register(
+    settings: Settings,
+    booster: xgb.Booster,
+    history: dict[str, Any],
+    lineage: dict[str, Any],
+    ds: date,
+) -> dict[str, str]:
+    """Log the training run to MLflow and register the model; return run id and version."""
+    import mlflow
+    import mlflow.xgboost
+    import xgboost as xgb
+
+    configure_mlflow(settings)
+    training = settings.pipeline["training"]
+    with mlflow.start_run(run_name=f"train-{ds.isoformat()}") as run:
+        mlflow.log_params({k: v for k, v in training["params"].items()})
+        mlflow.log_params(
+            {
+                "seed": training["seed"],
+                "num_boost_round": training["num_boost_round"],
+                "early_stopping_rounds": training["early_stopping_rounds"],
+                "best_iteration": booster.best_iteration,
+                "config_version": settings.pipeline["version"],
+            }
+        )
+        mlflow.set_tags(
+            {
+                "ds": ds.isoformat(),
+                "code_version": lineage["code_version"],
+                "config_hash": settings.pipeline_hash,
+                **{f"delta_version.{k}": str(v) for k, v in lineage["table_versions"].items()},
+            }
+        )
+        for step, value in enumerate(history["validation"][training["params"]["eval_metric"]]):
+            mlflow.log_metric("validation_ndcg_10", value, step=step)
+        mlflow.log_dict(lineage, "lineage.json")
+        mlflow.log_dict({"features": list(MODEL_FEATURES)}, "features.json")
+        info = mlflow.xgboost.log_model(
+            booster,
+            name="model",
+            model_format="json",
+            registered_model_name=settings.model_name,
+            pip_requirements=[f"xgboost=={xgb.__version__}"],
+        )
+        version = str(info.registered_model_version)
+        return {"run_id": run.info.run_id, "model_version": version}
+
+
+def load_model(settings: Settings, alias_or_version: str = CHAMPION) -> tuple[bytes, str]:
+    """Return the XGBoost JSON bytes and version of a registered model (alias or number)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure_mlflow(settings)
+    client = MlflowClient()
+    try:
+        if alias_or_version.isdigit():
+            mv = client.get_model_version(settings.model_name, alias_or_version)
+        else:
+            mv = client.get_model_version_by_alias(settings.model_name, alias_or_version)
+    except MlflowException as error:
+        raise ModelNotFoundError(
+            f"no model '{settings.model_name}' with alias/version '{alias_or_version}' in "
+            f"{settings.mlflow_tracking_uri}: run the nightly DAG with retrain=true first"
+        ) from error
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{settings.model_name}/{mv.version}", dst_path=folder
+            )
+        )
+        model_files = sorted(local.rglob("model.json")) or sorted(local.rglob("model.xgb"))
+        if not model_files:
+            raise ModelNotFoundError(f"model version {mv.version} has no XGBoost model file")
+        return model_files[0].read_bytes(), str(mv.version)
+
+
+def booster_from_bytes(raw: bytes, nthread: int = 1) -> xgb.Booster:
+    """Load an XGBoost JSON model from bytes (used once per executor process)."""
+    import xgboost as xgb
+
+    booster = xgb.Booster(params={"nthread": nthread})
+    booster.load_model(bytearray(raw))
+    return booster
+
+
+def run_record_path(settings: Settings, ds: date, name: str) -> Path:
+    """Return where a step of the run for ``ds`` records its small JSON result."""
+    return settings.paths.home / "runs" / f"ds={ds.isoformat()}" / f"{name}.json"
+
+
+def write_run_record(settings: Settings, ds: date, name: str, record: dict[str, Any]) -> Path:
+    """Atomically write a step's JSON result (read by later steps and the demo)."""
+    path = run_record_path(settings, ds, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+    return path
+
+
+def read_run_record(settings: Settings, ds: date, name: str) -> dict[str, Any]:
+    """Read a step's JSON result, with a clear error when the step has not run."""
+    path = run_record_path(settings, ds, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the '{name}' step for {ds} first")
+    record: dict[str, Any] = json.loads(path.read_text())
+    return record

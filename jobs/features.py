@@ -1,0 +1,8 @@
+"""spark-submit entry point: item, user and seen-pair features as of the end of --ds."""
+
+import sys
+
+from rankflow.jobs import main
+
+if __name__ == "__main__":
+    sys.exit(main("features"))

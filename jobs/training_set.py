@@ -1,0 +1,8 @@
+"""spark-submit entry point: labelled impressions of --ds joined to features of the day before."""
+
+import sys
+
+from rankflow.jobs import main
+
+if __name__ == "__main__":
+    sys.exit(main("training_set"))

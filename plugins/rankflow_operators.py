@@ -1,0 +1,93 @@
+"""Airflow glue for rankflow: a spark-submit operator that runs one ``jobs/<step>.py``.
+
+It resolves the Redis and S3 endpoints from Airflow connections at execution time (never at
+parse time, never into rendered templates), falling back to the worker's environment variables.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
+SPARK_CONN_ID = "spark_rankflow"
+REDIS_CONN_ID = "redis_rankflow"
+S3_CONN_ID = "s3_rankflow"
+
+
+def redis_url_from_connection(conn: Any) -> str:
+    """Build a redis:// (or rediss:// with TLS) URL from an Airflow Redis connection."""
+    extra = conn.extra_dejson
+    scheme = "rediss" if extra.get("ssl") in (True, "true", "True") else "redis"
+    auth = ""
+    if conn.password:
+        auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password, safe='')}@"
+    db = extra.get("db", 0)
+    return f"{scheme}://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
+
+
+def s3_env_from_connection(conn: Any) -> dict[str, str]:
+    """Translate an Airflow AWS connection into the environment boto3 reads."""
+    extra = conn.extra_dejson
+    env = {}
+    if conn.login:
+        env["AWS_ACCESS_KEY_ID"] = conn.login
+    if conn.password:
+        env["AWS_SECRET_ACCESS_KEY"] = conn.password
+    if extra.get("region_name"):
+        env["AWS_DEFAULT_REGION"] = str(extra["region_name"])
+    endpoint = extra.get("endpoint_url") or (extra.get("service_config", {}).get("s3", {}) or {}).get(
+        "endpoint_url"
+    )
+    if endpoint:
+        env["RANKFLOW_S3_ENDPOINT"] = str(endpoint)
+    if extra.get("bucket"):
+        env["RANKFLOW_S3_BUCKET"] = str(extra["bucket"])
+    return env
+
+
+def optional_connection(conn_id: str) -> Any | None:
+    """Return an Airflow connection, or None when it is not defined (env vars apply then)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+class RankflowSparkSubmitOperator(SparkSubmitOperator):
+    """Run ``jobs/<step>.py`` with spark-submit on the ``spark_rankflow`` connection's master."""
+
+    def __init__(self, *, step: str, application_args: list[Any], **kwargs: Any) -> None:
+        super().__init__(
+            task_id=kwargs.pop("task_id", step),
+            application=str(JOBS_DIR / f"{step}.py"),
+            name=f"rankflow-{step}",
+            conn_id=kwargs.pop("conn_id", SPARK_CONN_ID),
+            application_args=application_args,
+            env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
+            **kwargs,
+        )
+
+    def execute(self, context: Any) -> None:
+        """Add Delta, session conf and serving endpoints (from connections), then spark-submit."""
+        from rankflow.config import load_settings
+        from rankflow.spark import delta_package, spark_submit_conf
+
+        self.packages = delta_package()
+        self.conf = {**spark_submit_conf(load_settings()), **(self.conf or {})}
+        env = dict(self.env_vars or {})
+        redis_conn = optional_connection(REDIS_CONN_ID)
+        if redis_conn is not None:
+            env["RANKFLOW_REDIS_URL"] = redis_url_from_connection(redis_conn)
+        s3_conn = optional_connection(S3_CONN_ID)
+        if s3_conn is not None:
+            env.update(s3_env_from_connection(s3_conn))
+        self.env_vars = env
+        super().execute(context)

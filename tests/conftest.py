@@ -1,0 +1,65 @@
+"""Shared fixtures: settings pointed at a temporary home, and the real local services."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from rankflow.config import DEFAULT_REDIS_URL, DEFAULT_S3_ENDPOINT, Settings, load_settings
+
+
+def _reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 80), 2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real local Redis server started by `make up` (DB 15 is the tests' own)."""
+    url = os.environ.get("RANKFLOW_REDIS_URL", DEFAULT_REDIS_URL)
+    if not _reachable(url):
+        pytest.fail(f"Redis is not reachable at {url}: start the services with `make up`")
+    return url.rsplit("/", 1)[0] + "/15"
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[object]:
+    """A client on the tests' Redis DB, flushed before and after each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """URL of the real local S3-compatible server started by `make up`."""
+    url = os.environ.get("RANKFLOW_S3_ENDPOINT", DEFAULT_S3_ENDPOINT)
+    if not _reachable(url):
+        pytest.fail(f"the S3 endpoint is not reachable at {url}: start it with `make up`")
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, s3_endpoint: str) -> Settings:
+    """Settings whose home, bucket and Redis DB belong to this test alone."""
+    env = dict(os.environ)
+    env.update(
+        RANKFLOW_HOME=str(tmp_path / "home"),
+        RANKFLOW_REDIS_URL=redis_url,
+        RANKFLOW_S3_ENDPOINT=s3_endpoint,
+        RANKFLOW_S3_BUCKET=f"test-{tmp_path.name.lower().replace('_', '-')}"[:60],
+    )
+    return load_settings(env)
