@@ -1,0 +1,101 @@
+"""DAG integrity: imports cleanly, nothing runs at parse time, structure as documented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGS = ROOT / "dags"
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+@pytest.fixture(scope="module")
+def nightly(dagbag):
+    return dagbag.dags["rankflow_nightly"]
+
+
+def test_dags_import_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert "rankflow_nightly" in dagbag.dag_ids
+
+
+def test_schedule_is_nightly_around_two_utc_without_catchup(nightly) -> None:
+    assert nightly.timetable.summary == "0 2 * * *"
+    assert nightly.catchup is False
+    assert nightly.max_active_runs == 1
+
+
+def test_steps_run_in_the_documented_order(nightly) -> None:
+    order = [
+        "check_params",
+        "ingest",
+        "features",
+        "candidates",
+        "training_set",
+        "choose_model",
+    ]
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert downstream in nightly.get_task(upstream).downstream_task_ids
+    assert nightly.get_task("choose_model").downstream_task_ids == {"train", "reuse_champion"}
+    assert nightly.get_task("train").downstream_task_ids == {"evaluate"}
+    assert nightly.get_task("evaluate").downstream_task_ids == {"score"}
+    assert nightly.get_task("score").downstream_task_ids == {"publish_s3"}
+    assert nightly.get_task("publish_s3").downstream_task_ids == {"publish_redis"}
+
+
+def test_retries_everywhere_but_where_a_retry_cannot_help(nightly) -> None:
+    no_retry = {"check_params", "evaluate"}
+    for task in nightly.tasks:
+        if task.task_id in no_retry:
+            assert task.retries == 0, task.task_id
+        elif task.task_id not in {"choose_model", "reuse_champion"}:
+            assert task.retries >= 2, task.task_id
+            assert task.retry_delay >= timedelta(minutes=1)
+
+
+def test_trigger_form_params_are_validated(nightly) -> None:
+    params = nightly.params
+    assert set(params.keys()) == {"ds", "surface", "top_k", "retrain"}
+    assert params.get_param("top_k").schema["maximum"] == 500
+    assert params.get_param("surface").schema["enum"] == ["home", "search", "similar"]
+
+
+def test_spark_steps_use_the_rankflow_spark_connection(nightly) -> None:
+    spark_steps = [t for t in nightly.tasks if t.task_type == "RankflowSparkSubmitOperator"]
+    assert len(spark_steps) == 9
+    for task in spark_steps:
+        assert task._conn_id == "spark_rankflow"
+        assert Path(task.application).exists(), task.application
+
+
+def test_parsing_does_no_heavy_imports_and_no_connection_lookups() -> None:
+    """Parse the DAG file in a fresh interpreter and inspect what it imported or looked up."""
+    probe = f"""
+import sys
+from airflow.sdk import BaseHook
+calls = []
+BaseHook.get_connection = classmethod(lambda cls, conn_id: calls.append(conn_id))
+before = set(sys.modules)
+import runpy
+runpy.run_path({str(DAGS / "rankflow_nightly.py")!r})
+heavy = sorted(m for m in set(sys.modules) - before
+               if m.split(".")[0] in {{"pyspark", "xgboost", "mlflow", "boto3", "redis", "great_expectations", "sklearn"}})
+print("HEAVY", heavy)
+print("CONNS", calls)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert "HEAVY []" in out, out
+    assert "CONNS []" in out, out
