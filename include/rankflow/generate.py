@@ -74,10 +74,9 @@ TIER_PRICE = (0.6, 1.0, 1.8, 3.5)
 SURFACES = ("home", "search", "similar")
 EVENT_TYPES = ("impression", "click", "like", "save", "add_to_bag", "purchase")
 EVENT_CODES = ("i", "c", "l", "s", "b", "p")  # last letters of event ids, one per type
-BRAND_STEMS = ("Alba", "Bruma", "Corra", "Dune", "Elio", "Fjord", "Gala", "Hollis", "Iris")
-BRAND_STEMS += ("Jura", "Kora", "Lumen", "Mira", "Nova", "Orla")
+BRAND_STEMS = "Alba Bruma Corra Dune Elio Fjord Gala Hollis Iris Jura Kora Lumen Mira Nova Orla"
 BRAND_SUFFIXES = ("", " Studio", " & Co", " Atelier", " Label", " Club", " House", " Supply")
-BRAND_SUFFIXES += (" Collective", " Works")
+BRAND_SUFFIXES_MORE = (" Collective", " Works")
 
 STREAM_CATALOGUE, STREAM_USERS, STREAM_ITEMS, STREAM_EVENTS = 0, 1, 2, 3
 
@@ -319,11 +318,12 @@ def stream(seed: int, purpose: int, block: int = 0) -> np.random.Generator:
 
 def brand_names() -> StrArray:
     """Return the 150 brand names, the plainest (most popular) first."""
-    return np.array([stem + suffix for suffix in BRAND_SUFFIXES for stem in BRAND_STEMS])
+    suffixes = BRAND_SUFFIXES + BRAND_SUFFIXES_MORE
+    return np.array([stem + end for end in suffixes for stem in BRAND_STEMS.split()])
 
 
 def dirichlet_rows(rng: np.random.Generator, alpha: FloatArray) -> FloatArray:
-    """Draw one Dirichlet vector per row of ``alpha`` (gamma draws normalised; small alpha = sparse)."""
+    """Draw one Dirichlet vector per row of ``alpha`` (small alpha = sparse preferences)."""
     draws = rng.gamma(alpha)
     totals = draws.sum(axis=1, keepdims=True)
     return np.asarray(draws / np.maximum(totals, 1e-300), dtype=np.float64)
@@ -339,7 +339,7 @@ def sample_rows(rng: np.random.Generator, probs: FloatArray) -> IntArray:
     cumulative = probs.cumsum(axis=1)
     u = rng.random(len(probs))[:, None] * cumulative[:, -1:]
     picked = (cumulative <= u).sum(axis=1)
-    return np.minimum(picked, probs.shape[1] - 1).astype(np.int64)
+    return np.asarray(np.minimum(picked, probs.shape[1] - 1), dtype=np.int64)
 
 
 def diurnal_profile(slots: int) -> FloatArray:
@@ -395,9 +395,7 @@ def draw_users(
     """Draw users with the given signup times: market, size, price sensitivity and sparse taste."""
     n = len(signup_sec)
     n_cat = len(CATEGORIES)
-    category_pref = dirichlet_rows(
-        rng, np.tile(0.25 * n_cat * np.asarray(CATEGORY_SHARE), (n, 1))
-    )
+    category_pref = dirichlet_rows(rng, np.tile(0.25 * n_cat * np.asarray(CATEGORY_SHARE), (n, 1)))
     style_pref = dirichlet_rows(rng, np.full((n, len(STYLES)), 0.25))
     # brands: popular ones and those fitting the user's styles get more of a concentration of 3
     fit = 0.15 + style_pref @ catalogue.brand_styles.T
@@ -417,9 +415,7 @@ def draw_users(
     )
 
 
-def draw_items(
-    rng: np.random.Generator, listed_sec: IntArray, catalogue: Catalogue
-) -> Items:
+def draw_items(rng: np.random.Generator, listed_sec: IntArray, catalogue: Catalogue) -> Items:
     """Draw listings with the given listing times: category, brand, style, size, price, quality."""
     n = len(listed_sec)
     category = rng.choice(len(CATEGORIES), size=n, p=CATEGORY_SHARE).astype(np.int64)
@@ -452,7 +448,14 @@ def draw_items(
     )
 
 
-def block_times(rng: np.random.Generator, block: int, n: int, history_days: int, config: GeneratorConfig, recent: bool) -> IntArray:
+def block_times(
+    rng: np.random.Generator,
+    block: int,
+    n: int,
+    history_days: int,
+    config: GeneratorConfig,
+    recent: bool,
+) -> IntArray:
     """Draw the sorted creation times of block 0 (before start) or of day ``block - 1``."""
     if block == 0:
         shape = 2.0 if recent else 1.0  # recent: live listings skew towards the last days
@@ -463,4 +466,492 @@ def block_times(rng: np.random.Generator, block: int, n: int, history_days: int,
 
 def concat_records(records: list[Any], kind: type[Any]) -> Any:
     """Concatenate dataclasses of equal-length arrays field by field."""
-    return kind(**{f.name: np.concatenate([getattr(r, f.name) for r in records]) for f in fields(kind)})
+    return kind(
+        **{f.name: np.concatenate([getattr(r, f.name) for r in records]) for f in fields(kind)}
+    )
+
+
+def build_world(config: GeneratorConfig) -> World:
+    """Draw the catalogue, every user and every listing of the run (initial ones, then per day)."""
+    catalogue = build_catalogue(config)
+    user_parts: list[Users] = []
+    item_parts: list[Items] = []
+    for block in range(config.days + 1):  # block 0: before start; block d + 1: day d
+        n_users = config.initial_users if block == 0 else config.new_users_per_day
+        rng = stream(config.seed, STREAM_USERS, block)
+        signup = block_times(rng, block, n_users, config.signup_history_days, config, False)
+        user_parts.append(draw_users(rng, signup, catalogue, config))
+        n_items = config.initial_items if block == 0 else config.new_items_per_day
+        rng = stream(config.seed, STREAM_ITEMS, block)
+        listed = block_times(rng, block, n_items, config.listing_history_days, config, True)
+        item_parts.append(draw_items(rng, listed, catalogue))
+    users: Users = concat_records(user_parts, Users)
+    items: Items = concat_records(item_parts, Items)
+    by_category = np.argsort(items.category, kind="stable")
+    n_brands = len(catalogue.brand_names)
+    brand_weight = (
+        n_brands * catalogue.brand_popularity[items.brand]
+    ) ** config.policy_brand_exponent
+    return World(
+        catalogue=catalogue,
+        users=users,
+        items=items,
+        user_blocks=np.cumsum([0] + [len(p.signup_sec) for p in user_parts]).astype(np.int64),
+        item_blocks=np.cumsum([0] + [len(p.listed_sec) for p in item_parts]).astype(np.int64),
+        items_by_category=by_category.astype(np.int64),
+        category_bounds=np.searchsorted(
+            items.category[by_category], np.arange(len(CATEGORIES) + 1)
+        ).astype(np.int64),
+        policy_base=brand_weight * np.exp(config.policy_quality * items.quality),
+    )
+
+
+def true_attractiveness(
+    world: World, user: IntArray, item: IntArray, taste: TasteWeights
+) -> FloatArray:
+    """Return P(click | examined) of user-item pairs: personal taste first, then item and seller."""
+    users, items = world.users, world.items
+    category = items.category[item]
+    distance = np.minimum(np.abs(users.size[user] - items.size[item]), len(SIZE_FIT) - 1)
+    fit = np.where(items.size[item] == ONE_SIZE, 1.0, np.asarray(SIZE_FIT)[distance])
+    price_gap = np.log(items.price[item]) - np.log(np.asarray(CATEGORY_PRICE))[category]
+    logit = (
+        taste.intercept
+        + taste.category * users.category_affinity[user, category]
+        + taste.brand * users.brand_affinity[user, items.brand[item]]
+        + taste.style * users.style_affinity[user, items.style[item]]
+        + taste.size * fit
+        - taste.price * (users.price_sensitivity[user] - 0.3) * price_gap
+        + taste.quality * items.quality[item]
+        + taste.seller * world.catalogue.seller_quality[items.seller[item]]
+        + np.asarray(CONDITION_APPEAL)[items.condition[item]]
+    )
+    return np.asarray(1.0 / (1.0 + np.exp(-logit)), dtype=np.float64)
+
+
+def policy_weights(
+    world: World, state: SimulationState, config: GeneratorConfig, t0: int
+) -> FloatArray:
+    """Return the logged policy's weight of every item at ``t0`` (0 = not listed yet or sold)."""
+    items = world.items
+    fresh = (t0 - items.listed_sec) < config.policy_fresh_days * DAY_SECONDS
+    weight = (
+        world.policy_base
+        * (1.0 + state.item_clicks) ** config.policy_click_exponent
+        * np.where(fresh, 1.0 + config.policy_fresh_boost, 1.0)
+    )
+    available = (items.listed_sec < t0) & ~state.sold
+    return np.where(available, weight, 0.0)
+
+
+def draw_session_users(
+    rng: np.random.Generator, world: World, config: GeneratorConfig, day: int, t0: int, n: int
+) -> IntArray:
+    """Draw who opens a list in a slot: signed-up users weighted by heavy-tailed activity."""
+    users = world.users
+    eligible = int(np.searchsorted(users.signup_sec, t0, side="left"))
+    new_today = users.signup_sec[:eligible] >= day * DAY_SECONDS
+    weight = users.activity[:eligible] * np.where(new_today, config.new_user_boost, 1.0)
+    cumulative = np.cumsum(weight)
+    picked = np.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
+    return np.asarray(np.minimum(picked, eligible - 1), dtype=np.int64)
+
+
+def target_categories(
+    rng: np.random.Generator,
+    world: World,
+    state: SimulationState,
+    user: IntArray,
+    surface: IntArray,
+) -> IntArray:
+    """Return each session's target category (-1 = none), the policy's weak personal signal.
+
+    Search: the category the user searches for (drawn from their taste). Similar: the category of
+    the user's last click, else their intent. Home: the user's most clicked category, if any.
+    """
+    intent = sample_rows(rng, world.users.category_pref[user])
+    clicks = state.user_category_clicks[user]
+    top_clicked = np.where(clicks.sum(axis=1) > 0, clicks.argmax(axis=1), -1)
+    last = state.user_last_category[user]
+    similar = np.where(last >= 0, last, intent)
+    return np.select([surface == 0, surface == 1], [top_clicked, intent], similar).astype(np.int64)
+
+
+def duplicates_in_rows(values: IntArray) -> BoolArray:
+    """Mark every repeat of a value within its row (the leftmost occurrence stays False)."""
+    order = np.argsort(values, axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    repeat = np.zeros(values.shape, dtype=np.bool_)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    marked = np.zeros(values.shape, dtype=np.bool_)
+    np.put_along_axis(marked, order, repeat, axis=1)
+    return marked
+
+
+def draw_candidates(
+    rng: np.random.Generator,
+    world: World,
+    config: GeneratorConfig,
+    weight: FloatArray,
+    target: IntArray,
+    surface: IntArray,
+) -> tuple[IntArray, FloatArray]:
+    """Draw each session's candidates and score them the way the logged policy does.
+
+    Candidates are drawn (with replacement, repeats dropped) in proportion to the policy weight,
+    a surface-dependent share of them from the session's target category; the score is the log
+    weight plus a small bonus for the target category plus Gumbel noise. ``list_length`` uniform
+    reserve draws, scored far below, fill a list only when too few distinct candidates came up.
+
+    Returns:
+        ``(sessions, (candidate_factor + 1) * list_length)`` candidate item indices and policy
+        scores, ``-inf`` where the candidate is unavailable or a repeat.
+    """
+    n, length = len(target), config.list_length
+    draws = config.candidate_factor * length
+    available = np.flatnonzero(weight > 0)
+    if len(available) < length:
+        raise RuntimeError(f"only {len(available)} items are available for lists of {length}")
+    order = world.items_by_category
+    cumulative = np.cumsum(weight[order])
+    before = np.concatenate([[0.0], cumulative])
+    low = before[world.category_bounds[:-1]]
+    mass = before[world.category_bounds[1:]] - low
+    has_target = (target >= 0) & (mass[np.maximum(target, 0)] > 0)
+    share = np.asarray(config.personal_shares)[surface] * has_target
+    personal = rng.random((n, draws)) < share[:, None]
+    offset = np.where(personal, low[np.maximum(target, 0)][:, None], 0.0)
+    width = np.where(personal, mass[np.maximum(target, 0)][:, None], cumulative[-1])
+    position = np.searchsorted(cumulative, offset + rng.random((n, draws)) * width, side="right")
+    drawn = order[np.minimum(position, len(order) - 1)]
+    reserve = available[rng.integers(len(available), size=(n, length))]
+    candidates = np.concatenate([drawn, reserve], axis=1)
+    in_target = world.items.category[candidates] == target[:, None]
+    score = (
+        np.log(np.maximum(weight[candidates], 1e-300))
+        + config.policy_personal_bonus * in_target
+        + config.policy_noise * rng.gumbel(size=candidates.shape)
+    )
+    score[:, draws:] -= 1e9
+    valid = (weight[candidates] > 0) & ~duplicates_in_rows(candidates)
+    return candidates, np.where(valid, score, -np.inf)
+
+
+def top_of_lists(candidates: IntArray, score: FloatArray, length: int) -> IntArray:
+    """Return the ``length`` best-scored candidates of each row, best first."""
+    best = np.argsort(-score, axis=1, kind="stable")[:, :length]
+    if not np.isfinite(np.take_along_axis(score, best, axis=1)).all():
+        raise RuntimeError("a list could not be filled with distinct available items")
+    return np.take_along_axis(candidates, best, axis=1)
+
+
+def resolve_purchases(
+    item: IntArray, impression_sec: IntArray, purchase: BoolArray, purchase_sec: IntArray
+) -> BoolArray:
+    """Keep the purchases that really sell an item: first per item, after its last impression.
+
+    A purchase attempt made before another list of the slot showed the item would make that
+    impression show a sold item, so it stays an add-to-bag; of the remaining attempts on one
+    item only the earliest sells it, later ones stay add-to-bags.
+    """
+    unique, inverse = np.unique(item, return_inverse=True)
+    last_shown = np.full(len(unique), np.iinfo(np.int64).min)
+    np.maximum.at(last_shown, inverse, impression_sec)
+    attempt = np.flatnonzero(purchase & (purchase_sec > last_shown[inverse]))
+    ordered = attempt[np.lexsort((attempt, purchase_sec[attempt], item[attempt]))]
+    first = np.ones(len(ordered), dtype=np.bool_)
+    first[1:] = item[ordered][1:] != item[ordered][:-1]
+    sells = np.zeros(len(item), dtype=np.bool_)
+    sells[ordered[first]] = True
+    return sells
+
+
+def later(rng: np.random.Generator, sec: IntArray, minimum: int, mean: float, end: int) -> IntArray:
+    """Return times seconds to minutes after ``sec`` (exponential delays), capped at ``end``."""
+    delay = minimum + np.floor(rng.exponential(mean, size=sec.shape)).astype(np.int64)
+    return np.asarray(np.minimum(sec + delay, end), dtype=np.int64)
+
+
+def simulate_slot(
+    rng: np.random.Generator,
+    world: World,
+    state: SimulationState,
+    config: GeneratorConfig,
+    day: int,
+    slot: tuple[int, int],
+    n_sessions: int,
+) -> ImpressionLog:
+    """Simulate the lists opened during one slot ``[t0, t1)`` and what users did with them."""
+    t0, t1 = slot
+    length = config.list_length
+    day_end = (day + 1) * DAY_SECONDS - 1
+    user = draw_session_users(rng, world, config, day, t0, n_sessions)
+    surface = rng.choice(len(SURFACES), size=n_sessions, p=config.surface_shares).astype(np.int64)
+    target = target_categories(rng, world, state, user, surface)
+    weight = policy_weights(world, state, config, t0)
+    candidates, score = draw_candidates(rng, world, config, weight, target, surface)
+    shown = top_of_lists(candidates, score, length)
+    users = np.repeat(user[:, None], length, axis=1)
+    attract = true_attractiveness(world, users, shown, config.taste)
+    position = np.broadcast_to(np.arange(1, length + 1), shown.shape)
+    examine = position.astype(np.float64) ** -config.position_bias_exponent
+    click = rng.random(shown.shape) < examine * attract
+    like = click & (rng.random(shown.shape) < config.like_rate * attract)
+    save = click & (rng.random(shown.shape) < config.save_rate * attract)
+    bag = click & (rng.random(shown.shape) < config.add_to_bag_rate * attract)
+    buy = bag & (rng.random(shown.shape) < config.purchase_given_bag)
+    start = t0 + np.floor(rng.random(n_sessions) * (t1 - t0)).astype(np.int64)
+    impression_sec = np.minimum(start[:, None] + (position - 1) // 3, day_end)
+    click_sec = later(rng, impression_sec, 1, 15.0, day_end)
+    bag_sec = later(rng, click_sec, 5, 60.0, day_end)
+    purchase_sec = later(rng, bag_sec, 20, 180.0, day_end)
+    flat_item = shown.ravel()
+    sells = resolve_purchases(flat_item, impression_sec.ravel(), buy.ravel(), purchase_sec.ravel())
+    return ImpressionLog(
+        session=np.repeat(np.arange(n_sessions, dtype=np.int64), length),
+        user=users.ravel(),
+        item=flat_item,
+        position=position.ravel().astype(np.int64),
+        surface=np.repeat(surface, length),
+        attractiveness=attract.ravel(),
+        impression_sec=impression_sec.ravel(),
+        click=click.ravel(),
+        like=like.ravel(),
+        save=save.ravel(),
+        add_to_bag=bag.ravel(),
+        purchase=sells,
+        click_sec=click_sec.ravel(),
+        like_sec=later(rng, click_sec, 2, 30.0, day_end).ravel(),
+        save_sec=later(rng, click_sec, 2, 45.0, day_end).ravel(),
+        add_to_bag_sec=bag_sec.ravel(),
+        purchase_sec=purchase_sec.ravel(),
+    )
+
+
+def advance_state(state: SimulationState, world: World, log: ImpressionLog) -> None:
+    """Record a slot's sales and clicks so that later slots see them."""
+    state.sold[log.item[log.purchase]] = True
+    state.sold_sec[log.item[log.purchase]] = log.purchase_sec[log.purchase]
+    clicked_item, clicked_user = log.item[log.click], log.user[log.click]
+    category = world.items.category[clicked_item]
+    np.add.at(state.item_clicks, clicked_item, 1.0)
+    np.add.at(state.user_category_clicks, (clicked_user, category), 1)
+    latest_first = np.argsort(log.click_sec[log.click], kind="stable")[::-1]
+    user, index = np.unique(clicked_user[latest_first], return_index=True)
+    state.user_last_category[user] = category[latest_first][index]
+
+
+def simulate_day(
+    world: World, state: SimulationState, config: GeneratorConfig, day: int
+) -> ImpressionLog:
+    """Simulate one day slot by slot; sessions are numbered in slot order."""
+    rng = stream(config.seed, STREAM_EVENTS, day)
+    per_slot = rng.multinomial(config.sessions_per_day, diurnal_profile(config.slots_per_day))
+    logs: list[ImpressionLog] = []
+    opened = 0
+    for slot, n_sessions in enumerate(per_slot.tolist()):
+        if n_sessions == 0 and (logs or slot < len(per_slot) - 1):
+            continue  # an empty day still yields one (empty) log
+        t0 = day * DAY_SECONDS + slot * DAY_SECONDS // config.slots_per_day
+        t1 = day * DAY_SECONDS + (slot + 1) * DAY_SECONDS // config.slots_per_day
+        log = simulate_slot(rng, world, state, config, day, (t0, t1), n_sessions)
+        advance_state(state, world, log)
+        logs.append(replace_sessions(log, log.session + opened))
+        opened += n_sessions
+    merged: ImpressionLog = concat_records(logs, ImpressionLog)
+    return merged
+
+
+def replace_sessions(log: ImpressionLog, session: IntArray) -> ImpressionLog:
+    """Return the log with its session indices replaced (slot-local -> day-level)."""
+    values = {f.name: getattr(log, f.name) for f in fields(ImpressionLog)}
+    return ImpressionLog(**{**values, "session": session})
+
+
+def iso_timestamps(start: date, seconds: IntArray) -> StrArray:
+    """Format seconds since ``start`` midnight UTC as ISO-8601 strings with a 'Z'."""
+    unique, inverse = np.unique(seconds, return_inverse=True)
+    base = np.datetime64(start.isoformat(), "s")
+    text = np.datetime_as_string(base + unique.astype("timedelta64[s]"), unit="s", timezone="UTC")
+    return np.asarray(text[inverse], dtype=np.str_)
+
+
+def session_ids(ds: date, index: IntArray, config: GeneratorConfig) -> StrArray:
+    """Return the string ids of a day's sessions, e.g. ``20261001-00042`` (unique across days)."""
+    width = max(5, len(str(config.sessions_per_day)))
+    digits = np.strings.zfill(index.astype(np.str_), width)
+    return np.asarray(np.strings.add(f"{ds:%Y%m%d}-", digits), dtype=np.str_)
+
+
+def day_rows(blocks: IntArray, day: int) -> slice:
+    """Return the rows written in day ``day``'s drop: its own block, plus block 0 on day 0."""
+    return slice(int(blocks[0] if day == 0 else blocks[day + 1]), int(blocks[day + 2]))
+
+
+def blank_where(missing: BoolArray, values: npt.NDArray[np.object_]) -> npt.NDArray[np.object_]:
+    """Return ``values`` with None (JSON null) where an optional field was left empty."""
+    out = values.copy()
+    out[missing] = None
+    return out
+
+
+def users_frame(world: World, config: GeneratorConfig, day: int) -> pd.DataFrame:
+    """Return the users drop of a day (the initial users are in the first day's drop)."""
+    rows = day_rows(world.user_blocks, day)
+    users = world.users
+    size = np.asarray(SIZES, dtype=object)[users.size[rows]]
+    return pd.DataFrame(
+        {
+            "user_id": USER_ID_BASE + np.arange(rows.start, rows.stop, dtype=np.int64),
+            "signup_ts": iso_timestamps(config.start, users.signup_sec[rows]),
+            "country": np.asarray(COUNTRIES)[users.country[rows]],
+            "size": blank_where(~users.size_declared[rows], size),
+        }
+    )
+
+
+def items_frame(world: World, config: GeneratorConfig, day: int) -> pd.DataFrame:
+    """Return the items drop of a day (the initial listings are in the first day's drop)."""
+    rows = day_rows(world.item_blocks, day)
+    items, catalogue = world.items, world.catalogue
+    style = np.asarray(STYLES, dtype=object)[items.style[rows]]
+    return pd.DataFrame(
+        {
+            "item_id": ITEM_ID_BASE + np.arange(rows.start, rows.stop, dtype=np.int64),
+            "seller_id": SELLER_ID_BASE + items.seller[rows],
+            "listed_ts": iso_timestamps(config.start, items.listed_sec[rows]),
+            "category": np.asarray(CATEGORIES)[items.category[rows]],
+            "brand": catalogue.brand_names[items.brand[rows]],
+            "style": blank_where(~items.style_shown[rows], style),
+            "size": np.asarray(SIZES)[items.size[rows]],
+            "condition": np.asarray(CONDITIONS)[items.condition[rows]],
+            "price": items.price[rows],
+            "seller_rating": catalogue.seller_rating[items.seller[rows]],
+        }
+    )
+
+
+def events_frame(log: ImpressionLog, config: GeneratorConfig, ds: date) -> pd.DataFrame:
+    """Return a day's events: each impression and each action that followed it, in time order."""
+    every = np.ones(len(log.item), dtype=np.bool_)
+    flags = [every, log.click, log.like, log.save, log.add_to_bag, log.purchase]
+    times = [log.impression_sec, log.click_sec, log.like_sec, log.save_sec]
+    times += [log.add_to_bag_sec, log.purchase_sec]
+    rows_by_type = [np.flatnonzero(flag) for flag in flags]
+    row = np.concatenate(rows_by_type)
+    kind = np.concatenate([np.full(len(r), k, dtype=np.int64) for k, r in enumerate(rows_by_type)])
+    sec = np.concatenate([t[r] for t, r in zip(times, rows_by_type, strict=True)])
+    order = np.lexsort((kind, log.position[row], log.session[row], sec))
+    row, kind, sec = row[order], kind[order], sec[order]
+    session = session_ids(ds, log.session[row], config)
+    suffix = np.strings.add(
+        np.strings.zfill(log.position[row].astype(np.str_), 2), np.asarray(EVENT_CODES)[kind]
+    )
+    return pd.DataFrame(
+        {
+            "event_id": np.strings.add(np.strings.add(session, "-"), suffix),
+            "event_type": np.asarray(EVENT_TYPES)[kind],
+            "ts": iso_timestamps(config.start, sec),
+            "user_id": USER_ID_BASE + log.user[row],
+            "item_id": ITEM_ID_BASE + log.item[row],
+            "surface": np.asarray(SURFACES)[log.surface[row]],
+            "session_id": session,
+            "position": log.position[row],
+            "schema_version": np.full(len(row), SCHEMA_VERSION, dtype=np.int64),
+        }
+    )
+
+
+def truth_table(log: ImpressionLog, config: GeneratorConfig, ds: date) -> pa.Table:
+    """Return the day's truth: every impression's attractiveness, known only to the simulator."""
+    return pa.table(
+        {
+            "session_id": pa.array(session_ids(ds, log.session, config), type=pa.string()),
+            "user_id": pa.array(USER_ID_BASE + log.user, type=pa.int64()),
+            "item_id": pa.array(ITEM_ID_BASE + log.item, type=pa.int64()),
+            "attractiveness": pa.array(log.attractiveness, type=pa.float64()),
+        }
+    )
+
+
+def write_jsonl(frame: pd.DataFrame, path: Path) -> None:
+    """Write a frame as JSON Lines (an empty frame gives an empty file)."""
+    if frame.empty:
+        path.write_text("")
+    else:
+        frame.to_json(path, orient="records", lines=True)
+
+
+def replace_folder(final: Path, fill: Callable[[Path], None]) -> None:
+    """Write a day folder under a hidden name, add ``_SUCCESS`` last, then swap it into place.
+
+    Readers never see a half-written day: the folder appears complete or keeps its old content.
+    """
+    temporary = final.with_name(f".{final.name}.tmp")
+    previous = final.with_name(f".{final.name}.old")
+    for stale in (temporary, previous):
+        shutil.rmtree(stale, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    fill(temporary)
+    (temporary / "_SUCCESS").touch()
+    if final.exists():
+        final.rename(previous)
+    temporary.rename(final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_day(
+    raw_dir: Path,
+    ds: date,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    events: pd.DataFrame,
+    truth: pa.Table,
+) -> None:
+    """Replace one day's users, items, events and truth folders (events after users and items)."""
+    folder = f"ds={ds.isoformat()}"
+
+    def jsonl_writer(frame: pd.DataFrame) -> Callable[[Path], None]:
+        return lambda d: write_jsonl(frame, d / "part-00000.jsonl")
+
+    for kind, frame in (("users", users), ("items", items), ("events", events)):
+        replace_folder(raw_dir / kind / folder, jsonl_writer(frame))
+    replace_folder(
+        raw_dir / "truth" / folder, lambda d: pq.write_table(truth, d / "attractiveness.parquet")
+    )
+
+
+def generate_marketplace(config: GeneratorConfig, raw_dir: Path) -> GenerationSummary:
+    """Simulate ``config.days`` days and write each day's drops and truth under ``raw_dir``.
+
+    Re-running replaces the days it writes (other folders under ``raw_dir`` are left alone).
+    """
+    started = time.perf_counter()
+    world = build_world(config)
+    state = SimulationState.empty(world)
+    counts = np.zeros(len(EVENT_TYPES), dtype=np.int64)
+    days: list[str] = []
+    for day in range(config.days):
+        ds = config.start + timedelta(days=day)
+        log = simulate_day(world, state, config, day)
+        write_day(
+            Path(raw_dir),
+            ds,
+            users_frame(world, config, day),
+            items_frame(world, config, day),
+            events_frame(log, config, ds),
+            truth_table(log, config, ds),
+        )
+        flags = (log.click, log.like, log.save, log.add_to_bag, log.purchase)
+        counts += np.array([len(log.item)] + [int(f.sum()) for f in flags], dtype=np.int64)
+        days.append(ds.isoformat())
+    return GenerationSummary(
+        days=days,
+        users=len(world.users.signup_sec),
+        items=len(world.items.listed_sec),
+        sellers=len(np.unique(world.items.seller)),
+        events_by_type={name: int(n) for name, n in zip(EVENT_TYPES, counts, strict=True)},
+        impressions=int(counts[0]),
+        sold_items=int(state.sold.sum()),
+        seconds=round(time.perf_counter() - started, 3),
+    )
