@@ -44,6 +44,11 @@ COPY --chown=airflow:0 pyproject.toml README* /opt/airflow/rankflow-src/
 COPY --chown=airflow:0 include/ /opt/airflow/rankflow-src/include/
 RUN pip install --no-cache-dir --no-deps /opt/airflow/rankflow-src
 
+# Every spark-submit asks for the Delta jars (--packages): fetch them into the airflow user's Ivy
+# cache now, so tasks never reach Maven Central at run time. Same step as `make setup`.
+RUN RANKFLOW_HOME=/tmp/rankflow-warm python -m rankflow.cli warm-spark \
+    && rm -rf /tmp/rankflow-warm
+
 # DAGs, plugins and spark-submit entry points are baked in, so the image runs without the
 # development bind mounts of docker-compose.yml (which shadow these copies when present).
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

@@ -16,7 +16,11 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     """Write raw drops of the simulated marketplace."""
     from rankflow.generate import GeneratorConfig, generate_marketplace
 
-    overrides = {k: v for k, v in {"seed": args.seed, "days": args.days, "start": args.start}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"seed": args.seed, "days": args.days, "start": args.start}.items()
+        if v is not None
+    }
     config = GeneratorConfig.preset(args.preset, **overrides)
     raw = Path(args.raw) if args.raw else settings.paths.raw
     summary = generate_marketplace(config, raw)

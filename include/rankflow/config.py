@@ -161,9 +161,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             master=env.get("RANKFLOW_SPARK_MASTER", "local[*]"),
             shuffle_partitions=int(env.get("RANKFLOW_SHUFFLE_PARTITIONS", "8")),
         ),
-        mlflow_tracking_uri=env.get(
-            "MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_dir / 'mlflow.db'}"
-        ),
+        mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_dir / 'mlflow.db'}"),
         model_name=env.get("RANKFLOW_MODEL_NAME", "rankflow-ranker"),
         pipeline=pipeline,
     )

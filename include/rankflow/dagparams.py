@@ -29,7 +29,9 @@ def resolve_run_date(
     else:
         raise InvalidParamsError("this run has no data interval: pass the day as the ds param")
     if day >= today:
-        raise InvalidParamsError(f"ds={day} is not over yet (today is {today} UTC): its data is incomplete")
+        raise InvalidParamsError(
+            f"ds={day} is not over yet (today is {today} UTC): its data is incomplete"
+        )
     if params.get("surface") not in SURFACES:
         raise InvalidParamsError(f"surface={params.get('surface')!r} is not one of {SURFACES}")
     top_k = params.get("top_k")

@@ -41,7 +41,9 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     path.write_text(json.dumps(state, indent=2, default=str))
 
 
-def ensure_generated(settings: Settings, config: GeneratorConfig, state: dict[str, Any]) -> dict[str, Any]:
+def ensure_generated(
+    settings: Settings, config: GeneratorConfig, state: dict[str, Any]
+) -> dict[str, Any]:
     """Generate the raw drops unless the same configuration was generated already."""
     from rankflow.generate import generate_marketplace
 
@@ -56,7 +58,9 @@ def ensure_generated(settings: Settings, config: GeneratorConfig, state: dict[st
     return {"generated": wanted, "summary": summary.as_dict()}
 
 
-def ensure_history(settings: Settings, last: date, start: date, state: dict[str, Any]) -> dict[str, Any]:
+def ensure_history(
+    settings: Settings, last: date, start: date, state: dict[str, Any]
+) -> dict[str, Any]:
     """Ingest the days before ``last`` and build their training sets (one Spark session)."""
     from rankflow.pipeline import run_ingest, run_training_set
     from rankflow.spark import get_session
@@ -72,7 +76,9 @@ def ensure_history(settings: Settings, last: date, start: date, state: dict[str,
         run_training_set(spark, settings, max(first, start + timedelta(days=1)), end)
     finally:
         spark.stop()
-    print(f"history: ingested {start} .. {end}, training sets from {first} in {time.monotonic() - began:.0f}s")
+    print(
+        f"history: ingested {start} .. {end}, training sets from {first} in {time.monotonic() - began:.0f}s"
+    )
     return {**state, "history": [start.isoformat(), end.isoformat()]}
 
 
@@ -80,8 +86,13 @@ def run_nightly_dag(ds: date, conf: dict[str, Any]) -> None:
     """Run the nightly DAG once for ``ds`` in-process with ``airflow dags test``."""
     airflow = shutil.which("airflow") or str(Path(os.sys.executable).parent / "airflow")
     command = [
-        airflow, "dags", "test", DAG_ID, f"{ds.isoformat()}T02:00:00+00:00",
-        "--conf", json.dumps({"ds": ds.isoformat(), **conf}),
+        airflow,
+        "dags",
+        "test",
+        DAG_ID,
+        f"{ds.isoformat()}T02:00:00+00:00",
+        "--conf",
+        json.dumps({"ds": ds.isoformat(), **conf}),
     ]
     subprocess.run(command, check=True, cwd=repo_root())
 
@@ -97,17 +108,25 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
     scored = read_run_record(settings, ds, f"score-{surface}")
     exported = read_run_record(settings, ds, f"publish-s3-{surface}")
     published = read_run_record(settings, ds, f"publish-redis-{surface}")
-    candidates = read_run_record(settings, ds, "candidates") if (
-        settings.paths.home / "runs" / f"ds={ds.isoformat()}" / "candidates.json"
-    ).exists() else {}
+    candidates = (
+        read_run_record(settings, ds, "candidates")
+        if (settings.paths.home / "runs" / f"ds={ds.isoformat()}" / "candidates.json").exists()
+        else {}
+    )
     client = redis.Redis.from_url(settings.redis.url)
     reader = RankingReader.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
-    print("\n== offline evaluation on the held-out day", ds, f"({evaluation['rows']:,} impressions)")
+    print(
+        "\n== offline evaluation on the held-out day", ds, f"({evaluation['rows']:,} impressions)"
+    )
     print(evaluation["text"])
     print("gate:", evaluation["gate"]["reason"])
     print("\n== published lists")
-    print(f"S3   s3://{exported['bucket']}/{exported['manifest_key']}  ({exported['users']:,} users)")
-    print(f"Redis {settings.redis.url}  version {published['version']}  ({published['users']:,} users)")
+    print(
+        f"S3   s3://{exported['bucket']}/{exported['manifest_key']}  ({exported['users']:,} users)"
+    )
+    print(
+        f"Redis {settings.redis.url}  version {published['version']}  ({published['users']:,} users)"
+    )
     print(json.dumps(status(client, settings.redis.key_prefix, surface), default=str, indent=2))
     sample_user = published.get("sample_user")
     if sample_user is not None:
@@ -140,7 +159,10 @@ def run_demo(settings: Settings, preset: str = "demo") -> int:
     state = ensure_history(settings, last, config.start, state)
     write_state(path, state)
     surface = str(settings.pipeline["scoring"]["surface"])
-    run_nightly_dag(last, {"surface": surface, "top_k": int(settings.pipeline["scoring"]["top_k"]), "retrain": True})
+    run_nightly_dag(
+        last,
+        {"surface": surface, "top_k": int(settings.pipeline["scoring"]["top_k"]), "retrain": True},
+    )
     figures = report(settings, last, surface)
     figures["seconds"] = round(time.monotonic() - began, 1)
     print("\n== demo figures\n" + json.dumps(figures, indent=2))

@@ -43,7 +43,9 @@ def baseline_scores(frame: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     scores = {
         "popularity": (
-            frame["item_clicks_7d"] + 2.0 * frame["item_saves_7d"] + 1e-3 * frame["item_impressions_7d"]
+            frame["item_clicks_7d"]
+            + 2.0 * frame["item_saves_7d"]
+            + 1e-3 * frame["item_impressions_7d"]
         ).to_numpy(dtype="float64"),
         "recency": -frame["item_age_days"].to_numpy(dtype="float64"),
         "random": rng.random(len(frame)),
@@ -72,7 +74,9 @@ def evaluation_table(
     labels = frame["label"].to_numpy(dtype="float64")
     cutoffs = tuple(int(k) for k in config["cutoffs"])
     return {
-        name: evaluate_ranking(groups, labels, scores, cutoffs=cutoffs, recall_k=int(config["recall_k"]))
+        name: evaluate_ranking(
+            groups, labels, scores, cutoffs=cutoffs, recall_k=int(config["recall_k"])
+        )
         for name, scores in rankers.items()
     }
 
@@ -99,7 +103,9 @@ def gate_decision(table: dict[str, dict[str, float]], config: dict[str, Any]) ->
             f"(lift {lift:+.1%}, needs > {min_lift:+.1%})",
         )
     if champion is None:
-        return decision(True, f"first model: {metric}={challenger:.4f}, lift {lift:+.1%} over popularity")
+        return decision(
+            True, f"first model: {metric}={challenger:.4f}, lift {lift:+.1%} over popularity"
+        )
     floor = champion * (1.0 - tolerance)
     if challenger < floor:
         return decision(

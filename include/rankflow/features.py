@@ -99,7 +99,9 @@ def sold_items(events: DataFrame, as_of: date) -> DataFrame:
     from pyspark.sql import functions as F
 
     return (
-        events.where((F.col("event_type") == "purchase") & (F.col("ds") <= F.lit(as_of.isoformat())))
+        events.where(
+            (F.col("event_type") == "purchase") & (F.col("ds") <= F.lit(as_of.isoformat()))
+        )
         .groupBy("item_id")
         .agg(F.min("ts").alias("sold_ts"))
     )
@@ -163,7 +165,9 @@ def item_features(
         .join(sold, on="item_id", how="left")
     )
     return (
-        joined.transform(lambda df: with_smoothed_ctr(df, windows, float(config["ctr_prior_weight"])))
+        joined.transform(
+            lambda df: with_smoothed_ctr(df, windows, float(config["ctr_prior_weight"]))
+        )
         .withColumn(
             "item_age_days",
             F.greatest(
@@ -224,7 +228,11 @@ def affinity_map(interactions: DataFrame, dimension: str) -> DataFrame:
     return (
         per_value.withColumn("share", share)
         .groupBy("user_id")
-        .agg(F.map_from_entries(F.collect_list(F.struct(dimension, "share"))).alias(f"{dimension}_affinity"))
+        .agg(
+            F.map_from_entries(F.collect_list(F.struct(dimension, "share"))).alias(
+                f"{dimension}_affinity"
+            )
+        )
     )
 
 
@@ -250,7 +258,15 @@ def user_features(
     out = (
         known.withColumnRenamed("size", "declared_size")
         .join(activity, on="user_id", how="left")
-        .fillna(0, subset=["user_impressions_28d", "user_clicks_28d", "user_positives_28d", "user_active_days_28d"])
+        .fillna(
+            0,
+            subset=[
+                "user_impressions_28d",
+                "user_clicks_28d",
+                "user_positives_28d",
+                "user_active_days_28d",
+            ],
+        )
         .join(price_band, on="user_id", how="left")
         .withColumn(
             "user_days_since_signup",
@@ -325,7 +341,9 @@ def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
         .withColumn("aff_size", affinity("size"))
         .withColumn(
             "size_fit",
-            ((F.col("size") == F.col("declared_size")) | (F.col("size") == "one_size")).cast("double"),
+            ((F.col("size") == F.col("declared_size")) | (F.col("size") == "one_size")).cast(
+                "double"
+            ),
         )
         .withColumn(
             "price_distance", F.abs(F.log(F.col("item_price")) - F.col("user_log_price_mean"))

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,10 +30,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 StrArray = npt.NDArray[np.str_]
+Record = TypeVar("Record", bound="DataclassInstance")
 
 DAY_SECONDS = 86_400
 USER_ID_BASE = 100_000  # ids of users, items and sellers live in disjoint ranges (< 2^32)
@@ -75,8 +79,8 @@ SURFACES = ("home", "search", "similar")
 EVENT_TYPES = ("impression", "click", "like", "save", "add_to_bag", "purchase")
 EVENT_CODES = ("i", "c", "l", "s", "b", "p")  # last letters of event ids, one per type
 BRAND_STEMS = "Alba Bruma Corra Dune Elio Fjord Gala Hollis Iris Jura Kora Lumen Mira Nova Orla"
-BRAND_SUFFIXES = ("", " Studio", " & Co", " Atelier", " Label", " Club", " House", " Supply")
-BRAND_SUFFIXES_MORE = (" Collective", " Works")
+BRAND_SUFFIXES: tuple[str, ...] = ("", " Studio", " & Co", " Atelier", " Label", " Club")
+BRAND_SUFFIXES += (" House", " Supply", " Collective", " Works")
 
 STREAM_CATALOGUE, STREAM_USERS, STREAM_ITEMS, STREAM_EVENTS = 0, 1, 2, 3
 
@@ -85,14 +89,14 @@ STREAM_CATALOGUE, STREAM_USERS, STREAM_ITEMS, STREAM_EVENTS = 0, 1, 2, 3
 class TasteWeights:
     """Coefficients of the true attractiveness logit (what a perfect ranker would recover)."""
 
-    intercept: float = -4.3
-    category: float = 3.5
-    brand: float = 1.5
-    style: float = 1.5
-    size: float = 0.8
-    price: float = 1.5
-    quality: float = 0.5
-    seller: float = 0.3
+    intercept: float = -6.0
+    category: float = 4.0  # times the user's affinity (0..1, 1 = favourite) for the category
+    brand: float = 3.0
+    style: float = 3.0
+    size: float = 1.5  # times SIZE_FIT of the size distance
+    price: float = 1.5  # times (price sensitivity - 0.3) * log(price / category median)
+    quality: float = 0.4  # times the item's latent quality (standard normal)
+    seller: float = 0.3  # times the seller's latent quality (standard normal)
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,8 @@ class GeneratorConfig:
     save_rate: float = 0.15  # P(save | click) = save_rate * attractiveness
     add_to_bag_rate: float = 0.12  # P(add_to_bag | click) = add_to_bag_rate * attractiveness
     purchase_given_bag: float = 0.4  # P(purchase | add_to_bag)
-    activity_sigma: float = 1.4  # log-normal spread of how often users come back
+    activity_sigma: float = 1.2  # log-normal spread of how often users come back ...
+    activity_cap: float = 2.5  # ... truncated at this many sigmas (no single user dominates)
     new_user_boost: float = 6.0  # activity multiplier on the signup day
     signup_history_days: int = 730  # initial users signed up during these days before start
     listing_history_days: int = 42  # initial items were listed during these days before start
@@ -178,8 +183,8 @@ class GeneratorConfig:
                 "sessions_per_day": 150,
                 "list_length": 20,
                 # more conversions so every tiny day has purchases to label and sell
-                "add_to_bag_rate": 0.35,
-                "purchase_given_bag": 0.6,
+                "add_to_bag_rate": 0.5,
+                "purchase_given_bag": 0.7,
             },
         }
         if name not in presets:
@@ -270,7 +275,6 @@ class SimulationState:
     """What the marketplace remembers between slots (mutated as time advances)."""
 
     sold: BoolArray
-    sold_sec: IntArray
     item_clicks: FloatArray
     user_category_clicks: npt.NDArray[np.int32]
     user_last_category: IntArray
@@ -281,7 +285,6 @@ class SimulationState:
         n_items, n_users = len(world.items.listed_sec), len(world.users.signup_sec)
         return cls(
             sold=np.zeros(n_items, dtype=np.bool_),
-            sold_sec=np.full(n_items, -1, dtype=np.int64),
             item_clicks=np.zeros(n_items, dtype=np.float64),
             user_category_clicks=np.zeros((n_users, len(CATEGORIES)), dtype=np.int32),
             user_last_category=np.full(n_users, -1, dtype=np.int64),
@@ -318,8 +321,7 @@ def stream(seed: int, purpose: int, block: int = 0) -> np.random.Generator:
 
 def brand_names() -> StrArray:
     """Return the 150 brand names, the plainest (most popular) first."""
-    suffixes = BRAND_SUFFIXES + BRAND_SUFFIXES_MORE
-    return np.array([stem + end for end in suffixes for stem in BRAND_STEMS.split()])
+    return np.array([stem + end for end in BRAND_SUFFIXES for stem in BRAND_STEMS.split()])
 
 
 def dirichlet_rows(rng: np.random.Generator, alpha: FloatArray) -> FloatArray:
@@ -335,7 +337,7 @@ def affinity(pref: FloatArray) -> FloatArray:
 
 
 def sample_rows(rng: np.random.Generator, probs: FloatArray) -> IntArray:
-    """Draw one category index per row of a (rows, k) matrix of non-negative weights."""
+    """Draw one column per row of a (rows, k) weight matrix, in proportion to the weights."""
     cumulative = probs.cumsum(axis=1)
     u = rng.random(len(probs))[:, None] * cumulative[:, -1:]
     picked = (cumulative <= u).sum(axis=1)
@@ -407,7 +409,9 @@ def draw_users(
         size=rng.choice(len(SIZE_SHARE), size=n, p=SIZE_SHARE).astype(np.int64),
         size_declared=rng.random(n) < 0.88,
         price_sensitivity=rng.beta(2.0, 2.0, size=n),
-        activity=rng.lognormal(0.0, config.activity_sigma, size=n),
+        activity=np.exp(
+            config.activity_sigma * np.minimum(rng.standard_normal(n), config.activity_cap)
+        ),
         category_pref=category_pref,
         category_affinity=affinity(category_pref),
         brand_affinity=affinity(brand_pref),
@@ -449,26 +453,22 @@ def draw_items(rng: np.random.Generator, listed_sec: IntArray, catalogue: Catalo
 
 
 def block_times(
-    rng: np.random.Generator,
-    block: int,
-    n: int,
-    history_days: int,
-    config: GeneratorConfig,
-    recent: bool,
+    rng: np.random.Generator, block: int, n: int, history_days: int, skew: float, slots: int
 ) -> IntArray:
-    """Draw the sorted creation times of block 0 (before start) or of day ``block - 1``."""
+    """Draw sorted creation times: block 0 in the ``history_days`` before start, else day block-1.
+
+    Ages before start follow Beta(1, skew) of the history: 1 = uniform, > 1 = mostly recent.
+    """
     if block == 0:
-        shape = 2.0 if recent else 1.0  # recent: live listings skew towards the last days
-        age = rng.beta(1.0, shape, size=n) * history_days * DAY_SECONDS
+        age = rng.beta(1.0, skew, size=n) * history_days * DAY_SECONDS
         return np.sort(-1 - age.astype(np.int64))
-    return (block - 1) * DAY_SECONDS + times_of_day(rng, n, config.slots_per_day)
+    return (block - 1) * DAY_SECONDS + times_of_day(rng, n, slots)
 
 
-def concat_records(records: list[Any], kind: type[Any]) -> Any:
+def concat_records(records: Sequence[Record], kind: type[Record]) -> Record:
     """Concatenate dataclasses of equal-length arrays field by field."""
-    return kind(
-        **{f.name: np.concatenate([getattr(r, f.name) for r in records]) for f in fields(kind)}
-    )
+    columns = {f.name: np.concatenate([getattr(r, f.name) for r in records]) for f in fields(kind)}
+    return kind(**columns)
 
 
 def build_world(config: GeneratorConfig) -> World:
@@ -476,17 +476,18 @@ def build_world(config: GeneratorConfig) -> World:
     catalogue = build_catalogue(config)
     user_parts: list[Users] = []
     item_parts: list[Items] = []
+    slots = config.slots_per_day
     for block in range(config.days + 1):  # block 0: before start; block d + 1: day d
         n_users = config.initial_users if block == 0 else config.new_users_per_day
         rng = stream(config.seed, STREAM_USERS, block)
-        signup = block_times(rng, block, n_users, config.signup_history_days, config, False)
+        signup = block_times(rng, block, n_users, config.signup_history_days, 1.0, slots)
         user_parts.append(draw_users(rng, signup, catalogue, config))
         n_items = config.initial_items if block == 0 else config.new_items_per_day
         rng = stream(config.seed, STREAM_ITEMS, block)
-        listed = block_times(rng, block, n_items, config.listing_history_days, config, True)
+        listed = block_times(rng, block, n_items, config.listing_history_days, 2.0, slots)
         item_parts.append(draw_items(rng, listed, catalogue))
-    users: Users = concat_records(user_parts, Users)
-    items: Items = concat_records(item_parts, Items)
+    users = concat_records(user_parts, Users)
+    items = concat_records(item_parts, Items)
     by_category = np.argsort(items.category, kind="stable")
     n_brands = len(catalogue.brand_names)
     brand_weight = (
@@ -622,8 +623,8 @@ def draw_candidates(
     personal = rng.random((n, draws)) < share[:, None]
     offset = np.where(personal, low[np.maximum(target, 0)][:, None], 0.0)
     width = np.where(personal, mass[np.maximum(target, 0)][:, None], cumulative[-1])
-    position = np.searchsorted(cumulative, offset + rng.random((n, draws)) * width, side="right")
-    drawn = order[np.minimum(position, len(order) - 1)]
+    index = np.searchsorted(cumulative, offset + rng.random((n, draws)) * width, side="right")
+    drawn = order[np.minimum(index, len(order) - 1)]
     reserve = available[rng.integers(len(available), size=(n, length))]
     candidates = np.concatenate([drawn, reserve], axis=1)
     in_target = world.items.category[candidates] == target[:, None]
@@ -731,7 +732,6 @@ def simulate_slot(
 def advance_state(state: SimulationState, world: World, log: ImpressionLog) -> None:
     """Record a slot's sales and clicks so that later slots see them."""
     state.sold[log.item[log.purchase]] = True
-    state.sold_sec[log.item[log.purchase]] = log.purchase_sec[log.purchase]
     clicked_item, clicked_user = log.item[log.click], log.user[log.click]
     category = world.items.category[clicked_item]
     np.add.at(state.item_clicks, clicked_item, 1.0)
@@ -758,8 +758,7 @@ def simulate_day(
         advance_state(state, world, log)
         logs.append(replace_sessions(log, log.session + opened))
         opened += n_sessions
-    merged: ImpressionLog = concat_records(logs, ImpressionLog)
-    return merged
+    return concat_records(logs, ImpressionLog)
 
 
 def replace_sessions(log: ImpressionLog, session: IntArray) -> ImpressionLog:
@@ -776,10 +775,17 @@ def iso_timestamps(start: date, seconds: IntArray) -> StrArray:
     return np.asarray(text[inverse], dtype=np.str_)
 
 
+def zero_padded(values: IntArray, width: int) -> StrArray:
+    """Format integers as strings left-padded with zeros to ``width`` digits."""
+    if values.size == 0:  # np.strings.zfill cannot size an empty result
+        return np.zeros(0, dtype=f"<U{width}")
+    return np.asarray(np.strings.zfill(values.astype(np.str_), width), dtype=np.str_)
+
+
 def session_ids(ds: date, index: IntArray, config: GeneratorConfig) -> StrArray:
     """Return the string ids of a day's sessions, e.g. ``20261001-00042`` (unique across days)."""
     width = max(5, len(str(config.sessions_per_day)))
-    digits = np.strings.zfill(index.astype(np.str_), width)
+    digits = zero_padded(index, width)
     return np.asarray(np.strings.add(f"{ds:%Y%m%d}-", digits), dtype=np.str_)
 
 
@@ -844,9 +850,7 @@ def events_frame(log: ImpressionLog, config: GeneratorConfig, ds: date) -> pd.Da
     order = np.lexsort((kind, log.position[row], log.session[row], sec))
     row, kind, sec = row[order], kind[order], sec[order]
     session = session_ids(ds, log.session[row], config)
-    suffix = np.strings.add(
-        np.strings.zfill(log.position[row].astype(np.str_), 2), np.asarray(EVENT_CODES)[kind]
-    )
+    suffix = np.strings.add(zero_padded(log.position[row], 2), np.asarray(EVENT_CODES)[kind])
     return pd.DataFrame(
         {
             "event_id": np.strings.add(np.strings.add(session, "-"), suffix),

@@ -119,7 +119,11 @@ def rejection_reason(kind: str, ds: date) -> Column:
     day = F.lit(ds.isoformat()).cast("date")
     rules: list[tuple[Column, str]] = [(F.col(CORRUPT).isNotNull(), "malformed JSON or wrong type")]
     rules += [(F.col(name).isNull(), f"missing {name}") for name in required_fields(kind)]
-    id_cols = {"users": ["user_id"], "items": ["item_id", "seller_id"], "events": ["user_id", "item_id"]}
+    id_cols = {
+        "users": ["user_id"],
+        "items": ["item_id", "seller_id"],
+        "events": ["user_id", "item_id"],
+    }
     rules += [
         ((F.col(c) < 1) | (F.col(c) > MAX_ID), f"{c} outside 1..2^32-1") for c in id_cols[kind]
     ]

@@ -18,7 +18,9 @@ log = logging.getLogger("rankflow")
 def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
     """Parse the arguments every job accepts (a day, or a range of days for backfills)."""
     parser = argparse.ArgumentParser(prog=f"jobs/{step}.py", description=f"rankflow {step} step")
-    parser.add_argument("--ds", type=date.fromisoformat, required=True, help="logical date (YYYY-MM-DD)")
+    parser.add_argument(
+        "--ds", type=date.fromisoformat, required=True, help="logical date (YYYY-MM-DD)"
+    )
     parser.add_argument(
         "--start", type=date.fromisoformat, help="first day of a range ending at --ds (backfill)"
     )
@@ -58,7 +60,9 @@ def main(step: str, argv: Sequence[str] | None = None) -> int:
     """Run one step in a Spark session; print its result as one JSON line; exit non-zero on error."""
     from rankflow.spark import get_session
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = parse_args(step, sys.argv[1:] if argv is None else argv)
     settings = load_settings()
     spark = get_session(settings, f"rankflow-{step}")

@@ -15,7 +15,11 @@ from rankflow.features import MODEL_FEATURES, FeatureFrames
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-FEATURE_TABLES = {"items": "silver/item_features", "users": "silver/user_features", "seen": "silver/seen_pairs"}
+FEATURE_TABLES = {
+    "items": "silver/item_features",
+    "users": "silver/user_features",
+    "seen": "silver/seen_pairs",
+}
 INPUT_TABLES = ("bronze/events", "bronze/items", "bronze/users", "silver/training_set")
 
 
@@ -54,7 +58,9 @@ def bronze(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFram
     )
 
 
-def run_ingest(spark: SparkSession, settings: Settings, start: date, end: date) -> list[dict[str, Any]]:
+def run_ingest(
+    spark: SparkSession, settings: Settings, start: date, end: date
+) -> list[dict[str, Any]]:
     """Ingest every raw drop kind for each day in ``[start, end]``."""
     from dataclasses import asdict
 
@@ -102,15 +108,21 @@ def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[st
     from rankflow.candidates import generate_candidates
     from rankflow.spark import write_partition
 
-    candidates = generate_candidates(read_features(spark, settings, ds), settings.pipeline["candidates"])
+    candidates = generate_candidates(
+        read_features(spark, settings, ds), settings.pipeline["candidates"]
+    )
     path = settings.paths.table("silver/candidates")
     write_partition(candidates.withColumn("ds", F.lit(ds.isoformat()).cast("date")), path, ds)
     written = read_partition(spark, settings, "silver/candidates", ds)
-    stats = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
+    stats = written.agg(
+        F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")
+    ).first()
     return {"rows": int(stats["rows"]), "users": int(stats["users"])}
 
 
-def run_training_set(spark: SparkSession, settings: Settings, start: date, end: date) -> dict[str, int]:
+def run_training_set(
+    spark: SparkSession, settings: Settings, start: date, end: date
+) -> dict[str, int]:
     """Build the labelled training rows of each day in ``[start, end]``."""
     from rankflow.spark import write_partition
     from rankflow.training_set import build_training_set
@@ -133,7 +145,11 @@ def training_rows(spark: SparkSession, settings: Settings, start: date, end: dat
 
     frame = (
         read_table(spark, settings, "silver/training_set")
-        .where(F.col("ds").between(F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")))
+        .where(
+            F.col("ds").between(
+                F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")
+            )
+        )
         .select("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
         .toPandas()
     )
@@ -190,7 +206,9 @@ def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
     if truth_path.exists():
         import pandas as pd
 
-        truth = pd.read_parquet(truth_path / "attractiveness.parquet")[["session_id", "item_id", "attractiveness"]]
+        truth = pd.read_parquet(truth_path / "attractiveness.parquet")[
+            ["session_id", "item_id", "attractiveness"]
+        ]
         truth = truth.rename(columns={"session_id": "qid"})
         frame = frame.merge(truth, on=["qid", "item_id"], how="left", validate="one_to_one")
     return frame
@@ -238,7 +256,9 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
     configure_mlflow(settings)
     with mlflow.start_run(run_id=trained["run_id"]):
         for ranker, metrics in table.items():
-            mlflow.log_metrics({f"{ranker}.{k}".replace("@", "_at_"): v for k, v in metrics.items()})
+            mlflow.log_metrics(
+                {f"{ranker}.{k}".replace("@", "_at_"): v for k, v in metrics.items()}
+            )
         mlflow.log_dict({"table": table, "gate": decision.as_dict()}, "evaluation.json")
         mlflow.set_tag("gate", "promoted" if decision.promote else "rejected")
     record = {
@@ -258,7 +278,9 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         )
     client = MlflowClient()
     if champion_version and champion_version != challenger_version:
-        client.set_registered_model_alias(settings.model_name, "previous_champion", champion_version)
+        client.set_registered_model_alias(
+            settings.model_name, "previous_champion", champion_version
+        )
     client.set_registered_model_alias(settings.model_name, CHAMPION, challenger_version)
     return record
 
@@ -268,7 +290,9 @@ def scoring_input(spark: SparkSession, settings: Settings, ds: date) -> DataFram
     from rankflow.features import feature_vector, with_cross_features
 
     features = read_features(spark, settings, ds)
-    candidates = read_partition(spark, settings, "silver/candidates", ds).select("user_id", "item_id")
+    candidates = read_partition(spark, settings, "silver/candidates", ds).select(
+        "user_id", "item_id"
+    )
     joined = with_cross_features(candidates, features)
     return joined.select("user_id", "item_id", *feature_vector(joined))
 
@@ -284,10 +308,14 @@ def run_score(
     from rankflow.training import load_model, write_run_record
 
     model_raw, model_version = load_model(settings, model)
-    ranked = score_candidates(scoring_input(spark, settings, ds), model_raw, f"v{model_version}", top_k)
-    gold = ranked.withColumn("model_version", F.lit(model_version)).withColumn(
-        "surface", F.lit(surface)
-    ).withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+    ranked = score_candidates(
+        scoring_input(spark, settings, ds), model_raw, f"v{model_version}", top_k
+    )
+    gold = (
+        ranked.withColumn("model_version", F.lit(model_version))
+        .withColumn("surface", F.lit(surface))
+        .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+    )
     path = settings.paths.table("gold/rankings")
     (
         gold.write.format("delta")
@@ -322,7 +350,9 @@ def publication_version(ds: date, model_version: str) -> str:
     return f"{ds:%Y%m%d}-m{model_version}"
 
 
-def run_publish_s3(spark: SparkSession, settings: Settings, ds: date, surface: str) -> dict[str, Any]:
+def run_publish_s3(
+    spark: SparkSession, settings: Settings, ds: date, surface: str
+) -> dict[str, Any]:
     """Export the gold lists of ``ds`` to S3 (parts, then manifest, then pointer)."""
     from rankflow.publish_s3 import export_as_dict, export_rankings
     from rankflow.training import read_run_record, write_run_record

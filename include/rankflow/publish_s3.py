@@ -136,14 +136,21 @@ def build_manifest(
         **meta,
         "users": int(sum(int(p["rows"]) for p in parts)),
         "parts": [
-            {"key": p["key"], "rows": int(p["rows"]), "bytes": int(p["bytes"]), "sha256": p["sha256"]}
+            {
+                "key": p["key"],
+                "rows": int(p["rows"]),
+                "bytes": int(p["bytes"]),
+                "sha256": p["sha256"],
+            }
             for p in parts
         ],
         "created_at": created_at.isoformat(),
     }
 
 
-def update_pointer(client: Any, s3: S3Settings, surface: str, ds: date, record: dict[str, Any]) -> bool:
+def update_pointer(
+    client: Any, s3: S3Settings, surface: str, ds: date, record: dict[str, Any]
+) -> bool:
     """Point ``_latest.json`` at this export unless a newer date is already published."""
     from botocore.exceptions import ClientError
 
@@ -169,10 +176,15 @@ def export_rankings(
     ensure_bucket(client, s3.bucket)
     prefix = export_prefix(s3, surface, ds, version)
     delete_prefix(client, s3.bucket, prefix)
-    parts = [row.asDict() for row in ranked.mapInPandas(make_part_uploader(s3, prefix), PART_SCHEMA).collect()]
+    parts = [
+        row.asDict()
+        for row in ranked.mapInPandas(make_part_uploader(s3, prefix), PART_SCHEMA).collect()
+    ]
     expected = ranked.count()
     manifest = build_manifest(
-        parts, {**meta, "surface": surface, "ds": ds.isoformat(), "version": version}, datetime.now(UTC)
+        parts,
+        {**meta, "surface": surface, "ds": ds.isoformat(), "version": version},
+        datetime.now(UTC),
     )
     if manifest["users"] != expected:
         raise S3PublishError(

@@ -83,9 +83,7 @@ def rank_frame(booster: xgb.Booster, frame: pd.DataFrame, k: int) -> pd.DataFram
     """Score a frame of candidate rows and reduce it to top-``k`` lists."""
     features = frame[MODEL_FEATURES].to_numpy(dtype="float32")
     scores = booster.inplace_predict(features)
-    return top_k_per_user(
-        frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), scores, k
-    )
+    return top_k_per_user(frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), scores, k)
 
 
 def score_candidates(

@@ -62,12 +62,18 @@ def local_services(settings: Settings) -> list[Service]:
                 redis.port or 6379,
                 [
                     shutil.which("redis-server") or "redis-server",
-                    "--bind", "127.0.0.1",
-                    "--port", str(redis.port or 6379),
-                    "--dir", str(data),
-                    "--save", "300 1",
-                    "--appendonly", "no",
-                    "--protected-mode", "yes",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(redis.port or 6379),
+                    "--dir",
+                    str(data),
+                    "--save",
+                    "300 1",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
                 ],
             )
         )
@@ -96,8 +102,12 @@ def start(service: Service, folder: Path, wait_seconds: float = 30.0) -> str:
     (folder / service.name).mkdir(parents=True, exist_ok=True)
     log = (folder / f"{service.name}.log").open("ab")
     process = subprocess.Popen(
-        service.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, cwd=folder / service.name,
+        service.command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=folder / service.name,
     )
     (folder / f"{service.name}.pid").write_text(str(process.pid))
     deadline = time.monotonic() + wait_seconds

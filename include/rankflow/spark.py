@@ -67,7 +67,9 @@ def write_partitions(df: DataFrame, path: str, start: date, end: date) -> None:
     (
         df.write.format("delta")
         .mode("overwrite")
-        .option("replaceWhere", f"ds >= DATE'{start.isoformat()}' AND ds <= DATE'{end.isoformat()}'")
+        .option(
+            "replaceWhere", f"ds >= DATE'{start.isoformat()}' AND ds <= DATE'{end.isoformat()}'"
+        )
         .partitionBy("ds")
         .save(path)
     )

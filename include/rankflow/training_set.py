@@ -58,7 +58,9 @@ def build_training_set(
 
     as_of = ds - timedelta(days=1)
     features = build_features(events, items, users, as_of, config, listed_by=ds)
-    labelled = with_labels(impressions_of(events, ds), graded_labels(events, ds, config["labels"]["gains"]))
+    labelled = with_labels(
+        impressions_of(events, ds), graded_labels(events, ds, config["labels"]["gains"])
+    )
     return with_cross_features(labelled, features).select(
         F.col("session_id").alias("qid"),
         "user_id",

@@ -1,0 +1,911 @@
+"""Redis serving store: versioned top-K lists, atomic switch, rollback and one-round-trip reads.
+
+A nightly publication writes every user's list into a NEW version beside the current one, checks
+it, then makes it visible with one atomic Lua step; readers never see a half-written version. The
+key layout and the value encoding are a contract for readers in any language and are documented
+in ``docs/redis-layout.md``: keep that page, the pure key/encoding functions below and the Lua
+scripts next to this module in step.
+
+Lifecycle (driver = Spark driver or Airflow task, executors = Spark tasks)::
+
+    version = new_version_id(ds, run_id)                          # driver
+    begin_version(client, prefix, surface, version, ds=ds, model_version=mv, k=k)
+    stats = write_batches(url, prefix, surface, version, batches)  # executors, summed by driver
+    write_fallback(client, prefix, surface, version, popular_items)
+    result = commit_version(client, prefix, surface, version, expected_users=stats.users)
+    expire_old_versions(client, prefix, surface, ttl_seconds=settings.old_version_ttl_seconds)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime
+from functools import cache
+from importlib import resources
+from typing import Any, Literal, TypeAlias, cast
+
+import numpy as np
+import numpy.typing as npt
+import redis
+
+SCHEMA_VERSION = "1"
+ENCODING = "u32le"
+MAX_ITEM_ID = 2**32 - 1
+_ITEM_DTYPE = np.dtype("<u4")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_WINDOW = 16  # MSET commands in flight per connection: keeps the server busy while we pack
+
+UserIds: TypeAlias = "npt.ArrayLike"
+ItemLists: TypeAlias = "npt.NDArray[Any] | Sequence[npt.ArrayLike]"
+Batch: TypeAlias = "tuple[UserIds, ItemLists]"
+SwitchStatus: TypeAlias = Literal[
+    "switched", "unchanged", "skipped_older", "rolled_back", "refused"
+]
+
+
+class RedisStoreError(RuntimeError):
+    """Base class of the serving store's errors."""
+
+
+class NoCurrentVersionError(RedisStoreError):
+    """Raised when a surface has no published version to read."""
+
+
+class VersionNotWritableError(RedisStoreError):
+    """Raised when writing into a version that is published, retired or never begun."""
+
+
+class VersionCheckError(RedisStoreError):
+    """Raised when a version fails the checks before the switch; nothing became visible."""
+
+
+# --------------------------------------------------------------------------- keys (pure)
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a safe key segment (letters, digits, ``_.-``), else raise."""
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} must match [A-Za-z0-9_.-]+ (no ':' or glob characters): {value!r}"
+        )
+    return value
+
+
+def namespace(prefix: str, surface: str) -> str:
+    """Return ``{prefix}:{surface}``, the root of every key of one surface."""
+    return f"{check_name(prefix, 'prefix')}:{check_name(surface, 'surface')}"
+
+
+def current_key(prefix: str, surface: str) -> str:
+    """Return the key of the pointer to the version readers use (a string holding its id)."""
+    return f"{namespace(prefix, surface)}:current"
+
+
+def previous_key(prefix: str, surface: str) -> str:
+    """Return the key of the pointer to the version ``rollback`` restores."""
+    return f"{namespace(prefix, surface)}:previous"
+
+
+def versions_key(prefix: str, surface: str) -> str:
+    """Return the key of the sorted set of known versions (score: creation time in ms)."""
+    return f"{namespace(prefix, surface)}:versions"
+
+
+def version_base(prefix: str, surface: str, version: str) -> str:
+    """Return ``{prefix}:{surface}:v:{version}``, the root of one version's keys."""
+    return f"{namespace(prefix, surface)}:v:{check_name(version, 'version')}"
+
+
+def meta_key(prefix: str, surface: str, version: str) -> str:
+    """Return the key of a version's meta hash (ds, model_version, k, users, ...)."""
+    return f"{version_base(prefix, surface, version)}:meta"
+
+
+def fallback_key(prefix: str, surface: str, version: str) -> str:
+    """Return the key of a version's fallback list, served to users without their own list."""
+    return f"{version_base(prefix, surface, version)}:fallback"
+
+
+def user_id_text(user_id: int | str | np.integer[Any]) -> str:
+    """Return the canonical text of a user id in keys: integers in decimal, strings as given."""
+    if isinstance(user_id, bool):
+        raise TypeError("a user id must be an int or a str, not a bool")
+    if isinstance(user_id, int | np.integer):
+        return str(int(user_id))
+    if isinstance(user_id, str) and user_id:
+        return user_id
+    raise TypeError(f"a user id must be an int or a non-empty str: {user_id!r}")
+
+
+def user_key(prefix: str, surface: str, version: str, user_id: int | str) -> str:
+    """Return the key holding one user's list in one version."""
+    return f"{version_base(prefix, surface, version)}:u:{user_id_text(user_id)}"
+
+
+def user_keys(prefix: str, surface: str, version: str, user_ids: UserIds) -> list[bytes]:
+    """Return the encoded ``user_key`` of every id, built in bulk for the writers."""
+    base = f"{version_base(prefix, surface, version)}:u:".encode()
+    ids = np.asarray(user_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"user ids must be one-dimensional, got shape {ids.shape}")
+    if ids.dtype.kind in "iu":
+        return [b"%s%d" % (base, u) for u in ids.tolist()]
+    return [base + user_id_text(u).encode() for u in ids.tolist()]
+
+
+def user_key_pattern(prefix: str, surface: str, version: str) -> str:
+    """Return the SCAN pattern matching every user key of one version."""
+    return f"{version_base(prefix, surface, version)}:u:*"
+
+
+def new_version_id(ds: date, run_id: str | None = None) -> str:
+    """Return a version id ``YYYYMMDD-<10 hex>``: sorts by ds, unique per run.
+
+    Args:
+        ds: the logical date the lists were computed for.
+        run_id: the orchestrator's run id (plus try number for a fresh version per attempt);
+            hashed so the id stays a safe key segment. ``None`` draws a random token.
+    """
+    token = (
+        hashlib.blake2b(run_id.encode(), digest_size=5).hexdigest()
+        if run_id is not None
+        else uuid.uuid4().hex[:10]
+    )
+    return f"{ds:%Y%m%d}-{token}"
+
+
+# --------------------------------------------------------------------------- encoding (pure)
+
+
+def _as_item_array(item_ids: npt.ArrayLike) -> npt.NDArray[np.uint32]:
+    """Return item ids as a little-endian uint32 array, raising if any id does not fit."""
+    arr = np.asarray(item_ids)
+    if arr.size == 0:
+        return np.zeros(arr.shape, dtype=_ITEM_DTYPE)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"item ids must be integers, got dtype {arr.dtype}")
+    low, high = int(arr.min()), int(arr.max())
+    if low < 0 or high > MAX_ITEM_ID:
+        raise ValueError(
+            f"item ids must fit in uint32 [0, {MAX_ITEM_ID}]; got range [{low}, {high}]"
+        )
+    return np.ascontiguousarray(arr, dtype=_ITEM_DTYPE)
+
+
+def encode_items(item_ids: npt.ArrayLike) -> bytes:
+    """Encode one ranked list: item ids as little-endian uint32 in rank order (4 bytes each)."""
+    arr = _as_item_array(item_ids)
+    if arr.ndim != 1:
+        raise ValueError(f"one list must be one-dimensional, got shape {arr.shape}")
+    return arr.tobytes()
+
+
+def encode_lists(item_lists: ItemLists) -> list[bytes]:
+    """Encode many lists at once: a 2-D array (one row per user) or a sequence of 1-D lists.
+
+    The 2-D path is fully vectorised; ragged lists are concatenated, validated and converted
+    once, then sliced, so the cost per user is one bytes slice.
+    """
+    if isinstance(item_lists, np.ndarray) and item_lists.ndim == 2:
+        arr = _as_item_array(item_lists)
+        row = np.dtype((np.void, arr.shape[1] * _ITEM_DTYPE.itemsize))
+        if arr.shape[1] == 0:
+            return [b""] * arr.shape[0]
+        return cast("list[bytes]", arr.view(row).ravel().tolist())
+    rows = [np.asarray(r) for r in item_lists]
+    if any(r.ndim != 1 for r in rows):
+        raise ValueError("each list must be one-dimensional")
+    if not rows:
+        return []
+    lengths = np.fromiter((r.size for r in rows), dtype=np.int64, count=len(rows))
+    filled = [r for r in rows if r.size]
+    kinds = {r.dtype.kind for r in filled}
+    if not kinds <= {"i", "u"}:
+        raise ValueError(f"item ids must be integers, got dtype kinds {sorted(kinds)}")
+    # int64 for all rows: mixing int64 and uint64 rows would otherwise promote to float64
+    flat = _as_item_array(
+        np.concatenate(filled, dtype=np.int64, casting="unsafe") if filled else []
+    )
+    data = flat.tobytes()
+    ends = (np.cumsum(lengths) * _ITEM_DTYPE.itemsize).tolist()
+    starts = [0, *ends[:-1]]
+    return [data[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+def decode_items(value: bytes) -> list[int]:
+    """Decode a stored list back into item ids in rank order."""
+    if len(value) % _ITEM_DTYPE.itemsize:
+        raise ValueError(f"a list value must be a multiple of 4 bytes, got {len(value)}")
+    return [int(i) for i in np.frombuffer(value, dtype=_ITEM_DTYPE).tolist()]
+
+
+def pack_mset(keys: Sequence[bytes], values: Sequence[bytes]) -> bytes:
+    """Return the RESP bytes of one ``MSET k1 v1 k2 v2 ...`` command.
+
+    Packing ourselves avoids redis-py's per-argument encoding, the largest per-user cost.
+    """
+    if len(keys) != len(values) or not keys:
+        raise ValueError(f"need as many keys as values, at least one: {len(keys)}/{len(values)}")
+    head = b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(keys) + 1)
+    body = [
+        b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v)
+        for k, v in zip(keys, values, strict=True)
+    ]
+    return head + b"".join(body)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    """What one writer call stored: users, value bytes and MSET commands."""
+
+    users: int = 0
+    bytes: int = 0
+    commands: int = 0
+
+    def __add__(self, other: WriteStats) -> WriteStats:
+        """Sum the reports of several writers (e.g. one per Spark partition)."""
+        return WriteStats(
+            self.users + other.users, self.bytes + other.bytes, self.commands + other.commands
+        )
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    """Outcome of a commit or rollback: its status, the pointers after the call, and why."""
+
+    status: SwitchStatus
+    current: str | None
+    previous: str | None
+    reason: str = ""
+
+    @property
+    def changed(self) -> bool:
+        """Whether readers now see a different version than before the call."""
+        return self.status in ("switched", "rolled_back")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the result as a JSON-ready dict (for logs and the CLI)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One reader answer: the list a user gets on a surface and the version it came from."""
+
+    user: str
+    surface: str
+    version: str
+    items: list[int]
+    fallback: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the answer as a JSON-ready dict (for the CLI and services)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A version's meta hash and its approximate memory footprint."""
+
+    version: str
+    meta: dict[str, str]
+    bytes_per_user: float | None
+    approx_bytes: int | None
+
+
+@dataclass(frozen=True)
+class SurfaceStatus:
+    """Current and previous versions of a surface and every registered version id."""
+
+    surface: str
+    current: VersionInfo | None
+    previous: VersionInfo | None
+    versions: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the status as a JSON-ready dict (for the CLI)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExpireStats:
+    """Versions given a TTL, how many keys were touched, and orphan keys found."""
+
+    versions: list[str]
+    keys: int
+    orphan_keys: int
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@cache
+def lua_source(name: str) -> str:
+    """Return the text of a Lua script shipped next to this module (``lookup``, ``commit``...)."""
+    return resources.files("rankflow.serving").joinpath(f"{name}.lua").read_text()
+
+
+def _run(client: redis.Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+    """Run a shipped Lua script by EVALSHA (loading it on first use)."""
+    return client.register_script(lua_source(name))(keys=keys, args=args, client=client)
+
+
+def _bytes(value: Any) -> bytes | None:
+    """Return a Redis reply as ``bytes`` (or ``None``)."""
+    if value is None:
+        return None
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _text(value: Any) -> str | None:
+    """Return a Redis reply as ``str`` (or ``None``), whatever the client's decoding."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _client(url: str) -> redis.Redis:
+    """Open a binary-safe client of its own (one per writer call; never shared)."""
+    return redis.Redis.from_url(url, decode_responses=False)
+
+
+def _utc_now() -> str:
+    """Return the current UTC time in ISO 8601, as stored in meta hashes."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _state(client: redis.Redis, prefix: str, surface: str, version: str) -> str | None:
+    """Return a version's lifecycle state (writing, published, refused, retired) or ``None``."""
+    return _text(client.hget(meta_key(prefix, surface, version), "state"))
+
+
+def _require_writable(client: redis.Redis, prefix: str, surface: str, version: str) -> None:
+    """Raise unless the version was begun and is not yet published or retired."""
+    state = _state(client, prefix, surface, version)
+    if state != "writing":
+        raise VersionNotWritableError(
+            f"version {version!r} of {surface!r} is not open for writing (state={state}); "
+            "call begin_version first and never write into a published version"
+        )
+
+
+def scan_keys(
+    client: redis.Redis, pattern: str, *, count: int = 1000, limit: int | None = None
+) -> Iterable[bytes]:
+    """Yield keys matching ``pattern`` with SCAN (may repeat a key; stops after ``limit``)."""
+    for seen, key in enumerate(client.scan_iter(match=pattern, count=count), start=1):
+        yield key if isinstance(key, bytes) else str(key).encode()
+        if limit is not None and seen >= limit:
+            return
+
+
+# --------------------------------------------------------------------------- write path
+
+
+def begin_version(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    *,
+    ds: date,
+    model_version: str,
+    k: int,
+) -> None:
+    """Register a new version for writing: its meta hash and its entry in the versions set.
+
+    Idempotent for a retried run writing the same version id; refuses a version that is
+    already published or retired, so a visible version is never modified.
+    """
+    fields = {
+        "ds": ds.isoformat(),
+        "model_version": model_version,
+        "k": str(int(k)),
+        "created_at": _utc_now(),
+        "encoding": ENCODING,
+        "schema_version": SCHEMA_VERSION,
+        "state": "writing",
+    }
+    keys = [
+        meta_key(prefix, surface, version),
+        current_key(prefix, surface),
+        previous_key(prefix, surface),
+        versions_key(prefix, surface),
+    ]
+    args: list[Any] = [version, int(time.time() * 1000)]
+    for name, value in fields.items():
+        args += [name, value]
+    state = _text(_run(client, "begin", keys, args))
+    if state != "writing":
+        raise VersionNotWritableError(f"version {version!r} of {surface!r} is {state}")
+
+
+def write_fallback(
+    client: redis.Redis, prefix: str, surface: str, version: str, item_ids: npt.ArrayLike
+) -> int:
+    """Store the version's fallback list (for unknown users); returns its size in bytes."""
+    _require_writable(client, prefix, surface, version)
+    value = encode_items(item_ids)
+    client.set(fallback_key(prefix, surface, version), value)
+    return len(value)
+
+
+class _MsetStream:
+    """Sends packed MSET commands on one connection with a bounded window of pending replies."""
+
+    def __init__(self, client: redis.Redis, window: int) -> None:
+        self._pool = client.connection_pool
+        self._conn = self._pool.get_connection()
+        self._window = window
+        self._pending = 0
+
+    def send(self, command: bytes) -> None:
+        """Send one command, first reading replies so at most ``window`` stay in flight."""
+        while self._pending >= self._window:
+            self._read_one()
+        self._conn.send_packed_command([command], check_health=False)
+        self._pending += 1
+
+    def _read_one(self) -> None:
+        """Read one MSET reply (redis-py raises on an error reply, e.g. OOM)."""
+        self._conn.read_response()
+        self._pending -= 1
+
+    def close(self, *, ok: bool) -> None:
+        """Drain the replies, or drop the connection if the stream failed midway."""
+        try:
+            if ok:
+                while self._pending:
+                    self._read_one()
+        finally:
+            if self._pending:
+                self._conn.disconnect()
+            self._pool.release(self._conn)
+
+
+def _chunks(batches: Iterable[Batch], size: int) -> Iterator[tuple[npt.NDArray[Any], ItemLists]]:
+    """Split batches into non-empty chunks of at most ``size`` users.
+
+    Encoding a chunk while the server stores the previous one keeps both sides busy and bounds
+    the writer's memory whatever the size of a Spark partition.
+    """
+    for user_ids, item_lists in batches:
+        ids = np.asarray(user_ids)
+        if ids.ndim != 1 or len(ids) != len(item_lists):
+            raise ValueError(f"{ids.size} user ids but {len(item_lists)} lists in a batch")
+        for start in range(0, len(ids), size):
+            yield ids[start : start + size], item_lists[start : start + size]
+
+
+def write_batches(
+    redis_url: str,
+    prefix: str,
+    surface: str,
+    version: str,
+    batches: Iterable[Batch],
+    *,
+    mset_batch: int = 500,
+) -> WriteStats:
+    """Write users' lists into a version, for a Spark executor (one connection per call).
+
+    Values are encoded in bulk with numpy and sent as MSET commands of ``mset_batch`` pairs,
+    ``_WINDOW`` commands in flight. Empty input opens no connection. Writes are idempotent, so a
+    retried Spark task may simply write its partition again.
+
+    Args:
+        redis_url: where to connect (the writer opens and closes its own client).
+        prefix: key prefix (``RedisSettings.key_prefix``).
+        surface: the surface the lists are for.
+        version: a version opened with :func:`begin_version`.
+        batches: ``(user_ids, item_lists)`` pairs, e.g. from the frames of ``mapInPandas``;
+            ``item_lists`` is a 2-D array ``(users, K)`` or a sequence of 1-D lists.
+        mset_batch: key/value pairs per MSET command.
+
+    Returns:
+        What was written; the driver sums these and passes the total to :func:`commit_version`.
+    """
+    if mset_batch < 1:
+        raise ValueError("mset_batch must be at least 1")
+    client: redis.Redis | None = None
+    stream: _MsetStream | None = None
+    stats = WriteStats()
+    ok = False
+    try:
+        for user_ids, item_lists in _chunks(batches, mset_batch * _WINDOW):
+            keys = user_keys(prefix, surface, version, user_ids)
+            values = encode_lists(item_lists)
+            if stream is None:
+                client = _client(redis_url)
+                _require_writable(client, prefix, surface, version)
+                stream = _MsetStream(client, _WINDOW)
+            for start in range(0, len(keys), mset_batch):
+                stream.send(
+                    pack_mset(keys[start : start + mset_batch], values[start : start + mset_batch])
+                )
+            stats += WriteStats(len(keys), sum(map(len, values)), -(-len(keys) // mset_batch))
+        ok = True
+    finally:
+        if stream is not None:
+            stream.close(ok=ok)
+        if client is not None:
+            client.close()
+    return stats
+
+
+def write_lists(
+    redis_url: str,
+    prefix: str,
+    surface: str,
+    version: str,
+    user_ids: UserIds,
+    item_lists: ItemLists,
+    *,
+    mset_batch: int = 500,
+) -> WriteStats:
+    """Write one batch of users' lists into a version (see :func:`write_batches`)."""
+    return write_batches(
+        redis_url, prefix, surface, version, [(user_ids, item_lists)], mset_batch=mset_batch
+    )
+
+
+def count_users(
+    client: redis.Redis, prefix: str, surface: str, version: str, *, scan_count: int = 1000
+) -> int:
+    """Count a version's user keys exactly (SCAN, de-duplicated; memory grows with users)."""
+    start = len(version_base(prefix, surface, version)) + 3
+    return len(
+        {
+            key[start:]
+            for key in scan_keys(
+                client, user_key_pattern(prefix, surface, version), count=scan_count
+            )
+        }
+    )
+
+
+def commit_version(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    expected_users: int,
+    *,
+    verify_keys: bool = True,
+) -> SwitchResult:
+    """Check a fully written version and make it current in one atomic step.
+
+    The old current becomes previous. A version whose ds is older than the current one's is
+    not switched (status ``skipped_older``; the caller logs it); the same ds (a retry) replaces.
+
+    Args:
+        client: a client on the serving Redis.
+        prefix: key prefix.
+        surface: the surface.
+        version: the version written by the writers.
+        expected_users: the sum of the writers' :class:`WriteStats` ``users``.
+        verify_keys: count the version's user keys with SCAN and compare (O(keys) time).
+
+    Raises:
+        VersionCheckError: counts differ, the fallback or meta is missing, or the version is
+            not committable; nothing became visible.
+    """
+    if verify_keys:
+        found = count_users(client, prefix, surface, version)
+        if found != expected_users:
+            raise VersionCheckError(
+                f"version {version!r} of {surface!r} has {found} user keys in Redis but the "
+                f"writers reported {expected_users}; not switching"
+            )
+    keys = [
+        current_key(prefix, surface),
+        previous_key(prefix, surface),
+        meta_key(prefix, surface, version),
+        fallback_key(prefix, surface, version),
+    ]
+    reply = _run(
+        client, "commit", keys, [version, namespace(prefix, surface), expected_users, _utc_now()]
+    )
+    status, current, previous = (_text(x) for x in reply)
+    if status == "switched":
+        return SwitchResult("switched", current, previous)
+    if status == "unchanged":
+        return SwitchResult("unchanged", current, previous, f"{version} already is current")
+    if status == "skipped_older":
+        reason = f"ds of {version} is older than the ds of the current version {current}"
+        return SwitchResult("skipped_older", current, previous, reason)
+    raise VersionCheckError(f"version {version!r} of {surface!r} not committed: {status}")
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _has_ttl_sample(client: redis.Redis, prefix: str, surface: str, version: str, n: int) -> bool:
+    """Return whether any of a sample of the version's user keys carries a TTL."""
+    keys = list(scan_keys(client, user_key_pattern(prefix, surface, version), limit=n))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.pttl(key)
+    return any(ttl != -1 for ttl in pipe.execute())
+
+
+def rollback(client: redis.Redis, prefix: str, surface: str, *, sample: int = 100) -> SwitchResult:
+    """Swap current and previous atomically, restoring the previous lists.
+
+    Refuses (status ``refused``, ``reason`` says why, nothing changed) when there is no previous
+    version or its keys are gone or carry a TTL (checked on meta, fallback and ``sample`` user
+    keys).
+    """
+    current = _text(client.get(current_key(prefix, surface)))
+    previous = _text(client.get(previous_key(prefix, surface)))
+    if previous is None:
+        return SwitchResult("refused", current, None, "no_previous: nothing to roll back to")
+    if _has_ttl_sample(client, prefix, surface, previous, sample):
+        reason = f"previous_expiring: user keys of {previous} carry a TTL"
+        return SwitchResult("refused", current, previous, reason)
+    keys = [current_key(prefix, surface), previous_key(prefix, surface)]
+    reply = _run(client, "rollback", keys, [namespace(prefix, surface), previous])
+    status, now_current, now_previous = (_text(x) for x in reply)
+    if status != "rolled_back":
+        return SwitchResult("refused", now_current, now_previous, f"{status}: {previous}")
+    return SwitchResult("rolled_back", now_current, now_previous)
+
+
+def _old_versions(client: redis.Redis, prefix: str, surface: str) -> tuple[list[str], list[str]]:
+    """Return (versions to retire, versions whose meta is gone) of a surface.
+
+    Old means neither current nor previous and either no longer writing (displaced, refused,
+    retired) or created before the newer of current/previous (an abandoned attempt). Versions
+    still being written after the last publication are left alone.
+    """
+    current = _text(client.get(current_key(prefix, surface)))
+    previous = _text(client.get(previous_key(prefix, surface)))
+    pairs = cast(
+        "list[tuple[Any, float]]",
+        client.zrange(versions_key(prefix, surface), 0, -1, withscores=True),
+    )
+    scored = {_text(member) or "": float(score) for member, score in pairs}
+    protected = {v for v in (current, previous) if v is not None}
+    threshold = max((scored.get(v, 0.0) for v in protected), default=0.0)
+    others = [v for v in scored if v not in protected]
+    pipe = client.pipeline(transaction=False)
+    for v in others:
+        pipe.hget(meta_key(prefix, surface, v), "state")
+    old, gone = [], []
+    for v, raw in zip(others, pipe.execute(), strict=True):
+        state = _text(raw)
+        if state is None:
+            gone.append(v)
+        elif state != "writing" or scored[v] < threshold:
+            old.append(v)
+    return old, gone
+
+
+def expire_old_versions(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    *,
+    ttl_seconds: int,
+    scan_count: int = 1000,
+    batch: int = 1000,
+) -> ExpireStats:
+    """Give every version older than previous a TTL so it expires; never touches current/previous.
+
+    Each old version gets one expiry time, recorded in its meta hash the first time, and all its
+    keys are EXPIREAT'd to it in one SCAN pass over ``{prefix}:{surface}:v:*`` with pipelines of
+    ``batch`` commands. Re-running is safe and never postpones an expiry. Keys of unregistered
+    versions (orphans of an interrupted writer) get ``EXPIRE ttl NX``.
+    """
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    old, gone = _old_versions(client, prefix, surface)
+    if gone:
+        client.zrem(versions_key(prefix, surface), *gone)
+    expire_at: dict[bytes, int] = {}
+    for version in old:
+        keys = [
+            current_key(prefix, surface),
+            previous_key(prefix, surface),
+            meta_key(prefix, surface, version),
+            fallback_key(prefix, surface, version),
+        ]
+        at = _text(_run(client, "retire", keys, [version, int(time.time()) + ttl_seconds]))
+        if at is not None and at.isdigit():
+            expire_at[version.encode()] = int(at)
+    known = {(_text(m) or "").encode() for m in client.zrange(versions_key(prefix, surface), 0, -1)}
+    known |= {
+        v.encode()
+        for v in (
+            _text(client.get(current_key(prefix, surface))),
+            _text(client.get(previous_key(prefix, surface))),
+        )
+        if v is not None
+    }
+    start = len(namespace(prefix, surface)) + 3
+    pipe = client.pipeline(transaction=False)
+    touched = orphans = 0
+    for key in scan_keys(client, f"{namespace(prefix, surface)}:v:*", count=scan_count):
+        owner = key[start:].split(b":", 1)[0]
+        if owner in expire_at:
+            pipe.expireat(key, expire_at[owner])
+            touched += 1
+        elif owner not in known:
+            pipe.expire(key, ttl_seconds, nx=True)
+            orphans += 1
+        if len(pipe) >= batch:
+            pipe.execute()
+    pipe.execute()
+    return ExpireStats(sorted(old), touched, orphans)
+
+
+def bytes_per_user(
+    client: redis.Redis, prefix: str, surface: str, version: str, *, sample: int = 1000
+) -> float | None:
+    """Return the mean ``MEMORY USAGE`` of a sample of the version's user keys (key + value)."""
+    keys = list(scan_keys(client, user_key_pattern(prefix, surface, version), limit=sample))
+    if not keys:
+        return None
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key)
+    sizes = [int(s) for s in pipe.execute() if s is not None]
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+def version_info(
+    client: redis.Redis, prefix: str, surface: str, version: str, *, sample: int = 200
+) -> VersionInfo:
+    """Return a version's meta and approximate memory (sampled bytes/user x users + fixed keys)."""
+    raw = client.hgetall(meta_key(prefix, surface, version))
+    meta = {_text(k) or "": _text(v) or "" for k, v in raw.items()}
+    per_user = bytes_per_user(client, prefix, surface, version, sample=sample)
+    approx = None
+    if per_user is not None and meta.get("users", "").isdigit():
+        fixed = sum(
+            int(client.memory_usage(key) or 0)
+            for key in (meta_key(prefix, surface, version), fallback_key(prefix, surface, version))
+        )
+        approx = round(per_user * int(meta["users"])) + fixed
+    return VersionInfo(version, meta, per_user, approx)
+
+
+def status(client: redis.Redis, prefix: str, surface: str, *, sample: int = 200) -> dict[str, Any]:
+    """Return :func:`surface_status` as a JSON-ready dict (what ``rankflow status`` prints)."""
+    return surface_status(client, prefix, surface, sample=sample).as_dict()
+
+
+def surface_status(
+    client: redis.Redis, prefix: str, surface: str, *, sample: int = 200
+) -> SurfaceStatus:
+    """Return the current and previous versions of a surface with their meta and memory."""
+    current = _text(client.get(current_key(prefix, surface)))
+    previous = _text(client.get(previous_key(prefix, surface)))
+    versions = [_text(m) or "" for m in client.zrange(versions_key(prefix, surface), 0, -1)]
+    return SurfaceStatus(
+        surface=surface,
+        current=version_info(client, prefix, surface, current, sample=sample) if current else None,
+        previous=version_info(client, prefix, surface, previous, sample=sample)
+        if previous
+        else None,
+        versions=versions,
+    )
+
+
+# --------------------------------------------------------------------------- read path
+
+
+class RankingReader:
+    """Reads users' lists for the recommendation service.
+
+    ``lookup`` is one EVALSHA round trip that reads the current pointer and the user's list (or
+    the fallback) atomically. ``lookup_cached`` caches the version id for a few seconds and then
+    needs one GET per user (plus one GET per version for the fallback) — also the path for
+    Redis Cluster, where the script cannot reach keys in other slots.
+    """
+
+    def __init__(
+        self,
+        connection: str | redis.Redis,
+        prefix: str = "rf",
+        *,
+        version_cache_seconds: float = 5.0,
+    ) -> None:
+        self._owned = isinstance(connection, str)
+        self._client: redis.Redis = (
+            _client(connection) if isinstance(connection, str) else connection
+        )
+        if self._client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("RankingReader needs a client with decode_responses=False (binary)")
+        self._prefix = check_name(prefix, "prefix")
+        self._script = self._client.register_script(lua_source("lookup"))
+        self._cache_seconds = version_cache_seconds
+        self._versions: dict[str, tuple[str, float]] = {}
+        self._fallbacks: dict[tuple[str, str], bytes] = {}
+
+    @classmethod
+    def from_url(
+        cls, url: str, prefix: str = "rf", *, version_cache_seconds: float = 5.0
+    ) -> RankingReader:
+        """Return a reader with its own client on ``url``."""
+        return cls(url, prefix, version_cache_seconds=version_cache_seconds)
+
+    def close(self) -> None:
+        """Close the client if the reader opened it."""
+        if self._owned:
+            self._client.close()
+
+    def lookup(self, user_id: int | str, surface: str) -> Lookup:
+        """Return a user's list from the current version in one atomic round trip.
+
+        Raises:
+            NoCurrentVersionError: the surface has never been published.
+        """
+        user = user_id_text(user_id)
+        reply = self._script(
+            keys=[current_key(self._prefix, surface)],
+            args=[namespace(self._prefix, surface), user],
+            client=self._client,
+        )
+        if reply is None:
+            raise self._no_version(surface)
+        version, fallback, value = reply
+        if value is None:
+            raise RedisStoreError(f"version {_text(version)!r} of {surface!r} has no fallback")
+        return Lookup(user, surface, _text(version) or "", decode_items(value), bool(fallback))
+
+    def current_version(self, surface: str) -> str:
+        """Return the current version id of a surface, read now (no cache)."""
+        version = _text(self._client.get(current_key(self._prefix, surface)))
+        if version is None:
+            raise self._no_version(surface)
+        self._versions[surface] = (version, time.monotonic())
+        return version
+
+    def lookup_cached(self, user_id: int | str, surface: str) -> Lookup:
+        """Return a user's list with a cached version id: one GET per lookup in steady state.
+
+        After a switch, answers come from the old (still complete) version for at most
+        ``version_cache_seconds``; a version gone from Redis forces a fresh pointer read.
+        """
+        user = user_id_text(user_id)
+        cached = self._versions.get(surface)
+        if cached is None or time.monotonic() - cached[1] > self._cache_seconds:
+            version = self.current_version(surface)
+        else:
+            version = cached[0]
+        for attempt in range(2):
+            value = _bytes(self._client.get(user_key(self._prefix, surface, version, user)))
+            if value is not None:
+                return Lookup(user, surface, version, decode_items(value), False)
+            fallback = self._fallback(surface, version)
+            if fallback is not None:
+                return Lookup(user, surface, version, decode_items(fallback), True)
+            if attempt == 0:
+                version = self.current_version(surface)
+        raise RedisStoreError(f"version {version!r} of {surface!r} has no fallback")
+
+    def _fallback(self, surface: str, version: str) -> bytes | None:
+        """Return a version's fallback list, fetched once per version."""
+        key = (surface, version)
+        if key not in self._fallbacks:
+            value = _bytes(self._client.get(fallback_key(self._prefix, surface, version)))
+            if value is None:
+                return None
+            self._fallbacks = {k: v for k, v in self._fallbacks.items() if k[0] != surface}
+            self._fallbacks[key] = value
+        return self._fallbacks[key]
+
+    def _no_version(self, surface: str) -> NoCurrentVersionError:
+        """Build the error for a surface without a current version."""
+        return NoCurrentVersionError(
+            f"no published version for surface {surface!r} under prefix {self._prefix!r} "
+            f"(key {current_key(self._prefix, surface)!r} is missing)"
+        )

@@ -1,0 +1,185 @@
+"""Key bytes and value encoding of the Redis serving store (pure: no server)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+import numpy as np
+import pytest
+
+from rankflow.serving import redis_store as rs
+
+
+def test_surface_keys_are_exact() -> None:
+    assert rs.namespace("rf", "home") == "rf:home"
+    assert rs.current_key("rf", "home") == "rf:home:current"
+    assert rs.previous_key("rf", "home") == "rf:home:previous"
+    assert rs.versions_key("rf", "home") == "rf:home:versions"
+
+
+def test_version_keys_are_exact() -> None:
+    version = "20240105-0a1b2c3d4e"
+    assert rs.meta_key("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:meta"
+    assert rs.fallback_key("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:fallback"
+    assert rs.user_key("rf", "home", version, 42) == "rf:home:v:20240105-0a1b2c3d4e:u:42"
+    assert rs.user_key("rf", "home", version, "u-7") == "rf:home:v:20240105-0a1b2c3d4e:u:u-7"
+    assert rs.user_key_pattern("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:u:*"
+
+
+@pytest.mark.parametrize(
+    "user_ids",
+    [
+        np.array([0, 7, 123456789012, -3], dtype=np.int64),
+        np.array([1, 2, 4_000_000_000], dtype=np.uint32),
+        [5, 6, 7],
+        np.array(["a", "user:9", "é"]),
+        ["x", "y"],
+    ],
+)
+def test_bulk_user_keys_match_the_single_key_function(user_ids: object) -> None:
+    bulk = rs.user_keys("rf", "home", "v1", user_ids)
+    single = [rs.user_key("rf", "home", "v1", u).encode() for u in np.asarray(user_ids).tolist()]
+    assert bulk == single
+
+
+def test_integer_user_ids_are_plain_decimal_whatever_their_dtype() -> None:
+    assert rs.user_keys("rf", "s", "v", np.array([12], dtype=np.int16)) == [b"rf:s:v:v:u:12"]
+    assert rs.user_id_text(np.int64(-5)) == "-5"
+    assert rs.user_id_text(np.uint64(2**63)) == str(2**63)
+
+
+@pytest.mark.parametrize("bad", [True, "", 1.5, None, b"1"])
+def test_user_ids_must_be_int_or_non_empty_str(bad: object) -> None:
+    with pytest.raises(TypeError):
+        rs.user_id_text(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "a*", "h?", "[x]", "{home}", "a b", "ü"])
+def test_key_segments_reject_separators_and_glob_characters(bad: str) -> None:
+    with pytest.raises(ValueError, match="must match"):
+        rs.current_key("rf", bad)
+    with pytest.raises(ValueError, match="must match"):
+        rs.meta_key("rf", "home", bad)
+    with pytest.raises(ValueError, match="must match"):
+        rs.namespace(bad, "home")
+
+
+def test_user_keys_reject_two_dimensional_ids() -> None:
+    with pytest.raises(ValueError, match="one-dimensional"):
+        rs.user_keys("rf", "home", "v", np.zeros((2, 2), dtype=np.int64))
+
+
+def test_items_are_little_endian_uint32_in_rank_order() -> None:
+    assert rs.encode_items([1, 256, 2**32 - 1]) == (
+        b"\x01\x00\x00\x00" + b"\x00\x01\x00\x00" + b"\xff\xff\xff\xff"
+    )
+    assert rs.encode_items(np.array([3, 1], dtype=">i8")) == b"\x03\x00\x00\x00\x01\x00\x00\x00"
+
+
+def test_encoding_round_trips_and_keeps_order() -> None:
+    ids = [9, 0, 4_000_000_000, 12, 12]
+    value = rs.encode_items(ids)
+    assert len(value) == 4 * len(ids)
+    assert rs.decode_items(value) == ids
+    assert all(type(i) is int for i in rs.decode_items(value))
+
+
+def test_empty_list_encodes_to_empty_bytes() -> None:
+    assert rs.encode_items([]) == b""
+    assert rs.decode_items(b"") == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([-1, 2], "fit in uint32"),
+        ([2**32], "fit in uint32"),
+        (np.array([1, 2**40], dtype=np.uint64), "fit in uint32"),
+        ([1.0, 2.0], "must be integers"),
+        ([1, float("nan")], "must be integers"),
+        ([True, False], "must be integers"),
+        (["1"], "must be integers"),
+        ([2**70], "must be integers"),
+        ([[1, 2], [3, 4]], "one-dimensional"),
+    ],
+)
+def test_invalid_item_ids_are_rejected_clearly(bad: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rs.encode_items(bad)  # type: ignore[arg-type]
+
+
+def test_decode_rejects_a_value_that_is_not_whole_uint32s() -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        rs.decode_items(b"\x01\x00\x00")
+
+
+def test_bulk_encoding_of_a_matrix_matches_row_by_row() -> None:
+    rng = np.random.default_rng(1)
+    matrix = rng.integers(0, 2**32, size=(50, 7), dtype=np.uint64)
+    assert rs.encode_lists(matrix) == [rs.encode_items(row) for row in matrix]
+
+
+def test_bulk_encoding_of_ragged_lists_matches_one_by_one() -> None:
+    lists = [[5, 4, 3], [], np.array([2**32 - 1], dtype=np.int64), [0, 0]]
+    assert rs.encode_lists(lists) == [rs.encode_items(row) for row in lists]
+    assert [rs.decode_items(v) for v in rs.encode_lists(lists)] == [
+        [5, 4, 3],
+        [],
+        [2**32 - 1],
+        [0, 0],
+    ]
+
+
+def test_bulk_encoding_edge_shapes() -> None:
+    assert rs.encode_lists([]) == []
+    assert rs.encode_lists([[], []]) == [b"", b""]
+    assert rs.encode_lists(np.zeros((3, 0), dtype=np.int64)) == [b"", b"", b""]
+
+
+@pytest.mark.parametrize(
+    "bad", [np.array([[1, -2]]), [[1], [2**32]], [[1.5]], np.array([[0.0, 1.0]])]
+)
+def test_bulk_encoding_validates_every_id(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"uint32|integers"):
+        rs.encode_lists(bad)  # type: ignore[arg-type]
+
+
+def test_mset_command_is_exact_resp() -> None:
+    packed = rs.pack_mset([b"k1", b"key2"], [b"\x00\x01", b""])
+    assert packed == (b"*5\r\n$4\r\nMSET\r\n$2\r\nk1\r\n$2\r\n\x00\x01\r\n$4\r\nkey2\r\n$0\r\n\r\n")
+
+
+def test_mset_command_needs_pairs() -> None:
+    with pytest.raises(ValueError, match="as many keys as values"):
+        rs.pack_mset([b"a"], [])
+    with pytest.raises(ValueError, match="as many keys as values"):
+        rs.pack_mset([], [])
+
+
+def test_version_ids_sort_by_ds_and_are_safe_key_segments() -> None:
+    one = rs.new_version_id(date(2024, 1, 9), "scheduled__2024-01-09T00:00:00+00:00")
+    two = rs.new_version_id(date(2024, 1, 10))
+    assert re.fullmatch(r"20240109-[0-9a-f]{10}", one)
+    assert re.fullmatch(r"20240110-[0-9a-f]{10}", two)
+    assert sorted([two, one]) == [one, two]
+    assert rs.check_name(one, "version") == one
+
+
+def test_version_ids_are_stable_per_run_and_unique_otherwise() -> None:
+    ds = date(2024, 1, 9)
+    assert rs.new_version_id(ds, "run-1") == rs.new_version_id(ds, "run-1")
+    assert rs.new_version_id(ds, "run-1") != rs.new_version_id(ds, "run-2")
+    assert len({rs.new_version_id(ds) for _ in range(100)}) == 100
+
+
+def test_write_stats_add_up() -> None:
+    total = rs.WriteStats(2, 800, 1) + rs.WriteStats(3, 1200, 2)
+    assert total == rs.WriteStats(5, 2000, 3)
+
+
+@pytest.mark.parametrize("name", ["lookup", "begin", "commit", "rollback", "retire"])
+def test_lua_scripts_ship_with_the_package(name: str) -> None:
+    source = rs.lua_source(name)
+    assert "redis.call" in source
+    assert source.startswith("#!lua flags=no-writes") == (name == "lookup")
