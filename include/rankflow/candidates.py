@@ -81,7 +81,7 @@ def from_global(users: DataFrame, items: DataFrame, n: int, order: str, source: 
     return users.select("user_id").crossJoin(F.broadcast(top)).withColumn("source", F.lit(source))
 
 
-def generate_candidates(features: FeatureFrames, config: dict[str, Any]) -> DataFrame:
+def generate_candidates(features: FeatureFrames, as_of: date, config: dict[str, Any]) -> DataFrame:
     """Return ``user_id, item_id, sources, prior`` for every active user, capped per user.
 
     Sold items are never candidates (a purchase makes an item sold, so this also drops what the
@@ -90,8 +90,8 @@ def generate_candidates(features: FeatureFrames, config: dict[str, Any]) -> Data
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    items = available_items(features.items).cache()
-    users = active_users(features.users, features.as_of, int(config["active_user_days"]))
+    items = available_items(features.items.drop("as_of")).cache()
+    users = active_users(features.users.drop("as_of"), as_of, int(config["active_user_days"]))
     union = (
         from_top_categories(users, items, config)
         .unionByName(from_similar(users, items, config))

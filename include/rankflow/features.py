@@ -1,18 +1,19 @@
 """Item, user and user x item features as of the end of a day: one definition, two faces.
 
-The training set calls :func:`build_features` with ``as_of = ds - 1`` for the impressions of
-``ds``; the nightly features job and batch scoring call it with ``as_of = ds``. Both read only
-events of days ``<= as_of`` (enforced by :func:`events_until`), so no feature can see its label.
+Features are computed for a set of ``as_of`` days at once (every frame carries an ``as_of``
+column): the training set asks for ``ds - 1`` of each impression day, the nightly features job
+and batch scoring for ``ds`` itself. Each day's aggregates only ever read events of days
+``<= as_of`` (see :func:`history_for`), so no feature can see its label.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 POSITIVE_TYPES = ("like", "save", "add_to_bag", "purchase")
 COUNTED_TYPES = {
@@ -23,14 +24,14 @@ COUNTED_TYPES = {
     "purchases": ("purchase",),
 }
 AFFINITY_DIMENSIONS = ("category", "brand", "style", "size")
+WINDOWS = (1, 7, 28)
 
-# Model inputs, in order. Both the training set and the scorer select exactly these columns.
+# Model inputs, in order. The training set and the scorer select exactly these columns.
 ITEM_FEATURES = [
-    *[f"item_{name}_{w}d" for w in (1, 7, 28) for name in ("impressions", "clicks", "saves")],
-    *[f"item_{name}_28d" for name in ("bags", "purchases")],
-    "item_ctr_1d",
-    "item_ctr_7d",
-    "item_ctr_28d",
+    *[f"item_{name}_{w}d" for w in WINDOWS for name in ("impressions", "clicks", "saves")],
+    "item_bags_28d",
+    "item_purchases_28d",
+    *[f"item_ctr_{w}d" for w in WINDOWS],
     "item_age_days",
     "item_price",
     "item_price_rel_category",
@@ -61,129 +62,131 @@ CONDITION_RANK = {"new_with_tags": 4, "very_good": 3, "good": 2, "satisfactory":
 
 @dataclass(frozen=True)
 class FeatureFrames:
-    """The three faces of the features as of one day."""
+    """The three faces of the features, keyed by ``as_of`` and the entity ids."""
 
-    as_of: date
     items: DataFrame
     users: DataFrame
     seen: DataFrame
 
 
-def day_end(as_of: date) -> Column:
-    """Return the timestamp at which ``as_of`` ends (00:00 UTC of the next day)."""
+def calendar(spark: SparkSession, as_of_days: list[date]) -> DataFrame:
+    """Return a one-column frame ``as_of`` of the requested days (small, broadcast in joins)."""
     from pyspark.sql import functions as F
 
-    return F.lit((as_of + timedelta(days=1)).isoformat()).cast("timestamp")
+    rows = [(d.isoformat(),) for d in sorted(set(as_of_days))]
+    return spark.createDataFrame(rows, "as_of string").select(F.col("as_of").cast("date"))
 
 
-def events_until(events: DataFrame, as_of: date, days: int) -> DataFrame:
-    """Keep the events of the ``days`` days ending with ``as_of`` (never later ones)."""
+def history_for(daily: DataFrame, days: DataFrame, window: int) -> DataFrame:
+    """Pair each daily row with every ``as_of`` whose ``window`` days end on or after it.
+
+    Adds ``age`` (days between the row's ``ds`` and ``as_of``, 0 = the as-of day itself); a row
+    of a day after ``as_of`` is never paired with it.
+    """
     from pyspark.sql import functions as F
 
-    start = as_of - timedelta(days=days - 1)
-    return events.where(
-        (F.col("ds") >= F.lit(start.isoformat()).cast("date"))
-        & (F.col("ds") <= F.lit(as_of.isoformat()).cast("date"))
-    )
+    age = F.datediff(F.col("as_of"), F.col("ds"))
+    joined = daily.join(F.broadcast(days), (F.col("ds") <= F.col("as_of")) & (F.col("ds") > F.date_sub(F.col("as_of"), window)), how="inner")
+    return joined.withColumn("age", age)
 
 
-def items_listed_by(items: DataFrame, as_of: date) -> DataFrame:
-    """Keep the listings that were live by the end of ``as_of``."""
+def day_end(as_of: Column) -> Column:
+    """Return the timestamp at which the ``as_of`` day ends (00:00 UTC of the next day)."""
     from pyspark.sql import functions as F
 
-    return items.where(F.col("ds") <= F.lit(as_of.isoformat()).cast("date")).drop("ds")
+    return F.date_add(as_of, 1).cast("timestamp")
 
 
-def sold_items(events: DataFrame, as_of: date) -> DataFrame:
-    """Return ``item_id, sold_ts`` of every item purchased by the end of ``as_of``."""
+def daily_item_counts(events: DataFrame) -> DataFrame:
+    """Count each item's events of every type per day (the small input of windowed counts)."""
     from pyspark.sql import functions as F
 
-    return (
-        events.where(
-            (F.col("event_type") == "purchase") & (F.col("ds") <= F.lit(as_of.isoformat()))
-        )
-        .groupBy("item_id")
-        .agg(F.min("ts").alias("sold_ts"))
-    )
+    aggs = [
+        F.sum(F.col("event_type").isin(*types).cast("long")).alias(name)
+        for name, types in COUNTED_TYPES.items()
+    ]
+    return events.groupBy("item_id", "ds").agg(*aggs)
 
 
-def item_counts(events: DataFrame, as_of: date, windows: list[int]) -> DataFrame:
-    """Count each item's impressions, clicks, saves, bags and purchases over every window."""
+def item_window_counts(daily: DataFrame, days: DataFrame) -> DataFrame:
+    """Sum the daily counts of each item over the 1, 7 and 28 days ending with ``as_of``."""
     from pyspark.sql import functions as F
 
-    recent = events_until(events, as_of, max(windows))
-    aggs = []
-    for window in windows:
-        start = F.lit((as_of - timedelta(days=window - 1)).isoformat()).cast("date")
-        for name, types in COUNTED_TYPES.items():
-            hit = (F.col("ds") >= start) & F.col("event_type").isin(*types)
-            aggs.append(F.sum(hit.cast("long")).alias(f"item_{name}_{window}d"))
-    return recent.groupBy("item_id").agg(*aggs)
+    aggs = [
+        F.sum(F.when(F.col("age") < w, F.col(name)).otherwise(0)).alias(f"item_{name}_{w}d")
+        for w in WINDOWS
+        for name in COUNTED_TYPES
+    ]
+    return history_for(daily, days, max(WINDOWS)).groupBy("as_of", "item_id").agg(*aggs)
 
 
-def with_smoothed_ctr(items: DataFrame, windows: list[int], prior_weight: float) -> DataFrame:
-    """Add click-through rates shrunk towards the catalogue rate (stable for new items)."""
+def with_smoothed_ctr(items: DataFrame, prior_weight: float) -> DataFrame:
+    """Add click-through rates shrunk towards that day's catalogue rate (stable for new items)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    per_day = Window.partitionBy("as_of")
     out = items
-    for window in windows:
-        impressions, clicks = f"item_impressions_{window}d", f"item_clicks_{window}d"
-        totals = out.agg(F.sum(clicks).alias("c"), F.sum(impressions).alias("i")).first()
-        prior = (totals["c"] or 0) / max(totals["i"] or 0, 1)
+    for w in WINDOWS:
+        impressions, clicks = F.col(f"item_impressions_{w}d"), F.col(f"item_clicks_{w}d")
+        prior = F.sum(clicks).over(per_day) / F.greatest(F.sum(impressions).over(per_day), F.lit(1))
         out = out.withColumn(
-            f"item_ctr_{window}d",
-            (F.col(clicks) + F.lit(prior * prior_weight)) / (F.col(impressions) + prior_weight),
+            f"item_ctr_{w}d", (clicks + prior * prior_weight) / (impressions + prior_weight)
         )
     return out
+
+
+def sold_at(events: DataFrame) -> DataFrame:
+    """Return ``item_id, sold_ts``: the first purchase of every item (an item sells once)."""
+    from pyspark.sql import functions as F
+
+    return events.where(F.col("event_type") == "purchase").groupBy("item_id").agg(F.min("ts").alias("sold_ts"))
 
 
 def item_features(
     items: DataFrame,
     events: DataFrame,
-    sold: DataFrame,
-    as_of: date,
-    listed_by: date,
+    days: DataFrame,
     config: dict[str, Any],
+    listing_lag_days: int = 0,
 ) -> DataFrame:
-    """Return one row per listing live by ``listed_by``: attributes, counts as of ``as_of``, sold.
+    """Return one row per ``as_of`` and listing live by ``as_of + listing_lag_days``.
 
-    ``listed_by`` may be a day after ``as_of``: an impression day shows listings created that
-    day, whose attributes are known at listing time while their counts are zero.
+    A lag of one day serves the training set: an impression day shows listings created that
+    day, whose attributes are known at listing time while their counts are still zero.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    windows = [int(w) for w in config["windows_days"]]
-    listed = items_listed_by(items, listed_by)
-    counts = item_counts(events, as_of, windows)
-    count_cols = [c for c in counts.columns if c != "item_id"]
+    listed = items.join(
+        F.broadcast(days), F.col("ds") <= F.date_add(F.col("as_of"), listing_lag_days), how="inner"
+    ).drop("ds")
+    counts = item_window_counts(daily_item_counts(events), days)
+    count_cols = [c for c in counts.columns if c not in ("as_of", "item_id")]
     condition_rank = F.create_map(*[F.lit(x) for kv in CONDITION_RANK.items() for x in kv])
-    category_window = Window.partitionBy("category")
-    joined = (
-        listed.join(counts, on="item_id", how="left")
-        .fillna(0, subset=count_cols)
-        .join(sold, on="item_id", how="left")
-    )
+    sold_ts = F.col("sold_ts")
     return (
-        joined.transform(
-            lambda df: with_smoothed_ctr(df, windows, float(config["ctr_prior_weight"]))
-        )
+        listed.join(counts, on=["as_of", "item_id"], how="left")
+        .fillna(0, subset=count_cols)
+        .join(sold_at(events), on="item_id", how="left")
+        .transform(lambda df: with_smoothed_ctr(df, float(config["ctr_prior_weight"])))
         .withColumn(
             "item_age_days",
             F.greatest(
                 F.lit(0.0),
-                (day_end(as_of).cast("double") - F.col("listed_ts").cast("double")) / 86400.0,
+                (day_end(F.col("as_of")).cast("double") - F.col("listed_ts").cast("double")) / 86400.0,
             ),
         )
         .withColumn("item_price", F.col("price"))
         .withColumn(
             "item_price_rel_category",
-            F.col("price") / F.percentile_approx("price", 0.5).over(category_window),
+            F.col("price") / F.percentile_approx("price", 0.5).over(Window.partitionBy("as_of", "category")),
         )
         .withColumn("item_condition_rank", F.element_at(condition_rank, F.col("condition")))
-        .withColumn("is_sold", F.col("sold_ts").isNotNull())
+        .withColumn("is_sold", sold_ts.isNotNull() & (sold_ts < day_end(F.col("as_of"))))
         .withColumn("popularity", F.col("item_clicks_7d") + 2.0 * F.col("item_saves_7d"))
         .select(
+            "as_of",
             "item_id",
             "seller_id",
             "category",
@@ -198,84 +201,81 @@ def item_features(
     )
 
 
-def user_interactions(events: DataFrame, items: DataFrame, gains: dict[str, float]) -> DataFrame:
-    """Return each click or positive action weighted by its gain, with the item's attributes."""
+def daily_interactions(events: DataFrame, items: DataFrame, gains: dict[str, float]) -> DataFrame:
+    """Return clicks and positive actions weighted by gain, with the item's attributes."""
     from pyspark.sql import functions as F
 
     weight = F.create_map(*[F.lit(x) for kv in gains.items() for x in kv])
     return (
         events.where(F.col("event_type").isin(*gains.keys()))
-        .withColumn("weight", F.element_at(weight, F.col("event_type")).cast("double"))
-        .join(
-            items.select("item_id", "category", "brand", "style", "size", "price"),
-            on="item_id",
-            how="inner",
-        )
+        .select("user_id", "item_id", "ds", F.element_at(weight, F.col("event_type")).cast("double").alias("weight"))
+        .join(items.select("item_id", "category", "brand", "style", "size", "price"), on="item_id", how="inner")
     )
 
 
 def affinity_map(interactions: DataFrame, dimension: str) -> DataFrame:
-    """Return ``user_id, {dimension}_affinity``: each value's share of the user's weight."""
+    """Return ``as_of, user_id, {dimension}_affinity``: each value's share of the user's weight."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     per_value = (
         interactions.where(F.col(dimension).isNotNull())
-        .groupBy("user_id", dimension)
+        .groupBy("as_of", "user_id", dimension)
         .agg(F.sum("weight").alias("w"))
     )
-    share = F.col("w") / F.sum("w").over(Window.partitionBy("user_id"))
+    share = F.col("w") / F.sum("w").over(Window.partitionBy("as_of", "user_id"))
+    entries = F.collect_list(F.struct(F.col(dimension), F.col("share")))
     return (
         per_value.withColumn("share", share)
-        .groupBy("user_id")
-        .agg(
-            F.map_from_entries(F.collect_list(F.struct(dimension, "share"))).alias(
-                f"{dimension}_affinity"
-            )
-        )
+        .groupBy("as_of", "user_id")
+        .agg(F.map_from_entries(entries).alias(f"{dimension}_affinity"))
     )
 
 
 def user_features(
-    users: DataFrame, events: DataFrame, items: DataFrame, as_of: date, config: dict[str, Any]
+    users: DataFrame, events: DataFrame, items: DataFrame, days: DataFrame, config: dict[str, Any]
 ) -> DataFrame:
-    """Return one row per user signed up by ``as_of``: activity, price band and affinities."""
+    """Return one row per ``as_of`` and user signed up by then: activity, price band, affinities."""
     from pyspark.sql import functions as F
 
-    recent = events_until(events, as_of, int(config["history_days"]))
-    known = users.where(F.col("ds") <= F.lit(as_of.isoformat()).cast("date")).drop("ds")
-    activity = recent.groupBy("user_id").agg(
-        F.sum((F.col("event_type") == "impression").cast("long")).alias("user_impressions_28d"),
-        F.sum((F.col("event_type") == "click").cast("long")).alias("user_clicks_28d"),
-        F.sum(F.col("event_type").isin(*POSITIVE_TYPES).cast("long")).alias("user_positives_28d"),
-        F.countDistinct("ds").alias("user_active_days_28d"),
-        F.max("ts").alias("last_event_ts"),
+    history_days = int(config["history_days"])
+    known = users.join(F.broadcast(days), F.col("ds") <= F.col("as_of"), how="inner").drop("ds")
+    daily = events.groupBy("user_id", "ds").agg(
+        F.sum((F.col("event_type") == "impression").cast("long")).alias("impressions"),
+        F.sum((F.col("event_type") == "click").cast("long")).alias("clicks"),
+        F.sum(F.col("event_type").isin(*POSITIVE_TYPES).cast("long")).alias("positives"),
+        F.max("ts").alias("last_ts"),
     )
-    interactions = user_interactions(recent, items, config["gains"]).cache()
-    price_band = interactions.groupBy("user_id").agg(
+    activity = (
+        history_for(daily, days, history_days)
+        .groupBy("as_of", "user_id")
+        .agg(
+            F.sum("impressions").alias("user_impressions_28d"),
+            F.sum("clicks").alias("user_clicks_28d"),
+            F.sum("positives").alias("user_positives_28d"),
+            F.count("*").alias("user_active_days_28d"),
+            F.max("last_ts").alias("last_event_ts"),
+        )
+    )
+    interactions = history_for(daily_interactions(events, items, config["gains"]), days, history_days).cache()
+    price_band = interactions.groupBy("as_of", "user_id").agg(
         F.mean(F.log(F.col("price"))).alias("user_log_price_mean")
     )
+    activity_cols = ["user_impressions_28d", "user_clicks_28d", "user_positives_28d", "user_active_days_28d"]
     out = (
         known.withColumnRenamed("size", "declared_size")
-        .join(activity, on="user_id", how="left")
-        .fillna(
-            0,
-            subset=[
-                "user_impressions_28d",
-                "user_clicks_28d",
-                "user_positives_28d",
-                "user_active_days_28d",
-            ],
-        )
-        .join(price_band, on="user_id", how="left")
+        .join(activity, on=["as_of", "user_id"], how="left")
+        .fillna(0, subset=activity_cols)
+        .join(price_band, on=["as_of", "user_id"], how="left")
         .withColumn(
             "user_days_since_signup",
-            (day_end(as_of).cast("double") - F.col("signup_ts").cast("double")) / 86400.0,
+            (day_end(F.col("as_of")).cast("double") - F.col("signup_ts").cast("double")) / 86400.0,
         )
     )
     for dimension in AFFINITY_DIMENSIONS:
-        out = out.join(affinity_map(interactions, dimension), on="user_id", how="left")
+        out = out.join(affinity_map(interactions, dimension), on=["as_of", "user_id"], how="left")
     return out.select(
+        "as_of",
         "user_id",
         "country",
         "declared_size",
@@ -285,18 +285,24 @@ def user_features(
     )
 
 
-def seen_pairs(events: DataFrame, as_of: date, history_days: int) -> DataFrame:
-    """Return ``user_id, item_id, seen_before, clicked_before`` counts over the history."""
+def seen_pairs(events: DataFrame, days: DataFrame, history_days: int, only: DataFrame | None = None) -> DataFrame:
+    """Return ``as_of, user_id, item_id, seen_before, clicked_before`` over the history window.
+
+    ``only`` (``user_id, item_id`` pairs) restricts the work to the pairs that will be joined.
+    """
     from pyspark.sql import functions as F
 
+    shown = events.where(F.col("event_type").isin("impression", "click"))
+    if only is not None:
+        shown = shown.join(only.select("user_id", "item_id").distinct(), on=["user_id", "item_id"], how="left_semi")
+    daily = shown.groupBy("user_id", "item_id", "ds").agg(
+        F.sum((F.col("event_type") == "impression").cast("long")).alias("impressions"),
+        F.sum((F.col("event_type") == "click").cast("long")).alias("clicks"),
+    )
     return (
-        events_until(events, as_of, history_days)
-        .where(F.col("event_type").isin("impression", "click"))
-        .groupBy("user_id", "item_id")
-        .agg(
-            F.sum((F.col("event_type") == "impression").cast("long")).alias("seen_before"),
-            F.sum((F.col("event_type") == "click").cast("long")).alias("clicked_before"),
-        )
+        history_for(daily, days, history_days)
+        .groupBy("as_of", "user_id", "item_id")
+        .agg(F.sum("impressions").alias("seen_before"), F.sum("clicks").alias("clicked_before"))
     )
 
 
@@ -304,36 +310,33 @@ def build_features(
     events: DataFrame,
     items: DataFrame,
     users: DataFrame,
-    as_of: date,
+    as_of_days: list[date],
     config: dict[str, Any],
-    listed_by: date | None = None,
+    listing_lag_days: int = 0,
+    only_pairs: DataFrame | None = None,
 ) -> FeatureFrames:
-    """Build item, user and seen-pair features from bronze tables as of the end of ``as_of``."""
+    """Build item, user and seen-pair features from bronze tables as of each day's end."""
     features_config = {**config["features"], "gains": config["labels"]["gains"]}
-    history = events_until(events, as_of, max(int(w) for w in features_config["windows_days"]))
+    days = calendar(events.sparkSession, as_of_days)
+    history_days = int(features_config["history_days"])
     return FeatureFrames(
-        as_of=as_of,
-        items=item_features(
-            items, history, sold_items(events, as_of), as_of, listed_by or as_of, features_config
-        ),
-        users=user_features(users, history, items, as_of, features_config),
-        seen=seen_pairs(history, as_of, int(features_config["history_days"])),
+        items=item_features(items, events, days, features_config, listing_lag_days),
+        users=user_features(users, events, items, days, features_config),
+        seen=seen_pairs(events, days, history_days, only_pairs),
     )
 
 
 def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
-    """Join user and item features to ``user_id, item_id`` pairs and derive the cross features."""
+    """Join features to ``as_of, user_id, item_id`` pairs and derive the user x item features."""
     from pyspark.sql import functions as F
 
     def affinity(dimension: str) -> Column:
-        return F.coalesce(
-            F.element_at(F.col(f"{dimension}_affinity"), F.col(dimension)), F.lit(0.0)
-        )
+        return F.coalesce(F.element_at(F.col(f"{dimension}_affinity"), F.col(dimension)), F.lit(0.0))
 
     return (
-        pairs.join(features.items, on="item_id", how="left")
-        .join(features.users, on="user_id", how="left")
-        .join(features.seen, on=["user_id", "item_id"], how="left")
+        pairs.join(features.items, on=["as_of", "item_id"], how="left")
+        .join(features.users, on=["as_of", "user_id"], how="left")
+        .join(features.seen, on=["as_of", "user_id", "item_id"], how="left")
         .fillna(0, subset=["seen_before", "clicked_before"])
         .withColumn("aff_category", affinity("category"))
         .withColumn("aff_brand", affinity("brand"))
@@ -341,17 +344,13 @@ def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
         .withColumn("aff_size", affinity("size"))
         .withColumn(
             "size_fit",
-            ((F.col("size") == F.col("declared_size")) | (F.col("size") == "one_size")).cast(
-                "double"
-            ),
+            ((F.col("size") == F.col("declared_size")) | (F.col("size") == "one_size")).cast("double"),
         )
-        .withColumn(
-            "price_distance", F.abs(F.log(F.col("item_price")) - F.col("user_log_price_mean"))
-        )
+        .withColumn("price_distance", F.abs(F.log(F.col("item_price")) - F.col("user_log_price_mean")))
     )
 
 
-def feature_vector(df: DataFrame) -> list[Column]:
+def feature_vector() -> list[Column]:
     """Return the model input columns, in order, as doubles (null stays null -> NaN)."""
     from pyspark.sql import functions as F
 

@@ -7,7 +7,7 @@ Every line is parsed against an explicit schema and checked; a line that fails a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,26 +104,21 @@ def raw_day_path(settings: Settings, kind: str, ds: date) -> Path:
 
 
 def parse_lines(lines: DataFrame, kind: str) -> DataFrame:
-    """Parse JSON text lines against the explicit schema, keeping the original line as ``raw``."""
+    """Parse JSON lines (``value, ds``) against the explicit schema, keeping the line as ``raw``."""
     from pyspark.sql import functions as F
 
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
     parsed = F.from_json(F.col("value"), raw_schema(kind), options)
-    return lines.select(F.col("value").alias("raw"), parsed.alias("r")).select("raw", "r.*")
+    return lines.select(F.col("value").alias("raw"), "ds", parsed.alias("r")).select("raw", "ds", "r.*")
 
 
-def rejection_reason(kind: str, ds: date) -> Column:
+def rejection_reason(kind: str) -> Column:
     """Return a column holding the first rule a parsed row breaks, or null if it is valid."""
     from pyspark.sql import functions as F
 
-    day = F.lit(ds.isoformat()).cast("date")
     rules: list[tuple[Column, str]] = [(F.col(CORRUPT).isNotNull(), "malformed JSON or wrong type")]
     rules += [(F.col(name).isNull(), f"missing {name}") for name in required_fields(kind)]
-    id_cols = {
-        "users": ["user_id"],
-        "items": ["item_id", "seller_id"],
-        "events": ["user_id", "item_id"],
-    }
+    id_cols = {"users": ["user_id"], "items": ["item_id", "seller_id"], "events": ["user_id", "item_id"]}
     rules += [
         ((F.col(c) < 1) | (F.col(c) > MAX_ID), f"{c} outside 1..2^32-1") for c in id_cols[kind]
     ]
@@ -131,7 +126,7 @@ def rejection_reason(kind: str, ds: date) -> Column:
         rules += [
             (~F.col("event_type").isin(*EVENT_TYPES), "unknown event_type"),
             (F.col("position") < 1, "position < 1"),
-            (F.to_date("ts") != day, "timestamp outside the drop's day"),
+            (F.to_date("ts") != F.col("ds"), "timestamp outside the drop's day"),
         ]
     if kind == "items":
         rules += [(F.col("price") <= 0, "price <= 0")]
@@ -142,13 +137,12 @@ def rejection_reason(kind: str, ds: date) -> Column:
 
 
 def with_duplicate_reason(df: DataFrame, key: str) -> DataFrame:
-    """Mark every copy but the first (by raw text) of a repeated key as a duplicate."""
+    """Mark every copy but the first (by raw text) of a key repeated within a day."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    window = Window.partitionBy(key).orderBy("raw")
-    rank = F.row_number().over(window)
-    duplicate = F.col(key).isNotNull() & (rank > 1)
+    window = Window.partitionBy("ds", key).orderBy("raw")
+    duplicate = F.col(key).isNotNull() & (F.row_number().over(window) > 1)
     return df.withColumn(
         "reason",
         F.when(F.col("reason").isNull() & duplicate, F.lit(f"duplicate {key}")).otherwise(
@@ -157,76 +151,95 @@ def with_duplicate_reason(df: DataFrame, key: str) -> DataFrame:
     )
 
 
-def validate(parsed: DataFrame, kind: str, ds: date) -> DataFrame:
+def validate(parsed: DataFrame, kind: str) -> DataFrame:
     """Attach the rejection ``reason`` of every parsed row (null for accepted rows)."""
     key = {"users": "user_id", "items": "item_id", "events": "event_id"}[kind]
-    return parsed.withColumn("reason", rejection_reason(kind, ds)).transform(
+    return parsed.withColumn("reason", rejection_reason(kind)).transform(
         lambda df: with_duplicate_reason(df, key)
     )
 
 
-def accepted_rows(validated: DataFrame, kind: str, ds: date) -> DataFrame:
+def accepted_rows(validated: DataFrame, kind: str) -> DataFrame:
     """Select the accepted rows in the bronze schema of ``kind`` (the output contract)."""
     from pyspark.sql import functions as F
 
     columns = [f.name for f in raw_schema(kind).fields if f.name != CORRUPT]
-    return validated.where(F.col("reason").isNull()).select(
-        *columns, F.lit(ds.isoformat()).cast("date").alias("ds")
-    )
+    return validated.where(F.col("reason").isNull()).select(*columns, "ds")
 
 
-def quarantined_rows(validated: DataFrame, kind: str, ds: date) -> DataFrame:
+def quarantined_rows(validated: DataFrame, kind: str) -> DataFrame:
     """Select the rejected rows with their reason and original line."""
     from pyspark.sql import functions as F
 
     return validated.where(F.col("reason").isNotNull()).select(
-        F.lit(kind).alias("source"),
-        "reason",
-        "raw",
-        F.lit(ds.isoformat()).cast("date").alias("ds"),
+        F.lit(kind).alias("source"), "reason", "raw", "ds"
     )
 
 
-def ingest_day(spark: SparkSession, settings: Settings, kind: str, ds: date) -> IngestStats:
-    """Ingest one day's drop of one kind into bronze; quarantine is written before any check."""
+def read_raw_lines(spark: SparkSession, settings: Settings, kind: str, start: date, end: date) -> DataFrame:
+    """Read the non-blank lines of complete drops in ``[start, end]``, with their ``ds``."""
     from pyspark.sql import functions as F
 
-    from rankflow.spark import write_partition
-
-    folder = raw_day_path(settings, kind, ds)
-    if not (folder / "_SUCCESS").exists():
-        raise IngestError(
-            f"the {kind} drop for {ds} is not complete: {folder}/_SUCCESS is missing "
-            "(land the day's files, then the _SUCCESS marker, and retry)"
-        )
-    lines = spark.read.text(str(folder / "*.jsonl*")).where(F.length(F.trim("value")) > 0)
-    validated = validate(parse_lines(lines, kind), kind, ds).cache()
-    counts = validated.groupBy(F.col("reason").isNull().alias("ok")).count().collect()
-    by_status = {bool(row["ok"]): int(row["count"]) for row in counts}
-    stats = IngestStats(
-        kind=kind,
-        ds=ds.isoformat(),
-        rows=sum(by_status.values()),
-        accepted=by_status.get(True, 0),
-        quarantined=by_status.get(False, 0),
+    folders = []
+    for offset in range((end - start).days + 1):
+        folder = raw_day_path(settings, kind, start + timedelta(days=offset))
+        if not (folder / "_SUCCESS").exists():
+            raise IngestError(
+                f"the {kind} drop for {folder.name[3:]} is not complete: {folder}/_SUCCESS is "
+                "missing (land the day's files, then the _SUCCESS marker, and retry)"
+            )
+        folders.append(str(folder / "*.jsonl*"))
+    day = F.regexp_extract(F.col("_metadata.file_path"), r"ds=(\d{4}-\d{2}-\d{2})", 1)
+    return (
+        spark.read.text(folders)
+        .where(F.length(F.trim("value")) > 0)
+        .select("value", day.cast("date").alias("ds"))
     )
+
+
+def ingest_range(
+    spark: SparkSession, settings: Settings, kind: str, start: date, end: date
+) -> list[IngestStats]:
+    """Ingest the drops of one kind for ``[start, end]`` in one pass; quarantine first, then check.
+
+    Raises:
+        IngestError: a drop is incomplete, or a day's malformed share exceeds the limit (bronze
+            is then left as it was for the whole range).
+    """
+    from pyspark.sql import functions as F
+
+    from rankflow.spark import write_partitions
+
+    validated = validate(parse_lines(read_raw_lines(spark, settings, kind, start, end), kind), kind)
+    validated = validated.cache()
+    counts = validated.groupBy("ds").agg(
+        F.count("*").alias("rows"), F.count("reason").alias("quarantined")
+    )
+    stats = [
+        IngestStats(kind, row["ds"].isoformat(), row["rows"], row["rows"] - row["quarantined"], row["quarantined"])
+        for row in counts.orderBy("ds").collect()
+    ]
+    window = f"ds >= DATE'{start.isoformat()}' AND ds <= DATE'{end.isoformat()}'"
     quarantine_path = settings.paths.table("bronze/quarantine")
     (
-        quarantined_rows(validated, kind, ds)
+        quarantined_rows(validated, kind)
         .write.format("delta")
         .mode("overwrite")
-        .option("replaceWhere", f"ds = DATE'{ds.isoformat()}' AND source = '{kind}'")
+        .option("replaceWhere", f"{window} AND source = '{kind}'")
         .partitionBy("ds", "source")
         .save(quarantine_path)
     )
     limit = float(settings.pipeline["ingest"]["max_quarantine_share"])
-    if stats.quarantine_share > limit:
+    failed = [s for s in stats if s.quarantine_share > limit]
+    if failed:
         validated.unpersist()
+        worst = max(failed, key=lambda s: s.quarantine_share)
         raise IngestError(
-            f"{stats.quarantined} of {stats.rows} {kind} rows for {ds} are malformed "
-            f"({stats.quarantine_share:.1%} > limit {limit:.1%}); bronze was not updated. "
-            f"Inspect them in {quarantine_path} (ds={ds}, source={kind}) and fix the drop."
+            f"{worst.quarantined} of {worst.rows} {kind} rows for {worst.ds} are malformed "
+            f"({worst.quarantine_share:.1%} > limit {limit:.1%}); bronze was not updated for "
+            f"{start}..{end}. Inspect them in {quarantine_path} (ds={worst.ds}, source={kind}) "
+            "and fix the drop."
         )
-    write_partition(accepted_rows(validated, kind, ds), settings.paths.table(f"bronze/{kind}"), ds)
+    write_partitions(accepted_rows(validated, kind), settings.paths.table(f"bronze/{kind}"), start, end)
     validated.unpersist()
     return stats

@@ -64,12 +64,11 @@ def run_ingest(
     """Ingest every raw drop kind for each day in ``[start, end]``."""
     from dataclasses import asdict
 
-    from rankflow.ingest import RAW_KINDS, ingest_day
+    from rankflow.ingest import RAW_KINDS, ingest_range
 
     results = []
-    for day in days(start, end):
-        for kind in RAW_KINDS:
-            stats = ingest_day(spark, settings, kind, day)
+    for kind in RAW_KINDS:
+        for stats in ingest_range(spark, settings, kind, start, end):
             results.append({**asdict(stats), "quarantine_share": stats.quarantine_share})
     return results
 
@@ -82,23 +81,24 @@ def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
     from rankflow.spark import write_partition
 
     events, items, users = bronze(spark, settings)
-    frames = build_features(events, items, users, ds, settings.pipeline)
+    frames = build_features(events, items, users, [ds], settings.pipeline)
     counts = {}
     for face, table in FEATURE_TABLES.items():
-        frame = getattr(frames, face).withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+        frame = getattr(frames, face).withColumnRenamed("as_of", "ds")
         write_partition(frame, settings.paths.table(table), ds)
         counts[face] = read_partition(spark, settings, table, ds).count()
     return counts
 
 
 def read_features(spark: SparkSession, settings: Settings, ds: date) -> FeatureFrames:
-    """Read the features as of ``ds`` written by the features step."""
-    return FeatureFrames(
-        as_of=ds,
-        items=read_partition(spark, settings, FEATURE_TABLES["items"], ds),
-        users=read_partition(spark, settings, FEATURE_TABLES["users"], ds),
-        seen=read_partition(spark, settings, FEATURE_TABLES["seen"], ds),
-    )
+    """Read the features as of ``ds`` written by the features step (keyed by ``as_of``)."""
+    from pyspark.sql import functions as F
+
+    def face(name: str) -> DataFrame:
+        frame = read_partition(spark, settings, FEATURE_TABLES[name], ds)
+        return frame.withColumn("as_of", F.lit(ds.isoformat()).cast("date"))
+
+    return FeatureFrames(items=face("items"), users=face("users"), seen=face("seen"))
 
 
 def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[str, int]:
@@ -107,6 +107,7 @@ def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[st
 
     from rankflow.candidates import generate_candidates
     from rankflow.spark import write_partition
+    from rankflow.training import write_run_record
 
     candidates = generate_candidates(
         read_features(spark, settings, ds), settings.pipeline["candidates"]
@@ -124,17 +125,19 @@ def run_training_set(
     spark: SparkSession, settings: Settings, start: date, end: date
 ) -> dict[str, int]:
     """Build the labelled training rows of each day in ``[start, end]``."""
-    from rankflow.spark import write_partition
+    from rankflow.spark import write_partitions
     from rankflow.training_set import build_training_set
 
+    from pyspark.sql import functions as F
+
     events, items, users = bronze(spark, settings)
-    events = events.cache()
-    rows = {}
     path = settings.paths.table("silver/training_set")
-    for day in days(start, end):
-        write_partition(build_training_set(events, items, users, day, settings.pipeline), path, day)
-        rows[day.isoformat()] = read_partition(spark, settings, "silver/training_set", day).count()
-    return rows
+    built = build_training_set(events, items, users, days(start, end), settings.pipeline)
+    write_partitions(built, path, start, end)
+    written = read_table(spark, settings, "silver/training_set").where(
+        F.col("ds").between(F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date"))
+    )
+    return {row["ds"].isoformat(): int(row["count"]) for row in written.groupBy("ds").count().collect()}
 
 
 def training_rows(spark: SparkSession, settings: Settings, start: date, end: date) -> Any:
@@ -324,7 +327,7 @@ def run_score(
         .partitionBy("ds", "surface")
         .save(path)
     )
-    fallback = fallback_list(read_partition(spark, settings, FEATURE_TABLES["items"], ds), top_k)
+    fallback = fallback_list(read_features(spark, settings, ds).items, top_k)
     users = read_ranked(spark, settings, ds, surface).count()
     record = {
         "ds": ds.isoformat(),

@@ -1,65 +1,74 @@
-"""Training set of one day: its impressions as query groups, graded labels, earlier features."""
+"""Training set: impressions as query groups, graded labels, features of the day before."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.features import MODEL_FEATURES, build_features, with_cross_features
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-
-LABEL_EVENT_TYPES = ("click", "like", "save", "add_to_bag", "purchase")
+    from pyspark.sql import Column, DataFrame
 
 
-def impressions_of(events: DataFrame, ds: date) -> DataFrame:
-    """Return the impressions shown on ``ds``: one row per (session, item)."""
+def on_days(days: list[date]) -> Column:
+    """Return a filter keeping rows whose ``ds`` is one of ``days``."""
+    from pyspark.sql import functions as F
+
+    return F.col("ds").isin(*[F.lit(d.isoformat()).cast("date") for d in days])
+
+
+def impressions_of(events: DataFrame, days: list[date]) -> DataFrame:
+    """Return the impressions shown on ``days``: one row per (day, session, item)."""
     from pyspark.sql import functions as F
 
     return (
-        events.where((F.col("ds") == F.lit(ds.isoformat()).cast("date")))
-        .where(F.col("event_type") == "impression")
-        .groupBy("session_id", "item_id")
+        events.where(on_days(days) & (F.col("event_type") == "impression"))
+        .groupBy("ds", "session_id", "item_id")
         .agg(
             F.first("user_id").alias("user_id"),
             F.first("surface").alias("surface"),
             F.min("position").alias("position"),
-            F.min("ts").alias("impression_ts"),
         )
     )
 
 
-def graded_labels(events: DataFrame, ds: date, gains: dict[str, float]) -> DataFrame:
-    """Return ``session_id, item_id, label``: the gain of the strongest action that followed."""
+def graded_labels(events: DataFrame, days: list[date], gains: dict[str, float]) -> DataFrame:
+    """Return ``ds, session_id, item_id, label``: the gain of the strongest action that followed."""
     from pyspark.sql import functions as F
 
     gain = F.create_map(*[F.lit(x) for kv in gains.items() for x in kv])
     return (
-        events.where(F.col("ds") == F.lit(ds.isoformat()).cast("date"))
-        .where(F.col("event_type").isin(*gains.keys()))
-        .groupBy("session_id", "item_id")
+        events.where(on_days(days) & F.col("event_type").isin(*gains.keys()))
+        .groupBy("ds", "session_id", "item_id")
         .agg(F.max(F.element_at(gain, F.col("event_type")).cast("double")).alias("label"))
     )
 
 
 def with_labels(impressions: DataFrame, labels: DataFrame) -> DataFrame:
     """Attach labels to impressions; an impression nothing followed gets label 0."""
-    return impressions.join(labels, on=["session_id", "item_id"], how="left").fillna(
+    return impressions.join(labels, on=["ds", "session_id", "item_id"], how="left").fillna(
         0.0, subset=["label"]
     )
 
 
 def build_training_set(
-    events: DataFrame, items: DataFrame, users: DataFrame, ds: date, config: dict[str, Any]
+    events: DataFrame, items: DataFrame, users: DataFrame, days: list[date], config: dict[str, Any]
 ) -> DataFrame:
-    """Return the labelled impressions of ``ds`` joined to features as of the day before."""
+    """Return the labelled impressions of ``days``, each joined to features as of the day before."""
     from pyspark.sql import functions as F
 
-    as_of = ds - timedelta(days=1)
-    features = build_features(events, items, users, as_of, config, listed_by=ds)
-    labelled = with_labels(
-        impressions_of(events, ds), graded_labels(events, ds, config["labels"]["gains"])
+    gains = config["labels"]["gains"]
+    labelled = with_labels(impressions_of(events, days), graded_labels(events, days, gains))
+    labelled = labelled.withColumn("as_of", F.date_sub(F.col("ds"), 1))
+    features = build_features(
+        events,
+        items,
+        users,
+        [date.fromordinal(d.toordinal() - 1) for d in days],
+        config,
+        listing_lag_days=1,
+        only_pairs=labelled,
     )
     return with_cross_features(labelled, features).select(
         F.col("session_id").alias("qid"),
@@ -69,6 +78,6 @@ def build_training_set(
         "position",
         "label",
         *MODEL_FEATURES,
-        F.lit(as_of.isoformat()).cast("date").alias("features_as_of"),
-        F.lit(ds.isoformat()).cast("date").alias("ds"),
+        F.col("as_of").alias("features_as_of"),
+        "ds",
     )

@@ -26,6 +26,7 @@ from rankflow.serving import (
     begin_version,
     bytes_per_user,
     commit_version,
+    count_users,
     current_key,
     expire_old_versions,
     fallback_key,
@@ -587,3 +588,13 @@ def test_bytes_per_user_for_k100_stays_close_to_the_payload(
 
     assert per_user is not None
     assert 400 < per_user <= 1.4 * 400
+
+
+def test_count_users_counts_one_version_only(redis_client: redis.Redis, redis_url: str) -> None:
+    users, items = make_lists(27, users=1234)
+    v1, _ = publish(redis_client, redis_url, date(2024, 1, 5), users, items, [1])
+    v2, _ = publish(redis_client, redis_url, date(2024, 1, 6), users[:1000], items[:1000], [1])
+
+    assert count_users(redis_client, PREFIX, SURFACE, v1) == 1234
+    assert count_users(redis_client, PREFIX, SURFACE, v2) == 1000
+    assert count_users(redis_client, PREFIX, SURFACE, "20240107-none") == 0

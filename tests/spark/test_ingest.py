@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rankflow.ingest import IngestError, ingest_day, raw_day_path
+from rankflow.ingest import IngestError, ingest_range, raw_day_path
 
 pytestmark = pytest.mark.spark
 DS = date(2026, 10, 5)
@@ -60,7 +60,7 @@ def with_limit(settings, share: float):
 def test_malformed_rows_are_quarantined_with_their_reason(spark, lake_settings) -> None:
     settings = with_limit(lake_settings, 0.5)
     land(settings, GOOD + list(BAD.values()))
-    stats = ingest_day(spark, settings, "events", DS)
+    stats = ingest_range(spark, settings, "events", DS, DS)[0]
     assert (stats.rows, stats.accepted, stats.quarantined) == (27, 20, 7)
     bronze = spark.read.format("delta").load(settings.paths.table("bronze/events"))
     assert bronze.count() == 20
@@ -75,7 +75,7 @@ def test_too_many_malformed_rows_fail_clearly_and_leave_bronze_untouched(spark, 
     settings = with_limit(lake_settings, 0.01)
     land(settings, GOOD + list(BAD.values()))
     with pytest.raises(IngestError, match=r"7 of 27 events rows .* malformed"):
-        ingest_day(spark, settings, "events", DS)
+        ingest_range(spark, settings, "events", DS, DS)[0]
     assert not Path(settings.paths.table("bronze/events")).exists()
     quarantine = spark.read.format("delta").load(settings.paths.table("bronze/quarantine"))
     assert quarantine.count() == 7
@@ -85,16 +85,16 @@ def test_missing_success_marker_is_refused(spark, lake_settings) -> None:
     folder = land(lake_settings, GOOD)
     (folder / "_SUCCESS").unlink()
     with pytest.raises(IngestError, match="_SUCCESS is missing"):
-        ingest_day(spark, lake_settings, "events", DS)
+        ingest_range(spark, lake_settings, "events", DS, DS)
 
 
 def test_ingesting_twice_gives_the_same_table(spark, lake_settings) -> None:
     settings = with_limit(lake_settings, 0.5)
     land(settings, GOOD + [BAD["unknown event_type"]])
-    ingest_day(spark, settings, "events", DS)
+    ingest_range(spark, settings, "events", DS, DS)[0]
     path = settings.paths.table("bronze/events")
     first = sorted(map(tuple, spark.read.format("delta").load(path).collect()))
-    ingest_day(spark, settings, "events", DS)
+    ingest_range(spark, settings, "events", DS, DS)[0]
     second = sorted(map(tuple, spark.read.format("delta").load(path).collect()))
     assert first == second
     quarantine = spark.read.format("delta").load(settings.paths.table("bronze/quarantine"))

@@ -479,8 +479,10 @@ def _chunks(batches: Iterable[Batch], size: int) -> Iterator[tuple[npt.NDArray[A
     """
     for user_ids, item_lists in batches:
         ids = np.asarray(user_ids)
-        if ids.ndim != 1 or len(ids) != len(item_lists):
-            raise ValueError(f"{ids.size} user ids but {len(item_lists)} lists in a batch")
+        if ids.ndim != 1:
+            raise ValueError(f"user ids must be one-dimensional, got shape {ids.shape}")
+        if len(ids) != len(item_lists):
+            raise ValueError(f"{len(ids)} user ids but {len(item_lists)} lists in a batch")
         for start in range(0, len(ids), size):
             yield ids[start : start + size], item_lists[start : start + size]
 
@@ -559,16 +561,14 @@ def write_lists(
 def count_users(
     client: redis.Redis, prefix: str, surface: str, version: str, *, scan_count: int = 1000
 ) -> int:
-    """Count a version's user keys exactly (SCAN, de-duplicated; memory grows with users)."""
-    start = len(version_base(prefix, surface, version)) + 3
-    return len(
-        {
-            key[start:]
-            for key in scan_keys(
-                client, user_key_pattern(prefix, surface, version), count=scan_count
-            )
-        }
-    )
+    """Count a version's distinct user keys with SCAN (which may return a key twice).
+
+    Keys are de-duplicated by their 64-bit hash in a numpy array (8 bytes per key, so 10 M users
+    need ~80 MB); a hash collision (odds ~n^2/2^65) can only undercount, i.e. refuse a commit.
+    """
+    keys = scan_keys(client, user_key_pattern(prefix, surface, version), count=scan_count)
+    hashes = np.fromiter((hash(key) for key in keys), dtype=np.int64)
+    return int(np.unique(hashes).size)
 
 
 def commit_version(
@@ -688,6 +688,18 @@ def _old_versions(client: redis.Redis, prefix: str, surface: str) -> tuple[list[
     return old, gone
 
 
+def _is_registered(client: redis.Redis, prefix: str, surface: str, version: bytes) -> bool:
+    """Return whether a version id is registered, current or previous (read now, not earlier).
+
+    Read when the version is first met during the scan, so a version begun after the scan
+    started is never mistaken for an orphan.
+    """
+    if client.zscore(versions_key(prefix, surface), version) is not None:
+        return True
+    pointers = client.mget(current_key(prefix, surface), previous_key(prefix, surface))
+    return version in {_bytes(p) for p in pointers}
+
+
 def expire_old_versions(
     client: redis.Redis,
     prefix: str,
@@ -720,16 +732,8 @@ def expire_old_versions(
         at = _text(_run(client, "retire", keys, [version, int(time.time()) + ttl_seconds]))
         if at is not None and at.isdigit():
             expire_at[version.encode()] = int(at)
-    known = {(_text(m) or "").encode() for m in client.zrange(versions_key(prefix, surface), 0, -1)}
-    known |= {
-        v.encode()
-        for v in (
-            _text(client.get(current_key(prefix, surface))),
-            _text(client.get(previous_key(prefix, surface))),
-        )
-        if v is not None
-    }
     start = len(namespace(prefix, surface)) + 3
+    registered: dict[bytes, bool] = {}
     pipe = client.pipeline(transaction=False)
     touched = orphans = 0
     for key in scan_keys(client, f"{namespace(prefix, surface)}:v:*", count=scan_count):
@@ -737,9 +741,12 @@ def expire_old_versions(
         if owner in expire_at:
             pipe.expireat(key, expire_at[owner])
             touched += 1
-        elif owner not in known:
-            pipe.expire(key, ttl_seconds, nx=True)
-            orphans += 1
+        else:
+            if owner not in registered:
+                registered[owner] = _is_registered(client, prefix, surface, owner)
+            if not registered[owner]:
+                pipe.expire(key, ttl_seconds, nx=True)
+                orphans += 1
         if len(pipe) >= batch:
             pipe.execute()
     pipe.execute()
