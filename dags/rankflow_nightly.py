@@ -77,6 +77,7 @@ def rankflow_nightly() -> None:
     ds = check_params()
     day = ["--ds", ds]
     lists = ["--surface", "{{ params.surface }}"]
+    publication = [*day, *lists, "--run-id", "{{ run_id }}"]
 
     def spark_step(step: str, args: list, **kwargs: object) -> RankflowSparkSubmitOperator:
         return RankflowSparkSubmitOperator(step=step, application_args=args, **kwargs)
@@ -92,8 +93,8 @@ def rankflow_nightly() -> None:
         [*day, *lists, "--top-k", "{{ params.top_k }}"],
         trigger_rule="none_failed_min_one_success",
     )
-    publish_s3 = spark_step("publish_s3", [*day, *lists])
-    publish_redis = spark_step("publish_redis", [*day, *lists])
+    publish_s3 = spark_step("publish_s3", publication)
+    publish_redis = spark_step("publish_redis", publication)
 
     branch = choose_model()
     reuse = reuse_champion()

@@ -27,6 +27,7 @@ def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--surface", default=None, help="surface of the ranked lists")
     parser.add_argument("--top-k", type=int, default=None, help="length of each ranked list")
     parser.add_argument("--model", default="champion", help="model alias or version to score with")
+    parser.add_argument("--run-id", default="manual", help="orchestrator run id (publication id)")
     args = parser.parse_args(argv)
     if args.start and args.start > args.ds:
         parser.error(f"--start {args.start} is after --ds {args.ds}")
@@ -50,8 +51,8 @@ def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]
         "score": lambda s, c, a: pipeline.run_score(
             s, c, a.ds, surface(c, a), a.top_k or int(c.pipeline["scoring"]["top_k"]), a.model
         ),
-        "publish_s3": lambda s, c, a: pipeline.run_publish_s3(s, c, a.ds, surface(c, a)),
-        "publish_redis": lambda s, c, a: pipeline.run_publish_redis(s, c, a.ds, surface(c, a)),
+        "publish_s3": lambda s, c, a: pipeline.run_publish_s3(s, c, a.ds, surface(c, a), a.run_id),
+        "publish_redis": lambda s, c, a: pipeline.run_publish_redis(s, c, a.ds, surface(c, a), a.run_id),
     }
     return runners[step]
 

@@ -110,7 +110,7 @@ def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[st
     from rankflow.training import write_run_record
 
     candidates = generate_candidates(
-        read_features(spark, settings, ds), settings.pipeline["candidates"]
+        read_features(spark, settings, ds), ds, settings.pipeline["candidates"]
     )
     path = settings.paths.table("silver/candidates")
     write_partition(candidates.withColumn("ds", F.lit(ds.isoformat()).cast("date")), path, ds)
@@ -118,7 +118,9 @@ def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[st
     stats = written.agg(
         F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")
     ).first()
-    return {"rows": int(stats["rows"]), "users": int(stats["users"])}
+    record = {"rows": int(stats["rows"]), "users": int(stats["users"])} if stats else {}
+    write_run_record(settings, ds, "candidates", record)
+    return record
 
 
 def run_training_set(
@@ -292,12 +294,14 @@ def scoring_input(spark: SparkSession, settings: Settings, ds: date) -> DataFram
     """Join the candidates of ``ds`` with the features as of ``ds`` (the serving face)."""
     from rankflow.features import feature_vector, with_cross_features
 
+    from pyspark.sql import functions as F
+
     features = read_features(spark, settings, ds)
     candidates = read_partition(spark, settings, "silver/candidates", ds).select(
-        "user_id", "item_id"
+        F.lit(ds.isoformat()).cast("date").alias("as_of"), "user_id", "item_id"
     )
     joined = with_cross_features(candidates, features)
-    return joined.select("user_id", "item_id", *feature_vector(joined))
+    return joined.select("user_id", "item_id", *feature_vector())
 
 
 def run_score(
@@ -348,22 +352,92 @@ def read_ranked(spark: SparkSession, settings: Settings, ds: date, surface: str)
     return read_partition(spark, settings, "gold/rankings", ds).where(F.col("surface") == surface)
 
 
-def publication_version(ds: date, model_version: str) -> str:
-    """Return the id of a publication: sortable by date, the same on a retry of the same run."""
-    return f"{ds:%Y%m%d}-m{model_version}"
+def publication_version(ds: date, model_version: str, run_id: str) -> str:
+    """Return the id shared by the S3 export and the Redis version of one run (same on retry)."""
+    from rankflow.serving import new_version_id
+
+    return new_version_id(ds, f"{run_id}|model={model_version}")
 
 
 def run_publish_s3(
-    spark: SparkSession, settings: Settings, ds: date, surface: str
+    spark: SparkSession, settings: Settings, ds: date, surface: str, run_id: str
 ) -> dict[str, Any]:
     """Export the gold lists of ``ds`` to S3 (parts, then manifest, then pointer)."""
     from rankflow.publish_s3 import export_as_dict, export_rankings
     from rankflow.training import read_run_record, write_run_record
 
     scored = read_run_record(settings, ds, f"score-{surface}")
-    version = publication_version(ds, str(scored["model_version"]))
+    version = publication_version(ds, str(scored["model_version"]), run_id)
     ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids", "scores")
     meta = {"model_version": scored["model_version"], "top_k": scored["top_k"]}
     result = export_as_dict(export_rankings(ranked, settings.s3, surface, ds, version, meta))
     write_run_record(settings, ds, f"publish-s3-{surface}", result)
     return result
+
+
+def run_publish_redis(
+    spark: SparkSession, settings: Settings, ds: date, surface: str, run_id: str
+) -> dict[str, Any]:
+    """Write the gold lists of ``ds`` as a new Redis version, check it, switch readers to it."""
+    import redis
+    from pyspark.sql import functions as F
+
+    from rankflow.scoring import make_redis_writer
+    from rankflow.serving import (
+        VersionNotWritableError,
+        begin_version,
+        bytes_per_user,
+        commit_version,
+        current_key,
+        expire_old_versions,
+        write_fallback,
+    )
+    from rankflow.training import read_run_record, write_run_record
+
+    scored = read_run_record(settings, ds, f"score-{surface}")
+    version = publication_version(ds, str(scored["model_version"]), run_id)
+    prefix = settings.redis.key_prefix
+    client = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        raise ConnectionError(
+            f"Redis is unreachable ({error}); check the redis_rankflow connection or "
+            "RANKFLOW_REDIS_URL. Nothing was published."
+        ) from error
+    try:
+        begin_version(
+            client, prefix, surface, version, ds=ds, model_version=str(scored["model_version"]),
+            k=int(scored["top_k"]),
+        )
+    except VersionNotWritableError:
+        if (client.get(current_key(prefix, surface)) or b"").decode() != version:
+            raise
+        return read_run_record(settings, ds, f"publish-redis-{surface}")  # a retry after success
+    ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids")
+    writer = make_redis_writer(settings.redis.url, prefix, surface, version, settings.redis.mset_batch)
+    totals = ranked.mapInPandas(writer, "users long, bytes long").agg(
+        F.sum("users").alias("users"), F.sum("bytes").alias("bytes")
+    ).first()
+    users = int(totals["users"] or 0) if totals else 0
+    write_fallback(client, prefix, surface, version, scored["fallback"])
+    result = commit_version(client, prefix, surface, version, expected_users=users)
+    expired = expire_old_versions(
+        client, prefix, surface, ttl_seconds=settings.redis.old_version_ttl_seconds
+    )
+    sample = ranked.select("user_id").limit(1).collect()
+    record = {
+        "ds": ds.isoformat(),
+        "surface": surface,
+        "version": version,
+        "status": result.status,
+        "reason": result.reason,
+        "users": users,
+        "value_bytes": int(totals["bytes"] or 0) if totals else 0,
+        "bytes_per_user": bytes_per_user(client, prefix, surface, version),
+        "expired_versions": expired.versions,
+        "sample_user": int(sample[0][0]) if sample else None,
+        "model_version": scored["model_version"],
+    }
+    write_run_record(settings, ds, f"publish-redis-{surface}", record)
+    return record

@@ -112,3 +112,20 @@ def fallback_list(items: DataFrame, k: int) -> list[int]:
         .collect()
     )
     return [int(row[0]) for row in rows]
+
+
+def make_redis_writer(
+    redis_url: str, prefix: str, surface: str, version: str, mset_batch: int
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """Build the ``mapInPandas`` function that writes each partition's lists to a version."""
+
+    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
+        from rankflow.serving import write_batches
+
+        pairs = ((b["user_id"].to_numpy(), list(b["item_ids"])) for b in batches if len(b))
+        stats = write_batches(redis_url, prefix, surface, version, pairs, mset_batch=mset_batch)
+        yield pd.DataFrame({"users": [stats.users], "bytes": [stats.bytes]})
+
+    return write

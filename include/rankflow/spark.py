@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import date
 from importlib.metadata import version
 from typing import TYPE_CHECKING
@@ -46,6 +48,8 @@ def get_session(settings: Settings, app_name: str) -> SparkSession:
         builder = builder.config(key, value)
     builder = builder.config("spark.jars.packages", delta_package())
     builder = builder.config("spark.driver.memory", "4g").config("spark.ui.enabled", "false")
+    # Python workers must import rankflow: unless told otherwise, use this interpreter
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
