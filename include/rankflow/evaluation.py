@@ -121,9 +121,9 @@ def gate_decision(table: dict[str, dict[str, float]], config: dict[str, Any]) ->
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
     """Render the evaluation table as aligned text (printed by the demo and logged)."""
-    columns = [c for c in next(iter(table.values())) if c != "groups"]
-    header = f"{'ranker':<14}" + "".join(f"{c:>11}" for c in columns)
+    columns = [c for c in next(iter(table.values())) if not c.startswith("groups")]
+    header = f"{'ranker':<14}" + "".join(f"{c:>12}" for c in columns)
     lines = [header, "-" * len(header)]
     for name, metrics in table.items():
-        lines.append(f"{name:<14}" + "".join(f"{metrics[c]:>11.4f}" for c in columns))
+        lines.append(f"{name:<14}" + "".join(f"{metrics[c]:>12.4f}" for c in columns))
     return "\n".join(lines)

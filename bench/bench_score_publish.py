@@ -1,0 +1,736 @@
+"""Benchmark batch scoring and Redis publishing against in-process references (``make bench``).
+
+Measured in one run, on the same rows and the same model:
+
+(a) scoring rows/s through ``rankflow.scoring.score_candidates`` (Spark, ``mapInPandas``) and its
+    ratio to ``Booster.inplace_predict`` over the same rows in this process (all cores);
+(b) Redis publish users/s through ``begin_version`` + ``make_redis_writer`` + ``write_fallback``
+    + ``commit_version`` and its ratio to ``redis-benchmark -P 16 -t set`` with values of the
+    same size;
+(c) Redis bytes per user (``MEMORY USAGE`` sample) and its ratio to the K x 4-byte payload.
+
+It is a benchmark, not a test: it always exits 0 once it has measured, and prints PASS/FAIL
+against the issue's targets. Scale comes from ``BENCH_*`` variables or the options::
+
+    .venv/bin/python bench/bench_score_publish.py --users 50000 --profile
+
+The publication uses its own prefix and surface (``rfbench:bench``) and deletes every key under
+it afterwards, so the serving keys of a running demo are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from rankflow.config import Settings, load_settings
+from rankflow.features import ITEM_FEATURES, MODEL_FEATURES, USER_FEATURES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import redis
+    import xgboost as xgb
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+TARGET_SCORING = 0.25
+TARGET_PUBLISH = 0.30
+PREFIX = "rfbench"
+SURFACE = "bench"
+FIRST_USER = 10_000_000
+ITEMS = 2_000_000
+ITEM_STRIDE = 104_729  # a prime: (user * 7919 + c * stride) % ITEMS is distinct for c < ITEMS
+TRAIN_USERS = 1_000
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What to benchmark and where to keep the generated rows."""
+
+    users: int
+    candidates: int
+    top_k: int
+    seed: int
+    trees: int
+    workdir: Path
+    keep: bool
+    profile: bool
+
+    @property
+    def rows(self) -> int:
+        """Return the number of candidate rows (users x candidates)."""
+        return self.users * self.candidates
+
+    @property
+    def data_dir(self) -> Path:
+        """Return the folder of this scale's candidate table (reused while it exists)."""
+        return self.workdir / f"candidates-{self.users}x{self.candidates}-s{self.seed}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def env_int(name: str, default: int) -> int:
+    """Return an integer environment variable, or ``default`` when unset or empty."""
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def parse_args(argv: Sequence[str], settings: Settings) -> Scale:
+    """Build the scale from ``BENCH_*`` variables, overridden by command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=env_int("BENCH_USERS", 200_000))
+    parser.add_argument("--candidates", type=int, default=env_int("BENCH_CANDIDATES", 200))
+    parser.add_argument("--top-k", type=int, default=env_int("BENCH_TOP_K", 100))
+    parser.add_argument("--seed", type=int, default=env_int("BENCH_SEED", 7))
+    parser.add_argument("--trees", type=int, default=env_int("BENCH_TREES", 250))
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(os.environ.get("BENCH_DIR", str(settings.paths.home / "bench"))),
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the generated Parquet files")
+    parser.add_argument(
+        "--profile", action="store_true", help="also time the stages of the Spark scoring path"
+    )
+    args = parser.parse_args(argv)
+    return Scale(
+        users=args.users,
+        candidates=args.candidates,
+        top_k=args.top_k,
+        seed=args.seed,
+        trees=args.trees,
+        workdir=args.workdir.resolve(),
+        keep=args.keep,
+        profile=args.profile,
+    )
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Run ``fn`` and return its result with the wall-clock seconds it took."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def say(message: str) -> None:
+    """Print one progress line immediately."""
+    print(message, flush=True)
+
+
+def noop_write(df: DataFrame) -> None:
+    """Execute a DataFrame fully without writing anything (Spark's ``noop`` sink)."""
+    df.write.format("noop").mode("overwrite").save()
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def draws(key: str, tag: str, count: int) -> list[Column]:
+    """Return ``count`` deterministic uniform [0, 1) columns per ``key`` (same item, same value)."""
+    from pyspark.sql import functions as F
+
+    return [
+        ((F.abs(F.xxhash64(F.col(key), F.lit(salt))) % 1_000_003) / 1_000_003.0).alias(
+            f"{tag}{salt}"
+        )
+        for salt in range(count)
+    ]
+
+
+def item_columns() -> dict[str, Column]:
+    """Return the item features from the item's draws ``i0..i12`` (constant per item)."""
+    from pyspark.sql import functions as F
+
+    i = [F.col(f"i{n}") for n in range(13)]
+    imp = {28: F.pow(i[0], 3) * 6000}
+    imp[7] = imp[28] * (0.15 + 0.2 * i[1])
+    imp[1] = imp[7] * (0.1 + 0.2 * i[2])
+    ctr = 0.01 + 0.15 * F.pow(i[3], 2)
+    cols: dict[str, Column] = {}
+    for w in (1, 7, 28):
+        cols[f"item_impressions_{w}d"] = F.floor(imp[w])
+        cols[f"item_clicks_{w}d"] = F.floor(imp[w] * ctr)
+        cols[f"item_saves_{w}d"] = F.floor(imp[w] * ctr * 0.3 * i[4])
+        cols[f"item_ctr_{w}d"] = F.round((F.floor(imp[w] * ctr) + 1.0) / (imp[w] + 20.0), 5)
+    cols["item_bags_28d"] = F.floor(imp[28] * ctr * 0.1 * i[5])
+    cols["item_purchases_28d"] = F.floor(imp[28] * ctr * 0.05 * i[6])
+    cols["item_age_days"] = F.round(i[7] * 365, 2)
+    cols["item_price"] = F.round(F.exp(1.609 + i[8] * 4.605), 2)  # 5 to 500, log-uniform
+    cols["item_price_rel_category"] = F.round(0.3 + 2.7 * i[9], 3)
+    cols["item_condition_rank"] = F.floor(1 + 4 * i[10])
+    cols["seller_rating"] = F.when(i[12] < 0.03, None).otherwise(F.round(3 + 2 * i[11], 1))
+    return cols
+
+
+def user_columns() -> dict[str, Column]:
+    """Return the user features from the user's draws ``u0..u6`` (constant per user)."""
+    from pyspark.sql import functions as F
+
+    u = [F.col(f"u{n}") for n in range(7)]
+    impressions = F.pow(u[0], 2) * 3000
+    return {
+        "user_impressions_28d": F.floor(impressions),
+        "user_clicks_28d": F.floor(impressions * 0.08 * u[1]),
+        "user_positives_28d": F.floor(impressions * 0.08 * u[1] * 0.3 * u[2]),
+        "user_active_days_28d": F.floor(1 + 27 * u[3]),
+        "user_days_since_signup": F.round(u[4] * 1500, 2),
+        "user_log_price_mean": F.when(u[6] < 0.05, None).otherwise(F.round(2.3 + 3 * u[5], 4)),
+    }
+
+
+def cross_columns(seed: int) -> dict[str, Column]:
+    """Return the user x item features: per-row draws, mostly zero like real affinities."""
+    from pyspark.sql import functions as F
+
+    def sparse(share_zero: float, salt: int) -> Column:
+        return F.when(F.rand(seed + salt) < share_zero, 0.0).otherwise(
+            F.round(F.rand(seed + salt + 50), 3)
+        )
+
+    seen = F.floor(F.pow(F.rand(seed + 6), 8) * 10)
+    return {
+        "aff_category": sparse(0.5, 1),
+        "aff_brand": sparse(0.7, 2),
+        "aff_style": sparse(0.4, 3),
+        "aff_size": sparse(0.3, 4),
+        "size_fit": (F.rand(seed + 5) < 0.6).cast("double"),
+        "price_distance": F.round(F.abs(F.log("item_price") - F.col("user_log_price_mean")), 4),
+        "seen_before": seen,
+        "clicked_before": F.when((seen > 0) & (F.rand(seed + 7) < 0.2), 1.0).otherwise(0.0),
+    }
+
+
+def candidate_frame(spark: SparkSession, scale: Scale) -> DataFrame:
+    """Return ``user_id, item_id, <MODEL_FEATURES as double>``, one user's rows together.
+
+    Built in three projections (draws, item and user features, cross features) so that no
+    hash is computed twice and the generated code stays small.
+    """
+    from pyspark.sql import functions as F
+
+    c = scale.candidates
+    ids = spark.range(0, scale.rows, numPartitions=spark.sparkContext.defaultParallelism * 8)
+    user = F.floor(F.col("id") / c)
+    keys = ids.select(
+        (F.lit(FIRST_USER) + user).cast("long").alias("user_id"),
+        ((user * 7919 + (F.col("id") % c) * ITEM_STRIDE) % ITEMS).cast("long").alias("item_id"),
+    )
+    drawn = keys.select("user_id", "item_id", *draws("item_id", "i", 13), *draws("user_id", "u", 7))
+    items, users, cross = item_columns(), user_columns(), cross_columns(scale.seed)
+    entities = drawn.select(
+        "user_id",
+        "item_id",
+        *[items[n].cast("double").alias(n) for n in ITEM_FEATURES],
+        *[users[n].cast("double").alias(n) for n in USER_FEATURES],
+    )
+    return entities.select(
+        "user_id",
+        "item_id",
+        *[(cross[n] if n in cross else F.col(n)).cast("double").alias(n) for n in MODEL_FEATURES],
+    )
+
+
+def ensure_candidates(spark: SparkSession, scale: Scale) -> str:
+    """Write the candidate table to Parquet once per scale and seed; return its path."""
+    path = scale.data_dir
+    if (path / "_SUCCESS").exists():
+        say(f"candidates: reusing {path}")
+        return str(path)
+    shutil.rmtree(path, ignore_errors=True)
+    _, seconds = timed(
+        lambda: candidate_frame(spark, scale).write.mode("overwrite").parquet(str(path))
+    )
+    size = sum(f.stat().st_size for f in path.glob("*.parquet"))
+    say(f"candidates: wrote {scale.rows:,} rows ({size / 2**30:.2f} GiB) in {seconds:.1f} s")
+    return str(path)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def synthetic_labels(frame: pd.DataFrame, seed: int) -> np.ndarray:
+    """Return graded labels 0-4 from a hidden utility of the features plus noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    f = {name: np.nan_to_num(frame[name].to_numpy(dtype="float64")) for name in MODEL_FEATURES}
+    utility = (
+        1.2 * f["aff_category"]
+        + 0.8 * f["aff_brand"]
+        + 0.5 * f["aff_style"]
+        + 0.4 * f["aff_size"]
+        + 0.6 * f["size_fit"]
+        + 6.0 * f["item_ctr_7d"]
+        + 0.15 * np.log1p(f["item_clicks_7d"])
+        - 0.4 * f["price_distance"]
+        + 0.1 * f["item_condition_rank"]
+        + 0.3 * f["clicked_before"]
+        - 0.2 * f["seen_before"]
+        - 0.002 * f["item_age_days"]
+        + rng.gumbel(scale=0.5, size=len(frame))
+    )
+    cuts = np.quantile(utility, [0.95, 0.98, 0.99, 0.995])
+    return np.searchsorted(cuts, utility).astype("float32")
+
+
+def train_model(spark: SparkSession, path: str, scale: Scale, settings: Settings) -> bytes:
+    """Fit LambdaMART (the pipeline's parameters, fixed rounds) on a sample; return its JSON."""
+    import xgboost as xgb
+    from pyspark.sql import functions as F
+
+    users = min(scale.users, TRAIN_USERS)
+    sample = (
+        spark.read.parquet(path)
+        .where(F.col("user_id") < FIRST_USER + users)
+        .orderBy("user_id", "item_id")
+        .toPandas()
+    )
+    matrix = xgb.DMatrix(
+        sample[MODEL_FEATURES].to_numpy(dtype="float32"),
+        label=synthetic_labels(sample, scale.seed),
+        feature_names=MODEL_FEATURES,
+    )
+    matrix.set_group(sample.groupby("user_id", sort=True).size().to_numpy())
+    params = {
+        **settings.pipeline["training"]["params"],
+        "seed": scale.seed,
+        "nthread": os.cpu_count() or 1,
+    }
+    booster, seconds = timed(lambda: xgb.train(params, matrix, num_boost_round=scale.trees))
+    say(
+        f"model: rank:ndcg, {booster.num_boosted_rounds()} trees, max_depth "
+        f"{params['max_depth']}, {leaves(booster):,} leaves; trained on {len(sample):,} rows "
+        f"in {seconds:.1f} s"
+    )
+    return bytes(booster.save_raw(raw_format="json"))
+
+
+def leaves(booster: xgb.Booster) -> int:
+    """Return the total number of leaves of a model (a measure of its prediction cost)."""
+    return sum(dump.count("leaf=") for dump in booster.get_dump())
+
+
+# --------------------------------------------------------------------------- (a) scoring
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """Rows/s of both scoring paths."""
+
+    spark_seconds: float
+    reference_seconds: float
+    convert_seconds: float
+    rows: int
+
+    @property
+    def ratio(self) -> float:
+        """Return Spark rows/s over reference rows/s."""
+        return self.reference_seconds / self.spark_seconds
+
+
+def score_with_spark(spark: SparkSession, path: str, out: str, model_raw: bytes, k: int) -> float:
+    """Score every row through ``score_candidates`` and write the lists; return seconds."""
+    from rankflow.scoring import score_candidates
+
+    def run() -> None:
+        ranked = score_candidates(spark.read.parquet(path), model_raw, "bench-model", k)
+        ranked.write.mode("overwrite").parquet(out)
+
+    return timed(run)[1]
+
+
+def warm_up(spark: SparkSession, path: str, model_raw: bytes, k: int) -> None:
+    """Score a few users once so Python workers are started and have imported their modules."""
+    from pyspark.sql import functions as F
+
+    from rankflow.scoring import score_candidates
+
+    few = spark.read.parquet(path).where(F.col("user_id") < FIRST_USER + 100)
+    noop_write(score_candidates(few, model_raw, "bench-model", k))
+
+
+def feature_batches(path: str, batch_rows: int = 1 << 20) -> Iterator[Any]:
+    """Yield Arrow record batches of ``user_id, item_id`` and the model features."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(path, format="parquet")
+    yield from dataset.to_batches(
+        columns=["user_id", "item_id", *MODEL_FEATURES], batch_size=batch_rows
+    )
+
+
+def to_matrix(batch: Any) -> np.ndarray:
+    """Return the model features of an Arrow batch as a C-ordered float32 matrix (NaN = null)."""
+    import numpy as np
+
+    matrix = np.empty((batch.num_rows, len(MODEL_FEATURES)), dtype=np.float32)
+    for j, name in enumerate(MODEL_FEATURES):
+        matrix[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
+    return matrix
+
+
+def score_in_process(path: str, model_raw: bytes, k: int) -> tuple[float, float, pd.DataFrame]:
+    """Time ``inplace_predict`` (all cores) over every row; return predict s, convert s, check.
+
+    The check frame holds the reference top-``k`` of the first batch's users.
+    """
+    import numpy as np
+
+    from rankflow.scoring import top_k_per_user
+    from rankflow.training import booster_from_bytes
+
+    booster = booster_from_bytes(model_raw, nthread=os.cpu_count() or 1)
+    predict = convert = 0.0
+    check = None
+    for batch in feature_batches(path):
+        matrix, seconds = timed(lambda b=batch: to_matrix(b))
+        convert += seconds
+        scores, seconds = timed(lambda m=matrix: booster.inplace_predict(m))
+        predict += seconds
+        if check is None:
+            users = batch.column("user_id").to_numpy()
+            items = batch.column("item_id").to_numpy()
+            check = top_k_per_user(users, items, np.asarray(scores, dtype=np.float32), k)
+    assert check is not None
+    return predict, convert, check
+
+
+def check_same_lists(spark: SparkSession, out: str, reference: pd.DataFrame) -> str:
+    """Compare the Spark lists of a few users with the reference lists; return a verdict."""
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    # the first batch may cut its last user's candidates short: compare users before it
+    sample = reference.iloc[: max(1, min(20, len(reference) - 1))]
+    wanted = [int(u) for u in sample["user_id"]]
+    got = {
+        int(r["user_id"]): list(r["item_ids"])
+        for r in spark.read.parquet(out).where(F.col("user_id").isin(wanted)).collect()
+    }
+    same = sum(
+        got.get(int(u), []) == list(np.asarray(items).tolist())
+        for u, items in zip(sample["user_id"], sample["item_ids"], strict=True)
+    )
+    return f"{same}/{len(sample)} sampled users have identical lists in both paths"
+
+
+def bench_scoring(
+    spark: SparkSession, path: str, out: str, model_raw: bytes, scale: Scale
+) -> ScoringResult:
+    """Measure (a): Spark scoring and in-process ``inplace_predict`` over the same rows."""
+    warm_up(spark, path, model_raw, scale.top_k)
+    say("(a) scoring through Spark: score_candidates -> Parquet ...")
+    spark_seconds = score_with_spark(spark, path, out, model_raw, scale.top_k)
+    say(f"    {scale.rows / spark_seconds:,.0f} rows/s ({spark_seconds:.1f} s)")
+    say("(a) reference: inplace_predict, all cores, float32 matrices from the same Parquet ...")
+    predict, convert, check = score_in_process(path, model_raw, scale.top_k)
+    say(
+        f"    {scale.rows / predict:,.0f} rows/s ({predict:.1f} s predicting; "
+        f"Parquet -> float32 took another {convert:.1f} s, not counted)"
+    )
+    say(f"    check: {check_same_lists(spark, out, check)}")
+    return ScoringResult(spark_seconds, predict, convert, scale.rows)
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def consume_only(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Drain the Arrow batches of a partition and yield one row: the Arrow transfer's cost."""
+    import pandas as pd
+
+    rows = sum(len(b) for b in batches)
+    yield pd.DataFrame({"rows": [rows]})
+
+
+def profile_spark(spark: SparkSession, path: str, model_raw: bytes, scale: Scale) -> None:
+    """Time the Spark path stage by stage: scan, shuffle + sort, Arrow transfer, pandas work."""
+    from rankflow.scoring import score_candidates
+
+    partitions = max(spark.sparkContext.defaultParallelism * 2, 2)
+    source = spark.read.parquet(path)
+    shuffled = source.repartition(partitions, "user_id").sortWithinPartitions("user_id")
+    stages = {
+        "scan Parquet": source,
+        "+ repartition by user + sort": shuffled,
+        "+ Arrow to Python workers": shuffled.mapInPandas(consume_only, "rows long"),
+        "+ predict + top-K (score_candidates)": score_candidates(
+            source, model_raw, "bench-model", scale.top_k
+        ),
+    }
+    say(f"profile: Spark stages ({partitions} scoring partitions), noop sink, cumulative")
+    for name, frame in stages.items():
+        seconds = timed(lambda f=frame: noop_write(f))[1]
+        say(f"    {name:<40} {seconds:7.1f} s  {scale.rows / seconds:12,.0f} rows/s")
+    profile_python(path, model_raw, scale)
+
+
+def profile_python(path: str, model_raw: bytes, scale: Scale, rows: int = 500_000) -> None:
+    """Time the scorer's per-batch Python steps on one batch, single-threaded like a task."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from rankflow.scoring import top_k_per_user
+    from rankflow.training import booster_from_bytes
+
+    booster = booster_from_bytes(model_raw, nthread=1)
+    batch = next(feature_batches(path, rows))
+    frame, to_pandas = timed(batch.to_pandas)
+    _, concat = timed(lambda: pd.concat([frame.iloc[:1000], frame], ignore_index=True))
+    matrix, to_numpy = timed(lambda: frame[MODEL_FEATURES].to_numpy(dtype="float32"))
+    scores, predict = timed(lambda: booster.inplace_predict(matrix))
+    users, items = frame["user_id"].to_numpy(), frame["item_id"].to_numpy()
+    ranked, top_k = timed(lambda: top_k_per_user(users, items, scores, scale.top_k))
+    _, back = timed(lambda: pa.RecordBatch.from_pandas(ranked, preserve_index=False))
+    n = len(frame)
+    say(f"profile: one task's Python steps per candidate row ({n:,} rows, 1 thread)")
+    for name, seconds in {
+        "Arrow -> pandas": to_pandas,
+        "pd.concat with the carried user": concat,
+        "features -> float32 matrix": to_numpy,
+        "inplace_predict (nthread=1)": predict,
+        "top_k_per_user": top_k,
+        "lists -> Arrow": back,
+    }.items():
+        say(f"    {name:<40} {seconds / n * 1e6:7.2f} us/row")
+
+
+# --------------------------------------------------------------------------- (b) publishing
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Users/s of the real publication and of redis-benchmark, plus memory per user."""
+
+    users: int
+    write_seconds: float
+    commit_seconds: float
+    benchmark_rates: list[float]
+    bytes_per_user: float | None
+
+    @property
+    def seconds(self) -> float:
+        """Return the write + fallback + commit time."""
+        return self.write_seconds + self.commit_seconds
+
+    @property
+    def rate(self) -> float:
+        """Return published users per second."""
+        return self.users / self.seconds
+
+    @property
+    def ratio(self) -> float:
+        """Return the publish rate over the mean redis-benchmark SET rate."""
+        return self.rate / statistics.fmean(self.benchmark_rates)
+
+
+def redis_benchmark(url: str, value_bytes: int, requests: int) -> float:
+    """Run ``redis-benchmark -P 16 -t set`` against the server of ``url``; return SET/s."""
+    parsed = urlparse(url)
+    db = (parsed.path or "/0").strip("/") or "0"
+    command = [
+        "redis-benchmark",
+        *("-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 6379)),
+        *("--dbnum", db, "-P", "16", "-t", "set", "-d", str(value_bytes)),
+        *("-n", str(requests), "-q"),
+    ]
+    if parsed.password:
+        command += ["-a", parsed.password, "--no-auth-warning"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    found = re.findall(r"SET: ([\d.]+) requests per second", output)
+    if not found:
+        raise RuntimeError(f"cannot parse redis-benchmark output: {output!r}")
+    return float(found[-1])
+
+
+def delete_namespace(client: redis.Redis) -> int:
+    """Delete every key under ``rfbench:bench:`` (the benchmark's versions); return the count."""
+    from rankflow.serving.redis_store import scan_keys
+
+    deleted = 0
+    batch: list[bytes] = []
+    for key in scan_keys(client, f"{PREFIX}:{SURFACE}:*"):
+        batch.append(key)
+        if len(batch) == 1000:
+            deleted += int(client.unlink(*batch))
+            batch.clear()
+    if batch:
+        deleted += int(client.unlink(*batch))
+    return deleted
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One publication of the benchmark version: what was written and how long it took."""
+
+    version: str
+    users: int
+    write_seconds: float
+    commit_seconds: float
+
+
+def publish(spark: SparkSession, settings: Settings, ranked_path: str, k: int) -> Publication:
+    """Publish the lists as a new ``rfbench:bench`` version, the way the nightly task does."""
+    import redis
+    from pyspark.sql import functions as F
+
+    from rankflow.scoring import make_redis_writer
+    from rankflow.serving import begin_version, commit_version, new_version_id, write_fallback
+
+    url = settings.redis.url
+    client = redis.Redis.from_url(url)
+    version = new_version_id(date.today())
+    begin_version(client, PREFIX, SURFACE, version, ds=date.today(), model_version="bench", k=k)
+    writer = make_redis_writer(url, PREFIX, SURFACE, version, settings.redis.mset_batch)
+    ranked = spark.read.parquet(ranked_path).select("user_id", "item_ids")
+    start = time.perf_counter()
+    totals = ranked.mapInPandas(writer, "users long, bytes long").agg(F.sum("users")).first()
+    users = int(totals[0] or 0) if totals else 0
+    written = time.perf_counter()
+    write_fallback(client, PREFIX, SURFACE, version, list(range(k)))
+    result = commit_version(client, PREFIX, SURFACE, version, expected_users=users)
+    committed = time.perf_counter()
+    if result.status != "switched":
+        raise RuntimeError(f"benchmark version not committed: {result}")
+    return Publication(version, users, written - start, committed - written)
+
+
+def bench_publish(
+    spark: SparkSession, settings: Settings, ranked_path: str, k: int
+) -> PublishResult:
+    """Measure (b) and (c): Spark -> Redis publication between two redis-benchmark runs."""
+    import redis
+
+    from rankflow.serving import bytes_per_user
+
+    url = settings.redis.url
+    client = redis.Redis.from_url(url)
+    client.ping()
+    stray = b"key:__rand_int__"  # the one key redis-benchmark SETs without -r
+    had_stray = bool(client.exists(stray))
+    delete_namespace(client)
+    users = users_in(spark, ranked_path)
+    rates = [redis_benchmark(url, k * 4, users)]
+    say(f"(b) redis-benchmark -P 16 -t set -d {k * 4} -n {users}: {rates[0]:,.0f} SET/s")
+    try:
+        say("(b) publishing: begin_version, mapInPandas(make_redis_writer), commit_version ...")
+        done = publish(spark, settings, ranked_path, k)
+        say(
+            f"    {done.users:,} users: write {done.write_seconds:.2f} s + fallback and commit "
+            f"{done.commit_seconds:.2f} s -> "
+            f"{done.users / (done.write_seconds + done.commit_seconds):,.0f} users/s"
+        )
+        rates.append(redis_benchmark(url, k * 4, users))
+        say(f"(b) redis-benchmark again: {rates[1]:,.0f} SET/s")
+        per_user = bytes_per_user(client, PREFIX, SURFACE, done.version, sample=1000)
+    finally:
+        removed = delete_namespace(client)
+        if not had_stray:
+            client.delete(stray)
+        say(f"    cleanup: deleted {removed:,} keys under {PREFIX}:{SURFACE}:")
+    return PublishResult(done.users, done.write_seconds, done.commit_seconds, rates, per_user)
+
+
+def users_in(spark: SparkSession, ranked_path: str) -> int:
+    """Return the number of ranked lists (users) written by the scoring step."""
+    return int(spark.read.parquet(ranked_path).count())
+
+
+# --------------------------------------------------------------------------- report
+
+
+def verdict(value: float, target: float) -> str:
+    """Return PASS or FAIL against a target ratio."""
+    return "PASS" if value >= target else "FAIL"
+
+
+def summary(scale: Scale, scoring: ScoringResult, published: PublishResult, total: float) -> str:
+    """Return the final block: the three measurements, their ratios and the verdicts."""
+    payload = scale.top_k * 4
+    mean_bench = statistics.fmean(published.benchmark_rates)
+    memory = published.bytes_per_user
+    memory_text = (
+        f"{memory:,.0f} B/user vs K x 4 = {payload} B  ratio {memory / payload:.2f}"
+        if memory
+        else "n/a"
+    )
+    lines = [
+        "=" * 78,
+        f"SUMMARY  {scale.users:,} users x {scale.candidates} candidates, K={scale.top_k}, "
+        f"{os.cpu_count()} cores, run {total / 60:.1f} min",
+        f"(a) scoring  Spark {scoring.rows / scoring.spark_seconds:>12,.0f} rows/s  "
+        f"reference {scoring.rows / scoring.reference_seconds:>12,.0f} rows/s  "
+        f"ratio {scoring.ratio:.3f}  target >= {TARGET_SCORING}  "
+        f"{verdict(scoring.ratio, TARGET_SCORING)}",
+        f"(b) publish  Redis {published.rate:>12,.0f} users/s  "
+        f"benchmark {mean_bench:>12,.0f} SET/s   "
+        f"ratio {published.ratio:.3f}  target >= {TARGET_PUBLISH}  "
+        f"{verdict(published.ratio, TARGET_PUBLISH)}",
+        f"(c) memory   {memory_text}",
+        "=" * 78,
+    ]
+    return "\n".join(lines)
+
+
+def describe(scale: Scale, settings: Settings) -> None:
+    """Print the scale and the machine."""
+    import platform
+
+    import pyspark
+    import xgboost
+
+    say(
+        f"bench: {scale.users:,} users x {scale.candidates} candidates = {scale.rows:,} rows, "
+        f"K={scale.top_k}, {scale.trees} trees, seed {scale.seed}"
+    )
+    say(
+        f"machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}, Spark {pyspark.__version__} "
+        f"({settings.spark.master}), XGBoost {xgboost.__version__}, load "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    say(f"redis: {settings.redis.url}; data: {scale.workdir}")
+
+
+def main(argv: Sequence[str]) -> int:
+    """Generate, train, measure (a), (b) and (c), print the summary; exit 0 either way."""
+    from rankflow.spark import get_session
+
+    started = time.perf_counter()
+    settings = load_settings()
+    scale = parse_args(argv, settings)
+    describe(scale, settings)
+    scale.workdir.mkdir(parents=True, exist_ok=True)
+    ranked_path = str(scale.workdir / f"ranked-{os.getpid()}")
+    spark = get_session(settings, "rankflow-bench")
+    try:
+        path = ensure_candidates(spark, scale)
+        model_raw = train_model(spark, path, scale, settings)
+        scoring = bench_scoring(spark, path, ranked_path, model_raw, scale)
+        published = bench_publish(spark, settings, ranked_path, scale.top_k)
+        if scale.profile:
+            profile_spark(spark, path, model_raw, scale)
+    finally:
+        spark.stop()
+        shutil.rmtree(ranked_path, ignore_errors=True)
+        if not scale.keep:
+            shutil.rmtree(scale.data_dir, ignore_errors=True)
+    print(summary(scale, scoring, published, time.perf_counter() - started), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""One whole nightly DAG run (`dag.test()`) at tiny scale on the real services.
+
+Spark steps run through spark-submit, Redis and S3 are the local servers of `make up`; the run
+ends with a lookup through the documented reader client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from rankflow.config import load_settings
+from rankflow.generate import GeneratorConfig, generate_marketplace
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.services]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tiny_env(tmp_path, redis_url, s3_endpoint, monkeypatch):
+    env = {
+        "RANKFLOW_HOME": str(tmp_path / "home"),
+        "RANKFLOW_REDIS_URL": redis_url,
+        "RANKFLOW_S3_ENDPOINT": s3_endpoint,
+        "RANKFLOW_S3_BUCKET": "e2e-" + tmp_path.name.lower().replace("_", "-")[-40:],
+        "RANKFLOW_SHUFFLE_PARTITIONS": "4",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_RANKFLOW", json.dumps({"conn_type": "spark", "host": "local[2]"}))
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    return load_settings()
+
+
+def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from rankflow.demo import ensure_history
+    from rankflow.serving import RankingReader
+
+    settings = tiny_env
+    config = GeneratorConfig.preset("tiny")
+    generate_marketplace(config, settings.paths.raw)
+    last = config.start + timedelta(days=config.days - 1)
+    ensure_history(settings, last, config.start, {})
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["rankflow_nightly"]
+    run = dag.test(
+        logical_date=datetime(last.year, last.month, last.day, 2, tzinfo=UTC),
+        run_conf={"ds": last.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
+    )
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+
+    runs = settings.paths.home / "runs" / f"ds={last.isoformat()}"
+    published = json.loads((runs / "publish-redis-home.json").read_text())
+    exported = json.loads((runs / "publish-s3-home.json").read_text())
+    candidates = json.loads((runs / "candidates.json").read_text())
+    assert published["status"] == "switched"
+    assert published["users"] == exported["users"] == candidates["users"]
+    assert published["users"] > 100
+
+    reader = RankingReader.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
+    found = reader.lookup(int(published["sample_user"]), "home")
+    assert found.version == published["version"]
+    assert not found.fallback
+    assert 0 < len(found.items) <= 50
+    assert len(set(found.items)) == len(found.items)
+    unknown = reader.lookup(4_000_000_000, "home")
+    assert unknown.fallback
+    assert len(unknown.items) == 50
+
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=settings.s3.endpoint_url, region_name=settings.s3.region)
+    pointer = json.loads(
+        s3.get_object(Bucket=settings.s3.bucket, Key="rankings/home/_latest.json")["Body"].read()
+    )
+    manifest = json.loads(s3.get_object(Bucket=settings.s3.bucket, Key=pointer["manifest"])["Body"].read())
+    assert manifest["users"] == published["users"]
+    assert manifest["version"] == published["version"]
+    assert os.environ["RANKFLOW_HOME"] in str(settings.paths.home)
