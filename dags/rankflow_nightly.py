@@ -1,4 +1,5 @@
-"""
+"""Nightly ranking refresh: from yesterday's events to fresh ranked lists.
+
 ### rankflow nightly ranking refresh
 
 Turns yesterday's marketplace behaviour into fresh personalised ranked lists:
@@ -23,6 +24,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
+
 from rankflow_operators import RankflowSparkSubmitOperator
 
 SURFACES = ["home", "search", "similar"]

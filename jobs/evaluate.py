@@ -1,4 +1,4 @@
-"""spark-submit entry point: evaluate the new model on --ds against baselines and the champion; gate promotion."""
+"""spark-submit entry point: evaluate the new model on --ds against baselines; gate promotion."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point: ingest raw drops into bronze Delta tables (malformed rows to quarantine)."""
+"""spark-submit entry point: raw drops to bronze Delta tables (malformed rows to quarantine)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point: publish the gold lists of --ds to Redis as a new version and switch readers."""
+"""spark-submit entry point: publish the lists of --ds as a new Redis version, then switch."""
 
 import sys
 

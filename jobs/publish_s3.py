@@ -1,4 +1,4 @@
-"""spark-submit entry point: export the gold lists of --ds to S3 (manifest last, then the latest pointer)."""
+"""spark-submit entry point: export the lists of --ds to S3 (manifest last, then pointer)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point: score every candidate with the champion; top-K lists per user to gold."""
+"""spark-submit entry point: score candidates with the champion; top-K lists to gold."""
 
 import sys
 

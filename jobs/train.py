@@ -1,4 +1,4 @@
-"""spark-submit entry point: train the LambdaMART ranker on the days before --ds and register it in MLflow."""
+"""spark-submit entry point: train LambdaMART on the days before --ds; register in MLflow."""
 
 import sys
 

@@ -40,9 +40,9 @@ def s3_env_from_connection(conn: Any) -> dict[str, str]:
         env["AWS_SECRET_ACCESS_KEY"] = conn.password
     if extra.get("region_name"):
         env["AWS_DEFAULT_REGION"] = str(extra["region_name"])
-    endpoint = extra.get("endpoint_url") or (extra.get("service_config", {}).get("s3", {}) or {}).get(
-        "endpoint_url"
-    )
+    endpoint = extra.get("endpoint_url") or (
+        extra.get("service_config", {}).get("s3", {}) or {}
+    ).get("endpoint_url")
     if endpoint:
         env["RANKFLOW_S3_ENDPOINT"] = str(endpoint)
     if extra.get("bucket"):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict
 from datetime import date, timedelta
@@ -77,14 +77,15 @@ def ensure_history(
     finally:
         spark.stop()
     print(
-        f"history: ingested {start} .. {end}, training sets from {first} in {time.monotonic() - began:.0f}s"
+        f"history: ingested {start} .. {end}, training sets from {first} "
+        f"in {time.monotonic() - began:.0f}s"
     )
     return {**state, "history": [start.isoformat(), end.isoformat()]}
 
 
 def run_nightly_dag(ds: date, conf: dict[str, Any]) -> None:
     """Run the nightly DAG once for ``ds`` in-process with ``airflow dags test``."""
-    airflow = shutil.which("airflow") or str(Path(os.sys.executable).parent / "airflow")
+    airflow = shutil.which("airflow") or str(Path(sys.executable).parent / "airflow")
     command = [
         airflow,
         "dags",
@@ -125,7 +126,8 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
         f"S3   s3://{exported['bucket']}/{exported['manifest_key']}  ({exported['users']:,} users)"
     )
     print(
-        f"Redis {settings.redis.url}  version {published['version']}  ({published['users']:,} users)"
+        f"Redis {settings.redis.url}  version {published['version']}  "
+        f"({published['users']:,} users)"
     )
     print(json.dumps(status(client, settings.redis.key_prefix, surface), default=str, indent=2))
     sample_user = published.get("sample_user")

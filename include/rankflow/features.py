@@ -86,7 +86,11 @@ def history_for(daily: DataFrame, days: DataFrame, window: int) -> DataFrame:
     from pyspark.sql import functions as F
 
     age = F.datediff(F.col("as_of"), F.col("ds"))
-    joined = daily.join(F.broadcast(days), (F.col("ds") <= F.col("as_of")) & (F.col("ds") > F.date_sub(F.col("as_of"), window)), how="inner")
+    joined = daily.join(
+        F.broadcast(days),
+        (F.col("ds") <= F.col("as_of")) & (F.col("ds") > F.date_sub(F.col("as_of"), window)),
+        how="inner",
+    )
     return joined.withColumn("age", age)
 
 
@@ -140,7 +144,11 @@ def sold_at(events: DataFrame) -> DataFrame:
     """Return ``item_id, sold_ts``: the first purchase of every item (an item sells once)."""
     from pyspark.sql import functions as F
 
-    return events.where(F.col("event_type") == "purchase").groupBy("item_id").agg(F.min("ts").alias("sold_ts"))
+    return (
+        events.where(F.col("event_type") == "purchase")
+        .groupBy("item_id")
+        .agg(F.min("ts").alias("sold_ts"))
+    )
 
 
 def item_features(
@@ -174,13 +182,15 @@ def item_features(
             "item_age_days",
             F.greatest(
                 F.lit(0.0),
-                (day_end(F.col("as_of")).cast("double") - F.col("listed_ts").cast("double")) / 86400.0,
+                (day_end(F.col("as_of")).cast("double") - F.col("listed_ts").cast("double"))
+                / 86400.0,
             ),
         )
         .withColumn("item_price", F.col("price"))
         .withColumn(
             "item_price_rel_category",
-            F.col("price") / F.percentile_approx("price", 0.5).over(Window.partitionBy("as_of", "category")),
+            F.col("price")
+            / F.percentile_approx("price", 0.5).over(Window.partitionBy("as_of", "category")),
         )
         .withColumn("item_condition_rank", F.element_at(condition_rank, F.col("condition")))
         .withColumn("is_sold", sold_ts.isNotNull() & (sold_ts < day_end(F.col("as_of"))))
@@ -208,8 +218,17 @@ def daily_interactions(events: DataFrame, items: DataFrame, gains: dict[str, flo
     weight = F.create_map(*[F.lit(x) for kv in gains.items() for x in kv])
     return (
         events.where(F.col("event_type").isin(*gains.keys()))
-        .select("user_id", "item_id", "ds", F.element_at(weight, F.col("event_type")).cast("double").alias("weight"))
-        .join(items.select("item_id", "category", "brand", "style", "size", "price"), on="item_id", how="inner")
+        .select(
+            "user_id",
+            "item_id",
+            "ds",
+            F.element_at(weight, F.col("event_type")).cast("double").alias("weight"),
+        )
+        .join(
+            items.select("item_id", "category", "brand", "style", "size", "price"),
+            on="item_id",
+            how="inner",
+        )
     )
 
 
@@ -257,11 +276,18 @@ def user_features(
             F.max("last_ts").alias("last_event_ts"),
         )
     )
-    interactions = history_for(daily_interactions(events, items, config["gains"]), days, history_days).cache()
+    interactions = history_for(
+        daily_interactions(events, items, config["gains"]), days, history_days
+    ).cache()
     price_band = interactions.groupBy("as_of", "user_id").agg(
         F.mean(F.log(F.col("price"))).alias("user_log_price_mean")
     )
-    activity_cols = ["user_impressions_28d", "user_clicks_28d", "user_positives_28d", "user_active_days_28d"]
+    activity_cols = [
+        "user_impressions_28d",
+        "user_clicks_28d",
+        "user_positives_28d",
+        "user_active_days_28d",
+    ]
     out = (
         known.withColumnRenamed("size", "declared_size")
         .join(activity, on=["as_of", "user_id"], how="left")
@@ -285,7 +311,9 @@ def user_features(
     )
 
 
-def seen_pairs(events: DataFrame, days: DataFrame, history_days: int, only: DataFrame | None = None) -> DataFrame:
+def seen_pairs(
+    events: DataFrame, days: DataFrame, history_days: int, only: DataFrame | None = None
+) -> DataFrame:
     """Return ``as_of, user_id, item_id, seen_before, clicked_before`` over the history window.
 
     ``only`` (``user_id, item_id`` pairs) restricts the work to the pairs that will be joined.
@@ -294,7 +322,9 @@ def seen_pairs(events: DataFrame, days: DataFrame, history_days: int, only: Data
 
     shown = events.where(F.col("event_type").isin("impression", "click"))
     if only is not None:
-        shown = shown.join(only.select("user_id", "item_id").distinct(), on=["user_id", "item_id"], how="left_semi")
+        shown = shown.join(
+            only.select("user_id", "item_id").distinct(), on=["user_id", "item_id"], how="left_semi"
+        )
     daily = shown.groupBy("user_id", "item_id", "ds").agg(
         F.sum((F.col("event_type") == "impression").cast("long")).alias("impressions"),
         F.sum((F.col("event_type") == "click").cast("long")).alias("clicks"),
@@ -331,7 +361,9 @@ def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
     from pyspark.sql import functions as F
 
     def affinity(dimension: str) -> Column:
-        return F.coalesce(F.element_at(F.col(f"{dimension}_affinity"), F.col(dimension)), F.lit(0.0))
+        return F.coalesce(
+            F.element_at(F.col(f"{dimension}_affinity"), F.col(dimension)), F.lit(0.0)
+        )
 
     return (
         pairs.join(features.items, on=["as_of", "item_id"], how="left")
@@ -344,9 +376,13 @@ def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
         .withColumn("aff_size", affinity("size"))
         .withColumn(
             "size_fit",
-            ((F.col("size") == F.col("declared_size")) | (F.col("size") == "one_size")).cast("double"),
+            ((F.col("size") == F.col("declared_size")) | (F.col("size") == "one_size")).cast(
+                "double"
+            ),
         )
-        .withColumn("price_distance", F.abs(F.log(F.col("item_price")) - F.col("user_log_price_mean")))
+        .withColumn(
+            "price_distance", F.abs(F.log(F.col("item_price")) - F.col("user_log_price_mean"))
+        )
     )
 
 

@@ -109,7 +109,9 @@ def parse_lines(lines: DataFrame, kind: str) -> DataFrame:
 
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
     parsed = F.from_json(F.col("value"), raw_schema(kind), options)
-    return lines.select(F.col("value").alias("raw"), "ds", parsed.alias("r")).select("raw", "ds", "r.*")
+    return lines.select(F.col("value").alias("raw"), "ds", parsed.alias("r")).select(
+        "raw", "ds", "r.*"
+    )
 
 
 def rejection_reason(kind: str) -> Column:
@@ -118,7 +120,11 @@ def rejection_reason(kind: str) -> Column:
 
     rules: list[tuple[Column, str]] = [(F.col(CORRUPT).isNotNull(), "malformed JSON or wrong type")]
     rules += [(F.col(name).isNull(), f"missing {name}") for name in required_fields(kind)]
-    id_cols = {"users": ["user_id"], "items": ["item_id", "seller_id"], "events": ["user_id", "item_id"]}
+    id_cols = {
+        "users": ["user_id"],
+        "items": ["item_id", "seller_id"],
+        "events": ["user_id", "item_id"],
+    }
     rules += [
         ((F.col(c) < 1) | (F.col(c) > MAX_ID), f"{c} outside 1..2^32-1") for c in id_cols[kind]
     ]
@@ -176,7 +182,9 @@ def quarantined_rows(validated: DataFrame, kind: str) -> DataFrame:
     )
 
 
-def read_raw_lines(spark: SparkSession, settings: Settings, kind: str, start: date, end: date) -> DataFrame:
+def read_raw_lines(
+    spark: SparkSession, settings: Settings, kind: str, start: date, end: date
+) -> DataFrame:
     """Read the non-blank lines of complete drops in ``[start, end]``, with their ``ds``."""
     from pyspark.sql import functions as F
 
@@ -216,7 +224,13 @@ def ingest_range(
         F.count("*").alias("rows"), F.count("reason").alias("quarantined")
     )
     stats = [
-        IngestStats(kind, row["ds"].isoformat(), row["rows"], row["rows"] - row["quarantined"], row["quarantined"])
+        IngestStats(
+            kind,
+            row["ds"].isoformat(),
+            row["rows"],
+            row["rows"] - row["quarantined"],
+            row["quarantined"],
+        )
         for row in counts.orderBy("ds").collect()
     ]
     window = f"ds >= DATE'{start.isoformat()}' AND ds <= DATE'{end.isoformat()}'"
@@ -240,6 +254,8 @@ def ingest_range(
             f"{start}..{end}. Inspect them in {quarantine_path} (ds={worst.ds}, source={kind}) "
             "and fix the drop."
         )
-    write_partitions(accepted_rows(validated, kind), settings.paths.table(f"bronze/{kind}"), start, end)
+    write_partitions(
+        accepted_rows(validated, kind), settings.paths.table(f"bronze/{kind}"), start, end
+    )
     validated.unpersist()
     return stats

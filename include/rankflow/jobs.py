@@ -52,13 +52,15 @@ def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]
             s, c, a.ds, surface(c, a), a.top_k or int(c.pipeline["scoring"]["top_k"]), a.model
         ),
         "publish_s3": lambda s, c, a: pipeline.run_publish_s3(s, c, a.ds, surface(c, a), a.run_id),
-        "publish_redis": lambda s, c, a: pipeline.run_publish_redis(s, c, a.ds, surface(c, a), a.run_id),
+        "publish_redis": lambda s, c, a: pipeline.run_publish_redis(
+            s, c, a.ds, surface(c, a), a.run_id
+        ),
     }
     return runners[step]
 
 
 def main(step: str, argv: Sequence[str] | None = None) -> int:
-    """Run one step in a Spark session; print its result as one JSON line; exit non-zero on error."""
+    """Run one step in a Spark session and print its result as one JSON line."""
     from rankflow.spark import get_session
 
     logging.basicConfig(

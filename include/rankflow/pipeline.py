@@ -75,8 +75,6 @@ def run_ingest(
 
 def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str, int]:
     """Compute the features as of the end of ``ds`` and write the three silver tables."""
-    from pyspark.sql import functions as F
-
     from rankflow.features import build_features
     from rankflow.spark import write_partition
 
@@ -127,19 +125,23 @@ def run_training_set(
     spark: SparkSession, settings: Settings, start: date, end: date
 ) -> dict[str, int]:
     """Build the labelled training rows of each day in ``[start, end]``."""
+    from pyspark.sql import functions as F
+
     from rankflow.spark import write_partitions
     from rankflow.training_set import build_training_set
-
-    from pyspark.sql import functions as F
 
     events, items, users = bronze(spark, settings)
     path = settings.paths.table("silver/training_set")
     built = build_training_set(events, items, users, days(start, end), settings.pipeline)
     write_partitions(built, path, start, end)
     written = read_table(spark, settings, "silver/training_set").where(
-        F.col("ds").between(F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date"))
+        F.col("ds").between(
+            F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")
+        )
     )
-    return {row["ds"].isoformat(): int(row["count"]) for row in written.groupBy("ds").count().collect()}
+    return {
+        row["ds"].isoformat(): int(row["count"]) for row in written.groupBy("ds").count().collect()
+    }
 
 
 def training_rows(spark: SparkSession, settings: Settings, start: date, end: date) -> Any:
@@ -292,9 +294,9 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
 
 def scoring_input(spark: SparkSession, settings: Settings, ds: date) -> DataFrame:
     """Join the candidates of ``ds`` with the features as of ``ds`` (the serving face)."""
-    from rankflow.features import feature_vector, with_cross_features
-
     from pyspark.sql import functions as F
+
+    from rankflow.features import feature_vector, with_cross_features
 
     features = read_features(spark, settings, ds)
     candidates = read_partition(spark, settings, "silver/candidates", ds).select(
@@ -311,7 +313,6 @@ def run_score(
     from pyspark.sql import functions as F
 
     from rankflow.scoring import fallback_list, score_candidates
-    from rankflow.spark import write_partition
     from rankflow.training import load_model, write_run_record
 
     model_raw, model_version = load_model(settings, model)
@@ -407,18 +408,28 @@ def run_publish_redis(
         ) from error
     try:
         begin_version(
-            client, prefix, surface, version, ds=ds, model_version=str(scored["model_version"]),
+            client,
+            prefix,
+            surface,
+            version,
+            ds=ds,
+            model_version=str(scored["model_version"]),
             k=int(scored["top_k"]),
         )
     except VersionNotWritableError:
-        if (client.get(current_key(prefix, surface)) or b"").decode() != version:
+        current = client.get(current_key(prefix, surface))
+        if (current.decode() if isinstance(current, bytes) else current) != version:
             raise
         return read_run_record(settings, ds, f"publish-redis-{surface}")  # a retry after success
     ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids")
-    writer = make_redis_writer(settings.redis.url, prefix, surface, version, settings.redis.mset_batch)
-    totals = ranked.mapInPandas(writer, "users long, bytes long").agg(
-        F.sum("users").alias("users"), F.sum("bytes").alias("bytes")
-    ).first()
+    writer = make_redis_writer(
+        settings.redis.url, prefix, surface, version, settings.redis.mset_batch
+    )
+    totals = (
+        ranked.mapInPandas(writer, "users long, bytes long")
+        .agg(F.sum("users").alias("users"), F.sum("bytes").alias("bytes"))
+        .first()
+    )
     users = int(totals["users"] or 0) if totals else 0
     write_fallback(client, prefix, surface, version, scored["fallback"])
     result = commit_version(client, prefix, surface, version, expected_users=users)

@@ -7,6 +7,7 @@ Redis/ElastiCache and AWS S3/MinIO instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -118,7 +119,8 @@ def start(service: Service, folder: Path, wait_seconds: float = 30.0) -> str:
             break
         time.sleep(0.2)
     raise ServiceError(
-        f"{service.name} did not start on {service.host}:{service.port}; see {folder / service.name}.log"
+        f"{service.name} did not start on {service.host}:{service.port}; "
+        f"see {folder / service.name}.log"
     )
 
 
@@ -128,10 +130,8 @@ def stop(service: Service, folder: Path) -> str:
     if not pid_file.exists():
         return f"{service.name}: not started by rankflow"
     pid = int(pid_file.read_text())
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and listening(service.host, service.port):
         time.sleep(0.2)

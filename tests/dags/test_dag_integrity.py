@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from datetime import timedelta
@@ -11,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
+HEAVY = {"pyspark", "xgboost", "mlflow", "boto3", "redis", "great_expectations", "sklearn"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_steps_run_in_the_documented_order(nightly) -> None:
         "training_set",
         "choose_model",
     ]
-    for upstream, downstream in zip(order, order[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(order):
         assert downstream in nightly.get_task(upstream).downstream_task_ids
     assert nightly.get_task("choose_model").downstream_task_ids == {"train", "reuse_champion"}
     assert nightly.get_task("train").downstream_task_ids == {"evaluate"}
@@ -90,7 +92,7 @@ before = set(sys.modules)
 import runpy
 runpy.run_path({str(DAGS / "rankflow_nightly.py")!r})
 heavy = sorted(m for m in set(sys.modules) - before
-               if m.split(".")[0] in {{"pyspark", "xgboost", "mlflow", "boto3", "redis", "great_expectations", "sklearn"}})
+               if m.split(".")[0] in {HEAVY!r})
 print("HEAVY", heavy)
 print("CONNS", calls)
 """

@@ -31,7 +31,9 @@ def tiny_env(tmp_path, redis_url, s3_endpoint, monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AIRFLOW_CONN_SPARK_RANKFLOW", json.dumps({"conn_type": "spark", "host": "local[2]"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SPARK_RANKFLOW", json.dumps({"conn_type": "spark", "host": "local[2]"})
+    )
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
@@ -81,7 +83,9 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
     pointer = json.loads(
         s3.get_object(Bucket=settings.s3.bucket, Key="rankings/home/_latest.json")["Body"].read()
     )
-    manifest = json.loads(s3.get_object(Bucket=settings.s3.bucket, Key=pointer["manifest"])["Body"].read())
+    manifest = json.loads(
+        s3.get_object(Bucket=settings.s3.bucket, Key=pointer["manifest"])["Body"].read()
+    )
     assert manifest["users"] == published["users"]
     assert manifest["version"] == published["version"]
     assert os.environ["RANKFLOW_HOME"] in str(settings.paths.home)

@@ -64,7 +64,9 @@ def test_top_k_keeps_best_items_per_user_in_order() -> None:
     items = np.array([20, 10, 21, 11, 22, 12, 30])
     scores = np.array([0.1, 0.9, 0.5, 0.2, 0.5, 0.3, 1.0])
     ranked = top_k_per_user(users, items, scores, k=2)
-    as_lists = {int(u): list(map(int, i)) for u, i in zip(ranked.user_id, ranked.item_ids, strict=True)}
+    as_lists = {
+        int(u): list(map(int, i)) for u, i in zip(ranked.user_id, ranked.item_ids, strict=True)
+    }
     # user 2: items 21 and 22 tie on 0.5 -> smaller item id first
     assert as_lists == {1: [10, 12], 2: [21, 22], 3: [30]}
     assert [len(s) for s in ranked.scores] == [2, 2, 1]
