@@ -108,3 +108,16 @@ def warm_spark(settings: Settings) -> str:
         spark.stop()
     shutil.rmtree(probe, ignore_errors=True)
     return f"Spark {version('pyspark')} with {delta_package()}: Delta round trip of {rows} rows ok"
+
+
+def spark_submit_command(settings: Settings, job: str, args: list[str]) -> list[str]:
+    """Return the spark-submit command line of ``jobs/<job>.py`` (what the DAG's operator runs)."""
+    import shutil
+
+    from rankflow.config import repo_root
+
+    command = [shutil.which("spark-submit") or "spark-submit", "--master", settings.spark.master]
+    command += ["--packages", delta_package()]
+    for key, value in spark_submit_conf(settings).items():
+        command += ["--conf", f"{key}={value}"]
+    return [*command, str(repo_root() / "jobs" / f"{job}.py"), *args]
