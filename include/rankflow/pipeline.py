@@ -223,6 +223,8 @@ def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
 
 def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str, Any]:
     """Evaluate the new model, the champion and the baselines on ``ds``; promote or refuse."""
+    from dataclasses import replace
+
     import mlflow
     from mlflow import MlflowClient
 
@@ -239,6 +241,7 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         ModelNotFoundError,
         configure_mlflow,
         load_model,
+        model_trained_for,
         read_run_record,
         write_run_record,
     )
@@ -251,15 +254,27 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
     challenger_raw, challenger_version = load_model(settings, str(trained["model_version"]))
     rankers = {"challenger": predict(challenger_raw, frame)}
     champion_version = None
+    champion_ds = None
     try:
         champion_raw, champion_version = load_model(settings, CHAMPION)
-        if champion_version != challenger_version:
+        champion_ds = model_trained_for(settings, champion_version)
+        if champion_version != challenger_version and not (champion_ds and champion_ds > ds):
             rankers["champion"] = predict(champion_raw, frame)
     except ModelNotFoundError:
         pass
     rankers.update(baseline_scores(frame, seed=int(settings.pipeline["training"]["seed"])))
     table = evaluation_table(frame, rankers, evaluation)
     decision = gate_decision(table, evaluation)
+    backfill = (
+        champion_ds is not None and champion_ds > ds and champion_version != challenger_version
+    )
+    if backfill:
+        decision = replace(
+            decision,
+            promote=False,
+            reason=f"backfill of {ds}: the champion (version {champion_version}, trained for "
+            f"{champion_ds}) is newer and stays; this model is evaluated and kept, not promoted",
+        )
     configure_mlflow(settings)
     with mlflow.start_run(run_id=trained["run_id"]):
         for ranker, metrics in table.items():
@@ -278,6 +293,8 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         "text": format_table(table),
     }
     write_run_record(settings, ds, "evaluation", record)
+    if backfill:
+        return record
     if not decision.promote:
         raise GateRejectedError(
             f"model version {challenger_version} was not promoted: {decision.reason}; "

@@ -211,6 +211,17 @@ def load_model(settings: Settings, alias_or_version: str = CHAMPION) -> tuple[by
         return model_files[0].read_bytes(), str(mv.version)
 
 
+def model_trained_for(settings: Settings, version: str) -> date | None:
+    """Return the logical date a registered model version was trained for (its run's ``ds``)."""
+    from mlflow import MlflowClient
+
+    configure_mlflow(settings)
+    client = MlflowClient()
+    run_id = client.get_model_version(settings.model_name, version).run_id
+    tag = client.get_run(run_id).data.tags.get("ds") if run_id else None
+    return date.fromisoformat(tag) if tag else None
+
+
 def booster_from_bytes(raw: bytes, nthread: int = 1) -> xgb.Booster:
     """Load an XGBoost JSON model from bytes (used once per executor process)."""
     import xgboost as xgb
