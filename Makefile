@@ -31,6 +31,7 @@ help: ## Show this help
 
 $(VENV)/.installed: requirements.txt requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --upgrade >/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt -c requirements.lock
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .

@@ -53,6 +53,7 @@ FIRST_USER = 10_000_000
 ITEMS = 2_000_000
 ITEM_STRIDE = 104_729  # a prime: (user * 7919 + c * stride) % ITEMS is distinct for c < ITEMS
 TRAIN_USERS = 1_000
+BENCHMARK_RUNS = 3  # redis-benchmark runs before and after the publication (median of all)
 
 
 @dataclass(frozen=True)
@@ -138,16 +139,31 @@ def noop_write(df: DataFrame) -> None:
 # --------------------------------------------------------------------------- synthetic data
 
 
-def draws(key: str, tag: str, count: int) -> list[Column]:
-    """Return ``count`` deterministic uniform [0, 1) columns per ``key`` (same item, same value)."""
+def hashes(key: str, tag: str, count: int) -> list[Column]:
+    """Return 64-bit hashes ``{tag}h0..`` of ``key``, one per six draws (see :func:`draws`)."""
+    from pyspark.sql import functions as F
+
+    return [F.xxhash64(F.col(key), F.lit(n)).alias(f"{tag}h{n}") for n in range(-(-count // 6))]
+
+
+def draws(tag: str, count: int) -> list[Column]:
+    """Return ``count`` uniform [0, 1) columns ``{tag}0..``: six 10-bit slices of each hash."""
     from pyspark.sql import functions as F
 
     return [
-        ((F.abs(F.xxhash64(F.col(key), F.lit(salt))) % 1_000_003) / 1_000_003.0).alias(
-            f"{tag}{salt}"
+        (F.shiftright(F.col(f"{tag}h{n // 6}"), 10 * (n % 6)).bitwiseAND(1023) / 1024.0).alias(
+            f"{tag}{n}"
         )
-        for salt in range(count)
+        for n in range(count)
     ]
+
+
+def rounded(value: Column, digits: int) -> Column:
+    """Return ``value`` rounded down to ``digits`` decimals (``F.round`` goes via BigDecimal)."""
+    from pyspark.sql import functions as F
+
+    scale = 10.0**digits
+    return F.floor(value * scale) / scale
 
 
 def item_columns() -> dict[str, Column]:
@@ -164,14 +180,14 @@ def item_columns() -> dict[str, Column]:
         cols[f"item_impressions_{w}d"] = F.floor(imp[w])
         cols[f"item_clicks_{w}d"] = F.floor(imp[w] * ctr)
         cols[f"item_saves_{w}d"] = F.floor(imp[w] * ctr * 0.3 * i[4])
-        cols[f"item_ctr_{w}d"] = F.round((F.floor(imp[w] * ctr) + 1.0) / (imp[w] + 20.0), 5)
+        cols[f"item_ctr_{w}d"] = rounded((F.floor(imp[w] * ctr) + 1.0) / (imp[w] + 20.0), 5)
     cols["item_bags_28d"] = F.floor(imp[28] * ctr * 0.1 * i[5])
     cols["item_purchases_28d"] = F.floor(imp[28] * ctr * 0.05 * i[6])
-    cols["item_age_days"] = F.round(i[7] * 365, 2)
-    cols["item_price"] = F.round(F.exp(1.609 + i[8] * 4.605), 2)  # 5 to 500, log-uniform
-    cols["item_price_rel_category"] = F.round(0.3 + 2.7 * i[9], 3)
+    cols["item_age_days"] = rounded(i[7] * 365, 2)
+    cols["item_price"] = rounded(F.exp(1.609 + i[8] * 4.605), 2)  # 5 to 500, log-uniform
+    cols["item_price_rel_category"] = rounded(0.3 + 2.7 * i[9], 3)
     cols["item_condition_rank"] = F.floor(1 + 4 * i[10])
-    cols["seller_rating"] = F.when(i[12] < 0.03, None).otherwise(F.round(3 + 2 * i[11], 1))
+    cols["seller_rating"] = F.when(i[12] < 0.03, None).otherwise(rounded(3 + 2 * i[11], 1))
     return cols
 
 
@@ -186,8 +202,8 @@ def user_columns() -> dict[str, Column]:
         "user_clicks_28d": F.floor(impressions * 0.08 * u[1]),
         "user_positives_28d": F.floor(impressions * 0.08 * u[1] * 0.3 * u[2]),
         "user_active_days_28d": F.floor(1 + 27 * u[3]),
-        "user_days_since_signup": F.round(u[4] * 1500, 2),
-        "user_log_price_mean": F.when(u[6] < 0.05, None).otherwise(F.round(2.3 + 3 * u[5], 4)),
+        "user_days_since_signup": rounded(u[4] * 1500, 2),
+        "user_log_price_mean": F.when(u[6] < 0.05, None).otherwise(rounded(2.3 + 3 * u[5], 4)),
     }
 
 
@@ -197,7 +213,7 @@ def cross_columns(seed: int) -> dict[str, Column]:
 
     def sparse(share_zero: float, salt: int) -> Column:
         return F.when(F.rand(seed + salt) < share_zero, 0.0).otherwise(
-            F.round(F.rand(seed + salt + 50), 3)
+            rounded(F.rand(seed + salt + 50), 3)
         )
 
     seen = F.floor(F.pow(F.rand(seed + 6), 8) * 10)
@@ -207,7 +223,7 @@ def cross_columns(seed: int) -> dict[str, Column]:
         "aff_style": sparse(0.4, 3),
         "aff_size": sparse(0.3, 4),
         "size_fit": (F.rand(seed + 5) < 0.6).cast("double"),
-        "price_distance": F.round(F.abs(F.log("item_price") - F.col("user_log_price_mean")), 4),
+        "price_distance": rounded(F.abs(F.log("item_price") - F.col("user_log_price_mean")), 4),
         "seen_before": seen,
         "clicked_before": F.when((seen > 0) & (F.rand(seed + 7) < 0.2), 1.0).otherwise(0.0),
     }
@@ -216,7 +232,7 @@ def cross_columns(seed: int) -> dict[str, Column]:
 def candidate_frame(spark: SparkSession, scale: Scale) -> DataFrame:
     """Return ``user_id, item_id, <MODEL_FEATURES as double>``, one user's rows together.
 
-    Built in three projections (draws, item and user features, cross features) so that no
+    Built in projections (hashes, draws, item and user features, cross features) so that no
     hash is computed twice and the generated code stays small.
     """
     from pyspark.sql import functions as F
@@ -228,7 +244,10 @@ def candidate_frame(spark: SparkSession, scale: Scale) -> DataFrame:
         (F.lit(FIRST_USER) + user).cast("long").alias("user_id"),
         ((user * 7919 + (F.col("id") % c) * ITEM_STRIDE) % ITEMS).cast("long").alias("item_id"),
     )
-    drawn = keys.select("user_id", "item_id", *draws("item_id", "i", 13), *draws("user_id", "u", 7))
+    hashed = keys.select(
+        "user_id", "item_id", *hashes("item_id", "i", 13), *hashes("user_id", "u", 7)
+    )
+    drawn = hashed.select("user_id", "item_id", *draws("i", 13), *draws("u", 7))
     items, users, cross = item_columns(), user_columns(), cross_columns(scale.seed)
     entities = drawn.select(
         "user_id",
@@ -456,8 +475,121 @@ def consume_only(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     yield pd.DataFrame({"rows": [rows]})
 
 
+def ranked_batch(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: int) -> Any:
+    """Return the top-``k`` lists of users' rows as one Arrow batch (lists built from offsets)."""
+    import numpy as np
+    import pyarrow as pa
+
+    order = np.lexsort((items, -scores, users))
+    users, items, scores = users[order], items[order], scores[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    sizes = np.diff(np.r_[starts, len(users)])
+    keep = np.arange(len(users)) - np.repeat(starts, sizes) < k
+    offsets = pa.array(np.r_[0, np.cumsum(np.minimum(sizes, k))].astype(np.int32))
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(users[starts]),
+            pa.ListArray.from_arrays(offsets, pa.array(items[keep])),
+            pa.ListArray.from_arrays(offsets, pa.array(scores[keep].astype(np.float32))),
+        ],
+        names=["user_id", "item_ids", "scores"],
+    )
+
+
+def make_arrow_scorer(model_broadcast: Any, model_key: str, k: int) -> Callable[..., Any]:
+    """Prototype ``mapInArrow`` scorer: no pandas; only (user, item, score) is carried over."""
+
+    def score(batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
+
+        from rankflow.scoring import cached_booster
+
+        booster = cached_booster(model_key, model_broadcast.value)
+        carry: tuple[np.ndarray, ...] | None = None
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            part = (
+                batch.column("user_id").to_numpy(),
+                batch.column("item_id").to_numpy(),
+                booster.inplace_predict(to_matrix(batch)),
+            )
+            if carry is not None:
+                part = tuple(np.concatenate(pair) for pair in zip(carry, part, strict=True))
+            users = part[0]
+            cut = int(np.searchsorted(users, users[-1]))  # rows arrive sorted by user
+            carry = tuple(a[cut:] for a in part)
+            if cut:
+                yield ranked_batch(*(a[:cut] for a in part), k)
+        if carry is not None:
+            yield ranked_batch(*carry, k)
+
+    return score
+
+
+def make_arrow_predictor(model_broadcast: Any, model_key: str) -> Callable[..., Any]:
+    """Prototype ``mapInArrow`` step that predicts in place: ``user_id, item_id, score`` out."""
+
+    def predict(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        from rankflow.scoring import cached_booster
+
+        booster = cached_booster(model_key, model_broadcast.value)
+        for batch in batches:
+            scores = booster.inplace_predict(to_matrix(batch))
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("user_id"), batch.column("item_id"), pa.array(scores)],
+                names=["user_id", "item_id", "score"],
+            )
+
+    return predict
+
+
+def score_arrow_sorted(scored_input: DataFrame, model_raw: bytes, k: int) -> DataFrame:
+    """Prototype B: the library's plan (shuffle + sort by user) with the ``mapInArrow`` scorer."""
+    from rankflow.scoring import RANKED_SCHEMA
+
+    spark = scored_input.sparkSession
+    broadcast = spark.sparkContext.broadcast(model_raw)
+    partitions = max(spark.sparkContext.defaultParallelism * 2, 2)
+    return (
+        scored_input.repartition(partitions, "user_id")
+        .sortWithinPartitions("user_id")
+        .mapInArrow(make_arrow_scorer(broadcast, "bench-arrow", k), RANKED_SCHEMA)
+    )
+
+
+def score_predict_first(scored_input: DataFrame, model_raw: bytes, k: int) -> DataFrame:
+    """Prototype C: predict where the rows are, then a native top-k (``max_by``) per user.
+
+    Only ``user_id, item_id, score`` (20 bytes a row) is shuffled instead of every feature, and
+    the aggregate keeps at most ``k`` entries per user on each side of the shuffle.
+    """
+    from pyspark.sql import functions as F
+
+    spark = scored_input.sparkSession
+    broadcast = spark.sparkContext.broadcast(model_raw)
+    scored = scored_input.select("user_id", "item_id", *MODEL_FEATURES).mapInArrow(
+        make_arrow_predictor(broadcast, "bench-arrow"),
+        "user_id long, item_id long, score float",
+    )
+    best = F.max_by(
+        F.struct("item_id", "score"), F.struct("score", (-F.col("item_id")).alias("tie")), k
+    )
+    return (
+        scored.groupBy("user_id")
+        .agg(best.alias("top"))
+        .select(
+            "user_id",
+            F.col("top.item_id").alias("item_ids"),
+            F.col("top.score").alias("scores"),
+        )
+    )
+
+
 def profile_spark(spark: SparkSession, path: str, model_raw: bytes, scale: Scale) -> None:
-    """Time the Spark path stage by stage: scan, shuffle + sort, Arrow transfer, pandas work."""
+    """Time the Spark path stage by stage, then two prototype scorers, all with a noop sink."""
     from rankflow.scoring import score_candidates
 
     partitions = max(spark.sparkContext.defaultParallelism * 2, 2)
@@ -466,12 +598,14 @@ def profile_spark(spark: SparkSession, path: str, model_raw: bytes, scale: Scale
     stages = {
         "scan Parquet": source,
         "+ repartition by user + sort": shuffled,
-        "+ Arrow to Python workers": shuffled.mapInPandas(consume_only, "rows long"),
+        "+ Arrow to pandas in Python workers": shuffled.mapInPandas(consume_only, "rows long"),
         "+ predict + top-K (score_candidates)": score_candidates(
             source, model_raw, "bench-model", scale.top_k
         ),
+        "B: same plan, mapInArrow scorer": score_arrow_sorted(source, model_raw, scale.top_k),
+        "C: predict first, max_by top-k": score_predict_first(source, model_raw, scale.top_k),
     }
-    say(f"profile: Spark stages ({partitions} scoring partitions), noop sink, cumulative")
+    say(f"profile: Spark scoring ({partitions} scoring partitions), noop sink")
     for name, frame in stages.items():
         seconds = timed(lambda f=frame: noop_write(f))[1]
         say(f"    {name:<40} {seconds:7.1f} s  {scale.rows / seconds:12,.0f} rows/s")
@@ -491,21 +625,73 @@ def profile_python(path: str, model_raw: bytes, scale: Scale, rows: int = 500_00
     frame, to_pandas = timed(batch.to_pandas)
     _, concat = timed(lambda: pd.concat([frame.iloc[:1000], frame], ignore_index=True))
     matrix, to_numpy = timed(lambda: frame[MODEL_FEATURES].to_numpy(dtype="float32"))
+    _, from_arrow = timed(lambda: to_matrix(batch))
     scores, predict = timed(lambda: booster.inplace_predict(matrix))
     users, items = frame["user_id"].to_numpy(), frame["item_id"].to_numpy()
     ranked, top_k = timed(lambda: top_k_per_user(users, items, scores, scale.top_k))
     _, back = timed(lambda: pa.RecordBatch.from_pandas(ranked, preserve_index=False))
+    _, arrow_top_k = timed(lambda: ranked_batch(users, items, scores, scale.top_k))
     n = len(frame)
     say(f"profile: one task's Python steps per candidate row ({n:,} rows, 1 thread)")
     for name, seconds in {
         "Arrow -> pandas": to_pandas,
         "pd.concat with the carried user": concat,
-        "features -> float32 matrix": to_numpy,
+        "pandas features -> float32 matrix": to_numpy,
+        "  (Arrow columns -> float32 matrix)": from_arrow,
         "inplace_predict (nthread=1)": predict,
         "top_k_per_user": top_k,
-        "lists -> Arrow": back,
+        "top-K lists -> Arrow": back,
+        "  (ranked_batch: top-K straight to Arrow)": arrow_top_k,
     }.items():
         say(f"    {name:<40} {seconds / n * 1e6:7.2f} us/row")
+
+
+def profile_publish(spark: SparkSession, settings: Settings, ranked_path: str, k: int) -> None:
+    """Time the publication's parts: the Spark job without Redis, one writer, the SCAN count."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import redis
+    from pyspark.sql import functions as F
+
+    from rankflow.serving import begin_version, count_users, new_version_id, write_lists
+
+    ranked = spark.read.parquet(ranked_path).select("user_id", "item_ids")
+    spark_only = timed(
+        lambda: ranked.mapInPandas(consume_only, "rows long").agg(F.sum("rows")).first()
+    )[1]
+    table = pq.read_table(ranked_path, columns=["user_id", "item_ids"])
+    users = table.column("user_id").to_numpy()
+    lists = table.column("item_ids").to_pandas().tolist()
+    grid = np.vstack(lists) if len({len(x) for x in lists}) == 1 else None
+    client = redis.Redis.from_url(settings.redis.url)
+    version = new_version_id(date.today())
+    begin_version(client, PREFIX, SURFACE, version, ds=date.today(), model_version="bench", k=k)
+    url, batch = settings.redis.url, settings.redis.mset_batch
+    try:
+        per_user = timed(
+            lambda: write_lists(url, PREFIX, SURFACE, version, users, lists, mset_batch=batch)
+        )[1]
+        two_d = (
+            timed(lambda: write_lists(url, PREFIX, SURFACE, version, users, grid))[1]
+            if grid is not None
+            else float("nan")
+        )
+        counts = {
+            n: timed(lambda n=n: count_users(client, PREFIX, SURFACE, version, scan_count=n))[1]
+            for n in (1000, 10_000)
+        }
+    finally:
+        delete_namespace(client)
+    n = len(users)
+    say(f"profile: publication parts ({n:,} users, DB size {client.dbsize():,} keys)")
+    for name, seconds in {
+        "Spark read + Arrow -> pandas, no Redis": spark_only,
+        "write_lists, one array per user, 1 proc": per_user,
+        "write_lists, 2-D array, 1 process": two_d,
+        "count_users (SCAN COUNT 1000)": counts[1000],
+        "count_users (SCAN COUNT 10000)": counts[10_000],
+    }.items():
+        say(f"    {name:<40} {seconds:7.2f} s  {n / seconds:12,.0f} users/s")
 
 
 # --------------------------------------------------------------------------- (b) publishing
@@ -533,8 +719,8 @@ class PublishResult:
 
     @property
     def ratio(self) -> float:
-        """Return the publish rate over the mean redis-benchmark SET rate."""
-        return self.rate / statistics.fmean(self.benchmark_rates)
+        """Return the publish rate over the median redis-benchmark SET rate."""
+        return self.rate / statistics.median(self.benchmark_rates)
 
 
 def redis_benchmark(url: str, value_bytes: int, requests: int) -> float:
@@ -554,6 +740,11 @@ def redis_benchmark(url: str, value_bytes: int, requests: int) -> float:
     if not found:
         raise RuntimeError(f"cannot parse redis-benchmark output: {output!r}")
     return float(found[-1])
+
+
+def rate_list(rates: Sequence[float]) -> str:
+    """Return rates as ``a / b / c`` with thousands separators."""
+    return " / ".join(f"{r:,.0f}" for r in rates)
 
 
 def delete_namespace(client: redis.Redis) -> int:
@@ -623,8 +814,8 @@ def bench_publish(
     had_stray = bool(client.exists(stray))
     delete_namespace(client)
     users = users_in(spark, ranked_path)
-    rates = [redis_benchmark(url, k * 4, users)]
-    say(f"(b) redis-benchmark -P 16 -t set -d {k * 4} -n {users}: {rates[0]:,.0f} SET/s")
+    rates = [redis_benchmark(url, k * 4, users) for _ in range(BENCHMARK_RUNS)]
+    say(f"(b) redis-benchmark -P 16 -t set -d {k * 4} -n {users}: {rate_list(rates)} SET/s")
     try:
         say("(b) publishing: begin_version, mapInPandas(make_redis_writer), commit_version ...")
         done = publish(spark, settings, ranked_path, k)
@@ -633,8 +824,9 @@ def bench_publish(
             f"{done.commit_seconds:.2f} s -> "
             f"{done.users / (done.write_seconds + done.commit_seconds):,.0f} users/s"
         )
-        rates.append(redis_benchmark(url, k * 4, users))
-        say(f"(b) redis-benchmark again: {rates[1]:,.0f} SET/s")
+        after = [redis_benchmark(url, k * 4, users) for _ in range(BENCHMARK_RUNS)]
+        say(f"(b) redis-benchmark again: {rate_list(after)} SET/s")
+        rates += after
         per_user = bytes_per_user(client, PREFIX, SURFACE, done.version, sample=1000)
     finally:
         removed = delete_namespace(client)
@@ -660,7 +852,7 @@ def verdict(value: float, target: float) -> str:
 def summary(scale: Scale, scoring: ScoringResult, published: PublishResult, total: float) -> str:
     """Return the final block: the three measurements, their ratios and the verdicts."""
     payload = scale.top_k * 4
-    mean_bench = statistics.fmean(published.benchmark_rates)
+    bench_rate = statistics.median(published.benchmark_rates)
     memory = published.bytes_per_user
     memory_text = (
         f"{memory:,.0f} B/user vs K x 4 = {payload} B  ratio {memory / payload:.2f}"
@@ -670,13 +862,13 @@ def summary(scale: Scale, scoring: ScoringResult, published: PublishResult, tota
     lines = [
         "=" * 78,
         f"SUMMARY  {scale.users:,} users x {scale.candidates} candidates, K={scale.top_k}, "
-        f"{os.cpu_count()} cores, run {total / 60:.1f} min",
+        f"{os.cpu_count()} cores, run {total / 60:.1f} min, load {os.getloadavg()[1]:.1f} (5 min)",
         f"(a) scoring  Spark {scoring.rows / scoring.spark_seconds:>12,.0f} rows/s  "
         f"reference {scoring.rows / scoring.reference_seconds:>12,.0f} rows/s  "
         f"ratio {scoring.ratio:.3f}  target >= {TARGET_SCORING}  "
         f"{verdict(scoring.ratio, TARGET_SCORING)}",
         f"(b) publish  Redis {published.rate:>12,.0f} users/s  "
-        f"benchmark {mean_bench:>12,.0f} SET/s   "
+        f"benchmark {bench_rate:>12,.0f} SET/s   "
         f"ratio {published.ratio:.3f}  target >= {TARGET_PUBLISH}  "
         f"{verdict(published.ratio, TARGET_PUBLISH)}",
         f"(c) memory   {memory_text}",
@@ -722,6 +914,7 @@ def main(argv: Sequence[str]) -> int:
         scoring = bench_scoring(spark, path, ranked_path, model_raw, scale)
         published = bench_publish(spark, settings, ranked_path, scale.top_k)
         if scale.profile:
+            profile_publish(spark, settings, ranked_path, scale.top_k)
             profile_spark(spark, path, model_raw, scale)
     finally:
         spark.stop()

@@ -45,7 +45,10 @@ def from_top_categories(users: DataFrame, items: DataFrame, config: dict[str, An
     user_categories = (
         users.select("user_id", F.explode("category_affinity").alias("category", "share"))
         .withColumn(
-            "r", F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("share").desc()))
+            "r",
+            F.row_number().over(
+                Window.partitionBy("user_id").orderBy(F.col("share").desc(), F.col("category"))
+            ),
         )
         .where(F.col("r") <= int(config["top_categories"]))
     )
@@ -63,7 +66,10 @@ def from_similar(users: DataFrame, items: DataFrame, config: dict[str, Any]) -> 
     user_brands = (
         users.select("user_id", F.explode("brand_affinity").alias("brand", "share"))
         .withColumn(
-            "r", F.row_number().over(Window.partitionBy("user_id").orderBy(F.col("share").desc()))
+            "r",
+            F.row_number().over(
+                Window.partitionBy("user_id").orderBy(F.col("share").desc(), F.col("brand"))
+            ),
         )
         .where(F.col("r") <= 3)
     )

@@ -66,6 +66,8 @@ def make_scorer(
         booster = cached_booster(model_key, model_broadcast.value)
         carry: pd.DataFrame | None = None
         for batch in batches:
+            if batch.empty:
+                continue
             frame = batch if carry is None else pd.concat([carry, batch], ignore_index=True)
             last_user = frame["user_id"].iat[-1]
             done = frame["user_id"].to_numpy() != last_user

@@ -36,7 +36,13 @@ def delta_package() -> str:
 
 def spark_submit_conf(settings: Settings) -> dict[str, str]:
     """Return the ``--conf`` pairs every spark-submit of a rankflow job needs."""
-    return {**SESSION_CONF, "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions)}
+    partitions = str(settings.spark.shuffle_partitions)
+    # Delta replays its log with 50 tasks by default; size that like the shuffles
+    return {
+        **SESSION_CONF,
+        "spark.sql.shuffle.partitions": partitions,
+        "spark.databricks.delta.snapshotPartitions": partitions,
+    }
 
 
 def get_session(settings: Settings, app_name: str) -> SparkSession:

@@ -30,5 +30,9 @@ def spark(spark_home: Path) -> Iterator[object]:
 @pytest.fixture
 def lake_settings(tmp_path: Path) -> Settings:
     """Settings whose raw drops and lake live in this test's own folder."""
-    env = {**os.environ, "RANKFLOW_HOME": str(tmp_path / "home"), "RANKFLOW_SHUFFLE_PARTITIONS": "2"}
+    env = {
+        **os.environ,
+        "RANKFLOW_HOME": str(tmp_path / "home"),
+        "RANKFLOW_SHUFFLE_PARTITIONS": "2",
+    }
     return load_settings(env)

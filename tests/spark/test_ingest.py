@@ -71,7 +71,9 @@ def test_malformed_rows_are_quarantined_with_their_reason(spark, lake_settings) 
     assert all(r["raw"] for r in quarantine.collect())
 
 
-def test_too_many_malformed_rows_fail_clearly_and_leave_bronze_untouched(spark, lake_settings) -> None:
+def test_too_many_malformed_rows_fail_clearly_and_leave_bronze_untouched(
+    spark, lake_settings
+) -> None:
     settings = with_limit(lake_settings, 0.01)
     land(settings, GOOD + list(BAD.values()))
     with pytest.raises(IngestError, match=r"7 of 27 events rows .* malformed"):
@@ -90,7 +92,7 @@ def test_missing_success_marker_is_refused(spark, lake_settings) -> None:
 
 def test_ingesting_twice_gives_the_same_table(spark, lake_settings) -> None:
     settings = with_limit(lake_settings, 0.5)
-    land(settings, GOOD + [BAD["unknown event_type"]])
+    land(settings, [*GOOD, BAD["unknown event_type"]])
     ingest_range(spark, settings, "events", DS, DS)[0]
     path = settings.paths.table("bronze/events")
     first = sorted(map(tuple, spark.read.format("delta").load(path).collect()))

@@ -22,20 +22,28 @@ pytestmark = pytest.mark.spark
 START = date(2026, 10, 1)  # the tiny preset's first day
 D = date(2026, 10, 5)  # the label day: the last generated day
 KEY = ["qid", "item_id"]
+SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
 KEPT = [*KEY, "user_id", "position", "label", "features_as_of", "ds", *MODEL_FEATURES]
 
 
 @pytest.fixture(scope="module")
-def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of a home holding 5 tiny simulated days, ingested into bronze."""
     from rankflow.generate import GeneratorConfig, generate_marketplace
     from rankflow.pipeline import run_ingest
 
+    # Delta replays its log with 50 tasks by default: far too many for tables this small
+    previous = spark.conf.get(SNAPSHOT_PARTITIONS, None)
+    spark.conf.set(SNAPSHOT_PARTITIONS, "2")
     home = tmp_path_factory.mktemp("training-set-home")
     settings = load_settings({**os.environ, "RANKFLOW_HOME": str(home)})
     generate_marketplace(GeneratorConfig.preset("tiny", days=5), settings.paths.raw)
     run_ingest(spark, settings, START, D)
-    return settings
+    yield settings
+    if previous is None:
+        spark.conf.unset(SNAPSHOT_PARTITIONS)
+    else:
+        spark.conf.set(SNAPSHOT_PARTITIONS, previous)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +58,28 @@ def bronze(spark: Any, lake: Settings) -> Iterator[tuple[Any, Any, Any]]:
 
 
 @pytest.fixture(scope="module")
-def baseline(bronze: tuple[Any, Any, Any], lake: Settings) -> Any:
-    """The training rows of ``D`` built from the untouched events, as pandas."""
-    return training_rows(*bronze, lake)
+def written(spark: Any, lake: Settings) -> tuple[dict[str, int], int]:
+    """Run the training-set step for ``D`` once; return its counts and the Delta version."""
+    from rankflow.pipeline import run_training_set
+    from rankflow.spark import table_version
+
+    counts = run_training_set(spark, lake, D, D)
+    return counts, table_version(spark, lake.paths.table("silver/training_set"))
+
+
+def training_table(spark: Any, settings: Settings, version: int) -> Any:
+    """Read the ``D`` partition of the training set as it was at ``version``, sorted by key."""
+    from pyspark.sql import functions as F
+
+    path = settings.paths.table("silver/training_set")
+    table = spark.read.format("delta").option("versionAsOf", version).load(path)
+    return table.where(F.col("ds") == lit_date(D)).orderBy(*KEY)
+
+
+@pytest.fixture(scope="module")
+def baseline(spark: Any, lake: Settings, written: tuple[dict[str, int], int]) -> Any:
+    """The training rows of ``D`` written from the untouched events, as pandas."""
+    return training_table(spark, lake, written[1]).select(*KEPT).toPandas()
 
 
 def training_rows(events: Any, items: Any, users: Any, settings: Settings) -> Any:
@@ -257,23 +284,23 @@ def test_labels_are_the_gain_of_the_strongest_action_in_the_same_session(
     }
 
 
-def test_training_set_rewrite_is_idempotent(spark: Any, lake: Settings, baseline: Any) -> None:
-    from pyspark.sql import functions as F
+def test_training_set_rewrite_is_idempotent(
+    spark: Any, lake: Settings, written: tuple[dict[str, int], int], baseline: Any
+) -> None:
     from pyspark.testing import assertDataFrameEqual
 
     from rankflow.pipeline import run_training_set
     from rankflow.spark import table_version
 
-    path = lake.paths.table("silver/training_set")
-    first = run_training_set(spark, lake, D, D)
-    version = table_version(spark, path)
+    first, version = written
     second = run_training_set(spark, lake, D, D)
 
     assert first == second == {D.isoformat(): len(baseline)}
-    assert table_version(spark, path) == version + 1
-
-    def rows(version: int) -> Any:
-        table = spark.read.format("delta").option("versionAsOf", version).load(path)
-        return table.where(F.col("ds") == lit_date(D)).orderBy(*KEY)
-
-    assertDataFrameEqual(rows(version + 1), rows(version), checkRowOrder=True, rtol=1e-9, atol=0.0)
+    assert table_version(spark, lake.paths.table("silver/training_set")) == version + 1
+    assertDataFrameEqual(
+        training_table(spark, lake, version + 1),
+        training_table(spark, lake, version),
+        checkRowOrder=True,
+        rtol=1e-9,
+        atol=0.0,
+    )

@@ -1,0 +1,283 @@
+"""Features and candidates of the last tiny day, and batch scoring against a pandas reference.
+
+One tiny simulated marketplace (5 days) is generated, ingested and featurised once for the
+module; the scoring tests use hand-made candidate frames and a small random model instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+
+from rankflow.config import Settings, load_settings
+from rankflow.features import MODEL_FEATURES
+
+pytestmark = pytest.mark.spark
+
+START = date(2026, 10, 1)  # the tiny preset's first day
+D = date(2026, 10, 5)  # the scoring day: the last generated day
+SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
+ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+SOURCES = {"category", "similar", "popular", "fresh"}
+# 5 days of data cannot tell a 28-day activity window from "ever": 2 days leaves some users out
+ACTIVE_USER_DAYS = 2
+FEATURE_KEYS = {"items": ["item_id"], "users": ["user_id"], "seen": ["user_id", "item_id"]}
+MODEL_KEY = "test-random-ranker"
+
+
+def set_conf(spark: Any, key: str, value: str | None) -> None:
+    if value is None:
+        spark.conf.unset(key)
+    else:
+        spark.conf.set(key, value)
+
+
+@pytest.fixture(scope="module")
+def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings of a home holding 5 tiny simulated days, ingested into bronze."""
+    from rankflow.generate import GeneratorConfig, generate_marketplace
+    from rankflow.pipeline import run_ingest
+
+    # Delta replays its log with 50 tasks by default: far too many for tables this small
+    previous = spark.conf.get(SNAPSHOT_PARTITIONS, None)
+    spark.conf.set(SNAPSHOT_PARTITIONS, "2")
+    home = tmp_path_factory.mktemp("candidates-home")
+    settings = load_settings({**os.environ, "RANKFLOW_HOME": str(home)})
+    candidates = {**settings.pipeline["candidates"], "active_user_days": ACTIVE_USER_DAYS}
+    settings = replace(settings, pipeline={**settings.pipeline, "candidates": candidates})
+    generate_marketplace(GeneratorConfig.preset("tiny", days=5), settings.paths.raw)
+    run_ingest(spark, settings, START, D)
+    yield settings
+    set_conf(spark, SNAPSHOT_PARTITIONS, previous)
+
+
+@pytest.fixture(scope="module")
+def feature_versions(spark: Any, lake: Settings) -> dict[str, int]:
+    """Run the features step for ``D`` once; return each face's Delta version."""
+    from rankflow.pipeline import FEATURE_TABLES, run_features
+    from rankflow.spark import table_version
+
+    run_features(spark, lake, D)
+    return {face: table_version(spark, lake.paths.table(t)) for face, t in FEATURE_TABLES.items()}
+
+
+@pytest.fixture(scope="module")
+def candidates(spark: Any, lake: Settings, feature_versions: dict[str, int]) -> Any:
+    """The candidates of ``D`` (``user_id, item_id, sources``) as pandas."""
+    from rankflow.pipeline import read_partition, run_candidates
+
+    record = run_candidates(spark, lake, D)
+    frame = read_partition(spark, lake, "silver/candidates", D).toPandas()
+    assert record == {"rows": len(frame), "users": frame["user_id"].nunique()}
+    return frame
+
+
+@pytest.fixture(scope="module")
+def history(spark: Any, lake: Settings) -> Any:
+    """Every bronze event (``user_id, item_id, event_type, ds``) as pandas."""
+    from rankflow.pipeline import read_table
+
+    events = read_table(spark, lake, "bronze/events")
+    return events.select("user_id", "item_id", "event_type", "ds").toPandas()
+
+
+def test_no_candidate_is_sold_by_the_end_of_the_day(
+    spark: Any, lake: Settings, candidates: Any, history: Any
+) -> None:
+    from rankflow.pipeline import read_partition
+
+    purchases = history[(history["event_type"] == "purchase") & (history["ds"] <= D)]
+    sold = set(purchases["item_id"])
+    assert set(purchases.loc[purchases["ds"] == D, "item_id"])  # some sold on D itself
+    assert sold.isdisjoint(candidates["item_id"])
+    # without the filter some would be candidates: "popular" gives everyone the global top
+    items = read_partition(spark, lake, "silver/item_features", D).toPandas()
+    popular = int(lake.pipeline["candidates"]["popular"])
+    top = items.sort_values(["popularity", "item_id"], ascending=[False, True]).head(popular)
+    assert sold & set(top["item_id"])
+
+
+def test_no_user_has_more_than_the_cap(lake: Settings, candidates: Any) -> None:
+    cap = int(lake.pipeline["candidates"]["max_per_user"])
+    per_user = candidates.groupby("user_id").size()
+    assert per_user.max() == cap  # the cap binds for some users ...
+    assert (per_user <= cap).all()  # ... and no one gets more
+    assert not candidates.duplicated(["user_id", "item_id"]).any()
+
+
+def test_exactly_the_active_users_get_candidates(
+    spark: Any, lake: Settings, candidates: Any, history: Any
+) -> None:
+    from rankflow.pipeline import read_table
+
+    since = D - timedelta(days=ACTIVE_USER_DAYS - 1)
+    active = set(history.loc[history["ds"] >= since, "user_id"])
+    inactive = set(history["user_id"]) - active  # events only before the window
+    registered = set(read_table(spark, lake, "bronze/users").toPandas()["user_id"])
+    no_history = registered - set(history["user_id"])
+    assert active
+    assert inactive
+    assert no_history
+
+    assert set(candidates["user_id"]) == active
+    assert no_history.isdisjoint(candidates["user_id"])
+
+
+def test_every_candidate_comes_from_known_sources(candidates: Any) -> None:
+    sources = candidates["sources"].map(list)
+    assert (sources.map(len) >= 1).all()
+    assert all(set(s) <= SOURCES for s in sources)
+    assert all(s == sorted(set(s)) for s in sources)  # sorted and without repeats
+    assert set().union(*sources.map(set)) == SOURCES  # every generator contributed
+
+
+def partition_at(spark: Any, path: str, version: int, keys: list[str]) -> list[Any]:
+    """Collect the ``D`` partition of a Delta table as it was at ``version``, sorted by ``keys``."""
+    from pyspark.sql import functions as F
+
+    table = spark.read.format("delta").option("versionAsOf", version).load(path)
+    return table.where(F.col("ds") == F.lit(D.isoformat()).cast("date")).orderBy(*keys).collect()
+
+
+def test_features_rewrite_is_idempotent(
+    spark: Any, lake: Settings, feature_versions: dict[str, int]
+) -> None:
+    from pyspark.testing import assertDataFrameEqual
+
+    from rankflow.pipeline import FEATURE_TABLES, run_features
+    from rankflow.spark import table_version
+
+    before = {face: table_version(spark, lake.paths.table(t)) for face, t in FEATURE_TABLES.items()}
+    counts = run_features(spark, lake, D)
+
+    assert counts["items"] > 1000
+    assert counts["users"] > 400
+    assert counts["seen"] > 1000
+    for face, table in FEATURE_TABLES.items():
+        path = lake.paths.table(table)
+        version = before[face]
+        assert version >= feature_versions[face]
+        assert table_version(spark, path) == version + 1
+
+        again = partition_at(spark, path, version + 1, FEATURE_KEYS[face])
+        assert len(again) == counts[face]
+        assertDataFrameEqual(
+            again,
+            partition_at(spark, path, version, FEATURE_KEYS[face]),
+            checkRowOrder=True,
+            rtol=1e-9,
+            atol=0.0,
+        )
+
+
+@pytest.fixture(scope="module")
+def model() -> tuple[Any, bytes]:
+    """A small LambdaMART model trained on random data with the real feature names."""
+    import numpy as np
+    import xgboost as xgb
+
+    rng = np.random.default_rng(11)
+    features = rng.normal(size=(600, len(MODEL_FEATURES))).astype("float32")
+    train = xgb.DMatrix(features, label=rng.integers(0, 5, size=600), feature_names=MODEL_FEATURES)
+    train.set_group([20] * 30)
+    params = {"objective": "rank:ndcg", "max_depth": 3, "eta": 0.3, "nthread": 1, "seed": 0}
+    booster = xgb.train(params, train, num_boost_round=8)
+    return booster, bytes(booster.save_raw("json"))
+
+
+@pytest.fixture
+def small_arrow_batches(spark: Any) -> Iterator[int]:
+    """Make Arrow batches 16 rows long, so most users straddle two or more of them."""
+    previous = spark.conf.get(ARROW_BATCH, None)
+    spark.conf.set(ARROW_BATCH, "16")
+    yield 16
+    set_conf(spark, ARROW_BATCH, previous)
+
+
+def candidate_rows(sizes: list[int], seed: int) -> Any:
+    """Return shuffled candidate rows: ``sizes[u]`` rows for user u, random features.
+
+    The second row of every user copies the first one's features (a guaranteed score tie) and
+    about 5% of the feature values are missing.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    users = np.repeat(700_000 + 13 * np.arange(len(sizes), dtype=np.int64), sizes)
+    items = rng.permutation(np.arange(2_000_000, 2_000_000 + len(users), dtype=np.int64))
+    features = rng.normal(size=(len(users), len(MODEL_FEATURES))).astype("float32")
+    firsts = np.r_[0, np.cumsum(sizes)[:-1]]
+    features[firsts + 1] = features[firsts]
+    features[rng.random(features.shape) < 0.05] = np.nan
+    frame = pd.DataFrame(features.astype("float64"), columns=MODEL_FEATURES)
+    frame.insert(0, "item_id", items)
+    frame.insert(0, "user_id", users)
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def reference_top_k(booster: Any, rows: Any, k: int) -> dict[int, tuple[Any, Any]]:
+    """Score every row at once in pandas, then sort each user's rows: score desc, item id asc."""
+    scored = rows[["user_id", "item_id"]].assign(
+        score=booster.inplace_predict(rows[MODEL_FEATURES].to_numpy(dtype="float32"))
+    )
+    out = {}
+    for user, group in scored.groupby("user_id"):
+        best = group.sort_values(["score", "item_id"], ascending=[False, True]).head(k)
+        out[int(user)] = (best["item_id"].to_numpy(), best["score"].to_numpy(dtype="float32"))
+    return out
+
+
+def assert_matches_reference(ranked: Any, reference: dict[int, tuple[Any, Any]]) -> None:
+    import numpy as np
+
+    assert not ranked["user_id"].duplicated().any()
+    assert set(ranked["user_id"]) == set(reference)
+    for user, item_ids, scores in ranked[["user_id", "item_ids", "scores"]].itertuples(index=False):
+        want_items, want_scores = reference[int(user)]
+        assert len(item_ids) == len(scores) == len(want_items)
+        np.testing.assert_array_equal(np.asarray(item_ids, dtype="int64"), want_items)
+        np.testing.assert_array_equal(np.asarray(scores, dtype="float32"), want_scores)
+
+
+def test_scoring_matches_a_pandas_reference_across_arrow_batches(
+    spark: Any, model: tuple[Any, bytes], small_arrow_batches: int
+) -> None:
+    import numpy as np
+
+    from rankflow.scoring import score_candidates
+
+    booster, raw = model
+    k = 10
+    rng = np.random.default_rng(5)
+    sizes = [7, 9, 10, 11, 16, 17, 40, *rng.integers(7, 41, size=40).tolist()]
+    rows = candidate_rows(sizes, seed=5)
+    reference = reference_top_k(booster, rows, k)
+    # the tie-break matters: some top-k list holds two equal scores
+    assert any(len(np.unique(s)) < len(s) for _, s in reference.values())
+
+    ranked = score_candidates(spark.createDataFrame(rows), raw, MODEL_KEY, k).toPandas()
+
+    assert len(ranked) == len(sizes)
+    by_user = dict(zip(ranked["user_id"], ranked["item_ids"].map(len), strict=True))
+    assert sorted(by_user.values()) == sorted(min(k, n) for n in sizes)
+    assert_matches_reference(ranked, reference)
+
+
+def test_scoring_survives_empty_partitions_and_long_users(
+    spark: Any, model: tuple[Any, bytes], small_arrow_batches: int
+) -> None:
+    from rankflow.scoring import score_candidates
+
+    booster, raw = model
+    rows = candidate_rows([40], seed=6)  # one user over 3 Arrow batches, other partitions empty
+    ranked = score_candidates(spark.createDataFrame(rows), raw, MODEL_KEY, 100).toPandas()
+
+    assert len(ranked) == 1
+    assert len(ranked["item_ids"].iat[0]) == 40
+    assert_matches_reference(ranked, reference_top_k(booster, rows, 100))
