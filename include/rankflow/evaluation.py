@@ -75,7 +75,12 @@ def evaluation_table(
     cutoffs = tuple(int(k) for k in config["cutoffs"])
     return {
         name: evaluate_ranking(
-            groups, labels, scores, cutoffs=cutoffs, recall_k=int(config["recall_k"])
+            groups,
+            labels,
+            scores,
+            cutoffs=cutoffs,
+            recall_k=int(config["recall_k"]),
+            ndcg_empty=config["ndcg_empty"],
         )
         for name, scores in rankers.items()
     }
