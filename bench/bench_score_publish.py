@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 from rankflow.config import Settings, load_settings
@@ -68,6 +69,7 @@ class Scale:
     workdir: Path
     keep: bool
     profile: bool
+    publish_only: bool
 
     @property
     def rows(self) -> int:
@@ -106,6 +108,11 @@ def parse_args(argv: Sequence[str], settings: Settings) -> Scale:
     parser.add_argument(
         "--profile", action="store_true", help="also time the stages of the Spark scoring path"
     )
+    parser.add_argument(
+        "--publish-only",
+        action="store_true",
+        help="skip (a): generate the top-K lists directly in Spark and measure (b) and (c)",
+    )
     args = parser.parse_args(argv)
     return Scale(
         users=args.users,
@@ -116,6 +123,7 @@ def parse_args(argv: Sequence[str], settings: Settings) -> Scale:
         workdir=args.workdir.resolve(),
         keep=args.keep,
         profile=args.profile,
+        publish_only=args.publish_only,
     )
 
 
@@ -302,7 +310,8 @@ def synthetic_labels(frame: pd.DataFrame, seed: int) -> np.ndarray:
         + rng.gumbel(scale=0.5, size=len(frame))
     )
     cuts = np.quantile(utility, [0.95, 0.98, 0.99, 0.995])
-    return np.searchsorted(cuts, utility).astype("float32")
+    labels: np.ndarray = np.searchsorted(cuts, utility).astype("float32")
+    return labels
 
 
 def train_model(spark: SparkSession, path: str, scale: Scale, settings: Settings) -> bytes:
@@ -311,11 +320,12 @@ def train_model(spark: SparkSession, path: str, scale: Scale, settings: Settings
     from pyspark.sql import functions as F
 
     users = min(scale.users, TRAIN_USERS)
-    sample = (
+    sample = cast(
+        "pd.DataFrame",
         spark.read.parquet(path)
         .where(F.col("user_id") < FIRST_USER + users)
         .orderBy("user_id", "item_id")
-        .toPandas()
+        .toPandas(),
     )
     matrix = xgb.DMatrix(
         sample[MODEL_FEATURES].to_numpy(dtype="float32"),
@@ -415,9 +425,9 @@ def score_in_process(path: str, model_raw: bytes, k: int) -> tuple[float, float,
     predict = convert = 0.0
     check = None
     for batch in feature_batches(path):
-        matrix, seconds = timed(lambda b=batch: to_matrix(b))
+        matrix, seconds = timed(partial(to_matrix, batch))
         convert += seconds
-        scores, seconds = timed(lambda m=matrix: booster.inplace_predict(m))
+        scores, seconds = timed(partial(booster.inplace_predict, matrix))
         predict += seconds
         if check is None:
             users = batch.column("user_id").to_numpy()
@@ -505,24 +515,20 @@ def make_arrow_scorer(model_broadcast: Any, model_key: str, k: int) -> Callable[
         from rankflow.scoring import cached_booster
 
         booster = cached_booster(model_key, model_broadcast.value)
-        carry: tuple[np.ndarray, ...] | None = None
+        empty = np.empty(0, dtype=np.int64)
+        users, items, scores = empty, empty, np.empty(0, dtype=np.float32)  # the carried user
         for batch in batches:
             if not batch.num_rows:
                 continue
-            part = (
-                batch.column("user_id").to_numpy(),
-                batch.column("item_id").to_numpy(),
-                booster.inplace_predict(to_matrix(batch)),
-            )
-            if carry is not None:
-                part = tuple(np.concatenate(pair) for pair in zip(carry, part, strict=True))
-            users = part[0]
+            users = np.concatenate([users, batch.column("user_id").to_numpy()])
+            items = np.concatenate([items, batch.column("item_id").to_numpy()])
+            scores = np.concatenate([scores, booster.inplace_predict(to_matrix(batch))])
             cut = int(np.searchsorted(users, users[-1]))  # rows arrive sorted by user
-            carry = tuple(a[cut:] for a in part)
             if cut:
-                yield ranked_batch(*(a[:cut] for a in part), k)
-        if carry is not None:
-            yield ranked_batch(*carry, k)
+                yield ranked_batch(users[:cut], items[:cut], scores[:cut], k)
+            users, items, scores = users[cut:], items[cut:], scores[cut:]
+        if len(users):
+            yield ranked_batch(users, items, scores, k)
 
     return score
 
@@ -607,7 +613,7 @@ def profile_spark(spark: SparkSession, path: str, model_raw: bytes, scale: Scale
     }
     say(f"profile: Spark scoring ({partitions} scoring partitions), noop sink")
     for name, frame in stages.items():
-        seconds = timed(lambda f=frame: noop_write(f))[1]
+        seconds = timed(partial(noop_write, frame))[1]
         say(f"    {name:<40} {seconds:7.1f} s  {scale.rows / seconds:12,.0f} rows/s")
     profile_python(path, model_raw, scale)
 
@@ -647,54 +653,89 @@ def profile_python(path: str, model_raw: bytes, scale: Scale, rows: int = 500_00
 
 
 def profile_publish(spark: SparkSession, settings: Settings, ranked_path: str, k: int) -> None:
-    """Time the publication's parts: the Spark job without Redis, one writer, the SCAN count."""
-    import numpy as np
+    """Time the publication's parts and two alternatives (prototype writer, driver only)."""
     import pyarrow.parquet as pq
     import redis
     from pyspark.sql import functions as F
 
     from rankflow.serving import begin_version, count_users, new_version_id, write_lists
 
+    client = redis.Redis.from_url(settings.redis.url)
     ranked = spark.read.parquet(ranked_path).select("user_id", "item_ids")
-    spark_only = timed(
+    parts: dict[str, float] = {}
+    parts["Spark read, no Python"] = timed(lambda: noop_write(ranked))[1]
+    parts["Spark read + Arrow -> pandas, no Redis"] = timed(
         lambda: ranked.mapInPandas(consume_only, "rows long").agg(F.sum("rows")).first()
     )[1]
-    table = pq.read_table(ranked_path, columns=["user_id", "item_ids"])
+    table, parts["pyarrow read in the driver"] = timed(
+        lambda: pq.read_table(ranked_path, columns=["user_id", "item_ids"])
+    )
     users = table.column("user_id").to_numpy()
-    lists = table.column("item_ids").to_pandas().tolist()
-    grid = np.vstack(lists) if len({len(x) for x in lists}) == 1 else None
-    client = redis.Redis.from_url(settings.redis.url)
-    version = new_version_id(date.today())
-    begin_version(client, PREFIX, SURFACE, version, ds=date.today(), model_version="bench", k=k)
+    lists = table.column("item_ids").combine_chunks()
+    per_user = list(lists.to_numpy(zero_copy_only=False))
+    grid = lists.flatten().to_numpy().reshape(len(users), -1)
     url, batch = settings.redis.url, settings.redis.mset_batch
+    versions = [new_version_id(date.today()) for _ in range(3)]
     try:
-        per_user = timed(
-            lambda: write_lists(url, PREFIX, SURFACE, version, users, lists, mset_batch=batch)
+        for version in versions:
+            begin_version(
+                client, PREFIX, SURFACE, version, ds=date.today(), model_version="bench", k=k
+            )
+        parts["write_lists, one array per user, 1 proc"] = timed(
+            lambda: write_lists(
+                url, PREFIX, SURFACE, versions[0], users, per_user, mset_batch=batch
+            )
         )[1]
-        two_d = (
-            timed(lambda: write_lists(url, PREFIX, SURFACE, version, users, grid))[1]
-            if grid is not None
-            else float("nan")
-        )
-        counts = {
-            n: timed(lambda n=n: count_users(client, PREFIX, SURFACE, version, scan_count=n))[1]
-            for n in (1000, 10_000)
-        }
+        parts["write_lists, 2-D array, 1 process"] = timed(
+            lambda: write_lists(url, PREFIX, SURFACE, versions[1], users, grid, mset_batch=batch)
+        )[1]
+        parts["count_users, 2 versions in DB"] = timed(
+            lambda: count_users(client, PREFIX, SURFACE, versions[0])
+        )[1]
+        write_lists(url, PREFIX, SURFACE, versions[2], users, grid, mset_batch=batch)
+        parts["count_users, 3 versions in DB"] = timed(
+            lambda: count_users(client, PREFIX, SURFACE, versions[0])
+        )[1]
+        parts["  (same, SCAN COUNT 10000)"] = timed(
+            lambda: count_users(client, PREFIX, SURFACE, versions[0], scan_count=10_000)
+        )[1]
     finally:
         delete_namespace(client)
+    arrow = publish(client, settings, ranked, k, arrow=True)
+    delete_namespace(client)
+    parts["D: mapInArrow writer, write only"] = arrow.write_seconds
+    parts["D: mapInArrow writer + fallback + commit"] = arrow.write_seconds + arrow.commit_seconds
     n = len(users)
-    say(f"profile: publication parts ({n:,} users, DB size {client.dbsize():,} keys)")
-    for name, seconds in {
-        "Spark read + Arrow -> pandas, no Redis": spark_only,
-        "write_lists, one array per user, 1 proc": per_user,
-        "write_lists, 2-D array, 1 process": two_d,
-        "count_users (SCAN COUNT 1000)": counts[1000],
-        "count_users (SCAN COUNT 10000)": counts[10_000],
-    }.items():
+    say(f"profile: publication parts ({n:,} users)")
+    for name, seconds in parts.items():
         say(f"    {name:<40} {seconds:7.2f} s  {n / seconds:12,.0f} users/s")
 
 
 # --------------------------------------------------------------------------- (b) publishing
+
+
+def write_synthetic_lists(spark: SparkSession, scale: Scale, out: str) -> None:
+    """Write ``users`` top-K lists straight from Spark, shaped like ``score_candidates`` output."""
+    from pyspark.sql import functions as F
+
+    k = scale.top_k
+    slots = max(spark.sparkContext.defaultParallelism * 2, 2)
+    user = F.col("id") + FIRST_USER
+    (
+        spark.range(0, scale.users, numPartitions=slots)
+        .select(
+            user.alias("user_id"),
+            F.transform(
+                F.sequence(F.lit(0), F.lit(k - 1)),
+                lambda i: ((user * 7919 + i * ITEM_STRIDE) % ITEMS).cast("long"),
+            ).alias("item_ids"),
+            F.transform(F.sequence(F.lit(k), F.lit(1), F.lit(-1)), lambda i: i.cast("float")).alias(
+                "scores"
+            ),
+        )
+        .write.mode("overwrite")
+        .parquet(out)
+    )
 
 
 @dataclass(frozen=True)
@@ -773,23 +814,30 @@ class Publication:
     commit_seconds: float
 
 
-def publish(spark: SparkSession, settings: Settings, ranked_path: str, k: int) -> Publication:
-    """Publish the lists as a new ``rfbench:bench`` version, the way the nightly task does."""
-    import redis
+def publish(
+    client: redis.Redis, settings: Settings, ranked: DataFrame, k: int, *, arrow: bool = False
+) -> Publication:
+    """Publish lists as a new ``rfbench:bench`` version, the way the nightly task does.
+
+    ``arrow`` swaps in the prototype ``mapInArrow`` writer (see :func:`make_arrow_redis_writer`).
+    """
     from pyspark.sql import functions as F
 
     from rankflow.scoring import make_redis_writer
     from rankflow.serving import begin_version, commit_version, new_version_id, write_fallback
 
     url = settings.redis.url
-    client = redis.Redis.from_url(url)
     version = new_version_id(date.today())
     begin_version(client, PREFIX, SURFACE, version, ds=date.today(), model_version="bench", k=k)
-    writer = make_redis_writer(url, PREFIX, SURFACE, version, settings.redis.mset_batch)
-    ranked = spark.read.parquet(ranked_path).select("user_id", "item_ids")
     start = time.perf_counter()
-    totals = ranked.mapInPandas(writer, "users long, bytes long").agg(F.sum("users")).first()
-    users = int(totals[0] or 0) if totals else 0
+    if arrow:
+        writer = make_arrow_redis_writer(url, PREFIX, SURFACE, version, settings.redis.mset_batch)
+        rows = ranked.mapInArrow(writer, "users long, bytes long").collect()
+        users = sum(int(row["users"]) for row in rows)
+    else:
+        writer = make_redis_writer(url, PREFIX, SURFACE, version, settings.redis.mset_batch)
+        totals = ranked.mapInPandas(writer, "users long, bytes long").agg(F.sum("users")).first()
+        users = int(totals[0] or 0) if totals else 0
     written = time.perf_counter()
     write_fallback(client, PREFIX, SURFACE, version, list(range(k)))
     result = commit_version(client, PREFIX, SURFACE, version, expected_users=users)
@@ -797,6 +845,54 @@ def publish(spark: SparkSession, settings: Settings, ranked_path: str, k: int) -
     if result.status != "switched":
         raise RuntimeError(f"benchmark version not committed: {result}")
     return Publication(version, users, written - start, committed - written)
+
+
+def make_arrow_redis_writer(
+    redis_url: str, prefix: str, surface: str, version: str, mset_batch: int
+) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """Prototype ``mapInArrow`` writer: lists of one length go to ``write_batches`` as 2-D arrays.
+
+    The Arrow list column is read as flat values + offsets (no pandas object column of one
+    array per user), so ``encode_lists`` takes its vectorised 2-D path.
+    """
+
+    def write(batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
+        import pyarrow as pa
+
+        from rankflow.serving import write_batches
+
+        def pairs() -> Iterator[tuple[Any, Any]]:
+            for batch in batches:
+                if not batch.num_rows:
+                    continue
+                lists = batch.column("item_ids")
+                values = lists.flatten().to_numpy()
+                offsets = lists.offsets.to_numpy()
+                sizes = np.diff(offsets)
+                users = batch.column("user_id").to_numpy()
+                if (sizes == sizes[0]).all():
+                    yield users, values.reshape(len(users), int(sizes[0]))
+                else:
+                    yield users, np.split(values, (offsets[1:-1] - offsets[0]).tolist())
+
+        stats = write_batches(redis_url, prefix, surface, version, pairs(), mset_batch=mset_batch)
+        yield pa.RecordBatch.from_pydict({"users": [stats.users], "bytes": [stats.bytes]})
+
+    return write
+
+
+def warm_up_publish(client: redis.Redis, settings: Settings, ranked: DataFrame, k: int) -> None:
+    """Publish a few users once so workers and JVM code paths are warm; report the cold cost."""
+    from pyspark.sql import functions as F
+
+    few = ranked.where(F.col("user_id") < FIRST_USER + 2000)
+    cold = publish(client, settings, few, k)
+    say(
+        f"    warm-up: {cold.users:,} users in {cold.write_seconds + cold.commit_seconds:.1f} s "
+        "(first publication job of the session, not counted)"
+    )
+    delete_namespace(client)
 
 
 def bench_publish(
@@ -813,12 +909,14 @@ def bench_publish(
     stray = b"key:__rand_int__"  # the one key redis-benchmark SETs without -r
     had_stray = bool(client.exists(stray))
     delete_namespace(client)
-    users = users_in(spark, ranked_path)
+    ranked = spark.read.parquet(ranked_path).select("user_id", "item_ids")
+    users = int(ranked.count())
     rates = [redis_benchmark(url, k * 4, users) for _ in range(BENCHMARK_RUNS)]
     say(f"(b) redis-benchmark -P 16 -t set -d {k * 4} -n {users}: {rate_list(rates)} SET/s")
     try:
         say("(b) publishing: begin_version, mapInPandas(make_redis_writer), commit_version ...")
-        done = publish(spark, settings, ranked_path, k)
+        warm_up_publish(client, settings, ranked, k)
+        done = publish(client, settings, ranked, k)
         say(
             f"    {done.users:,} users: write {done.write_seconds:.2f} s + fallback and commit "
             f"{done.commit_seconds:.2f} s -> "
@@ -836,11 +934,6 @@ def bench_publish(
     return PublishResult(done.users, done.write_seconds, done.commit_seconds, rates, per_user)
 
 
-def users_in(spark: SparkSession, ranked_path: str) -> int:
-    """Return the number of ranked lists (users) written by the scoring step."""
-    return int(spark.read.parquet(ranked_path).count())
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -849,7 +942,9 @@ def verdict(value: float, target: float) -> str:
     return "PASS" if value >= target else "FAIL"
 
 
-def summary(scale: Scale, scoring: ScoringResult, published: PublishResult, total: float) -> str:
+def summary(
+    scale: Scale, scoring: ScoringResult | None, published: PublishResult, total: float
+) -> str:
     """Return the final block: the three measurements, their ratios and the verdicts."""
     payload = scale.top_k * 4
     bench_rate = statistics.median(published.benchmark_rates)
@@ -863,10 +958,14 @@ def summary(scale: Scale, scoring: ScoringResult, published: PublishResult, tota
         "=" * 78,
         f"SUMMARY  {scale.users:,} users x {scale.candidates} candidates, K={scale.top_k}, "
         f"{os.cpu_count()} cores, run {total / 60:.1f} min, load {os.getloadavg()[1]:.1f} (5 min)",
-        f"(a) scoring  Spark {scoring.rows / scoring.spark_seconds:>12,.0f} rows/s  "
-        f"reference {scoring.rows / scoring.reference_seconds:>12,.0f} rows/s  "
-        f"ratio {scoring.ratio:.3f}  target >= {TARGET_SCORING}  "
-        f"{verdict(scoring.ratio, TARGET_SCORING)}",
+        (
+            f"(a) scoring  Spark {scoring.rows / scoring.spark_seconds:>12,.0f} rows/s  "
+            f"reference {scoring.rows / scoring.reference_seconds:>12,.0f} rows/s  "
+            f"ratio {scoring.ratio:.3f}  target >= {TARGET_SCORING}  "
+            f"{verdict(scoring.ratio, TARGET_SCORING)}"
+            if scoring
+            else "(a) scoring  skipped (--publish-only)"
+        ),
         f"(b) publish  Redis {published.rate:>12,.0f} users/s  "
         f"benchmark {bench_rate:>12,.0f} SET/s   "
         f"ratio {published.ratio:.3f}  target >= {TARGET_PUBLISH}  "
@@ -908,18 +1007,23 @@ def main(argv: Sequence[str]) -> int:
     scale.workdir.mkdir(parents=True, exist_ok=True)
     ranked_path = str(scale.workdir / f"ranked-{os.getpid()}")
     spark = get_session(settings, "rankflow-bench")
+    scoring: ScoringResult | None = None
     try:
-        path = ensure_candidates(spark, scale)
-        model_raw = train_model(spark, path, scale, settings)
-        scoring = bench_scoring(spark, path, ranked_path, model_raw, scale)
+        if scale.publish_only:
+            write_synthetic_lists(spark, scale, ranked_path)
+        else:
+            path = ensure_candidates(spark, scale)
+            model_raw = train_model(spark, path, scale, settings)
+            scoring = bench_scoring(spark, path, ranked_path, model_raw, scale)
         published = bench_publish(spark, settings, ranked_path, scale.top_k)
         if scale.profile:
             profile_publish(spark, settings, ranked_path, scale.top_k)
-            profile_spark(spark, path, model_raw, scale)
+            if not scale.publish_only:
+                profile_spark(spark, path, model_raw, scale)
     finally:
         spark.stop()
         shutil.rmtree(ranked_path, ignore_errors=True)
-        if not scale.keep:
+        if not scale.keep and not scale.publish_only:
             shutil.rmtree(scale.data_dir, ignore_errors=True)
     print(summary(scale, scoring, published, time.perf_counter() - started), flush=True)
     return 0
