@@ -109,11 +109,7 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
     scored = read_run_record(settings, ds, f"score-{surface}")
     exported = read_run_record(settings, ds, f"publish-s3-{surface}")
     published = read_run_record(settings, ds, f"publish-redis-{surface}")
-    candidates = (
-        read_run_record(settings, ds, "candidates")
-        if (settings.paths.home / "runs" / f"ds={ds.isoformat()}" / "candidates.json").exists()
-        else {}
-    )
+    candidates = read_run_record(settings, ds, "candidates")
     client = redis.Redis.from_url(settings.redis.url)
     reader = RankingReader.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
     print(
@@ -141,7 +137,7 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
         "scored_users": scored["users"],
         "s3_users": exported["users"],
         "redis_users": published["users"],
-        "active_users": candidates.get("users"),
+        "active_users": candidates["users"],
         "ndcg@10": {k: v["ndcg@10"] for k, v in evaluation["table"].items()},
     }
     return figures

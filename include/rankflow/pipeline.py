@@ -381,14 +381,16 @@ def run_publish_s3(
     spark: SparkSession, settings: Settings, ds: date, surface: str, run_id: str
 ) -> dict[str, Any]:
     """Export the gold lists of ``ds`` to S3 (parts, then manifest, then pointer)."""
-    from rankflow.publish_s3 import export_as_dict, export_rankings
+    from dataclasses import asdict
+
+    from rankflow.publish_s3 import export_rankings
     from rankflow.training import read_run_record, write_run_record
 
     scored = read_run_record(settings, ds, f"score-{surface}")
     version = publication_version(ds, str(scored["model_version"]), run_id)
     ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids", "scores")
     meta = {"model_version": scored["model_version"], "top_k": scored["top_k"]}
-    result = export_as_dict(export_rankings(ranked, settings.s3, surface, ds, version, meta))
+    result = asdict(export_rankings(ranked, settings.s3, surface, ds, version, meta))
     write_run_record(settings, ds, f"publish-s3-{surface}", result)
     return result
 

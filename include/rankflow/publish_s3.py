@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -210,8 +210,3 @@ def export_rankings(
         pointer_updated=updated,
     )
     return result
-
-
-def export_as_dict(result: ExportResult) -> dict[str, Any]:
-    """Return an export result as plain data."""
-    return asdict(result)

@@ -148,7 +148,7 @@ def log_and_register(
     configure_mlflow(settings)
     training = settings.pipeline["training"]
     with mlflow.start_run(run_name=f"train-{ds.isoformat()}") as run:
-        mlflow.log_params({k: v for k, v in training["params"].items()})
+        mlflow.log_params(dict(training["params"]))
         mlflow.log_params(
             {
                 "seed": training["seed"],
