@@ -4,9 +4,10 @@ Measured in one run, on the same rows and the same model:
 
 (a) scoring rows/s through ``rankflow.scoring.score_candidates`` (Spark, ``mapInPandas``) and its
     ratio to ``Booster.inplace_predict`` over the same rows in this process (all cores);
-(b) Redis publish users/s through ``begin_version`` + ``make_redis_writer`` + ``write_fallback``
-    + ``commit_version`` and its ratio to ``redis-benchmark -P 16 -t set`` with values of the
-    same size;
+(b) Redis publish users/s through ``rankflow.publish_redis.publish_snapshot`` (the nightly
+    task's code: ``begin_version``, Spark tasks reading gold files into ``write_arrow``,
+    ``write_fallback``, ``commit_version``) and its ratio to ``redis-benchmark -P 16 -t set``
+    with values of the same size;
 (c) Redis bytes per user (``MEMORY USAGE`` sample) and its ratio to the K x 4-byte payload.
 
 It is a benchmark, not a test: it always exits 0 once it has measured, and prints PASS/FAIL
@@ -38,6 +39,7 @@ from urllib.parse import urlparse
 
 from rankflow.config import Settings, load_settings
 from rankflow.features import ITEM_FEATURES, MODEL_FEATURES, USER_FEATURES
+from rankflow.gold import GoldSnapshot
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,7 +56,10 @@ FIRST_USER = 10_000_000
 ITEMS = 2_000_000
 ITEM_STRIDE = 104_729  # a prime: (user * 7919 + c * stride) % ITEMS is distinct for c < ITEMS
 TRAIN_USERS = 1_000
+BENCH_DS = date(2024, 1, 31)
+WARM_UP_SURFACE = "warmup"
 BENCHMARK_RUNS = 3  # redis-benchmark runs before and after the publication (median of all)
+PUBLISH_RUNS = 3  # publications of the same snapshot, each into a fresh version (median)
 
 
 @dataclass(frozen=True)
@@ -490,19 +495,23 @@ def ranked_batch(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: in
     import numpy as np
     import pyarrow as pa
 
+    from rankflow.serving import encode_list_array
+
     order = np.lexsort((items, -scores, users))
     users, items, scores = users[order], items[order], scores[order]
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     sizes = np.diff(np.r_[starts, len(users)])
     keep = np.arange(len(users)) - np.repeat(starts, sizes) < k
     offsets = pa.array(np.r_[0, np.cumsum(np.minimum(sizes, k))].astype(np.int32))
+    lists = pa.ListArray.from_arrays(offsets, pa.array(items[keep]))
     return pa.RecordBatch.from_arrays(
         [
             pa.array(users[starts]),
-            pa.ListArray.from_arrays(offsets, pa.array(items[keep])),
+            lists,
             pa.ListArray.from_arrays(offsets, pa.array(scores[keep].astype(np.float32))),
+            encode_list_array(lists),
         ],
-        names=["user_id", "item_ids", "scores"],
+        names=["user_id", "item_ids", "scores", "items_u32le"],
     )
 
 
@@ -652,62 +661,34 @@ def profile_python(path: str, model_raw: bytes, scale: Scale, rows: int = 500_00
         say(f"    {name:<40} {seconds / n * 1e6:7.2f} us/row")
 
 
-def profile_publish(spark: SparkSession, settings: Settings, ranked_path: str, k: int) -> None:
-    """Time the publication's parts and two alternatives (prototype writer, driver only)."""
-    import pyarrow.parquet as pq
-    import redis
-    from pyspark.sql import functions as F
+def profile_publish(settings: Settings, snapshot: GoldSnapshot) -> None:
+    """Time the writer's parts in this process: reading the gold files, and building commands."""
+    from rankflow.publish_redis import read_list_file
+    from rankflow.serving import encode_list_array, mset_arguments, mset_commands, user_key_array
 
-    from rankflow.serving import begin_version, count_users, new_version_id, write_lists
+    locations = [location for location, _ in snapshot.locations()]
 
-    client = redis.Redis.from_url(settings.redis.url)
-    ranked = spark.read.parquet(ranked_path).select("user_id", "item_ids")
-    parts: dict[str, float] = {}
-    parts["Spark read, no Python"] = timed(lambda: noop_write(ranked))[1]
-    parts["Spark read + Arrow -> pandas, no Redis"] = timed(
-        lambda: ranked.mapInPandas(consume_only, "rows long").agg(F.sum("rows")).first()
-    )[1]
-    table, parts["pyarrow read in the driver"] = timed(
-        lambda: pq.read_table(ranked_path, columns=["user_id", "item_ids"])
-    )
-    users = table.column("user_id").to_numpy()
-    lists = table.column("item_ids").combine_chunks()
-    per_user = list(lists.to_numpy(zero_copy_only=False))
-    grid = lists.flatten().to_numpy().reshape(len(users), -1)
-    url, batch = settings.redis.url, settings.redis.mset_batch
-    versions = [new_version_id(date.today()) for _ in range(3)]
-    try:
-        for version in versions:
-            begin_version(
-                client, PREFIX, SURFACE, version, ds=date.today(), model_version="bench", k=k
-            )
-        parts["write_lists, one array per user, 1 proc"] = timed(
-            lambda: write_lists(
-                url, PREFIX, SURFACE, versions[0], users, per_user, mset_batch=batch
-            )
-        )[1]
-        parts["write_lists, 2-D array, 1 process"] = timed(
-            lambda: write_lists(url, PREFIX, SURFACE, versions[1], users, grid, mset_batch=batch)
-        )[1]
-        parts["count_users, 2 versions in DB"] = timed(
-            lambda: count_users(client, PREFIX, SURFACE, versions[0])
-        )[1]
-        write_lists(url, PREFIX, SURFACE, versions[2], users, grid, mset_batch=batch)
-        parts["count_users, 3 versions in DB"] = timed(
-            lambda: count_users(client, PREFIX, SURFACE, versions[0])
-        )[1]
-        parts["  (same, SCAN COUNT 10000)"] = timed(
-            lambda: count_users(client, PREFIX, SURFACE, versions[0], scan_count=10_000)
-        )[1]
-    finally:
-        delete_namespace(client)
-    arrow = publish(client, settings, ranked, k, arrow=True)
-    delete_namespace(client)
-    parts["D: mapInArrow writer, write only"] = arrow.write_seconds
-    parts["D: mapInArrow writer + fallback + commit"] = arrow.write_seconds + arrow.commit_seconds
-    n = len(users)
-    say(f"profile: publication parts ({n:,} users)")
-    for name, seconds in parts.items():
+    def read_all() -> list[Any]:
+        return [batch for location in locations for batch in read_list_file(location)]
+
+    batches, read_seconds = timed(read_all)
+
+    def build_all() -> int:
+        sent = 0
+        for batch in batches:
+            keys = user_key_array(PREFIX, SURFACE, "profile", batch.column("user_id"))
+            values = encode_list_array(batch.column("item_ids"))
+            args = mset_arguments(keys, values)
+            sent += sum(1 for _ in mset_commands(args, settings.redis.mset_batch))
+        return sent
+
+    commands, build_seconds = timed(build_all)
+    n = snapshot.users
+    say(f"profile: writer parts, one process, {n:,} users, {len(locations)} files")
+    for name, seconds in [
+        ("pyarrow read of the gold files", read_seconds),
+        (f"keys + values + RESP, {commands} MSETs", build_seconds),
+    ]:
         say(f"    {name:<40} {seconds:7.2f} s  {n / seconds:12,.0f} users/s")
 
 
@@ -738,20 +719,36 @@ def write_synthetic_lists(spark: SparkSession, scale: Scale, out: str) -> None:
     )
 
 
+def make_gold(spark: SparkSession, ranked_path: str, gold_path: str) -> GoldSnapshot:
+    """Store the ranked lists as a gold Delta partition, the way the score step does."""
+    from pyspark.sql import functions as F
+
+    from rankflow.gold import write_gold
+    from rankflow.scoring import RANKED_SCHEMA
+
+    ranked = spark.read.parquet(ranked_path)
+    if "items_u32le" not in ranked.columns:  # the synthetic lists of --publish-only
+        ranked = ranked.mapInArrow(with_encoded_lists, RANKED_SCHEMA)
+    gold = ranked.select("*", F.lit(BENCH_DS).alias("ds"), F.lit(SURFACE).alias("surface"))
+    return write_gold(gold, gold_path, BENCH_DS, SURFACE)
+
+
+def with_encoded_lists(batches: Iterator[Any]) -> Iterator[Any]:
+    """Add the ``items_u32le`` column the scorer writes to lists made without the scorer."""
+    from rankflow.serving import encode_list_array
+
+    for batch in batches:
+        yield batch.append_column("items_u32le", encode_list_array(batch.column("item_ids")))
+
+
 @dataclass(frozen=True)
 class PublishResult:
     """Users/s of the real publication and of redis-benchmark, plus memory per user."""
 
     users: int
-    write_seconds: float
-    commit_seconds: float
+    seconds: float
     benchmark_rates: list[float]
     bytes_per_user: float | None
-
-    @property
-    def seconds(self) -> float:
-        """Return the write + fallback + commit time."""
-        return self.write_seconds + self.commit_seconds
 
     @property
     def rate(self) -> float:
@@ -789,12 +786,12 @@ def rate_list(rates: Sequence[float]) -> str:
 
 
 def delete_namespace(client: redis.Redis) -> int:
-    """Delete every key under ``rfbench:bench:`` (the benchmark's versions); return the count."""
+    """Delete every key under ``rfbench:`` (the benchmark's versions); return the count."""
     from rankflow.serving.redis_store import scan_keys
 
     deleted = 0
     batch: list[bytes] = []
-    for key in scan_keys(client, f"{PREFIX}:{SURFACE}:*"):
+    for key in scan_keys(client, f"{PREFIX}:*"):
         batch.append(key)
         if len(batch) == 1000:
             deleted += int(client.unlink(*batch))
@@ -810,95 +807,70 @@ class Publication:
 
     version: str
     users: int
-    write_seconds: float
-    commit_seconds: float
+    seconds: float
 
 
 def publish(
-    client: redis.Redis, settings: Settings, ranked: DataFrame, k: int, *, arrow: bool = False
+    spark: SparkSession, client: redis.Redis, settings: Settings, snapshot: GoldSnapshot, k: int
 ) -> Publication:
-    """Publish lists as a new ``rfbench:bench`` version, the way the nightly task does.
+    """Publish a gold snapshot as a new ``rfbench:bench`` version with the nightly task's code."""
+    from rankflow.publish_redis import publish_snapshot
+    from rankflow.serving import new_version_id
 
-    ``arrow`` swaps in the prototype ``mapInArrow`` writer (see :func:`make_arrow_redis_writer`).
-    """
-    from pyspark.sql import functions as F
-
-    from rankflow.scoring import make_redis_writer
-    from rankflow.serving import begin_version, commit_version, new_version_id, write_fallback
-
-    url = settings.redis.url
-    version = new_version_id(date.today())
-    begin_version(client, PREFIX, SURFACE, version, ds=date.today(), model_version="bench", k=k)
+    version = new_version_id(BENCH_DS)
     start = time.perf_counter()
-    if arrow:
-        writer = make_arrow_redis_writer(url, PREFIX, SURFACE, version, settings.redis.mset_batch)
-        rows = ranked.mapInArrow(writer, "users long, bytes long").collect()
-        users = sum(int(row["users"]) for row in rows)
-    else:
-        writer = make_redis_writer(url, PREFIX, SURFACE, version, settings.redis.mset_batch)
-        totals = ranked.mapInPandas(writer, "users long, bytes long").agg(F.sum("users")).first()
-        users = int(totals[0] or 0) if totals else 0
-    written = time.perf_counter()
-    write_fallback(client, PREFIX, SURFACE, version, list(range(k)))
-    result = commit_version(client, PREFIX, SURFACE, version, expected_users=users)
-    committed = time.perf_counter()
-    if result.status != "switched":
-        raise RuntimeError(f"benchmark version not committed: {result}")
-    return Publication(version, users, written - start, committed - written)
+    done = publish_snapshot(
+        spark,
+        client,
+        settings.redis.url,
+        snapshot,
+        prefix=PREFIX,
+        surface=SURFACE,
+        version=version,
+        ds=BENCH_DS,
+        model_version="bench",
+        k=k,
+        fallback=list(range(k)),
+        mset_batch=settings.redis.mset_batch,
+    )
+    seconds = time.perf_counter() - start
+    if done.result.status != "switched":
+        raise RuntimeError(f"benchmark version not committed: {done.result}")
+    return Publication(version, done.users, seconds)
 
 
-def make_arrow_redis_writer(
-    redis_url: str, prefix: str, surface: str, version: str, mset_batch: int
-) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """Prototype ``mapInArrow`` writer: lists of one length go to ``write_batches`` as 2-D arrays.
+def warm_up_publish(
+    spark: SparkSession, client: redis.Redis, settings: Settings, gold_path: str, k: int
+) -> None:
+    """Publish a small gold partition first so every Python worker is started; report its cost.
 
-    The Arrow list column is read as flat values + offsets (no pandas object column of one
-    array per user), so ``encode_lists`` takes its vectorised 2-D path.
+    A nightly publish task is a fresh ``spark-submit`` and pays this once; the measurement
+    below is the steady rate.
     """
-
-    def write(batches: Iterator[Any]) -> Iterator[Any]:
-        import numpy as np
-        import pyarrow as pa
-
-        from rankflow.serving import write_batches
-
-        def pairs() -> Iterator[tuple[Any, Any]]:
-            for batch in batches:
-                if not batch.num_rows:
-                    continue
-                lists = batch.column("item_ids")
-                values = lists.flatten().to_numpy()
-                offsets = lists.offsets.to_numpy()
-                sizes = np.diff(offsets)
-                users = batch.column("user_id").to_numpy()
-                if (sizes == sizes[0]).all():
-                    yield users, values.reshape(len(users), int(sizes[0]))
-                else:
-                    yield users, np.split(values, (offsets[1:-1] - offsets[0]).tolist())
-
-        stats = write_batches(redis_url, prefix, surface, version, pairs(), mset_batch=mset_batch)
-        yield pa.RecordBatch.from_pydict({"users": [stats.users], "bytes": [stats.bytes]})
-
-    return write
-
-
-def warm_up_publish(client: redis.Redis, settings: Settings, ranked: DataFrame, k: int) -> None:
-    """Publish a few users once so workers and JVM code paths are warm; report the cold cost."""
     from pyspark.sql import functions as F
 
-    few = ranked.where(F.col("user_id") < FIRST_USER + 2000)
-    cold = publish(client, settings, few, k)
+    from rankflow.gold import write_gold
+
+    few = (
+        spark.read.format("delta")
+        .load(gold_path)
+        .where(F.col("user_id") < FIRST_USER + 2000)
+        .withColumn("surface", F.lit(WARM_UP_SURFACE))
+        .repartition(spark.sparkContext.defaultParallelism)  # one file per worker to warm
+    )
+    snapshot = write_gold(few, gold_path, BENCH_DS, WARM_UP_SURFACE)
+    cold = publish(spark, client, settings, snapshot, k)
     say(
-        f"    warm-up: {cold.users:,} users in {cold.write_seconds + cold.commit_seconds:.1f} s "
+        f"    warm-up: {cold.users:,} users in {cold.seconds:.1f} s "
         "(first publication job of the session, not counted)"
     )
     delete_namespace(client)
 
 
 def bench_publish(
-    spark: SparkSession, settings: Settings, ranked_path: str, k: int
+    spark: SparkSession, settings: Settings, gold_path: str, snapshot: GoldSnapshot, k: int
 ) -> PublishResult:
-    """Measure (b) and (c): Spark -> Redis publication between two redis-benchmark runs."""
+    """Measure (b) and (c): gold -> Redis publication between two redis-benchmark runs."""
     import redis
 
     from rankflow.serving import bytes_per_user
@@ -909,19 +881,28 @@ def bench_publish(
     stray = b"key:__rand_int__"  # the one key redis-benchmark SETs without -r
     had_stray = bool(client.exists(stray))
     delete_namespace(client)
-    ranked = spark.read.parquet(ranked_path).select("user_id", "item_ids")
-    users = int(ranked.count())
+    users = snapshot.users
     rates = [redis_benchmark(url, k * 4, users) for _ in range(BENCHMARK_RUNS)]
     say(f"(b) redis-benchmark -P 16 -t set -d {k * 4} -n {users}: {rate_list(rates)} SET/s")
     try:
-        say("(b) publishing: begin_version, mapInPandas(make_redis_writer), commit_version ...")
-        warm_up_publish(client, settings, ranked, k)
-        done = publish(client, settings, ranked, k)
         say(
-            f"    {done.users:,} users: write {done.write_seconds:.2f} s + fallback and commit "
-            f"{done.commit_seconds:.2f} s -> "
-            f"{done.users / (done.write_seconds + done.commit_seconds):,.0f} users/s"
+            f"(b) publishing {len(snapshot.files)} gold files: begin_version, Spark tasks "
+            "(pyarrow -> write_arrow), write_fallback, commit_version ..."
         )
+        warm_up_publish(spark, client, settings, gold_path, k)
+        runs = []
+        for run in range(PUBLISH_RUNS):
+            if run:
+                delete_namespace(client)
+            runs.append(publish(spark, client, settings, snapshot, k))
+        say(
+            "    "
+            + " / ".join(f"{r.seconds:.2f} s" for r in runs)
+            + f" for {snapshot.users:,} users"
+        )
+        done = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+        rate = done.users / done.seconds
+        say(f"    median {done.seconds:.2f} s -> {rate:,.0f} users/s")
         after = [redis_benchmark(url, k * 4, users) for _ in range(BENCHMARK_RUNS)]
         say(f"(b) redis-benchmark again: {rate_list(after)} SET/s")
         rates += after
@@ -930,8 +911,8 @@ def bench_publish(
         removed = delete_namespace(client)
         if not had_stray:
             client.delete(stray)
-        say(f"    cleanup: deleted {removed:,} keys under {PREFIX}:{SURFACE}:")
-    return PublishResult(done.users, done.write_seconds, done.commit_seconds, rates, per_user)
+        say(f"    cleanup: deleted {removed:,} keys under {PREFIX}:")
+    return PublishResult(done.users, done.seconds, rates, per_user)
 
 
 # --------------------------------------------------------------------------- report
@@ -1006,6 +987,7 @@ def main(argv: Sequence[str]) -> int:
     describe(scale, settings)
     scale.workdir.mkdir(parents=True, exist_ok=True)
     ranked_path = str(scale.workdir / f"ranked-{os.getpid()}")
+    gold_path = str(scale.workdir / f"gold-{os.getpid()}")
     spark = get_session(settings, "rankflow-bench")
     scoring: ScoringResult | None = None
     try:
@@ -1015,14 +997,16 @@ def main(argv: Sequence[str]) -> int:
             path = ensure_candidates(spark, scale)
             model_raw = train_model(spark, path, scale, settings)
             scoring = bench_scoring(spark, path, ranked_path, model_raw, scale)
-        published = bench_publish(spark, settings, ranked_path, scale.top_k)
+        snapshot = make_gold(spark, ranked_path, gold_path)
+        published = bench_publish(spark, settings, gold_path, snapshot, scale.top_k)
         if scale.profile:
-            profile_publish(spark, settings, ranked_path, scale.top_k)
+            profile_publish(settings, snapshot)
             if not scale.publish_only:
                 profile_spark(spark, path, model_raw, scale)
     finally:
         spark.stop()
         shutil.rmtree(ranked_path, ignore_errors=True)
+        shutil.rmtree(gold_path, ignore_errors=True)
         if not scale.keep and not scale.publish_only:
             shutil.rmtree(scale.data_dir, ignore_errors=True)
     print(summary(scale, scoring, published, time.perf_counter() - started), flush=True)

@@ -329,6 +329,7 @@ def run_score(
     """Score every candidate with ``model`` (alias or version) and write top-K lists to gold."""
     from pyspark.sql import functions as F
 
+    from rankflow.gold import write_gold
     from rankflow.scoring import fallback_list, score_candidates
     from rankflow.training import load_model, write_run_record
 
@@ -341,23 +342,16 @@ def run_score(
         .withColumn("surface", F.lit(surface))
         .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
     )
-    path = settings.paths.table("gold/rankings")
-    (
-        gold.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"ds = DATE'{ds.isoformat()}' AND surface = '{surface}'")
-        .partitionBy("ds", "surface")
-        .save(path)
-    )
+    snapshot = write_gold(gold, settings.paths.table("gold/rankings"), ds, surface)
     fallback = fallback_list(read_features(spark, settings, ds).items, top_k)
-    users = read_ranked(spark, settings, ds, surface).count()
     record = {
         "ds": ds.isoformat(),
         "surface": surface,
         "model_version": model_version,
         "top_k": top_k,
-        "users": users,
+        "users": snapshot.users,
         "fallback": fallback,
+        "gold": snapshot.as_record(),
     }
     write_run_record(settings, ds, f"score-{surface}", record)
     return record
@@ -370,11 +364,17 @@ def read_ranked(spark: SparkSession, settings: Settings, ds: date, surface: str)
     return read_partition(spark, settings, "gold/rankings", ds).where(F.col("surface") == surface)
 
 
-def publication_version(ds: date, model_version: str, run_id: str) -> str:
-    """Return the id shared by the S3 export and the Redis version of one run (same on retry)."""
+def publication_version(scored: dict[str, Any], run_id: str) -> str:
+    """Return the id shared by the S3 export and the Redis version of one run (same on retry).
+
+    It names the run, the model and the gold commit, so re-scoring within a run publishes a
+    fresh version instead of writing over the keys of the earlier attempt.
+    """
     from rankflow.serving import new_version_id
 
-    return new_version_id(ds, f"{run_id}|model={model_version}")
+    ds = date.fromisoformat(str(scored["ds"]))
+    gold = scored.get("gold", {}).get("commit")
+    return new_version_id(ds, f"{run_id}|model={scored['model_version']}|gold={gold}")
 
 
 def run_publish_s3(
@@ -387,7 +387,7 @@ def run_publish_s3(
     from rankflow.training import read_run_record, write_run_record
 
     scored = read_run_record(settings, ds, f"score-{surface}")
-    version = publication_version(ds, str(scored["model_version"]), run_id)
+    version = publication_version(scored, run_id)
     ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids", "scores")
     meta = {"model_version": scored["model_version"], "top_k": scored["top_k"]}
     result = asdict(export_rankings(ranked, settings.s3, surface, ds, version, meta))
@@ -400,22 +400,21 @@ def run_publish_redis(
 ) -> dict[str, Any]:
     """Write the gold lists of ``ds`` as a new Redis version, check it, switch readers to it."""
     import redis
-    from pyspark.sql import functions as F
 
-    from rankflow.scoring import make_redis_writer
+    from rankflow.gold import GoldSnapshot, check_unchanged
+    from rankflow.publish_redis import publish_snapshot, sample_user
     from rankflow.serving import (
         VersionNotWritableError,
-        begin_version,
         bytes_per_user,
-        commit_version,
         current_key,
         expire_old_versions,
-        write_fallback,
     )
     from rankflow.training import read_run_record, write_run_record
 
     scored = read_run_record(settings, ds, f"score-{surface}")
-    version = publication_version(ds, str(scored["model_version"]), run_id)
+    snapshot = GoldSnapshot.from_record(scored["gold"])
+    check_unchanged(snapshot, ds, surface)
+    version = publication_version(scored, run_id)
     prefix = settings.redis.key_prefix
     client = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5)
     try:
@@ -426,47 +425,40 @@ def run_publish_redis(
             "RANKFLOW_REDIS_URL. Nothing was published."
         ) from error
     try:
-        begin_version(
+        published = publish_snapshot(
+            spark,
             client,
-            prefix,
-            surface,
-            version,
+            settings.redis.url,
+            snapshot,
+            prefix=prefix,
+            surface=surface,
+            version=version,
             ds=ds,
             model_version=str(scored["model_version"]),
             k=int(scored["top_k"]),
+            fallback=scored["fallback"],
+            mset_batch=settings.redis.mset_batch,
         )
     except VersionNotWritableError:
         current = client.get(current_key(prefix, surface))
         if (current.decode() if isinstance(current, bytes) else current) != version:
             raise
         return read_run_record(settings, ds, f"publish-redis-{surface}")  # a retry after success
-    ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids")
-    writer = make_redis_writer(
-        settings.redis.url, prefix, surface, version, settings.redis.mset_batch
-    )
-    totals = (
-        ranked.mapInPandas(writer, "users long, bytes long")
-        .agg(F.sum("users").alias("users"), F.sum("bytes").alias("bytes"))
-        .first()
-    )
-    users = int(totals["users"] or 0) if totals else 0
-    write_fallback(client, prefix, surface, version, scored["fallback"])
-    result = commit_version(client, prefix, surface, version, expected_users=users)
     expired = expire_old_versions(
         client, prefix, surface, ttl_seconds=settings.redis.old_version_ttl_seconds
     )
-    sample = ranked.select("user_id").limit(1).collect()
     record = {
         "ds": ds.isoformat(),
         "surface": surface,
         "version": version,
-        "status": result.status,
-        "reason": result.reason,
-        "users": users,
-        "value_bytes": int(totals["bytes"] or 0) if totals else 0,
+        "status": published.result.status,
+        "reason": published.result.reason,
+        "users": published.users,
+        "value_bytes": published.value_bytes,
+        "gold_files": published.files,
         "bytes_per_user": bytes_per_user(client, prefix, surface, version),
         "expired_versions": expired.versions,
-        "sample_user": int(sample[0][0]) if sample else None,
+        "sample_user": sample_user(snapshot),
         "model_version": scored["model_version"],
     }
     write_run_record(settings, ds, f"publish-redis-{surface}", record)

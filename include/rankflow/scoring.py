@@ -13,16 +13,21 @@ if TYPE_CHECKING:
     import xgboost as xgb
     from pyspark.sql import DataFrame
 
-RANKED_SCHEMA = "user_id long, item_ids array<long>, scores array<float>"
+RANKED_SCHEMA = "user_id long, item_ids array<long>, scores array<float>, items_u32le binary"
 _BOOSTERS: dict[str, xgb.Booster] = {}
 
 
 def top_k_per_user(
     user_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray, k: int
 ) -> pd.DataFrame:
-    """Return one row per user with its ``k`` best items by score (ties: smaller item id first)."""
+    """Return one row per user with its ``k`` best items by score (ties: smaller item id first).
+
+    ``items_u32le`` holds each list already encoded as the Redis value, so publishing is a copy.
+    """
     import numpy as np
     import pandas as pd
+
+    from rankflow.serving import encode_runs
 
     order = np.lexsort((item_ids, -scores, user_ids))
     users, items, ranked = user_ids[order], item_ids[order], scores[order]
@@ -37,6 +42,7 @@ def top_k_per_user(
             "user_id": kept_users[bounds],
             "item_ids": np.split(kept_items, bounds[1:]),
             "scores": np.split(kept_scores.astype("float32"), bounds[1:]),
+            "items_u32le": encode_runs(kept_items, bounds),
         }
     )
 
@@ -114,20 +120,3 @@ def fallback_list(items: DataFrame, k: int) -> list[int]:
         .collect()
     )
     return [int(row[0]) for row in rows]
-
-
-def make_redis_writer(
-    redis_url: str, prefix: str, surface: str, version: str, mset_batch: int
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """Build the ``mapInPandas`` function that writes each partition's lists to a version."""
-
-    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import pandas as pd
-
-        from rankflow.serving import write_batches
-
-        pairs = ((b["user_id"].to_numpy(), list(b["item_ids"])) for b in batches if len(b))
-        stats = write_batches(redis_url, prefix, surface, version, pairs, mset_batch=mset_batch)
-        yield pd.DataFrame({"users": [stats.users], "bytes": [stats.bytes]})
-
-    return write

@@ -30,15 +30,17 @@ from rankflow.serving import (
     current_key,
     expire_old_versions,
     fallback_key,
+    list_batch,
     meta_key,
     new_version_id,
+    parts_key,
     previous_key,
     rollback,
     status,
     surface_status,
     user_key,
     versions_key,
-    write_batches,
+    write_arrow,
     write_fallback,
     write_lists,
 )
@@ -203,13 +205,13 @@ def test_readers_see_old_or_new_lists_never_a_mix_during_the_switch(
             redis_client, PREFIX, SURFACE, v2, ds=date(2024, 1, 6), model_version="8", k=10
         )
 
-        def slow_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def slow_batches() -> Iterator[Any]:
             for start in range(0, len(users), 40):
                 time.sleep(0.02)  # let the readers run while the version is half written
-                yield users[start : start + 40], new[start : start + 40]
+                yield list_batch(users[start : start + 40], new[start : start + 40])
 
         at_begin = [len(a) for a in answers]
-        written = write_batches(redis_url, PREFIX, SURFACE, v2, slow_batches(), mset_batch=16)
+        written = write_arrow(redis_url, PREFIX, SURFACE, v2, slow_batches(), mset_batch=16)
         write_fallback(redis_client, PREFIX, SURFACE, v2, [2, 2])
         before_commit = [len(a) for a in answers]
         result = commit_version(redis_client, PREFIX, SURFACE, v2, written.users)
@@ -516,18 +518,22 @@ def test_writers_take_batches_like_spark_partitions(
     begin_version(
         redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=3
     )
-    frames = [  # what mapInPandas hands over: user ids and a column of arrays of any length
+    frames = [  # user ids and a column of arrays of any length
         pd.DataFrame({"user_id": [1, 2], "items": [np.array([5, 6, 7]), np.array([8])]}),
         pd.DataFrame({"user_id": pd.Series([], dtype="int64"), "items": []}),
         pd.DataFrame({"user_id": [3], "items": [np.array([], dtype=np.int32)]}),
     ]
     partitions = [
-        write_batches(
-            redis_url, PREFIX, SURFACE, version, ((f["user_id"].to_numpy(), f["items"].tolist()),)
+        write_arrow(
+            redis_url,
+            PREFIX,
+            SURFACE,
+            version,
+            [list_batch(f["user_id"].to_numpy(), f["items"].tolist())],
         )
         for f in frames
     ]
-    empty = write_batches(redis_url, PREFIX, SURFACE, version, [])
+    empty = write_arrow(redis_url, PREFIX, SURFACE, version, [])
     write_fallback(redis_client, PREFIX, SURFACE, version, [100, 101])
     total = sum(partitions, WriteStats())
     result = commit_version(redis_client, PREFIX, SURFACE, version, total.users)
@@ -548,7 +554,7 @@ def test_a_bad_batch_fails_the_writer(redis_client: redis.Redis, redis_url: str)
         redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=3
     )
 
-    with pytest.raises(ValueError, match="2 user ids but 1 lists in a batch"):
+    with pytest.raises(ValueError, match="2 user ids but 1 lists"):
         write_lists(redis_url, PREFIX, SURFACE, version, [1, 2], [[1]])
     with pytest.raises(ValueError, match="fit in uint32"):
         write_lists(redis_url, PREFIX, SURFACE, version, [1], [[2**32]])
@@ -598,3 +604,95 @@ def test_count_users_counts_one_version_only(redis_client: redis.Redis, redis_ur
     assert count_users(redis_client, PREFIX, SURFACE, v1) == 1234
     assert count_users(redis_client, PREFIX, SURFACE, v2) == 1000
     assert count_users(redis_client, PREFIX, SURFACE, "20240107-none") == 0
+
+
+def write_parts(
+    url: str, version: str, users: np.ndarray, items: np.ndarray, parts: int
+) -> dict[str, int]:
+    """Write the lists in ``parts`` acknowledged pieces, as the Spark tasks do per gold file."""
+    expected = {}
+    for index, chunk in enumerate(np.array_split(np.arange(len(users)), parts)):
+        name = f"part-{index}"
+        stats = write_lists(url, PREFIX, SURFACE, version, users[chunk], items[chunk], part=name)
+        expected[name] = stats.users
+    return expected
+
+
+def test_acknowledged_parts_let_the_commit_skip_the_key_scan(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    users, items = make_lists(40, users=900)
+    version = new_version_id(date(2024, 1, 5))
+    begin_version(
+        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10
+    )
+    parts = write_parts(redis_url, version, users, items, 3)
+    write_fallback(redis_client, PREFIX, SURFACE, version, [1])
+    policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+
+    result = commit_version(redis_client, PREFIX, SURFACE, version, 900, expected_parts=parts)
+
+    assert policy == "noeviction"
+    assert result.status == "switched"
+    assert redis_client.hgetall(parts_key(PREFIX, SURFACE, version)) == {
+        b"part-0": b"300",
+        b"part-1": b"300",
+        b"part-2": b"300",
+    }
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("missing", r"missing \['part-2'\]"),
+        ("short", r"other counts \['part-1'\]"),
+        ("extra", "1 unexpected"),
+        ("total", "add up to 900 users, not 901"),
+    ],
+)
+def test_a_missing_or_wrong_acknowledgement_refuses_the_switch(
+    redis_client: redis.Redis, redis_url: str, tamper: str, message: str
+) -> None:
+    users, items = make_lists(41, users=900)
+    v1, _ = publish(redis_client, redis_url, date(2024, 1, 4), users, items, [1])
+    version = new_version_id(date(2024, 1, 5))
+    begin_version(
+        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10
+    )
+    parts = write_parts(redis_url, version, users, items, 3)
+    write_fallback(redis_client, PREFIX, SURFACE, version, [1])
+    acks = parts_key(PREFIX, SURFACE, version)
+    expected_users = 900
+    if tamper == "missing":  # a writer died before acknowledging its part
+        redis_client.hdel(acks, "part-2")
+    elif tamper == "short":  # a part acknowledged fewer users than its file holds
+        redis_client.hset(acks, "part-1", 299)
+    elif tamper == "extra":  # a writer of another snapshot wrote into this version
+        redis_client.hset(acks, "part-9", 5)
+    else:
+        expected_users = 901
+
+    with pytest.raises(VersionCheckError, match=message):
+        commit_version(redis_client, PREFIX, SURFACE, version, expected_users, expected_parts=parts)
+    assert redis_client.get(current_key(PREFIX, SURFACE)) == v1.encode()
+
+
+def test_an_evicting_server_is_checked_by_scanning_keys(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    users, items = make_lists(42, users=600)
+    version = new_version_id(date(2024, 1, 5))
+    begin_version(
+        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10
+    )
+    parts = write_parts(redis_url, version, users, items, 2)
+    write_fallback(redis_client, PREFIX, SURFACE, version, [1])
+    redis_client.delete(user_key(PREFIX, SURFACE, version, int(users[0])))  # "evicted"
+    policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    redis_client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(VersionCheckError, match="has 599 user keys in Redis"):
+            commit_version(redis_client, PREFIX, SURFACE, version, 600, expected_parts=parts)
+    finally:
+        redis_client.config_set("maxmemory-policy", policy)
+    assert redis_client.get(current_key(PREFIX, SURFACE)) is None

@@ -6,6 +6,7 @@ import re
 from datetime import date
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from rankflow.serving import redis_store as rs
@@ -38,13 +39,14 @@ def test_version_keys_are_exact() -> None:
     ],
 )
 def test_bulk_user_keys_match_the_single_key_function(user_ids: object) -> None:
-    bulk = rs.user_keys("rf", "home", "v1", user_ids)
+    bulk = rs.user_key_array("rf", "home", "v1", pa.array(np.asarray(user_ids))).to_pylist()
     single = [rs.user_key("rf", "home", "v1", u).encode() for u in np.asarray(user_ids).tolist()]
     assert bulk == single
 
 
 def test_integer_user_ids_are_plain_decimal_whatever_their_dtype() -> None:
-    assert rs.user_keys("rf", "s", "v", np.array([12], dtype=np.int16)) == [b"rf:s:v:v:u:12"]
+    ids = pa.array(np.array([12], dtype=np.int16))
+    assert rs.user_key_array("rf", "s", "v", ids).to_pylist() == [b"rf:s:v:v:u:12"]
     assert rs.user_id_text(np.int64(-5)) == "-5"
     assert rs.user_id_text(np.uint64(2**63)) == str(2**63)
 
@@ -65,9 +67,17 @@ def test_key_segments_reject_separators_and_glob_characters(bad: str) -> None:
         rs.namespace(bad, "home")
 
 
-def test_user_keys_reject_two_dimensional_ids() -> None:
-    with pytest.raises(ValueError, match="one-dimensional"):
-        rs.user_keys("rf", "home", "v", np.zeros((2, 2), dtype=np.int64))
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (pa.array([1, None]), "must not be null"),
+        (pa.array(["a", ""]), "must not be empty"),
+        (pa.array([1.5]), "integers or strings"),
+    ],
+)
+def test_bulk_user_keys_reject_bad_ids(ids: pa.Array, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rs.user_key_array("rf", "home", "v", ids)
 
 
 def test_items_are_little_endian_uint32_in_rank_order() -> None:
@@ -114,47 +124,84 @@ def test_decode_rejects_a_value_that_is_not_whole_uint32s() -> None:
         rs.decode_items(b"\x01\x00\x00")
 
 
+def encoded(item_lists: object) -> list[bytes]:
+    """Encode lists the way the writers do: Arrow list column -> u32le binary column."""
+    return rs.encode_list_array(
+        rs.list_batch(np.arange(len(item_lists)), item_lists).column(1)
+    ).to_pylist()  # type: ignore[arg-type]
+
+
 def test_bulk_encoding_of_a_matrix_matches_row_by_row() -> None:
     rng = np.random.default_rng(1)
     matrix = rng.integers(0, 2**32, size=(50, 7), dtype=np.uint64)
-    assert rs.encode_lists(matrix) == [rs.encode_items(row) for row in matrix]
+    assert encoded(matrix) == [rs.encode_items(row) for row in matrix]
 
 
 def test_bulk_encoding_of_ragged_lists_matches_one_by_one() -> None:
     lists = [[5, 4, 3], [], np.array([2**32 - 1], dtype=np.int64), [0, 0]]
-    assert rs.encode_lists(lists) == [rs.encode_items(row) for row in lists]
-    assert [rs.decode_items(v) for v in rs.encode_lists(lists)] == [
-        [5, 4, 3],
-        [],
-        [2**32 - 1],
-        [0, 0],
+    assert encoded(lists) == [rs.encode_items(row) for row in lists]
+    assert [rs.decode_items(v) for v in encoded(lists)] == [[5, 4, 3], [], [2**32 - 1], [0, 0]]
+
+
+def test_bulk_encoding_of_a_sliced_column_starts_at_the_slice() -> None:
+    column = pa.array([[1, 2], [3], [4, 5, 6]], type=pa.list_(pa.int64())).slice(1)
+    assert rs.encode_list_array(column).to_pylist() == [
+        rs.encode_items([3]),
+        rs.encode_items([4, 5, 6]),
     ]
 
 
 def test_bulk_encoding_edge_shapes() -> None:
-    assert rs.encode_lists([]) == []
-    assert rs.encode_lists([[], []]) == [b"", b""]
-    assert rs.encode_lists(np.zeros((3, 0), dtype=np.int64)) == [b"", b"", b""]
+    assert encoded([]) == []
+    assert encoded([[], []]) == [b"", b""]
+    assert encoded(np.zeros((3, 0), dtype=np.int64)) == [b"", b"", b""]
 
 
 @pytest.mark.parametrize(
-    "bad", [np.array([[1, -2]]), [[1], [2**32]], [[1.5]], np.array([[0.0, 1.0]])]
+    "bad", [np.array([[1, -2]]), [[1], [2**32]], [[1.5]], np.array([[0.0, 1.0]]), [[2**64 - 1]]]
 )
 def test_bulk_encoding_validates_every_id(bad: object) -> None:
     with pytest.raises(ValueError, match=r"uint32|integers"):
-        rs.encode_lists(bad)  # type: ignore[arg-type]
+        encoded(bad)
 
 
-def test_mset_command_is_exact_resp() -> None:
-    packed = rs.pack_mset([b"k1", b"key2"], [b"\x00\x01", b""])
-    assert packed == (b"*5\r\n$4\r\nMSET\r\n$2\r\nk1\r\n$2\r\n\x00\x01\r\n$4\r\nkey2\r\n$0\r\n\r\n")
+def test_run_encoding_matches_one_by_one_and_checks_its_starts() -> None:
+    flat = np.array([9, 8, 7, 6, 5], dtype=np.int64)
+    assert rs.encode_runs(flat, [0, 2, 2]) == [
+        rs.encode_items([9, 8]),
+        b"",
+        rs.encode_items([7, 6, 5]),
+    ]
+    with pytest.raises(ValueError, match="run starts"):
+        rs.encode_runs(flat, [1, 3])
+    with pytest.raises(ValueError, match="fit in uint32"):
+        rs.encode_runs(np.array([-1]), [0])
 
 
-def test_mset_command_needs_pairs() -> None:
+def test_stored_values_are_taken_as_they_are_when_whole_uint32s() -> None:
+    good = pa.record_batch({"user_id": [1], "items_u32le": pa.array([b"\x01\x00\x00\x00"])})
+    bad = pa.record_batch({"user_id": [1], "items_u32le": pa.array([b"\x01\x00"])})
+    assert rs.batch_values(good).to_pylist() == [b"\x01\x00\x00\x00"]
+    with pytest.raises(ValueError, match="multiples of 4 bytes"):
+        rs.batch_values(bad)
+
+
+def test_mset_commands_are_exact_resp() -> None:
+    keys = pa.array([b"k1", b"key2", b"k3"], type=pa.binary())
+    values = pa.array([b"\x00\x01", b"", b"abc"], type=pa.binary())
+    commands = [
+        b"".join(bytes(c) for c in cmd)
+        for cmd in rs.mset_commands(rs.mset_arguments(keys, values), 2)
+    ]
+    assert commands == [
+        b"*5\r\n$4\r\nMSET\r\n$2\r\nk1\r\n$2\r\n\x00\x01\r\n$4\r\nkey2\r\n$0\r\n\r\n",
+        b"*3\r\n$4\r\nMSET\r\n$2\r\nk3\r\n$3\r\nabc\r\n",
+    ]
+
+
+def test_mset_arguments_need_pairs() -> None:
     with pytest.raises(ValueError, match="as many keys as values"):
-        rs.pack_mset([b"a"], [])
-    with pytest.raises(ValueError, match="as many keys as values"):
-        rs.pack_mset([], [])
+        rs.mset_arguments(pa.array([b"a"]), pa.array([], type=pa.binary()))
 
 
 def test_version_ids_sort_by_ds_and_are_safe_key_segments() -> None:

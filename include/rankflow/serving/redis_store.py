@@ -10,9 +10,9 @@ Lifecycle (driver = Spark driver or Airflow task, executors = Spark tasks)::
 
     version = new_version_id(ds, run_id)                          # driver
     begin_version(client, prefix, surface, version, ds=ds, model_version=mv, k=k)
-    stats = write_batches(url, prefix, surface, version, batches)  # executors, summed by driver
+    stats = write_arrow(url, prefix, surface, version, batches, part=name)  # executors
     write_fallback(client, prefix, surface, version, popular_items)
-    result = commit_version(client, prefix, surface, version, expected_users=stats.users)
+    result = commit_version(client, prefix, surface, version, users, expected_parts=parts)
     expire_old_versions(client, prefix, surface, ttl_seconds=settings.old_version_ttl_seconds)
 """
 
@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from functools import cache
 from importlib import resources
+from itertools import pairwise
 from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 
 SCHEMA_VERSION = "1"
@@ -38,11 +42,11 @@ ENCODING = "u32le"
 MAX_ITEM_ID = 2**32 - 1
 _ITEM_DTYPE = np.dtype("<u4")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+VALUE_COLUMN = "items_u32le"  # optional column holding each list already encoded
 _WINDOW = 16  # MSET commands in flight per connection: keeps the server busy while we pack
 
 UserIds: TypeAlias = "npt.ArrayLike"
 ItemLists: TypeAlias = "npt.NDArray[Any] | Sequence[npt.ArrayLike]"
-Batch: TypeAlias = "tuple[UserIds, ItemLists]"
 SwitchStatus: TypeAlias = Literal[
     "switched", "unchanged", "skipped_older", "rolled_back", "refused"
 ]
@@ -127,17 +131,6 @@ def user_key(prefix: str, surface: str, version: str, user_id: int | str) -> str
     return f"{version_base(prefix, surface, version)}:u:{user_id_text(user_id)}"
 
 
-def user_keys(prefix: str, surface: str, version: str, user_ids: UserIds) -> list[bytes]:
-    """Return the encoded ``user_key`` of every id, built in bulk for the writers."""
-    base = f"{version_base(prefix, surface, version)}:u:".encode()
-    ids = np.asarray(user_ids)
-    if ids.ndim != 1:
-        raise ValueError(f"user ids must be one-dimensional, got shape {ids.shape}")
-    if ids.dtype.kind in "iu":
-        return [b"%s%d" % (base, u) for u in ids.tolist()]
-    return [base + user_id_text(u).encode() for u in ids.tolist()]
-
-
 def user_key_pattern(prefix: str, surface: str, version: str) -> str:
     """Return the SCAN pattern matching every user key of one version."""
     return f"{version_base(prefix, surface, version)}:u:*"
@@ -185,36 +178,21 @@ def encode_items(item_ids: npt.ArrayLike) -> bytes:
     return arr.tobytes()
 
 
-def encode_lists(item_lists: ItemLists) -> list[bytes]:
-    """Encode many lists at once: a 2-D array (one row per user) or a sequence of 1-D lists.
+def encode_runs(item_ids: npt.ArrayLike, starts: npt.ArrayLike) -> list[bytes]:
+    """Encode consecutive runs of one flat id array (run ``i`` begins at ``starts[i]``) in bulk.
 
-    The 2-D path is fully vectorised; ragged lists are concatenated, validated and converted
-    once, then sliced, so the cost per user is one bytes slice.
+    The scorer's lists come out as one flat array per batch; this validates and converts it
+    once, so the cost per user is one bytes slice.
     """
-    if isinstance(item_lists, np.ndarray) and item_lists.ndim == 2:
-        arr = _as_item_array(item_lists)
-        row = np.dtype((np.void, arr.shape[1] * _ITEM_DTYPE.itemsize))
-        if arr.shape[1] == 0:
-            return [b""] * arr.shape[0]
-        return cast("list[bytes]", arr.view(row).ravel().tolist())
-    rows = [np.asarray(r) for r in item_lists]
-    if any(r.ndim != 1 for r in rows):
-        raise ValueError("each list must be one-dimensional")
-    if not rows:
-        return []
-    lengths = np.fromiter((r.size for r in rows), dtype=np.int64, count=len(rows))
-    filled = [r for r in rows if r.size]
-    kinds = {r.dtype.kind for r in filled}
-    if not kinds <= {"i", "u"}:
-        raise ValueError(f"item ids must be integers, got dtype kinds {sorted(kinds)}")
-    # int64 for all rows: mixing int64 and uint64 rows would otherwise promote to float64
-    flat = _as_item_array(
-        np.concatenate(filled, dtype=np.int64, casting="unsafe") if filled else []
-    )
-    data = flat.tobytes()
-    ends = (np.cumsum(lengths) * _ITEM_DTYPE.itemsize).tolist()
-    starts = [0, *ends[:-1]]
-    return [data[a:b] for a, b in zip(starts, ends, strict=True)]
+    data = _as_item_array(item_ids)
+    if data.ndim != 1:
+        raise ValueError(f"item ids must be one flat array, got shape {data.shape}")
+    first = np.asarray(starts, dtype=np.int64)
+    if first.size and (first[0] != 0 or np.any(np.diff(first) < 0) or first[-1] > data.size):
+        raise ValueError("run starts must begin at 0, be sorted and lie inside the array")
+    raw = data.tobytes()
+    bounds = (np.r_[first, data.size] * _ITEM_DTYPE.itemsize).tolist()
+    return [raw[a:b] for a, b in pairwise(bounds)]
 
 
 def decode_items(value: bytes) -> list[int]:
@@ -224,19 +202,126 @@ def decode_items(value: bytes) -> list[int]:
     return [int(i) for i in np.frombuffer(value, dtype=_ITEM_DTYPE).tolist()]
 
 
-def pack_mset(keys: Sequence[bytes], values: Sequence[bytes]) -> bytes:
-    """Return the RESP bytes of one ``MSET k1 v1 k2 v2 ...`` command.
+def list_batch(user_ids: UserIds, item_lists: ItemLists) -> pa.RecordBatch:
+    """Return ``user_id, item_ids`` as the Arrow batch the writers take, from numpy or lists.
 
-    Packing ourselves avoids redis-py's per-argument encoding, the largest per-user cost.
+    ``item_lists`` is a 2-D array (one row per user) or a sequence of 1-D lists.
     """
-    if len(keys) != len(values) or not keys:
-        raise ValueError(f"need as many keys as values, at least one: {len(keys)}/{len(values)}")
-    head = b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(keys) + 1)
-    body = [
-        b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v)
-        for k, v in zip(keys, values, strict=True)
+    ids = pa.array(np.asarray(user_ids)) if not isinstance(user_ids, pa.Array) else user_ids
+    if isinstance(item_lists, np.ndarray) and item_lists.ndim == 2:
+        rows = list(item_lists)
+    else:
+        rows = [np.asarray(r) for r in item_lists]
+    if any(r.ndim != 1 for r in rows):
+        raise ValueError("each list must be one-dimensional")
+    if len(rows) != len(ids):
+        raise ValueError(f"{len(ids)} user ids but {len(rows)} lists")
+    kinds = {r.dtype.kind for r in rows if r.size}
+    if not kinds <= {"i", "u"}:
+        raise ValueError(f"item ids must be integers, got dtype kinds {sorted(kinds)}")
+    lengths = np.fromiter((r.size for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    filled = [r for r in rows if r.size]
+    # int64 for all rows: mixing int64 and uint64 rows would otherwise promote to float64
+    flat: npt.ArrayLike = np.concatenate(filled, dtype=np.int64, casting="unsafe") if filled else []
+    if filled and any(r.dtype.kind == "u" and r.max() > np.iinfo(np.int64).max for r in filled):
+        raise ValueError(f"item ids must fit in uint32 [0, {MAX_ITEM_ID}]")
+    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.int64()))
+    return pa.RecordBatch.from_arrays([ids, lists], names=["user_id", "item_ids"])
+
+
+def encode_list_array(lists: pa.Array) -> pa.BinaryArray:
+    """Encode every list of an Arrow list column as a ``u32le`` value, in bulk.
+
+    The flattened ids are cast once to uint32 (which rejects ids out of range) and the list
+    offsets, times four, become the binary offsets: no per-user Python work.
+    """
+    if not (pa.types.is_list(lists.type) or pa.types.is_large_list(lists.type)):
+        raise ValueError(f"item lists must be an Arrow list column, got {lists.type}")
+    if not pa.types.is_integer(lists.type.value_type):
+        raise ValueError(f"item ids must be integers, got {lists.type.value_type}")
+    flat = lists.flatten()
+    if lists.null_count or flat.null_count:
+        raise ValueError("item lists must not be null or contain null ids")
+    if len(flat):
+        low, high = pc.min_max(flat).values()
+        if low.as_py() < 0 or high.as_py() > MAX_ITEM_ID:
+            raise ValueError(
+                f"item ids must fit in uint32 [0, {MAX_ITEM_ID}]; "
+                f"got range [{low.as_py()}, {high.as_py()}]"
+            )
+    if sys.byteorder != "little":
+        raise RuntimeError("the u32le encoder relies on a little-endian machine")
+    ids = pc.cast(flat, pa.uint32())
+    data = ids.buffers()[1].slice(ids.offset * 4, len(ids) * 4) if len(ids) else pa.py_buffer(b"")
+    starts = lists.offsets
+    offsets = pc.multiply(pc.subtract(starts, starts[0]), pa.scalar(4, starts.type))
+    binary = pa.large_binary() if pa.types.is_large_list(lists.type) else pa.binary()
+    return pa.Array.from_buffers(binary, len(lists), [None, offsets.buffers()[1], data])
+
+
+def batch_values(batch: pa.RecordBatch) -> pa.Array:
+    """Return a batch's values: its ``items_u32le`` column if present, else ``item_ids`` encoded."""
+    if VALUE_COLUMN not in batch.schema.names:
+        return encode_list_array(batch.column("item_ids"))
+    values = batch.column(VALUE_COLUMN)
+    if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+        raise ValueError(f"{VALUE_COLUMN} must be binary, got {values.type}")
+    lengths = pc.binary_length(values)
+    if values.null_count or pc.any(pc.not_equal(pc.bit_wise_and(lengths, 3), 0)).as_py():
+        raise ValueError(f"{VALUE_COLUMN} values must be non-null multiples of 4 bytes")
+    return values
+
+
+def user_key_array(prefix: str, surface: str, version: str, user_ids: pa.Array) -> pa.Array:
+    """Return the ``user_key`` of every id of an Arrow column, in bulk (ints in decimal)."""
+    if user_ids.null_count:
+        raise ValueError("user ids must not be null")
+    if pa.types.is_integer(user_ids.type):
+        text = pc.cast(user_ids, pa.string())
+    elif pa.types.is_string(user_ids.type) or pa.types.is_large_string(user_ids.type):
+        if len(user_ids) and pc.min(pc.utf8_length(user_ids)).as_py() == 0:
+            raise ValueError("string user ids must not be empty")
+        text = user_ids
+    else:
+        raise ValueError(f"user ids must be integers or strings, got {user_ids.type}")
+    base = pa.scalar(f"{version_base(prefix, surface, version)}:u:".encode(), pa.binary())
+    return pc.binary_join_element_wise(
+        base, pc.cast(text, pa.binary()), pa.scalar(b"", pa.binary())
+    )
+
+
+def mset_arguments(keys: pa.Array, values: pa.Array) -> pa.Array:
+    """Return ``$<len> CRLF key CRLF $<len> CRLF value CRLF`` per pair: MSET's RESP arguments.
+
+    Consecutive pairs are contiguous in the result's data buffer, so one MSET command is a
+    header plus one slice of that buffer.
+    """
+    if len(keys) != len(values):
+        raise ValueError(f"need as many keys as values: {len(keys)}/{len(values)}")
+
+    def length_text(column: pa.Array) -> pa.Array:
+        return pc.cast(pc.cast(pc.binary_length(column), pa.string()), pa.binary())
+
+    parts = [b"$", length_text(keys), b"\r\n", keys, b"\r\n$", length_text(values)]
+    parts += [b"\r\n", values, b"\r\n"]
+    scalars = [pa.scalar(p, pa.binary()) if isinstance(p, bytes) else p for p in parts]
+    return pc.binary_join_element_wise(*scalars, pa.scalar(b"", pa.binary()))
+
+
+def mset_commands(arguments: pa.Array, pairs_per_command: int) -> Iterator[list[Any]]:
+    """Yield MSET commands of ``pairs_per_command`` pairs as ``[header, buffer slice]`` chunks."""
+    if pairs_per_command < 1:
+        raise ValueError("pairs_per_command must be at least 1")
+    width = np.int64 if pa.types.is_large_binary(arguments.type) else np.int32
+    offsets = np.frombuffer(arguments.buffers()[1], dtype=width)[
+        arguments.offset : arguments.offset + len(arguments) + 1
     ]
-    return head + b"".join(body)
+    data = memoryview(arguments.buffers()[2])
+    for start in range(0, len(arguments), pairs_per_command):
+        end = min(start + pairs_per_command, len(arguments))
+        header = b"*%d\r\n$4\r\nMSET\r\n" % (2 * (end - start) + 1)
+        yield [header, data[int(offsets[start]) : int(offsets[end])]]
 
 
 # --------------------------------------------------------------------------- results
@@ -438,8 +523,8 @@ def write_fallback(
     return len(value)
 
 
-class _MsetStream:
-    """Sends packed MSET commands on one connection with a bounded window of pending replies."""
+class _CommandStream:
+    """Sends packed commands on one connection with a bounded window of pending replies."""
 
     def __init__(self, client: redis.Redis, window: int) -> None:
         self._pool = client.connection_pool
@@ -447,17 +532,21 @@ class _MsetStream:
         self._window = window
         self._pending = 0
 
-    def send(self, command: bytes) -> None:
+    def send(self, chunks: list[Any]) -> None:
         """Send one command, first reading replies so at most ``window`` stay in flight."""
         while self._pending >= self._window:
             self._read_one()
-        self._conn.send_packed_command([command], check_health=False)
+        self._conn.send_packed_command(chunks, check_health=False)
         self._pending += 1
 
     def _read_one(self) -> None:
-        """Read one MSET reply (redis-py raises on an error reply, e.g. OOM)."""
+        """Read one reply (redis-py raises on an error reply, e.g. OOM)."""
         self._conn.read_response()
         self._pending -= 1
+
+    def pack(self, *args: Any) -> list[Any]:
+        """Return the RESP chunks of one command."""
+        return cast("list[Any]", self._conn.pack_command(*args))
 
     def close(self, *, ok: bool) -> None:
         """Drain the replies, or drop the connection if the stream failed midway."""
@@ -471,74 +560,69 @@ class _MsetStream:
             self._pool.release(self._conn)
 
 
-def _chunks(batches: Iterable[Batch], size: int) -> Iterator[tuple[npt.NDArray[Any], ItemLists]]:
-    """Split batches into non-empty chunks of at most ``size`` users.
-
-    Encoding a chunk while the server stores the previous one keeps both sides busy and bounds
-    the writer's memory whatever the size of a Spark partition.
-    """
-    for user_ids, item_lists in batches:
-        ids = np.asarray(user_ids)
-        if ids.ndim != 1:
-            raise ValueError(f"user ids must be one-dimensional, got shape {ids.shape}")
-        if len(ids) != len(item_lists):
-            raise ValueError(f"{len(ids)} user ids but {len(item_lists)} lists in a batch")
-        for start in range(0, len(ids), size):
-            yield ids[start : start + size], item_lists[start : start + size]
+def parts_key(prefix: str, surface: str, version: str) -> str:
+    """Return the key of a version's hash of writer acknowledgements (part -> users written)."""
+    return f"{version_base(prefix, surface, version)}:parts"
 
 
-def write_batches(
+def write_arrow(
     redis_url: str,
     prefix: str,
     surface: str,
     version: str,
-    batches: Iterable[Batch],
+    batches: Iterable[pa.RecordBatch],
     *,
     mset_batch: int = 500,
+    part: str | None = None,
 ) -> WriteStats:
-    """Write users' lists into a version, for a Spark executor (one connection per call).
+    """Write users' lists from Arrow batches into a version (one connection per call).
 
-    Values are encoded in bulk with numpy and sent as MSET commands of ``mset_batch`` pairs,
-    ``_WINDOW`` commands in flight. Empty input opens no connection. Writes are idempotent, so a
-    retried Spark task may simply write its partition again.
+    Keys, ``u32le`` values and the RESP arguments of MSET are built in bulk by Arrow compute
+    kernels; each MSET of ``mset_batch`` pairs is a header plus a slice of one buffer, with
+    ``_WINDOW`` commands in flight. Writes are idempotent, so a retried Spark task may simply
+    write its part again. With ``part``, an acknowledgement ``HSET {version}:parts part users``
+    follows the MSETs on the same connection, so it is stored only after every one of them was:
+    :func:`commit_version` checks these acknowledgements instead of scanning every key.
 
     Args:
         redis_url: where to connect (the writer opens and closes its own client).
         prefix: key prefix (``RedisSettings.key_prefix``).
         surface: the surface the lists are for.
         version: a version opened with :func:`begin_version`.
-        batches: ``(user_ids, item_lists)`` pairs, e.g. from the frames of ``mapInPandas``;
-            ``item_lists`` is a 2-D array ``(users, K)`` or a sequence of 1-D lists.
+        batches: Arrow batches with ``user_id`` (integer or string) and either
+            ``items_u32le`` (the encoded values, as the gold table stores them) or ``item_ids``
+            (lists of integers, e.g. from :func:`list_batch`).
         mset_batch: key/value pairs per MSET command.
+        part: the name of the unit of work (e.g. a gold file) to acknowledge.
 
     Returns:
         What was written; the driver sums these and passes the total to :func:`commit_version`.
     """
     if mset_batch < 1:
         raise ValueError("mset_batch must be at least 1")
-    client: redis.Redis | None = None
-    stream: _MsetStream | None = None
+    client = _client(redis_url)
+    stream: _CommandStream | None = None
     stats = WriteStats()
     ok = False
     try:
-        for user_ids, item_lists in _chunks(batches, mset_batch * _WINDOW):
-            keys = user_keys(prefix, surface, version, user_ids)
-            values = encode_lists(item_lists)
-            if stream is None:
-                client = _client(redis_url)
-                _require_writable(client, prefix, surface, version)
-                stream = _MsetStream(client, _WINDOW)
-            for start in range(0, len(keys), mset_batch):
-                stream.send(
-                    pack_mset(keys[start : start + mset_batch], values[start : start + mset_batch])
-                )
-            stats += WriteStats(len(keys), sum(map(len, values)), -(-len(keys) // mset_batch))
+        _require_writable(client, prefix, surface, version)
+        stream = _CommandStream(client, _WINDOW)
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            keys = user_key_array(prefix, surface, version, batch.column("user_id"))
+            values = batch_values(batch)
+            for command in mset_commands(mset_arguments(keys, values), mset_batch):
+                stream.send(command)
+            value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)
+            stats += WriteStats(len(keys), value_bytes, -(-len(keys) // mset_batch))
+        if part is not None:
+            stream.send(stream.pack("HSET", parts_key(prefix, surface, version), part, stats.users))
         ok = True
     finally:
         if stream is not None:
             stream.close(ok=ok)
-        if client is not None:
-            client.close()
+        client.close()
     return stats
 
 
@@ -551,10 +635,12 @@ def write_lists(
     item_lists: ItemLists,
     *,
     mset_batch: int = 500,
+    part: str | None = None,
 ) -> WriteStats:
-    """Write one batch of users' lists into a version (see :func:`write_batches`)."""
-    return write_batches(
-        redis_url, prefix, surface, version, [(user_ids, item_lists)], mset_batch=mset_batch
+    """Write one batch of users' lists given as numpy arrays or lists (see :func:`write_arrow`)."""
+    batch = list_batch(user_ids, item_lists)
+    return write_arrow(
+        redis_url, prefix, surface, version, [batch], mset_batch=mset_batch, part=part
     )
 
 
@@ -571,6 +657,58 @@ def count_users(
     return int(np.unique(hashes).size)
 
 
+def _evicts(client: redis.Redis) -> bool:
+    """Tell whether the server may evict keys (any ``maxmemory-policy`` but ``noeviction``)."""
+    policy = cast("dict[Any, Any]", client.config_get("maxmemory-policy"))
+    return _text(policy.get("maxmemory-policy", policy.get(b"maxmemory-policy"))) != "noeviction"
+
+
+def check_written(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    expected_users: int,
+    expected_parts: Mapping[str, int] | None = None,
+) -> str:
+    """Check that every user key of a version is in Redis; return how it was checked.
+
+    With ``expected_parts`` (part -> users) on a server that never evicts, the writers'
+    acknowledgements must match them exactly: an acknowledgement is stored after its MSETs on
+    the same connection, so it proves they were all applied (O(parts)). Otherwise, or if the
+    server may evict, the version's user keys are counted with SCAN (O(keys)).
+
+    Raises:
+        VersionCheckError: a part is missing or reports other counts, or the key count differs.
+    """
+    if expected_parts is not None:
+        if sum(expected_parts.values()) != expected_users:
+            raise VersionCheckError(
+                f"the parts of {version!r} add up to {sum(expected_parts.values())} users, "
+                f"not {expected_users}"
+            )
+        if not _evicts(client):
+            raw = client.hgetall(parts_key(prefix, surface, version))
+            acked = {_text(k) or "": int(v) for k, v in raw.items()}
+            wanted = {str(k): int(v) for k, v in expected_parts.items()}
+            if acked != wanted:
+                missing = sorted(set(wanted) - set(acked))[:3]
+                wrong = sorted(p for p in set(wanted) & set(acked) if acked[p] != wanted[p])[:3]
+                raise VersionCheckError(
+                    f"version {version!r} of {surface!r}: writer acknowledgements differ from "
+                    f"the expected parts (missing {missing}, other counts {wrong}, "
+                    f"{len(set(acked) - set(wanted))} unexpected); not switching"
+                )
+            return "acknowledgements"
+    found = count_users(client, prefix, surface, version)
+    if found != expected_users:
+        raise VersionCheckError(
+            f"version {version!r} of {surface!r} has {found} user keys in Redis but the "
+            f"writers reported {expected_users}; not switching"
+        )
+    return "scan"
+
+
 def commit_version(
     client: redis.Redis,
     prefix: str,
@@ -578,9 +716,9 @@ def commit_version(
     version: str,
     expected_users: int,
     *,
-    verify_keys: bool = True,
+    expected_parts: Mapping[str, int] | None = None,
 ) -> SwitchResult:
-    """Check a fully written version and make it current in one atomic step.
+    """Check a fully written version (:func:`check_written`) and make it current atomically.
 
     The old current becomes previous. A version whose ds is older than the current one's is
     not switched (status ``skipped_older``; the caller logs it); the same ds (a retry) replaces.
@@ -590,20 +728,14 @@ def commit_version(
         prefix: key prefix.
         surface: the surface.
         version: the version written by the writers.
-        expected_users: the sum of the writers' :class:`WriteStats` ``users``.
-        verify_keys: count the version's user keys with SCAN and compare (O(keys) time).
+        expected_users: the number of users the version must hold.
+        expected_parts: the parts the writers acknowledge and their users, if they do.
 
     Raises:
         VersionCheckError: counts differ, the fallback or meta is missing, or the version is
             not committable; nothing became visible.
     """
-    if verify_keys:
-        found = count_users(client, prefix, surface, version)
-        if found != expected_users:
-            raise VersionCheckError(
-                f"version {version!r} of {surface!r} has {found} user keys in Redis but the "
-                f"writers reported {expected_users}; not switching"
-            )
+    check_written(client, prefix, surface, version, expected_users, expected_parts)
     keys = [
         current_key(prefix, surface),
         previous_key(prefix, surface),
