@@ -65,14 +65,29 @@ def predict(booster_raw: bytes, frame: pd.DataFrame) -> np.ndarray:
 
 
 def evaluation_table(
-    frame: pd.DataFrame, rankers: dict[str, np.ndarray], config: dict[str, Any]
+    frame: pd.DataFrame,
+    rankers: dict[str, np.ndarray],
+    config: dict[str, Any],
+    examination: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Return metrics (NDCG@k, MAP@10, MRR, recall@K) of every ranker on the same groups."""
+    """Return metrics (NDCG@k, MAP@10, MRR, recall@K) of every ranker on the same groups.
+
+    With an ``examination`` curve (P(examined | position), see :mod:`rankflow.propensity`) the
+    table also has ``ipw_ndcg@k``, corrected for the position bias of the logged clicks.
+    """
     from rankflow.metrics import group_codes
+    from rankflow.propensity import inverse_propensity
 
     groups = group_codes(frame["qid"].to_numpy())
     labels = frame["label"].to_numpy(dtype="float64")
     cutoffs = tuple(int(k) for k in config["cutoffs"])
+    weights = (
+        inverse_propensity(
+            frame["position"].to_numpy(), examination, clip=float(config["ipw_clip"])
+        )
+        if examination is not None
+        else None
+    )
     return {
         name: evaluate_ranking(
             groups,
@@ -81,6 +96,7 @@ def evaluation_table(
             cutoffs=cutoffs,
             recall_k=int(config["recall_k"]),
             ndcg_empty=config["ndcg_empty"],
+            propensity_weight=weights,
         )
         for name, scores in rankers.items()
     }

@@ -339,17 +339,28 @@ def evaluate_ranking(
     cutoffs: Sequence[int] = (10, 20),
     recall_k: int = 100,
     ndcg_empty: Empty = "one",
+    propensity_weight: npt.ArrayLike | None = None,
 ) -> dict[str, float]:
     """All offline metrics of one scoring (model or baseline) from a single sort.
 
     Returns ``ndcg@k`` (exponential gain, ``ndcg_empty`` convention) and ``map@k`` (empty groups
     skipped) for each k in ``cutoffs``, ``mrr`` and ``recall@{recall_k}`` (empty groups skipped),
     ``groups`` (number of groups) and ``groups_with_relevant`` (groups with a ``label > 0`` row).
+    With ``propensity_weight`` (1 / P(examined) of each row's logged position) it also returns
+    ``ipw_ndcg@k``: NDCG whose gains are ``(2**label - 1) * weight``, so a click at a rarely
+    examined position counts as much as the clicks it stands for.
     """
     ranked = rank_groups(group, label, score)
     result: dict[str, float] = {}
     for k in cutoffs:
         result[f"ndcg@{k}"] = mean_over_groups(_ndcg(ranked, k, "exponential", ndcg_empty))
+    if propensity_weight is not None:
+        weighted = (np.exp2(np.asarray(label, dtype=np.float64)) - 1.0) * np.asarray(
+            propensity_weight, dtype=np.float64
+        )
+        reweighted = rank_groups(group, weighted, score)
+        for k in cutoffs:
+            result[f"ipw_ndcg@{k}"] = mean_over_groups(_ndcg(reweighted, k, "linear", ndcg_empty))
     for k in cutoffs:
         result[f"map@{k}"] = mean_over_groups(_average_precision(ranked, k, "skip"))
     result["mrr"] = mean_over_groups(_reciprocal_rank(ranked, None, "skip"))

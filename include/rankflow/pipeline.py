@@ -13,6 +13,7 @@ from rankflow.config import Settings
 from rankflow.features import MODEL_FEATURES, FeatureFrames
 
 if TYPE_CHECKING:
+    import numpy as np
     from pyspark.sql import DataFrame, SparkSession
 
 FEATURE_TABLES = {
@@ -221,6 +222,32 @@ def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
     return frame
 
 
+def examination_curve(
+    spark: SparkSession, settings: Settings, start: date, end: date
+) -> np.ndarray:
+    """Estimate P(examined | position) from the logged impressions of ``[start, end]``."""
+    from pyspark.sql import functions as F
+
+    from rankflow.propensity import estimate_examination
+
+    logged: Any = (
+        read_table(spark, settings, "silver/training_set")
+        .where(
+            F.col("ds").between(
+                F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")
+            )
+        )
+        .select("item_id", "position", (F.col("label") > 0).alias("clicked"))
+        .toPandas()
+    )
+    return estimate_examination(
+        logged["position"].to_numpy(),
+        logged["item_id"].to_numpy(),
+        logged["clicked"].to_numpy(),
+        min_impressions=int(settings.pipeline["evaluation"]["propensity_min_impressions"]),
+    )
+
+
 def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str, Any]:
     """Evaluate the new model, the champion and the baselines on ``ds``; promote or refuse."""
     from dataclasses import replace
@@ -236,6 +263,7 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         gate_decision,
         predict,
     )
+    from rankflow.propensity import as_record
     from rankflow.training import (
         CHAMPION,
         ModelNotFoundError,
@@ -263,7 +291,14 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
     except ModelNotFoundError:
         pass
     rankers.update(baseline_scores(frame, seed=int(settings.pipeline["training"]["seed"])))
-    table = evaluation_table(frame, rankers, evaluation)
+    window = trained["window"]
+    examination = examination_curve(
+        spark,
+        settings,
+        date.fromisoformat(window["train_start"]),
+        date.fromisoformat(window["validation_end"]),
+    )
+    table = evaluation_table(frame, rankers, evaluation, examination)
     decision = gate_decision(table, evaluation)
     backfill = (
         champion_ds is not None and champion_ds > ds and champion_version != challenger_version
@@ -281,7 +316,10 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
             mlflow.log_metrics(
                 {f"{ranker}.{k}".replace("@", "_at_"): v for k, v in metrics.items()}
             )
-        mlflow.log_dict({"table": table, "gate": decision.as_dict()}, "evaluation.json")
+        mlflow.log_dict(
+            {"table": table, "gate": decision.as_dict(), "examination": as_record(examination)},
+            "evaluation.json",
+        )
         mlflow.set_tag("gate", "promoted" if decision.promote else "rejected")
     record = {
         "ds": ds.isoformat(),
@@ -290,6 +328,7 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         "table": table,
         "gate": decision.as_dict(),
         "rows": len(frame),
+        "examination": as_record(examination),
         "text": format_table(table),
     }
     write_run_record(settings, ds, "evaluation", record)

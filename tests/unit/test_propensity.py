@@ -1,0 +1,75 @@
+"""Position-bias estimation (PBM by EM) and inverse-propensity-weighted NDCG (pure: no services)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rankflow import metrics as m
+from rankflow.propensity import as_record, estimate_examination, inverse_propensity
+
+
+def simulated_clicks(
+    seed: int, exponent: float, sessions: int = 6000, length: int = 10, items: int = 400
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lists of items ordered by a noisy popularity policy; clicks = examined and attractive."""
+    rng = np.random.default_rng(seed)
+    attract = rng.beta(1.5, 6.0, size=items)
+    popularity = attract + rng.normal(0, 0.02, size=items)  # the policy favours good items
+    shown = np.stack(
+        [np.argsort(-(popularity + rng.gumbel(0, 0.05, items)))[:length] for _ in range(sessions)]
+    )
+    position = np.broadcast_to(np.arange(1, length + 1), shown.shape)
+    examined = rng.random(shown.shape) < position ** -float(exponent)
+    clicked = examined & (rng.random(shown.shape) < attract[shown])
+    return position.ravel(), shown.ravel(), clicked.ravel(), attract
+
+
+@pytest.mark.parametrize("exponent", [0.5, 1.0])
+def test_em_recovers_the_examination_curve_of_simulated_clicks(exponent: float) -> None:
+    position, item, clicked, _ = simulated_clicks(3, exponent)
+
+    curve = estimate_examination(position, item, clicked)
+
+    true = np.arange(1, 11) ** -exponent
+    error = np.abs(curve[1:] - true).max()
+    naive = np.bincount(position, weights=clicked)[1:] / np.bincount(position)[1:]
+    naive_error = np.abs(naive / naive[0] - true).max()  # CTR by position mixes in attraction
+    assert curve[1] == 1.0
+    assert error < 0.04
+    assert naive_error > 2 * error
+
+
+def test_rarely_shown_items_are_left_out_and_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="no item was shown 20 times"):
+        estimate_examination([1, 2], [7, 8], [True, False])
+    with pytest.raises(ValueError, match="positions start at 1"):
+        estimate_examination([0, 1], [7, 7], [True, False], min_impressions=1)
+    with pytest.raises(ValueError, match="same length"):
+        estimate_examination([1, 2], [7], [True, False])
+
+
+def test_inverse_propensity_is_capped_and_positions_past_the_curve_use_its_end() -> None:
+    curve = np.array([1.0, 1.0, 0.5, 0.01])
+    weights = inverse_propensity([1, 2, 3, 9], curve, clip=20.0)
+    assert weights.tolist() == [1.0, 2.0, 20.0, 20.0]
+    assert as_record(curve) == {"1": 1.0, "2": 0.5, "3": 0.01}
+
+
+def test_ipw_ndcg_reweights_gains_and_equals_ndcg_for_unit_weights() -> None:
+    group = np.array([0, 0, 0, 1, 1])
+    label = np.array([1.0, 0.0, 1.0, 0.0, 2.0])
+    score = np.array([0.9, 0.5, 0.1, 0.3, 0.2])
+
+    plain = m.evaluate_ranking(group, label, score, cutoffs=(10,), propensity_weight=np.ones(5))
+    weighted = m.evaluate_ranking(
+        group, label, score, cutoffs=(10,), propensity_weight=[1.0, 1.0, 4.0, 1.0, 1.0]
+    )
+
+    assert plain["ipw_ndcg@10"] == pytest.approx(plain["ndcg@10"])
+    # group 0: gains 1 (rank 1) and 4 (rank 3); ideal puts the weight-4 click first
+    dcg = 1.0 + 4.0 / np.log2(4.0)
+    ideal = 4.0 + 1.0 / np.log2(3.0)
+    expected = (dcg / ideal + m.ndcg_at_k([1, 1], [0.0, 2.0], [0.3, 0.2], 10)) / 2
+    assert weighted["ipw_ndcg@10"] == pytest.approx(expected)
+    assert weighted["ndcg@10"] == plain["ndcg@10"]
