@@ -906,7 +906,8 @@ def bench_publish(
         after = [redis_benchmark(url, k * 4, users) for _ in range(BENCHMARK_RUNS)]
         say(f"(b) redis-benchmark again: {rate_list(after)} SET/s")
         rates += after
-        per_user = bytes_per_user(client, PREFIX, SURFACE, done.version, sample=1000)
+        # only the last publication is still in Redis (earlier ones were deleted before the next)
+        per_user = bytes_per_user(client, PREFIX, SURFACE, runs[-1].version, sample=1000)
     finally:
         removed = delete_namespace(client)
         if not had_stray:
