@@ -86,6 +86,7 @@ def write_gold(ranked: DataFrame, table: str, ds: date, surface: str) -> GoldSna
         .mode("overwrite")
         .option("replaceWhere", f"ds = DATE'{ds.isoformat()}' AND surface = '{surface}'")
         .option("userMetadata", token)
+        .option("mergeSchema", "true")  # additive columns (e.g. items_u32le) join older tables
         .partitionBy("ds", "surface")
         .save(table)
     )

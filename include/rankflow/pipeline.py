@@ -422,10 +422,12 @@ def run_publish_s3(
     """Export the gold lists of ``ds`` to S3 (parts, then manifest, then pointer)."""
     from dataclasses import asdict
 
+    from rankflow.gold import GoldSnapshot, check_unchanged
     from rankflow.publish_s3 import export_rankings
     from rankflow.training import read_run_record, write_run_record
 
     scored = read_run_record(settings, ds, f"score-{surface}")
+    check_unchanged(GoldSnapshot.from_record(scored["gold"]), ds, surface)
     version = publication_version(scored, run_id)
     ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids", "scores")
     meta = {"model_version": scored["model_version"], "top_k": scored["top_k"]}

@@ -140,3 +140,33 @@ def test_a_file_that_disagrees_with_its_row_count_is_not_published(
             mset_batch=64,
         )
     assert redis_client.get("rf:home:current") is None
+
+
+def test_a_gold_table_from_before_the_encoded_column_takes_it_and_publishes(
+    spark, tmp_path, redis_client, redis_url
+) -> None:
+    table = str(tmp_path / "gold")
+    old = gold_frame(spark, 40, "search").drop("items_u32le")
+    old_snapshot = write_gold(old, table, DS, "search")  # the table as an older release wrote it
+    snapshot = write_gold(gold_frame(spark, 60, "home"), table, DS, "home")
+
+    done = publish_snapshot(
+        spark,
+        redis_client,
+        redis_url,
+        old_snapshot,  # files without items_u32le are encoded from item_ids
+        prefix="rf",
+        surface="search",
+        version=new_version_id(DS),
+        ds=DS,
+        model_version="3",
+        k=2,
+        fallback=[7],
+        mset_batch=64,
+    )
+
+    columns = spark.read.format("delta").load(table).columns
+    assert "items_u32le" in columns
+    assert snapshot.users == 60
+    assert done.result.status == "switched"
+    assert RankingReader.from_url(redis_url, "rf").lookup(40, "search").items == [400, 401]

@@ -658,8 +658,14 @@ def count_users(
 
 
 def _evicts(client: redis.Redis) -> bool:
-    """Tell whether the server may evict keys (any ``maxmemory-policy`` but ``noeviction``)."""
-    policy = cast("dict[Any, Any]", client.config_get("maxmemory-policy"))
+    """Tell whether the server may evict keys (any ``maxmemory-policy`` but ``noeviction``).
+
+    A server that hides its configuration (``CONFIG`` renamed or denied) is assumed to evict.
+    """
+    try:
+        policy = cast("dict[Any, Any]", client.config_get("maxmemory-policy"))
+    except redis.ResponseError:
+        return True
     return _text(policy.get("maxmemory-policy", policy.get(b"maxmemory-policy"))) != "noeviction"
 
 
