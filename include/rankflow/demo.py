@@ -139,6 +139,7 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
         "redis_users": published["users"],
         "active_users": candidates["users"],
         "ndcg@10": {k: v["ndcg@10"] for k, v in evaluation["table"].items()},
+        "ipw_ndcg@10": {k: v.get("ipw_ndcg@10") for k, v in evaluation["table"].items()},
     }
     return figures
 
