@@ -664,7 +664,7 @@ def profile_python(path: str, model_raw: bytes, scale: Scale, rows: int = 500_00
 def profile_publish(settings: Settings, snapshot: GoldSnapshot) -> None:
     """Time the writer's parts in this process: reading the gold files, and building commands."""
     from rankflow.publish_redis import read_list_file
-    from rankflow.serving import encode_list_array, mset_arguments, mset_commands, user_key_array
+    from rankflow.serving import batch_values, mset_arguments, mset_commands, user_key_array
 
     locations = [location for location, _ in snapshot.locations()]
 
@@ -677,7 +677,7 @@ def profile_publish(settings: Settings, snapshot: GoldSnapshot) -> None:
         sent = 0
         for batch in batches:
             keys = user_key_array(PREFIX, SURFACE, "profile", batch.column("user_id"))
-            values = encode_list_array(batch.column("item_ids"))
+            values = batch_values(batch)
             args = mset_arguments(keys, values)
             sent += sum(1 for _ in mset_commands(args, settings.redis.mset_batch))
         return sent

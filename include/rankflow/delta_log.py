@@ -49,9 +49,13 @@ class Commit:
     removed: list[AddedFile] = field(default_factory=list)
 
     def touches(self, partition: Mapping[str, str]) -> bool:
-        """Tell whether the commit added or removed data (``dataChange``) in ``partition``."""
+        """Tell whether the commit added or removed data (``dataChange``) in ``partition``.
+
+        A file action without partition values (optional on ``remove``) counts as touching.
+        """
         return any(
-            f.data_change and all(f.partition.get(k) == v for k, v in partition.items())
+            f.data_change
+            and (not f.partition or all(f.partition.get(k) == v for k, v in partition.items()))
             for f in (*self.added, *self.removed)
         )
 

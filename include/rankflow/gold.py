@@ -71,10 +71,15 @@ def snapshot_of(table: str, commit: Commit, ds: date, surface: str) -> GoldSnaps
         if added.rows is None or added.has_deletion_vector:
             raise DeltaLogError(
                 f"gold file {added.path} of commit {commit.version} has no numRecords statistic "
-                "or carries a deletion vector; keep delta.dataSkippingNumIndexedCols > 0 and "
-                "deletion vectors off on the gold table"
+                "or carries a deletion vector; keep statistics collection "
+                "(spark.databricks.delta.stats.collect) and deletion vectors off for gold"
             )
         files.append((added.path, added.rows))
+    if commit.added and not files:
+        raise DeltaLogError(
+            f"commit {commit.version} of {table} added files but none in partition {wanted}; "
+            "is column mapping on for the gold table? (it renames partition columns in the log)"
+        )
     return GoldSnapshot(table, commit.version, tuple(sorted(files)))
 
 

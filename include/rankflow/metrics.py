@@ -163,6 +163,14 @@ def _ndcg(ranked: RankedGroups, k: int | None, gain: Gain, empty: Empty) -> Floa
     return _apply_empty(dcg / np.where(is_empty, 1.0, idcg), is_empty, empty)
 
 
+def _pooled_ndcg(ranked: RankedGroups, k: int | None) -> float:
+    """Sum of DCG@k over groups divided by the sum of ideal DCG@k (linear gain = label)."""
+    _check_k(k)
+    discount = np.where(ranked.within(k), 1.0 / np.log2(ranked.position + 2.0), 0.0)
+    ideal = float(np.sum(ranked.ideal_label * discount))
+    return float(np.sum(ranked.label * discount)) / ideal if ideal > 0 else float("nan")
+
+
 def _average_precision(ranked: RankedGroups, k: int | None, empty: Empty) -> FloatArray:
     """Per-group AP@k (denominator ``min(k, n_relevant)``) of ranked rows, ``(n_groups,)``."""
     _check_k(k)
@@ -347,8 +355,10 @@ def evaluate_ranking(
     skipped) for each k in ``cutoffs``, ``mrr`` and ``recall@{recall_k}`` (empty groups skipped),
     ``groups`` (number of groups) and ``groups_with_relevant`` (groups with a ``label > 0`` row).
     With ``propensity_weight`` (1 / P(examined) of each row's logged position) it also returns
-    ``ipw_ndcg@k``: NDCG whose gains are ``(2**label - 1) * weight``, so a click at a rarely
-    examined position counts as much as the clicks it stands for.
+    ``ipw_ndcg@k``: the inverse-propensity-weighted DCG@k (gains ``(2**label - 1) * weight``,
+    an unbiased estimate of the DCG on true relevance) summed over groups, divided by the same
+    sum for the ideal order. Pooling keeps the weights: normalising each group by its own
+    weighted ideal would cancel the weight of a group's only click.
     """
     ranked = rank_groups(group, label, score)
     result: dict[str, float] = {}
@@ -360,7 +370,7 @@ def evaluate_ranking(
         )
         reweighted = rank_groups(group, weighted, score)
         for k in cutoffs:
-            result[f"ipw_ndcg@{k}"] = mean_over_groups(_ndcg(reweighted, k, "linear", ndcg_empty))
+            result[f"ipw_ndcg@{k}"] = _pooled_ndcg(reweighted, k)
     for k in cutoffs:
         result[f"map@{k}"] = mean_over_groups(_average_precision(ranked, k, "skip"))
     result["mrr"] = mean_over_groups(_reciprocal_rank(ranked, None, "skip"))

@@ -9,12 +9,14 @@ inverse-propensity weights then correct offline metrics for the examination of e
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+_LOG = logging.getLogger(__name__)
 
 
 def estimate_examination(
@@ -23,13 +25,16 @@ def estimate_examination(
     click: npt.ArrayLike,
     *,
     min_impressions: int = 20,
-    iterations: int = 200,
-    tolerance: float = 1e-7,
+    max_iterations: int = 5000,
+    tolerance: float = 1e-6,
 ) -> FloatArray:
     """Return P(examined | position) for positions 0..max, scaled so that position 1 is 1.
 
     Only items shown at least ``min_impressions`` times take part: an item seen once would
     explain its own click and flatten the curve. Index 0 is unused (positions start at 1).
+    EM runs on (item, position) counts until the scaled curve moves less than ``tolerance``;
+    with few clicks it converges slowly, and a curve that has not converged after
+    ``max_iterations`` is returned with a warning.
 
     Raises:
         ValueError: inputs of different lengths, positions below 1, or no item shown often
@@ -48,27 +53,37 @@ def estimate_examination(
         raise ValueError(
             f"no item was shown {min_impressions} times: cannot estimate position bias"
         )
-    pos, clicked = pos[keep], clicked[keep]
     codes = np.unique(codes[keep], return_inverse=True)[1]
-    slots = int(pos.max()) + 1
-    shown_at = np.bincount(pos, minlength=slots).astype(np.float64)
-    shown = np.bincount(codes).astype(np.float64)
+    slots = int(pos[keep].max()) + 1
+    cell = codes * slots + pos[keep]  # one EM unit per (item, position): counts, not rows
+    cells, inverse = np.unique(cell, return_inverse=True)
+    shown = np.bincount(inverse).astype(np.float64)
+    clicks = np.bincount(inverse, weights=clicked[keep].astype(np.float64))
+    at, of = cells % slots, cells // slots
+    shown_at = np.maximum(np.bincount(at, weights=shown, minlength=slots), 1.0)
+    shown_of = np.bincount(of, weights=shown)
     examine = np.full(slots, 0.5)
-    attract = np.full(len(shown), max(float(clicked.mean()), 1e-3))
-    for _ in range(iterations):
-        e, a = examine[pos], attract[codes]
-        unclicked = np.maximum(1.0 - e * a, 1e-12)
-        seen = np.where(clicked, 1.0, e * (1.0 - a) / unclicked)
-        liked = np.where(clicked, 1.0, (1.0 - e) * a / unclicked)
-        new_examine = np.bincount(pos, weights=seen, minlength=slots) / np.maximum(shown_at, 1.0)
-        attract = np.bincount(codes, weights=liked) / shown
-        done = np.max(np.abs(new_examine - examine)) < tolerance
-        examine = new_examine
-        if done:
-            break
-    if examine[1] <= 0:
-        raise ValueError("position 1 got no examination estimate: no clicks at the top")
+    attract = np.full(len(shown_of), max(float(clicked.mean()), 1e-3))
     curve: FloatArray = examine / examine[1]
+    for _ in range(max_iterations):
+        e, a = examine[at], attract[of]
+        unclicked = np.maximum(1.0 - e * a, 1e-12)
+        quiet = shown - clicks
+        examine = (
+            np.bincount(at, weights=clicks + quiet * e * (1.0 - a) / unclicked, minlength=slots)
+            / shown_at
+        )
+        attract = np.bincount(of, weights=clicks + quiet * (1.0 - e) * a / unclicked) / shown_of
+        if examine[1] <= 0:
+            raise ValueError("position 1 got no examination estimate: no clicks at the top")
+        previous, curve = curve, examine / examine[1]
+        if np.max(np.abs(curve - previous)) < tolerance:
+            break
+    else:
+        _LOG.warning(
+            "position-bias EM did not converge in %d iterations; the curve is approximate",
+            max_iterations,
+        )
     curve[0] = 1.0
     return curve
 

@@ -48,7 +48,7 @@ def read_list_file(location: str, batch_rows: int = _BATCH_ROWS) -> Iterator[pa.
     from rankflow.serving import VALUE_COLUMN
 
     fs, path = arrow_filesystem(location)
-    with pq.ParquetFile(fs.open_input_file(path)) as parquet:
+    with fs.open_input_file(path) as source, pq.ParquetFile(source) as parquet:
         names = parquet.schema_arrow.names
         values = VALUE_COLUMN if VALUE_COLUMN in names else "item_ids"
         yield from parquet.iter_batches(batch_size=batch_rows, columns=["user_id", values])

@@ -170,3 +170,23 @@ def test_a_gold_table_from_before_the_encoded_column_takes_it_and_publishes(
     assert snapshot.users == 60
     assert done.result.status == "switched"
     assert RankingReader.from_url(redis_url, "rf").lookup(40, "search").items == [400, 401]
+
+
+def test_a_remove_without_partition_values_counts_as_a_change() -> None:
+    remove = '{"remove": {"path": "ds=2024-01-05/surface=home/p.parquet", "dataChange": true}}'
+    compaction = (
+        '{"remove": {"path": "x.parquet", "dataChange": false, '
+        '"partitionValues": {"ds": "2024-01-05", "surface": "home"}}}'
+    )
+    partition = {"ds": "2024-01-05", "surface": "home"}
+    assert parse_commit(5, [remove]).touches(partition)
+    assert not parse_commit(6, [compaction]).touches(partition)
+
+
+def test_a_commit_with_files_outside_the_partition_only_is_refused() -> None:
+    add = (
+        '{"add": {"path": "p.parquet", "partitionValues": {"col-1a2b": "2024-01-05"}, '
+        '"dataChange": true, "stats": "{\\"numRecords\\": 4}"}}'
+    )
+    with pytest.raises(DeltaLogError, match="none in partition"):
+        snapshot_of("/lake/gold", parse_commit(7, [add]), DS, "home")

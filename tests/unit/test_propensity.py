@@ -56,20 +56,33 @@ def test_inverse_propensity_is_capped_and_positions_past_the_curve_use_its_end()
     assert as_record(curve) == {"1": 1.0, "2": 0.5, "3": 0.01}
 
 
-def test_ipw_ndcg_reweights_gains_and_equals_ndcg_for_unit_weights() -> None:
+def test_ipw_ndcg_pools_weighted_dcg_over_groups() -> None:
     group = np.array([0, 0, 0, 1, 1])
     label = np.array([1.0, 0.0, 1.0, 0.0, 2.0])
     score = np.array([0.9, 0.5, 0.1, 0.3, 0.2])
+    weight = np.array([1.0, 1.0, 4.0, 1.0, 1.0])
 
-    plain = m.evaluate_ranking(group, label, score, cutoffs=(10,), propensity_weight=np.ones(5))
-    weighted = m.evaluate_ranking(
-        group, label, score, cutoffs=(10,), propensity_weight=[1.0, 1.0, 4.0, 1.0, 1.0]
+    result = m.evaluate_ranking(group, label, score, cutoffs=(10,), propensity_weight=weight)
+    single = m.evaluate_ranking(
+        [0, 0], [0.0, 1.0], [0.9, 0.1], cutoffs=(1,), propensity_weight=[1.0, 5.0]
     )
 
-    assert plain["ipw_ndcg@10"] == pytest.approx(plain["ndcg@10"])
-    # group 0: gains 1 (rank 1) and 4 (rank 3); ideal puts the weight-4 click first
-    dcg = 1.0 + 4.0 / np.log2(4.0)
-    ideal = 4.0 + 1.0 / np.log2(3.0)
-    expected = (dcg / ideal + m.ndcg_at_k([1, 1], [0.0, 2.0], [0.3, 0.2], 10)) / 2
-    assert weighted["ipw_ndcg@10"] == pytest.approx(expected)
-    assert weighted["ndcg@10"] == plain["ndcg@10"]
+    # group 0 gains 1 (rank 1) and 1 x 4 (rank 3); group 1 gain 3 at rank 2
+    dcg = (1.0 + 4.0 / np.log2(4.0)) + 3.0 / np.log2(3.0)
+    ideal = (4.0 + 1.0 / np.log2(3.0)) + 3.0
+    assert result["ipw_ndcg@10"] == pytest.approx(dcg / ideal)
+    assert result["ndcg@10"] == m.ndcg_at_k(group, label, score, 10)
+    assert single["ipw_ndcg@1"] == 0.0  # the one click is ranked below the cut-off
+
+
+def test_ipw_ndcg_does_not_cancel_the_weight_of_a_lone_click() -> None:
+    # two groups, one click each: the click seen at a rarely examined slot weighs more
+    group = np.array([0, 0, 1, 1])
+    label = np.array([1.0, 0.0, 0.0, 1.0])
+    score = np.array([0.9, 0.1, 0.9, 0.1])  # first group's click ranked first, second's last
+
+    light = m.evaluate_ranking(group, label, score, cutoffs=(2,), propensity_weight=[1, 1, 1, 1])
+    heavy = m.evaluate_ranking(group, label, score, cutoffs=(2,), propensity_weight=[1, 1, 1, 9])
+
+    assert light["ipw_ndcg@2"] == pytest.approx(light["ndcg@2"])
+    assert heavy["ipw_ndcg@2"] < light["ipw_ndcg@2"]  # the missed click now counts 9 times

@@ -230,3 +230,16 @@ def test_lua_scripts_ship_with_the_package(name: str) -> None:
     source = rs.lua_source(name)
     assert "redis.call" in source
     assert source.startswith("#!lua flags=no-writes") == (name == "lookup")
+
+
+def test_large_arrow_types_frame_like_the_small_ones() -> None:
+    keys = pa.array([b"k1", b"k2"], type=pa.binary())
+    lists = pa.array([[1, 2], [3]], type=pa.large_list(pa.int64()))
+    values = rs.encode_list_array(lists)
+    small = rs.mset_arguments(keys, rs.encode_list_array(pa.array([[1, 2], [3]])))
+
+    assert values.type == pa.large_binary()
+    assert rs.mset_arguments(keys, values).to_pylist() == small.to_pylist()
+    commands = [b"".join(bytes(c) for c in cmd) for cmd in rs.mset_commands(small, 5)]
+    large = rs.mset_arguments(keys, values)
+    assert [b"".join(bytes(c) for c in cmd) for cmd in rs.mset_commands(large, 5)] == commands

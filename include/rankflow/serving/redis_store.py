@@ -255,7 +255,7 @@ def encode_list_array(lists: pa.Array) -> pa.BinaryArray:
     ids = pc.cast(flat, pa.uint32())
     data = ids.buffers()[1].slice(ids.offset * 4, len(ids) * 4) if len(ids) else pa.py_buffer(b"")
     starts = lists.offsets
-    offsets = pc.multiply(pc.subtract(starts, starts[0]), pa.scalar(4, starts.type))
+    offsets = pc.multiply_checked(pc.subtract(starts, starts[0]), pa.scalar(4, starts.type))
     binary = pa.large_binary() if pa.types.is_large_list(lists.type) else pa.binary()
     return pa.Array.from_buffers(binary, len(lists), [None, offsets.buffers()[1], data])
 
@@ -300,13 +300,20 @@ def mset_arguments(keys: pa.Array, values: pa.Array) -> pa.Array:
     if len(keys) != len(values):
         raise ValueError(f"need as many keys as values: {len(keys)}/{len(values)}")
 
+    kind = (
+        pa.large_binary()
+        if pa.types.is_large_binary(keys.type) or pa.types.is_large_binary(values.type)
+        else pa.binary()
+    )
+    keys, values = pc.cast(keys, kind), pc.cast(values, kind)
+
     def length_text(column: pa.Array) -> pa.Array:
-        return pc.cast(pc.cast(pc.binary_length(column), pa.string()), pa.binary())
+        return pc.cast(pc.cast(pc.binary_length(column), pa.string()), kind)
 
     parts = [b"$", length_text(keys), b"\r\n", keys, b"\r\n$", length_text(values)]
     parts += [b"\r\n", values, b"\r\n"]
-    scalars = [pa.scalar(p, pa.binary()) if isinstance(p, bytes) else p for p in parts]
-    return pc.binary_join_element_wise(*scalars, pa.scalar(b"", pa.binary()))
+    scalars = [pa.scalar(p, kind) if isinstance(p, bytes) else p for p in parts]
+    return pc.binary_join_element_wise(*scalars, pa.scalar(b"", kind))
 
 
 def mset_commands(arguments: pa.Array, pairs_per_command: int) -> Iterator[list[Any]]:
@@ -544,6 +551,11 @@ class _CommandStream:
         self._conn.read_response()
         self._pending -= 1
 
+    def drain(self) -> None:
+        """Read every pending reply (raising on the first error reply)."""
+        while self._pending:
+            self._read_one()
+
     def pack(self, *args: Any) -> list[Any]:
         """Return the RESP chunks of one command."""
         return cast("list[Any]", self._conn.pack_command(*args))
@@ -552,8 +564,7 @@ class _CommandStream:
         """Drain the replies, or drop the connection if the stream failed midway."""
         try:
             if ok:
-                while self._pending:
-                    self._read_one()
+                self.drain()
         finally:
             if self._pending:
                 self._conn.disconnect()
@@ -580,8 +591,8 @@ def write_arrow(
     Keys, ``u32le`` values and the RESP arguments of MSET are built in bulk by Arrow compute
     kernels; each MSET of ``mset_batch`` pairs is a header plus a slice of one buffer, with
     ``_WINDOW`` commands in flight. Writes are idempotent, so a retried Spark task may simply
-    write its part again. With ``part``, an acknowledgement ``HSET {version}:parts part users``
-    follows the MSETs on the same connection, so it is stored only after every one of them was:
+    write its part again. With ``part``, once every MSET reply has been read and was OK, an
+    acknowledgement ``HSET {version}:parts part users`` is sent on the same connection:
     :func:`commit_version` checks these acknowledgements instead of scanning every key.
 
     Args:
@@ -596,7 +607,7 @@ def write_arrow(
         part: the name of the unit of work (e.g. a gold file) to acknowledge.
 
     Returns:
-        What was written; the driver sums these and passes the total to :func:`commit_version`.
+        What was written (users, value bytes, MSET commands).
     """
     if mset_batch < 1:
         raise ValueError("mset_batch must be at least 1")
@@ -616,7 +627,8 @@ def write_arrow(
                 stream.send(command)
             value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)
             stats += WriteStats(len(keys), value_bytes, -(-len(keys) // mset_batch))
-        if part is not None:
+        if part is not None:  # only once every MSET reply was read and was OK
+            stream.drain()
             stream.send(stream.pack("HSET", parts_key(prefix, surface, version), part, stats.users))
         ok = True
     finally:
@@ -680,9 +692,9 @@ def check_written(
     """Check that every user key of a version is in Redis; return how it was checked.
 
     With ``expected_parts`` (part -> users) on a server that never evicts, the writers'
-    acknowledgements must match them exactly: an acknowledgement is stored after its MSETs on
-    the same connection, so it proves they were all applied (O(parts)). Otherwise, or if the
-    server may evict, the version's user keys are counted with SCAN (O(keys)).
+    acknowledgements must match them exactly: a writer acknowledges only after every MSET of
+    its part succeeded, and keys of a version never expire or get evicted there (O(parts)).
+    Otherwise, or if the server may evict, the version's user keys are counted with SCAN.
 
     Raises:
         VersionCheckError: a part is missing or reports other counts, or the key count differs.
