@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from rankflow.delta_log import arrow_filesystem
+from rankflow.delta_log import arrow_filesystem, table_file
 from rankflow.gold import GoldSnapshot
 
 if TYPE_CHECKING:
@@ -56,13 +56,13 @@ def read_list_file(location: str, batch_rows: int = _BATCH_ROWS) -> Iterator[pa.
 
 def make_file_writer(
     redis_url: str, prefix: str, surface: str, version: str, mset_batch: int
-) -> Callable[[Iterable[tuple[str, str, int]]], Iterator[tuple[str, int, int]]]:
-    """Build the Spark task function: write each (part, location, rows) file, acknowledge it."""
+) -> Callable[[Iterable[tuple[str, str]]], Iterator[tuple[str, int, int]]]:
+    """Build the Spark task function: write each (part, location) file, acknowledge it."""
 
-    def write(files: Iterable[tuple[str, str, int]]) -> Iterator[tuple[str, int, int]]:
+    def write(files: Iterable[tuple[str, str]]) -> Iterator[tuple[str, int, int]]:
         from rankflow.serving import write_arrow
 
-        for part, location, _rows in files:
+        for part, location in files:
             stats = write_arrow(
                 redis_url,
                 prefix,
@@ -96,7 +96,7 @@ def write_files(
     """
     from rankflow.serving import VersionCheckError
 
-    work = [(part, location, rows) for (part, rows), (location, _) in _paired(snapshot)]
+    work = [(part, table_file(snapshot.table, part)) for part, _ in snapshot.files]
     if not work:
         return []
     writer = make_file_writer(redis_url, prefix, surface, version, mset_batch)
@@ -110,11 +110,6 @@ def write_files(
             f"{wrong[:3]}; {len(results)} of {len(work)} files reported; not switching"
         )
     return [(str(p), int(u), int(b)) for p, u, b in results]
-
-
-def _paired(snapshot: GoldSnapshot) -> Sequence[tuple[tuple[str, int], tuple[str, int]]]:
-    """Pair each (relative path, rows) of a snapshot with its (full location, rows)."""
-    return list(zip(snapshot.files, snapshot.locations(), strict=True))
 
 
 def publish_snapshot(

@@ -618,16 +618,22 @@ def write_parts(
     return expected
 
 
+def written_in_parts(
+    client: redis.Redis, url: str, users: np.ndarray, items: np.ndarray, parts: int
+) -> tuple[str, dict[str, int]]:
+    """Begin a 2024-01-05 version, write it in acknowledged parts, add the fallback."""
+    version = new_version_id(date(2024, 1, 5))
+    begin_version(client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10)
+    expected = write_parts(url, version, users, items, parts)
+    write_fallback(client, PREFIX, SURFACE, version, [1])
+    return version, expected
+
+
 def test_acknowledged_parts_let_the_commit_skip_the_key_scan(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
     users, items = make_lists(40, users=900)
-    version = new_version_id(date(2024, 1, 5))
-    begin_version(
-        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10
-    )
-    parts = write_parts(redis_url, version, users, items, 3)
-    write_fallback(redis_client, PREFIX, SURFACE, version, [1])
+    version, parts = written_in_parts(redis_client, redis_url, users, items, 3)
     policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
 
     result = commit_version(redis_client, PREFIX, SURFACE, version, 900, expected_parts=parts)
@@ -655,12 +661,7 @@ def test_a_missing_or_wrong_acknowledgement_refuses_the_switch(
 ) -> None:
     users, items = make_lists(41, users=900)
     v1, _ = publish(redis_client, redis_url, date(2024, 1, 4), users, items, [1])
-    version = new_version_id(date(2024, 1, 5))
-    begin_version(
-        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10
-    )
-    parts = write_parts(redis_url, version, users, items, 3)
-    write_fallback(redis_client, PREFIX, SURFACE, version, [1])
+    version, parts = written_in_parts(redis_client, redis_url, users, items, 3)
     acks = parts_key(PREFIX, SURFACE, version)
     expected_users = 900
     if tamper == "missing":  # a writer died before acknowledging its part
@@ -681,12 +682,7 @@ def test_an_evicting_server_is_checked_by_scanning_keys(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
     users, items = make_lists(42, users=600)
-    version = new_version_id(date(2024, 1, 5))
-    begin_version(
-        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10
-    )
-    parts = write_parts(redis_url, version, users, items, 2)
-    write_fallback(redis_client, PREFIX, SURFACE, version, [1])
+    version, parts = written_in_parts(redis_client, redis_url, users, items, 2)
     redis_client.delete(user_key(PREFIX, SURFACE, version, int(users[0])))  # "evicted"
     policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
     redis_client.config_set("maxmemory-policy", "allkeys-lru")

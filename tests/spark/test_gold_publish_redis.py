@@ -37,6 +37,24 @@ def gold_frame(spark, users: int, surface: str, *, first: int = 1, offset: int =
     )
 
 
+def publish(spark, client, url: str, snapshot: GoldSnapshot, surface: str):
+    """Publish a snapshot as a new version of ``surface`` under the ``rf`` prefix."""
+    return publish_snapshot(
+        spark,
+        client,
+        url,
+        snapshot,
+        prefix="rf",
+        surface=surface,
+        version=new_version_id(DS),
+        ds=DS,
+        model_version="3",
+        k=2,
+        fallback=[7, 8],
+        mset_batch=64,
+    )
+
+
 def test_snapshot_lists_exactly_the_files_of_the_write(spark, tmp_path) -> None:
     table = str(tmp_path / "gold")
     home = write_gold(gold_frame(spark, 300, "home"), table, DS, "home")
@@ -89,22 +107,9 @@ def test_publish_snapshot_writes_every_file_and_switches(
 ) -> None:
     table = str(tmp_path / "gold")
     snapshot = write_gold(gold_frame(spark, 700, "home"), table, DS, "home")
-    version = new_version_id(DS)
 
-    done = publish_snapshot(
-        spark,
-        redis_client,
-        redis_url,
-        snapshot,
-        prefix="rf",
-        surface="home",
-        version=version,
-        ds=DS,
-        model_version="3",
-        k=2,
-        fallback=[7, 8],
-        mset_batch=64,
-    )
+    done = publish(spark, redis_client, redis_url, snapshot, "home")
+    version = done.version
 
     reader = RankingReader.from_url(redis_url, "rf")
     acks = redis_client.hgetall(parts_key("rf", "home", version))
@@ -126,20 +131,7 @@ def test_a_file_that_disagrees_with_its_row_count_is_not_published(
     wrong = GoldSnapshot(snapshot.table, snapshot.commit, ((path, rows + 1), *rest))
 
     with pytest.raises(VersionCheckError, match="other row counts than recorded"):
-        publish_snapshot(
-            spark,
-            redis_client,
-            redis_url,
-            wrong,
-            prefix="rf",
-            surface="home",
-            version=new_version_id(DS),
-            ds=DS,
-            model_version="3",
-            k=2,
-            fallback=[7],
-            mset_batch=64,
-        )
+        publish(spark, redis_client, redis_url, wrong, "home")
     assert redis_client.get("rf:home:current") is None
 
 
@@ -151,20 +143,8 @@ def test_a_gold_table_from_before_the_encoded_column_takes_it_and_publishes(
     old_snapshot = write_gold(old, table, DS, "search")  # the table as an older release wrote it
     snapshot = write_gold(gold_frame(spark, 60, "home"), table, DS, "home")
 
-    done = publish_snapshot(
-        spark,
-        redis_client,
-        redis_url,
-        old_snapshot,  # files without items_u32le are encoded from item_ids
-        prefix="rf",
-        surface="search",
-        version=new_version_id(DS),
-        ds=DS,
-        model_version="3",
-        k=2,
-        fallback=[7],
-        mset_batch=64,
-    )
+    # files without items_u32le are encoded from item_ids
+    done = publish(spark, redis_client, redis_url, old_snapshot, "search")
 
     columns = spark.read.format("delta").load(table).columns
     assert "items_u32le" in columns

@@ -688,8 +688,8 @@ def check_written(
     version: str,
     expected_users: int,
     expected_parts: Mapping[str, int] | None = None,
-) -> str:
-    """Check that every user key of a version is in Redis; return how it was checked.
+) -> None:
+    """Check that every user key of a version is in Redis, else raise.
 
     With ``expected_parts`` (part -> users) on a server that never evicts, the writers'
     acknowledgements must match them exactly: a writer acknowledges only after every MSET of
@@ -717,14 +717,13 @@ def check_written(
                     f"the expected parts (missing {missing}, other counts {wrong}, "
                     f"{len(set(acked) - set(wanted))} unexpected); not switching"
                 )
-            return "acknowledgements"
+            return
     found = count_users(client, prefix, surface, version)
     if found != expected_users:
         raise VersionCheckError(
             f"version {version!r} of {surface!r} has {found} user keys in Redis but the "
             f"writers reported {expected_users}; not switching"
         )
-    return "scan"
 
 
 def commit_version(
