@@ -80,6 +80,18 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, preset=args.preset)
 
 
+def cmd_benchmark(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the trainer and evaluator on a public benchmark's folds and print the figures."""
+    import os
+
+    from rankflow.benchmark import default_data_dir, format_report, run_mq2008
+
+    folder = Path(args.data or os.environ.get("RANKFLOW_MQ2008") or default_data_dir())
+    result = run_mq2008(folder, settings, convention=args.convention)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
 def cmd_warm(settings: Settings, args: argparse.Namespace) -> int:
     """Download Delta Lake's jars into the local Ivy cache once, and check Delta works."""
     from rankflow.spark import warm_spark
@@ -121,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate data and run the nightly DAG once, end to end")
     demo.add_argument("--preset", choices=["tiny", "demo"], default="demo")
     demo.set_defaults(func=cmd_demo)
+
+    benchmark = sub.add_parser(
+        "benchmark", help="validate the trainer on a public learning-to-rank benchmark"
+    )
+    benchmark.add_argument("dataset", choices=["mq2008"])
+    benchmark.add_argument(
+        "--data", help="folder with S1.txt .. S5.txt (default: $RANKFLOW_MQ2008 or ../shared)"
+    )
+    benchmark.add_argument("--json", action="store_true", help="print one JSON object")
+    benchmark.add_argument(
+        "--convention",
+        choices=["one", "zero", "skip"],
+        help="NDCG/MAP of queries without a relevant document (default: one, XGBoost's)",
+    )
+    benchmark.set_defaults(func=cmd_benchmark)
 
     warm = sub.add_parser("warm-spark", help="fetch the Delta jars once and check Spark works")
     warm.set_defaults(func=cmd_warm)

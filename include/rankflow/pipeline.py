@@ -176,6 +176,7 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
     from rankflow.training import (
         code_version,
         fit_ranker,
+        frame_matrix,
         log_and_register,
         training_window,
         write_run_record,
@@ -190,7 +191,7 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
             f"no training rows between {window.train_start} and {window.validation_end}: "
             "build the training set for those days first (rankflow demo does it)"
         )
-    booster, history = fit_ranker(train, validation, config)
+    fitted = fit_ranker(frame_matrix(train), frame_matrix(validation), config)
     lineage = {
         "code_version": code_version(),
         "config_hash": settings.pipeline_hash,
@@ -199,8 +200,8 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
         "train_rows": len(train),
         "validation_rows": len(validation),
     }
-    record = {**log_and_register(settings, booster, history, lineage, ds), **lineage}
-    record["best_iteration"] = booster.best_iteration
+    record = {**log_and_register(settings, fitted, lineage, ds), **lineage}
+    record["best_iteration"] = fitted.best_iteration
     write_run_record(settings, ds, "train", record)
     return record
 

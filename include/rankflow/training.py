@@ -66,37 +66,62 @@ def group_sizes(qids: pd.Series) -> np.ndarray:
     return np.diff(np.r_[starts, len(values)])
 
 
-def to_dmatrix(frame: pd.DataFrame) -> xgb.DMatrix:
-    """Build a ranking DMatrix (features, labels, query groups) from sorted rows."""
+def ranking_matrix(
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    feature_names: list[str] | None = None,
+) -> xgb.DMatrix:
+    """Build a ranking DMatrix from dense features, labels and contiguous query-group sizes."""
     import xgboost as xgb
 
-    matrix = xgb.DMatrix(
-        frame[MODEL_FEATURES].to_numpy(dtype="float32"),
-        label=frame["label"].to_numpy(dtype="float32"),
-        feature_names=MODEL_FEATURES,
-    )
-    matrix.set_group(group_sizes(frame["qid"]))
+    matrix = xgb.DMatrix(features, label=labels, feature_names=feature_names)
+    matrix.set_group(groups)
     return matrix
 
 
-def fit_ranker(
-    train: pd.DataFrame, validation: pd.DataFrame, config: dict[str, Any]
-) -> tuple[xgb.Booster, dict[str, Any]]:
-    """Fit LambdaMART with early stopping on the validation days; return model and history."""
+def frame_matrix(frame: pd.DataFrame) -> xgb.DMatrix:
+    """Build the ranking DMatrix of training rows sorted by query group."""
+    return ranking_matrix(
+        frame[MODEL_FEATURES].to_numpy(dtype="float32"),
+        frame["label"].to_numpy(dtype="float32"),
+        group_sizes(frame["qid"]),
+        list(MODEL_FEATURES),
+    )
+
+
+@dataclass(frozen=True)
+class FittedRanker:
+    """A booster cut at its best validation iteration, with the validation curve."""
+
+    booster: xgb.Booster
+    best_iteration: int
+    best_score: float
+    validation_curve: list[float]
+
+
+def fit_ranker(train: xgb.DMatrix, validation: xgb.DMatrix, config: dict[str, Any]) -> FittedRanker:
+    """Fit LambdaMART, early-stopped on the validation groups, keeping only the best trees.
+
+    ``xgb.train`` returns every tree it grew, up to ``early_stopping_rounds`` past the best
+    iteration; the model is sliced so that scoring, serving and the gate all see the same one.
+    """
     import xgboost as xgb
 
     params = {**config["params"], "seed": int(config["seed"])}
     history: dict[str, Any] = {}
     booster = xgb.train(
         params,
-        to_dmatrix(train),
+        train,
         num_boost_round=int(config["num_boost_round"]),
-        evals=[(to_dmatrix(validation), "validation")],
+        evals=[(validation, "validation")],
         early_stopping_rounds=int(config["early_stopping_rounds"]),
         evals_result=history,
         verbose_eval=False,
     )
-    return booster, history
+    best = int(booster.best_iteration)
+    curve = [float(v) for v in history["validation"][str(params["eval_metric"])]]
+    return FittedRanker(booster[: best + 1], best, curve[best], curve)
 
 
 def code_version() -> str:
@@ -135,8 +160,7 @@ def configure_mlflow(settings: Settings) -> None:
 
 def log_and_register(
     settings: Settings,
-    booster: xgb.Booster,
-    history: dict[str, Any],
+    fitted: FittedRanker,
     lineage: dict[str, Any],
     ds: date,
 ) -> dict[str, str]:
@@ -154,7 +178,7 @@ def log_and_register(
                 "seed": training["seed"],
                 "num_boost_round": training["num_boost_round"],
                 "early_stopping_rounds": training["early_stopping_rounds"],
-                "best_iteration": booster.best_iteration,
+                "best_iteration": fitted.best_iteration,
                 "config_version": settings.pipeline["version"],
             }
         )
@@ -166,12 +190,12 @@ def log_and_register(
                 **{f"delta_version.{k}": str(v) for k, v in lineage["table_versions"].items()},
             }
         )
-        for step, value in enumerate(history["validation"][training["params"]["eval_metric"]]):
+        for step, value in enumerate(fitted.validation_curve):
             mlflow.log_metric("validation_ndcg_10", value, step=step)
         mlflow.log_dict(lineage, "lineage.json")
         mlflow.log_dict({"features": list(MODEL_FEATURES)}, "features.json")
         info = mlflow.xgboost.log_model(
-            booster,
+            fitted.booster,
             name="model",
             model_format="json",
             registered_model_name=settings.model_name,
