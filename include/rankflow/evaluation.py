@@ -1,9 +1,7 @@
-"""Offline evaluation on a held-out day: the model, the baselines, the oracle, and the gate."""
+"""Offline evaluation on a held-out day: the model, the champion, the baselines and the oracle."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from rankflow.features import MODEL_FEATURES
@@ -14,26 +12,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 BASELINES = ("popularity", "recency", "random", "logged_order", "oracle")
-
-
-class GateRejectedError(RuntimeError):
-    """The challenger may not replace the champion."""
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """Whether a challenger is promoted, and why."""
-
-    promote: bool
-    reason: str
-    metric: str
-    challenger: float
-    popularity: float
-    champion: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the decision as plain data (logged and recorded)."""
-        return asdict(self)
 
 
 def baseline_scores(frame: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
@@ -58,8 +36,12 @@ def baseline_scores(frame: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
 
 def predict(booster_raw: bytes, frame: pd.DataFrame) -> np.ndarray:
     """Score rows with a serialized model, using every core (offline evaluation)."""
+    import numpy as np
+
     from rankflow.training import booster_from_bytes
 
+    if frame.empty:
+        return np.empty(0, dtype=np.float32)
     booster = booster_from_bytes(booster_raw, nthread=0)
     return booster.inplace_predict(frame[MODEL_FEATURES].to_numpy(dtype="float32"))
 
@@ -100,44 +82,6 @@ def evaluation_table(
         )
         for name, scores in rankers.items()
     }
-
-
-def gate_decision(table: dict[str, dict[str, float]], config: dict[str, Any]) -> GateDecision:
-    """Promote only if the challenger beats popularity and is not worse than the champion."""
-    metric = str(config["gate_metric"])
-    challenger = table["challenger"][metric]
-    popularity = table["popularity"][metric]
-    champion = table.get("champion", {}).get(metric)
-    min_lift = float(config["min_lift_over_popularity"])
-    tolerance = float(config["champion_tolerance"])
-
-    def decision(promote: bool, reason: str) -> GateDecision:
-        return GateDecision(promote, reason, metric, challenger, popularity, champion)
-
-    if math.isnan(challenger):
-        return decision(False, f"challenger {metric} is NaN (no evaluable query groups)")
-    lift = challenger / popularity - 1.0 if popularity > 0 else math.inf
-    if lift <= min_lift:
-        return decision(
-            False,
-            f"challenger {metric}={challenger:.4f} does not beat popularity {popularity:.4f} "
-            f"(lift {lift:+.1%}, needs > {min_lift:+.1%})",
-        )
-    if champion is None:
-        return decision(
-            True, f"first model: {metric}={challenger:.4f}, lift {lift:+.1%} over popularity"
-        )
-    floor = champion * (1.0 - tolerance)
-    if challenger < floor:
-        return decision(
-            False,
-            f"challenger {metric}={challenger:.4f} is below the champion {champion:.4f} "
-            f"beyond the tolerance ({tolerance:.1%}: floor {floor:.4f})",
-        )
-    return decision(
-        True,
-        f"{metric}={challenger:.4f} vs champion {champion:.4f} and popularity {popularity:.4f}",
-    )
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:

@@ -378,3 +378,33 @@ def evaluate_ranking(
     result["groups"] = float(ranked.n_groups)
     result["groups_with_relevant"] = float(np.count_nonzero(ranked.n_relevant))
     return result
+
+
+def ndcg_parts(
+    group: npt.ArrayLike,
+    label: npt.ArrayLike,
+    score: npt.ArrayLike,
+    k: int,
+    ndcg_empty: Empty = "skip",
+    propensity_weight: npt.ArrayLike | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """Per-group numerator and denominator whose ratio of sums is NDCG@k (or IPW NDCG@k).
+
+    Without weights: the group's NDCG@k over 1 (a skipped empty group is 0 over 0), so the ratio
+    of sums is the mean NDCG@k of :func:`evaluate_ranking`. With ``propensity_weight``: the
+    group's weighted DCG@k over its weighted ideal DCG@k, whose ratio of sums is the pooled
+    ``ipw_ndcg@k``. Resampling groups and re-taking the ratio is the bootstrap of either metric.
+    """
+    if propensity_weight is None:
+        per_group = _ndcg(rank_groups(group, label, score), k, "exponential", ndcg_empty)
+        kept = ~np.isnan(per_group)
+        return np.where(kept, per_group, 0.0), kept.astype(np.float64)
+    weighted = (np.exp2(np.asarray(label, dtype=np.float64)) - 1.0) * np.asarray(
+        propensity_weight, dtype=np.float64
+    )
+    ranked = rank_groups(group, weighted, score)
+    discount = np.where(ranked.within(k), 1.0 / np.log2(ranked.position + 2.0), 0.0)
+    return (
+        ranked.per_group_sum(ranked.label * discount),
+        ranked.per_group_sum(ranked.ideal_label * discount),
+    )

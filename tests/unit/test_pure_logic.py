@@ -1,8 +1,7 @@
-"""Pure logic: trigger params, training window, top-K, query groups, gate, S3 manifest."""
+"""Pure logic: trigger params, training window, top-K, query groups, S3 manifest."""
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, date, datetime
 
 import numpy as np
@@ -10,7 +9,6 @@ import pandas as pd
 import pytest
 
 from rankflow.dagparams import InvalidParamsError, resolve_run_date
-from rankflow.evaluation import gate_decision
 from rankflow.publish_s3 import build_manifest
 from rankflow.scoring import top_k_per_user
 from rankflow.training import group_sizes, sort_by_query, training_window
@@ -84,45 +82,6 @@ def test_group_sizes_follow_contiguous_query_groups() -> None:
     ordered = sort_by_query(frame)
     assert list(ordered.qid) == ["a", "a", "b", "b", "c"]
     assert list(group_sizes(ordered.qid)) == [2, 2, 1]
-
-
-def _table(challenger: float, popularity: float, champion: float | None = None) -> dict:
-    table = {"challenger": {"ndcg@10": challenger}, "popularity": {"ndcg@10": popularity}}
-    if champion is not None:
-        table["champion"] = {"ndcg@10": champion}
-    return table
-
-
-GATE = {
-    "gate_metric": "ndcg@10",
-    "min_lift_over_popularity": 0.0,
-    "champion_tolerance": 0.01,
-}
-
-
-def test_gate_promotes_first_model_that_beats_popularity() -> None:
-    decision = gate_decision(_table(0.5, 0.4), GATE)
-    assert decision.promote
-    assert "first model" in decision.reason
-
-
-def test_gate_rejects_model_not_beating_popularity() -> None:
-    decision = gate_decision(_table(0.4, 0.4), GATE)
-    assert not decision.promote
-    assert "popularity" in decision.reason
-
-
-def test_gate_rejects_model_worse_than_champion_beyond_tolerance() -> None:
-    assert gate_decision(_table(0.495, 0.4, champion=0.5), GATE).promote
-    decision = gate_decision(_table(0.48, 0.4, champion=0.5), GATE)
-    assert not decision.promote
-    assert "champion" in decision.reason
-
-
-def test_gate_rejects_nan_metric() -> None:
-    decision = gate_decision(_table(math.nan, 0.4), GATE)
-    assert not decision.promote
-    assert "NaN" in decision.reason
 
 
 def test_manifest_counts_and_orders_parts() -> None:
