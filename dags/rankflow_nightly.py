@@ -89,7 +89,7 @@ def rankflow_nightly() -> None:
     candidates = spark_step("candidates", day)
     training_set = spark_step("training_set", day)
     train = spark_step("train", day)
-    evaluate = spark_step("evaluate", day, retries=0)
+    evaluate = spark_step("evaluate", [*day, "--run-id", "{{ run_id }}"], retries=0)
     score = spark_step(
         "score",
         [*day, *lists, "--top-k", "{{ params.top_k }}"],

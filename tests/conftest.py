@@ -56,6 +56,7 @@ def s3_endpoint() -> str:
 def settings(tmp_path: Path, redis_url: str, s3_endpoint: str) -> Settings:
     """Settings whose home, bucket and Redis DB belong to this test alone."""
     env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri exports it to the process
     env.update(
         RANKFLOW_HOME=str(tmp_path / "home"),
         RANKFLOW_REDIS_URL=redis_url,

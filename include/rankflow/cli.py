@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from rankflow.config import Settings, load_settings
 
@@ -48,17 +49,88 @@ def cmd_lookup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def record(settings: Settings, event: str, **values: Any) -> None:
+    """Append a manual event to the promotion ledger (opens a local Spark session)."""
+    from rankflow.ledger import LedgerEvent, append_events, now
+    from rankflow.lifecycle import actor
+    from rankflow.spark import get_session
+
+    spark = get_session(settings, "rankflow-ledger")
+    try:
+        append_events(spark, settings, [LedgerEvent(event, now(), actor=actor(), **values)])
+    finally:
+        spark.stop()
+
+
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    """Make the previous Redis version current again (one atomic step)."""
+    """Serve the previous Redis version again and make its model the champion, together."""
     import redis
 
-    from rankflow.serving import rollback
+    from rankflow.lifecycle import rollback_release
 
+    if not args.reason:
+        raise ValueError("a rollback needs --reason (it is recorded in the promotion ledger)")
     surface = args.surface or settings.pipeline["scoring"]["surface"]
-    client = redis.Redis.from_url(settings.redis.url)
-    result = rollback(client, settings.redis.key_prefix, surface)
-    print(json.dumps(result.as_dict()))
-    return 0 if result.status == "rolled_back" else 1
+    done = rollback_release(settings, redis.Redis.from_url(settings.redis.url), surface)
+    print(json.dumps(done.as_dict()))
+    record(
+        settings,
+        "rollback",
+        surface=surface,
+        model_version=done.model_after,
+        previous_champion=done.alias.champion_before,
+        redis_version=done.redis_after,
+        reason=args.reason,
+    )
+    return 0
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    """List registered models, promote one by hand, roll back, or say who served a user."""
+    if args.action == "rollback":
+        return cmd_rollback(settings, args)
+    if args.action == "list":
+        from rankflow.lifecycle import list_models
+
+        rows = list_models(settings, limit=args.limit)
+        if args.json:
+            print(json.dumps(rows, default=str))
+        for row in [] if args.json else rows:
+            print(
+                f"{row['version']:>4}  {row['ds'] or '-':<10}  {row['gate'] or '-':<9}  "
+                f"{','.join(row['aliases']) or '-':<27}  {(row['code_version'] or '-')[:12]}"
+            )
+        return 0
+    if args.action == "promote":
+        from rankflow.lifecycle import mlflow_client, move_champion
+
+        if not args.version or not args.reason:
+            raise ValueError("models promote needs a VERSION and --reason (for the ledger)")
+        move = move_champion(mlflow_client(settings), settings.model_name, args.version)
+        print(json.dumps(move.as_dict()))
+        record(
+            settings,
+            "manual_promote",
+            model_version=move.champion_after,
+            previous_champion=move.champion_before,
+            reason=args.reason,
+        )
+        return 0
+    from datetime import UTC, datetime
+
+    from rankflow.ledger import read_ledger, served_at
+    from rankflow.spark import get_session
+
+    at = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    spark = get_session(settings, "rankflow-ledger")
+    try:
+        ledger = read_ledger(spark, settings)
+    finally:
+        spark.stop()
+    print(json.dumps(served_at(ledger, surface, at).as_dict(), default=str))
+    return 0
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -78,6 +150,25 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from rankflow.demo import run_demo
 
     return run_demo(settings, preset=args.preset)
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    """Train and register a model for --ds, or rebuild a registered one from its lineage."""
+    from rankflow import pipeline
+    from rankflow.spark import get_session
+
+    if (args.ds is None) == (args.reproduce is None):
+        raise ValueError("give exactly one of --ds (train) and --reproduce VERSION")
+    spark = get_session(settings, "rankflow-train")
+    try:
+        if args.reproduce:
+            result = pipeline.run_reproduce(spark, settings, args.reproduce)
+        else:
+            result = pipeline.run_train(spark, settings, args.ds)
+    finally:
+        spark.stop()
+    print(json.dumps(result, default=str))
+    return 0 if result.get("identical", True) else 1
 
 
 def cmd_benchmark(settings: Settings, args: argparse.Namespace) -> int:
@@ -122,9 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--surface")
     lookup.set_defaults(func=cmd_lookup)
 
-    rollback = sub.add_parser("rollback", help="switch readers back to the previous version")
+    rollback = sub.add_parser(
+        "rollback", help="serve the previous version and its model again (= models rollback)"
+    )
     rollback.add_argument("--surface")
+    rollback.add_argument("--reason", required=True, help="why (recorded in the ledger)")
     rollback.set_defaults(func=cmd_rollback)
+
+    models = sub.add_parser(
+        "models", help="list models, promote or roll back (MLflow aliases + Redis + ledger)"
+    )
+    models.add_argument("action", choices=["list", "promote", "rollback", "which"])
+    models.add_argument("version", nargs="?", help="model version to promote")
+    models.add_argument("--reason", help="why (recorded in the ledger; promote and rollback)")
+    models.add_argument("--surface")
+    models.add_argument("--limit", type=int, default=20, help="list: newest versions shown")
+    models.add_argument("--json", action="store_true", help="list: one JSON array")
+    models.add_argument(
+        "--at", help="which: ISO time (default now): the version and model readers got then"
+    )
+    models.set_defaults(func=cmd_models)
 
     status = sub.add_parser("status", help="show the published Redis versions")
     status.add_argument("--surface")
@@ -133,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate data and run the nightly DAG once, end to end")
     demo.add_argument("--preset", choices=["tiny", "demo"], default="demo")
     demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser("train", help="train a model for --ds, or --reproduce a registered one")
+    train.add_argument("--ds", type=date.fromisoformat, help="logical date to train for")
+    train.add_argument(
+        "--reproduce",
+        metavar="VERSION",
+        help="rebuild a registered model from its lineage; exit 1 unless byte-identical",
+    )
+    train.set_defaults(func=cmd_train)
 
     benchmark = sub.add_parser(
         "benchmark", help="validate the trainer on a public learning-to-rank benchmark"
@@ -159,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(load_settings(), args))
-    except (RuntimeError, ValueError, FileNotFoundError) as error:
+    except (RuntimeError, ValueError, FileNotFoundError) as error:  # incl. refused lifecycle steps
         print(f"rankflow {args.command}: {error}", file=sys.stderr)
         return 2
 

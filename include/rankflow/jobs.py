@@ -47,7 +47,7 @@ def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]
         "candidates": lambda s, c, a: pipeline.run_candidates(s, c, a.ds),
         "training_set": lambda s, c, a: pipeline.run_training_set(s, c, a.start or a.ds, a.ds),
         "train": lambda s, c, a: pipeline.run_train(s, c, a.ds),
-        "evaluate": lambda s, c, a: pipeline.run_evaluate(s, c, a.ds),
+        "evaluate": lambda s, c, a: pipeline.run_evaluate(s, c, a.ds, a.run_id),
         "score": lambda s, c, a: pipeline.run_score(
             s, c, a.ds, surface(c, a), a.top_k or int(c.pipeline["scoring"]["top_k"]), a.model
         ),

@@ -6,6 +6,7 @@ never knows which scheduler started it.
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -145,15 +146,24 @@ def run_training_set(
     }
 
 
-def training_rows(spark: SparkSession, settings: Settings, start: date, end: date) -> Any:
-    """Collect the training rows of ``[start, end]`` as pandas, sorted by query group."""
+def training_rows(
+    spark: SparkSession, settings: Settings, start: date, end: date, version: int | None = None
+) -> Any:
+    """Collect the training rows of ``[start, end]`` as pandas, sorted by query group.
+
+    ``version`` pins the Delta version of the training set (time travel): the lineage of a model
+    records it, and reproducing the model reads exactly those rows again.
+    """
     from pyspark.sql import functions as F
 
     from rankflow.training import sort_by_query
 
+    table = read_table(spark, settings, "silver/training_set")
+    if version is not None:
+        path = settings.paths.table("silver/training_set")
+        table = spark.read.format("delta").option("versionAsOf", version).load(path)
     frame = (
-        read_table(spark, settings, "silver/training_set")
-        .where(
+        table.where(
             F.col("ds").between(
                 F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")
             )
@@ -172,11 +182,15 @@ def table_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
 
 
 def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, Any]:
-    """Train on the days before ``ds`` (early stopping on the last of them) and register."""
+    """Train on the days before ``ds`` (early stopping on the last of them) and register.
+
+    The input tables' Delta versions are read first and the training set is read at its
+    version, so the lineage names exactly the rows the model was fitted on.
+    """
     from rankflow.training import (
-        code_version,
         fit_ranker,
         frame_matrix,
+        lineage_of,
         log_and_register,
         training_window,
         write_run_record,
@@ -184,33 +198,90 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
 
     config = settings.pipeline["training"]
     window = training_window(ds, config)
-    train = training_rows(spark, settings, window.train_start, window.train_end)
-    validation = training_rows(spark, settings, window.validation_start, window.validation_end)
+    versions = table_versions(spark, settings)
+    pinned = versions["silver/training_set"]
+    train = training_rows(spark, settings, window.train_start, window.train_end, pinned)
+    validation = training_rows(
+        spark, settings, window.validation_start, window.validation_end, pinned
+    )
     if train.empty or validation.empty:
         raise ValueError(
             f"no training rows between {window.train_start} and {window.validation_end}: "
             "build the training set for those days first (rankflow demo does it)"
         )
     fitted = fit_ranker(frame_matrix(train), frame_matrix(validation), config)
-    lineage = {
-        "code_version": code_version(),
-        "config_hash": settings.pipeline_hash,
-        "table_versions": table_versions(spark, settings),
-        "window": {k: v.isoformat() for k, v in vars(window).items()},
-        "train_rows": len(train),
-        "validation_rows": len(validation),
-    }
+    lineage = lineage_of(settings, fitted, versions, window, len(train), len(validation))
     record = {**log_and_register(settings, fitted, lineage, ds), **lineage}
-    record["best_iteration"] = fitted.best_iteration
     write_run_record(settings, ds, "train", record)
     return record
 
 
+def run_reproduce(spark: SparkSession, settings: Settings, model_version: str) -> dict[str, Any]:
+    """Retrain a registered model from its lineage (Delta time travel) and compare the bytes."""
+    import hashlib
+
+    from rankflow.training import (
+        code_version,
+        fit_ranker,
+        frame_matrix,
+        load_lineage,
+        load_model,
+        lock_hash,
+        model_bytes,
+    )
+
+    lineage = load_lineage(settings, model_version)
+    window = {k: date.fromisoformat(v) for k, v in lineage["window"].items()}
+    pinned = int(lineage["table_versions"]["silver/training_set"])
+    train = training_rows(spark, settings, window["train_start"], window["train_end"], pinned)
+    validation = training_rows(
+        spark, settings, window["validation_start"], window["validation_end"], pinned
+    )
+    fitted = fit_ranker(frame_matrix(train), frame_matrix(validation), lineage["training_config"])
+    rebuilt = model_bytes(fitted.booster)
+    registered, _ = load_model(settings, model_version)
+    warnings = []
+    if code_version() != lineage["code_version"]:
+        warnings.append(
+            f"code is {code_version()}, the model was trained by {lineage['code_version']}"
+        )
+    if lock_hash() != lineage["requirements_lock_hash"]:
+        warnings.append("requirements.lock differs from the one the model was trained with")
+    return {
+        "model_version": model_version,
+        "identical": rebuilt == registered,
+        "sha256": hashlib.sha256(rebuilt).hexdigest(),
+        "registered_sha256": hashlib.sha256(registered).hexdigest(),
+        "lineage_sha256": lineage["model_sha256"],
+        "train_rows": len(train),
+        "validation_rows": len(validation),
+        "training_set_version": pinned,
+        "warnings": warnings,
+    }
+
+
 def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
-    """Return the held-out day's rows, with the simulator's truth when it exists."""
+    """Return the held-out day's rows with item and user attributes, and the simulator's truth."""
     from pathlib import Path
 
-    frame = training_rows(spark, settings, ds, ds)
+    from pyspark.sql import functions as F
+
+    from rankflow.training import sort_by_query
+
+    _, items, users = bronze(spark, settings)
+    frame: Any = (
+        read_partition(spark, settings, "silver/training_set", ds)
+        .select("qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
+        .join(
+            items.select("item_id", "category", "seller_id", "price").dropDuplicates(["item_id"]),
+            on="item_id",
+            how="left",
+        )
+        .join(users.select("user_id", "country").dropDuplicates(["user_id"]), "user_id", "left")
+        .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+        .toPandas()
+    )
+    frame = sort_by_query(frame)
     truth_path = Path(settings.paths.raw) / "truth" / f"ds={ds.isoformat()}"
     if truth_path.exists():
         import pandas as pd
@@ -221,6 +292,33 @@ def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
         truth = truth.rename(columns={"session_id": "qid"})
         frame = frame.merge(truth, on=["qid", "item_id"], how="left", validate="one_to_one")
     return frame
+
+
+def shadow_candidates(spark: SparkSession, settings: Settings, ds: date) -> tuple[Any, int]:
+    """Return a fixed hash sample of users' candidates with attributes, and the live items.
+
+    Challenger and champion both score these same users: the gate's list guardrails and overlap.
+    """
+    from pyspark.sql import functions as F
+
+    evaluation = settings.pipeline["evaluation"]
+    items = read_features(spark, settings, ds).items
+    candidates = scoring_input(spark, settings, ds)
+    sample = (
+        candidates.select("user_id")
+        .distinct()
+        .orderBy(F.xxhash64("user_id", F.lit(int(evaluation["bootstrap_seed"]))), "user_id")
+        .limit(int(evaluation["shadow_users"]))
+    )
+    attributes = items.select(
+        "item_id", "category", "seller_id", F.col("item_price").alias("price")
+    )
+    shadow = (
+        candidates.join(F.broadcast(sample), "user_id")
+        .join(attributes, "item_id", "left")
+        .toPandas()
+    )
+    return shadow, int(items.where(~F.col("is_sold")).count())
 
 
 def examination_curve(
@@ -249,22 +347,83 @@ def examination_curve(
     )
 
 
-def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str, Any]:
+def gate_evidence(
+    frame: Any,
+    rankers: dict[str, np.ndarray],
+    weights: np.ndarray | None,
+    config: dict[str, Any],
+    shadow: tuple[Any, int, dict[str, bytes]] | None = None,
+) -> Any:
+    """Decide on the challenger from the held-out rows and, if given, the shadow-scored lists."""
+    from rankflow.evaluation import predict
+    from rankflow.gate import (
+        compare_segments,
+        gate_decision,
+        list_health,
+        list_overlap,
+        metric_parts,
+        top_lists,
+    )
+
+    metric = str(config["gate_metric"])
+    parts = {
+        name: metric_parts(frame, rankers[name], metric, config, weights)
+        for name in ("challenger", "popularity", "champion")
+        if name in rankers
+    }
+    segments = None
+    if "champion" in rankers:
+        segments = compare_segments(
+            frame, rankers["challenger"], rankers["champion"], weights, config
+        )
+    lists: dict[str, dict[str, float]] = {}
+    overlap: dict[str, float] = {}
+    if shadow is not None:
+        candidates, catalogue_size, models = shadow
+        depth = int(config["overlap_depth"])
+        tops = {
+            name: top_lists(candidates, predict(raw, candidates), depth)
+            for name, raw in models.items()
+        }
+        rails = config["guardrails"]
+        lists = {
+            name: list_health(top, catalogue_size, float(rails["top_seller_percent"]))
+            for name, top in tops.items()
+        }
+        if "champion" in tops:
+            overlap = list_overlap(
+                tops["champion"], tops["challenger"], depth, float(config["rbo_p"])
+            )
+    return gate_decision(
+        parts["challenger"],
+        parts["popularity"],
+        parts.get("champion"),
+        config,
+        segments=segments,
+        lists=lists,
+        overlap=overlap,
+    )
+
+
+def record_event(spark: SparkSession, settings: Settings, event: str, **values: Any) -> None:
+    """Append one event to the promotion ledger (once, however often the task is retried)."""
+    from rankflow.ledger import LedgerEvent, append_events, now
+
+    append_events(spark, settings, [LedgerEvent(event, now(), **values)])
+
+
+def run_evaluate(
+    spark: SparkSession, settings: Settings, ds: date, run_id: str = "manual"
+) -> dict[str, Any]:
     """Evaluate the new model, the champion and the baselines on ``ds``; promote or refuse."""
     from dataclasses import replace
 
     import mlflow
     from mlflow import MlflowClient
 
-    from rankflow.evaluation import (
-        GateRejectedError,
-        baseline_scores,
-        evaluation_table,
-        format_table,
-        gate_decision,
-        predict,
-    )
-    from rankflow.propensity import as_record
+    from rankflow.evaluation import baseline_scores, evaluation_table, format_table, predict
+    from rankflow.gate import GateRejectedError
+    from rankflow.propensity import as_record, inverse_propensity
     from rankflow.training import (
         CHAMPION,
         ModelNotFoundError,
@@ -278,19 +437,18 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
     evaluation = settings.pipeline["evaluation"]
     trained = read_run_record(settings, ds, "train")
     frame = held_out_rows(spark, settings, ds)
-    if frame.empty:
-        raise ValueError(f"no held-out rows for {ds}: the evaluation set is empty")
     challenger_raw, challenger_version = load_model(settings, str(trained["model_version"]))
-    rankers = {"challenger": predict(challenger_raw, frame)}
+    models = {"challenger": challenger_raw}
     champion_version = None
     champion_ds = None
     try:
         champion_raw, champion_version = load_model(settings, CHAMPION)
         champion_ds = model_trained_for(settings, champion_version)
         if champion_version != challenger_version and not (champion_ds and champion_ds > ds):
-            rankers["champion"] = predict(champion_raw, frame)
+            models["champion"] = champion_raw
     except ModelNotFoundError:
         pass
+    rankers = {name: predict(raw, frame) for name, raw in models.items()}
     rankers.update(baseline_scores(frame, seed=int(settings.pipeline["training"]["seed"])))
     window = trained["window"]
     examination = examination_curve(
@@ -299,8 +457,13 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         date.fromisoformat(window["train_start"]),
         date.fromisoformat(window["validation_end"]),
     )
-    table = evaluation_table(frame, rankers, evaluation, examination)
-    decision = gate_decision(table, evaluation)
+    weights = inverse_propensity(
+        frame["position"].to_numpy(), examination, clip=float(evaluation["ipw_clip"])
+    )
+    table = evaluation_table(frame, rankers, evaluation, examination) if len(frame) else {}
+    candidates, catalogue_size = shadow_candidates(spark, settings, ds)
+    shadow = (candidates, catalogue_size, models) if len(candidates) else None
+    decision = gate_evidence(frame, rankers, weights, evaluation, shadow)
     backfill = (
         champion_ds is not None and champion_ds > ds and champion_version != challenger_version
     )
@@ -317,6 +480,17 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
             mlflow.log_metrics(
                 {f"{ranker}.{k}".replace("@", "_at_"): v for k, v in metrics.items()}
             )
+        if decision.difference is not None:
+            mlflow.log_metrics(
+                {
+                    "gate.difference": decision.difference.estimate,
+                    "gate.difference_low": decision.difference.low,
+                    "gate.difference_high": decision.difference.high,
+                }
+            )
+        mlflow.log_metrics(
+            {f"overlap.{k}".replace("@", "_at_"): v for k, v in decision.overlap.items()}
+        )
         mlflow.log_dict(
             {"table": table, "gate": decision.as_dict(), "examination": as_record(examination)},
             "evaluation.json",
@@ -330,9 +504,22 @@ def run_evaluate(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         "gate": decision.as_dict(),
         "rows": len(frame),
         "examination": as_record(examination),
-        "text": format_table(table),
+        "text": format_table(table) if table else "(no held-out rows)",
     }
     write_run_record(settings, ds, "evaluation", record)
+    outcome = "evaluate_backfill" if backfill else "promote" if decision.promote else "reject"
+    record_event(
+        spark,
+        settings,
+        outcome,
+        ds=ds,
+        model_version=challenger_version,
+        previous_champion=champion_version,
+        gate_promote=decision.promote,
+        gate_reason=decision.reason,
+        gate_json=json.dumps(decision.as_dict(), default=str),
+        airflow_run_id=run_id,
+    )
     if backfill:
         return record
     if not decision.promote:
@@ -434,6 +621,17 @@ def run_publish_s3(
     meta = {"model_version": scored["model_version"], "top_k": scored["top_k"]}
     result = asdict(export_rankings(ranked, settings.s3, surface, ds, version, meta))
     write_run_record(settings, ds, f"publish-s3-{surface}", result)
+    record_event(
+        spark,
+        settings,
+        "publish_s3",
+        ds=ds,
+        surface=surface,
+        model_version=str(scored["model_version"]),
+        airflow_run_id=run_id,
+        redis_version=version,
+        s3_prefix=f"s3://{settings.s3.bucket}/{result['prefix']}",
+    )
     return result
 
 
@@ -504,4 +702,16 @@ def run_publish_redis(
         "model_version": scored["model_version"],
     }
     write_run_record(settings, ds, f"publish-redis-{surface}", record)
+    if published.result.status == "switched":
+        record_event(
+            spark,
+            settings,
+            "publish_redis",
+            ds=ds,
+            surface=surface,
+            model_version=str(scored["model_version"]),
+            airflow_run_id=run_id,
+            redis_version=version,
+            reason=published.result.reason or None,
+        )
     return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -145,11 +146,74 @@ def code_version() -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
+def lock_hash() -> str:
+    """SHA-256 (16 hex) of ``requirements.lock``: the exact dependency set, for the lineage."""
+    lock = repo_root() / "requirements.lock"
+    if not lock.exists():
+        return "missing"
+    return hashlib.sha256(lock.read_bytes()).hexdigest()[:16]
+
+
+def model_bytes(booster: xgb.Booster) -> bytes:
+    """The model as XGBoost JSON bytes: what MLflow stores, scoring loads and lineage hashes."""
+    return bytes(booster.save_raw(raw_format="json"))
+
+
+def lineage_of(
+    settings: Settings,
+    fitted: FittedRanker,
+    table_versions: dict[str, int],
+    window: TrainingWindow,
+    train_rows: int,
+    validation_rows: int,
+) -> dict[str, Any]:
+    """Everything needed to rebuild a model byte for byte, and to say how it was made."""
+    import platform
+
+    import xgboost as xgb
+
+    return {
+        "code_version": code_version(),
+        "config_hash": settings.pipeline_hash,
+        "config_version": settings.pipeline["version"],
+        "training_config": settings.pipeline["training"],
+        "requirements_lock_hash": lock_hash(),
+        "xgboost_version": xgb.__version__,
+        "python_version": platform.python_version(),
+        "table_versions": table_versions,
+        "window": {k: v.isoformat() for k, v in vars(window).items()},
+        "train_rows": train_rows,
+        "validation_rows": validation_rows,
+        "best_iteration": fitted.best_iteration,
+        "model_sha256": hashlib.sha256(model_bytes(fitted.booster)).hexdigest(),
+    }
+
+
+def load_lineage(settings: Settings, version: str) -> dict[str, Any]:
+    """Read the lineage a registered model version was logged with."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    configure_mlflow(settings)
+    try:
+        run_id = MlflowClient().get_model_version(settings.model_name, version).run_id
+    except MlflowException as error:
+        raise ModelNotFoundError(f"model {settings.model_name} has no version {version}") from error
+    lineage: dict[str, Any] = mlflow.artifacts.load_dict(f"runs:/{run_id}/lineage.json")
+    if "training_config" not in lineage:
+        raise ModelNotFoundError(
+            f"model version {version} predates reproducible lineage (no training_config)"
+        )
+    return lineage
+
+
 def configure_mlflow(settings: Settings) -> None:
     """Point MLflow at the tracking store; the embedded one keeps artefacts beside its DB."""
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # models live beside their runs
     if settings.mlflow_tracking_uri.startswith("sqlite:"):
         settings.paths.mlflow.mkdir(parents=True, exist_ok=True)
         if mlflow.get_experiment_by_name("rankflow") is None:
@@ -187,12 +251,15 @@ def log_and_register(
                 "ds": ds.isoformat(),
                 "code_version": lineage["code_version"],
                 "config_hash": settings.pipeline_hash,
+                "requirements_lock_hash": lineage["requirements_lock_hash"],
+                "model_sha256": lineage["model_sha256"],
                 **{f"delta_version.{k}": str(v) for k, v in lineage["table_versions"].items()},
             }
         )
         for step, value in enumerate(fitted.validation_curve):
             mlflow.log_metric("validation_ndcg_10", value, step=step)
         mlflow.log_dict(lineage, "lineage.json")
+        mlflow.log_dict(settings.pipeline, "config.json")
         mlflow.log_dict({"features": list(MODEL_FEATURES)}, "features.json")
         info = mlflow.xgboost.log_model(
             fitted.booster,

@@ -33,6 +33,7 @@ def tiny_env(tmp_path, redis_url, s3_endpoint, monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # left by in-process MLflow tests
     monkeypatch.setenv(
         "AIRFLOW_CONN_SPARK_RANKFLOW", json.dumps({"conn_type": "spark", "host": "local[2]"})
     )

@@ -35,4 +35,5 @@ def lake_settings(tmp_path: Path) -> Settings:
         "RANKFLOW_HOME": str(tmp_path / "home"),
         "RANKFLOW_SHUFFLE_PARTITIONS": "2",
     }
+    env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri exports it to the process
     return load_settings(env)
