@@ -117,6 +117,8 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
     )
     print(evaluation["text"])
     print("gate:", evaluation["gate"]["reason"])
+    if evaluation.get("report"):
+        print("run report:", evaluation["report"]["local"], "|", evaluation["report"]["s3"])
     print("\n== published lists")
     print(
         f"S3   s3://{exported['bucket']}/{exported['manifest_key']}  ({exported['users']:,} users)"
@@ -140,6 +142,7 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
         "active_users": candidates["users"],
         "ndcg@10": {k: v["ndcg@10"] for k, v in evaluation["table"].items()},
         "ipw_ndcg@10": {k: v.get("ipw_ndcg@10") for k, v in evaluation["table"].items()},
+        "truth_ndcg@10": {k: v.get("truth_ndcg@10") for k, v in evaluation["table"].items()},
     }
     return figures
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rankflow.features import MODEL_FEATURES
-from rankflow.metrics import evaluate_ranking
+from rankflow.metrics import evaluate_ranking, ndcg_at_k
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,12 +37,12 @@ def predict(booster_raw: bytes, frame: pd.DataFrame) -> np.ndarray:
     """Score rows with a serialized model, using every core (offline evaluation)."""
     import numpy as np
 
-    from rankflow.training import booster_from_bytes
+    from rankflow.training import booster_from_bytes, model_inputs
 
     if frame.empty:
         return np.empty(0, dtype=np.float32)
     booster = booster_from_bytes(booster_raw, nthread=0)
-    return booster.inplace_predict(frame[MODEL_FEATURES].to_numpy(dtype="float32"))
+    return booster.inplace_predict(model_inputs(booster, frame))
 
 
 def evaluation_table(
@@ -55,7 +54,9 @@ def evaluation_table(
     """Return metrics (NDCG@k, MAP@10, MRR, recall@K) of every ranker on the same groups.
 
     With an ``examination`` curve (P(examined | position), see :mod:`rankflow.propensity`) the
-    table also has ``ipw_ndcg@k``, corrected for the position bias of the logged clicks.
+    table also has ``ipw_ndcg@k``, corrected for the position bias of the logged clicks; when
+    the simulator's true attractiveness is known, ``truth_ndcg@k`` ranks against it (linear
+    gain), which no logged click can bias.
     """
     from rankflow.metrics import group_codes
     from rankflow.propensity import inverse_propensity
@@ -70,8 +71,14 @@ def evaluation_table(
         if examination is not None
         else None
     )
-    return {
-        name: evaluate_ranking(
+    truth = (
+        frame["attractiveness"].to_numpy(dtype="float64")
+        if "attractiveness" in frame and frame["attractiveness"].notna().all()
+        else None
+    )
+    table = {}
+    for name, scores in rankers.items():
+        metrics = evaluate_ranking(
             groups,
             labels,
             scores,
@@ -80,15 +87,23 @@ def evaluation_table(
             ndcg_empty=config["ndcg_empty"],
             propensity_weight=weights,
         )
-        for name, scores in rankers.items()
-    }
+        if truth is not None:  # the simulator's P(click | examined): what clicks estimate
+            for k in cutoffs:
+                metrics[f"truth_ndcg@{k}"] = ndcg_at_k(groups, truth, scores, k, gain="linear")
+        table[name] = metrics
+    return table
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
     """Render the evaluation table as aligned text (printed by the demo and logged)."""
     columns = [c for c in next(iter(table.values())) if not c.startswith("groups")]
-    header = f"{'ranker':<14}" + "".join(f"{c:>12}" for c in columns)
+    width = max(14, *(len(name) + 2 for name in table))
+    cell = max(12, *(len(c) + 2 for c in columns))
+    header = f"{'ranker':<{width}}" + "".join(f"{c:>{cell}}" for c in columns)
     lines = [header, "-" * len(header)]
     for name, metrics in table.items():
-        lines.append(f"{name:<14}" + "".join(f"{metrics[c]:>12.4f}" for c in columns))
+        lines.append(
+            f"{name:<{width}}"
+            + "".join(f"{metrics.get(c, float('nan')):>{cell}.4f}" for c in columns)
+        )
     return "\n".join(lines)

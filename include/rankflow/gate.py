@@ -120,6 +120,14 @@ def paired_bootstrap(
     return Interval(estimate, float(low), float(high))
 
 
+def bootstrap_interval(
+    parts: MetricParts, resamples: int, seed: int, confidence: float = 0.95
+) -> Interval:
+    """Percentile interval of one ranker's metric over resampled query groups."""
+    nothing = MetricParts(np.zeros_like(parts.numerator), np.ones_like(parts.denominator))
+    return paired_bootstrap(parts, nothing, resamples, seed, confidence)
+
+
 @dataclass(frozen=True)
 class SegmentResult:
     """The gate metric of challenger and champion on one segment of the held-out rows."""

@@ -188,10 +188,10 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
     version, so the lineage names exactly the rows the model was fitted on.
     """
     from rankflow.training import (
-        fit_ranker,
-        frame_matrix,
+        fit_variant,
         lineage_of,
         log_and_register,
+        model_bytes,
         training_window,
         write_run_record,
     )
@@ -209,9 +209,15 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
             f"no training rows between {window.train_start} and {window.validation_end}: "
             "build the training set for those days first (rankflow demo does it)"
         )
-    fitted = fit_ranker(frame_matrix(train), frame_matrix(validation), config)
+    debiasing = str(config["debiasing"])
+    fitted = fit_variant(train, validation, config, debiasing)
     lineage = lineage_of(settings, fitted, versions, window, len(train), len(validation))
-    record = {**log_and_register(settings, fitted, lineage, ds), **lineage}
+    variants = {
+        name: model_bytes(fit_variant(train, validation, config, name).booster)
+        for name in config["compare_debiasing"]
+        if name != debiasing
+    }
+    record = {**log_and_register(settings, fitted, lineage, ds, variants), **lineage}
     write_run_record(settings, ds, "train", record)
     return record
 
@@ -222,8 +228,7 @@ def run_reproduce(spark: SparkSession, settings: Settings, model_version: str) -
 
     from rankflow.training import (
         code_version,
-        fit_ranker,
-        frame_matrix,
+        fit_variant,
         load_lineage,
         load_model,
         lock_hash,
@@ -237,7 +242,8 @@ def run_reproduce(spark: SparkSession, settings: Settings, model_version: str) -
     validation = training_rows(
         spark, settings, window["validation_start"], window["validation_end"], pinned
     )
-    fitted = fit_ranker(frame_matrix(train), frame_matrix(validation), lineage["training_config"])
+    config = lineage["training_config"]
+    fitted = fit_variant(train, validation, config, str(config.get("debiasing", "none")))
     rebuilt = model_bytes(fitted.booster)
     registered, _ = load_model(settings, model_version)
     warnings = []
@@ -311,7 +317,7 @@ def shadow_candidates(spark: SparkSession, settings: Settings, ds: date) -> tupl
         .limit(int(evaluation["shadow_users"]))
     )
     attributes = items.select(
-        "item_id", "category", "seller_id", F.col("item_price").alias("price")
+        "item_id", "category", "brand", "seller_id", F.col("item_price").alias("price")
     )
     shadow = (
         candidates.join(F.broadcast(sample), "user_id")
@@ -352,10 +358,9 @@ def gate_evidence(
     rankers: dict[str, np.ndarray],
     weights: np.ndarray | None,
     config: dict[str, Any],
-    shadow: tuple[Any, int, dict[str, bytes]] | None = None,
+    shadow: tuple[Any, int, dict[str, np.ndarray]] | None = None,
 ) -> Any:
     """Decide on the challenger from the held-out rows and, if given, the shadow-scored lists."""
-    from rankflow.evaluation import predict
     from rankflow.gate import (
         compare_segments,
         gate_decision,
@@ -379,12 +384,9 @@ def gate_evidence(
     lists: dict[str, dict[str, float]] = {}
     overlap: dict[str, float] = {}
     if shadow is not None:
-        candidates, catalogue_size, models = shadow
+        candidates, catalogue_size, scores = shadow
         depth = int(config["overlap_depth"])
-        tops = {
-            name: top_lists(candidates, predict(raw, candidates), depth)
-            for name, raw in models.items()
-        }
+        tops = {name: top_lists(candidates, values, depth) for name, values in scores.items()}
         rails = config["guardrails"]
         lists = {
             name: list_health(top, catalogue_size, float(rails["top_seller_percent"]))
@@ -403,6 +405,127 @@ def gate_evidence(
         lists=lists,
         overlap=overlap,
     )
+
+
+def metric_intervals(
+    frame: Any, rankers: dict[str, np.ndarray], weights: np.ndarray | None, config: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Bootstrap interval of the gate metric for every ranker (for the report)."""
+    from dataclasses import asdict
+
+    from rankflow.gate import bootstrap_interval, metric_parts
+
+    metric = str(config["gate_metric"])
+    return {
+        name: asdict(
+            bootstrap_interval(
+                metric_parts(frame, scores, metric, config, weights),
+                int(config["bootstrap_resamples"]),
+                int(config["bootstrap_seed"]),
+                float(config["confidence"]),
+            )
+        )
+        for name, scores in rankers.items()
+    }
+
+
+def write_report(
+    settings: Settings,
+    ds: date,
+    trained: dict[str, Any],
+    inputs: Any,
+) -> dict[str, str]:
+    """Write the run report beside the run record, into the model's MLflow run, and to S3."""
+    import mlflow
+
+    from rankflow.publish_s3 import ensure_bucket, s3_client
+    from rankflow.report import render_report
+    from rankflow.training import run_record_path
+
+    page = render_report(inputs)
+    local = run_record_path(settings, ds, "report").with_suffix(".html")
+    local.write_text(page)
+    with mlflow.start_run(run_id=trained["run_id"]):
+        mlflow.log_text(page, "report.html")
+    key = f"reports/ds={ds.isoformat()}/model={trained['model_version']}/report.html"
+    client = s3_client(settings.s3)
+    ensure_bucket(client, settings.s3.bucket)
+    client.put_object(
+        Bucket=settings.s3.bucket, Key=key, Body=page.encode(), ContentType="text/html"
+    )
+    return {
+        "local": str(local),
+        "mlflow": f"runs:/{trained['run_id']}/report.html",
+        "s3": f"s3://{settings.s3.bucket}/{key}",
+    }
+
+
+def report_inputs(
+    ds: date,
+    trained: dict[str, Any],
+    challenger_raw: bytes,
+    frame: Any,
+    rankers: dict[str, np.ndarray],
+    table: dict[str, dict[str, float]],
+    intervals: dict[str, dict[str, float]],
+    decision: Any,
+    candidates: Any,
+    shadow_scores: dict[str, np.ndarray],
+    examples: int = 5,
+) -> Any:
+    """Gather what the run report shows (example users come from the shadow sample)."""
+    from rankflow.gate import top_lists
+    from rankflow.report import ReportInputs, top_contributions
+    from rankflow.training import booster_from_bytes, model_inputs
+
+    booster = booster_from_bytes(challenger_raw, nthread=0)
+    chosen = candidates[
+        candidates["user_id"].isin(candidates["user_id"].drop_duplicates()[:examples])
+    ]
+    scores = shadow_scores["challenger"][chosen.index] if len(chosen) else np.empty(0)
+    top = top_lists(chosen.reset_index(drop=True), scores, 5)
+    shown = top[["user_id", "rank", "item_id", "category", "brand", "price", "seller_id"]]
+    names = list(booster.feature_names or [])
+    contributions = (
+        top_contributions(booster, model_inputs(booster, top), names) if len(top) else []
+    )
+    facts = {
+        "logical date": ds.isoformat(),
+        "model version": trained["model_version"],
+        "code version": trained.get("code_version"),
+        "config hash": trained.get("config_hash"),
+        "requirements.lock hash": trained.get("requirements_lock_hash"),
+        "debiasing": trained.get("training_config", {}).get("debiasing"),
+        "best iteration": trained.get("best_iteration"),
+        "training window": "{train_start} .. {train_end}".format(**trained["window"]),
+        "Delta versions": ", ".join(f"{k}@{v}" for k, v in trained["table_versions"].items()),
+        "held-out impressions": len(frame),
+    }
+    return ReportInputs(
+        title=f"rankflow run report: model {trained['model_version']} for {ds.isoformat()}",
+        facts=facts,
+        table=table,
+        intervals=intervals,
+        gate=decision.as_dict(),
+        frame=frame,
+        rankers=rankers,
+        booster=booster,
+        examples=shown,
+        example_contributions=contributions,
+        shadow_scores=shadow_scores,
+    )
+
+
+def debiasing_variants(settings: Settings, run_id: str) -> dict[str, bytes]:
+    """The other debiasing variants the train step fitted beside the challenger (by name)."""
+    import mlflow
+
+    training = settings.pipeline["training"]
+    names = [n for n in training["compare_debiasing"] if n != training["debiasing"]]
+    return {
+        name: mlflow.artifacts.load_text(f"runs:/{run_id}/variants/{name}.json").encode()
+        for name in names
+    }
 
 
 def record_event(spark: SparkSession, settings: Settings, event: str, **values: Any) -> None:
@@ -449,6 +572,8 @@ def run_evaluate(
     except ModelNotFoundError:
         pass
     rankers = {name: predict(raw, frame) for name, raw in models.items()}
+    for name, raw in debiasing_variants(settings, trained["run_id"]).items():
+        rankers[f"variant:{name}"] = predict(raw, frame)
     rankers.update(baseline_scores(frame, seed=int(settings.pipeline["training"]["seed"])))
     window = trained["window"]
     examination = examination_curve(
@@ -462,7 +587,8 @@ def run_evaluate(
     )
     table = evaluation_table(frame, rankers, evaluation, examination) if len(frame) else {}
     candidates, catalogue_size = shadow_candidates(spark, settings, ds)
-    shadow = (candidates, catalogue_size, models) if len(candidates) else None
+    shadow_scores = {name: predict(raw, candidates) for name, raw in models.items()}
+    shadow = (candidates, catalogue_size, shadow_scores) if len(candidates) else None
     decision = gate_evidence(frame, rankers, weights, evaluation, shadow)
     backfill = (
         champion_ds is not None and champion_ds > ds and champion_version != challenger_version
@@ -496,10 +622,27 @@ def run_evaluate(
             "evaluation.json",
         )
         mlflow.set_tag("gate", "promoted" if decision.promote else "rejected")
+    report = None
+    if len(frame) and len(candidates):
+        intervals = metric_intervals(frame, rankers, weights, evaluation)
+        inputs = report_inputs(
+            ds,
+            trained,
+            challenger_raw,
+            frame,
+            rankers,
+            table,
+            intervals,
+            decision,
+            candidates,
+            shadow_scores,
+        )
+        report = write_report(settings, ds, trained, inputs)
     record = {
         "ds": ds.isoformat(),
         "model_version": challenger_version,
         "previous_champion": champion_version,
+        "report": report,
         "table": table,
         "gate": decision.as_dict(),
         "rows": len(frame),

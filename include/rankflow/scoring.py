@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from rankflow.features import MODEL_FEATURES
-
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -89,8 +87,9 @@ def make_scorer(
 
 def rank_frame(booster: xgb.Booster, frame: pd.DataFrame, k: int) -> pd.DataFrame:
     """Score a frame of candidate rows and reduce it to top-``k`` lists."""
-    features = frame[MODEL_FEATURES].to_numpy(dtype="float32")
-    scores = booster.inplace_predict(features)
+    from rankflow.training import model_inputs
+
+    scores = booster.inplace_predict(model_inputs(booster, frame))
     return top_k_per_user(frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), scores, k)
 
 

@@ -81,14 +81,67 @@ def ranking_matrix(
     return matrix
 
 
-def frame_matrix(frame: pd.DataFrame) -> xgb.DMatrix:
-    """Build the ranking DMatrix of training rows sorted by query group."""
+DEBIASING = ("none", "lambdarank_unbiased", "position_feature")
+POSITION_FEATURE = "shown_position"
+
+
+def model_features(debiasing: str) -> list[str]:
+    """The feature columns of a model trained with a debiasing variant, in order.
+
+    ``position_feature`` adds the position the item was shown at: the model explains the
+    position's share of the clicks with it, and every prediction fixes it to one value, so the
+    ranking comes from the other features alone.
+    """
+    if debiasing not in DEBIASING:
+        raise ValueError(f"training.debiasing must be one of {DEBIASING}, got {debiasing!r}")
+    return (
+        [*MODEL_FEATURES, POSITION_FEATURE]
+        if debiasing == "position_feature"
+        else [*MODEL_FEATURES]
+    )
+
+
+def variant_params(config: dict[str, Any], debiasing: str) -> dict[str, Any]:
+    """The training config of a debiasing variant.
+
+    ``lambdarank_unbiased`` is XGBoost's unbiased LambdaMART: it estimates the position bias
+    while fitting and reweights the pairs; it reads positions from the row order of each query
+    group, which is the shown order (rows are sorted by position).
+    """
+    model_features(debiasing)
+    params = {k: v for k, v in config["params"].items() if k != "lambdarank_unbiased"}
+    if debiasing == "lambdarank_unbiased":
+        params["lambdarank_unbiased"] = True
+    return {**config, "debiasing": debiasing, "params": params}
+
+
+def frame_matrix(frame: pd.DataFrame, debiasing: str = "none") -> xgb.DMatrix:
+    """Build the ranking DMatrix of training rows sorted by query group and shown position."""
+    features = model_features(debiasing)
+    values = (
+        frame.assign(**{POSITION_FEATURE: frame["position"]})
+        if (POSITION_FEATURE in features)
+        else frame
+    )
     return ranking_matrix(
-        frame[MODEL_FEATURES].to_numpy(dtype="float32"),
+        values[features].to_numpy(dtype="float32"),
         frame["label"].to_numpy(dtype="float32"),
         group_sizes(frame["qid"]),
-        list(MODEL_FEATURES),
+        features,
     )
+
+
+def model_inputs(booster: xgb.Booster, frame: pd.DataFrame, position: float = 1.0) -> np.ndarray:
+    """The feature matrix a model predicts from, in its own feature order.
+
+    A model trained with the shown position as a feature gets it fixed to ``position`` (the top
+    slot): scores then rank items as if each were shown first.
+    """
+    names = booster.feature_names or list(MODEL_FEATURES)
+    if POSITION_FEATURE in names:
+        frame = frame.assign(**{POSITION_FEATURE: position})
+    matrix: np.ndarray = frame[names].to_numpy(dtype="float32")
+    return matrix
 
 
 @dataclass(frozen=True)
@@ -123,6 +176,14 @@ def fit_ranker(train: xgb.DMatrix, validation: xgb.DMatrix, config: dict[str, An
     best = int(booster.best_iteration)
     curve = [float(v) for v in history["validation"][str(params["eval_metric"])]]
     return FittedRanker(booster[: best + 1], best, curve[best], curve)
+
+
+def fit_variant(
+    train: pd.DataFrame, validation: pd.DataFrame, config: dict[str, Any], debiasing: str
+) -> FittedRanker:
+    """Fit one debiasing variant of the configured ranker on training rows."""
+    variant = variant_params(config, debiasing)
+    return fit_ranker(frame_matrix(train, debiasing), frame_matrix(validation, debiasing), variant)
 
 
 def code_version() -> str:
@@ -227,6 +288,7 @@ def log_and_register(
     fitted: FittedRanker,
     lineage: dict[str, Any],
     ds: date,
+    variants: dict[str, bytes] | None = None,
 ) -> dict[str, str]:
     """Log the training run to MLflow and register the model; return run id and version."""
     import mlflow
@@ -260,7 +322,9 @@ def log_and_register(
             mlflow.log_metric("validation_ndcg_10", value, step=step)
         mlflow.log_dict(lineage, "lineage.json")
         mlflow.log_dict(settings.pipeline, "config.json")
-        mlflow.log_dict({"features": list(MODEL_FEATURES)}, "features.json")
+        mlflow.log_dict({"features": fitted.booster.feature_names}, "features.json")
+        for name, raw in (variants or {}).items():  # debiasing variants, for the comparison
+            mlflow.log_text(raw.decode(), f"variants/{name}.json")
         info = mlflow.xgboost.log_model(
             fitted.booster,
             name="model",

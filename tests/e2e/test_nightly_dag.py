@@ -98,3 +98,71 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
     assert manifest["users"] == published["users"]
     assert manifest["version"] == published["version"]
     assert os.environ["RANKFLOW_HOME"] in str(settings.paths.home)
+
+    lifecycle(settings, dag, last, runs, published)
+
+
+def cli(*args: str) -> dict:
+    """Run a ``rankflow`` command as a user would; return its JSON output."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "rankflow.cli", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-4000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def lifecycle(settings, dag, last, runs: Path, first_publication: dict) -> None:
+    """Reproduce the model, run the night again against a champion, then roll back."""
+    from rankflow.spark import spark_submit_command
+
+    trained = json.loads((runs / "train.json").read_text())
+    first_model = trained["model_version"]
+    # rewrite one training day: a new Delta version the reproduction must not read
+    window_start = trained["window"]["train_start"]
+    command = spark_submit_command(settings, "training_set", ["--ds", window_start])
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rebuilt = cli("train", "--reproduce", first_model)
+    assert rebuilt["identical"], rebuilt
+    assert rebuilt["sha256"] == trained["model_sha256"]
+    assert rebuilt["training_set_version"] == trained["table_versions"]["silver/training_set"]
+
+    # the second night: a challenger against the champion, the whole gate, a new publication
+    run = dag.test(
+        logical_date=datetime(last.year, last.month, last.day, 4, tzinfo=UTC),
+        run_conf={"ds": last.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
+    )
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    evaluation = json.loads((runs / "evaluation.json").read_text())
+    gate = evaluation["gate"]
+    second_model = evaluation["model_version"]
+    assert evaluation["previous_champion"] == first_model != second_model
+    assert gate["promote"], gate["reason"]
+    assert gate["difference"]["low"] <= gate["difference"]["estimate"] <= gate["difference"]["high"]
+    assert {"challenger", "champion"} <= set(gate["lists"])
+    assert 0.0 <= gate["overlap"]["jaccard@10"] <= 1.0
+    assert {s["name"] for s in gate["segments"]} >= {"new users", "returning users"}
+    second = json.loads((runs / "publish-redis-home.json").read_text())
+    assert second["status"] == "switched"
+    assert second["version"] != first_publication["version"]
+
+    served = cli("models", "which")
+    assert (served["redis_version"], served["model_version"]) == (second["version"], second_model)
+    listed = {row["version"]: row["aliases"] for row in cli("models", "list", "--json")}
+    assert listed[second_model] == ["champion"]
+    assert listed[first_model] == ["previous_champion"]
+
+    rolled = cli("models", "rollback", "--reason", "e2e: lists looked wrong")
+    assert (rolled["redis_after"], rolled["model_after"]) == (
+        first_publication["version"],
+        first_model,
+    )
+    served = cli("models", "which")
+    assert (served["redis_version"], served["model_version"]) == (
+        first_publication["version"],
+        first_model,
+    )
+    listed = {row["version"]: row["aliases"] for row in cli("models", "list", "--json")}
+    assert listed[first_model] == ["champion"]
