@@ -4,8 +4,8 @@
 
 Turns yesterday's marketplace behaviour into fresh personalised ranked lists:
 
-ingest -> features -> candidates -> training set -> (train -> evaluate/gate | reuse champion)
--> score -> publish S3 -> publish Redis
+ingest -> features -> candidates -> training set -> (train -> evaluate/gate -> [approval] ->
+promote | reuse champion) -> score -> publish S3 -> publish Redis
 
 Every Spark step is a `spark-submit` of `jobs/<step>.py` on the master of the `spark_rankflow`
 connection (`local[*]` by default); Redis and S3 come from the `redis_rankflow` and `s3_rankflow`
@@ -14,7 +14,8 @@ partition of its date, so retries and backfills are safe; a backfill of an older
 replaces a newer list in Redis.
 
 **Trigger form**: `ds` (the day to process; defaults to the run's data interval start),
-`surface`, `top_k`, `retrain` (train and gate a new model, or score with the current champion).
+`surface`, `top_k`, `retrain` (train and gate a new model, or score with the current champion),
+`require_approval` (a person approves an accepted model in the UI before it becomes champion).
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from rankflow_operators import RankflowSparkSubmitOperator
 
 SURFACES = ["home", "search", "similar"]
+APPROVAL_BODY = """The promotion gate accepted a new ranking model for
+{{ ti.xcom_pull(task_ids='check_params') }}. Its run report (metrics with confidence intervals,
+segments, list guardrails and overlap, example users) is in the model's MLflow run as
+`report.html` and under `reports/ds={{ ti.xcom_pull(task_ids='check_params') }}/` in the
+rankflow bucket. **Approve** makes it the champion; **Reject** keeps the current champion and
+still refreshes the lists with it."""
 
 
 @dag(
@@ -53,6 +61,12 @@ SURFACES = ["home", "search", "similar"]
         "surface": Param("home", enum=SURFACES, description="Surface whose lists are built."),
         "top_k": Param(100, type="integer", minimum=1, maximum=500, description="List length."),
         "retrain": Param(True, type="boolean", description="Train and gate a new model first."),
+        "require_approval": Param(
+            False,
+            type="boolean",
+            description="Wait for a person to approve a model the gate accepted before it "
+            "becomes champion (Reject, or no answer in 12 h, keeps the champion).",
+        ),
     },
     doc_md=__doc__,
     tags=["rankflow"],
@@ -76,6 +90,11 @@ def rankflow_nightly() -> None:
     def reuse_champion() -> None:
         """Keep the current champion (retrain=false)."""
 
+    @task.branch
+    def needs_approval(params: dict) -> str:
+        """Promote at once, or ask a person first (require_approval=true)."""
+        return "approve_promotion" if params["require_approval"] else "promote"
+
     ds = check_params()
     day = ["--ds", ds]
     lists = ["--surface", "{{ params.surface }}"]
@@ -90,18 +109,32 @@ def rankflow_nightly() -> None:
     training_set = spark_step("training_set", day)
     train = spark_step("train", day)
     evaluate = spark_step("evaluate", [*day, "--run-id", "{{ run_id }}"], retries=0)
-    score = spark_step(
-        "score",
-        [*day, *lists, "--top-k", "{{ params.top_k }}"],
+    approve = ApprovalOperator(
+        task_id="approve_promotion",
+        subject="Promote the new ranking model for {{ ti.xcom_pull(task_ids='check_params') }}?",
+        body=APPROVAL_BODY,
+        defaults="Reject",
+        response_timeout=timedelta(hours=12),
+        retries=0,
+    )
+    promote = spark_step(
+        "promote",
+        [*day, "--run-id", "{{ run_id }}"],
         trigger_rule="none_failed_min_one_success",
+    )
+    # a rejected approval skips promote: the lists are still refreshed, with the old champion
+    score = spark_step(
+        "score", [*day, *lists, "--top-k", "{{ params.top_k }}"], trigger_rule="none_failed"
     )
     publish_s3 = spark_step("publish_s3", publication)
     publish_redis = spark_step("publish_redis", publication)
 
     branch = choose_model()
     reuse = reuse_champion()
+    approval = needs_approval()
     chain(ds, ingest, features, candidates, training_set, branch, [train, reuse])
-    chain(train, evaluate, score)
+    chain(train, evaluate, approval, [approve, promote])
+    chain(approve, promote, score)
     chain(reuse, score, publish_s3, publish_redis)
 
 

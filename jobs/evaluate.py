@@ -1,4 +1,4 @@
-"""spark-submit entry point: evaluate the new model on --ds against baselines; gate promotion."""
+"""spark-submit entry point: evaluate the new model on --ds against baselines and gate it."""
 
 import sys
 

@@ -48,6 +48,7 @@ def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]
         "training_set": lambda s, c, a: pipeline.run_training_set(s, c, a.start or a.ds, a.ds),
         "train": lambda s, c, a: pipeline.run_train(s, c, a.ds),
         "evaluate": lambda s, c, a: pipeline.run_evaluate(s, c, a.ds, a.run_id),
+        "promote": lambda s, c, a: pipeline.run_promote(s, c, a.ds, a.run_id),
         "score": lambda s, c, a: pipeline.run_score(
             s, c, a.ds, surface(c, a), a.top_k or int(c.pipeline["scoring"]["top_k"]), a.model
         ),

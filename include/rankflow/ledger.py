@@ -23,8 +23,8 @@ LEDGER_TABLE = "ops/promotion_ledger"
 SERVING_EVENTS = ("publish_redis", "rollback")
 ALIAS_EVENTS = ("promote", "manual_promote", "rollback")
 EVENTS = (
+    "gate",
     "promote",
-    "reject",
     "evaluate_backfill",
     "manual_promote",
     "rollback",

@@ -538,11 +538,13 @@ def record_event(spark: SparkSession, settings: Settings, event: str, **values: 
 def run_evaluate(
     spark: SparkSession, settings: Settings, ds: date, run_id: str = "manual"
 ) -> dict[str, Any]:
-    """Evaluate the new model, the champion and the baselines on ``ds``; promote or refuse."""
+    """Evaluate the new model, the champion and the baselines on ``ds``; accept or refuse it.
+
+    A refusal fails the task; an accepted model becomes champion in the ``promote`` step.
+    """
     from dataclasses import replace
 
     import mlflow
-    from mlflow import MlflowClient
 
     from rankflow.evaluation import baseline_scores, evaluation_table, format_table, predict
     from rankflow.gate import GateRejectedError
@@ -643,6 +645,7 @@ def run_evaluate(
         "model_version": challenger_version,
         "previous_champion": champion_version,
         "report": report,
+        "backfill": backfill,
         "table": table,
         "gate": decision.as_dict(),
         "rows": len(frame),
@@ -650,7 +653,7 @@ def run_evaluate(
         "text": format_table(table) if table else "(no held-out rows)",
     }
     write_run_record(settings, ds, "evaluation", record)
-    outcome = "evaluate_backfill" if backfill else "promote" if decision.promote else "reject"
+    outcome = "evaluate_backfill" if backfill else "gate"
     record_event(
         spark,
         settings,
@@ -670,13 +673,41 @@ def run_evaluate(
             f"model version {challenger_version} was not promoted: {decision.reason}; "
             f"the champion stays {champion_version}"
         )
-    client = MlflowClient()
-    if champion_version and champion_version != challenger_version:
-        client.set_registered_model_alias(
-            settings.model_name, "previous_champion", champion_version
-        )
-    client.set_registered_model_alias(settings.model_name, CHAMPION, challenger_version)
     return record
+
+
+def run_promote(
+    spark: SparkSession, settings: Settings, ds: date, run_id: str = "manual"
+) -> dict[str, Any]:
+    """Move the champion alias to the model the gate accepted for ``ds`` (after any approval).
+
+    Idempotent: a retry, or a model that is already the champion, changes nothing more.
+    """
+    from rankflow.lifecycle import aliases, mlflow_client, move_champion
+    from rankflow.training import CHAMPION, read_run_record
+
+    evaluation = read_run_record(settings, ds, "evaluation")
+    version = str(evaluation["model_version"])
+    if evaluation.get("backfill"):
+        return {"ds": ds.isoformat(), "skipped": evaluation["gate"]["reason"]}
+    if not evaluation["gate"]["promote"]:
+        raise ValueError(f"the gate did not accept model {version} for {ds}: nothing to promote")
+    client = mlflow_client(settings)
+    before = aliases(client, settings.model_name).get(CHAMPION)
+    if before != version:
+        move_champion(client, settings.model_name, version)
+    record_event(
+        spark,
+        settings,
+        "promote",
+        ds=ds,
+        model_version=version,
+        previous_champion=evaluation["previous_champion"],
+        gate_promote=True,
+        gate_reason=evaluation["gate"]["reason"],
+        airflow_run_id=run_id,
+    )
+    return {"ds": ds.isoformat(), "champion": version, "previous": before}
 
 
 def scoring_input(spark: SparkSession, settings: Settings, ds: date) -> DataFrame:

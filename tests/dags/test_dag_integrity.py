@@ -51,31 +51,59 @@ def test_steps_run_in_the_documented_order(nightly) -> None:
         assert downstream in nightly.get_task(upstream).downstream_task_ids
     assert nightly.get_task("choose_model").downstream_task_ids == {"train", "reuse_champion"}
     assert nightly.get_task("train").downstream_task_ids == {"evaluate"}
-    assert nightly.get_task("evaluate").downstream_task_ids == {"score"}
+    assert nightly.get_task("evaluate").downstream_task_ids == {"needs_approval"}
+    assert nightly.get_task("needs_approval").downstream_task_ids == {
+        "approve_promotion",
+        "promote",
+    }
+    assert nightly.get_task("approve_promotion").downstream_task_ids == {"promote"}
+    assert nightly.get_task("promote").downstream_task_ids == {"score"}
     assert nightly.get_task("score").downstream_task_ids == {"publish_s3"}
+
+
+def test_promotion_waits_for_a_person_only_when_asked(nightly) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    approve = nightly.get_task("approve_promotion")
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.defaults == ["Reject"]  # no answer keeps the champion
+    assert approve.response_timeout == timedelta(hours=12)
+    assert nightly.params.get_param("require_approval").value is False
+    # a rejection skips promote; score still runs (old champion), and runs after a promotion
+    assert nightly.get_task("promote").trigger_rule == "none_failed_min_one_success"
+    assert nightly.get_task("score").trigger_rule == "none_failed"
+    assert nightly.get_task("score").upstream_task_ids == {
+        "check_params",  # the day, as an XCom argument
+        "promote",
+        "reuse_champion",
+    }
     assert nightly.get_task("publish_s3").downstream_task_ids == {"publish_redis"}
 
 
 def test_retries_everywhere_but_where_a_retry_cannot_help(nightly) -> None:
-    no_retry = {"check_params", "evaluate"}
+    no_retry = {"check_params", "evaluate", "approve_promotion"}
     for task in nightly.tasks:
         if task.task_id in no_retry:
             assert task.retries == 0, task.task_id
-        elif task.task_id not in {"choose_model", "reuse_champion"}:
+        elif task.task_id not in {
+            "choose_model",
+            "reuse_champion",
+            "needs_approval",
+        }:
             assert task.retries >= 2, task.task_id
             assert task.retry_delay >= timedelta(minutes=1)
 
 
 def test_trigger_form_params_are_validated(nightly) -> None:
     params = nightly.params
-    assert set(params.keys()) == {"ds", "surface", "top_k", "retrain"}
+    assert set(params.keys()) == {"ds", "surface", "top_k", "retrain", "require_approval"}
     assert params.get_param("top_k").schema["maximum"] == 500
     assert params.get_param("surface").schema["enum"] == ["home", "search", "similar"]
 
 
 def test_spark_steps_use_the_rankflow_spark_connection(nightly) -> None:
     spark_steps = [t for t in nightly.tasks if t.task_type == "RankflowSparkSubmitOperator"]
-    assert len(spark_steps) == 9
+    assert len(spark_steps) == 10
     for task in spark_steps:
         assert task._conn_id == "spark_rankflow"
         assert Path(task.application).exists(), task.application

@@ -1,0 +1,8 @@
+"""spark-submit entry point: make the model the gate accepted for --ds the champion."""
+
+import sys
+
+from rankflow.jobs import main
+
+if __name__ == "__main__":
+    sys.exit(main("promote"))
