@@ -30,6 +30,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from rankflow_operators import RankflowSparkSubmitOperator
 
 SURFACES = ["home", "search", "similar"]
+AUTO_PROMOTE = "{{ 'no' if params.require_approval else 'yes' }}"
 APPROVAL_BODY = """The promotion gate accepted a new ranking model for
 {{ ti.xcom_pull(task_ids='check_params') }}. Its run report (metrics with confidence intervals,
 segments, list guardrails and overlap, example users) is in the model's MLflow run as
@@ -92,8 +93,12 @@ def rankflow_nightly() -> None:
 
     @task.branch
     def needs_approval(params: dict) -> str:
-        """Promote at once, or ask a person first (require_approval=true)."""
-        return "approve_promotion" if params["require_approval"] else "promote"
+        """Ask a person first (require_approval=true), or go on: evaluate already promoted."""
+        return "approve_promotion" if params["require_approval"] else "promoted_by_gate"
+
+    @task
+    def promoted_by_gate() -> None:
+        """The evaluate step made the accepted model champion (require_approval=false)."""
 
     ds = check_params()
     day = ["--ds", ds]
@@ -108,7 +113,11 @@ def rankflow_nightly() -> None:
     candidates = spark_step("candidates", day)
     training_set = spark_step("training_set", day)
     train = spark_step("train", day)
-    evaluate = spark_step("evaluate", [*day, "--run-id", "{{ run_id }}"], retries=0)
+    evaluate = spark_step(
+        "evaluate",
+        [*day, "--run-id", "{{ run_id }}", "--promote", AUTO_PROMOTE],
+        retries=0,
+    )
     approve = ApprovalOperator(
         task_id="approve_promotion",
         subject="Promote the new ranking model for {{ ti.xcom_pull(task_ids='check_params') }}?",
@@ -117,11 +126,7 @@ def rankflow_nightly() -> None:
         response_timeout=timedelta(hours=12),
         retries=0,
     )
-    promote = spark_step(
-        "promote",
-        [*day, "--run-id", "{{ run_id }}"],
-        trigger_rule="none_failed_min_one_success",
-    )
+    promote = spark_step("promote", [*day, "--run-id", "{{ run_id }}"])
     # a rejected approval skips promote: the lists are still refreshed, with the old champion
     score = spark_step(
         "score", [*day, *lists, "--top-k", "{{ params.top_k }}"], trigger_rule="none_failed"
@@ -132,9 +137,11 @@ def rankflow_nightly() -> None:
     branch = choose_model()
     reuse = reuse_champion()
     approval = needs_approval()
+    by_gate = promoted_by_gate()
     chain(ds, ingest, features, candidates, training_set, branch, [train, reuse])
-    chain(train, evaluate, approval, [approve, promote])
+    chain(train, evaluate, approval, [approve, by_gate])
     chain(approve, promote, score)
+    chain(by_gate, score)
     chain(reuse, score, publish_s3, publish_redis)
 
 

@@ -28,6 +28,12 @@ def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=None, help="length of each ranked list")
     parser.add_argument("--model", default="champion", help="model alias or version to score with")
     parser.add_argument("--run-id", default="manual", help="orchestrator run id (publication id)")
+    parser.add_argument(
+        "--promote",
+        choices=["yes", "no"],
+        default="yes",
+        help="evaluate: make an accepted model champion at once (no: a later step does)",
+    )
     args = parser.parse_args(argv)
     if args.start and args.start > args.ds:
         parser.error(f"--start {args.start} is after --ds {args.ds}")
@@ -47,7 +53,9 @@ def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]
         "candidates": lambda s, c, a: pipeline.run_candidates(s, c, a.ds),
         "training_set": lambda s, c, a: pipeline.run_training_set(s, c, a.start or a.ds, a.ds),
         "train": lambda s, c, a: pipeline.run_train(s, c, a.ds),
-        "evaluate": lambda s, c, a: pipeline.run_evaluate(s, c, a.ds, a.run_id),
+        "evaluate": lambda s, c, a: pipeline.run_evaluate(
+            s, c, a.ds, a.run_id, promote=a.promote == "yes"
+        ),
         "promote": lambda s, c, a: pipeline.run_promote(s, c, a.ds, a.run_id),
         "score": lambda s, c, a: pipeline.run_score(
             s, c, a.ds, surface(c, a), a.top_k or int(c.pipeline["scoring"]["top_k"]), a.model

@@ -309,9 +309,9 @@ def shadow_candidates(spark: SparkSession, settings: Settings, ds: date) -> tupl
 
     evaluation = settings.pipeline["evaluation"]
     items = read_features(spark, settings, ds).items
-    candidates = scoring_input(spark, settings, ds)
     sample = (
-        candidates.select("user_id")
+        read_partition(spark, settings, "silver/candidates", ds)
+        .select("user_id")
         .distinct()
         .orderBy(F.xxhash64("user_id", F.lit(int(evaluation["bootstrap_seed"]))), "user_id")
         .limit(int(evaluation["shadow_users"]))
@@ -320,7 +320,7 @@ def shadow_candidates(spark: SparkSession, settings: Settings, ds: date) -> tupl
         "item_id", "category", "brand", "seller_id", F.col("item_price").alias("price")
     )
     shadow = (
-        candidates.join(F.broadcast(sample), "user_id")
+        scoring_input(spark, settings, ds, users=sample)
         .join(attributes, "item_id", "left")
         .toPandas()
     )
@@ -474,16 +474,17 @@ def report_inputs(
     examples: int = 5,
 ) -> Any:
     """Gather what the run report shows (example users come from the shadow sample)."""
+    import numpy as np
+
     from rankflow.gate import top_lists
     from rankflow.report import ReportInputs, top_contributions
     from rankflow.training import booster_from_bytes, model_inputs
 
     booster = booster_from_bytes(challenger_raw, nthread=0)
-    chosen = candidates[
-        candidates["user_id"].isin(candidates["user_id"].drop_duplicates()[:examples])
-    ]
-    scores = shadow_scores["challenger"][chosen.index] if len(chosen) else np.empty(0)
-    top = top_lists(chosen.reset_index(drop=True), scores, 5)
+    users = np.sort(candidates["user_id"].unique())[:examples]
+    mask = candidates["user_id"].isin(users).to_numpy()
+    chosen = candidates[mask].reset_index(drop=True)
+    top = top_lists(chosen, shadow_scores["challenger"][mask], 5)
     shown = top[["user_id", "rank", "item_id", "category", "brand", "price", "seller_id"]]
     names = list(booster.feature_names or [])
     contributions = (
@@ -536,11 +537,16 @@ def record_event(spark: SparkSession, settings: Settings, event: str, **values: 
 
 
 def run_evaluate(
-    spark: SparkSession, settings: Settings, ds: date, run_id: str = "manual"
+    spark: SparkSession,
+    settings: Settings,
+    ds: date,
+    run_id: str = "manual",
+    promote: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the new model, the champion and the baselines on ``ds``; accept or refuse it.
 
-    A refusal fails the task; an accepted model becomes champion in the ``promote`` step.
+    A refusal fails the task. An accepted model becomes champion here when ``promote`` is set,
+    or later in the ``promote`` step (after a person approved it).
     """
     from dataclasses import replace
 
@@ -673,6 +679,8 @@ def run_evaluate(
             f"model version {challenger_version} was not promoted: {decision.reason}; "
             f"the champion stays {champion_version}"
         )
+    if promote:
+        record["promotion"] = run_promote(spark, settings, ds, run_id)
     return record
 
 
@@ -710,8 +718,13 @@ def run_promote(
     return {"ds": ds.isoformat(), "champion": version, "previous": before}
 
 
-def scoring_input(spark: SparkSession, settings: Settings, ds: date) -> DataFrame:
-    """Join the candidates of ``ds`` with the features as of ``ds`` (the serving face)."""
+def scoring_input(
+    spark: SparkSession, settings: Settings, ds: date, users: DataFrame | None = None
+) -> DataFrame:
+    """Join the candidates of ``ds`` (of ``users`` only, if given) with the features as of ``ds``.
+
+    This is the serving face of the features; restricting the users first keeps a sample cheap.
+    """
     from pyspark.sql import functions as F
 
     from rankflow.features import feature_vector, with_cross_features
@@ -720,6 +733,8 @@ def scoring_input(spark: SparkSession, settings: Settings, ds: date) -> DataFram
     candidates = read_partition(spark, settings, "silver/candidates", ds).select(
         F.lit(ds.isoformat()).cast("date").alias("as_of"), "user_id", "item_id"
     )
+    if users is not None:
+        candidates = candidates.join(F.broadcast(users), "user_id")
     joined = with_cross_features(candidates, features)
     return joined.select("user_id", "item_id", *feature_vector())
 

@@ -54,8 +54,9 @@ def test_steps_run_in_the_documented_order(nightly) -> None:
     assert nightly.get_task("evaluate").downstream_task_ids == {"needs_approval"}
     assert nightly.get_task("needs_approval").downstream_task_ids == {
         "approve_promotion",
-        "promote",
+        "promoted_by_gate",
     }
+    assert nightly.get_task("promoted_by_gate").downstream_task_ids == {"score"}
     assert nightly.get_task("approve_promotion").downstream_task_ids == {"promote"}
     assert nightly.get_task("promote").downstream_task_ids == {"score"}
     assert nightly.get_task("score").downstream_task_ids == {"publish_s3"}
@@ -69,12 +70,17 @@ def test_promotion_waits_for_a_person_only_when_asked(nightly) -> None:
     assert approve.defaults == ["Reject"]  # no answer keeps the champion
     assert approve.response_timeout == timedelta(hours=12)
     assert nightly.params.get_param("require_approval").value is False
-    # a rejection skips promote; score still runs (old champion), and runs after a promotion
-    assert nightly.get_task("promote").trigger_rule == "none_failed_min_one_success"
+    # without approval evaluate promotes itself; a rejection skips promote and score still
+    # runs (with the old champion)
+    evaluate_args = nightly.get_task("evaluate").application_args
+    assert evaluate_args[evaluate_args.index("--promote") + 1] == (
+        "{{ 'no' if params.require_approval else 'yes' }}"
+    )
     assert nightly.get_task("score").trigger_rule == "none_failed"
     assert nightly.get_task("score").upstream_task_ids == {
         "check_params",  # the day, as an XCom argument
         "promote",
+        "promoted_by_gate",
         "reuse_champion",
     }
     assert nightly.get_task("publish_s3").downstream_task_ids == {"publish_redis"}
@@ -89,6 +95,7 @@ def test_retries_everywhere_but_where_a_retry_cannot_help(nightly) -> None:
             "choose_model",
             "reuse_champion",
             "needs_approval",
+            "promoted_by_gate",
         }:
             assert task.retries >= 2, task.task_id
             assert task.retry_delay >= timedelta(minutes=1)
