@@ -118,7 +118,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from datetime import UTC, datetime
 
-    from rankflow.ledger import read_ledger, served_at
+    from rankflow.ledger import list_of_user, read_ledger, served_at
     from rankflow.spark import get_session
 
     at = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
@@ -126,10 +126,13 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     surface = args.surface or settings.pipeline["scoring"]["surface"]
     spark = get_session(settings, "rankflow-ledger")
     try:
-        ledger = read_ledger(spark, settings)
+        served = served_at(read_ledger(spark, settings), surface, at)
+        answer = served.as_dict()
+        if args.user is not None:
+            answer["user"] = list_of_user(spark, settings, served, args.user)
     finally:
         spark.stop()
-    print(json.dumps(served_at(ledger, surface, at).as_dict(), default=str))
+    print(json.dumps(answer, default=str))
     return 0
 
 
@@ -232,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--at", help="which: ISO time (default now): the version and model readers got then"
     )
+    models.add_argument("--user", type=int, help="which: also the list this user got then")
     models.set_defaults(func=cmd_models)
 
     status = sub.add_parser("status", help="show the published Redis versions")

@@ -333,7 +333,11 @@ def guardrail_checks(lists: dict[str, dict[str, float]], config: dict[str, Any])
         if theirs is not None:
             floor = max(floor, theirs[name] * (1.0 - relative))
         checks.append(
-            Check(f"lists: {name}", ours[name] >= floor, f"{ours[name]:.4f} (floor {floor:.4f})")
+            Check(
+                f"lists: {name}",
+                ours[name] >= floor,
+                f"lists: {name} {ours[name]:.4f} (floor {floor:.4f})",
+            )
         )
     ceiling = float(rails["max_top_seller_share"])
     if theirs is not None:
@@ -342,9 +346,23 @@ def guardrail_checks(lists: dict[str, dict[str, float]], config: dict[str, Any])
         )
     share = ours["top_seller_share"]
     checks.append(
-        Check("lists: top_seller_share", share <= ceiling, f"{share:.4f} (ceiling {ceiling:.4f})")
+        Check(
+            "lists: top_seller_share",
+            share <= ceiling,
+            f"lists: top_seller_share {share:.4f} (ceiling {ceiling:.4f})",
+        )
     )
     return checks
+
+
+def passed_summary(checks: list[Check]) -> str:
+    """One line for a promotion: the comparison that matters and how many checks passed."""
+    headline = next(
+        (c.detail for c in checks if c.name in ("vs champion", "champion")), checks[-1].detail
+    )
+    not_judged = sum("not judged" in c.detail for c in checks)
+    unjudged = f", {not_judged} segments too small to judge" if not_judged else ""
+    return f"{headline}; all {len(checks)} checks passed{unjudged}"
 
 
 def gate_decision(
@@ -365,7 +383,7 @@ def gate_decision(
 
     def decide() -> GateDecision:
         failed = [check for check in checks if not check.passed]
-        reason = failed[0].detail if failed else "; ".join(check.detail for check in checks)
+        reason = failed[0].detail if failed else passed_summary(checks)
         return GateDecision(
             not failed,
             reason,

@@ -48,6 +48,7 @@ class LedgerEvent:
     gate_json: str | None = None
     airflow_run_id: str | None = None
     redis_version: str | None = None
+    gold_version: int | None = None
     s3_prefix: str | None = None
     actor: str | None = None
     reason: str | None = None
@@ -84,7 +85,8 @@ class LedgerEvent:
 SPARK_SCHEMA = (
     "event_id string, event string, event_time timestamp, ds date, surface string, "
     "model_version string, previous_champion string, gate_promote boolean, gate_reason string, "
-    "gate_json string, airflow_run_id string, redis_version string, s3_prefix string, "
+    "gate_json string, airflow_run_id string, redis_version string, gold_version long, "
+    "s3_prefix string, "
     "actor string, reason string"
 )
 COLUMNS = ["event_id", *[f.name for f in fields(LedgerEvent)]]
@@ -116,7 +118,13 @@ def append_events(spark: SparkSession, settings: Settings, events: list[LedgerEv
     known = {r.event_id for r in ledger.where(F.col("event_id").isin(ids)).collect()}
     fresh = [i for i in ids if i not in known]
     if fresh:
-        frame.where(F.col("event_id").isin(fresh)).write.format("delta").mode("append").save(path)
+        (
+            frame.where(F.col("event_id").isin(fresh))
+            .write.format("delta")
+            .mode("append")
+            .option("mergeSchema", "true")  # a column added by a later release joins the table
+            .save(path)
+        )
     return len(fresh)
 
 
@@ -130,6 +138,7 @@ def read_ledger(spark: SparkSession, settings: Settings) -> pd.DataFrame:
     if not table_exists(spark, path):
         return pd.DataFrame(columns=COLUMNS)
     frame: pd.DataFrame = spark.read.format("delta").load(path).toPandas()
+    frame = frame.reindex(columns=COLUMNS)  # rows written before a column existed
     return frame.sort_values(["event_time", "event_id"], kind="stable").reset_index(drop=True)
 
 
@@ -144,6 +153,7 @@ class ServedBy:
     ds: date | None
     airflow_run_id: str | None
     since: datetime | None
+    gold_version: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (for the CLI)."""
@@ -164,6 +174,12 @@ def served_at(ledger: pd.DataFrame, surface: str, at: datetime) -> ServedBy:
     if rows.empty:
         return ServedBy(surface, at, None, None, None, None, None)
     last = rows.iloc[-1]
+    publication = ledger[
+        (ledger["event"] == "publish_redis")
+        & (ledger["surface"] == surface)
+        & (ledger["redis_version"] == last["redis_version"])
+    ]
+    gold = publication["gold_version"].dropna()
     return ServedBy(
         surface,
         at,
@@ -172,4 +188,38 @@ def served_at(ledger: pd.DataFrame, surface: str, at: datetime) -> ServedBy:
         last["ds"],
         last["airflow_run_id"],
         pd.Timestamp(last["event_time"]).to_pydatetime(),
+        int(gold.iloc[0]) if len(gold) else None,
     )
+
+
+def list_of_user(
+    spark: SparkSession, settings: Settings, served: ServedBy, user_id: int
+) -> dict[str, Any]:
+    """Say which list ``user_id`` got from a publication: its own, or the fallback list.
+
+    The user's own list is read from gold at the Delta version that publication used.
+    """
+    from pyspark.sql import functions as F
+
+    if served.ds is None or served.gold_version is None:
+        return {"user_id": user_id, "list": None, "reason": "no publication recorded by then"}
+    gold = (
+        spark.read.format("delta")
+        .option("versionAsOf", served.gold_version)
+        .load(settings.paths.table("gold/rankings"))
+        .where(
+            (F.col("ds") == F.lit(str(served.ds)).cast("date"))
+            & (F.col("surface") == served.surface)
+            & (F.col("user_id") == user_id)
+        )
+        .select("model_version", "item_ids")
+        .collect()
+    )
+    if not gold:
+        return {"user_id": user_id, "list": "fallback", "model_version": None}
+    return {
+        "user_id": user_id,
+        "list": "personal",
+        "model_version": gold[0]["model_version"],
+        "items": list(gold[0]["item_ids"])[:10],
+    }

@@ -514,6 +514,7 @@ def report_inputs(
         examples=shown,
         example_contributions=contributions,
         shadow_scores=shadow_scores,
+        debiasing=str(trained.get("training_config", {}).get("debiasing", "none")),
     )
 
 
@@ -901,6 +902,7 @@ def run_publish_redis(
             model_version=str(scored["model_version"]),
             airflow_run_id=run_id,
             redis_version=version,
+            gold_version=snapshot.commit,
             reason=published.result.reason or None,
         )
     return record

@@ -39,6 +39,7 @@ class ReportInputs:
     examples: pd.DataFrame
     example_contributions: pd.DataFrame
     shadow_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    debiasing: str = "none"
 
 
 def figure_html(figure: Figure, alt: str) -> str:
@@ -167,8 +168,7 @@ def render_report(inputs: ReportInputs) -> str:
     gate = inputs.gate
     verdict = "PROMOTED" if gate["promote"] else "NOT PROMOTED"
     checks = "".join(
-        f'<li class="{"pass" if c["passed"] else "fail"}">{html.escape(c["name"])}: '
-        f"{html.escape(c['detail'])}</li>"
+        f'<li class="{"pass" if c["passed"] else "fail"}">{html.escape(c["detail"])}</li>'
         for c in gate.get("checks", [])
     )
     segments = [
@@ -185,9 +185,14 @@ def render_report(inputs: ReportInputs) -> str:
     ]
     lists = [{"model": name, **figures} for name, figures in gate.get("lists", {}).items()]
     variants = [
-        {"variant": name.split(":", 1)[1], **{k: v for k, v in m.items() if "ndcg@10" in k}}
+        {
+            "variant": f"{inputs.debiasing} (challenger)"
+            if name == "challenger"
+            else name.split(":", 1)[1],
+            **{k: v for k, v in m.items() if "ndcg@10" in k},
+        }
         for name, m in inputs.table.items()
-        if name.startswith("variant:")
+        if name.startswith("variant:") or name == "challenger"
     ]
     examples = inputs.examples.assign(top_features=inputs.example_contributions)
     sections = [

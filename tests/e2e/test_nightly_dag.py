@@ -159,10 +159,13 @@ def lifecycle(settings, dag, last, runs: Path, first_publication: dict) -> None:
         first_publication["version"],
         first_model,
     )
-    served = cli("models", "which")
+    user = str(first_publication["sample_user"])
+    served = cli("models", "which", "--user", user)
     assert (served["redis_version"], served["model_version"]) == (
         first_publication["version"],
         first_model,
     )
+    assert served["user"]["list"] == "personal"
+    assert served["user"]["model_version"] == first_model
     listed = {row["version"]: row["aliases"] for row in cli("models", "list", "--json")}
     assert listed[first_model] == ["champion"]

@@ -88,6 +88,8 @@ def test_a_genuinely_better_challenger_is_promoted() -> None:
     challenger = train(fit, FEATURES, 1)
     decision = decide(evaluation, challenger(evaluation), champion(evaluation))
     assert decision.promote, decision.reason
+    assert decision.reason.startswith("ndcg@10 challenger - champion = +")
+    assert "checks passed" in decision.reason
     assert decision.difference.low > 0.05
     assert {s.status for s in decision.segments} == {"ok"}
 

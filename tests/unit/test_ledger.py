@@ -69,6 +69,7 @@ def test_replay_follows_publications_and_rollbacks_of_one_surface() -> None:
                 redis_version="v1",
                 model_version="1",
                 airflow_run_id="r1",
+                gold_version=4,
             ),
             LedgerEvent(
                 "publish_redis",
@@ -102,4 +103,5 @@ def test_replay_follows_publications_and_rollbacks_of_one_surface() -> None:
     assert (during.redis_version, during.model_version, during.airflow_run_id) == ("v2", "2", "r2")
     after = served_at(ledger, "home", T0 + timedelta(days=2))
     assert (after.redis_version, after.model_version) == ("v1", "1")
+    assert after.gold_version == 4  # the rollback serves v1 again: gold as v1 published it
     assert served_at(ledger, "search", T0 + timedelta(days=2)).model_version == "9"

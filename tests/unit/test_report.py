@@ -49,6 +49,7 @@ def _inputs(promote: bool) -> ReportInputs:
         examples=examples,
         example_contributions=["ctr +0.40, price -0.10", "age +0.05"],
         shadow_scores={"challenger": rng.random(100), "champion": rng.random(100)},
+        debiasing="lambdarank_unbiased",
     )
 
 
@@ -69,6 +70,7 @@ def test_report_is_one_page_with_embedded_plots_and_every_section() -> None:
         assert heading in page
     assert "0.4000 .. 0.4400" in page  # the challenger's interval
     assert "position_feature" in page
+    assert "lambdarank_unbiased (challenger)" in page
     assert "0.7600" in page
     assert "ctr +0.40, price -0.10" in page
     assert "&lt;worse&gt;" in page  # text is escaped
