@@ -42,7 +42,7 @@ def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
 
 def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]:
     """Return the pipeline function of a step, bound to parsed arguments."""
-    from rankflow import pipeline
+    from rankflow import evaluate_step, pipeline
 
     def surface(settings: Settings, args: argparse.Namespace) -> str:
         return str(args.surface or settings.pipeline["scoring"]["surface"])
@@ -53,10 +53,10 @@ def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]
         "candidates": lambda s, c, a: pipeline.run_candidates(s, c, a.ds),
         "training_set": lambda s, c, a: pipeline.run_training_set(s, c, a.start or a.ds, a.ds),
         "train": lambda s, c, a: pipeline.run_train(s, c, a.ds),
-        "evaluate": lambda s, c, a: pipeline.run_evaluate(
+        "evaluate": lambda s, c, a: evaluate_step.run_evaluate(
             s, c, a.ds, a.run_id, promote=a.promote == "yes"
         ),
-        "promote": lambda s, c, a: pipeline.run_promote(s, c, a.ds, a.run_id),
+        "promote": lambda s, c, a: evaluate_step.run_promote(s, c, a.ds, a.run_id),
         "score": lambda s, c, a: pipeline.run_score(
             s, c, a.ds, surface(c, a), a.top_k or int(c.pipeline["scoring"]["top_k"]), a.model
         ),

@@ -128,6 +128,11 @@ def append_events(spark: SparkSession, settings: Settings, events: list[LedgerEv
     return len(fresh)
 
 
+def record_event(spark: SparkSession, settings: Settings, event: str, **values: Any) -> None:
+    """Append one event to the promotion ledger (once, however often the task is retried)."""
+    append_events(spark, settings, [LedgerEvent(event, now(), **values)])
+
+
 def read_ledger(spark: SparkSession, settings: Settings) -> pd.DataFrame:
     """The whole ledger as pandas, oldest first (it grows by a few rows per night)."""
     import pandas as pd
