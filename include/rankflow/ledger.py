@@ -184,16 +184,18 @@ def served_at(ledger: pd.DataFrame, surface: str, at: datetime) -> ServedBy:
         & (ledger["surface"] == surface)
         & (ledger["redis_version"] == last["redis_version"])
     ]
-    gold = publication["gold_version"].dropna()
+    # a rollback serves an earlier publication again: its day, run and gold version
+    origin = publication.iloc[0] if len(publication) else last
+    gold = origin["gold_version"]
     return ServedBy(
         surface,
         at,
         last["redis_version"],
         last["model_version"],
-        last["ds"],
-        last["airflow_run_id"],
+        origin["ds"],
+        origin["airflow_run_id"],
         pd.Timestamp(last["event_time"]).to_pydatetime(),
-        int(gold.iloc[0]) if len(gold) else None,
+        None if pd.isna(gold) else int(gold),
     )
 
 

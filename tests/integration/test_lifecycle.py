@@ -41,7 +41,12 @@ def register(settings: Settings, ds: date) -> str:
     matrix = xgb.DMatrix(rng.random((40, 3)), label=rng.integers(0, 2, 40))
     matrix.set_group([10, 10, 10, 10])
     booster = xgb.train({"objective": "rank:ndcg"}, matrix, 3)
-    lineage = {"code_version": "test", "table_versions": {}}
+    lineage = {
+        "code_version": "test",
+        "table_versions": {},
+        "requirements_lock_hash": "test",
+        "model_sha256": "test",
+    }
     fitted = FittedRanker(booster, 2, 0.5, [0.5, 0.5, 0.5])
     return log_and_register(settings, fitted, lineage, ds)["model_version"]
 

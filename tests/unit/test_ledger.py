@@ -103,5 +103,6 @@ def test_replay_follows_publications_and_rollbacks_of_one_surface() -> None:
     assert (during.redis_version, during.model_version, during.airflow_run_id) == ("v2", "2", "r2")
     after = served_at(ledger, "home", T0 + timedelta(days=2))
     assert (after.redis_version, after.model_version) == ("v1", "1")
-    assert after.gold_version == 4  # the rollback serves v1 again: gold as v1 published it
+    # the rollback serves v1 again: the day, run and gold version v1 was published with
+    assert (after.gold_version, after.airflow_run_id) == (4, "r1")
     assert served_at(ledger, "search", T0 + timedelta(days=2)).model_version == "9"
