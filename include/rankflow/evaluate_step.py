@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
 from rankflow.features import MODEL_FEATURES
-from rankflow.ledger import record_event
+from rankflow.ledger import LedgerEvent, append_events, now
 from rankflow.pipeline import (
     bronze,
     read_features,
@@ -414,55 +414,52 @@ def run_evaluate(
         "text": format_table(table) if table else "(no held-out rows)",
     }
     write_run_record(settings, ds, "evaluation", record)
-    outcome = "evaluate_backfill" if backfill else "gate"
-    record_event(
-        spark,
-        settings,
-        outcome,
-        ds=ds,
-        model_version=challenger_version,
-        previous_champion=champion_version,
-        gate_promote=decision.promote,
-        gate_reason=decision.reason,
-        gate_json=json.dumps(decision.as_dict(), default=str),
-        airflow_run_id=run_id,
-    )
-    if backfill:
-        return record
-    if not decision.promote:
+    events = [
+        LedgerEvent(
+            "evaluate_backfill" if backfill else "gate",
+            now(),
+            ds=ds,
+            model_version=challenger_version,
+            previous_champion=champion_version,
+            gate_promote=decision.promote,
+            gate_reason=decision.reason,
+            gate_json=json.dumps(decision.as_dict(), default=str),
+            airflow_run_id=run_id,
+        )
+    ]
+    if promote and decision.promote and not backfill:
+        promotion, event = promote_accepted(settings, ds, record, run_id)
+        record["promotion"] = promotion
+        events.append(event)
+    append_events(spark, settings, events)  # the decision and the promotion in one commit
+    if not backfill and not decision.promote:
         raise GateRejectedError(
             f"model version {challenger_version} was not promoted: {decision.reason}; "
             f"the champion stays {champion_version}"
         )
-    if promote:
-        record["promotion"] = run_promote(spark, settings, ds, run_id)
     return record
 
 
-def run_promote(
-    spark: SparkSession, settings: Settings, ds: date, run_id: str = "manual"
-) -> dict[str, Any]:
-    """Move the champion alias to the model the gate accepted for ``ds`` (after any approval).
+def promote_accepted(
+    settings: Settings, ds: date, evaluation: dict[str, Any], run_id: str
+) -> tuple[dict[str, Any], LedgerEvent]:
+    """Make the model the gate accepted champion; return the outcome and its ledger event.
 
-    Idempotent: a retry, or a model that is already the champion, changes nothing more.
+    Idempotent: a model that is already the champion is left as it is.
     """
     from rankflow.lifecycle import aliases, mlflow_client, move_champion
-    from rankflow.training import CHAMPION, read_run_record
+    from rankflow.training import CHAMPION
 
-    evaluation = read_run_record(settings, ds, "evaluation")
     version = str(evaluation["model_version"])
-    if evaluation.get("backfill"):
-        return {"ds": ds.isoformat(), "skipped": evaluation["gate"]["reason"]}
     if not evaluation["gate"]["promote"]:
         raise ValueError(f"the gate did not accept model {version} for {ds}: nothing to promote")
     client = mlflow_client(settings)
     before = aliases(client, settings.model_name).get(CHAMPION)
     if before != version:
         move_champion(client, settings.model_name, version)
-    record_event(
-        spark,
-        settings,
+    event = LedgerEvent(
         "promote",
+        now(),
         ds=ds,
         model_version=version,
         previous_champion=evaluation["previous_champion"],
@@ -470,4 +467,18 @@ def run_promote(
         gate_reason=evaluation["gate"]["reason"],
         airflow_run_id=run_id,
     )
-    return {"ds": ds.isoformat(), "champion": version, "previous": before}
+    return {"ds": ds.isoformat(), "champion": version, "previous": before}, event
+
+
+def run_promote(
+    spark: SparkSession, settings: Settings, ds: date, run_id: str = "manual"
+) -> dict[str, Any]:
+    """The ``promote`` step after an approval: champion alias and ledger, once per retry."""
+    from rankflow.training import read_run_record
+
+    evaluation = read_run_record(settings, ds, "evaluation")
+    if evaluation.get("backfill"):
+        return {"ds": ds.isoformat(), "skipped": evaluation["gate"]["reason"]}
+    promotion, event = promote_accepted(settings, ds, evaluation, run_id)
+    append_events(spark, settings, [event])
+    return promotion

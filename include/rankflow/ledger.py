@@ -19,9 +19,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 LEDGER_TABLE = "ops/promotion_ledger"
-# events that change what readers of a surface are served, and those that change the alias
+# events that change what readers of a surface are served
 SERVING_EVENTS = ("publish_redis", "rollback")
-ALIAS_EVENTS = ("promote", "manual_promote", "rollback")
 EVENTS = (
     "gate",
     "promote",
@@ -110,9 +109,10 @@ def append_events(spark: SparkSession, settings: Settings, events: list[LedgerEv
     path = settings.paths.table(LEDGER_TABLE)
     rows = [event.as_row() for event in events]
     frame = spark.createDataFrame([[row[c] for c in COLUMNS] for row in rows], SPARK_SCHEMA)
-    if not table_exists(spark, path):
-        empty = frame.limit(0).write.format("delta").option("delta.appendOnly", "true")
-        empty.mode("errorifexists").save(path)
+    if not table_exists(spark, path):  # the first events create the table in one commit
+        writer = frame.write.format("delta").option("delta.appendOnly", "true")
+        writer.mode("errorifexists").save(path)
+        return len(rows)
     ids = [row["event_id"] for row in rows]
     ledger = spark.read.format("delta").load(path)
     known = {r.event_id for r in ledger.where(F.col("event_id").isin(ids)).collect()}

@@ -139,7 +139,7 @@ def metric_rows(
     table: dict[str, dict[str, float]], intervals: dict[str, dict[str, float]]
 ) -> list[dict[str, Any]]:
     """One row per ranker: the headline metrics, with the gate metric's bootstrap interval."""
-    columns = [c for c in ("ndcg@10", "ipw_ndcg@10", "truth_ndcg@10", "map@10", "mrr") if c]
+    columns = ("ndcg@10", "ipw_ndcg@10", "truth_ndcg@10", "map@10", "mrr")
     rows = []
     for name, metrics in table.items():
         row: dict[str, Any] = {"ranker": name}
