@@ -12,6 +12,9 @@ from typing import Any
 from urllib.parse import quote
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from rankflow.jobs import BLOCKED_EXIT_CODE
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 SPARK_CONN_ID = "spark_rankflow"
@@ -48,6 +51,12 @@ def s3_env_from_connection(conn: Any) -> dict[str, str]:
     if extra.get("bucket"):
         env["RANKFLOW_S3_BUCKET"] = str(extra["bucket"])
     return env
+
+
+def submit_exit_code(hook: Any) -> int | None:
+    """Return the exit status of the hook's spark-submit process (None if it never started)."""
+    process = getattr(hook, "_submit_sp", None)
+    return None if process is None else process.returncode
 
 
 def optional_connection(conn_id: str) -> Any | None:
@@ -90,4 +99,13 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
         if s3_conn is not None:
             env.update(s3_env_from_connection(s3_conn))
         self.env_vars = env
-        super().execute(context)
+        try:
+            super().execute(context)
+        except AirflowException as error:
+            if submit_exit_code(self._hook) == BLOCKED_EXIT_CODE:
+                # retrying cannot fix bad data: fail now and leave downstream steps unrun
+                raise AirflowFailException(
+                    f"{self.task_id} was stopped by a data-quality gate (see the task log and "
+                    "runs/ds=<day>/quality/ for the failed checks); not retried"
+                ) from error
+            raise

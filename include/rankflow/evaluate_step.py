@@ -15,7 +15,6 @@ from rankflow.config import Settings
 from rankflow.features import MODEL_FEATURES
 from rankflow.ledger import LedgerEvent, append_events, now
 from rankflow.pipeline import (
-    bronze,
     read_features,
     read_partition,
     read_table,
@@ -35,16 +34,19 @@ def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
 
     from rankflow.training import sort_by_query
 
-    _, items, users = bronze(spark, settings)
+    # the feature tables as of ds hold one row per item and per user: no dedupe, no shuffle
+    features = read_features(spark, settings, ds)
     frame: Any = (
         read_partition(spark, settings, "silver/training_set", ds)
         .select("qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
         .join(
-            items.select("item_id", "category", "seller_id", "price").dropDuplicates(["item_id"]),
+            features.items.select(
+                "item_id", "category", "seller_id", F.col("item_price").alias("price")
+            ),
             on="item_id",
             how="left",
         )
-        .join(users.select("user_id", "country").dropDuplicates(["user_id"]), "user_id", "left")
+        .join(features.users.select("user_id", "country"), "user_id", "left")
         .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
         .toPandas()
     )

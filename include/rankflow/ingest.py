@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rankflow.config import Settings
+from rankflow.quality import DataQualityError
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -25,6 +26,10 @@ CORRUPT = "_corrupt_record"
 
 class IngestError(RuntimeError):
     """A raw drop cannot be ingested (missing, or too many malformed rows)."""
+
+
+class MalformedShareError(IngestError, DataQualityError):
+    """Too many of a day's rows are malformed: a data-quality block, not worth a retry."""
 
 
 @dataclass(frozen=True)
@@ -244,11 +249,17 @@ def ingest_range(
         .save(quarantine_path)
     )
     limit = float(settings.pipeline["ingest"]["max_quarantine_share"])
+    if kind == "events":
+        try:
+            raw_events_gate(spark, settings, validated, stats, start, end)
+        except Exception:
+            validated.unpersist()
+            raise
     failed = [s for s in stats if s.quarantine_share > limit]
     if failed:
         validated.unpersist()
         worst = max(failed, key=lambda s: s.quarantine_share)
-        raise IngestError(
+        raise MalformedShareError(
             f"{worst.quarantined} of {worst.rows} {kind} rows for {worst.ds} are malformed "
             f"({worst.quarantine_share:.1%} > limit {limit:.1%}); bronze was not updated for "
             f"{start}..{end}. Inspect them in {quarantine_path} (ds={worst.ds}, source={kind}) "
@@ -259,3 +270,72 @@ def ingest_range(
     )
     validated.unpersist()
     return stats
+
+
+def recent_event_counts(
+    spark: SparkSession, settings: Settings, start: date, window: int
+) -> dict[date, int]:
+    """Return bronze's accepted event rows per day for the ``window`` days before ``start``."""
+    from pyspark.sql import functions as F
+
+    from rankflow.spark import table_exists
+
+    path = settings.paths.table("bronze/events")
+    if not table_exists(spark, path):
+        return {}
+    first = start - timedelta(days=window)
+    counts = (
+        spark.read.format("delta")
+        .load(path)
+        .where(F.col("ds").between(F.lit(first).cast("date"), F.lit(start - timedelta(days=1))))
+        .groupBy("ds")
+        .count()
+        .collect()
+    )
+    return {row["ds"]: int(row["count"]) for row in counts}
+
+
+def raw_events_gate(
+    spark: SparkSession,
+    settings: Settings,
+    validated: DataFrame,
+    stats: list[IngestStats],
+    start: date,
+    end: date,
+) -> None:
+    """Run the raw-events data-quality gate on the parsed drops of ``[start, end]``.
+
+    Raises:
+        DataQualityError: a critical check failed; bronze is left as it was.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from rankflow.quality import gate, raw_events_suite, row_count_outcomes
+
+    quality = settings.pipeline["quality"]
+    row_count = quality["row_count"]
+    window = int(row_count["window_days"])
+    counts = recent_event_counts(spark, settings, start, window)
+    counts.update({date.fromisoformat(s.ds): s.accepted for s in stats})
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    extra = row_count_outcomes(
+        counts, days, float(row_count["low_ratio"]), float(row_count["high_ratio"]), window
+    )
+    impression = Window.partitionBy("ds", "event_type", "session_id", "item_id", "position")
+    frame = (
+        validated.drop("reason")
+        .withColumn(
+            "seconds_into_day",
+            F.col("ts").cast("long") - F.col("ds").cast("timestamp").cast("long"),
+        )
+        .withColumn(
+            "impression_copies",
+            F.when(
+                F.col("event_type") == "impression",
+                F.size(F.collect_set("event_id").over(impression)),
+            ),
+        )
+    )
+    mostly = 1.0 - float(settings.pipeline["ingest"]["max_quarantine_share"])
+    gate(settings, end, frame, "raw_events", raw_events_suite(mostly), extra)

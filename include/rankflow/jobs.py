@@ -13,6 +13,8 @@ from typing import Any
 from rankflow.config import Settings, load_settings
 
 log = logging.getLogger("rankflow")
+# exit status of a step stopped by a data-quality gate: the orchestrator must not retry it
+BLOCKED_EXIT_CODE = 3
 
 
 def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
@@ -78,8 +80,13 @@ def main(step: str, argv: Sequence[str] | None = None) -> int:
     args = parse_args(step, sys.argv[1:] if argv is None else argv)
     settings = load_settings()
     spark = get_session(settings, f"rankflow-{step}")
+    from rankflow.quality import DataQualityError
+
     try:
         result = step_runner(step)(spark, settings, args)
+    except DataQualityError as error:
+        log.error("%s blocked for %s: %s", step, args.ds, error)
+        return BLOCKED_EXIT_CODE
     except Exception as error:
         log.error("%s failed for %s: %s", step, args.ds, error)
         raise

@@ -76,16 +76,37 @@ def run_ingest(
 
 def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str, int]:
     """Compute the features as of the end of ``ds`` and write the three silver tables."""
+    from pyspark import StorageLevel
+
     from rankflow.features import build_features
+    from rankflow.quality import feature_suite, gate
     from rankflow.spark import write_partition
 
     events, items, users = bronze(spark, settings)
     frames = build_features(events, items, users, [ds], settings.pipeline)
-    counts = {}
-    for face, table in FEATURE_TABLES.items():
-        frame = getattr(frames, face).withColumnRenamed("as_of", "ds")
-        write_partition(frame, settings.paths.table(table), ds)
-        counts[face] = read_partition(spark, settings, table, ds).count()
+    max_null_share = float(settings.pipeline["quality"]["max_null_share"])
+    built = {
+        face: getattr(frames, face)
+        .withColumnRenamed("as_of", "ds")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+        for face in FEATURE_TABLES
+    }
+    try:
+        for face in ("items", "users"):
+            gate(
+                settings,
+                ds,
+                built[face],
+                f"{face}_features",
+                feature_suite(face, ds, max_null_share),
+            )
+        counts = {}
+        for face, table in FEATURE_TABLES.items():
+            write_partition(built[face], settings.paths.table(table), ds)
+            counts[face] = read_partition(spark, settings, table, ds).count()
+    finally:
+        for frame in built.values():
+            frame.unpersist()
     return counts
 
 
@@ -208,6 +229,7 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
             f"no training rows between {window.train_start} and {window.validation_end}: "
             "build the training set for those days first (rankflow demo does it)"
         )
+    training_set_gate(settings, ds, train)
     debiasing = str(config["debiasing"])
     fitted = fit_variant(train, validation, config, debiasing)
     lineage = lineage_of(settings, fitted, versions, window, len(train), len(validation))
@@ -219,6 +241,27 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
     record = {**log_and_register(settings, fitted, lineage, ds, variants), **lineage}
     write_run_record(settings, ds, "train", record)
     return record
+
+
+def training_set_gate(settings: Settings, ds: date, train: Any) -> None:
+    """Refuse training rows with labels out of range, mixed query groups or a leaking input.
+
+    Raises:
+        DataQualityError: a critical check failed; no model is fitted.
+    """
+    from rankflow.features import MODEL_FEATURES
+    from rankflow.quality import (
+        gate,
+        leakage_outcome,
+        query_groups_outcome,
+        training_set_suite,
+    )
+
+    max_label = max(int(g) for g in settings.pipeline["labels"]["gains"].values())
+    features = list(MODEL_FEATURES)
+    suite = training_set_suite(features, max_label)
+    extra = [query_groups_outcome(train["qid"]), leakage_outcome(train, features)]
+    gate(settings, ds, train, "training_set", suite, extra)
 
 
 def run_reproduce(spark: SparkSession, settings: Settings, model_version: str) -> dict[str, Any]:
@@ -290,6 +333,7 @@ def run_score(
     spark: SparkSession, settings: Settings, ds: date, surface: str, top_k: int, model: str
 ) -> dict[str, Any]:
     """Score every candidate with ``model`` (alias or version) and write top-K lists to gold."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from rankflow.gold import write_gold
@@ -299,13 +343,17 @@ def run_score(
     model_raw, model_version = load_model(settings, model)
     ranked = score_candidates(
         scoring_input(spark, settings, ds), model_raw, f"v{model_version}", top_k
-    )
-    gold = (
-        ranked.withColumn("model_version", F.lit(model_version))
-        .withColumn("surface", F.lit(surface))
-        .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
-    )
-    snapshot = write_gold(gold, settings.paths.table("gold/rankings"), ds, surface)
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        ranked_lists_gate(spark, settings, ds, ranked, top_k)
+        gold = (
+            ranked.withColumn("model_version", F.lit(model_version))
+            .withColumn("surface", F.lit(surface))
+            .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+        )
+        snapshot = write_gold(gold, settings.paths.table("gold/rankings"), ds, surface)
+    finally:
+        ranked.unpersist()
     fallback = fallback_list(read_features(spark, settings, ds).items, top_k)
     record = {
         "ds": ds.isoformat(),
@@ -318,6 +366,48 @@ def run_score(
     }
     write_run_record(settings, ds, f"score-{surface}", record)
     return record
+
+
+def list_statistics(ranked: DataFrame, items: DataFrame) -> DataFrame:
+    """Return one row per list: its length, distinct, sold and unknown items (for the gate)."""
+    from pyspark.sql import functions as F
+
+    catalogue = items.select(
+        "item_id", F.col("is_sold").cast("int").alias("sold"), F.lit(1).alias("known")
+    )
+    entries = ranked.select("user_id", F.explode("item_ids").alias("item_id")).join(
+        F.broadcast(catalogue), "item_id", "left"
+    )
+    per_list = entries.groupBy("user_id").agg(
+        F.coalesce(F.sum("sold"), F.lit(0)).alias("sold_items"),
+        F.sum(F.when(F.col("known").isNull(), 1).otherwise(0)).alias("unknown_items"),
+    )
+    lengths = ranked.select(
+        "user_id",
+        F.size("item_ids").alias("list_length"),
+        F.size(F.array_distinct("item_ids")).alias("distinct_items"),
+    )
+    return lengths.join(per_list, "user_id", "left").fillna(0, ["sold_items", "unknown_items"])
+
+
+def ranked_lists_gate(
+    spark: SparkSession, settings: Settings, ds: date, ranked: DataFrame, top_k: int
+) -> None:
+    """Refuse lists that are short, repeat an item, hold sold or unknown items, or miss users.
+
+    Raises:
+        DataQualityError: a critical check failed; gold is left as it was.
+    """
+    import math
+
+    from rankflow.quality import gate, ranked_lists_suite
+
+    quality = settings.pipeline["quality"]
+    users = read_partition(spark, settings, "silver/candidates", ds).select("user_id").distinct()
+    min_users = math.ceil(float(quality["min_list_coverage"]) * users.count())
+    statistics = list_statistics(ranked, read_features(spark, settings, ds).items)
+    suite = ranked_lists_suite(top_k, min_users, float(quality["lists_full_share"]))
+    gate(settings, ds, statistics, "ranked_lists", suite)
 
 
 def read_ranked(spark: SparkSession, settings: Settings, ds: date, surface: str) -> DataFrame:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rankflow.ingest import IngestError, ingest_range, raw_day_path
+from rankflow.quality import DataQualityError
 
 pytestmark = pytest.mark.spark
 DS = date(2026, 10, 5)
@@ -76,7 +77,7 @@ def test_too_many_malformed_rows_fail_clearly_and_leave_bronze_untouched(
 ) -> None:
     settings = with_limit(lake_settings, 0.01)
     land(settings, GOOD + list(BAD.values()))
-    with pytest.raises(IngestError, match=r"7 of 27 events rows .* malformed"):
+    with pytest.raises(DataQualityError, match=r"gate blocked: raw_events 2026-10-05"):
         ingest_range(spark, settings, "events", DS, DS)[0]
     assert not Path(settings.paths.table("bronze/events")).exists()
     quarantine = spark.read.format("delta").load(settings.paths.table("bronze/quarantine"))
