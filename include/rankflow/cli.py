@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,46 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def utc_time(text: str) -> datetime:
+    """Parse an ISO time; one without a zone is UTC."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cmd_repair_sold(settings: Settings, args: argparse.Namespace) -> int:
+    """Remove the items sold so far from the lists readers get now, in place."""
+    from rankflow.repair import record_repair, run_repair
+
+    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    result = run_repair(settings, surface, args.at)
+    record_repair(settings, result)
+    print(json.dumps(result.as_dict(), indent=2))
+    return 0
+
+
+def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the health of the served lists: sold items still served, the last repair."""
+    from rankflow.repair import last_repair, served_sold_share
+
+    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    share, entries = served_sold_share(settings, surface, args.at)
+    repair = last_repair(settings, surface)
+    figures = {
+        "surface": surface,
+        "served_entries": entries,
+        "served_sold_share": share,
+        "sold_entries_removed": repair["entries_removed"] if repair else None,
+        "last_repair": repair,
+    }
+    if args.json:
+        print(json.dumps(figures, default=str))
+    else:
+        print(f"served list entries: {entries:,}")
+        print(f"share of them sold more than an hour ago: {share:.4%}")
+        print(f"last repair: {repair or 'none yet'}")
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Generate the demo marketplace, build its history, run the nightly DAG once, report."""
     from rankflow.demo import run_demo
@@ -241,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the published Redis versions")
     status.add_argument("--surface")
     status.set_defaults(func=cmd_status)
+
+    repair = sub.add_parser(
+        "repair-sold", help="remove items sold since the lists were built from the served lists"
+    )
+    repair.add_argument("--surface")
+    repair.add_argument("--at", type=utc_time, help="ISO time (default now, UTC)")
+    repair.set_defaults(func=cmd_repair_sold)
+
+    health = sub.add_parser("health", help="health of the served lists")
+    health.add_argument("--surface")
+    health.add_argument("--at", type=utc_time, help="ISO time (default now, UTC)")
+    health.add_argument("--json", action="store_true", help="print one JSON object")
+    health.set_defaults(func=cmd_health)
 
     demo = sub.add_parser("demo", help="generate data and run the nightly DAG once, end to end")
     demo.add_argument("--preset", choices=["tiny", "demo"], default="demo")

@@ -135,7 +135,10 @@ def publish_snapshot(
     """
     from rankflow.serving import begin_version, commit_version, write_fallback
 
-    begin_version(client, prefix, surface, version, ds=ds, model_version=model_version, k=k)
+    source = {"gold_table": snapshot.table, "gold_commit": str(snapshot.commit)}
+    begin_version(
+        client, prefix, surface, version, ds=ds, model_version=model_version, k=k, source=source
+    )
     written = write_files(spark, snapshot, redis_url, prefix, surface, version, mset_batch)
     write_fallback(client, prefix, surface, version, list(fallback))
     result = commit_version(

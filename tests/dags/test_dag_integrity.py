@@ -136,3 +136,26 @@ print("CONNS", calls)
     ).stdout
     assert "HEAVY []" in out, out
     assert "CONNS []" in out, out
+
+
+def test_sold_item_repair_runs_hourly_for_every_surface(dagbag) -> None:
+    repair = dagbag.dags["rankflow_sold_items"]
+    assert repair.timetable.expression == "5 * * * *"
+    assert not repair.catchup
+    assert set(repair.task_dict) == {"repair"}
+    mapped = repair.task_dict["repair"].op_kwargs_expand_input.value
+    assert mapped["surface"] == ["home", "search", "similar"]
+
+
+def test_parsing_the_repair_dag_does_no_heavy_imports() -> None:
+    probe = f"""
+import sys
+before = set(sys.modules)
+import runpy
+runpy.run_path({str(DAGS / "rankflow_sold_items.py")!r})
+print("HEAVY", sorted(m for m in set(sys.modules) - before if m.split(".")[0] in {HEAVY!r}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert "HEAVY []" in out, out

@@ -491,13 +491,16 @@ def begin_version(
     ds: date,
     model_version: str,
     k: int,
+    source: Mapping[str, str] | None = None,
 ) -> None:
     """Register a new version for writing: its meta hash and its entry in the versions set.
 
     Idempotent for a retried run writing the same version id; refuses a version that is
-    already published or retired, so a visible version is never modified.
+    already published or retired, so a visible version is never modified. ``source`` names
+    where the lists come from (gold table and commit): the sold-item repair reads them there.
     """
     fields = {
+        **(source or {}),
         "ds": ds.isoformat(),
         "model_version": model_version,
         "k": str(int(k)),

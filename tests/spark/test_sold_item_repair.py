@@ -1,0 +1,103 @@
+"""The sold-item repair: published lists lose sold items in place, nothing else changes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from test_gold_publish_redis import DS, gold_frame, publish
+
+from rankflow.gold import write_gold
+from rankflow.repair import (
+    RepairError,
+    drop_sold,
+    read_sales,
+    run_repair,
+    served_sold_share,
+    write_sales_hour,
+)
+from rankflow.serving import RankingReader, current_key, user_key
+
+pytestmark = [pytest.mark.spark, pytest.mark.services]
+
+MORNING = datetime(DS.year, DS.month, DS.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def test_drop_sold_keeps_order_and_touches_only_lists_with_a_sold_item() -> None:
+    offsets = np.array([0, 3, 5, 6])
+    items = np.array([1, 2, 3, 4, 5, 6])
+    touched, new_offsets, kept, removed = drop_sold(offsets, items, np.array([2, 6, 99]))
+    assert touched.tolist() == [0, 2]
+    assert new_offsets.tolist() == [0, 2, 2]
+    assert kept.tolist() == [1, 3]
+    assert removed == 2
+    assert drop_sold(offsets, items, np.array([42]))[0].size == 0
+
+
+def test_sales_are_read_up_to_the_repair_time_from_complete_drops(tmp_path) -> None:
+    write_sales_hour(tmp_path, MORNING, [(10, MORNING + timedelta(minutes=5))])
+    write_sales_hour(
+        tmp_path, MORNING + timedelta(hours=2), [(11, MORNING + timedelta(hours=2, minutes=50))]
+    )
+    unfinished = write_sales_hour(
+        tmp_path, MORNING + timedelta(hours=1), [(12, MORNING + timedelta(hours=1))]
+    )
+    (unfinished / "_SUCCESS").unlink()
+    assert set(read_sales(tmp_path, DS, MORNING + timedelta(hours=2, minutes=30))) == {10}
+    assert set(read_sales(tmp_path, DS, MORNING + timedelta(hours=3))) == {10, 11}
+
+
+def test_repair_removes_sold_items_in_place_and_is_idempotent(
+    spark, tmp_path, redis_client, redis_url, lake_settings
+) -> None:
+    settings = replace(
+        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
+    )
+    snapshot = write_gold(gold_frame(spark, 200, "home"), str(tmp_path / "gold"), DS, "home")
+    version = publish(spark, redis_client, redis_url, snapshot, "home").version
+    raw = settings.paths.raw
+    with pytest.raises(RepairError, match="no published version of 'search'"):
+        run_repair(settings, "search", MORNING)
+    write_sales_hour(
+        raw,
+        MORNING + timedelta(hours=1),
+        [
+            (10, MORNING + timedelta(hours=1, minutes=30)),
+            (21, MORNING + timedelta(hours=1, minutes=40)),
+            (7, MORNING + timedelta(hours=1, minutes=45)),
+        ],
+    )
+    write_sales_hour(
+        raw, MORNING + timedelta(hours=5), [(31, MORNING + timedelta(hours=5, minutes=10))]
+    )
+
+    before, served = served_sold_share(settings, "home", MORNING + timedelta(hours=4))
+    assert served == 400
+    assert before == pytest.approx(2 / 400)
+
+    keys = redis_client.dbsize()
+    result = run_repair(settings, "home", MORNING + timedelta(hours=3))
+    assert redis_client.dbsize() == keys  # overwritten in place, no key created
+    assert (result.sold_items, result.users_repaired, result.entries_removed) == (3, 2, 2)
+    assert result.fallback_removed == 1
+    assert result.version == version
+    reader = RankingReader.from_url(redis_url, "rf")
+    assert reader.lookup(1, "home").items == [11]
+    assert reader.lookup(2, "home").items == [20]
+    assert reader.lookup(3, "home").items == [30, 31]  # sold after the repair time: kept for now
+    assert reader.lookup(999, "home").items == [8]  # the fallback lost its sold item too
+    assert redis_client.get(current_key("rf", "home")).decode() == version
+    assert redis_client.ttl(user_key("rf", "home", version, 1)) == -1
+
+    after, _ = served_sold_share(settings, "home", MORNING + timedelta(hours=4))
+    assert after == 0.0
+    again = run_repair(settings, "home", MORNING + timedelta(hours=3))
+    assert (again.users_repaired, again.entries_removed) == (2, 2)
+    assert reader.lookup(1, "home").items == [11]
+
+    later = run_repair(settings, "home", MORNING + timedelta(hours=6))
+    assert later.sold_items == 4
+    assert reader.lookup(3, "home").items == [30]
+    assert served_sold_share(settings, "home", MORNING + timedelta(hours=7))[0] == 0.0

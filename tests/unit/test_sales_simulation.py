@@ -1,0 +1,34 @@
+"""Simulated sales: each item sells once, and the items most lists show sell first."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from rankflow.repair import simulate_sales
+
+START = datetime(2026, 10, 31, tzinfo=UTC)
+
+
+def test_each_item_sells_at_most_once_inside_its_hour() -> None:
+    items = np.arange(1, 501)
+    drops = simulate_sales(items, np.ones(500), START, hours=6, per_hour=50, seed=1)
+    sold = [item for _, sales in drops for item, _ in sales]
+    assert len(sold) == 300
+    assert len(set(sold)) == 300
+    for hour, sales in drops:
+        assert all(hour <= ts < hour + timedelta(hours=1) for _, ts in sales)
+
+
+def test_widely_shown_items_sell_more_often() -> None:
+    items = np.arange(1, 1001)
+    weights = np.where(items <= 100, 50.0, 1.0)
+    drops = simulate_sales(items, weights, START, hours=1, per_hour=100, seed=3)
+    sold = np.array([item for _, sales in drops for item, _ in sales])
+    assert (sold <= 100).mean() > 0.5  # 10% of the items, 5x their share of the sales
+
+
+def test_a_sold_out_catalogue_stops_selling() -> None:
+    drops = simulate_sales(np.arange(1, 4), np.ones(3), START, hours=3, per_hour=2, seed=0)
+    assert [len(sales) for _, sales in drops] == [2, 1, 0]
