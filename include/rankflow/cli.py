@@ -161,7 +161,7 @@ def cmd_repair_sold(settings: Settings, args: argparse.Namespace) -> int:
     surface = args.surface or settings.pipeline["scoring"]["surface"]
     result = run_repair(settings, surface, args.at)
     record_repair(settings, result)
-    print(json.dumps(result.as_dict(), indent=2))
+    print(json.dumps(result.as_dict()))
     return 0
 
 

@@ -100,6 +100,26 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
     assert os.environ["RANKFLOW_HOME"] in str(settings.paths.home)
 
     lifecycle(settings, dag, last, runs, published)
+    sold_item_repair(settings)
+
+
+def sold_item_repair(settings) -> None:
+    """A morning of sales, then one repair: no served item sold more than an hour earlier."""
+    from datetime import timedelta
+
+    from rankflow.repair import land_simulated_sales
+
+    start, sold = land_simulated_sales(settings, "home", hours=3, per_hour=20, seed=1)
+    at = (start + timedelta(hours=3)).isoformat()
+    before = cli("health", "--json", "--at", at)
+    repaired = cli("repair-sold", "--at", at)
+    after = cli("health", "--json", "--at", at)
+    assert sold == 60
+    assert before["served_sold_share"] > 0
+    assert repaired["entries_removed"] > 0
+    assert after["served_sold_share"] == 0.0
+    assert after["sold_entries_removed"] == repaired["entries_removed"]
+    assert after["served_entries"] == before["served_entries"] - repaired["entries_removed"]
 
 
 def cli(*args: str) -> dict:
