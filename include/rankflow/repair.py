@@ -138,8 +138,16 @@ def list_arrays(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     users = batch.column(0).to_numpy(zero_copy_only=False)
     values = batch.column(1)
     if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
-        lengths = np.array([len(v) // 4 for v in values.to_pylist()], dtype=np.int64)
-        flat = np.frombuffer(b"".join(values.to_pylist()), dtype="<u4").astype(np.int64)
+        # read the Arrow buffers directly: value offsets (bytes) and the concatenated values
+        wide = pa.types.is_large_binary(values.type)
+        _, offsets_buffer, data_buffer = values.buffers()
+        byte_offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)
+        byte_offsets = byte_offsets[values.offset : values.offset + len(values) + 1].astype(
+            np.int64
+        )
+        data = np.frombuffer(data_buffer, dtype=np.uint8)[byte_offsets[0] : byte_offsets[-1]]
+        lengths = np.diff(byte_offsets) // 4
+        flat = data.view("<u4").astype(np.int64)
     else:
         lengths = values.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
         flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.int64)

@@ -1,4 +1,4 @@
-"""Simulated sales: each item sells once, and the items most lists show sell first."""
+"""Simulated sales and the lists the repair reads: each item sells once, widely shown first."""
 
 from __future__ import annotations
 
@@ -32,3 +32,20 @@ def test_widely_shown_items_sell_more_often() -> None:
 def test_a_sold_out_catalogue_stops_selling() -> None:
     drops = simulate_sales(np.arange(1, 4), np.ones(3), START, hours=3, per_hour=2, seed=0)
     assert [len(sales) for _, sales in drops] == [2, 1, 0]
+
+
+def test_published_lists_are_read_alike_from_encoded_and_list_columns() -> None:
+    import pyarrow as pa
+
+    from rankflow.repair import list_arrays
+    from rankflow.serving import encode_list_array
+
+    lists = pa.array([[1, 2, 3], [4], [5, 6]], pa.list_(pa.int64()))
+    users = pa.array([10, 11, 12])
+    encoded = pa.RecordBatch.from_arrays([users, encode_list_array(lists)], ["user_id", "v"])
+    plain = pa.RecordBatch.from_arrays([users, lists], ["user_id", "item_ids"])
+    for batch in (encoded.slice(1, 2), plain.slice(1, 2)):
+        got_users, offsets, flat = list_arrays(batch)
+        assert got_users.tolist() == [11, 12]
+        assert offsets.tolist() == [0, 1, 3]
+        assert flat.tolist() == [4, 5, 6]
