@@ -27,9 +27,9 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from rankflow.config import SURFACES
 from rankflow_operators import RankflowSparkSubmitOperator
 
-SURFACES = ["home", "search", "similar"]
 AUTO_PROMOTE = "{{ 'no' if params.require_approval else 'yes' }}"
 APPROVAL_BODY = """The promotion gate accepted a new ranking model for
 {{ ti.xcom_pull(task_ids='check_params') }}. Its run report (metrics with confidence intervals,
@@ -59,7 +59,7 @@ still refreshes the lists with it."""
             pattern=r"^\d{4}-\d{2}-\d{2}$",
             description="Day to process (YYYY-MM-DD); empty = the run's data interval start.",
         ),
-        "surface": Param("home", enum=SURFACES, description="Surface whose lists are built."),
+        "surface": Param("home", enum=list(SURFACES), description="Surface whose lists are built."),
         "top_k": Param(100, type="integer", minimum=1, maximum=500, description="List length."),
         "retrain": Param(True, type="boolean", description="Train and gate a new model first."),
         "require_approval": Param(

@@ -17,9 +17,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from rankflow.config import SURFACES
 from rankflow_operators import REDIS_CONN_ID
-
-SURFACES = ["home", "search", "similar"]
 
 
 @dag(
@@ -59,7 +58,7 @@ def rankflow_sold_items() -> None:
         record_repair(settings, result)
         return result.as_dict()
 
-    repair.expand(surface=SURFACES)
+    repair.expand(surface=list(SURFACES))
 
 
 rankflow_sold_items()

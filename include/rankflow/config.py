@@ -22,6 +22,8 @@ import yaml
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+# the surfaces a marketplace app shows ranked lists on (one Redis namespace each)
+SURFACES = ("home", "search", "similar")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
 DEFAULT_S3_ENDPOINT = "http://127.0.0.1:9010"
 

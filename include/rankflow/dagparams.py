@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-SURFACES = ("home", "search", "similar")
+from rankflow.config import SURFACES
+
 MAX_TOP_K = 500
 
 
