@@ -323,23 +323,51 @@ def simulate_sales(
     return drops
 
 
+def listed_items(raw: Path, until: date) -> np.ndarray:
+    """Return the ids of every item listed in the raw item drops up to ``until``."""
+    import pandas as pd
+
+    ids = []
+    for folder in sorted((raw / "items").glob("ds=*")):
+        if date.fromisoformat(folder.name[3:]) <= until:
+            for path in sorted(folder.glob("*.jsonl*")):
+                ids.append(pd.read_json(path, lines=True, dtype={"item_id": "Int64"})["item_id"])
+    return np.unique(pd.concat(ids).dropna().to_numpy(dtype=np.int64)) if ids else np.zeros(0)
+
+
+def sale_weights(catalogue: np.ndarray, shown: np.ndarray, shown_counts: np.ndarray) -> np.ndarray:
+    """Weight each catalogue item's chance to sell: 1, plus log(1 + lists showing it).
+
+    Most sales happen away from the lists; an item many lists show sells more often.
+    """
+    weights = np.ones(len(catalogue))
+    position = np.searchsorted(catalogue, shown)
+    inside = (position < len(catalogue)) & (
+        catalogue[np.minimum(position, len(catalogue) - 1)] == shown
+    )
+    weights[position[inside]] += np.log1p(shown_counts[inside])
+    return weights
+
+
 def land_simulated_sales(
     settings: Settings, surface: str, hours: int, per_hour: int, seed: int
 ) -> tuple[datetime, int]:
     """Land simulated hourly sales drops for the morning after the current lists' day.
 
-    Items are drawn from the published lists, weighted by how many lists show them (the
-    case the repair exists for). Returns the first hour and the number of sales.
+    Items are drawn from the whole catalogue listed so far, more often the more published lists
+    show them. Returns the first hour and the number of sales.
     """
     import redis as redis_client
 
     client = redis_client.Redis.from_url(settings.redis.url)
     _, meta = current_meta(client, settings.redis.key_prefix, surface)
-    flat = [list_arrays(batch)[2] for batch in gold_batches(meta, surface)]
-    items, counts = np.unique(np.concatenate(flat), return_counts=True)
     list_ds = date.fromisoformat(meta["ds"])
+    flat = [list_arrays(batch)[2] for batch in gold_batches(meta, surface)]
+    shown, counts = np.unique(np.concatenate(flat), return_counts=True)
+    catalogue = np.union1d(listed_items(settings.paths.raw, list_ds), shown)
+    weights = sale_weights(catalogue, shown, counts)
     start = datetime(list_ds.year, list_ds.month, list_ds.day, tzinfo=UTC) + timedelta(days=1)
-    drops = simulate_sales(items, counts, start, hours, per_hour, seed)
+    drops = simulate_sales(catalogue, weights, start, hours, per_hour, seed)
     for hour, sales in drops:
         write_sales_hour(settings.paths.raw, hour, sales)
     return start, sum(len(sales) for _, sales in drops)

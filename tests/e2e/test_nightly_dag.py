@@ -109,12 +109,12 @@ def sold_item_repair(settings) -> None:
 
     from rankflow.repair import land_simulated_sales
 
-    start, sold = land_simulated_sales(settings, "home", hours=3, per_hour=20, seed=1)
+    start, sold = land_simulated_sales(settings, "home", hours=3, per_hour=40, seed=1)
     at = (start + timedelta(hours=3)).isoformat()
     before = cli("health", "--json", "--at", at)
     repaired = cli("repair-sold", "--at", at)
     after = cli("health", "--json", "--at", at)
-    assert sold == 60
+    assert sold == 120
     assert before["served_sold_share"] > 0
     assert repaired["entries_removed"] > 0
     assert after["served_sold_share"] == 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from rankflow.repair import simulate_sales
 
@@ -49,3 +50,11 @@ def test_published_lists_are_read_alike_from_encoded_and_list_columns() -> None:
         assert got_users.tolist() == [11, 12]
         assert offsets.tolist() == [0, 1, 3]
         assert flat.tolist() == [4, 5, 6]
+
+
+def test_items_many_lists_show_weigh_more_but_every_item_can_sell() -> None:
+    from rankflow.repair import sale_weights
+
+    catalogue = np.array([1, 2, 3, 4])
+    weights = sale_weights(catalogue, shown=np.array([2, 4, 9]), shown_counts=np.array([9, 1, 5]))
+    assert weights.tolist() == pytest.approx([1.0, 1 + np.log(10), 1.0, 1 + np.log(2)])
