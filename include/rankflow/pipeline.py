@@ -86,27 +86,23 @@ def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
     frames = build_features(events, items, users, [ds], settings.pipeline)
     max_null_share = float(settings.pipeline["quality"]["max_null_share"])
     built = {
-        face: getattr(frames, face)
-        .withColumnRenamed("as_of", "ds")
-        .persist(StorageLevel.MEMORY_AND_DISK)
-        for face in FEATURE_TABLES
+        face: getattr(frames, face).withColumnRenamed("as_of", "ds") for face in FEATURE_TABLES
     }
+    # the validated faces are read twice (gate, then write): compute them once
+    validated = ("items", "users")
+    for face in validated:
+        built[face] = built[face].persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        for face in ("items", "users"):
-            gate(
-                settings,
-                ds,
-                built[face],
-                f"{face}_features",
-                feature_suite(face, ds, max_null_share),
-            )
+        for face in validated:
+            suite = feature_suite(face, ds, max_null_share)
+            gate(settings, ds, built[face], f"{face}_features", suite)
         counts = {}
         for face, table in FEATURE_TABLES.items():
             write_partition(built[face], settings.paths.table(table), ds)
             counts[face] = read_partition(spark, settings, table, ds).count()
     finally:
-        for frame in built.values():
-            frame.unpersist()
+        for face in validated:
+            built[face].unpersist()
     return counts
 
 

@@ -166,17 +166,15 @@ def raw_events_suite(mostly: float) -> list[Expectation]:
             severity=CRITICAL,
         ),
         gxe.ExpectColumnValuesToBeUnique(column="event_id", mostly=mostly, severity=CRITICAL),
-    ]
-    # the same impression logged twice under two event ids (a producer retrying its send)
-    checks.append(
+        # the same impression logged twice under two event ids (a producer retrying its send)
         gxe.ExpectColumnValuesToBeBetween(
             column="impression_copies",
             min_value=1,
             max_value=1,
             mostly=mostly,
             severity=CRITICAL,
-        )
-    )
+        ),
+    ]
     return checks
 
 

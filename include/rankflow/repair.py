@@ -196,18 +196,13 @@ def repair_version(
 
 def current_meta(client: redis.Redis, prefix: str, surface: str) -> tuple[str, dict[str, str]]:
     """Return the current version id of a surface and its meta hash."""
-    from rankflow.serving import current_key, meta_key
+    from rankflow.serving import NoCurrentVersionError, current_version, version_meta
 
-    version = client.get(current_key(prefix, surface))
-    if version is None:
-        raise RepairError(f"no published version of {surface!r}: nothing to repair")
-    text = version.decode() if isinstance(version, bytes) else str(version)
-    raw = client.hgetall(meta_key(prefix, surface, text))
-    meta = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-    return text, meta
+    try:
+        version = current_version(client, prefix, surface)
+    except NoCurrentVersionError as error:
+        raise RepairError(f"nothing to repair: {error}") from error
+    return version, version_meta(client, prefix, surface, version)
 
 
 def run_repair(settings: Settings, surface: str, at: datetime | None = None) -> RepairResult:
@@ -251,7 +246,7 @@ def served_sold_share(
     """
     import redis as redis_client
 
-    from rankflow.serving import user_key
+    from rankflow.serving import user_key_array
 
     at = at or datetime.now(UTC)
     client = redis_client.Redis.from_url(settings.redis.url)
@@ -261,8 +256,7 @@ def served_sold_share(
     sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
     served = stale = 0
     for batch in gold_batches(meta, surface):
-        users = batch.column(0).to_numpy(zero_copy_only=False)
-        keys = [user_key(prefix, surface, version, int(u)) for u in users]
+        keys = user_key_array(prefix, surface, version, batch.column(0)).to_pylist()
         for start in range(0, len(keys), 1000):
             values: Any = client.mget(keys[start : start + 1000])
             joined = b"".join(bytes(v) for v in values if v)

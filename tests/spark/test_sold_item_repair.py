@@ -58,7 +58,9 @@ def test_repair_removes_sold_items_in_place_and_is_idempotent(
     snapshot = write_gold(gold_frame(spark, 200, "home"), str(tmp_path / "gold"), DS, "home")
     version = publish(spark, redis_client, redis_url, snapshot, "home").version
     raw = settings.paths.raw
-    with pytest.raises(RepairError, match="no published version of 'search'"):
+    with pytest.raises(
+        RepairError, match="nothing to repair: no published version for surface 'search'"
+    ):
         run_repair(settings, "search", MORNING)
     write_sales_hour(
         raw,

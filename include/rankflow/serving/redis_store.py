@@ -919,12 +919,32 @@ def bytes_per_user(
     return sum(sizes) / len(sizes) if sizes else None
 
 
+def version_meta(client: redis.Redis, prefix: str, surface: str, version: str) -> dict[str, str]:
+    """Return a version's meta hash as text (empty for an unknown version)."""
+    raw: Any = client.hgetall(meta_key(prefix, surface, version))
+    return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
+
+
+def current_version(client: redis.Redis, prefix: str, surface: str) -> str:
+    """Return the id of the version readers of ``surface`` use now.
+
+    Raises:
+        NoCurrentVersionError: nothing is published for the surface.
+    """
+    version = _text(client.get(current_key(prefix, surface)))
+    if version is None:
+        raise NoCurrentVersionError(
+            f"no published version for surface {surface!r} under prefix {prefix!r} "
+            f"(key {current_key(prefix, surface)!r} is missing)"
+        )
+    return version
+
+
 def version_info(
     client: redis.Redis, prefix: str, surface: str, version: str, *, sample: int = 200
 ) -> VersionInfo:
     """Return a version's meta and approximate memory (sampled bytes/user x users + fixed keys)."""
-    raw = client.hgetall(meta_key(prefix, surface, version))
-    meta = {_text(k) or "": _text(v) or "" for k, v in raw.items()}
+    meta = version_meta(client, prefix, surface, version)
     per_user = bytes_per_user(client, prefix, surface, version, sample=sample)
     approx = None
     if per_user is not None and meta.get("users", "").isdigit():
