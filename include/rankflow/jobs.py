@@ -44,7 +44,7 @@ def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
 
 def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]:
     """Return the pipeline function of a step, bound to parsed arguments."""
-    from rankflow import evaluate_step, pipeline
+    from rankflow import evaluate_step, monitor_step, pipeline
 
     def surface(settings: Settings, args: argparse.Namespace) -> str:
         return str(args.surface or settings.pipeline["scoring"]["surface"])
@@ -66,6 +66,7 @@ def step_runner(step: str) -> Callable[[Any, Settings, argparse.Namespace], Any]
         "publish_redis": lambda s, c, a: pipeline.run_publish_redis(
             s, c, a.ds, surface(c, a), a.run_id
         ),
+        "monitor": lambda s, c, a: monitor_step.run_monitor(s, c, a.ds, surface(c, a), a.run_id),
     }
     return runners[step]
 

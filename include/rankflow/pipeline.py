@@ -6,6 +6,7 @@ never knows which scheduler started it.
 
 from __future__ import annotations
 
+import time
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -441,7 +442,9 @@ def run_publish_s3(
     version = publication_version(scored, run_id)
     ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids", "scores")
     meta = {"model_version": scored["model_version"], "top_k": scored["top_k"]}
+    started = time.monotonic()
     result = asdict(export_rankings(ranked, settings.s3, surface, ds, version, meta))
+    result["seconds"] = round(time.monotonic() - started, 3)
     write_run_record(settings, ds, f"publish-s3-{surface}", result)
     record_event(
         spark,
@@ -486,6 +489,7 @@ def run_publish_redis(
             f"Redis is unreachable ({error}); check the redis_rankflow connection or "
             "RANKFLOW_REDIS_URL. Nothing was published."
         ) from error
+    started = time.monotonic()
     try:
         published = publish_snapshot(
             spark,
@@ -522,6 +526,7 @@ def run_publish_redis(
         "expired_versions": expired.versions,
         "sample_user": sample_user(snapshot),
         "model_version": scored["model_version"],
+        "seconds": round(time.monotonic() - started, 3),
     }
     write_run_record(settings, ds, f"publish-redis-{surface}", record)
     if published.result.status == "switched":

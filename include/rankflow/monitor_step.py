@@ -1,0 +1,412 @@
+"""The nightly monitor step: measure the run with Spark, judge the figures, append the history.
+
+Runs after publishing. Big inputs stay in Spark and only histograms and aggregates reach the
+driver: drift compares a fixed hash sample of users (``monitoring.drift_sample_percent``) on both
+sides, so its cost does not grow with the whole user base.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rankflow.config import Settings
+from rankflow.features import MODEL_FEATURES
+from rankflow.monitoring import (
+    MONITORING_TABLE,
+    Figure,
+    breaches,
+    finite,
+    gini,
+    jensen_shannon,
+    judge,
+    psi,
+)
+from rankflow.pipeline import read_features, read_partition, read_ranked, read_table, scoring_input
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+OFFLINE_METRICS = ("ndcg@10", "ipw_ndcg@10", "truth_ndcg@10")
+
+
+def user_sample(frame: DataFrame, percent: float, seed: int) -> DataFrame:
+    """Keep the rows of a fixed hash sample of users (the same users whatever the day)."""
+    from pyspark.sql import functions as F
+
+    bucket = F.pmod(F.xxhash64(F.col("user_id"), F.lit(seed)), F.lit(10_000))
+    return frame.where(bucket < F.lit(round(percent * 100)))
+
+
+def quantile_edges(frame: DataFrame, columns: list[str], bins: int) -> dict[str, list[float]]:
+    """Return each column's inner bin edges: the reference's deciles (or ``bins``-iles), deduped."""
+    probabilities = [i / bins for i in range(1, bins)]
+    quantiles = frame.approxQuantile(columns, probabilities, 0.001)
+    return {name: sorted(set(q)) for name, q in zip(columns, quantiles, strict=True)}
+
+
+def bin_index(column: str, edges: list[float]) -> Column:
+    """Bin of a value: 0..len(edges) by the edges it exceeds, len(edges) + 1 for null / NaN."""
+    from pyspark.sql import functions as F
+
+    value = F.col(column)
+    index = sum((F.when(value > edge, 1).otherwise(0) for edge in edges), F.lit(0))
+    return F.when(value.isNull() | F.isnan(value), len(edges) + 1).otherwise(index)
+
+
+def binned_counts(frame: DataFrame, edges: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """Count the rows of each bin of every column in one pass (one small row per bin)."""
+    from pyspark.sql import functions as F
+
+    pairs = F.explode(
+        F.array(
+            *[
+                F.struct(F.lit(name).alias("column"), bin_index(name, cuts).alias("bin"))
+                for name, cuts in edges.items()
+            ]
+        )
+    ).alias("pair")
+    rows = frame.select(pairs).groupBy("pair.column", "pair.bin").count().collect()
+    counts = {name: np.zeros(len(cuts) + 2) for name, cuts in edges.items()}
+    for row in rows:
+        counts[row["column"]][int(row["bin"])] = row["count"]
+    return counts
+
+
+def drift_figures(
+    reference: DataFrame, current: DataFrame, columns: list[str], bins: int, group: str
+) -> list[Figure]:
+    """``<group>_psi`` and ``<group>_js`` of each column (the subject), on the reference's bins."""
+    edges = quantile_edges(reference, columns, bins)
+    before, after = binned_counts(reference, edges), binned_counts(current, edges)
+    figures = []
+    for name in columns:
+        figures.append(Figure(group, f"{group}_psi", psi(before[name], after[name]), name))
+        figures.append(
+            Figure(group, f"{group}_js", jensen_shannon(before[name], after[name]), name)
+        )
+    return figures
+
+
+def feature_drift(
+    spark: SparkSession, settings: Settings, ds: date, model_version: str
+) -> list[Figure]:
+    """Drift of every model input: the serving model's training window vs the scoring day."""
+    from pyspark.sql import functions as F
+
+    from rankflow.features import feature_vector
+    from rankflow.training import load_lineage
+
+    config = settings.pipeline["monitoring"]
+    window = load_lineage(settings, model_version)["window"]
+    start, end = (F.lit(window[k]).cast("date") for k in ("train_start", "train_end"))
+    percent, seed = float(config["drift_sample_percent"]), int(config["sample_seed"])
+    reference = user_sample(
+        read_table(spark, settings, "silver/training_set").where(F.col("ds").between(start, end)),
+        percent,
+        seed,
+    ).select(*feature_vector())
+    users = user_sample(
+        read_partition(spark, settings, "silver/candidates", ds).select("user_id").distinct(),
+        percent,
+        seed,
+    )
+    current = scoring_input(spark, settings, ds, users=users).select(*MODEL_FEATURES)
+    return drift_figures(reference, current, list(MODEL_FEATURES), int(config["bins"]), "feature")
+
+
+def previous_gold_day(spark: SparkSession, settings: Settings, ds: date, surface: str) -> Any:
+    """Return the latest day before ``ds`` with gold lists of ``surface``, or None."""
+    from pyspark.sql import functions as F
+
+    row = (
+        read_table(spark, settings, "gold/rankings")
+        .where((F.col("surface") == surface) & (F.col("ds") < F.lit(ds.isoformat()).cast("date")))
+        .agg(F.max("ds").alias("ds"))
+        .first()
+    )
+    return None if row is None else row["ds"]
+
+
+def score_figures(
+    spark: SparkSession, settings: Settings, ds: date, surface: str, model_version: str
+) -> list[Figure]:
+    """Score level of the day's lists, and its drift from the previous day scored by the same model.
+
+    Ranking scores have no fixed scale, so a new model's scores are not compared with the old
+    one's: the drift figure is left out the day the model changes.
+    """
+    from pyspark.sql import functions as F
+
+    def scores(day: date) -> DataFrame:
+        ranked = read_ranked(spark, settings, day, surface)
+        return ranked.select(
+            F.col("model_version").cast("string").alias("model_version"),
+            F.explode("scores").cast("double").alias("score"),
+        )
+
+    today = scores(ds)
+    summary = today.agg(
+        F.avg("score").alias("mean"), F.expr("percentile_approx(score, 0.5)")
+    ).first()
+    figures = [
+        Figure("score", "score_mean", finite(summary[0] if summary else None)),
+        Figure("score", "score_median", finite(summary[1] if summary else None)),
+    ]
+    previous = previous_gold_day(spark, settings, ds, surface)
+    if previous is not None:
+        before = scores(previous)
+        versions = {r[0] for r in before.select("model_version").distinct().collect()}
+        if versions == {model_version}:
+            bins = int(settings.pipeline["monitoring"]["bins"])
+            figures += drift_figures(before, today, ["score"], bins, "score")
+    return figures
+
+
+def seller_exposure(
+    slots_per_seller: list[tuple[int, int]], top_percent: float
+) -> tuple[float, float]:
+    """Gini of slots over sellers, and the slot share of the top ``top_percent``% of sellers.
+
+    Takes (slots, number of sellers with that many slots) pairs, zeros included: a seller with
+    live items and no slot is part of the concentration.
+    """
+    if not slots_per_seller:
+        return 0.0, 0.0
+    slots = np.repeat(
+        np.array([s for s, _ in slots_per_seller], dtype=np.float64),
+        np.array([n for _, n in slots_per_seller], dtype=np.int64),
+    )
+    total = slots.sum()
+    top = max(1, math.ceil(len(slots) * top_percent / 100))
+    share = float(np.sort(slots)[::-1][:top].sum() / total) if total > 0 else 0.0
+    return gini(slots), share
+
+
+def list_health(
+    spark: SparkSession, settings: Settings, ds: date, surface: str, top_k: int
+) -> list[Figure]:
+    """Coverage, empty lists, catalogue coverage, diversity and seller concentration."""
+    from pyspark.sql import functions as F
+
+    depth = int(settings.pipeline["evaluation"]["overlap_depth"])
+    ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids")
+    items = read_features(spark, settings, ds).items.select(
+        "item_id", "category", "seller_id", "is_sold"
+    )
+    eligible = read_partition(spark, settings, "silver/candidates", ds).select("user_id").distinct()
+    counts = ranked.agg(
+        F.count("*").alias("lists"),
+        F.sum(F.when(F.size("item_ids") == 0, 1).otherwise(0)).alias("empty"),
+        F.sum(F.when(F.size("item_ids") < top_k, 1).otherwise(0)).alias("short"),
+    ).first()
+    n_lists, empty, short = (
+        int(counts[k] or 0) if counts else 0 for k in ("lists", "empty", "short")
+    )
+    users_with_list = ranked.where(F.size("item_ids") > 0).join(eligible, "user_id").count()
+    entries = ranked.select("user_id", F.posexplode("item_ids").alias("position", "item_id")).join(
+        F.broadcast(items), "item_id", "left"
+    )
+    top = (
+        entries.where(F.col("position") < depth)
+        .groupBy("user_id")
+        .agg(
+            F.countDistinct("category").alias("categories"),
+            F.countDistinct("seller_id").alias("sellers"),
+        )
+    )
+    diversity = top.agg(F.avg("categories"), F.avg("sellers")).first()
+    live_items = items.where(~F.col("is_sold"))
+    shown = entries.agg(F.countDistinct("item_id")).first()
+    live = live_items.count()
+    slots = (
+        live_items.select("seller_id")
+        .distinct()
+        .join(entries.groupBy("seller_id").agg(F.count("*").alias("slots")), "seller_id", "left")
+        .fillna(0, ["slots"])
+        .groupBy("slots")
+        .count()
+        .collect()
+    )
+    top_percent = float(settings.pipeline["evaluation"]["guardrails"]["top_seller_percent"])
+    concentration, top_share = seller_exposure([(r[0], r[1]) for r in slots], top_percent)
+    eligible_users = eligible.count()
+    return [
+        Figure("lists", "lists", float(n_lists)),
+        Figure(
+            "lists",
+            "list_coverage",
+            users_with_list / eligible_users if eligible_users else math.nan,
+        ),
+        Figure("lists", "empty_lists", float(empty)),
+        Figure(
+            "lists",
+            "short_list_share",
+            short / n_lists if n_lists else math.nan,
+        ),
+        Figure("lists", "catalog_coverage", float(shown[0]) / live if shown and live else math.nan),
+        Figure(
+            "lists", f"distinct_categories@{depth}", finite(diversity[0] if diversity else None)
+        ),
+        Figure("lists", f"distinct_sellers@{depth}", finite(diversity[1] if diversity else None)),
+        Figure("lists", "seller_exposure_gini", concentration),
+        Figure("lists", "top_seller_share", top_share),
+    ]
+
+
+def publish_figures(settings: Settings, ds: date, surface: str) -> list[Figure]:
+    """What the night's publications wrote: users, bytes and durations in Redis and S3."""
+    import redis
+
+    from rankflow.training import read_run_record
+
+    published = read_run_record(settings, ds, f"publish-redis-{surface}")
+    exported = read_run_record(settings, ds, f"publish-s3-{surface}")
+    client = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5)
+    memory = client.info("memory")
+    return [
+        Figure("publish", "published_users", float(published["users"])),
+        Figure("publish", "redis_value_bytes", float(published["value_bytes"])),
+        Figure("publish", "redis_bytes_per_user", float(published["bytes_per_user"])),
+        Figure("publish", "redis_used_memory_bytes", float(memory["used_memory"])),
+        Figure("publish", "redis_keys", float(client.dbsize())),
+        Figure("publish", "redis_publish_seconds", finite(published.get("seconds"))),
+        Figure("publish", "s3_users", float(exported["users"])),
+        Figure("publish", "s3_bytes", float(exported["bytes"])),
+        Figure("publish", "s3_publish_seconds", finite(exported.get("seconds"))),
+    ]
+
+
+def offline_figures(settings: Settings, ds: date) -> list[Figure]:
+    """Held-out metrics of the serving model and the baselines (on nights that trained)."""
+    from rankflow.training import run_record_path
+
+    path = run_record_path(settings, ds, "evaluation")
+    if not path.exists():
+        return []
+    import json
+
+    evaluation = json.loads(path.read_text())
+    table: dict[str, dict[str, float]] = evaluation["table"]
+    serving = "challenger" if evaluation["gate"]["promote"] else "champion"
+    subjects = {name: row for name, row in table.items() if name not in ("challenger", "champion")}
+    if serving in table:
+        subjects["champion"] = table[serving]
+    figures = [
+        Figure("offline", metric, float(row[metric]), subject)
+        for subject, row in subjects.items()
+        for metric in OFFLINE_METRICS
+        if row.get(metric) is not None
+    ]
+    gate_metric = str(settings.pipeline["evaluation"]["gate_metric"])
+    champion, popularity = subjects.get("champion", {}), subjects.get("popularity", {})
+    if champion.get(gate_metric) and popularity.get(gate_metric):
+        lift = float(champion[gate_metric]) / float(popularity[gate_metric]) - 1
+        figures.append(Figure("offline", "champion_lift_over_popularity", lift))
+    return figures
+
+
+def history(
+    spark: SparkSession, settings: Settings, ds: date, surface: str
+) -> list[dict[str, Any]]:
+    """The monitoring rows of the calibration window before ``ds`` (a few hundred rows a day)."""
+    from pyspark.sql import functions as F
+
+    from rankflow.spark import table_exists
+
+    path = settings.paths.table(MONITORING_TABLE)
+    if not table_exists(spark, path):
+        return []
+    days = int(settings.pipeline["monitoring"]["calibration"]["window_days"])
+    start = (ds - timedelta(days=days)).isoformat()
+    rows = (
+        spark.read.format("delta")
+        .load(path)
+        .where(
+            (F.col("surface") == surface)
+            & (F.col("ds") >= F.lit(start).cast("date"))
+            & (F.col("ds") < F.lit(ds.isoformat()).cast("date"))
+        )
+        .collect()
+    )
+    return [row.asDict() for row in rows]
+
+
+def relative_change(figures: list[Figure], past: list[dict[str, Any]], metric: str) -> list[Figure]:
+    """Change of a figure against its value on the latest earlier day (none on the first day)."""
+    today = next((f.value for f in figures if f.metric == metric), None)
+    earlier = sorted((r for r in past if r["metric"] == metric), key=lambda r: r["ds"])
+    if today is None or not earlier or not earlier[-1]["value"]:
+        return []
+    return [Figure("publish", f"{metric}_change", today / float(earlier[-1]["value"]) - 1)]
+
+
+def write_history(
+    spark: SparkSession, settings: Settings, rows: list[dict[str, Any]], ds: date, surface: str
+) -> None:
+    """Replace the rows of (``ds``, ``surface``) in the monitoring table, in one transaction."""
+    from pyspark.sql import functions as F
+
+    schema = (
+        "group string, metric string, subject string, value double, lower double, upper double, "
+        "threshold_source string, breached boolean, run_id string, computed_at timestamp"
+    )
+    frame = spark.createDataFrame(
+        [{k: row[k] for k in schema_columns(schema)} for row in rows], schema
+    ).select(F.lit(ds.isoformat()).cast("date").alias("ds"), F.lit(surface).alias("surface"), "*")
+    (
+        frame.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"ds = DATE'{ds.isoformat()}' AND surface = '{surface}'")
+        .partitionBy("ds")
+        .save(settings.paths.table(MONITORING_TABLE))
+    )
+
+
+def schema_columns(schema: str) -> list[str]:
+    """Column names of a DDL schema string."""
+    return [part.strip().split(" ")[0] for part in schema.split(",")]
+
+
+def run_monitor(
+    spark: SparkSession, settings: Settings, ds: date, surface: str, run_id: str
+) -> dict[str, Any]:
+    """Measure the night's run, judge every figure, write the day's rows; return the breaches."""
+    from rankflow.repair import served_sold_share
+    from rankflow.training import read_run_record, write_run_record
+
+    scored = read_run_record(settings, ds, f"score-{surface}")
+    model_version = str(scored["model_version"])
+    past = history(spark, settings, ds, surface)
+    figures = [
+        *feature_drift(spark, settings, ds, model_version),
+        *score_figures(spark, settings, ds, surface, model_version),
+        *list_health(spark, settings, ds, surface, int(scored["top_k"])),
+        *publish_figures(settings, ds, surface),
+        *offline_figures(settings, ds),
+    ]
+    figures += relative_change(figures, past, "published_users")
+    share, served = served_sold_share(settings, surface)
+    figures += [
+        Figure("lists", "served_sold_share", share),
+        Figure("lists", "served_entries", float(served)),
+    ]
+    computed_at = datetime.now(UTC)
+    rows = [
+        {**row, "run_id": run_id, "computed_at": computed_at}
+        for row in judge(figures, settings.pipeline["monitoring"], past)
+    ]
+    write_history(spark, settings, rows, ds, surface)
+    record = {
+        "ds": ds.isoformat(),
+        "surface": surface,
+        "model_version": model_version,
+        "figures": len(rows),
+        "calibrated": sum(r["threshold_source"].startswith("calibrated") for r in rows),
+        "breaches": breaches(rows),
+    }
+    write_run_record(settings, ds, f"monitor-{surface}", record)
+    return record
