@@ -15,6 +15,10 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
 export AIRFLOW__LOGGING__LOGGING_LEVEL ?= WARNING
 # The embedded defaults: Spark in local mode, a local S3 endpoint that accepts any key pair.
 export AIRFLOW_CONN_SPARK_RANKFLOW ?= {"conn_type": "spark", "host": "local[*]"}
+# `make up` also runs a local Spark Connect server (Delta enabled) here; the demo's steps attach
+# to its warm JVM instead of paying a cold spark-submit each (see README, "Spark Connect").
+export RANKFLOW_SPARK_CONNECT ?= sc://127.0.0.1:15002
+CONNECT_CONN := {"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": 15002}
 export AWS_ACCESS_KEY_ID ?= rankflow-local
 export AWS_SECRET_ACCESS_KEY ?= rankflow-local
 export AWS_DEFAULT_REGION ?= us-east-1
@@ -24,7 +28,7 @@ export PYSPARK_PYTHON := $(PY)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 
-.PHONY: help setup up down demo test test-fast lint format typecheck check airflow bench lock clean
+.PHONY: help setup up down demo test test-fast lint format typecheck check airflow screenshot bench lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +45,12 @@ $(STAMP)/redis-server:
 	@mkdir -p $(STAMP)
 	@command -v redis-server >/dev/null || { echo "installing redis-server from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server redis-tools >/dev/null; }
+	@touch $@
+
+$(STAMP)/chromium:
+	@mkdir -p $(STAMP)
+	@command -v chromium >/dev/null || { echo "installing chromium from Debian's packages (Ranking page tests)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
 	@touch $@
 
 $(STAMP)/spark: $(VENV)/.installed
@@ -62,9 +72,9 @@ down: ## Stop the local services
 	@test -x $(PY) && $(PY) -m rankflow.cli services down || true
 
 demo: setup up ## Generate the demo marketplace and run the nightly DAG once, end to end
-	$(PY) -m rankflow.cli demo
+	AIRFLOW_CONN_SPARK_RANKFLOW='$(CONNECT_CONN)' $(PY) -m rankflow.cli demo
 
-test: setup up ## Run every test (unit, Spark, services, DAG, end-to-end)
+test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end)
 	$(PY) -m pytest
 
 test-fast: setup up ## Run the tests that take seconds (no Spark, no end-to-end)
@@ -85,6 +95,9 @@ check: lint typecheck test ## Everything CI runs
 
 airflow: setup up ## Start `airflow standalone` with the project's DAGs (web UI on :8080)
 	$(VENV)/bin/airflow standalone
+
+screenshot: setup up $(STAMP)/chromium ## Screenshot the Ranking page of the current data into docs/ranking-page.png
+	$(PY) tests/ui/screenshot.py --out docs/ranking-page.png --height 2900 $(if $(RANKING_USER),--user $(RANKING_USER))
 
 bench: setup up ## Benchmark scoring and publishing (BENCH_USERS, BENCH_CANDIDATES)
 	$(PY) bench/bench_score_publish.py

@@ -5,13 +5,20 @@
 Turns yesterday's marketplace behaviour into fresh personalised ranked lists:
 
 ingest -> features -> candidates -> training set -> (train -> evaluate/gate -> [approval] ->
-promote | reuse champion) -> score -> publish S3 -> publish Redis
+promote | reuse champion) -> score -> publish S3 -> publish Redis -> repair sold -> monitor
 
 Every Spark step is a `spark-submit` of `jobs/<step>.py` on the master of the `spark_rankflow`
 connection (`local[*]` by default); Redis and S3 come from the `redis_rankflow` and `s3_rankflow`
 connections, or the worker's `RANKFLOW_*` environment variables. Each step rewrites only the
 partition of its date, so retries and backfills are safe; a backfill of an older date never
-replaces a newer list in Redis.
+replaces a newer list in Redis. After publishing, the items sold since the features were built
+leave the lists (as the hourly `rankflow_sold_items` DAG does), and `monitor` appends the night's
+figures (drift, list health, publishing, offline metrics) to the monitoring history, judged
+against their thresholds; breaches are alerted.
+
+**Alerts** (connections `slack_rankflow`, `smtp_rankflow`): a task failing its last retry, the
+promotion gate rejecting a model, breached monitoring thresholds, and lists not published by
+06:00 UTC the morning after the day (a Deadline Alert).
 
 **Trigger form**: `ds` (the day to process; defaults to the run's data interval start),
 `surface`, `top_k`, `retrain` (train and gate a new model, or score with the current champion),
@@ -28,6 +35,7 @@ from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from rankflow.config import SURFACES
+from rankflow_alerts import failure_callbacks, publication_deadline
 from rankflow_operators import RankflowSparkSubmitOperator
 
 AUTO_PROMOTE = "{{ 'no' if params.require_approval else 'yes' }}"
@@ -50,7 +58,9 @@ still refreshes the lists with it."""
         "retries": 2,
         "retry_delay": timedelta(minutes=2),
         "retry_exponential_backoff": True,
+        **failure_callbacks(),  # one alert per task that fails its last retry
     },
+    deadline=publication_deadline(),  # alert when the lists are not out by 06:00 UTC on D+1
     params={
         "ds": Param(
             None,
@@ -100,6 +110,25 @@ def rankflow_nightly() -> None:
     def promoted_by_gate() -> None:
         """The evaluate step made the accepted model champion (require_approval=false)."""
 
+    @task
+    def repair_sold(params: dict) -> dict:
+        """Drop the items sold since the features were built from the lists just published."""
+        from rankflow.config import load_settings
+        from rankflow.repair import record_repair, run_repair
+        from rankflow_operators import connection_env
+
+        settings = load_settings(connection_env())
+        result = run_repair(settings, params["surface"])
+        record_repair(settings, result)
+        return result.as_dict()
+
+    @task(retries=0)  # send_alert retries each channel; a task retry would repeat the alert
+    def alert_breaches(ds: str, params: dict) -> dict:
+        """Send one alert with the night's breached monitoring thresholds (none if all is well)."""
+        from rankflow_alerts import send_breach_alert
+
+        return send_breach_alert(ds, params["surface"])
+
     ds = check_params()
     day = ["--ds", ds]
     lists = ["--surface", "{{ params.surface }}"]
@@ -133,6 +162,7 @@ def rankflow_nightly() -> None:
     )
     publish_s3 = spark_step("publish_s3", publication)
     publish_redis = spark_step("publish_redis", publication)
+    monitor = spark_step("monitor", publication)
 
     branch = choose_model()
     reuse = reuse_champion()
@@ -142,7 +172,7 @@ def rankflow_nightly() -> None:
     chain(train, evaluate, approval, [approve, by_gate])
     chain(approve, promote, score)
     chain(by_gate, score)
-    chain(reuse, score, publish_s3, publish_redis)
+    chain(reuse, score, publish_s3, publish_redis, repair_sold(), monitor, alert_breaches(ds))
 
 
 rankflow_nightly()

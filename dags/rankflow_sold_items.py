@@ -18,7 +18,6 @@ import pendulum
 from airflow.sdk import dag, task
 
 from rankflow.config import SURFACES
-from rankflow_operators import REDIS_CONN_ID
 
 
 @dag(
@@ -38,19 +37,13 @@ def rankflow_sold_items() -> None:
     @task
     def repair(surface: str) -> dict:
         """Remove the items sold so far from ``surface``'s current lists; skip if none is live."""
-        import os
-
         from airflow.sdk.exceptions import AirflowSkipException
 
         from rankflow.config import load_settings
         from rankflow.repair import RepairError, record_repair, run_repair
-        from rankflow_operators import optional_connection, redis_url_from_connection
+        from rankflow_operators import connection_env
 
-        env = dict(os.environ)
-        connection = optional_connection(REDIS_CONN_ID)
-        if connection is not None:
-            env["RANKFLOW_REDIS_URL"] = redis_url_from_connection(connection)
-        settings = load_settings(env)
+        settings = load_settings(connection_env())
         try:
             result = run_repair(settings, surface)
         except RepairError as error:

@@ -20,6 +20,7 @@ JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 SPARK_CONN_ID = "spark_rankflow"
 REDIS_CONN_ID = "redis_rankflow"
 S3_CONN_ID = "s3_rankflow"
+SPARK_CONNECT_TYPE = "spark_connect"  # a connection of this type runs the steps on its server
 
 
 def redis_url_from_connection(conn: Any) -> str:
@@ -70,6 +71,25 @@ def optional_connection(conn_id: str) -> Any | None:
         return None
 
 
+def connection_overrides() -> dict[str, str]:
+    """The serving endpoints of the Redis and S3 connections, as the environment rankflow reads."""
+    env = {}
+    redis_conn = optional_connection(REDIS_CONN_ID)
+    if redis_conn is not None:
+        env["RANKFLOW_REDIS_URL"] = redis_url_from_connection(redis_conn)
+    s3_conn = optional_connection(S3_CONN_ID)
+    if s3_conn is not None:
+        env.update(s3_env_from_connection(s3_conn))
+    return env
+
+
+def connection_env() -> dict[str, str]:
+    """Environment of an in-task rankflow call: the worker's, with the connections applied."""
+    import os
+
+    return {**os.environ, **connection_overrides()}
+
+
 class RankflowSparkSubmitOperator(SparkSubmitOperator):
     """Run ``jobs/<step>.py`` with spark-submit on the ``spark_rankflow`` connection's master."""
 
@@ -85,20 +105,17 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
         )
 
     def execute(self, context: Any) -> None:
-        """Add Delta, session conf and serving endpoints (from connections), then spark-submit."""
+        """Run the step on the connection's Spark: spark-submit, or a client of a Connect server."""
         from rankflow.config import load_settings
         from rankflow.spark import delta_package, spark_submit_conf
 
+        connection = optional_connection(self._conn_id)
+        if connection is not None and connection.conn_type == SPARK_CONNECT_TYPE:
+            self.run_connect_client({**(self.env_vars or {}), **connection_overrides()})
+            return
         self.packages = delta_package()
         self.conf = {**spark_submit_conf(load_settings()), **(self.conf or {})}
-        env = dict(self.env_vars or {})
-        redis_conn = optional_connection(REDIS_CONN_ID)
-        if redis_conn is not None:
-            env["RANKFLOW_REDIS_URL"] = redis_url_from_connection(redis_conn)
-        s3_conn = optional_connection(S3_CONN_ID)
-        if s3_conn is not None:
-            env.update(s3_env_from_connection(s3_conn))
-        self.env_vars = env
+        self.env_vars = {**(self.env_vars or {}), **connection_overrides()}
         try:
             super().execute(context)
         except AirflowException as error:
@@ -109,3 +126,44 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
                     "runs/ds=<day>/quality/ for the failed checks); not retried"
                 ) from error
             raise
+
+    def run_connect_client(self, env: dict[str, str]) -> None:
+        """Run ``jobs/<step>.py`` as a Spark Connect client of the connection's server.
+
+        The server's JVM stays warm between steps, so a step pays no JVM, session or Delta
+        start-up; the exit status means what it means under spark-submit.
+        """
+        import os
+        import subprocess
+
+        from airflow.providers.apache.spark.hooks.spark_connect import SparkConnectHook
+
+        remote = SparkConnectHook(conn_id=self._conn_id).get_connection_url()  # may hold a token
+        command = [sys.executable, self.application, *(str(a) for a in self.application_args)]
+        self.log.info("Running %s as a Spark Connect client of %s", command[1:], self._conn_id)
+        self._connect_client = subprocess.Popen(
+            command,
+            env={**os.environ, **env, "SPARK_REMOTE": remote},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self._connect_client.stdout is not None
+        for line in self._connect_client.stdout:
+            self.log.info("%s", line.rstrip())
+        status = self._connect_client.wait()
+        if status == BLOCKED_EXIT_CODE:
+            raise AirflowFailException(
+                f"{self.task_id} was stopped by a data-quality gate (see the task log and "
+                "runs/ds=<day>/quality/ for the failed checks); not retried"
+            )
+        if status != 0:
+            raise AirflowException(f"{self.task_id} failed: {command[1]} exited with {status}")
+
+    def on_kill(self) -> None:
+        """Stop the Connect client if one runs, else what spark-submit started."""
+        client = getattr(self, "_connect_client", None)
+        if client is not None and client.poll() is None:
+            client.terminate()
+            return
+        super().on_kill()

@@ -166,26 +166,67 @@ def cmd_repair_sold(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
-    """Print the health of the served lists: sold items still served, the last repair."""
+    """Print the latest monitoring figures, the live sold-item share and breached thresholds."""
+    from rankflow.monitoring import Figure, breaches, history_rows, judge, latest_day
     from rankflow.repair import last_repair, served_sold_share
 
     surface = args.surface or settings.pipeline["scoring"]["surface"]
+    rows = history_rows(settings, surface)
+    latest = latest_day(rows)
     share, entries = served_sold_share(settings, surface, args.at)
     repair = last_repair(settings, surface)
-    figures = {
+    live = judge(
+        [Figure("lists", "served_sold_share", share)], settings.pipeline["monitoring"], rows
+    )
+    breached = [*breaches(latest), *({**b, "live": True} for b in breaches(live))]
+    keys = ("group", "metric", "subject", "value", "lower", "upper", "breached")
+    health = {
         "surface": surface,
+        "ds": latest[0]["ds"] if latest else None,
         "served_entries": entries,
         "served_sold_share": share,
         "sold_entries_removed": repair["entries_removed"] if repair else None,
         "last_repair": repair,
+        "breaches": breached,
+        "figures": [{k: row[k] for k in keys} for row in latest],
     }
     if args.json:
-        print(json.dumps(figures, default=str))
+        print(json.dumps(health, default=str))
     else:
-        print(f"served list entries: {entries:,}")
-        print(f"share of them sold more than an hour ago: {share:.4%}")
-        print(f"last repair: {repair or 'none yet'}")
-    return 0
+        print(health_text(health))
+    return 1 if breached and args.fail_on_breach else 0
+
+
+def health_text(health: dict[str, Any]) -> str:
+    """Render ``rankflow health`` for people: breaches first, then the figures by group."""
+    lines = [f"surface {health['surface']}, latest monitored day: {health['ds'] or 'none yet'}"]
+    lines.append(
+        f"served list entries: {health['served_entries']:,}; sold more than an hour ago: "
+        f"{health['served_sold_share']:.4%}; last repair removed "
+        f"{health['sold_entries_removed'] if health['last_repair'] else 'nothing yet'}"
+    )
+    if health["breaches"]:
+        lines.append(f"BREACHED ({len(health['breaches'])}):")
+        for b in health["breaches"]:
+            bounds = f"[{b['lower'] if b['lower'] is not None else '-inf'}, "
+            bounds += f"{b['upper'] if b['upper'] is not None else 'inf'}]"
+            subject = f" {b['subject']}" if b["subject"] else ""
+            lines.append(f"  {b['metric']}{subject} = {b['value']:.4g} outside {bounds}")
+    else:
+        lines.append("no breached threshold")
+    drift = sorted(
+        (f for f in health["figures"] if f["metric"] == "feature_psi"), key=lambda f: -f["value"]
+    )
+    for figure in health["figures"]:
+        if figure["group"] != "feature" and figure["value"] is not None:
+            lines.append(
+                f"  {figure['group']:8} {figure['metric']:32} {figure['subject']:24} "
+                f"{figure['value']:.4g}"
+            )
+    if drift:
+        top = ", ".join(f"{f['subject']} {f['value']:.3f}" for f in drift[:3])
+        lines.append(f"  feature drift (PSI), largest: {top}")
+    return "\n".join(lines)
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -289,10 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--at", type=utc_time, help="ISO time (default now, UTC)")
     repair.set_defaults(func=cmd_repair_sold)
 
-    health = sub.add_parser("health", help="health of the served lists")
+    health = sub.add_parser(
+        "health", help="latest monitoring figures, breached thresholds, sold items still served"
+    )
     health.add_argument("--surface")
     health.add_argument("--at", type=utc_time, help="ISO time (default now, UTC)")
     health.add_argument("--json", action="store_true", help="print one JSON object")
+    health.add_argument(
+        "--fail-on-breach",
+        action="store_true",
+        help="exit with status 1 if a threshold is breached",
+    )
     health.set_defaults(func=cmd_health)
 
     demo = sub.add_parser("demo", help="generate data and run the nightly DAG once, end to end")

@@ -117,6 +117,7 @@ class SparkSettings:
 
     master: str
     shuffle_partitions: int
+    connect_url: str | None = None  # a Spark Connect server `make up` runs locally, if set
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         spark=SparkSettings(
             master=env.get("RANKFLOW_SPARK_MASTER", "local[*]"),
             shuffle_partitions=int(env.get("RANKFLOW_SHUFFLE_PARTITIONS", "8")),
+            connect_url=env.get("RANKFLOW_SPARK_CONNECT") or None,
         ),
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_dir / 'mlflow.db'}"),
         model_name=env.get("RANKFLOW_MODEL_NAME", "rankflow-ranker"),

@@ -84,12 +84,15 @@ def ensure_history(
 
 
 def run_nightly_dag(ds: date, conf: dict[str, Any]) -> None:
-    """Run the nightly DAG once for ``ds`` in-process with ``airflow dags test``."""
-    airflow = shutil.which("airflow") or str(Path(sys.executable).parent / "airflow")
+    """Run the nightly DAG once for ``ds`` in-process, as ``airflow dags test`` would.
+
+    ``python -m rankflow_alerts`` is ``airflow dags test`` without Airflow 3.3.2's crash at the
+    end of a successful test run of a DAG with a deadline (see ``plugins/rankflow_alerts.py``).
+    """
     command = [
-        airflow,
-        "dags",
-        "test",
+        sys.executable,
+        "-m",
+        "rankflow_alerts",
         DAG_ID,
         f"{ds.isoformat()}T02:00:00+00:00",
         "--conf",

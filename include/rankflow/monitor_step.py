@@ -25,7 +25,7 @@ from rankflow.monitoring import (
     judge,
     psi,
 )
-from rankflow.pipeline import read_features, read_partition, read_ranked, read_table, scoring_input
+from rankflow.pipeline import read_features, read_partition, read_ranked, read_table
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -94,7 +94,13 @@ def drift_figures(
 def feature_drift(
     spark: SparkSession, settings: Settings, ds: date, model_version: str
 ) -> list[Figure]:
-    """Drift of every model input: the serving model's training window vs the scoring day."""
+    """Drift of every model input: the serving model's training window vs the scoring day.
+
+    Both sides are the same population, logged impressions with the features they were shown
+    with (the training set), so that what differs is time, not the selection: impressions
+    favour what the old ranker showed, candidates do not, and comparing those would always
+    read as drift.
+    """
     from pyspark.sql import functions as F
 
     from rankflow.features import feature_vector
@@ -102,20 +108,17 @@ def feature_drift(
 
     config = settings.pipeline["monitoring"]
     window = load_lineage(settings, model_version)["window"]
-    start, end = (F.lit(window[k]).cast("date") for k in ("train_start", "train_end"))
     percent, seed = float(config["drift_sample_percent"]), int(config["sample_seed"])
-    reference = user_sample(
-        read_table(spark, settings, "silver/training_set").where(F.col("ds").between(start, end)),
-        percent,
-        seed,
-    ).select(*feature_vector())
-    users = user_sample(
-        read_partition(spark, settings, "silver/candidates", ds).select("user_id").distinct(),
-        percent,
-        seed,
-    )
-    current = scoring_input(spark, settings, ds, users=users).select(*MODEL_FEATURES)
-    return drift_figures(reference, current, list(MODEL_FEATURES), int(config["bins"]), "feature")
+    rows = read_table(spark, settings, "silver/training_set")
+
+    def sample(start: str, end: str) -> DataFrame:
+        days = F.col("ds").between(F.lit(start).cast("date"), F.lit(end).cast("date"))
+        return user_sample(rows.where(days), percent, seed).select(*feature_vector())
+
+    reference = sample(window["train_start"], window["train_end"])
+    current = sample(ds.isoformat(), ds.isoformat())
+    bins = int(config["bins"])
+    return drift_figures(reference, current, list(MODEL_FEATURES), bins, "feature")
 
 
 def previous_gold_day(spark: SparkSession, settings: Settings, ds: date, surface: str) -> Any:
@@ -143,9 +146,10 @@ def score_figures(
 
     def scores(day: date) -> DataFrame:
         ranked = read_ranked(spark, settings, day, surface)
-        return ranked.select(
+        exploded = ranked.select("model_version", F.explode("scores").alias("score"))
+        return exploded.select(
             F.col("model_version").cast("string").alias("model_version"),
-            F.explode("scores").cast("double").alias("score"),
+            F.col("score").cast("double").alias("score"),
         )
 
     today = scores(ds)
@@ -171,8 +175,9 @@ def seller_exposure(
 ) -> tuple[float, float]:
     """Gini of slots over sellers, and the slot share of the top ``top_percent``% of sellers.
 
-    Takes (slots, number of sellers with that many slots) pairs, zeros included: a seller with
-    live items and no slot is part of the concentration.
+    Takes (slots, number of sellers with that many slots) pairs. Sellers with live items and no
+    slot count in the Gini (they are part of the concentration); the top share is taken among
+    sellers with slots, as the promotion gate's guardrail does.
     """
     if not slots_per_seller:
         return 0.0, 0.0
@@ -180,9 +185,9 @@ def seller_exposure(
         np.array([s for s, _ in slots_per_seller], dtype=np.float64),
         np.array([n for _, n in slots_per_seller], dtype=np.int64),
     )
-    total = slots.sum()
-    top = max(1, math.ceil(len(slots) * top_percent / 100))
-    share = float(np.sort(slots)[::-1][:top].sum() / total) if total > 0 else 0.0
+    shown = np.sort(slots[slots > 0])[::-1]
+    top = max(1, math.ceil(len(shown) * top_percent / 100))
+    share = float(shown[:top].sum() / shown.sum()) if len(shown) else 0.0
     return gini(slots), share
 
 
@@ -210,13 +215,10 @@ def list_health(
     entries = ranked.select("user_id", F.posexplode("item_ids").alias("position", "item_id")).join(
         F.broadcast(items), "item_id", "left"
     )
-    top = (
-        entries.where(F.col("position") < depth)
-        .groupBy("user_id")
-        .agg(
-            F.countDistinct("category").alias("categories"),
-            F.countDistinct("seller_id").alias("sellers"),
-        )
+    top_entries = entries.where(F.col("position") < depth)
+    top = top_entries.groupBy("user_id").agg(
+        F.countDistinct("category").alias("categories"),
+        F.countDistinct("seller_id").alias("sellers"),
     )
     diversity = top.agg(F.avg("categories"), F.avg("sellers")).first()
     live_items = items.where(~F.col("is_sold"))
@@ -225,7 +227,9 @@ def list_health(
     slots = (
         live_items.select("seller_id")
         .distinct()
-        .join(entries.groupBy("seller_id").agg(F.count("*").alias("slots")), "seller_id", "left")
+        .join(
+            top_entries.groupBy("seller_id").agg(F.count("*").alias("slots")), "seller_id", "left"
+        )
         .fillna(0, ["slots"])
         .groupBy("slots")
         .count()
@@ -252,8 +256,8 @@ def list_health(
             "lists", f"distinct_categories@{depth}", finite(diversity[0] if diversity else None)
         ),
         Figure("lists", f"distinct_sellers@{depth}", finite(diversity[1] if diversity else None)),
-        Figure("lists", "seller_exposure_gini", concentration),
-        Figure("lists", "top_seller_share", top_share),
+        Figure("lists", f"seller_exposure_gini@{depth}", concentration),
+        Figure("lists", f"top_seller_share@{depth}", top_share),
     ]
 
 

@@ -8,7 +8,7 @@ fallback list and switches readers atomically.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -17,12 +17,14 @@ from rankflow.delta_log import arrow_filesystem, table_file
 from rankflow.gold import GoldSnapshot
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
     import redis
     from pyspark.sql import SparkSession
 
     from rankflow.serving import SwitchResult
 
+WRITTEN_SCHEMA = "part string, users long, bytes long"  # one acknowledgement row per file
 _BATCH_ROWS = 65_536  # rows per Arrow batch read from a file: ~30 MB of RESP at K=100
 
 
@@ -56,23 +58,26 @@ def read_list_file(location: str, batch_rows: int = _BATCH_ROWS) -> Iterator[pa.
 
 def make_file_writer(
     redis_url: str, prefix: str, surface: str, version: str, mset_batch: int
-) -> Callable[[Iterable[tuple[str, str]]], Iterator[tuple[str, int, int]]]:
-    """Build the Spark task function: write each (part, location) file, acknowledge it."""
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """Build the ``mapInPandas`` task function: write each (part, location) file, acknowledge it."""
 
-    def write(files: Iterable[tuple[str, str]]) -> Iterator[tuple[str, int, int]]:
+    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pandas as pd
+
         from rankflow.serving import write_arrow
 
-        for part, location in files:
-            stats = write_arrow(
-                redis_url,
-                prefix,
-                surface,
-                version,
-                read_list_file(location),
-                mset_batch=mset_batch,
-                part=part,
-            )
-            yield part, stats.users, stats.bytes
+        for batch in batches:
+            for part, location in zip(batch["part"], batch["location"], strict=True):
+                stats = write_arrow(
+                    redis_url,
+                    prefix,
+                    surface,
+                    version,
+                    read_list_file(location),
+                    mset_batch=mset_batch,
+                    part=part,
+                )
+                yield pd.DataFrame({"part": [part], "users": [stats.users], "bytes": [stats.bytes]})
 
     return write
 
@@ -99,9 +104,12 @@ def write_files(
     work = [(part, table_file(snapshot.table, part)) for part, _ in snapshot.files]
     if not work:
         return []
+    from rankflow.spark import task_slots
+
     writer = make_file_writer(redis_url, prefix, surface, version, mset_batch)
-    slices = min(len(work), max(spark.sparkContext.defaultParallelism, 1))
-    results = spark.sparkContext.parallelize(work, slices).mapPartitions(writer).collect()
+    slices = min(len(work), task_slots(spark))
+    files = spark.createDataFrame(work, "part string, location string").repartition(slices)
+    results = [tuple(row) for row in files.mapInPandas(writer, WRITTEN_SCHEMA).collect()]
     expected = dict(snapshot.files)
     wrong = [(part, users, expected[part]) for part, users, _ in results if users != expected[part]]
     if wrong or len(results) != len(work):

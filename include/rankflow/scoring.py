@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,18 +56,21 @@ def cached_booster(model_key: str, raw: bytes) -> xgb.Booster:
 
 
 def make_scorer(
-    model_broadcast: Any, model_key: str, k: int
+    model_raw: bytes, model_key: str, k: int
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Build the ``mapInPandas`` function: predict, then keep the top ``k`` per user.
 
-    Rows arrive sorted by user within the partition; a user's rows may straddle two Arrow
-    batches, so the last user of each batch is carried over to the next one.
+    The model's bytes travel inside the function, which Spark ships to each executor once (a
+    pickled function over 1 MB goes out as a broadcast), in local, cluster and Connect mode
+    alike; each Python worker then parses the model once (``cached_booster``). Rows arrive
+    sorted by user within the partition; a user's rows may straddle two Arrow batches, so the
+    last user of each batch is carried over to the next one.
     """
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
-        booster = cached_booster(model_key, model_broadcast.value)
+        booster = cached_booster(model_key, model_raw)
         carry: pd.DataFrame | None = None
         for batch in batches:
             if batch.empty:
@@ -97,13 +100,13 @@ def score_candidates(
     scored_input: DataFrame, model_raw: bytes, model_key: str, k: int
 ) -> DataFrame:
     """Apply the model to ``user_id, item_id, <features>`` rows; return top-``k`` per user."""
-    spark = scored_input.sparkSession
-    broadcast = spark.sparkContext.broadcast(model_raw)
-    partitions = max(spark.sparkContext.defaultParallelism * 2, 2)
+    from rankflow.spark import task_slots
+
+    partitions = max(task_slots(scored_input.sparkSession) * 2, 2)
     return (
         scored_input.repartition(partitions, "user_id")
         .sortWithinPartitions("user_id")
-        .mapInPandas(make_scorer(broadcast, model_key, k), RANKED_SCHEMA)
+        .mapInPandas(make_scorer(model_raw, model_key, k), RANKED_SCHEMA)
     )
 
 

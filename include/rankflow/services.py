@@ -1,4 +1,4 @@
-"""The embedded services: a local redis-server and a local S3-compatible endpoint (moto).
+"""The embedded services: redis-server, an S3-compatible endpoint (moto), a Spark Connect server.
 
 Both keep their state and logs under ``$RANKFLOW_HOME/run``; ``up`` starts what is not already
 listening, ``down`` stops what ``up`` started. Production points the same settings at
@@ -34,6 +34,8 @@ class Service:
     host: str
     port: int
     command: list[str]
+    env: dict[str, str] | None = None
+    wait_seconds: float = 30.0
 
 
 def listening(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -88,10 +90,27 @@ def local_services(settings: Settings) -> list[Service]:
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3.port or 80)],
             )
         )
+    connect = urlparse(settings.spark.connect_url or "")
+    if connect.hostname in ("127.0.0.1", "localhost"):
+        services.append(spark_connect_service(settings, connect.port or 15002))
     return services
 
 
-def start(service: Service, folder: Path, wait_seconds: float = 30.0) -> str:
+def spark_connect_service(settings: Settings, port: int) -> Service:
+    """A local Spark Connect server with Delta: the Spark steps attach to its warm JVM."""
+    from rankflow.spark import connect_server_command
+
+    return Service(
+        "spark-connect",
+        "127.0.0.1",
+        port,
+        connect_server_command(settings, port),
+        env={"PYSPARK_PYTHON": sys.executable},
+        wait_seconds=180.0,  # the first start may resolve Delta's jars from Maven Central
+    )
+
+
+def start(service: Service, folder: Path) -> str:
     """Start a service in the background unless its port already answers; wait until it does."""
     if listening(service.host, service.port):
         return f"{service.name}: already listening on {service.host}:{service.port}"
@@ -104,6 +123,7 @@ def start(service: Service, folder: Path, wait_seconds: float = 30.0) -> str:
     log = (folder / f"{service.name}.log").open("ab")
     process = subprocess.Popen(
         service.command,
+        env={**os.environ, **(service.env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -111,7 +131,7 @@ def start(service: Service, folder: Path, wait_seconds: float = 30.0) -> str:
         cwd=folder / service.name,
     )
     (folder / f"{service.name}.pid").write_text(str(process.pid))
-    deadline = time.monotonic() + wait_seconds
+    deadline = time.monotonic() + service.wait_seconds
     while time.monotonic() < deadline:
         if listening(service.host, service.port):
             return f"{service.name}: started on {service.host}:{service.port} (pid {process.pid})"
@@ -131,8 +151,8 @@ def stop(service: Service, folder: Path) -> str:
         return f"{service.name}: not started by rankflow"
     pid = int(pid_file.read_text())
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
+        os.killpg(pid, signal.SIGTERM)  # started in its own session: the whole group
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and listening(service.host, service.port):
         time.sleep(0.2)
     pid_file.unlink(missing_ok=True)
@@ -147,6 +167,9 @@ def up(settings: Settings) -> list[str]:
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop every local service started by :func:`up`."""
+    """Stop every local service started by :func:`up` (the Connect server even if now unset)."""
     folder = run_dir(settings)
-    return [stop(service, folder) for service in local_services(settings)]
+    services = local_services(settings)
+    if not any(s.name == "spark-connect" for s in services):
+        services.append(spark_connect_service(settings, 15002))
+    return [stop(service, folder) for service in services]

@@ -45,10 +45,34 @@ def spark_submit_conf(settings: Settings) -> dict[str, str]:
     }
 
 
+def connect_url() -> str | None:
+    """The Spark Connect server to run on (``SPARK_REMOTE``, pyspark's convention), if any."""
+    return os.environ.get("SPARK_REMOTE") or None
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """Tell whether a session is a Spark Connect client (no SparkContext, no JVM here)."""
+    from pyspark.sql.utils import is_remote
+
+    return bool(is_remote()) or type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def get_session(settings: Settings, app_name: str) -> SparkSession:
-    """Open (or reuse) a Delta-enabled session; under spark-submit the submit-time conf wins."""
+    """Open a Delta-enabled session: a client of ``SPARK_REMOTE``'s Connect server, or local.
+
+    A Connect server holds the static conf (Delta's extension and catalog, memory); a client
+    only sets the runtime SQL conf of its own session. Under spark-submit the submit-time conf
+    wins.
+    """
     from pyspark.sql import SparkSession
 
+    remote = connect_url()
+    if remote:
+        builder = SparkSession.builder.remote(remote).appName(app_name)
+        for key, value in spark_submit_conf(settings).items():
+            if key not in DELTA_CONF:
+                builder = builder.config(key, value)
+        return builder.getOrCreate()
     builder = SparkSession.builder.appName(app_name).master(settings.spark.master)
     for key, value in spark_submit_conf(settings).items():
         builder = builder.config(key, value)
@@ -57,7 +81,7 @@ def get_session(settings: Settings, app_name: str) -> SparkSession:
     # Python workers must import rankflow: unless told otherwise, use this interpreter
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel("WARN")  # a Connect server sets its own log level
     return spark
 
 
@@ -85,18 +109,33 @@ def write_partitions(df: DataFrame, path: str, start: date, end: date) -> None:
     )
 
 
-def table_exists(spark: SparkSession, path: str) -> bool:
-    """Tell whether a Delta table exists at ``path``."""
-    from delta.tables import DeltaTable
+def task_slots(spark: SparkSession) -> int:
+    """How many tasks run at once: the context's parallelism, or (Connect) the shuffle width."""
+    if not is_connect(spark):
+        return max(int(spark.sparkContext.defaultParallelism), 1)
+    conf = spark.conf.get("spark.default.parallelism", None)
+    return max(int(conf or spark.conf.get("spark.sql.shuffle.partitions") or 1), 1)
 
-    return bool(DeltaTable.isDeltaTable(spark, path))
+
+def delta_path(path: str) -> str:
+    """Return the SQL identifier of the Delta table at ``path`` (delta.`path`)."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def table_exists(spark: SparkSession, path: str) -> bool:
+    """Tell whether a Delta table exists at ``path`` (in SQL: works on Spark Connect too)."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        spark.sql(f"DESCRIBE DETAIL {delta_path(path)}").select("format").first()
+    except AnalysisException:
+        return False
+    return True
 
 
 def table_version(spark: SparkSession, path: str) -> int:
     """Return the latest Delta version of a table (recorded as model lineage)."""
-    from delta.tables import DeltaTable
-
-    row = DeltaTable.forPath(spark, path).history(1).select("version").first()
+    row = spark.sql(f"DESCRIBE HISTORY {delta_path(path)} LIMIT 1").select("version").first()
     return int(row[0]) if row else -1
 
 
@@ -114,6 +153,34 @@ def warm_spark(settings: Settings) -> str:
         spark.stop()
     shutil.rmtree(probe, ignore_errors=True)
     return f"Spark {version('pyspark')} with {delta_package()}: Delta round trip of {rows} rows ok"
+
+
+def connect_server_command(settings: Settings, port: int) -> list[str]:
+    """Return the command line of a local Spark Connect server with Delta and rankflow's conf."""
+    import shutil
+
+    command = [
+        shutil.which("spark-submit") or "spark-submit",
+        "--class",
+        "org.apache.spark.sql.connect.service.SparkConnectServer",
+        "--name",
+        "rankflow-connect",
+        "--master",
+        settings.spark.master,
+        "--packages",
+        delta_package(),
+    ]
+    server = {
+        **spark_submit_conf(settings),
+        "spark.driver.memory": "4g",
+        "spark.ui.enabled": "false",
+        "spark.log.level": "WARN",
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+    }
+    for key, value in server.items():
+        command += ["--conf", f"{key}={value}"]
+    return command
 
 
 def spark_submit_command(settings: Settings, job: str, args: list[str]) -> list[str]:

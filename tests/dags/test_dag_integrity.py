@@ -60,6 +60,10 @@ def test_steps_run_in_the_documented_order(nightly) -> None:
     assert nightly.get_task("approve_promotion").downstream_task_ids == {"promote"}
     assert nightly.get_task("promote").downstream_task_ids == {"score"}
     assert nightly.get_task("score").downstream_task_ids == {"publish_s3"}
+    for upstream, downstream in itertools.pairwise(
+        ["publish_s3", "publish_redis", "repair_sold", "monitor", "alert_breaches"]
+    ):
+        assert nightly.get_task(upstream).downstream_task_ids == {downstream}
 
 
 def test_promotion_waits_for_a_person_only_when_asked(nightly) -> None:
@@ -87,7 +91,7 @@ def test_promotion_waits_for_a_person_only_when_asked(nightly) -> None:
 
 
 def test_retries_everywhere_but_where_a_retry_cannot_help(nightly) -> None:
-    no_retry = {"check_params", "evaluate", "approve_promotion"}
+    no_retry = {"check_params", "evaluate", "approve_promotion", "alert_breaches"}
     for task in nightly.tasks:
         if task.task_id in no_retry:
             assert task.retries == 0, task.task_id
@@ -110,7 +114,7 @@ def test_trigger_form_params_are_validated(nightly) -> None:
 
 def test_spark_steps_use_the_rankflow_spark_connection(nightly) -> None:
     spark_steps = [t for t in nightly.tasks if t.task_type == "RankflowSparkSubmitOperator"]
-    assert len(spark_steps) == 10
+    assert len(spark_steps) == 11
     for task in spark_steps:
         assert task._conn_id == "spark_rankflow"
         assert Path(task.application).exists(), task.application

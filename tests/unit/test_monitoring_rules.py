@@ -58,11 +58,12 @@ def test_gini_of_equal_and_of_concentrated_exposure() -> None:
     assert gini(np.array([])) == 0.0
 
 
-def test_seller_exposure_counts_sellers_without_slots() -> None:
-    # 98 sellers with no slot, one with 10, one with 90: the top 1% (one seller) holds 90%
+def test_seller_exposure_counts_sellers_without_slots_in_the_gini_only() -> None:
+    # 98 sellers with no slot, one with 10, one with 90: the top seller holds 90% of the slots
     concentration, top_share = seller_exposure([(0, 98), (10, 1), (90, 1)], top_percent=1)
     assert top_share == pytest.approx(0.9)
     assert concentration > 0.95
+    assert seller_exposure([(10, 1), (90, 1)], top_percent=1)[0] < 0.5
     assert seller_exposure([(5, 10)], top_percent=1) == (pytest.approx(0.0), pytest.approx(0.1))
 
 

@@ -1,0 +1,392 @@
+"""Alerting for rankflow through Airflow connections: a Slack-compatible webhook and SMTP e-mail.
+
+Channels are the connections ``slack_rankflow`` (type ``slackwebhook``: the whole webhook URL in
+the password) and ``smtp_rankflow`` (type ``smtp``; ``extra.to`` lists the recipients,
+``extra.from_email`` the sender). A channel whose connection is not defined is skipped; a defined
+channel that still fails after its attempts makes :func:`send_alert` raise, so an unreachable
+channel is never silent.
+
+Pieces for a DAG (messages come from the pure :mod:`rankflow.alerts`):
+
+* ``default_args={..., **failure_callbacks()}``: one alert when a task fails after its last retry
+  (Airflow runs ``on_failure_callback`` only then), none for a task that succeeds on a retry;
+* ``deadline=publication_deadline()``: a Deadline Alert when a run has not finished publishing by
+  06:00 UTC the morning after its day;
+* ``send_breach_alert(ds, surface)`` in a task after the monitor step; ``send_alert(alert)`` for
+  any other :class:`rankflow.alerts.Alert` (a rejected gate is reported by the failure callback
+  of the ``evaluate`` task it fails).
+
+Airflow 3.3.2's ``dag.test()`` (and ``airflow dags test``) crashes when a successful run of a DAG
+with ``deadline=`` finishes: ``DagRun.update_state`` looks up the in-memory serialized DAG's
+deadline definitions as if they were the ``deadline_alert`` row ids that only the DAG processor's
+copy holds. Deadlines are evaluated by the scheduler loop only, never under ``dag.test()``, so test
+runs detach the deadline with :func:`deadline_suspended`; ``python -m rankflow_alerts DAG_ID DATE
+[--conf JSON]`` is ``airflow dags test`` with that done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from datetime import time as clock
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+from rankflow.alerts import (
+    Alert,
+    breach_alert_from_record,
+    deadline_interval,
+    deadline_missed_alert,
+    email_content,
+    gate_alert_from_record,
+    plain_text,
+    run_day,
+    slack_payload,
+    task_failed_alert,
+)
+from rankflow_operators import optional_connection
+
+log = logging.getLogger(__name__)
+
+SLACK_CONN_ID = "slack_rankflow"
+SMTP_CONN_ID = "smtp_rankflow"
+NIGHTLY_START = clock(2, 0)  # the nightly schedule "0 2 * * *" (UTC)
+PUBLICATION_DEADLINE = clock(6, 0)  # lists published by 06:00 UTC the morning after their day
+DEFAULT_ATTEMPTS = 3
+DEFAULT_BACKOFF_SECONDS = 2.0
+WEBHOOK_TIMEOUT_SECONDS = 10
+# tasks whose failure may be a promotion gate's rejection (their run record tells)
+GATE_TASKS = ("evaluate",)
+
+
+class AlertDeliveryError(RuntimeError):
+    """A configured alert channel still failed after its attempts."""
+
+    def __init__(self, alert: Alert, statuses: dict[str, str], errors: dict[str, str]) -> None:
+        self.alert = alert
+        self.statuses = statuses
+        self.errors = errors
+        failed = "; ".join(f"{channel}: {error}" for channel, error in errors.items())
+        super().__init__(f"alert {alert.incident_key} was not delivered ({failed}); {statuses}")
+
+
+def redact(message: str, conn: Any) -> str:
+    """Remove the connection's secret (webhook URL or token, SMTP password) from a message."""
+    secret = (getattr(conn, "password", None) or "").strip()
+    return message.replace(secret, "***") if len(secret) >= 4 else message
+
+
+def send_slack(alert: Alert, conn: Any) -> None:
+    """Post the alert to the Slack-compatible incoming webhook of ``conn``."""
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    timeout = int(conn.extra_dejson.get("timeout") or WEBHOOK_TIMEOUT_SECONDS)
+    # no retry handlers: send_alert's attempts are the only retries, each one logged
+    hook = SlackWebhookHook(slack_webhook_conn_id=conn.conn_id, timeout=timeout, retry_handlers=[])
+    hook.send(**slack_payload(alert))
+
+
+def send_email(alert: Alert, conn: Any) -> None:
+    """E-mail the alert to the recipients in ``extra.to`` of the SMTP connection ``conn``."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    to = conn.extra_dejson.get("to")
+    if not to:
+        raise ValueError(f"connection {conn.conn_id!r} names no recipients (set extra.to)")
+    content = email_content(alert)
+    with SmtpHook(smtp_conn_id=conn.conn_id) as hook:
+        # the hook's public API sends one HTML part; content.text goes to the log instead
+        hook.send_email_smtp(to=to, subject=content.subject, html_content=content.html)
+
+
+CHANNELS: dict[str, tuple[str, Callable[[Alert, Any], None]]] = {
+    "slack": (SLACK_CONN_ID, send_slack),
+    "email": (SMTP_CONN_ID, send_email),
+}
+
+
+def send_alert(
+    alert: Alert,
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+) -> dict[str, str]:
+    """Send one alert to every configured channel, each with its own retries.
+
+    Args:
+        alert: the incident to report.
+        attempts: tries per channel (the first included).
+        backoff_seconds: wait before the second try; doubles before each further one.
+
+    Returns:
+        ``{channel: "sent" | "skipped"}`` (skipped: its connection is not defined).
+
+    Raises:
+        AlertDeliveryError: a configured channel still failed after ``attempts`` tries.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    log.info("alert %s: %s", alert.incident_key, plain_text(alert))
+    statuses: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for channel, (conn_id, deliver) in CHANNELS.items():
+        conn = optional_connection(conn_id)
+        if conn is None:
+            log.info("alert channel %s skipped: connection %r is not defined", channel, conn_id)
+            statuses[channel] = "skipped"
+            continue
+        for attempt in range(1, attempts + 1):
+            try:
+                deliver(alert, conn)
+            except Exception as error:
+                reason = redact(f"{type(error).__name__}: {error}", conn)
+                log.warning(
+                    "alert %s: %s attempt %d/%d failed: %s",
+                    alert.incident_key,
+                    channel,
+                    attempt,
+                    attempts,
+                    reason,
+                )
+                if attempt == attempts:
+                    statuses[channel] = "failed"
+                    errors[channel] = f"failed after {attempts} attempts, last error {reason}"
+                else:
+                    time.sleep(backoff_seconds * 2 ** (attempt - 1))
+            else:
+                statuses[channel] = "sent"
+                log.info("alert %s sent to %s", alert.incident_key, channel)
+                break
+    if all(status == "skipped" for status in statuses.values()):
+        log.warning(
+            "no alert channel is configured (connections %s): alert %s is only in this log",
+            ", ".join(conn_id for conn_id, _ in CHANNELS.values()),
+            alert.incident_key,
+        )
+    if errors:
+        raise AlertDeliveryError(alert, statuses, errors)
+    return statuses
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """Read a datetime from the context (a datetime, an ISO string, or nothing)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def run_record(ds: str, name: str) -> tuple[dict[str, Any], float] | None:
+    """Read a step's record ``runs/ds=<ds>/<name>.json`` and its modification time (or None)."""
+    from rankflow.config import load_settings
+
+    path = Path(load_settings().paths.home) / "runs" / f"ds={ds}" / f"{name}.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()), path.stat().st_mtime
+
+
+def send_breach_alert(ds: str, surface: str, **kwargs: Any) -> dict[str, str]:
+    """Send one alert with the breached thresholds of ``monitor-<surface>.json`` (none: nothing).
+
+    For a ``@task(retries=0)`` after the monitor step: ``send_alert`` already retries each
+    channel, and a task retry would repeat the alert on the channels that did receive it.
+    """
+    found = run_record(ds, f"monitor-{surface}")
+    if found is None:
+        raise FileNotFoundError(f"no monitor record for {ds} ({surface}): did monitor run?")
+    alert = breach_alert_from_record(found[0])
+    if alert is None:
+        log.info("no monitoring threshold breached for %s (%s)", ds, surface)
+        return {}
+    return send_alert(alert, **kwargs)
+
+
+def log_url_of(ti: Any) -> str | None:
+    """The task instance's log URL in the UI (None when it cannot be built)."""
+    try:
+        return str(ti.log_url)
+    except Exception:  # the link is a nicety: never let it stop the alert
+        log.debug("no log URL for %s", getattr(ti, "task_id", "?"), exc_info=True)
+        return None
+
+
+def gate_rejection_from_context(context: Any) -> Alert | None:
+    """The gate alert when a gate task failed because the gate rejected its model just now."""
+    ti = context["ti"]
+    started = as_datetime(getattr(ti, "start_date", None))
+    ds = run_day(context.get("params"), context.get("data_interval_start"))
+    try:
+        found = run_record(ds, "evaluation")
+    except Exception:
+        log.exception("could not read the evaluation record of %s", ds)
+        return None
+    if found is None:
+        return None
+    record, written = found
+    if started is not None and written < started.timestamp():
+        return None  # an earlier try's record: this failure happened before the gate decided
+    return gate_alert_from_record(record, link=log_url_of(ti))
+
+
+def failure_alert_from_context(context: Any, gate_tasks: tuple[str, ...] = GATE_TASKS) -> Alert:
+    """Build the alert for a task that failed after its last retry from the callback context."""
+    ti = context["ti"]
+    if ti.task_id in gate_tasks and (gate := gate_rejection_from_context(context)) is not None:
+        return gate
+    error = context.get("exception")
+    logical_date = as_datetime(context.get("logical_date"))
+    return task_failed_alert(
+        dag_id=ti.dag_id,
+        task_id=ti.task_id,
+        run_id=ti.run_id,
+        logical_date=logical_date.isoformat() if logical_date else None,
+        try_number=getattr(ti, "try_number", None),
+        error=None if error is None else f"{type(error).__name__}: {error}",
+        log_url=log_url_of(ti),
+    )
+
+
+class RankflowAlertNotifier(BaseNotifier):
+    """Report a failed task (after its last retry) on the rankflow alert channels.
+
+    A task that fails because the promotion gate rejected its model (``gate_tasks``) is reported
+    as that rejection, with the gate's figures, instead of as a plain task failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        gate_tasks: tuple[str, ...] = GATE_TASKS,
+    ) -> None:
+        super().__init__()
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self.gate_tasks = gate_tasks
+
+    def notify(self, context: Any) -> None:
+        """Send the alert; a delivery failure is logged loudly, never raised into the callback."""
+        try:
+            alert = failure_alert_from_context(context, self.gate_tasks)
+            send_alert(alert, attempts=self.attempts, backoff_seconds=self.backoff_seconds)
+        except AlertDeliveryError as error:
+            log.error("ALERT NOT DELIVERED: %s\n%s", error, plain_text(error.alert))
+        except Exception:
+            log.exception("ALERT NOT SENT: building or sending the failure alert failed")
+
+
+def failure_callbacks(
+    *, attempts: int = DEFAULT_ATTEMPTS, backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
+) -> dict[str, Any]:
+    """What to merge into a DAG's ``default_args``: one alert per task failing its last retry."""
+    notifier = RankflowAlertNotifier(attempts=attempts, backoff_seconds=backoff_seconds)
+    return {"on_failure_callback": [notifier]}
+
+
+def on_publication_deadline_missed(
+    context: dict[str, Any],
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+) -> None:
+    """Deadline callback: the run had not finished publishing by its deadline.
+
+    Runs on the executor with the scheduler's context (``dag_run`` as the REST API shows it and
+    ``deadline``). A backfill is not held to the nightly deadline. Raises
+    :class:`AlertDeliveryError` when a channel fails: the callback is then marked failed with the
+    reason in its log.
+    """
+    run = context.get("dag_run") or {}
+    deadline = context.get("deadline") or {}
+    if run.get("run_type") == "backfill":
+        log.info(
+            "deadline of backfill run %s passed: backfills are not alerted", run.get("dag_run_id")
+        )
+        return
+    deadline_time = as_datetime(deadline.get("deadline_time"))
+    alert = deadline_missed_alert(
+        dag_id=str(run.get("dag_id") or "unknown DAG"),
+        ds=run_day(run.get("conf"), run.get("data_interval_start")),
+        deadline=deadline_time or datetime.now(UTC),
+        run_id=str(run.get("dag_run_id") or "unknown run"),
+        run_state=run.get("state"),
+    )
+    send_alert(alert, attempts=attempts, backoff_seconds=backoff_seconds)
+
+
+def publication_deadline(
+    *,
+    at: clock = PUBLICATION_DEADLINE,
+    schedule_at: clock = NIGHTLY_START,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+) -> Any:
+    """Deadline Alert: the run for day D must have finished by D+1 ``at`` (UTC).
+
+    The reference is the run's logical date, which for a ``CronDataIntervalTimetable`` at
+    ``schedule_at`` is D ``schedule_at`` (the data interval start); the interval adds the time to
+    D+1 ``at`` (28 h for 02:00 and 06:00). A run that finishes successfully before then has its
+    deadline removed by Airflow; otherwise the scheduler has
+    :func:`on_publication_deadline_missed` run.
+    """
+    from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
+
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+        interval=deadline_interval(schedule_at, at),
+        callback=SyncCallback(
+            on_publication_deadline_missed,
+            kwargs={"attempts": attempts, "backoff_seconds": backoff_seconds},
+        ),
+        name=f"lists published by {at:%H:%M} UTC",
+    )
+
+
+@contextmanager
+def deadline_suspended(dag: Any) -> Iterator[Any]:
+    """Detach a DAG's deadline for a ``dag.test()`` run (see the module docstring for why)."""
+    saved = dag.deadline
+    dag.deadline = None
+    try:
+        yield dag
+    finally:
+        dag.deadline = saved
+
+
+def run_dag_test(dag_id: str, logical_date: datetime, conf: dict[str, Any] | None = None) -> Any:
+    """``dag.test()`` of a DAG from the DAGs folder with its deadline suspended; return the run."""
+    from airflow import settings
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=settings.DAGS_FOLDER)
+    if dag_id not in bag.dags:
+        raise LookupError(
+            f"DAG {dag_id!r} not found in {settings.DAGS_FOLDER}: {bag.import_errors}"
+        )
+    dag = bag.dags[dag_id]
+    with deadline_suspended(dag):
+        return dag.test(logical_date=logical_date, run_conf=conf)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``airflow dags test DAG_ID LOGICAL_DATE [--conf JSON]``, deadline suspended."""
+    parser = argparse.ArgumentParser(prog="python -m rankflow_alerts", description=main.__doc__)
+    parser.add_argument("dag_id")
+    parser.add_argument("logical_date", type=datetime.fromisoformat)
+    parser.add_argument("--conf", type=json.loads, default=None, help="run conf (JSON object)")
+    args = parser.parse_args(argv)
+    run = run_dag_test(args.dag_id, args.logical_date, args.conf)
+    print(f"{args.dag_id} run {run.run_id}: {run.state}")
+    return 0 if run.state == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
