@@ -123,11 +123,11 @@ def rankflow_nightly() -> None:
         return result.as_dict()
 
     @task(retries=0)  # send_alert retries each channel; a task retry would repeat the alert
-    def alert_breaches(ds: str, params: dict) -> dict:
+    def alert_breaches(day: str, params: dict) -> dict:
         """Send one alert with the night's breached monitoring thresholds (none if all is well)."""
         from rankflow_alerts import send_breach_alert
 
-        return send_breach_alert(ds, params["surface"])
+        return send_breach_alert(day, params["surface"])
 
     ds = check_params()
     day = ["--ds", ds]

@@ -71,6 +71,14 @@ def optional_connection(conn_id: str) -> Any | None:
         return None
 
 
+def blocked_by_gate(task_id: str) -> AirflowFailException:
+    """The failure of a step a data-quality gate stopped: retrying cannot fix bad data."""
+    return AirflowFailException(
+        f"{task_id} was stopped by a data-quality gate (see the task log and "
+        "runs/ds=<day>/quality/ for the failed checks); not retried"
+    )
+
+
 def connection_overrides() -> dict[str, str]:
     """The serving endpoints of the Redis and S3 connections, as the environment rankflow reads."""
     env = {}
@@ -121,10 +129,7 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
         except AirflowException as error:
             if submit_exit_code(self._hook) == BLOCKED_EXIT_CODE:
                 # retrying cannot fix bad data: fail now and leave downstream steps unrun
-                raise AirflowFailException(
-                    f"{self.task_id} was stopped by a data-quality gate (see the task log and "
-                    "runs/ds=<day>/quality/ for the failed checks); not retried"
-                ) from error
+                raise blocked_by_gate(self.task_id) from error
             raise
 
     def run_connect_client(self, env: dict[str, str]) -> None:
@@ -135,6 +140,7 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
         """
         import os
         import subprocess
+        from collections import deque
 
         from airflow.providers.apache.spark.hooks.spark_connect import SparkConnectHook
 
@@ -149,14 +155,17 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
             text=True,
         )
         assert self._connect_client.stdout is not None
+        tail: deque[str] = deque(maxlen=40)
         for line in self._connect_client.stdout:
             self.log.info("%s", line.rstrip())
+            tail.append(line.rstrip())
         status = self._connect_client.wait()
-        if status == BLOCKED_EXIT_CODE:
-            raise AirflowFailException(
-                f"{self.task_id} was stopped by a data-quality gate (see the task log and "
-                "runs/ds=<day>/quality/ for the failed checks); not retried"
+        if status != 0:
+            self.log.error(
+                "%s exited with %s; its last lines:\n%s", command[1], status, "\n".join(tail)
             )
+        if status == BLOCKED_EXIT_CODE:
+            raise blocked_by_gate(self.task_id)
         if status != 0:
             raise AirflowException(f"{self.task_id} failed: {command[1]} exited with {status}")
 

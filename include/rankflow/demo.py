@@ -137,6 +137,13 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
         print(json.dumps(reader.lookup(int(sample_user), surface).as_dict())[:400], "...")
     print("\n== unknown user gets the fallback list: rankflow lookup --user 4000000000")
     print(json.dumps(reader.lookup(4_000_000_000, surface).as_dict())[:200], "...")
+    monitored = read_run_record(settings, ds, f"monitor-{surface}")
+    breached = ", ".join(f"{b['metric']} {b['subject']}".strip() for b in monitored["breaches"])
+    print(
+        f"\n== monitoring: {monitored['figures']} figures in the ops/monitoring table, "
+        f"{len(monitored['breaches'])} breached{': ' + breached if breached else ''} "
+        "(rankflow health; the Ranking page in `make airflow`)"
+    )
     figures = {
         "ds": ds.isoformat(),
         "scored_users": scored["users"],
@@ -146,6 +153,7 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
         "ndcg@10": {k: v["ndcg@10"] for k, v in evaluation["table"].items()},
         "ipw_ndcg@10": {k: v.get("ipw_ndcg@10") for k, v in evaluation["table"].items()},
         "truth_ndcg@10": {k: v.get("truth_ndcg@10") for k, v in evaluation["table"].items()},
+        "monitoring_breaches": monitored["breaches"],
     }
     return figures
 

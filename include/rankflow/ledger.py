@@ -111,7 +111,7 @@ def append_events(spark: SparkSession, settings: Settings, events: list[LedgerEv
     frame = spark.createDataFrame([[row[c] for c in COLUMNS] for row in rows], SPARK_SCHEMA)
     if not table_exists(spark, path):  # the first events create the table in one commit
         writer = frame.write.format("delta").option("delta.appendOnly", "true")
-        writer.mode("errorifexists").save(path)
+        writer.mode("error").save(path)  # errorifexists, by the name Spark Connect knows too
         return len(rows)
     ids = [row["event_id"] for row in rows]
     ledger = spark.read.format("delta").load(path)

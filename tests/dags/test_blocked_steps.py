@@ -37,3 +37,37 @@ def test_any_other_failure_stays_retryable(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(AirflowException) as failure:
         run_with_exit_code(monkeypatch, 1)
     assert not isinstance(failure.value, AirflowFailException)
+
+
+def run_connect_client(tmp_path, monkeypatch: pytest.MonkeyPatch, code: int) -> list[str]:
+    """Run the operator on a spark_connect connection with a job script exiting with ``code``."""
+    import json
+
+    job = tmp_path / "job.py"
+    job.write_text(
+        "import os, sys\n"
+        "print('remote set' if os.environ['SPARK_REMOTE'].startswith('sc://') else 'no remote')\n"
+        f"sys.exit({code})\n"
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SPARK_RANKFLOW",
+        json.dumps({"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": 15002}),
+    )
+    operator = RankflowSparkSubmitOperator(step="ingest", application_args=["--ds", "2026-10-30"])
+    operator.application = str(job)
+    lines: list[str] = []
+    monkeypatch.setattr(operator.log, "info", lambda fmt, *args: lines.append(fmt % args))
+    operator.execute(context={})
+    return lines
+
+
+def test_a_connect_client_step_runs_the_job_with_spark_remote(tmp_path, monkeypatch) -> None:
+    assert "remote set" in run_connect_client(tmp_path, monkeypatch, 0)
+
+
+def test_a_connect_client_step_maps_exit_statuses_like_spark_submit(tmp_path, monkeypatch) -> None:
+    with pytest.raises(AirflowFailException, match="data-quality gate"):
+        run_connect_client(tmp_path, monkeypatch, BLOCKED_EXIT_CODE)
+    with pytest.raises(AirflowException) as failure:
+        run_connect_client(tmp_path, monkeypatch, 1)
+    assert not isinstance(failure.value, AirflowFailException)
