@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,21 +62,20 @@ def ensure_generated(
 def ensure_history(
     settings: Settings, last: date, start: date, state: dict[str, Any]
 ) -> dict[str, Any]:
-    """Ingest the days before ``last`` and build their training sets (one Spark session)."""
-    from rankflow.pipeline import run_ingest, run_training_set
-    from rankflow.spark import get_session
+    """Ingest the days before ``last`` and build their training sets, through the jobs."""
+    from rankflow.spark import job_command
 
     first, end = history_window(last, settings)
     if state.get("history") == [start.isoformat(), end.isoformat()]:
         print(f"history: already built ({start} .. {end})")
         return state
     began = time.monotonic()
-    spark = get_session(settings, "rankflow-demo-history")
-    try:
-        run_ingest(spark, settings, start, end)
-        run_training_set(spark, settings, max(first, start + timedelta(days=1)), end)
-    finally:
-        spark.stop()
+    for job, first_day in (
+        ("ingest", start),
+        ("training_set", max(first, start + timedelta(days=1))),
+    ):
+        command, extra = job_command(settings, job, ["--start", str(first_day), "--ds", str(end)])
+        subprocess.run(command, check=True, cwd=repo_root(), env={**os.environ, **extra})
     print(
         f"history: ingested {start} .. {end}, training sets from {first} "
         f"in {time.monotonic() - began:.0f}s"

@@ -183,6 +183,20 @@ def connect_server_command(settings: Settings, port: int) -> list[str]:
     return command
 
 
+def job_command(settings: Settings, job: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Command line and extra environment of ``jobs/<job>.py`` on the configured Spark.
+
+    A client of the Spark Connect server when ``RANKFLOW_SPARK_CONNECT`` is set, else a
+    spark-submit to the master.
+    """
+    from rankflow.config import repo_root
+
+    if settings.spark.connect_url:
+        script = str(repo_root() / "jobs" / f"{job}.py")
+        return [sys.executable, script, *args], {"SPARK_REMOTE": settings.spark.connect_url}
+    return spark_submit_command(settings, job, args), {}
+
+
 def spark_submit_command(settings: Settings, job: str, args: list[str]) -> list[str]:
     """Return the spark-submit command line of ``jobs/<job>.py`` (what the DAG's operator runs)."""
     import shutil

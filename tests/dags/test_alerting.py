@@ -577,3 +577,27 @@ def test_a_run_that_misses_its_deadline_sends_the_deadline_alert(channels, probe
         assert "lists for 2026-10-20 not published by 2026-10-21 06:00 UTC" in shown
         assert run_id in shown
         assert "rankflow/deadline-missed/rankflow_alert_probe/2026-10-20" in shown
+
+
+def test_a_nightly_run_with_an_injected_failure_alerts_once_on_each_channel(channels) -> None:
+    """The real nightly DAG: a day that is not over fails the first task, once, with one alert."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from rankflow_alerts import deadline_suspended
+
+    nightly = DagBag(dag_folder=str(HERE.parents[1] / "dags")).dags["rankflow_nightly"]
+    webhook, smtp = channels
+    with deadline_suspended(nightly):
+        run = nightly.test(
+            logical_date=datetime(2026, 10, 20, 2, tzinfo=UTC), run_conf={"ds": "2099-01-01"}
+        )
+    task_states = states(run)
+    assert task_states["check_params"] == "failed"
+    assert {task_states[t] for t in ("ingest", "train", "score", "publish_redis", "monitor")} == {
+        "upstream_failed"
+    }
+    assert len(webhook.bodies) == 1
+    assert len(smtp.messages) == 1
+    assert "check_params failed" in webhook.bodies[0]["text"]
+    assert "2099-01-01" in webhook.texts()
+    assert smtp.messages[0]["Subject"].endswith("rankflow_nightly: task check_params failed")
