@@ -122,6 +122,13 @@ def rankflow_nightly() -> None:
         record_repair(settings, result)
         return result.as_dict()
 
+    @task(retries=0, trigger_rule="all_done")  # send_alert retries each channel
+    def alert_gate(day: str, dag_run=None) -> dict:
+        """Send one alert when tonight's promotion gate rejected the new model."""
+        from rankflow_alerts import send_gate_alert
+
+        return send_gate_alert(day, since=dag_run.start_date if dag_run else None)
+
     @task(retries=0)  # send_alert retries each channel; a task retry would repeat the alert
     def alert_breaches(day: str, params: dict) -> dict:
         """Send one alert with the night's breached monitoring thresholds (none if all is well)."""
@@ -170,6 +177,8 @@ def rankflow_nightly() -> None:
     by_gate = promoted_by_gate()
     chain(ds, ingest, features, candidates, training_set, branch, [train, reuse])
     chain(train, evaluate, approval, [approve, by_gate])
+    # a rejected model skips evaluate (and the promotion): score still runs, with the champion
+    chain(evaluate, alert_gate(ds))
     chain(approve, promote, score)
     chain(by_gate, score)
     chain(reuse, score, publish_s3, publish_redis, repair_sold(), monitor, alert_breaches(ds))

@@ -12,9 +12,9 @@ Pieces for a DAG (messages come from the pure :mod:`rankflow.alerts`):
   (Airflow runs ``on_failure_callback`` only then), none for a task that succeeds on a retry;
 * ``deadline=publication_deadline()``: a Deadline Alert when a run has not finished publishing by
   06:00 UTC the morning after its day;
-* ``send_breach_alert(ds, surface)`` in a task after the monitor step; ``send_alert(alert)`` for
-  any other :class:`rankflow.alerts.Alert` (a rejected gate is reported by the failure callback
-  of the ``evaluate`` task it fails).
+* ``send_gate_alert(ds, since)`` in a task after ``evaluate`` (which is skipped, not failed, when
+  the gate rejects the model); ``send_breach_alert(ds, surface)`` in a task after the monitor
+  step; ``send_alert(alert)`` for any other :class:`rankflow.alerts.Alert`.
 
 Airflow 3.3.2's ``dag.test()`` (and ``airflow dags test``) crashes when a successful run of a DAG
 with ``deadline=`` finishes: ``DagRun.update_state`` looks up the in-memory serialized DAG's
@@ -63,8 +63,6 @@ PUBLICATION_DEADLINE = clock(6, 0)  # lists published by 06:00 UTC the morning a
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 2.0
 WEBHOOK_TIMEOUT_SECONDS = 10
-# tasks whose failure may be a promotion gate's rejection (their run record tells)
-GATE_TASKS = ("evaluate",)
 
 
 class AlertDeliveryError(RuntimeError):
@@ -218,29 +216,29 @@ def log_url_of(ti: Any) -> str | None:
         return None
 
 
-def gate_rejection_from_context(context: Any) -> Alert | None:
-    """The gate alert when a gate task failed because the gate rejected its model just now."""
-    ti = context["ti"]
-    started = as_datetime(getattr(ti, "start_date", None))
-    ds = run_day(context.get("params"), context.get("data_interval_start"))
-    try:
-        found = run_record(ds, "evaluation")
-    except Exception:
-        log.exception("could not read the evaluation record of %s", ds)
-        return None
+def send_gate_alert(ds: str, since: datetime | None = None, **kwargs: Any) -> dict[str, str]:
+    """Send one alert when tonight's promotion gate rejected the model (nothing otherwise).
+
+    For a ``@task(retries=0, trigger_rule="all_done")`` after ``evaluate``, which exits as
+    skipped on a rejection (the champion keeps serving and the night goes on). Only a record
+    written since ``since`` (the run's start) counts, and a backfill's decision is not alerted.
+    """
+    found = run_record(ds, "evaluation")
     if found is None:
-        return None
+        log.info("no evaluation record for %s: the gate did not decide tonight", ds)
+        return {}
     record, written = found
-    if started is not None and written < started.timestamp():
-        return None  # an earlier try's record: this failure happened before the gate decided
-    return gate_alert_from_record(record, link=log_url_of(ti))
+    if since is not None and written < since.timestamp():
+        log.info("the evaluation record of %s predates this run: nothing to alert", ds)
+        return {}
+    if record.get("backfill") or record["gate"]["promote"]:
+        return {}
+    return send_alert(gate_alert_from_record(record), **kwargs)
 
 
-def failure_alert_from_context(context: Any, gate_tasks: tuple[str, ...] = GATE_TASKS) -> Alert:
+def failure_alert_from_context(context: Any) -> Alert:
     """Build the alert for a task that failed after its last retry from the callback context."""
     ti = context["ti"]
-    if ti.task_id in gate_tasks and (gate := gate_rejection_from_context(context)) is not None:
-        return gate
     error = context.get("exception")
     logical_date = as_datetime(context.get("logical_date"))
     return task_failed_alert(
@@ -255,28 +253,19 @@ def failure_alert_from_context(context: Any, gate_tasks: tuple[str, ...] = GATE_
 
 
 class RankflowAlertNotifier(BaseNotifier):
-    """Report a failed task (after its last retry) on the rankflow alert channels.
-
-    A task that fails because the promotion gate rejected its model (``gate_tasks``) is reported
-    as that rejection, with the gate's figures, instead of as a plain task failure.
-    """
+    """Report a failed task (after its last retry) on the rankflow alert channels."""
 
     def __init__(
-        self,
-        *,
-        attempts: int = DEFAULT_ATTEMPTS,
-        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
-        gate_tasks: tuple[str, ...] = GATE_TASKS,
+        self, *, attempts: int = DEFAULT_ATTEMPTS, backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
     ) -> None:
         super().__init__()
         self.attempts = attempts
         self.backoff_seconds = backoff_seconds
-        self.gate_tasks = gate_tasks
 
     def notify(self, context: Any) -> None:
         """Send the alert; a delivery failure is logged loudly, never raised into the callback."""
         try:
-            alert = failure_alert_from_context(context, self.gate_tasks)
+            alert = failure_alert_from_context(context)
             send_alert(alert, attempts=self.attempts, backoff_seconds=self.backoff_seconds)
         except AlertDeliveryError as error:
             log.error("ALERT NOT DELIVERED: %s\n%s", error, plain_text(error.alert))

@@ -12,9 +12,9 @@ from typing import Any
 from urllib.parse import quote
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from rankflow.jobs import BLOCKED_EXIT_CODE
+from rankflow.jobs import BLOCKED_EXIT_CODE, REJECTED_EXIT_CODE
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 SPARK_CONN_ID = "spark_rankflow"
@@ -79,6 +79,14 @@ def blocked_by_gate(task_id: str) -> AirflowFailException:
     )
 
 
+def rejected_by_gate(task_id: str) -> AirflowSkipException:
+    """The promotion gate rejected the model: skip the promotion, the champion keeps serving."""
+    return AirflowSkipException(
+        f"{task_id}: the promotion gate rejected the new model; the champion keeps serving and "
+        "tonight's lists are scored with it (runs/ds=<day>/evaluation.json has the checks)"
+    )
+
+
 def connection_overrides() -> dict[str, str]:
     """The serving endpoints of the Redis and S3 connections, as the environment rankflow reads."""
     env = {}
@@ -127,9 +135,12 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
         try:
             super().execute(context)
         except AirflowException as error:
-            if submit_exit_code(self._hook) == BLOCKED_EXIT_CODE:
+            status = submit_exit_code(self._hook)
+            if status == BLOCKED_EXIT_CODE:
                 # retrying cannot fix bad data: fail now and leave downstream steps unrun
                 raise blocked_by_gate(self.task_id) from error
+            if status == REJECTED_EXIT_CODE:
+                raise rejected_by_gate(self.task_id) from error
             raise
 
     def run_connect_client(self, env: dict[str, str]) -> None:
@@ -166,6 +177,8 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
             )
         if status == BLOCKED_EXIT_CODE:
             raise blocked_by_gate(self.task_id)
+        if status == REJECTED_EXIT_CODE:
+            raise rejected_by_gate(self.task_id)
         if status != 0:
             raise AirflowException(f"{self.task_id} failed: {command[1]} exited with {status}")
 

@@ -15,6 +15,9 @@ from rankflow.config import Settings, load_settings
 log = logging.getLogger("rankflow")
 # exit status of a step stopped by a data-quality gate: the orchestrator must not retry it
 BLOCKED_EXIT_CODE = 3
+# exit status of evaluate when the promotion gate rejected the model: nothing failed, the
+# champion keeps serving and the night goes on (the orchestrator skips the promotion)
+REJECTED_EXIT_CODE = 4
 
 
 def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
@@ -81,6 +84,7 @@ def main(step: str, argv: Sequence[str] | None = None) -> int:
     args = parse_args(step, sys.argv[1:] if argv is None else argv)
     settings = load_settings()
     spark = get_session(settings, f"rankflow-{step}")
+    from rankflow.gate import GateRejectedError
     from rankflow.quality import DataQualityError
 
     try:
@@ -88,6 +92,9 @@ def main(step: str, argv: Sequence[str] | None = None) -> int:
     except DataQualityError as error:
         log.error("%s blocked for %s: %s", step, args.ds, error)
         return BLOCKED_EXIT_CODE
+    except GateRejectedError as error:
+        log.warning("%s for %s: %s", step, args.ds, error)
+        return REJECTED_EXIT_CODE
     except Exception as error:
         log.error("%s failed for %s: %s", step, args.ds, error)
         raise

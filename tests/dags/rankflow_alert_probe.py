@@ -2,7 +2,8 @@
 
 Failure callbacks and the publication deadline come from ``rankflow_alerts``; the ``mode`` param
 injects the failure: ``fail`` (``work`` fails on every try), ``flaky`` (it fails on its first try
-only), ``gate`` (``evaluate`` records a rejected gate and fails, as the real step does), ``ok``.
+only), ``gate`` (``evaluate`` records a rejected gate and is skipped, as the real step is;
+``alert_gate`` reports it), ``ok``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def rankflow_alert_probe() -> None:
 
     @task(retries=0)
     def evaluate(params: dict, data_interval_start=None) -> None:
-        """Record a rejected gate for the run's day and fail (``gate`` mode), like the step."""
+        """Record a rejected gate for the run's day and skip (``gate`` mode), like the step."""
         if params["mode"] != "gate":
             return
         import json
@@ -72,10 +73,20 @@ def rankflow_alert_probe() -> None:
         runs.mkdir(parents=True, exist_ok=True)
         record = {"ds": ds, "model_version": "7", "previous_champion": "6", "backfill": False}
         (runs / "evaluation.json").write_text(json.dumps({**record, "gate": REJECTED_GATE}))
-        raise RuntimeError("model version 7 was not promoted: see evaluation.json")
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException("the promotion gate rejected model version 7")
+
+    @task(retries=0, trigger_rule="all_done")
+    def alert_gate(data_interval_start=None, dag_run=None) -> dict:
+        """Alert a rejection recorded in this run, as the nightly DAG's task does."""
+        from rankflow_alerts import send_gate_alert
+
+        ds = data_interval_start.date().isoformat()
+        return send_gate_alert(ds, since=dag_run.start_date, attempts=2, backoff_seconds=0.1)
 
     work()
-    evaluate()
+    evaluate() >> alert_gate()
 
 
 rankflow_alert_probe()

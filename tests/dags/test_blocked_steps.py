@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from rankflow.jobs import BLOCKED_EXIT_CODE
+from rankflow.jobs import BLOCKED_EXIT_CODE, REJECTED_EXIT_CODE
 from rankflow_operators import RankflowSparkSubmitOperator
 
 
@@ -31,6 +31,11 @@ def run_with_exit_code(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
 def test_a_blocked_step_fails_without_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AirflowFailException, match="data-quality gate"):
         run_with_exit_code(monkeypatch, BLOCKED_EXIT_CODE)
+
+
+def test_a_rejected_model_skips_the_promotion_instead_of_failing(monkeypatch) -> None:
+    with pytest.raises(AirflowSkipException, match="champion keeps serving"):
+        run_with_exit_code(monkeypatch, REJECTED_EXIT_CODE)
 
 
 def test_any_other_failure_stays_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,6 +73,8 @@ def test_a_connect_client_step_runs_the_job_with_spark_remote(tmp_path, monkeypa
 def test_a_connect_client_step_maps_exit_statuses_like_spark_submit(tmp_path, monkeypatch) -> None:
     with pytest.raises(AirflowFailException, match="data-quality gate"):
         run_connect_client(tmp_path, monkeypatch, BLOCKED_EXIT_CODE)
+    with pytest.raises(AirflowSkipException, match="champion keeps serving"):
+        run_connect_client(tmp_path, monkeypatch, REJECTED_EXIT_CODE)
     with pytest.raises(AirflowException) as failure:
         run_connect_client(tmp_path, monkeypatch, 1)
     assert not isinstance(failure.value, AirflowFailException)

@@ -51,7 +51,8 @@ def test_steps_run_in_the_documented_order(nightly) -> None:
         assert downstream in nightly.get_task(upstream).downstream_task_ids
     assert nightly.get_task("choose_model").downstream_task_ids == {"train", "reuse_champion"}
     assert nightly.get_task("train").downstream_task_ids == {"evaluate"}
-    assert nightly.get_task("evaluate").downstream_task_ids == {"needs_approval"}
+    assert nightly.get_task("evaluate").downstream_task_ids == {"needs_approval", "alert_gate"}
+    assert nightly.get_task("alert_gate").trigger_rule == "all_done"
     assert nightly.get_task("needs_approval").downstream_task_ids == {
         "approve_promotion",
         "promoted_by_gate",
@@ -91,7 +92,7 @@ def test_promotion_waits_for_a_person_only_when_asked(nightly) -> None:
 
 
 def test_retries_everywhere_but_where_a_retry_cannot_help(nightly) -> None:
-    no_retry = {"check_params", "evaluate", "approve_promotion", "alert_breaches"}
+    no_retry = {"check_params", "evaluate", "approve_promotion", "alert_breaches", "alert_gate"}
     for task in nightly.tasks:
         if task.task_id in no_retry:
             assert task.retries == 0, task.task_id
