@@ -269,14 +269,14 @@ def publish_figures(settings: Settings, ds: date, surface: str) -> list[Figure]:
 
     published = read_run_record(settings, ds, f"publish-redis-{surface}")
     exported = read_run_record(settings, ds, f"publish-s3-{surface}")
-    client = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5)
-    memory = client.info("memory")
+    with redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5) as client:
+        memory, keys = client.info("memory"), client.dbsize()
     return [
         Figure("publish", "published_users", float(published["users"])),
         Figure("publish", "redis_value_bytes", float(published["value_bytes"])),
         Figure("publish", "redis_bytes_per_user", float(published["bytes_per_user"])),
         Figure("publish", "redis_used_memory_bytes", float(memory["used_memory"])),
-        Figure("publish", "redis_keys", float(client.dbsize())),
+        Figure("publish", "redis_keys", float(keys)),
         Figure("publish", "redis_publish_seconds", finite(published.get("seconds"))),
         Figure("publish", "s3_users", float(exported["users"])),
         Figure("publish", "s3_bytes", float(exported["bytes"])),
@@ -286,13 +286,13 @@ def publish_figures(settings: Settings, ds: date, surface: str) -> list[Figure]:
 
 def offline_figures(settings: Settings, ds: date) -> list[Figure]:
     """Held-out metrics of the serving model and the baselines (on nights that trained)."""
+    import json
+
     from rankflow.training import run_record_path
 
     path = run_record_path(settings, ds, "evaluation")
     if not path.exists():
         return []
-    import json
-
     evaluation = json.loads(path.read_text())
     table: dict[str, dict[str, float]] = evaluation["table"]
     serving = "challenger" if evaluation["gate"]["promote"] else "champion"

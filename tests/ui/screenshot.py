@@ -5,7 +5,7 @@ features, MLflow), RANKFLOW_REDIS_URL and AIRFLOW_HOME (a migrated metadata DB: 
 The API server runs on a free local port with every user an admin (it listens on 127.0.0.1 only
 and stops when the screenshot is taken)::
 
-    make -s run-py ARGS="tests/ui/screenshot.py --out docs/ranking-page.png --user 1042"
+    make screenshot RANKING_USER=1042   # = tests/ui/screenshot.py --out docs/ranking-page.png
 
 The UI tests import the helpers below (server, browser) from this file.
 """
