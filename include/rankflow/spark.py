@@ -45,6 +45,10 @@ def spark_submit_conf(settings: Settings) -> dict[str, str]:
     }
 
 
+# what a Connect client may set for its own session (the rest is the server's, fixed at start)
+RUNTIME_CONF_PREFIXES = ("spark.sql.", "spark.databricks.")
+
+
 def connect_url() -> str | None:
     """The Spark Connect server to run on (``SPARK_REMOTE``, pyspark's convention), if any."""
     return os.environ.get("SPARK_REMOTE") or None
@@ -70,7 +74,7 @@ def get_session(settings: Settings, app_name: str) -> SparkSession:
     if remote:
         builder = SparkSession.builder.remote(remote).appName(app_name)
         for key, value in spark_submit_conf(settings).items():
-            if key not in DELTA_CONF:
+            if key not in DELTA_CONF and key.startswith(RUNTIME_CONF_PREFIXES):
                 builder = builder.config(key, value)
         return builder.getOrCreate()
     builder = SparkSession.builder.appName(app_name).master(settings.spark.master)
