@@ -123,7 +123,7 @@ def rankflow_nightly() -> None:
         return result.as_dict()
 
     @task(retries=0, trigger_rule="all_done")  # send_alert retries each channel
-    def alert_gate(day: str, dag_run=None) -> dict:
+    def alert_gate(day: str | None, dag_run=None) -> dict:
         """Send one alert when tonight's promotion gate rejected the new model."""
         from rankflow_alerts import send_gate_alert
 

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from datetime import time as clock
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseNotifier
@@ -183,9 +182,12 @@ def as_datetime(value: Any) -> datetime | None:
 
 def run_record(ds: str, name: str) -> tuple[dict[str, Any], float] | None:
     """Read a step's record ``runs/ds=<ds>/<name>.json`` and its modification time (or None)."""
-    from rankflow.config import load_settings
+    from datetime import date
 
-    path = Path(load_settings().paths.home) / "runs" / f"ds={ds}" / f"{name}.json"
+    from rankflow.config import load_settings
+    from rankflow.training import run_record_path
+
+    path = run_record_path(load_settings(), date.fromisoformat(ds), name)
     if not path.exists():
         return None
     return json.loads(path.read_text()), path.stat().st_mtime
@@ -216,13 +218,16 @@ def log_url_of(ti: Any) -> str | None:
         return None
 
 
-def send_gate_alert(ds: str, since: datetime | None = None, **kwargs: Any) -> dict[str, str]:
+def send_gate_alert(ds: str | None, since: datetime | None = None, **kwargs: Any) -> dict[str, str]:
     """Send one alert when tonight's promotion gate rejected the model (nothing otherwise).
 
     For a ``@task(retries=0, trigger_rule="all_done")`` after ``evaluate``, which exits as
     skipped on a rejection (the champion keeps serving and the night goes on). Only a record
     written since ``since`` (the run's start) counts, and a backfill's decision is not alerted.
     """
+    if not ds:  # the run failed before it had a day (that failure has its own alert)
+        log.info("no day to check: the run never reached the gate")
+        return {}
     found = run_record(ds, "evaluation")
     if found is None:
         log.info("no evaluation record for %s: the gate did not decide tonight", ds)

@@ -17,6 +17,7 @@ from rankflow.config import Settings
 from rankflow.features import MODEL_FEATURES
 from rankflow.monitoring import (
     MONITORING_TABLE,
+    ROW_FIELDS,
     Figure,
     breaches,
     finite,
@@ -354,12 +355,9 @@ def write_history(
     """Replace the rows of (``ds``, ``surface``) in the monitoring table, in one transaction."""
     from pyspark.sql import functions as F
 
-    schema = (
-        "group string, metric string, subject string, value double, lower double, upper double, "
-        "threshold_source string, breached boolean, run_id string, computed_at timestamp"
-    )
+    schema = ", ".join(f"`{name}` {kind}" for name, kind in ROW_FIELDS)
     frame = spark.createDataFrame(
-        [{k: row[k] for k in schema_columns(schema)} for row in rows], schema
+        [tuple(row[name] for name, _ in ROW_FIELDS) for row in rows], schema
     ).select(F.lit(ds.isoformat()).cast("date").alias("ds"), F.lit(surface).alias("surface"), "*")
     (
         frame.write.format("delta")
@@ -368,11 +366,6 @@ def write_history(
         .partitionBy("ds")
         .save(settings.paths.table(MONITORING_TABLE))
     )
-
-
-def schema_columns(schema: str) -> list[str]:
-    """Column names of a DDL schema string."""
-    return [part.strip().split(" ")[0] for part in schema.split(",")]
 
 
 def run_monitor(

@@ -29,19 +29,18 @@ from rankflow.config import Settings
 
 MONITORING_TABLE = "ops/monitoring"
 MAD_TO_SIGMA = 1.4826  # MAD x this estimates the standard deviation of a normal sample
-COLUMNS = (
-    "ds",
-    "surface",
-    "group",
-    "metric",
-    "subject",
-    "value",
-    "lower",
-    "upper",
-    "threshold_source",
-    "breached",
-    "run_id",
-    "computed_at",
+# a monitoring row after its (ds, surface) partition: column names and Spark SQL types
+ROW_FIELDS = (
+    ("group", "string"),
+    ("metric", "string"),
+    ("subject", "string"),
+    ("value", "double"),
+    ("lower", "double"),
+    ("upper", "double"),
+    ("threshold_source", "string"),
+    ("breached", "boolean"),
+    ("run_id", "string"),
+    ("computed_at", "timestamp"),
 )
 
 

@@ -22,6 +22,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from rankflow.monitoring import latest_day
 from rankflow.serving.redis_store import SurfaceStatus, VersionInfo
 
 Format = Literal["number", "percent", "bytes", "seconds"]
@@ -202,10 +203,8 @@ def recent_days(rows: Iterable[Mapping[str, Any]], days: int) -> list[Mapping[st
 
 def latest_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[date | None, list[Mapping[str, Any]]]:
     """Return the most recent day of the history and its rows."""
-    if not rows:
-        return None, []
-    last = max(as_day(row["ds"]) for row in rows)
-    return last, [row for row in rows if as_day(row["ds"]) == last]
+    latest = latest_day(rows)
+    return (as_day(latest[0]["ds"]) if latest else None), list(latest)
 
 
 # --------------------------------------------------------------------------- charts
