@@ -2,9 +2,9 @@
 
 Measured in one run, on the same rows and the same model:
 
-(a) scoring rows/s through ``rankflow.scoring.score_candidates`` (Spark, ``mapInPandas``) and its
+(a) scoring rows/s through ``rankflow.model.scoring.score_candidates`` (Spark, ``mapInPandas``) and its
     ratio to ``Booster.inplace_predict`` over the same rows in this process (all cores);
-(b) Redis publish users/s through ``rankflow.publish_redis.publish_snapshot`` (the nightly
+(b) Redis publish users/s through ``rankflow.publish.redis.publish_snapshot`` (the nightly
     task's code: ``begin_version``, Spark tasks reading gold files into ``write_arrow``,
     ``write_fallback``, ``commit_version``) and its ratio to ``redis-benchmark -P 16 -t set``
     with values of the same size;
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 from rankflow.config import Settings, load_settings
-from rankflow.features import ITEM_FEATURES, MODEL_FEATURES, USER_FEATURES
-from rankflow.gold import GoldSnapshot
+from rankflow.features.registry import ITEM_FEATURES, MODEL_FEATURES, USER_FEATURES
+from rankflow.lake.gold import GoldSnapshot
 
 if TYPE_CHECKING:
     import numpy as np
@@ -377,7 +377,7 @@ class ScoringResult:
 
 def score_with_spark(spark: SparkSession, path: str, out: str, model_raw: bytes, k: int) -> float:
     """Score every row through ``score_candidates`` and write the lists; return seconds."""
-    from rankflow.scoring import score_candidates
+    from rankflow.model.scoring import score_candidates
 
     def run() -> None:
         ranked = score_candidates(spark.read.parquet(path), model_raw, "bench-model", k)
@@ -390,7 +390,7 @@ def warm_up(spark: SparkSession, path: str, model_raw: bytes, k: int) -> None:
     """Score a few users once so Python workers are started and have imported their modules."""
     from pyspark.sql import functions as F
 
-    from rankflow.scoring import score_candidates
+    from rankflow.model.scoring import score_candidates
 
     few = spark.read.parquet(path).where(F.col("user_id") < FIRST_USER + 100)
     noop_write(score_candidates(few, model_raw, "bench-model", k))
@@ -423,8 +423,8 @@ def score_in_process(path: str, model_raw: bytes, k: int) -> tuple[float, float,
     """
     import numpy as np
 
-    from rankflow.scoring import top_k_per_user
-    from rankflow.training import booster_from_bytes
+    from rankflow.model.fit import booster_from_bytes
+    from rankflow.model.scoring import top_k_per_user
 
     booster = booster_from_bytes(model_raw, nthread=os.cpu_count() or 1)
     predict = convert = 0.0
@@ -495,7 +495,7 @@ def ranked_batch(users: np.ndarray, items: np.ndarray, scores: np.ndarray, k: in
     import numpy as np
     import pyarrow as pa
 
-    from rankflow.serving import encode_list_array
+    from rankflow.store.encoding import encode_list_array
 
     order = np.lexsort((items, -scores, users))
     users, items, scores = users[order], items[order], scores[order]
@@ -521,7 +521,7 @@ def make_arrow_scorer(model_broadcast: Any, model_key: str, k: int) -> Callable[
     def score(batches: Iterator[Any]) -> Iterator[Any]:
         import numpy as np
 
-        from rankflow.scoring import cached_booster
+        from rankflow.model.scoring import cached_booster
 
         booster = cached_booster(model_key, model_broadcast.value)
         empty = np.empty(0, dtype=np.int64)
@@ -548,7 +548,7 @@ def make_arrow_predictor(model_broadcast: Any, model_key: str) -> Callable[..., 
     def predict(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
 
-        from rankflow.scoring import cached_booster
+        from rankflow.model.scoring import cached_booster
 
         booster = cached_booster(model_key, model_broadcast.value)
         for batch in batches:
@@ -563,7 +563,7 @@ def make_arrow_predictor(model_broadcast: Any, model_key: str) -> Callable[..., 
 
 def score_arrow_sorted(scored_input: DataFrame, model_raw: bytes, k: int) -> DataFrame:
     """Prototype B: the library's plan (shuffle + sort by user) with the ``mapInArrow`` scorer."""
-    from rankflow.scoring import RANKED_SCHEMA
+    from rankflow.model.scoring import RANKED_SCHEMA
 
     spark = scored_input.sparkSession
     broadcast = spark.sparkContext.broadcast(model_raw)
@@ -605,7 +605,7 @@ def score_predict_first(scored_input: DataFrame, model_raw: bytes, k: int) -> Da
 
 def profile_spark(spark: SparkSession, path: str, model_raw: bytes, scale: Scale) -> None:
     """Time the Spark path stage by stage, then two prototype scorers, all with a noop sink."""
-    from rankflow.scoring import score_candidates
+    from rankflow.model.scoring import score_candidates
 
     partitions = max(spark.sparkContext.defaultParallelism * 2, 2)
     source = spark.read.parquet(path)
@@ -632,8 +632,8 @@ def profile_python(path: str, model_raw: bytes, scale: Scale, rows: int = 500_00
     import pandas as pd
     import pyarrow as pa
 
-    from rankflow.scoring import top_k_per_user
-    from rankflow.training import booster_from_bytes
+    from rankflow.model.fit import booster_from_bytes
+    from rankflow.model.scoring import top_k_per_user
 
     booster = booster_from_bytes(model_raw, nthread=1)
     batch = next(feature_batches(path, rows))
@@ -663,8 +663,8 @@ def profile_python(path: str, model_raw: bytes, scale: Scale, rows: int = 500_00
 
 def profile_publish(settings: Settings, snapshot: GoldSnapshot) -> None:
     """Time the writer's parts in this process: reading the gold files, and building commands."""
-    from rankflow.publish_redis import read_list_file
-    from rankflow.serving import batch_values, mset_arguments, mset_commands, user_key_array
+    from rankflow.publish.redis import read_list_file
+    from rankflow.store.encoding import batch_values, mset_arguments, mset_commands, user_key_array
 
     locations = [location for location, _ in snapshot.locations()]
 
@@ -723,8 +723,8 @@ def make_gold(spark: SparkSession, ranked_path: str, gold_path: str) -> GoldSnap
     """Store the ranked lists as a gold Delta partition, the way the score step does."""
     from pyspark.sql import functions as F
 
-    from rankflow.gold import write_gold
-    from rankflow.scoring import RANKED_SCHEMA
+    from rankflow.lake.gold import write_gold
+    from rankflow.model.scoring import RANKED_SCHEMA
 
     ranked = spark.read.parquet(ranked_path)
     if "items_u32le" not in ranked.columns:  # the synthetic lists of --publish-only
@@ -735,7 +735,7 @@ def make_gold(spark: SparkSession, ranked_path: str, gold_path: str) -> GoldSnap
 
 def with_encoded_lists(batches: Iterator[Any]) -> Iterator[Any]:
     """Add the ``items_u32le`` column the scorer writes to lists made without the scorer."""
-    from rankflow.serving import encode_list_array
+    from rankflow.store.encoding import encode_list_array
 
     for batch in batches:
         yield batch.append_column("items_u32le", encode_list_array(batch.column("item_ids")))
@@ -787,7 +787,7 @@ def rate_list(rates: Sequence[float]) -> str:
 
 def delete_namespace(client: redis.Redis) -> int:
     """Delete every key under ``rfbench:`` (the benchmark's versions); return the count."""
-    from rankflow.serving.redis_store import scan_keys
+    from rankflow.store.commands import scan_keys
 
     deleted = 0
     batch: list[bytes] = []
@@ -814,8 +814,8 @@ def publish(
     spark: SparkSession, client: redis.Redis, settings: Settings, snapshot: GoldSnapshot, k: int
 ) -> Publication:
     """Publish a gold snapshot as a new ``rfbench:bench`` version with the nightly task's code."""
-    from rankflow.publish_redis import publish_snapshot
-    from rankflow.serving import new_version_id
+    from rankflow.publish.redis import publish_snapshot
+    from rankflow.store.keys import new_version_id
 
     version = new_version_id(BENCH_DS)
     start = time.perf_counter()
@@ -849,7 +849,7 @@ def warm_up_publish(
     """
     from pyspark.sql import functions as F
 
-    from rankflow.gold import write_gold
+    from rankflow.lake.gold import write_gold
 
     few = (
         spark.read.format("delta")
@@ -873,7 +873,7 @@ def bench_publish(
     """Measure (b) and (c): gold -> Redis publication between two redis-benchmark runs."""
     import redis
 
-    from rankflow.serving import bytes_per_user
+    from rankflow.store.versions import bytes_per_user
 
     url = settings.redis.url
     client = redis.Redis.from_url(url)
@@ -980,7 +980,7 @@ def describe(scale: Scale, settings: Settings) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Generate, train, measure (a), (b) and (c), print the summary; exit 0 either way."""
-    from rankflow.spark import get_session
+    from rankflow.lake.session import get_session
 
     started = time.perf_counter()
     settings = load_settings()

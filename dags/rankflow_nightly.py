@@ -88,7 +88,7 @@ def rankflow_nightly() -> None:
     @task(retries=0)
     def check_params(params: dict, data_interval_start: pendulum.DateTime | None = None) -> str:
         """Validate the trigger parameters before any work starts; return the day to process."""
-        from rankflow.dagparams import resolve_run_date
+        from rankflow.steps.params import resolve_run_date
 
         return resolve_run_date(params, data_interval_start)
 
@@ -114,7 +114,7 @@ def rankflow_nightly() -> None:
     def repair_sold(params: dict) -> dict:
         """Drop the items sold since the features were built from the lists just published."""
         from rankflow.config import load_settings
-        from rankflow.repair import record_repair, run_repair
+        from rankflow.publish.repair import record_repair, run_repair
         from rankflow_operators import connection_env
 
         settings = load_settings(connection_env())

@@ -40,7 +40,7 @@ def rankflow_sold_items() -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from rankflow.config import load_settings
-        from rankflow.repair import RepairError, record_repair, run_repair
+        from rankflow.publish.repair import RepairError, record_repair, run_repair
         from rankflow_operators import connection_env
 
         settings = load_settings(connection_env())

@@ -2,7 +2,8 @@
 
 import sys
 
-from rankflow.jobs import main
+from rankflow.steps import evaluate
+from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("evaluate"))
+    sys.exit(main("evaluate", evaluate.run))

@@ -2,7 +2,8 @@
 
 import sys
 
-from rankflow.jobs import main
+from rankflow.steps import features
+from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("features"))
+    sys.exit(main("features", features.run))

@@ -2,7 +2,8 @@
 
 import sys
 
-from rankflow.jobs import main
+from rankflow.steps import ingest
+from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("ingest"))
+    sys.exit(main("ingest", ingest.run))

@@ -2,7 +2,8 @@
 
 import sys
 
-from rankflow.jobs import main
+from rankflow.steps import publish_redis
+from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("publish_redis"))
+    sys.exit(main("publish_redis", publish_redis.run))

@@ -2,7 +2,8 @@
 
 import sys
 
-from rankflow.jobs import main
+from rankflow.steps import publish_s3
+from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("publish_s3"))
+    sys.exit(main("publish_s3", publish_s3.run))

@@ -2,7 +2,8 @@
 
 import sys
 
-from rankflow.jobs import main
+from rankflow.steps import train
+from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("train"))
+    sys.exit(main("train", train.run))

@@ -2,7 +2,8 @@
 
 import sys
 
-from rankflow.jobs import main
+from rankflow.steps import training_set
+from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("training_set"))
+    sys.exit(main("training_set", training_set.run))

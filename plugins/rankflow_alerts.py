@@ -6,7 +6,7 @@ the password) and ``smtp_rankflow`` (type ``smtp``; ``extra.to`` lists the recip
 channel that still fails after its attempts makes :func:`send_alert` raise, so an unreachable
 channel is never silent.
 
-Pieces for a DAG (messages come from the pure :mod:`rankflow.alerts`):
+Pieces for a DAG (messages come from the pure :mod:`rankflow.ops.alerts`):
 
 * ``default_args={..., **failure_callbacks()}``: one alert when a task fails after its last retry
   (Airflow runs ``on_failure_callback`` only then), none for a task that succeeds on a retry;
@@ -14,7 +14,7 @@ Pieces for a DAG (messages come from the pure :mod:`rankflow.alerts`):
   06:00 UTC the morning after its day;
 * ``send_gate_alert(ds, since)`` in a task after ``evaluate`` (which is skipped, not failed, when
   the gate rejects the model); ``send_breach_alert(ds, surface)`` in a task after the monitor
-  step; ``send_alert(alert)`` for any other :class:`rankflow.alerts.Alert`.
+  step; ``send_alert(alert)`` for any other :class:`rankflow.ops.alerts.Alert`.
 
 Airflow 3.3.2's ``dag.test()`` (and ``airflow dags test``) crashes when a successful run of a DAG
 with ``deadline=`` finishes: ``DagRun.update_state`` looks up the in-memory serialized DAG's
@@ -39,7 +39,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from rankflow.alerts import (
+from rankflow.ops.alerts import (
     Alert,
     breach_alert_from_record,
     deadline_interval,
@@ -185,7 +185,7 @@ def run_record(ds: str, name: str) -> tuple[dict[str, Any], float] | None:
     from datetime import date
 
     from rankflow.config import load_settings
-    from rankflow.training import run_record_path
+    from rankflow.runs import run_record_path
 
     path = run_record_path(load_settings(), date.fromisoformat(ds), name)
     if not path.exists():

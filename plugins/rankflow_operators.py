@@ -14,7 +14,7 @@ from urllib.parse import quote
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from rankflow.jobs import BLOCKED_EXIT_CODE, REJECTED_EXIT_CODE
+from rankflow.steps.runner import BLOCKED_EXIT_CODE, REJECTED_EXIT_CODE
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 SPARK_CONN_ID = "spark_rankflow"
@@ -123,7 +123,7 @@ class RankflowSparkSubmitOperator(SparkSubmitOperator):
     def execute(self, context: Any) -> None:
         """Run the step on the connection's Spark: spark-submit, or a client of a Connect server."""
         from rankflow.config import load_settings
-        from rankflow.spark import delta_package, spark_submit_conf
+        from rankflow.lake.session import delta_package, spark_submit_conf
 
         connection = optional_connection(self._conn_id)
         if connection is not None and connection.conn_type == SPARK_CONNECT_TYPE:

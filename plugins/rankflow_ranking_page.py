@@ -2,7 +2,7 @@
 
 A FastAPI app mounted on the API server at ``/ranking`` and shown by the UI in an iframe at
 ``/plugin/ranking``. Its routes read the sources and leave the HTML to the library
-(:mod:`rankflow.ranking_page`):
+(:mod:`rankflow.ui.ranking_page`):
 
 - ``GET /ranking/?surface=home&days=90&user=1042``: monitoring history charts, the current and
   previous Redis versions, the champion model and, with ``user``, that user's served list.
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from rankflow.config import Settings
-    from rankflow.ranking_page import Champion, Notice, UserList
+    from rankflow.ui.ranking_page import Champion, Notice, UserList
 
 URL_PREFIX = "/ranking"
 ITEM_FEATURES = "silver/item_features"
@@ -87,7 +87,7 @@ def _failure(what: str, error: Exception) -> Notice:
     """A section's read failure, logged (traceback at debug level) and shown in one line."""
     import logging
 
-    from rankflow.ranking_page import Notice
+    from rankflow.ui.ranking_page import Notice
 
     log = logging.getLogger(__name__)
     log.warning("Ranking page: reading %s failed: %r", what, error)
@@ -106,7 +106,7 @@ def _redis(settings: Settings) -> Any:
 
 def read_history(settings: Settings, surface: str) -> list[dict[str, Any]] | Notice:
     """The surface's rows of the ops/monitoring Delta table (empty before the first run)."""
-    from rankflow.monitoring import history_rows
+    from rankflow.monitoring.history import history_rows
 
     try:
         return history_rows(settings, surface)
@@ -116,8 +116,8 @@ def read_history(settings: Settings, surface: str) -> list[dict[str, Any]] | Not
 
 def read_status(settings: Settings, surface: str) -> Any:
     """The surface's current and previous Redis versions with their size."""
-    from rankflow.ranking_page import redact_url
-    from rankflow.serving.redis_store import surface_status
+    from rankflow.store.versions import surface_status
+    from rankflow.ui.html import redact_url
 
     try:
         client = _redis(settings)
@@ -133,8 +133,9 @@ def read_champion(settings: Settings) -> Champion | Notice:
     """The model version with the champion alias, its run's tags and metrics."""
     from pathlib import Path
 
-    from rankflow.ranking_page import Champion, Notice, redact_url
-    from rankflow.training import CHAMPION
+    from rankflow.model.registry import CHAMPION
+    from rankflow.ui.html import redact_url
+    from rankflow.ui.ranking_page import Champion, Notice
 
     uri = settings.mlflow_tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -185,7 +186,7 @@ def item_attributes(
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    from rankflow.ranking_page import ITEM_COLUMNS
+    from rankflow.ui.ranking_page import ITEM_COLUMNS
 
     if not item_ids:
         return {}, None
@@ -207,12 +208,11 @@ def item_attributes(
 
 def read_lookup(settings: Settings, surface: str, user: str) -> UserList | Notice:
     """What the reader serves ``user`` on ``surface``, with the items' attributes."""
-    from rankflow.ranking_page import Notice, UserList, redact_url
-    from rankflow.serving.redis_store import (
-        NoCurrentVersionError,
-        RankingReader,
-        version_meta,
-    )
+    from rankflow.store.errors import NoCurrentVersionError
+    from rankflow.store.reader import RankingReader
+    from rankflow.store.versions import version_meta
+    from rankflow.ui.html import redact_url
+    from rankflow.ui.ranking_page import Notice, UserList
 
     text = user.strip()
     if not text or len(text) > 128 or any(c in text for c in "*?[]: \t"):
@@ -290,7 +290,8 @@ def create_app() -> FastAPI:
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
     from rankflow.config import SURFACES
-    from rankflow.ranking_page import PageData, message_page, redact_url, render_page
+    from rankflow.ui.html import redact_url
+    from rankflow.ui.ranking_page import PageData, message_page, render_page
 
     app = FastAPI(
         title="rankflow Ranking page",
@@ -325,7 +326,7 @@ def create_app() -> FastAPI:
         days: int = Query(90, ge=1, le=MAX_DAYS),
     ) -> HTMLResponse:
         settings = _settings()
-        chosen = surface or str(settings.pipeline["scoring"]["surface"])
+        chosen = surface or settings.default_surface
         if chosen not in SURFACES:
             text = f"Unknown surface {chosen!r}: one of {', '.join(SURFACES)}."
             return HTMLResponse(message_page("Ranking", text), 404, headers=headers)

@@ -15,7 +15,7 @@ from rankflow.config import Settings, load_settings
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     """Write raw drops of the simulated marketplace."""
-    from rankflow.generate import GeneratorConfig, generate_marketplace
+    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
 
     overrides = {
         k: v
@@ -31,7 +31,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
     """Start or stop the embedded Redis server and S3 endpoint."""
-    from rankflow import services
+    from rankflow.ops import services
 
     lines = services.up(settings) if args.action == "up" else services.down(settings)
     print("\n".join(lines))
@@ -40,9 +40,9 @@ def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_lookup(settings: Settings, args: argparse.Namespace) -> int:
     """Print one user's published list as a JSON object (fallback list for unknown users)."""
-    from rankflow.serving import RankingReader
+    from rankflow.store.reader import RankingReader
 
-    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    surface = args.surface or settings.default_surface
     reader = RankingReader.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
     found = reader.lookup(args.user, surface)
     print(json.dumps(found.as_dict()))
@@ -51,9 +51,9 @@ def cmd_lookup(settings: Settings, args: argparse.Namespace) -> int:
 
 def record(settings: Settings, event: str, **values: Any) -> None:
     """Append a manual event to the promotion ledger (opens a local Spark session)."""
-    from rankflow.ledger import LedgerEvent, append_events, now
-    from rankflow.lifecycle import actor
-    from rankflow.spark import get_session
+    from rankflow.lake.ledger import LedgerEvent, append_events, now
+    from rankflow.lake.session import get_session
+    from rankflow.ops.lifecycle import actor
 
     spark = get_session(settings, "rankflow-ledger")
     try:
@@ -66,11 +66,11 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     """Serve the previous Redis version again and make its model the champion, together."""
     import redis
 
-    from rankflow.lifecycle import rollback_release
+    from rankflow.ops.lifecycle import rollback_release
 
     if not args.reason:
         raise ValueError("a rollback needs --reason (it is recorded in the promotion ledger)")
-    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    surface = args.surface or settings.default_surface
     done = rollback_release(settings, redis.Redis.from_url(settings.redis.url), surface)
     print(json.dumps(done.as_dict()))
     record(
@@ -90,7 +90,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "rollback":
         return cmd_rollback(settings, args)
     if args.action == "list":
-        from rankflow.lifecycle import list_models
+        from rankflow.model.registry import list_models
 
         rows = list_models(settings, limit=args.limit)
         if args.json:
@@ -102,7 +102,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
             )
         return 0
     if args.action == "promote":
-        from rankflow.lifecycle import mlflow_client, move_champion
+        from rankflow.model.registry import mlflow_client, move_champion
 
         if not args.version or not args.reason:
             raise ValueError("models promote needs a VERSION and --reason (for the ledger)")
@@ -118,12 +118,12 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from datetime import UTC, datetime
 
-    from rankflow.ledger import list_of_user, read_ledger, served_at
-    from rankflow.spark import get_session
+    from rankflow.lake.ledger import list_of_user, read_ledger, served_at
+    from rankflow.lake.session import get_session
 
     at = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
     at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    surface = args.surface or settings.default_surface
     spark = get_session(settings, "rankflow-ledger")
     try:
         served = served_at(read_ledger(spark, settings), surface, at)
@@ -140,9 +140,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Print the current and previous Redis versions of a surface with their metadata."""
     import redis
 
-    from rankflow.serving import status
+    from rankflow.store.versions import status
 
-    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    surface = args.surface or settings.default_surface
     client = redis.Redis.from_url(settings.redis.url)
     print(json.dumps(status(client, settings.redis.key_prefix, surface), default=str, indent=2))
     return 0
@@ -156,9 +156,9 @@ def utc_time(text: str) -> datetime:
 
 def cmd_repair_sold(settings: Settings, args: argparse.Namespace) -> int:
     """Remove the items sold so far from the lists readers get now, in place."""
-    from rankflow.repair import record_repair, run_repair
+    from rankflow.publish.repair import record_repair, run_repair
 
-    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    surface = args.surface or settings.default_surface
     result = run_repair(settings, surface, args.at)
     record_repair(settings, result)
     print(json.dumps(result.as_dict()))
@@ -167,10 +167,11 @@ def cmd_repair_sold(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     """Print the latest monitoring figures, the live sold-item share and breached thresholds."""
-    from rankflow.monitoring import Figure, breaches, history_rows, judge, latest_day
-    from rankflow.repair import last_repair, served_sold_share
+    from rankflow.monitoring.history import history_rows, latest_day
+    from rankflow.monitoring.rules import Figure, breaches, judge
+    from rankflow.publish.repair import last_repair, served_sold_share
 
-    surface = args.surface or settings.pipeline["scoring"]["surface"]
+    surface = args.surface or settings.default_surface
     rows = history_rows(settings, surface)
     latest = latest_day(rows)
     share, entries = served_sold_share(settings, surface, args.at)
@@ -231,24 +232,24 @@ def health_text(health: dict[str, Any]) -> str:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Generate the demo marketplace, build its history, run the nightly DAG once, report."""
-    from rankflow.demo import run_demo
+    from rankflow.ops.demo import run_demo
 
     return run_demo(settings, preset=args.preset)
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     """Train and register a model for --ds, or rebuild a registered one from its lineage."""
-    from rankflow import pipeline
-    from rankflow.spark import get_session
+    from rankflow.lake.session import get_session
+    from rankflow.steps.train import run_reproduce, run_train
 
     if (args.ds is None) == (args.reproduce is None):
         raise ValueError("give exactly one of --ds (train) and --reproduce VERSION")
     spark = get_session(settings, "rankflow-train")
     try:
         if args.reproduce:
-            result = pipeline.run_reproduce(spark, settings, args.reproduce)
+            result = run_reproduce(spark, settings, args.reproduce)
         else:
-            result = pipeline.run_train(spark, settings, args.ds)
+            result = run_train(spark, settings, args.ds)
     finally:
         spark.stop()
     print(json.dumps(result, default=str))
@@ -259,7 +260,7 @@ def cmd_benchmark(settings: Settings, args: argparse.Namespace) -> int:
     """Run the trainer and evaluator on a public benchmark's folds and print the figures."""
     import os
 
-    from rankflow.benchmark import default_data_dir, format_report, run_mq2008
+    from rankflow.evaluation.benchmark import default_data_dir, format_report, run_mq2008
 
     folder = Path(args.data or os.environ.get("RANKFLOW_MQ2008") or default_data_dir())
     result = run_mq2008(folder, settings, convention=args.convention)
@@ -269,7 +270,7 @@ def cmd_benchmark(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_warm(settings: Settings, args: argparse.Namespace) -> int:
     """Download Delta Lake's jars into the local Ivy cache once, and check Delta works."""
-    from rankflow.spark import warm_spark
+    from rankflow.lake.session import warm_spark
 
     print(warm_spark(settings))
     return 0

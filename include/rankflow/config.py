@@ -137,6 +137,16 @@ class Settings:
         """Hash of the pipeline configuration, recorded with every model."""
         return config_hash(self.pipeline)
 
+    @property
+    def default_surface(self) -> str:
+        """The surface a command or step works on when none is given."""
+        return str(self.pipeline["scoring"]["surface"])
+
+    @property
+    def default_top_k(self) -> int:
+        """The length of each ranked list when none is given."""
+        return int(self.pipeline["scoring"]["top_k"])
+
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from environment variables and the pipeline YAML."""

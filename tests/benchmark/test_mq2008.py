@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rankflow.benchmark import default_data_dir
+from rankflow.evaluation.benchmark import default_data_dir
 
 DATA = Path(os.environ.get("RANKFLOW_MQ2008") or default_data_dir())
 
@@ -66,9 +66,9 @@ def test_conventions_span_the_published_range(result: dict[str, Any]) -> None:
 def test_our_ndcg_is_xgboosts_under_the_count_as_one_convention() -> None:
     import xgboost as xgb
 
-    from rankflow.letor import fold_split, read_partitions
-    from rankflow.metrics import ndcg_at_k
-    from rankflow.training import ranking_matrix
+    from rankflow.evaluation.letor import fold_split, read_partitions
+    from rankflow.evaluation.metrics import ndcg_at_k
+    from rankflow.model.fit import ranking_matrix
 
     train, _, test = fold_split(read_partitions(DATA), "Fold1")
     dtrain = ranking_matrix(train.features, train.labels, train.groups)

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from rankflow.alerts import gate_alert_from_record, threshold_breach_alert
+from rankflow.ops.alerts import gate_alert_from_record, threshold_breach_alert
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "rankflow_alert_probe.py"
@@ -305,7 +305,7 @@ def test_a_gate_rejection_alerts_once_with_the_gate_figures(channels, probe_dag)
 def test_an_unreachable_webhook_is_retried_logged_and_raises(
     smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch, alert_log: Records
 ) -> None:
-    from rankflow.alerts import task_failed_alert
+    from rankflow.ops.alerts import task_failed_alert
     from rankflow_alerts import AlertDeliveryError, send_alert
 
     dead = f"http://127.0.0.1:{free_port()}/services/{WEBHOOK_SECRET}"
@@ -328,7 +328,7 @@ def test_an_unreachable_webhook_is_retried_logged_and_raises(
 
 
 def test_a_failing_webhook_gets_exactly_attempts_requests(channels) -> None:
-    from rankflow.alerts import task_failed_alert
+    from rankflow.ops.alerts import task_failed_alert
     from rankflow_alerts import AlertDeliveryError, send_alert
 
     webhook, _ = channels
@@ -345,7 +345,7 @@ def test_a_failing_webhook_gets_exactly_attempts_requests(channels) -> None:
 def test_an_unreachable_smtp_server_is_retried_and_raises(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch, alert_log: Records
 ) -> None:
-    from rankflow.alerts import task_failed_alert
+    from rankflow.ops.alerts import task_failed_alert
     from rankflow_alerts import AlertDeliveryError, send_alert
 
     smtp = json.loads(smtp_connection(free_port()))
@@ -365,7 +365,7 @@ def test_an_unreachable_smtp_server_is_retried_and_raises(
 def test_channels_without_a_connection_are_skipped(
     smtp: SmtpServer, monkeypatch: pytest.MonkeyPatch, alert_log: Records
 ) -> None:
-    from rankflow.alerts import task_failed_alert
+    from rankflow.ops.alerts import task_failed_alert
     from rankflow_alerts import send_alert
 
     monkeypatch.delenv("AIRFLOW_CONN_SLACK_RANKFLOW", raising=False)

@@ -9,7 +9,7 @@ import pytest
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from rankflow.jobs import BLOCKED_EXIT_CODE, REJECTED_EXIT_CODE
+from rankflow.steps.runner import BLOCKED_EXIT_CODE, REJECTED_EXIT_CODE
 from rankflow_operators import RankflowSparkSubmitOperator
 
 

@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import pytest
 
 from rankflow.config import load_settings
-from rankflow.generate import GeneratorConfig, generate_marketplace
-from rankflow.monitoring import history_rows
+from rankflow.monitoring.history import history_rows
+from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
 from rankflow_alerts import deadline_suspended  # Airflow 3.3.2's dag.test() and deadlines
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.services]
@@ -55,9 +55,9 @@ def tiny_env(tmp_path, redis_url, s3_endpoint, monkeypatch):
 def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
-    from rankflow.demo import history_window
-    from rankflow.serving import RankingReader
-    from rankflow.spark import spark_submit_command
+    from rankflow.lake.session import spark_submit_command
+    from rankflow.ops.demo import history_window
+    from rankflow.store.reader import RankingReader
 
     settings = tiny_env
     config = GeneratorConfig.preset("tiny")
@@ -119,7 +119,7 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
 
 def nightly_monitoring(settings, day, run_id: str, published: dict) -> list[dict]:
     """The night's figures are in the monitoring history, and `rankflow health` shows them."""
-    from rankflow.features import MODEL_FEATURES
+    from rankflow.features.registry import MODEL_FEATURES
 
     rows = [r for r in history_rows(settings, "home") if r["ds"] == day.isoformat()]
     assert {r["run_id"] for r in rows} == {run_id}
@@ -152,7 +152,7 @@ def sold_item_repair(settings) -> None:
     """A morning of sales, then one repair: no served item sold more than an hour earlier."""
     from datetime import timedelta
 
-    from rankflow.repair import land_simulated_sales
+    from rankflow.sim.sales import land_simulated_sales
 
     start, sold = land_simulated_sales(settings, "home", hours=3, per_hour=40, seed=1)
     at = (start + timedelta(hours=3)).isoformat()
@@ -180,7 +180,7 @@ def cli(*args: str) -> dict:
 
 def lifecycle(settings, dag, last, runs: Path, first_publication: dict) -> None:
     """Reproduce the model, run the night again against a champion, then roll back."""
-    from rankflow.spark import spark_submit_command
+    from rankflow.lake.session import spark_submit_command
 
     trained = json.loads((runs / "train.json").read_text())
     first_model = trained["model_version"]

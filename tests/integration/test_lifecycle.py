@@ -10,24 +10,19 @@ import pytest
 import redis
 
 from rankflow.config import Settings
-from rankflow.lifecycle import (
+from rankflow.model.fit import FittedRanker
+from rankflow.model.registry import (
     LifecycleRefusedError,
     aliases,
     list_models,
+    log_and_register,
     mlflow_client,
     move_champion,
-    rollback_release,
 )
-from rankflow.serving import (
-    begin_version,
-    commit_version,
-    current_key,
-    new_version_id,
-    previous_key,
-    write_fallback,
-    write_lists,
-)
-from rankflow.training import FittedRanker, log_and_register
+from rankflow.ops.lifecycle import rollback_release
+from rankflow.store.keys import current_key, new_version_id, previous_key
+from rankflow.store.versions import commit_version
+from rankflow.store.writer import begin_version, write_fallback, write_lists
 
 pytestmark = pytest.mark.services
 SURFACE = "home"

@@ -16,30 +16,31 @@ import pandas as pd
 import pytest
 import redis
 
-from rankflow.serving import (
-    Lookup,
-    NoCurrentVersionError,
-    RankingReader,
-    VersionCheckError,
-    VersionNotWritableError,
-    WriteStats,
-    begin_version,
-    bytes_per_user,
-    commit_version,
-    count_users,
+from rankflow.store.encoding import list_batch
+from rankflow.store.errors import NoCurrentVersionError, VersionCheckError, VersionNotWritableError
+from rankflow.store.keys import (
     current_key,
-    expire_old_versions,
     fallback_key,
-    list_batch,
     meta_key,
     new_version_id,
     parts_key,
     previous_key,
+    user_key,
+    versions_key,
+)
+from rankflow.store.reader import Lookup, RankingReader
+from rankflow.store.versions import (
+    bytes_per_user,
+    commit_version,
+    count_users,
+    expire_old_versions,
     rollback,
     status,
     surface_status,
-    user_key,
-    versions_key,
+)
+from rankflow.store.writer import (
+    WriteStats,
+    begin_version,
     write_arrow,
     write_fallback,
     write_lists,

@@ -18,7 +18,7 @@ def spark_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def spark(spark_home: Path) -> Iterator[object]:
-    from rankflow.spark import get_session
+    from rankflow.lake.session import get_session
 
     env = {**os.environ, "RANKFLOW_HOME": str(spark_home), "RANKFLOW_SPARK_MASTER": "local[2]"}
     env["RANKFLOW_SHUFFLE_PARTITIONS"] = "2"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from rankflow.config import Settings, load_settings
-from rankflow.features import MODEL_FEATURES
+from rankflow.features.registry import MODEL_FEATURES
 
 pytestmark = pytest.mark.spark
 
@@ -40,8 +40,8 @@ def set_conf(spark: Any, key: str, value: str | None) -> None:
 @pytest.fixture(scope="module")
 def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of a home holding 5 tiny simulated days, ingested into bronze."""
-    from rankflow.generate import GeneratorConfig, generate_marketplace
-    from rankflow.pipeline import run_ingest
+    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
+    from rankflow.steps.ingest import run_ingest
 
     # Delta replays its log with 50 tasks by default: far too many for tables this small
     previous = spark.conf.get(SNAPSHOT_PARTITIONS, None)
@@ -59,8 +59,8 @@ def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
 @pytest.fixture(scope="module")
 def feature_versions(spark: Any, lake: Settings) -> dict[str, int]:
     """Run the features step for ``D`` once; return each face's Delta version."""
-    from rankflow.pipeline import FEATURE_TABLES, run_features
-    from rankflow.spark import table_version
+    from rankflow.lake.tables import FEATURE_TABLES, table_version
+    from rankflow.steps.features import run_features
 
     run_features(spark, lake, D)
     return {face: table_version(spark, lake.paths.table(t)) for face, t in FEATURE_TABLES.items()}
@@ -69,7 +69,8 @@ def feature_versions(spark: Any, lake: Settings) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def candidates(spark: Any, lake: Settings, feature_versions: dict[str, int]) -> Any:
     """The candidates of ``D`` (``user_id, item_id, sources``) as pandas."""
-    from rankflow.pipeline import read_partition, run_candidates
+    from rankflow.lake.tables import read_partition
+    from rankflow.steps.candidates import run_candidates
 
     record = run_candidates(spark, lake, D)
     frame = read_partition(spark, lake, "silver/candidates", D).toPandas()
@@ -80,7 +81,7 @@ def candidates(spark: Any, lake: Settings, feature_versions: dict[str, int]) -> 
 @pytest.fixture(scope="module")
 def history(spark: Any, lake: Settings) -> Any:
     """Every bronze event (``user_id, item_id, event_type, ds``) as pandas."""
-    from rankflow.pipeline import read_table
+    from rankflow.lake.tables import read_table
 
     events = read_table(spark, lake, "bronze/events")
     return events.select("user_id", "item_id", "event_type", "ds").toPandas()
@@ -89,7 +90,7 @@ def history(spark: Any, lake: Settings) -> Any:
 def test_no_candidate_is_sold_by_the_end_of_the_day(
     spark: Any, lake: Settings, candidates: Any, history: Any
 ) -> None:
-    from rankflow.pipeline import read_partition
+    from rankflow.lake.tables import read_partition
 
     purchases = history[(history["event_type"] == "purchase") & (history["ds"] <= D)]
     sold = set(purchases["item_id"])
@@ -113,7 +114,7 @@ def test_no_user_has_more_than_the_cap(lake: Settings, candidates: Any) -> None:
 def test_exactly_the_active_users_get_candidates(
     spark: Any, lake: Settings, candidates: Any, history: Any
 ) -> None:
-    from rankflow.pipeline import read_table
+    from rankflow.lake.tables import read_table
 
     since = D - timedelta(days=ACTIVE_USER_DAYS - 1)
     active = set(history.loc[history["ds"] >= since, "user_id"])
@@ -149,8 +150,8 @@ def test_features_rewrite_is_idempotent(
 ) -> None:
     from pyspark.testing import assertDataFrameEqual
 
-    from rankflow.pipeline import FEATURE_TABLES, run_features
-    from rankflow.spark import table_version
+    from rankflow.lake.tables import FEATURE_TABLES, table_version
+    from rankflow.steps.features import run_features
 
     before = {face: table_version(spark, lake.paths.table(t)) for face, t in FEATURE_TABLES.items()}
     counts = run_features(spark, lake, D)
@@ -250,7 +251,7 @@ def test_scoring_matches_a_pandas_reference_across_arrow_batches(
 ) -> None:
     import numpy as np
 
-    from rankflow.scoring import score_candidates
+    from rankflow.model.scoring import score_candidates
 
     booster, raw = model
     k = 10
@@ -272,7 +273,7 @@ def test_scoring_matches_a_pandas_reference_across_arrow_batches(
 def test_scoring_survives_empty_partitions_and_long_users(
     spark: Any, model: tuple[Any, bytes], small_arrow_batches: int
 ) -> None:
-    from rankflow.scoring import score_candidates
+    from rankflow.model.scoring import score_candidates
 
     booster, raw = model
     rows = candidate_rows([40], seed=6)  # one user over 3 Arrow batches, other partitions empty

@@ -6,10 +6,18 @@ from datetime import date
 
 import pytest
 
-from rankflow.delta_log import DeltaLogError, commit_versions, parse_commit
-from rankflow.gold import GoldChangedError, GoldSnapshot, check_unchanged, snapshot_of, write_gold
-from rankflow.publish_redis import publish_snapshot, sample_user
-from rankflow.serving import RankingReader, VersionCheckError, new_version_id, parts_key
+from rankflow.lake.delta_log import DeltaLogError, commit_versions, parse_commit
+from rankflow.lake.gold import (
+    GoldChangedError,
+    GoldSnapshot,
+    check_unchanged,
+    snapshot_of,
+    write_gold,
+)
+from rankflow.publish.redis import publish_snapshot, sample_user
+from rankflow.store.errors import VersionCheckError
+from rankflow.store.keys import new_version_id, parts_key
+from rankflow.store.reader import RankingReader
 
 pytestmark = [pytest.mark.spark, pytest.mark.services]
 
@@ -20,8 +28,8 @@ def gold_frame(spark, users: int, surface: str, *, first: int = 1, offset: int =
     """Ranked lists shaped like the scorer's output, with the encoded column it adds."""
     from pyspark.sql import functions as F
 
-    from rankflow.scoring import RANKED_SCHEMA
-    from rankflow.serving import encode_list_array
+    from rankflow.model.scoring import RANKED_SCHEMA
+    from rankflow.store.encoding import encode_list_array
 
     def encode(batches):
         for batch in batches:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rankflow.ingest import IngestError, ingest_range, raw_day_path
-from rankflow.quality import DataQualityError
+from rankflow.quality.gates import DataQualityError
+from rankflow.quality.raw import raw_day_path
+from rankflow.steps.ingest import ingest_range
+from rankflow.transforms.bronze import IngestError
 
 pytestmark = pytest.mark.spark
 DS = date(2026, 10, 5)

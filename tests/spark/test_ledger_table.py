@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rankflow.config import Settings
-from rankflow.ledger import LEDGER_TABLE, LedgerEvent, append_events, read_ledger
+from rankflow.lake.ledger import LEDGER_TABLE, LedgerEvent, append_events, read_ledger
 
 pytestmark = pytest.mark.spark
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rankflow.monitor_step import binned_counts, drift_figures, quantile_edges, user_sample
+from rankflow.monitoring.measures import binned_counts, drift_figures, quantile_edges, user_sample
 
 pytestmark = [pytest.mark.spark]
 

@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from rankflow.publish_s3 import export_rankings, pointer_key, s3_client
+from rankflow.publish.s3 import export_rankings, pointer_key, s3_client
 
 pytestmark = [pytest.mark.spark, pytest.mark.services]
 

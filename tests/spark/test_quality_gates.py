@@ -11,10 +11,15 @@ import pandas as pd
 import pytest
 
 from rankflow.config import Settings
-from rankflow.features import MODEL_FEATURES
-from rankflow.ingest import MalformedShareError, ingest_range, raw_day_path
-from rankflow.pipeline import list_statistics, training_set_gate
-from rankflow.quality import DataQualityError, feature_suite, gate, ranked_lists_suite, results_dir
+from rankflow.features.registry import MODEL_FEATURES
+from rankflow.quality.gates import DataQualityError, gate
+from rankflow.quality.raw import raw_day_path
+from rankflow.quality.suites import feature_suite, ranked_lists_suite
+from rankflow.runs import results_dir
+from rankflow.steps.ingest import ingest_range
+from rankflow.steps.score import list_statistics
+from rankflow.steps.train import training_set_gate
+from rankflow.transforms.bronze import MalformedShareError
 
 pytestmark = pytest.mark.spark
 DS = date(2026, 10, 12)

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 from test_gold_publish_redis import DS, gold_frame, publish
 
-from rankflow.gold import write_gold
-from rankflow.repair import (
+from rankflow.lake.gold import write_gold
+from rankflow.publish.repair import (
     RepairError,
     drop_sold,
     read_sales,
     run_repair,
     served_sold_share,
-    write_sales_hour,
 )
-from rankflow.serving import RankingReader, current_key, user_key
+from rankflow.sim.sales import write_sales_hour
+from rankflow.store.keys import current_key, user_key
+from rankflow.store.reader import RankingReader
 
 pytestmark = [pytest.mark.spark, pytest.mark.services]
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from rankflow.config import Settings, load_settings
-from rankflow.features import MODEL_FEATURES
+from rankflow.features.registry import MODEL_FEATURES
 
 pytestmark = pytest.mark.spark
 
@@ -29,8 +29,8 @@ KEPT = [*KEY, "user_id", "position", "label", "features_as_of", "ds", *MODEL_FEA
 @pytest.fixture(scope="module")
 def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of a home holding 5 tiny simulated days, ingested into bronze."""
-    from rankflow.generate import GeneratorConfig, generate_marketplace
-    from rankflow.pipeline import run_ingest
+    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
+    from rankflow.steps.ingest import run_ingest
 
     # Delta replays its log with 50 tasks by default: far too many for tables this small
     previous = spark.conf.get(SNAPSHOT_PARTITIONS, None)
@@ -49,7 +49,7 @@ def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
 @pytest.fixture(scope="module")
 def bronze(spark: Any, lake: Settings) -> Iterator[tuple[Any, Any, Any]]:
     """The bronze events (cached: every check rebuilds from them), items and users."""
-    from rankflow.pipeline import bronze as read_bronze
+    from rankflow.lake.tables import bronze as read_bronze
 
     events, items, users = read_bronze(spark, lake)
     events = events.cache()
@@ -60,8 +60,8 @@ def bronze(spark: Any, lake: Settings) -> Iterator[tuple[Any, Any, Any]]:
 @pytest.fixture(scope="module")
 def written(spark: Any, lake: Settings) -> tuple[dict[str, int], int]:
     """Run the training-set step for ``D`` once; return its counts and the Delta version."""
-    from rankflow.pipeline import run_training_set
-    from rankflow.spark import table_version
+    from rankflow.lake.tables import table_version
+    from rankflow.steps.training_set import run_training_set
 
     counts = run_training_set(spark, lake, D, D)
     return counts, table_version(spark, lake.paths.table("silver/training_set"))
@@ -83,7 +83,7 @@ def baseline(spark: Any, lake: Settings, written: tuple[dict[str, int], int]) ->
 
 
 def training_rows(events: Any, items: Any, users: Any, settings: Settings) -> Any:
-    from rankflow.training_set import build_training_set
+    from rankflow.transforms.training_set import build_training_set
 
     built = build_training_set(events, items, users, [D], settings.pipeline)
     return built.select(*KEPT).toPandas()
@@ -236,7 +236,7 @@ EVENTS_SCHEMA = (
 def test_labels_are_the_gain_of_the_strongest_action_in_the_same_session(
     spark: Any, lake_settings: Settings
 ) -> None:
-    from rankflow.training_set import build_training_set
+    from rankflow.transforms.training_set import build_training_set
 
     gains = {k: float(v) for k, v in lake_settings.pipeline["labels"]["gains"].items()}
     assert gains["purchase"] > gains["add_to_bag"] > gains["save"] > gains["click"] > 0
@@ -289,8 +289,8 @@ def test_training_set_rewrite_is_idempotent(
 ) -> None:
     from pyspark.testing import assertDataFrameEqual
 
-    from rankflow.pipeline import run_training_set
-    from rankflow.spark import table_version
+    from rankflow.lake.tables import table_version
+    from rankflow.steps.training_set import run_training_set
 
     first, version = written
     second = run_training_set(spark, lake, D, D)

@@ -22,8 +22,9 @@ import pyarrow as pa
 import pytest
 
 from rankflow.config import Settings, load_settings
-from rankflow.features import MODEL_FEATURES
-from rankflow.monitoring import MONITORING_TABLE, Figure, judge
+from rankflow.features.registry import MODEL_FEATURES
+from rankflow.monitoring.history import MONITORING_TABLE
+from rankflow.monitoring.rules import Figure, judge
 
 SURFACE = "home"
 DAYS = 8
@@ -201,13 +202,9 @@ def publish(seeded: Seeded) -> None:
     """Publish two versions of the surface (yesterday's becomes previous) with the store."""
     import redis
 
-    from rankflow.serving.redis_store import (
-        begin_version,
-        commit_version,
-        new_version_id,
-        write_fallback,
-        write_lists,
-    )
+    from rankflow.store.keys import new_version_id
+    from rankflow.store.versions import commit_version
+    from rankflow.store.writer import begin_version, write_fallback, write_lists
 
     settings = seeded.settings
     prefix, url = settings.redis.key_prefix, settings.redis.url
@@ -240,7 +237,7 @@ def register_champion(seeded: Seeded) -> None:
     """
     from mlflow import MlflowClient
 
-    from rankflow.training import CHAMPION
+    from rankflow.model.registry import CHAMPION
 
     settings = seeded.settings
     uri = settings.mlflow_tracking_uri

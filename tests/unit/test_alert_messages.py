@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import pytest
 
-from rankflow.alerts import (
+from rankflow.ops.alerts import (
     SLACK_FIELDS_MAX,
     SLACK_HEADER_MAX,
     Alert,

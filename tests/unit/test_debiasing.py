@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rankflow.features import MODEL_FEATURES
-from rankflow.training import (
+from rankflow.features.registry import MODEL_FEATURES
+from rankflow.model.fit import (
     POSITION_FEATURE,
     fit_variant,
     model_features,

@@ -9,18 +9,15 @@ import pandas as pd
 import pytest
 
 from rankflow.config import load_pipeline_config
-from rankflow.gate import (
+from rankflow.evaluation.gate import (
     MetricParts,
     compare_segments,
     gate_decision,
-    list_health,
-    list_overlap,
     metric_parts,
     paired_bootstrap,
-    rank_biased_overlap,
-    top_lists,
 )
-from rankflow.metrics import evaluate_ranking, group_codes
+from rankflow.evaluation.lists import list_health, list_overlap, rank_biased_overlap, top_lists
+from rankflow.evaluation.metrics import evaluate_ranking, group_codes
 
 CONFIG: dict[str, Any] = {**load_pipeline_config()["evaluation"], "gate_metric": "ndcg@10"}
 FEATURES = [f"x{i}" for i in range(5)]
@@ -46,7 +43,7 @@ def train(frame: pd.DataFrame, features: list[str], seed: int) -> Any:
     """A small real LambdaMART on the given features (the others are hidden from it)."""
     import xgboost as xgb
 
-    from rankflow.training import group_sizes
+    from rankflow.model.fit import group_sizes
 
     matrix = xgb.DMatrix(frame[features].to_numpy(), label=frame["label"].to_numpy())
     matrix.set_group(group_sizes(frame["qid"]))

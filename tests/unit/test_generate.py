@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from rankflow.generate import (
+from rankflow.sim.marketplace import (
     GenerationSummary,
     GeneratorConfig,
     duplicates_in_rows,

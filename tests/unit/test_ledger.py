@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from rankflow.ledger import COLUMNS, LedgerEvent, served_at
+from rankflow.lake.ledger import COLUMNS, LedgerEvent, served_at
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 

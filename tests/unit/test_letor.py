@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rankflow.letor import LETOR_FOLDS, LetorFormatError, fold_split, read_letor, read_partitions
+from rankflow.evaluation.letor import (
+    LETOR_FOLDS,
+    LetorFormatError,
+    fold_split,
+    read_letor,
+    read_partitions,
+)
 
 ROWS = """\
 2 qid:10 1:0.5 3:1.0 #docid = A

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score
 
-from rankflow import metrics as m
+from rankflow.evaluation import metrics as m
 
 KS = (1, 3, 5, 10, 20, None)
 EMPTIES: tuple[m.Empty, ...] = ("one", "zero", "skip")

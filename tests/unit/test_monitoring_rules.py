@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 
 from rankflow.config import load_pipeline_config
-from rankflow.monitor_step import seller_exposure
-from rankflow.monitoring import (
+from rankflow.evaluation.lists import gini, seller_exposure
+from rankflow.monitoring.history import latest_day
+from rankflow.monitoring.rules import (
     Figure,
     Threshold,
     breaches,
     calibrated_threshold,
     clean_values,
-    gini,
     jensen_shannon,
     judge,
-    latest_day,
     psi,
 )
 

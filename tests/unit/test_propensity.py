@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rankflow import metrics as m
-from rankflow.propensity import as_record, estimate_examination, inverse_propensity
+from rankflow.evaluation import metrics as m
+from rankflow.evaluation.propensity import as_record, estimate_examination, inverse_propensity
 
 
 def simulated_clicks(

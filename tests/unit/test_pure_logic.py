@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rankflow.dagparams import InvalidParamsError, resolve_run_date
-from rankflow.publish_s3 import build_manifest
-from rankflow.scoring import top_k_per_user
-from rankflow.training import group_sizes, sort_by_query, training_window
+from rankflow.model.fit import group_sizes, sort_by_query, training_window
+from rankflow.model.scoring import top_k_per_user
+from rankflow.publish.s3 import build_manifest
+from rankflow.steps.params import InvalidParamsError, resolve_run_date
 
 PARAMS = {"ds": None, "surface": "home", "top_k": 100, "retrain": True}
 TODAY = date(2026, 11, 25)

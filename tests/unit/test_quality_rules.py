@@ -7,11 +7,8 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from rankflow.quality import (
-    CRITICAL,
-    WARNING,
-    CheckOutcome,
-    QualityReport,
+from rankflow.quality.gates import CRITICAL, WARNING, CheckOutcome, QualityReport
+from rankflow.quality.suites import (
     expected_row_range,
     leakage_outcome,
     perfect_separators,

@@ -10,23 +10,20 @@ from typing import Any
 import pytest
 
 from rankflow.config import SURFACES, load_settings
-from rankflow.monitoring import Figure, judge
-from rankflow.ranking_page import (
+from rankflow.monitoring.rules import Figure, judge
+from rankflow.store.versions import SurfaceStatus, VersionInfo
+from rankflow.ui.charts import x_ticks, y_range
+from rankflow.ui.html import bounds_text, format_value, redact_url
+from rankflow.ui.ranking_page import (
     LOOKUP_ROWS,
     Champion,
     Notice,
     PageData,
     UserList,
-    bounds_text,
     champion_metrics,
-    format_value,
     recent_days,
-    redact_url,
     render_page,
-    x_ticks,
-    y_range,
 )
-from rankflow.serving.redis_store import SurfaceStatus, VersionInfo
 
 FIRST = date(2026, 3, 1)
 CONFIG = load_settings({}).pipeline["monitoring"]

@@ -9,23 +9,48 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rankflow.serving import redis_store as rs
+from rankflow.store.commands import lua_source
+from rankflow.store.encoding import (
+    batch_values,
+    decode_items,
+    encode_items,
+    encode_list_array,
+    encode_runs,
+    list_batch,
+    mset_arguments,
+    mset_commands,
+    user_key_array,
+)
+from rankflow.store.keys import (
+    check_name,
+    current_key,
+    fallback_key,
+    meta_key,
+    namespace,
+    new_version_id,
+    previous_key,
+    user_id_text,
+    user_key,
+    user_key_pattern,
+    versions_key,
+)
+from rankflow.store.writer import WriteStats
 
 
 def test_surface_keys_are_exact() -> None:
-    assert rs.namespace("rf", "home") == "rf:home"
-    assert rs.current_key("rf", "home") == "rf:home:current"
-    assert rs.previous_key("rf", "home") == "rf:home:previous"
-    assert rs.versions_key("rf", "home") == "rf:home:versions"
+    assert namespace("rf", "home") == "rf:home"
+    assert current_key("rf", "home") == "rf:home:current"
+    assert previous_key("rf", "home") == "rf:home:previous"
+    assert versions_key("rf", "home") == "rf:home:versions"
 
 
 def test_version_keys_are_exact() -> None:
     version = "20240105-0a1b2c3d4e"
-    assert rs.meta_key("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:meta"
-    assert rs.fallback_key("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:fallback"
-    assert rs.user_key("rf", "home", version, 42) == "rf:home:v:20240105-0a1b2c3d4e:u:42"
-    assert rs.user_key("rf", "home", version, "u-7") == "rf:home:v:20240105-0a1b2c3d4e:u:u-7"
-    assert rs.user_key_pattern("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:u:*"
+    assert meta_key("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:meta"
+    assert fallback_key("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:fallback"
+    assert user_key("rf", "home", version, 42) == "rf:home:v:20240105-0a1b2c3d4e:u:42"
+    assert user_key("rf", "home", version, "u-7") == "rf:home:v:20240105-0a1b2c3d4e:u:u-7"
+    assert user_key_pattern("rf", "home", version) == "rf:home:v:20240105-0a1b2c3d4e:u:*"
 
 
 @pytest.mark.parametrize(
@@ -39,32 +64,32 @@ def test_version_keys_are_exact() -> None:
     ],
 )
 def test_bulk_user_keys_match_the_single_key_function(user_ids: object) -> None:
-    bulk = rs.user_key_array("rf", "home", "v1", pa.array(np.asarray(user_ids))).to_pylist()
-    single = [rs.user_key("rf", "home", "v1", u).encode() for u in np.asarray(user_ids).tolist()]
+    bulk = user_key_array("rf", "home", "v1", pa.array(np.asarray(user_ids))).to_pylist()
+    single = [user_key("rf", "home", "v1", u).encode() for u in np.asarray(user_ids).tolist()]
     assert bulk == single
 
 
 def test_integer_user_ids_are_plain_decimal_whatever_their_dtype() -> None:
     ids = pa.array(np.array([12], dtype=np.int16))
-    assert rs.user_key_array("rf", "s", "v", ids).to_pylist() == [b"rf:s:v:v:u:12"]
-    assert rs.user_id_text(np.int64(-5)) == "-5"
-    assert rs.user_id_text(np.uint64(2**63)) == str(2**63)
+    assert user_key_array("rf", "s", "v", ids).to_pylist() == [b"rf:s:v:v:u:12"]
+    assert user_id_text(np.int64(-5)) == "-5"
+    assert user_id_text(np.uint64(2**63)) == str(2**63)
 
 
 @pytest.mark.parametrize("bad", [True, "", 1.5, None, b"1"])
 def test_user_ids_must_be_int_or_non_empty_str(bad: object) -> None:
     with pytest.raises(TypeError):
-        rs.user_id_text(bad)  # type: ignore[arg-type]
+        user_id_text(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", ["", "a:b", "a*", "h?", "[x]", "{home}", "a b", "ü"])
 def test_key_segments_reject_separators_and_glob_characters(bad: str) -> None:
     with pytest.raises(ValueError, match="must match"):
-        rs.current_key("rf", bad)
+        current_key("rf", bad)
     with pytest.raises(ValueError, match="must match"):
-        rs.meta_key("rf", "home", bad)
+        meta_key("rf", "home", bad)
     with pytest.raises(ValueError, match="must match"):
-        rs.namespace(bad, "home")
+        namespace(bad, "home")
 
 
 @pytest.mark.parametrize(
@@ -77,27 +102,27 @@ def test_key_segments_reject_separators_and_glob_characters(bad: str) -> None:
 )
 def test_bulk_user_keys_reject_bad_ids(ids: pa.Array, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        rs.user_key_array("rf", "home", "v", ids)
+        user_key_array("rf", "home", "v", ids)
 
 
 def test_items_are_little_endian_uint32_in_rank_order() -> None:
-    assert rs.encode_items([1, 256, 2**32 - 1]) == (
+    assert encode_items([1, 256, 2**32 - 1]) == (
         b"\x01\x00\x00\x00" + b"\x00\x01\x00\x00" + b"\xff\xff\xff\xff"
     )
-    assert rs.encode_items(np.array([3, 1], dtype=">i8")) == b"\x03\x00\x00\x00\x01\x00\x00\x00"
+    assert encode_items(np.array([3, 1], dtype=">i8")) == b"\x03\x00\x00\x00\x01\x00\x00\x00"
 
 
 def test_encoding_round_trips_and_keeps_order() -> None:
     ids = [9, 0, 4_000_000_000, 12, 12]
-    value = rs.encode_items(ids)
+    value = encode_items(ids)
     assert len(value) == 4 * len(ids)
-    assert rs.decode_items(value) == ids
-    assert all(type(i) is int for i in rs.decode_items(value))
+    assert decode_items(value) == ids
+    assert all(type(i) is int for i in decode_items(value))
 
 
 def test_empty_list_encodes_to_empty_bytes() -> None:
-    assert rs.encode_items([]) == b""
-    assert rs.decode_items(b"") == []
+    assert encode_items([]) == b""
+    assert decode_items(b"") == []
 
 
 @pytest.mark.parametrize(
@@ -116,38 +141,38 @@ def test_empty_list_encodes_to_empty_bytes() -> None:
 )
 def test_invalid_item_ids_are_rejected_clearly(bad: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        rs.encode_items(bad)  # type: ignore[arg-type]
+        encode_items(bad)  # type: ignore[arg-type]
 
 
 def test_decode_rejects_a_value_that_is_not_whole_uint32s() -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
-        rs.decode_items(b"\x01\x00\x00")
+        decode_items(b"\x01\x00\x00")
 
 
 def encoded(item_lists: object) -> list[bytes]:
     """Encode lists the way the writers do: Arrow list column -> u32le binary column."""
-    return rs.encode_list_array(
-        rs.list_batch(np.arange(len(item_lists)), item_lists).column(1)
+    return encode_list_array(
+        list_batch(np.arange(len(item_lists)), item_lists).column(1)
     ).to_pylist()  # type: ignore[arg-type]
 
 
 def test_bulk_encoding_of_a_matrix_matches_row_by_row() -> None:
     rng = np.random.default_rng(1)
     matrix = rng.integers(0, 2**32, size=(50, 7), dtype=np.uint64)
-    assert encoded(matrix) == [rs.encode_items(row) for row in matrix]
+    assert encoded(matrix) == [encode_items(row) for row in matrix]
 
 
 def test_bulk_encoding_of_ragged_lists_matches_one_by_one() -> None:
     lists = [[5, 4, 3], [], np.array([2**32 - 1], dtype=np.int64), [0, 0]]
-    assert encoded(lists) == [rs.encode_items(row) for row in lists]
-    assert [rs.decode_items(v) for v in encoded(lists)] == [[5, 4, 3], [], [2**32 - 1], [0, 0]]
+    assert encoded(lists) == [encode_items(row) for row in lists]
+    assert [decode_items(v) for v in encoded(lists)] == [[5, 4, 3], [], [2**32 - 1], [0, 0]]
 
 
 def test_bulk_encoding_of_a_sliced_column_starts_at_the_slice() -> None:
     column = pa.array([[1, 2], [3], [4, 5, 6]], type=pa.list_(pa.int64())).slice(1)
-    assert rs.encode_list_array(column).to_pylist() == [
-        rs.encode_items([3]),
-        rs.encode_items([4, 5, 6]),
+    assert encode_list_array(column).to_pylist() == [
+        encode_items([3]),
+        encode_items([4, 5, 6]),
     ]
 
 
@@ -167,31 +192,30 @@ def test_bulk_encoding_validates_every_id(bad: object) -> None:
 
 def test_run_encoding_matches_one_by_one_and_checks_its_starts() -> None:
     flat = np.array([9, 8, 7, 6, 5], dtype=np.int64)
-    assert rs.encode_runs(flat, [0, 2, 2]) == [
-        rs.encode_items([9, 8]),
+    assert encode_runs(flat, [0, 2, 2]) == [
+        encode_items([9, 8]),
         b"",
-        rs.encode_items([7, 6, 5]),
+        encode_items([7, 6, 5]),
     ]
     with pytest.raises(ValueError, match="run starts"):
-        rs.encode_runs(flat, [1, 3])
+        encode_runs(flat, [1, 3])
     with pytest.raises(ValueError, match="fit in uint32"):
-        rs.encode_runs(np.array([-1]), [0])
+        encode_runs(np.array([-1]), [0])
 
 
 def test_stored_values_are_taken_as_they_are_when_whole_uint32s() -> None:
     good = pa.record_batch({"user_id": [1], "items_u32le": pa.array([b"\x01\x00\x00\x00"])})
     bad = pa.record_batch({"user_id": [1], "items_u32le": pa.array([b"\x01\x00"])})
-    assert rs.batch_values(good).to_pylist() == [b"\x01\x00\x00\x00"]
+    assert batch_values(good).to_pylist() == [b"\x01\x00\x00\x00"]
     with pytest.raises(ValueError, match="multiples of 4 bytes"):
-        rs.batch_values(bad)
+        batch_values(bad)
 
 
 def test_mset_commands_are_exact_resp() -> None:
     keys = pa.array([b"k1", b"key2", b"k3"], type=pa.binary())
     values = pa.array([b"\x00\x01", b"", b"abc"], type=pa.binary())
     commands = [
-        b"".join(bytes(c) for c in cmd)
-        for cmd in rs.mset_commands(rs.mset_arguments(keys, values), 2)
+        b"".join(bytes(c) for c in cmd) for cmd in mset_commands(mset_arguments(keys, values), 2)
     ]
     assert commands == [
         b"*5\r\n$4\r\nMSET\r\n$2\r\nk1\r\n$2\r\n\x00\x01\r\n$4\r\nkey2\r\n$0\r\n\r\n",
@@ -201,33 +225,33 @@ def test_mset_commands_are_exact_resp() -> None:
 
 def test_mset_arguments_need_pairs() -> None:
     with pytest.raises(ValueError, match="as many keys as values"):
-        rs.mset_arguments(pa.array([b"a"]), pa.array([], type=pa.binary()))
+        mset_arguments(pa.array([b"a"]), pa.array([], type=pa.binary()))
 
 
 def test_version_ids_sort_by_ds_and_are_safe_key_segments() -> None:
-    one = rs.new_version_id(date(2024, 1, 9), "scheduled__2024-01-09T00:00:00+00:00")
-    two = rs.new_version_id(date(2024, 1, 10))
+    one = new_version_id(date(2024, 1, 9), "scheduled__2024-01-09T00:00:00+00:00")
+    two = new_version_id(date(2024, 1, 10))
     assert re.fullmatch(r"20240109-[0-9a-f]{10}", one)
     assert re.fullmatch(r"20240110-[0-9a-f]{10}", two)
     assert sorted([two, one]) == [one, two]
-    assert rs.check_name(one, "version") == one
+    assert check_name(one, "version") == one
 
 
 def test_version_ids_are_stable_per_run_and_unique_otherwise() -> None:
     ds = date(2024, 1, 9)
-    assert rs.new_version_id(ds, "run-1") == rs.new_version_id(ds, "run-1")
-    assert rs.new_version_id(ds, "run-1") != rs.new_version_id(ds, "run-2")
-    assert len({rs.new_version_id(ds) for _ in range(100)}) == 100
+    assert new_version_id(ds, "run-1") == new_version_id(ds, "run-1")
+    assert new_version_id(ds, "run-1") != new_version_id(ds, "run-2")
+    assert len({new_version_id(ds) for _ in range(100)}) == 100
 
 
 def test_write_stats_add_up() -> None:
-    total = rs.WriteStats(2, 800, 1) + rs.WriteStats(3, 1200, 2)
-    assert total == rs.WriteStats(5, 2000, 3)
+    total = WriteStats(2, 800, 1) + WriteStats(3, 1200, 2)
+    assert total == WriteStats(5, 2000, 3)
 
 
 @pytest.mark.parametrize("name", ["lookup", "begin", "commit", "rollback", "retire"])
 def test_lua_scripts_ship_with_the_package(name: str) -> None:
-    source = rs.lua_source(name)
+    source = lua_source(name)
     assert "redis.call" in source
     assert source.startswith("#!lua flags=no-writes") == (name == "lookup")
 
@@ -235,11 +259,11 @@ def test_lua_scripts_ship_with_the_package(name: str) -> None:
 def test_large_arrow_types_frame_like_the_small_ones() -> None:
     keys = pa.array([b"k1", b"k2"], type=pa.binary())
     lists = pa.array([[1, 2], [3]], type=pa.large_list(pa.int64()))
-    values = rs.encode_list_array(lists)
-    small = rs.mset_arguments(keys, rs.encode_list_array(pa.array([[1, 2], [3]])))
+    values = encode_list_array(lists)
+    small = mset_arguments(keys, encode_list_array(pa.array([[1, 2], [3]])))
 
     assert values.type == pa.large_binary()
-    assert rs.mset_arguments(keys, values).to_pylist() == small.to_pylist()
-    commands = [b"".join(bytes(c) for c in cmd) for cmd in rs.mset_commands(small, 5)]
-    large = rs.mset_arguments(keys, values)
-    assert [b"".join(bytes(c) for c in cmd) for cmd in rs.mset_commands(large, 5)] == commands
+    assert mset_arguments(keys, values).to_pylist() == small.to_pylist()
+    commands = [b"".join(bytes(c) for c in cmd) for cmd in mset_commands(small, 5)]
+    large = mset_arguments(keys, values)
+    assert [b"".join(bytes(c) for c in cmd) for cmd in mset_commands(large, 5)] == commands

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from rankflow.report import ReportInputs, render_report, top_contributions
+from rankflow.ui.report import ReportInputs, render_report, top_contributions
 
 
 def _booster() -> xgb.Booster:

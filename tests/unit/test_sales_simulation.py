@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from rankflow.repair import simulate_sales
+from rankflow.sim.sales import simulate_sales
 
 START = datetime(2026, 10, 31, tzinfo=UTC)
 
@@ -38,8 +38,8 @@ def test_a_sold_out_catalogue_stops_selling() -> None:
 def test_published_lists_are_read_alike_from_encoded_and_list_columns() -> None:
     import pyarrow as pa
 
-    from rankflow.repair import list_arrays
-    from rankflow.serving import encode_list_array
+    from rankflow.publish.repair import list_arrays
+    from rankflow.store.encoding import encode_list_array
 
     lists = pa.array([[1, 2, 3], [4], [5, 6]], pa.list_(pa.int64()))
     users = pa.array([10, 11, 12])
@@ -53,7 +53,7 @@ def test_published_lists_are_read_alike_from_encoded_and_list_columns() -> None:
 
 
 def test_items_many_lists_show_weigh_more_but_every_item_can_sell() -> None:
-    from rankflow.repair import sale_weights
+    from rankflow.sim.sales import sale_weights
 
     catalogue = np.array([1, 2, 3, 4])
     weights = sale_weights(catalogue, shown=np.array([2, 4, 9]), shown_counts=np.array([9, 1, 5]))

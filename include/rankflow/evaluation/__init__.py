@@ -1,0 +1,1 @@
+"""Offline evaluation: metrics, propensities, baselines, the promotion gate, list figures."""

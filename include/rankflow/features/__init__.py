@@ -1,0 +1,1 @@
+"""Feature definitions: the registry of model inputs, batch and on-demand features."""

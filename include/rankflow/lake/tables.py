@@ -1,0 +1,147 @@
+"""Delta reads and writes of the lake: tables, partitions of a day, table versions."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import TYPE_CHECKING
+
+from rankflow.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from rankflow.features.batch import FeatureFrames
+
+
+def write_partition(df: DataFrame, path: str, ds: date, partition_col: str = "ds") -> None:
+    """Replace exactly the ``ds`` partition of a Delta table, creating the table if needed."""
+    (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"{partition_col} = DATE'{ds.isoformat()}'")
+        .partitionBy(partition_col)
+        .save(path)
+    )
+
+
+def write_partitions(df: DataFrame, path: str, start: date, end: date) -> None:
+    """Replace the ``ds`` partitions in ``[start, end]`` of a Delta table in one transaction."""
+    (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option(
+            "replaceWhere", f"ds >= DATE'{start.isoformat()}' AND ds <= DATE'{end.isoformat()}'"
+        )
+        .partitionBy("ds")
+        .save(path)
+    )
+
+
+def delta_path(path: str) -> str:
+    """Return the SQL identifier of the Delta table at ``path`` (delta.`path`)."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def table_exists(spark: SparkSession, path: str) -> bool:
+    """Tell whether a Delta table exists at ``path`` (in SQL: works on Spark Connect too)."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        spark.sql(f"DESCRIBE DETAIL {delta_path(path)}").select("format").first()
+    except AnalysisException:
+        return False
+    return True
+
+
+def table_version(spark: SparkSession, path: str) -> int:
+    """Return the latest Delta version of a table (recorded as model lineage)."""
+    row = spark.sql(f"DESCRIBE HISTORY {delta_path(path)} LIMIT 1").select("version").first()
+    return int(row[0]) if row else -1
+
+
+FEATURE_TABLES = {
+    "items": "silver/item_features",
+    "users": "silver/user_features",
+    "seen": "silver/seen_pairs",
+}
+INPUT_TABLES = ("bronze/events", "bronze/items", "bronze/users", "silver/training_set")
+
+
+def days(start: date, end: date) -> list[date]:
+    """Return every day from ``start`` to ``end`` inclusive."""
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
+    """Read a Delta table of the lake, with a clear error when an upstream step has not run."""
+    path = settings.paths.table(name)
+    if not table_exists(spark, path):
+        raise FileNotFoundError(f"Delta table {name} does not exist at {path}: run its step first")
+    return spark.read.format("delta").load(path)
+
+
+def read_partition(spark: SparkSession, settings: Settings, name: str, ds: date) -> DataFrame:
+    """Read one ``ds`` partition of a Delta table (without the ``ds`` column)."""
+    from pyspark.sql import functions as F
+
+    return (
+        read_table(spark, settings, name)
+        .where(F.col("ds") == F.lit(ds.isoformat()).cast("date"))
+        .drop("ds")
+    )
+
+
+def bronze(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Return the bronze events, items and users tables."""
+    return (
+        read_table(spark, settings, "bronze/events"),
+        read_table(spark, settings, "bronze/items"),
+        read_table(spark, settings, "bronze/users"),
+    )
+
+
+def read_features(spark: SparkSession, settings: Settings, ds: date) -> FeatureFrames:
+    """Read the features as of ``ds`` written by the features step (keyed by ``as_of``)."""
+    from pyspark.sql import functions as F
+
+    def face(name: str) -> DataFrame:
+        frame = read_partition(spark, settings, FEATURE_TABLES[name], ds)
+        return frame.withColumn("as_of", F.lit(ds.isoformat()).cast("date"))
+
+    return FeatureFrames(items=face("items"), users=face("users"), seen=face("seen"))
+
+
+def table_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
+    """Return the Delta version of every input table (model lineage)."""
+    return {name: table_version(spark, settings.paths.table(name)) for name in INPUT_TABLES}
+
+
+def scoring_input(
+    spark: SparkSession, settings: Settings, ds: date, users: DataFrame | None = None
+) -> DataFrame:
+    """Join the candidates of ``ds`` (of ``users`` only, if given) with the features as of ``ds``.
+
+    This is the serving face of the features; restricting the users first keeps a sample cheap.
+    """
+    from pyspark.sql import functions as F
+
+    from rankflow.features.on_demand import with_cross_features
+    from rankflow.features.registry import feature_vector
+
+    features = read_features(spark, settings, ds)
+    candidates = read_partition(spark, settings, "silver/candidates", ds).select(
+        F.lit(ds.isoformat()).cast("date").alias("as_of"), "user_id", "item_id"
+    )
+    if users is not None:
+        candidates = candidates.join(F.broadcast(users), "user_id")
+    joined = with_cross_features(candidates, features)
+    return joined.select("user_id", "item_id", *feature_vector())
+
+
+def read_ranked(spark: SparkSession, settings: Settings, ds: date, surface: str) -> DataFrame:
+    """Read the gold ranked lists of one day and surface."""
+    from pyspark.sql import functions as F
+
+    return read_partition(spark, settings, "gold/rankings", ds).where(F.col("surface") == surface)

@@ -1,0 +1,1 @@
+"""The ranker: fitting, lineage, the one MLflow adapter (registry) and scoring."""

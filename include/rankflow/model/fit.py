@@ -1,0 +1,187 @@
+"""LambdaMART training with XGBoost, tracked and registered in MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from rankflow.features.registry import MODEL_FEATURES
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """Days used for fitting, early stopping and held-out evaluation, all before scoring."""
+
+    train_start: date
+    train_end: date
+    validation_start: date
+    validation_end: date
+    test_day: date
+
+
+def training_window(ds: date, config: dict[str, Any]) -> TrainingWindow:
+    """Split the days before and including ``ds`` in time: train, then validation, then test."""
+    validation_days = int(config["validation_days"])
+    validation_end = ds - timedelta(days=1)
+    validation_start = validation_end - timedelta(days=validation_days - 1)
+    train_end = validation_start - timedelta(days=1)
+    return TrainingWindow(
+        train_start=train_end - timedelta(days=int(config["train_days"]) - 1),
+        train_end=train_end,
+        validation_start=validation_start,
+        validation_end=validation_end,
+        test_day=ds,
+    )
+
+
+def sort_by_query(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort rows so each query group is contiguous (XGBoost's ranking requirement)."""
+    return frame.sort_values(["ds", "qid", "position"], kind="stable").reset_index(drop=True)
+
+
+def group_sizes(qids: pd.Series) -> np.ndarray:
+    """Return the size of each contiguous query group, in order."""
+    import numpy as np
+
+    values = qids.to_numpy()
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    return np.diff(np.r_[starts, len(values)])
+
+
+def ranking_matrix(
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    feature_names: list[str] | None = None,
+) -> xgb.DMatrix:
+    """Build a ranking DMatrix from dense features, labels and contiguous query-group sizes."""
+    import xgboost as xgb
+
+    matrix = xgb.DMatrix(features, label=labels, feature_names=feature_names)
+    matrix.set_group(groups)
+    return matrix
+
+
+DEBIASING = ("none", "lambdarank_unbiased", "position_feature")
+POSITION_FEATURE = "shown_position"
+
+
+def model_features(debiasing: str) -> list[str]:
+    """The feature columns of a model trained with a debiasing variant, in order.
+
+    ``position_feature`` adds the position the item was shown at: the model explains the
+    position's share of the clicks with it, and every prediction fixes it to one value, so the
+    ranking comes from the other features alone.
+    """
+    if debiasing not in DEBIASING:
+        raise ValueError(f"training.debiasing must be one of {DEBIASING}, got {debiasing!r}")
+    return (
+        [*MODEL_FEATURES, POSITION_FEATURE]
+        if debiasing == "position_feature"
+        else [*MODEL_FEATURES]
+    )
+
+
+def variant_params(config: dict[str, Any], debiasing: str) -> dict[str, Any]:
+    """The training config of a debiasing variant.
+
+    ``lambdarank_unbiased`` is XGBoost's unbiased LambdaMART: it estimates the position bias
+    while fitting and reweights the pairs; it reads positions from the row order of each query
+    group, which is the shown order (rows are sorted by position).
+    """
+    model_features(debiasing)
+    params = {k: v for k, v in config["params"].items() if k != "lambdarank_unbiased"}
+    if debiasing == "lambdarank_unbiased":
+        params["lambdarank_unbiased"] = True
+    return {**config, "debiasing": debiasing, "params": params}
+
+
+def frame_matrix(frame: pd.DataFrame, debiasing: str = "none") -> xgb.DMatrix:
+    """Build the ranking DMatrix of training rows sorted by query group and shown position."""
+    features = model_features(debiasing)
+    values = (
+        frame.assign(**{POSITION_FEATURE: frame["position"]})
+        if (POSITION_FEATURE in features)
+        else frame
+    )
+    return ranking_matrix(
+        values[features].to_numpy(dtype="float32"),
+        frame["label"].to_numpy(dtype="float32"),
+        group_sizes(frame["qid"]),
+        features,
+    )
+
+
+def model_inputs(booster: xgb.Booster, frame: pd.DataFrame, position: float = 1.0) -> np.ndarray:
+    """The feature matrix a model predicts from, in its own feature order.
+
+    A model trained with the shown position as a feature gets it fixed to ``position`` (the top
+    slot): scores then rank items as if each were shown first.
+    """
+    names = booster.feature_names or list(MODEL_FEATURES)
+    if POSITION_FEATURE in names:
+        frame = frame.assign(**{POSITION_FEATURE: position})
+    matrix: np.ndarray = frame[names].to_numpy(dtype="float32")
+    return matrix
+
+
+@dataclass(frozen=True)
+class FittedRanker:
+    """A booster cut at its best validation iteration, with the validation curve."""
+
+    booster: xgb.Booster
+    best_iteration: int
+    best_score: float
+    validation_curve: list[float]
+
+
+def fit_ranker(train: xgb.DMatrix, validation: xgb.DMatrix, config: dict[str, Any]) -> FittedRanker:
+    """Fit LambdaMART, early-stopped on the validation groups, keeping only the best trees.
+
+    ``xgb.train`` returns every tree it grew, up to ``early_stopping_rounds`` past the best
+    iteration; the model is sliced so that scoring, serving and the gate all see the same one.
+    """
+    import xgboost as xgb
+
+    params = {**config["params"], "seed": int(config["seed"])}
+    history: dict[str, Any] = {}
+    booster = xgb.train(
+        params,
+        train,
+        num_boost_round=int(config["num_boost_round"]),
+        evals=[(validation, "validation")],
+        early_stopping_rounds=int(config["early_stopping_rounds"]),
+        evals_result=history,
+        verbose_eval=False,
+    )
+    best = int(booster.best_iteration)
+    curve = [float(v) for v in history["validation"][str(params["eval_metric"])]]
+    return FittedRanker(booster[: best + 1], best, curve[best], curve)
+
+
+def fit_variant(
+    train: pd.DataFrame, validation: pd.DataFrame, config: dict[str, Any], debiasing: str
+) -> FittedRanker:
+    """Fit one debiasing variant of the configured ranker on training rows."""
+    variant = variant_params(config, debiasing)
+    return fit_ranker(frame_matrix(train, debiasing), frame_matrix(validation, debiasing), variant)
+
+
+def model_bytes(booster: xgb.Booster) -> bytes:
+    """The model as XGBoost JSON bytes: what MLflow stores, scoring loads and lineage hashes."""
+    return bytes(booster.save_raw(raw_format="json"))
+
+
+def booster_from_bytes(raw: bytes, nthread: int = 1) -> xgb.Booster:
+    """Load an XGBoost JSON model from bytes (used once per executor process)."""
+    import xgboost as xgb
+
+    booster = xgb.Booster(params={"nthread": nthread})
+    booster.load_model(bytearray(raw))
+    return booster

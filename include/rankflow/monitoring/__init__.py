@@ -1,0 +1,1 @@
+"""Monitoring: rules and thresholds, the nightly measures and their history."""

@@ -1,0 +1,1 @@
+"""Operations: lifecycle commands, alert messages, embedded services, the demo."""

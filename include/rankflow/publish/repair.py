@@ -1,0 +1,267 @@
+"""Between nightly runs, sold items leave the published lists (no re-ranking, no new version).
+
+Items on a second-hand marketplace are unique: once sold, a list that shows them wastes a slot.
+The repair reads the published version's lists from the gold files it was built from (named in
+the version's meta hash), removes every item sold up to the repair time, and overwrites the
+affected users' keys of that same version in place. Each key is replaced whole with ``SET XX
+KEEPTTL``, so a reader still gets one complete list of one version; the repair is idempotent
+(lists are always recomputed from gold minus all sales so far) and never creates a key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rankflow.config import Settings
+
+if TYPE_CHECKING:
+    import redis
+from rankflow.quality.raw import sales_hour_dir
+from rankflow.runs import repairs_log
+
+
+class RepairError(RuntimeError):
+    """The published version cannot be repaired (no current version, or its source is unknown)."""
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What one repair of a surface's current version did."""
+
+    surface: str
+    version: str
+    list_ds: str
+    repaired_at: str
+    sold_items: int
+    users_repaired: int
+    entries_removed: int
+    fallback_removed: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready record."""
+        return asdict(self)
+
+
+def read_sales(raw: Path, since: date, until: datetime) -> dict[int, datetime]:
+    """Return item id -> sale time of the sales after day ``since`` up to ``until`` (UTC).
+
+    Only complete hourly drops (with ``_SUCCESS``) are read; a sale later than ``until`` in the
+    last hour's drop is not counted yet.
+    """
+    sales: dict[int, datetime] = {}
+    hour = datetime(since.year, since.month, since.day, tzinfo=UTC) + timedelta(days=1)
+    while hour <= until:
+        folder = sales_hour_dir(raw, hour)
+        if (folder / "_SUCCESS").exists():
+            for path in sorted(folder.glob("*.jsonl")):
+                for line in path.read_text().splitlines():
+                    if line.strip():
+                        row = json.loads(line)
+                        sold = datetime.fromisoformat(str(row["sold_ts"]).replace("Z", "+00:00"))
+                        if sold <= until:
+                            sales.setdefault(int(row["item_id"]), sold)
+        hour += timedelta(hours=1)
+    return sales
+
+
+def drop_sold(
+    offsets: np.ndarray, items: np.ndarray, sold: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Remove sold items from lists given as Arrow-style offsets and flat items.
+
+    Returns (rows touched, their new offsets, their new flat items, entries removed): only the
+    lists that held a sold item, in their original order minus the sold items.
+    """
+    hit = np.isin(items, sold)
+    if not hit.any():
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(1, dtype=np.int64), items[:0], 0
+    row_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    touched = np.unique(row_of[hit])
+    keep_entry = np.isin(row_of, touched) & ~hit
+    lengths = np.bincount(row_of[keep_entry], minlength=len(offsets) - 1)[touched]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return touched, new_offsets, items[keep_entry], int(hit.sum())
+
+
+def gold_batches(meta: dict[str, str], surface: str) -> Iterator[Any]:
+    """Yield (user_id, item_ids) Arrow batches of the gold files a version was published from."""
+    from rankflow.lake.delta_log import read_commit
+    from rankflow.lake.gold import snapshot_of
+    from rankflow.publish.redis import read_list_file
+
+    if not meta.get("gold_table") or not meta.get("gold_commit"):
+        raise RepairError(
+            "the current version's meta names no gold source (published before the repair "
+            "existed?); the next nightly publication will carry it"
+        )
+    table, commit = meta["gold_table"], int(meta["gold_commit"])
+    snapshot = snapshot_of(
+        table, read_commit(table, commit), date.fromisoformat(meta["ds"]), surface
+    )
+    for location, _ in snapshot.locations():
+        yield from read_list_file(location)
+
+
+def list_arrays(batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (user ids, offsets, flat items) of a batch holding lists or u32le values."""
+    import pyarrow as pa
+
+    users = batch.column(0).to_numpy(zero_copy_only=False)
+    values = batch.column(1)
+    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+        # read the Arrow buffers directly: value offsets (bytes) and the concatenated values
+        wide = pa.types.is_large_binary(values.type)
+        _, offsets_buffer, data_buffer = values.buffers()
+        byte_offsets = np.frombuffer(offsets_buffer, dtype=np.int64 if wide else np.int32)
+        byte_offsets = byte_offsets[values.offset : values.offset + len(values) + 1].astype(
+            np.int64
+        )
+        data = np.frombuffer(data_buffer, dtype=np.uint8)[byte_offsets[0] : byte_offsets[-1]]
+        lengths = np.diff(byte_offsets) // 4
+        flat = data.view("<u4").astype(np.int64)
+    else:
+        lengths = values.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return users, offsets, flat
+
+
+def repair_version(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    meta: dict[str, str],
+    sold: np.ndarray,
+    batch_size: int,
+) -> tuple[int, int, int]:
+    """Rewrite the lists of ``version`` that hold a sold item; return users, entries, fallback."""
+    from rankflow.store.encoding import decode_items, encode_items
+    from rankflow.store.keys import fallback_key, user_key
+
+    users_repaired = entries_removed = 0
+    for batch in gold_batches(meta, surface):
+        users, offsets, flat = list_arrays(batch)
+        touched, new_offsets, kept, removed = drop_sold(offsets, flat, sold)
+        pipe = client.pipeline(transaction=False)
+        for n, row in enumerate(touched):
+            value = encode_items(kept[new_offsets[n] : new_offsets[n + 1]])
+            pipe.set(
+                user_key(prefix, surface, version, int(users[row])), value, xx=True, keepttl=True
+            )
+            if len(pipe) >= batch_size:
+                pipe.execute()
+        pipe.execute()
+        users_repaired += len(touched)
+        entries_removed += removed
+    key = fallback_key(prefix, surface, version)
+    fallback: Any = client.get(key)
+    fallback_removed = 0
+    if fallback:
+        items = np.array(decode_items(bytes(fallback)), dtype=np.int64)
+        keep = ~np.isin(items, sold)
+        fallback_removed = int((~keep).sum())
+        if fallback_removed:
+            client.set(key, encode_items(items[keep]), xx=True, keepttl=True)
+    return users_repaired, entries_removed, fallback_removed
+
+
+def current_meta(client: redis.Redis, prefix: str, surface: str) -> tuple[str, dict[str, str]]:
+    """Return the current version id of a surface and its meta hash."""
+    from rankflow.store.errors import NoCurrentVersionError
+    from rankflow.store.versions import current_version, version_meta
+
+    try:
+        version = current_version(client, prefix, surface)
+    except NoCurrentVersionError as error:
+        raise RepairError(f"nothing to repair: {error}") from error
+    return version, version_meta(client, prefix, surface, version)
+
+
+def run_repair(settings: Settings, surface: str, at: datetime | None = None) -> RepairResult:
+    """Remove the items sold up to ``at`` (default now) from the lists readers currently get."""
+    import redis as redis_client
+
+    began = time.monotonic()
+    at = at or datetime.now(UTC)
+    client = redis_client.Redis.from_url(settings.redis.url)
+    prefix = settings.redis.key_prefix
+    version, meta = current_meta(client, prefix, surface)
+    list_ds = date.fromisoformat(meta["ds"])
+    sales = read_sales(settings.paths.raw, list_ds, at)
+    sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
+    users, entries, fallback = repair_version(
+        client, prefix, surface, version, meta, sold, settings.redis.mset_batch
+    )
+    return RepairResult(
+        surface=surface,
+        version=version,
+        list_ds=list_ds.isoformat(),
+        repaired_at=at.isoformat(),
+        sold_items=len(sales),
+        users_repaired=users,
+        entries_removed=entries,
+        fallback_removed=fallback,
+        seconds=round(time.monotonic() - began, 3),
+    )
+
+
+def served_sold_share(
+    settings: Settings,
+    surface: str,
+    at: datetime | None = None,
+    grace: timedelta = timedelta(hours=1),
+) -> tuple[float, int]:
+    """Return the share of served list entries whose item sold more than ``grace`` before ``at``.
+
+    Reads the lists readers get now from Redis (every user of the published gold files), so it
+    measures what is served, not what the repair believes it wrote. Returns (share, entries).
+    """
+    import redis as redis_client
+
+    from rankflow.store.encoding import user_key_array
+
+    at = at or datetime.now(UTC)
+    client = redis_client.Redis.from_url(settings.redis.url)
+    prefix = settings.redis.key_prefix
+    version, meta = current_meta(client, prefix, surface)
+    sales = read_sales(settings.paths.raw, date.fromisoformat(meta["ds"]), at - grace)
+    sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
+    served = stale = 0
+    for batch in gold_batches(meta, surface):
+        keys = user_key_array(prefix, surface, version, batch.column(0)).to_pylist()
+        for start in range(0, len(keys), 1000):
+            values: Any = client.mget(keys[start : start + 1000])
+            joined = b"".join(bytes(v) for v in values if v)
+            flat = np.frombuffer(joined, dtype="<u4").astype(np.int64)
+            served += len(flat)
+            stale += int(np.isin(flat, sold).sum())
+    return (stale / served if served else 0.0), served
+
+
+def record_repair(settings: Settings, result: RepairResult) -> Path:
+    """Append a repair's figures to the surface's history."""
+    path = repairs_log(settings, result.surface)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as log:
+        log.write(json.dumps(result.as_dict()) + "\n")
+    return path
+
+
+def last_repair(settings: Settings, surface: str) -> dict[str, Any] | None:
+    """Return the latest repair of a surface, or None before the first one."""
+    path = repairs_log(settings, surface)
+    if not path.exists():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return dict(json.loads(lines[-1])) if lines else None

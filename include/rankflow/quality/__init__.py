@@ -1,0 +1,1 @@
+"""What valid data is: the raw-drop contract, the expectation suites and the gate engine."""

@@ -1,0 +1,1 @@
+"""The simulated marketplace and its sales (demo and test data only)."""

@@ -1,0 +1,1 @@
+"""One module per DAG task: task X = ``jobs/X.py`` = ``rankflow/steps/X.py``."""

@@ -1,0 +1,108 @@
+"""Step ``score``: score the candidates with a model, top-K lists per user to gold."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from rankflow.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+from rankflow.lake.tables import read_features, read_partition, scoring_input
+
+
+def run_score(
+    spark: SparkSession, settings: Settings, ds: date, surface: str, top_k: int, model: str
+) -> dict[str, Any]:
+    """Score every candidate with ``model`` (alias or version) and write top-K lists to gold."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from rankflow.lake.gold import write_gold
+    from rankflow.model.registry import load_model
+    from rankflow.model.scoring import fallback_list, score_candidates
+    from rankflow.runs import write_run_record
+
+    model_raw, model_version = load_model(settings, model)
+    ranked = score_candidates(
+        scoring_input(spark, settings, ds), model_raw, f"v{model_version}", top_k
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        ranked_lists_gate(spark, settings, ds, ranked, top_k)
+        gold = (
+            ranked.withColumn("model_version", F.lit(model_version))
+            .withColumn("surface", F.lit(surface))
+            .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+        )
+        snapshot = write_gold(gold, settings.paths.table("gold/rankings"), ds, surface)
+    finally:
+        ranked.unpersist()
+    fallback = fallback_list(read_features(spark, settings, ds).items, top_k)
+    record = {
+        "ds": ds.isoformat(),
+        "surface": surface,
+        "model_version": model_version,
+        "top_k": top_k,
+        "users": snapshot.users,
+        "fallback": fallback,
+        "gold": snapshot.as_record(),
+    }
+    write_run_record(settings, ds, f"score-{surface}", record)
+    return record
+
+
+def list_statistics(ranked: DataFrame, items: DataFrame) -> DataFrame:
+    """Return one row per list: its length, distinct, sold and unknown items (for the gate)."""
+    from pyspark.sql import functions as F
+
+    catalogue = items.select(
+        "item_id", F.col("is_sold").cast("int").alias("sold"), F.lit(1).alias("known")
+    )
+    entries = ranked.select("user_id", F.explode("item_ids").alias("item_id")).join(
+        F.broadcast(catalogue), "item_id", "left"
+    )
+    per_list = entries.groupBy("user_id").agg(
+        F.coalesce(F.sum("sold"), F.lit(0)).alias("sold_items"),
+        F.sum(F.when(F.col("known").isNull(), 1).otherwise(0)).alias("unknown_items"),
+    )
+    lengths = ranked.select(
+        "user_id",
+        F.size("item_ids").alias("list_length"),
+        F.size(F.array_distinct("item_ids")).alias("distinct_items"),
+    )
+    return lengths.join(per_list, "user_id", "left").fillna(0, ["sold_items", "unknown_items"])
+
+
+def ranked_lists_gate(
+    spark: SparkSession, settings: Settings, ds: date, ranked: DataFrame, top_k: int
+) -> None:
+    """Refuse lists that are short, repeat an item, hold sold or unknown items, or miss users.
+
+    Raises:
+        DataQualityError: a critical check failed; gold is left as it was.
+    """
+    import math
+
+    from rankflow.quality.gates import gate
+    from rankflow.quality.suites import ranked_lists_suite
+
+    quality = settings.pipeline["quality"]
+    users = read_partition(spark, settings, "silver/candidates", ds).select("user_id").distinct()
+    min_users = math.ceil(float(quality["min_list_coverage"]) * users.count())
+    statistics = list_statistics(ranked, read_features(spark, settings, ds).items)
+    suite = ranked_lists_suite(top_k, min_users, float(quality["lists_full_share"]))
+    gate(settings, ds, statistics, "ranked_lists", suite)
+
+
+def run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> Any:
+    """Run the ``score`` step for a job's parsed arguments (``jobs/score.py``)."""
+    return run_score(
+        spark,
+        settings,
+        args.ds,
+        args.surface or settings.default_surface,
+        args.top_k or settings.default_top_k,
+        args.model,
+    )

@@ -1,0 +1,41 @@
+"""Step ``training_set``: labelled impressions joined with their features as of the day before."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from rankflow.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+from rankflow.lake.tables import bronze, days, read_table
+
+
+def run_training_set(
+    spark: SparkSession, settings: Settings, start: date, end: date
+) -> dict[str, int]:
+    """Build the labelled training rows of each day in ``[start, end]``."""
+    from pyspark.sql import functions as F
+
+    from rankflow.lake.tables import write_partitions
+    from rankflow.transforms.training_set import build_training_set
+
+    events, items, users = bronze(spark, settings)
+    path = settings.paths.table("silver/training_set")
+    built = build_training_set(events, items, users, days(start, end), settings.pipeline)
+    write_partitions(built, path, start, end)
+    written = read_table(spark, settings, "silver/training_set").where(
+        F.col("ds").between(
+            F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")
+        )
+    )
+    return {
+        row["ds"].isoformat(): int(row["count"]) for row in written.groupBy("ds").count().collect()
+    }
+
+
+def run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> Any:
+    """Run the ``training_set`` step for a job's parsed arguments (``jobs/training_set.py``)."""
+    return run_training_set(spark, settings, args.start or args.ds, args.ds)

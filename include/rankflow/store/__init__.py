@@ -1,0 +1,1 @@
+"""The Redis contract: keys, encoding, versioned writer, version switch, reader, client."""

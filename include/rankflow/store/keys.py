@@ -1,0 +1,115 @@
+"""Redis key layout of the ranked lists (pure): one namespace per prefix and surface."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    pass
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+# --------------------------------------------------------------------------- keys (pure)
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a safe key segment (letters, digits, ``_.-``), else raise."""
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} must match [A-Za-z0-9_.-]+ (no ':' or glob characters): {value!r}"
+        )
+    return value
+
+
+def namespace(prefix: str, surface: str) -> str:
+    """Return ``{prefix}:{surface}``, the root of every key of one surface."""
+    return f"{check_name(prefix, 'prefix')}:{check_name(surface, 'surface')}"
+
+
+def current_key(prefix: str, surface: str) -> str:
+    """Return the key of the pointer to the version readers use (a string holding its id)."""
+    return f"{namespace(prefix, surface)}:current"
+
+
+def previous_key(prefix: str, surface: str) -> str:
+    """Return the key of the pointer to the version ``rollback`` restores."""
+    return f"{namespace(prefix, surface)}:previous"
+
+
+def versions_key(prefix: str, surface: str) -> str:
+    """Return the key of the sorted set of known versions (score: creation time in ms)."""
+    return f"{namespace(prefix, surface)}:versions"
+
+
+def version_base(prefix: str, surface: str, version: str) -> str:
+    """Return ``{prefix}:{surface}:v:{version}``, the root of one version's keys."""
+    return f"{namespace(prefix, surface)}:v:{check_name(version, 'version')}"
+
+
+def meta_key(prefix: str, surface: str, version: str) -> str:
+    """Return the key of a version's meta hash (ds, model_version, k, users, ...)."""
+    return f"{version_base(prefix, surface, version)}:meta"
+
+
+def fallback_key(prefix: str, surface: str, version: str) -> str:
+    """Return the key of a version's fallback list, served to users without their own list."""
+    return f"{version_base(prefix, surface, version)}:fallback"
+
+
+def user_id_text(user_id: int | str | np.integer[Any]) -> str:
+    """Return the canonical text of a user id in keys: integers in decimal, strings as given."""
+    if isinstance(user_id, bool):
+        raise TypeError("a user id must be an int or a str, not a bool")
+    if isinstance(user_id, int | np.integer):
+        return str(int(user_id))
+    if isinstance(user_id, str) and user_id:
+        return user_id
+    raise TypeError(f"a user id must be an int or a non-empty str: {user_id!r}")
+
+
+def user_key(prefix: str, surface: str, version: str, user_id: int | str) -> str:
+    """Return the key holding one user's list in one version."""
+    return f"{version_base(prefix, surface, version)}:u:{user_id_text(user_id)}"
+
+
+def user_key_pattern(prefix: str, surface: str, version: str) -> str:
+    """Return the SCAN pattern matching every user key of one version."""
+    return f"{version_base(prefix, surface, version)}:u:*"
+
+
+def new_version_id(ds: date, run_id: str | None = None) -> str:
+    """Return a version id ``YYYYMMDD-<10 hex>``: sorts by ds, unique per run.
+
+    Args:
+        ds: the logical date the lists were computed for.
+        run_id: the orchestrator's run id (plus try number for a fresh version per attempt);
+            hashed so the id stays a safe key segment. ``None`` draws a random token.
+    """
+    token = (
+        hashlib.blake2b(run_id.encode(), digest_size=5).hexdigest()
+        if run_id is not None
+        else uuid.uuid4().hex[:10]
+    )
+    return f"{ds:%Y%m%d}-{token}"
+
+
+def parts_key(prefix: str, surface: str, version: str) -> str:
+    """Return the key of a version's hash of writer acknowledgements (part -> users written)."""
+    return f"{version_base(prefix, surface, version)}:parts"
+
+
+def publication_version(scored: dict[str, Any], run_id: str) -> str:
+    """Return the id shared by the S3 export and the Redis version of one run (same on retry).
+
+    It names the run, the model and the gold commit, so re-scoring within a run publishes a
+    fresh version instead of writing over the keys of the earlier attempt.
+    """
+    ds = date.fromisoformat(str(scored["ds"]))
+    gold = scored.get("gold", {}).get("commit")
+    return new_version_id(ds, f"{run_id}|model={scored['model_version']}|gold={gold}")

@@ -1,0 +1,148 @@
+"""The list reader: one round trip per lookup, fallback for unknown users, version named."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from rankflow.store.commands import _bytes, _client, _text, lua_source
+from rankflow.store.encoding import decode_items
+from rankflow.store.errors import NoCurrentVersionError, RedisStoreError
+from rankflow.store.keys import (
+    check_name,
+    current_key,
+    fallback_key,
+    namespace,
+    user_id_text,
+    user_key,
+)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One reader answer: the list a user gets on a surface and the version it came from."""
+
+    user: str
+    surface: str
+    version: str
+    items: list[int]
+    fallback: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the answer as a JSON-ready dict (for the CLI and services)."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- read path
+
+
+class RankingReader:
+    """Reads users' lists for the recommendation service.
+
+    ``lookup`` is one EVALSHA round trip that reads the current pointer and the user's list (or
+    the fallback) atomically. ``lookup_cached`` caches the version id for a few seconds and then
+    needs one GET per user (plus one GET per version for the fallback) — also the path for
+    Redis Cluster, where the script cannot reach keys in other slots.
+    """
+
+    def __init__(
+        self,
+        connection: str | redis.Redis,
+        prefix: str = "rf",
+        *,
+        version_cache_seconds: float = 5.0,
+    ) -> None:
+        self._owned = isinstance(connection, str)
+        self._client: redis.Redis = (
+            _client(connection) if isinstance(connection, str) else connection
+        )
+        if self._client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("RankingReader needs a client with decode_responses=False (binary)")
+        self._prefix = check_name(prefix, "prefix")
+        self._script = self._client.register_script(lua_source("lookup"))
+        self._cache_seconds = version_cache_seconds
+        self._versions: dict[str, tuple[str, float]] = {}
+        self._fallbacks: dict[tuple[str, str], bytes] = {}
+
+    @classmethod
+    def from_url(
+        cls, url: str, prefix: str = "rf", *, version_cache_seconds: float = 5.0
+    ) -> RankingReader:
+        """Return a reader with its own client on ``url``."""
+        return cls(url, prefix, version_cache_seconds=version_cache_seconds)
+
+    def close(self) -> None:
+        """Close the client if the reader opened it."""
+        if self._owned:
+            self._client.close()
+
+    def lookup(self, user_id: int | str, surface: str) -> Lookup:
+        """Return a user's list from the current version in one atomic round trip.
+
+        Raises:
+            NoCurrentVersionError: the surface has never been published.
+        """
+        user = user_id_text(user_id)
+        reply = self._script(
+            keys=[current_key(self._prefix, surface)],
+            args=[namespace(self._prefix, surface), user],
+            client=self._client,
+        )
+        if reply is None:
+            raise self._no_version(surface)
+        version, fallback, value = reply
+        if value is None:
+            raise RedisStoreError(f"version {_text(version)!r} of {surface!r} has no fallback")
+        return Lookup(user, surface, _text(version) or "", decode_items(value), bool(fallback))
+
+    def current_version(self, surface: str) -> str:
+        """Return the current version id of a surface, read now (no cache)."""
+        version = _text(self._client.get(current_key(self._prefix, surface)))
+        if version is None:
+            raise self._no_version(surface)
+        self._versions[surface] = (version, time.monotonic())
+        return version
+
+    def lookup_cached(self, user_id: int | str, surface: str) -> Lookup:
+        """Return a user's list with a cached version id: one GET per lookup in steady state.
+
+        After a switch, answers come from the old (still complete) version for at most
+        ``version_cache_seconds``; a version gone from Redis forces a fresh pointer read.
+        """
+        user = user_id_text(user_id)
+        cached = self._versions.get(surface)
+        if cached is None or time.monotonic() - cached[1] > self._cache_seconds:
+            version = self.current_version(surface)
+        else:
+            version = cached[0]
+        for attempt in range(2):
+            value = _bytes(self._client.get(user_key(self._prefix, surface, version, user)))
+            if value is not None:
+                return Lookup(user, surface, version, decode_items(value), False)
+            fallback = self._fallback(surface, version)
+            if fallback is not None:
+                return Lookup(user, surface, version, decode_items(fallback), True)
+            if attempt == 0:
+                version = self.current_version(surface)
+        raise RedisStoreError(f"version {version!r} of {surface!r} has no fallback")
+
+    def _fallback(self, surface: str, version: str) -> bytes | None:
+        """Return a version's fallback list, fetched once per version."""
+        key = (surface, version)
+        if key not in self._fallbacks:
+            value = _bytes(self._client.get(fallback_key(self._prefix, surface, version)))
+            if value is None:
+                return None
+            self._fallbacks = {k: v for k, v in self._fallbacks.items() if k[0] != surface}
+            self._fallbacks[key] = value
+        return self._fallbacks[key]
+
+    def _no_version(self, surface: str) -> NoCurrentVersionError:
+        """Build the error for a surface without a current version."""
+        return NoCurrentVersionError(
+            f"no published version for surface {surface!r} under prefix {self._prefix!r} "
+            f"(key {current_key(self._prefix, surface)!r} is missing)"
+        )

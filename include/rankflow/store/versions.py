@@ -1,0 +1,415 @@
+"""Redis serving store: versioned top-K lists, atomic switch, rollback and one-round-trip reads.
+
+A nightly publication writes every user's list into a NEW version beside the current one, checks
+it, then makes it visible with one atomic Lua step; readers never see a half-written version. The
+key layout and the value encoding are a contract for readers in any language and are documented
+in ``docs/redis-layout.md``: keep that page, the pure key/encoding functions below and the Lua
+scripts next to this module in step.
+
+Lifecycle (driver = Spark driver or Airflow task, executors = Spark tasks)::
+
+    version = new_version_id(ds, run_id)                          # driver
+    begin_version(client, prefix, surface, version, ds=ds, model_version=mv, k=k)
+    stats = write_arrow(url, prefix, surface, version, batches, part=name)  # executors
+    write_fallback(client, prefix, surface, version, popular_items)
+    result = commit_version(client, prefix, surface, version, users, expected_parts=parts)
+    expire_old_versions(client, prefix, surface, ttl_seconds=settings.old_version_ttl_seconds)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, TypeAlias, cast
+
+import numpy as np
+import redis
+
+from rankflow.store.commands import _bytes, _run, _text, _utc_now, scan_keys
+from rankflow.store.errors import NoCurrentVersionError, VersionCheckError
+from rankflow.store.keys import (
+    current_key,
+    fallback_key,
+    meta_key,
+    namespace,
+    parts_key,
+    previous_key,
+    user_key_pattern,
+    versions_key,
+)
+
+SwitchStatus: TypeAlias = Literal[
+    "switched", "unchanged", "skipped_older", "rolled_back", "refused"
+]
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    """Outcome of a commit or rollback: its status, the pointers after the call, and why."""
+
+    status: SwitchStatus
+    current: str | None
+    previous: str | None
+    reason: str = ""
+
+    @property
+    def changed(self) -> bool:
+        """Whether readers now see a different version than before the call."""
+        return self.status in ("switched", "rolled_back")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the result as a JSON-ready dict (for logs and the CLI)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A version's meta hash and its approximate memory footprint."""
+
+    version: str
+    meta: dict[str, str]
+    bytes_per_user: float | None
+    approx_bytes: int | None
+
+
+@dataclass(frozen=True)
+class SurfaceStatus:
+    """Current and previous versions of a surface and every registered version id."""
+
+    surface: str
+    current: VersionInfo | None
+    previous: VersionInfo | None
+    versions: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the status as a JSON-ready dict (for the CLI)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExpireStats:
+    """Versions given a TTL, how many keys were touched, and orphan keys found."""
+
+    versions: list[str]
+    keys: int
+    orphan_keys: int
+
+
+def count_users(
+    client: redis.Redis, prefix: str, surface: str, version: str, *, scan_count: int = 1000
+) -> int:
+    """Count a version's distinct user keys with SCAN (which may return a key twice).
+
+    Keys are de-duplicated by their 64-bit hash in a numpy array (8 bytes per key, so 10 M users
+    need ~80 MB); a hash collision (odds ~n^2/2^65) can only undercount, i.e. refuse a commit.
+    """
+    keys = scan_keys(client, user_key_pattern(prefix, surface, version), count=scan_count)
+    hashes = np.fromiter((hash(key) for key in keys), dtype=np.int64)
+    return int(np.unique(hashes).size)
+
+
+def _evicts(client: redis.Redis) -> bool:
+    """Tell whether the server may evict keys (any ``maxmemory-policy`` but ``noeviction``).
+
+    A server that hides its configuration (``CONFIG`` renamed or denied) is assumed to evict.
+    """
+    try:
+        policy = cast("dict[Any, Any]", client.config_get("maxmemory-policy"))
+    except redis.ResponseError:
+        return True
+    return _text(policy.get("maxmemory-policy", policy.get(b"maxmemory-policy"))) != "noeviction"
+
+
+def check_written(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    expected_users: int,
+    expected_parts: Mapping[str, int] | None = None,
+) -> None:
+    """Check that every user key of a version is in Redis, else raise.
+
+    With ``expected_parts`` (part -> users) on a server that never evicts, the writers'
+    acknowledgements must match them exactly: a writer acknowledges only after every MSET of
+    its part succeeded, and keys of a version never expire or get evicted there (O(parts)).
+    Otherwise, or if the server may evict, the version's user keys are counted with SCAN.
+
+    Raises:
+        VersionCheckError: a part is missing or reports other counts, or the key count differs.
+    """
+    if expected_parts is not None:
+        if sum(expected_parts.values()) != expected_users:
+            raise VersionCheckError(
+                f"the parts of {version!r} add up to {sum(expected_parts.values())} users, "
+                f"not {expected_users}"
+            )
+        if not _evicts(client):
+            raw = client.hgetall(parts_key(prefix, surface, version))
+            acked = {_text(k) or "": int(v) for k, v in raw.items()}
+            wanted = {str(k): int(v) for k, v in expected_parts.items()}
+            if acked != wanted:
+                missing = sorted(set(wanted) - set(acked))[:3]
+                wrong = sorted(p for p in set(wanted) & set(acked) if acked[p] != wanted[p])[:3]
+                raise VersionCheckError(
+                    f"version {version!r} of {surface!r}: writer acknowledgements differ from "
+                    f"the expected parts (missing {missing}, other counts {wrong}, "
+                    f"{len(set(acked) - set(wanted))} unexpected); not switching"
+                )
+            return
+    found = count_users(client, prefix, surface, version)
+    if found != expected_users:
+        raise VersionCheckError(
+            f"version {version!r} of {surface!r} has {found} user keys in Redis but the "
+            f"writers reported {expected_users}; not switching"
+        )
+
+
+def commit_version(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    expected_users: int,
+    *,
+    expected_parts: Mapping[str, int] | None = None,
+) -> SwitchResult:
+    """Check a fully written version (:func:`check_written`) and make it current atomically.
+
+    The old current becomes previous. A version whose ds is older than the current one's is
+    not switched (status ``skipped_older``; the caller logs it); the same ds (a retry) replaces.
+
+    Args:
+        client: a client on the serving Redis.
+        prefix: key prefix.
+        surface: the surface.
+        version: the version written by the writers.
+        expected_users: the number of users the version must hold.
+        expected_parts: the parts the writers acknowledge and their users, if they do.
+
+    Raises:
+        VersionCheckError: counts differ, the fallback or meta is missing, or the version is
+            not committable; nothing became visible.
+    """
+    check_written(client, prefix, surface, version, expected_users, expected_parts)
+    keys = [
+        current_key(prefix, surface),
+        previous_key(prefix, surface),
+        meta_key(prefix, surface, version),
+        fallback_key(prefix, surface, version),
+    ]
+    reply = _run(
+        client, "commit", keys, [version, namespace(prefix, surface), expected_users, _utc_now()]
+    )
+    status, current, previous = (_text(x) for x in reply)
+    if status == "switched":
+        return SwitchResult("switched", current, previous)
+    if status == "unchanged":
+        return SwitchResult("unchanged", current, previous, f"{version} already is current")
+    if status == "skipped_older":
+        reason = f"ds of {version} is older than the ds of the current version {current}"
+        return SwitchResult("skipped_older", current, previous, reason)
+    raise VersionCheckError(f"version {version!r} of {surface!r} not committed: {status}")
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _has_ttl_sample(client: redis.Redis, prefix: str, surface: str, version: str, n: int) -> bool:
+    """Return whether any of a sample of the version's user keys carries a TTL."""
+    keys = list(scan_keys(client, user_key_pattern(prefix, surface, version), limit=n))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.pttl(key)
+    return any(ttl != -1 for ttl in pipe.execute())
+
+
+def rollback(client: redis.Redis, prefix: str, surface: str, *, sample: int = 100) -> SwitchResult:
+    """Swap current and previous atomically, restoring the previous lists.
+
+    Refuses (status ``refused``, ``reason`` says why, nothing changed) when there is no previous
+    version or its keys are gone or carry a TTL (checked on meta, fallback and ``sample`` user
+    keys).
+    """
+    current = _text(client.get(current_key(prefix, surface)))
+    previous = _text(client.get(previous_key(prefix, surface)))
+    if previous is None:
+        return SwitchResult("refused", current, None, "no_previous: nothing to roll back to")
+    if _has_ttl_sample(client, prefix, surface, previous, sample):
+        reason = f"previous_expiring: user keys of {previous} carry a TTL"
+        return SwitchResult("refused", current, previous, reason)
+    keys = [current_key(prefix, surface), previous_key(prefix, surface)]
+    reply = _run(client, "rollback", keys, [namespace(prefix, surface), previous])
+    status, now_current, now_previous = (_text(x) for x in reply)
+    if status != "rolled_back":
+        return SwitchResult("refused", now_current, now_previous, f"{status}: {previous}")
+    return SwitchResult("rolled_back", now_current, now_previous)
+
+
+def _old_versions(client: redis.Redis, prefix: str, surface: str) -> tuple[list[str], list[str]]:
+    """Return (versions to retire, versions whose meta is gone) of a surface.
+
+    Old means neither current nor previous and either no longer writing (displaced, refused,
+    retired) or created before the newer of current/previous (an abandoned attempt). Versions
+    still being written after the last publication are left alone.
+    """
+    current = _text(client.get(current_key(prefix, surface)))
+    previous = _text(client.get(previous_key(prefix, surface)))
+    pairs = cast(
+        "list[tuple[Any, float]]",
+        client.zrange(versions_key(prefix, surface), 0, -1, withscores=True),
+    )
+    scored = {_text(member) or "": float(score) for member, score in pairs}
+    protected = {v for v in (current, previous) if v is not None}
+    threshold = max((scored.get(v, 0.0) for v in protected), default=0.0)
+    others = [v for v in scored if v not in protected]
+    pipe = client.pipeline(transaction=False)
+    for v in others:
+        pipe.hget(meta_key(prefix, surface, v), "state")
+    old, gone = [], []
+    for v, raw in zip(others, pipe.execute(), strict=True):
+        state = _text(raw)
+        if state is None:
+            gone.append(v)
+        elif state != "writing" or scored[v] < threshold:
+            old.append(v)
+    return old, gone
+
+
+def _is_registered(client: redis.Redis, prefix: str, surface: str, version: bytes) -> bool:
+    """Return whether a version id is registered, current or previous (read now, not earlier).
+
+    Read when the version is first met during the scan, so a version begun after the scan
+    started is never mistaken for an orphan.
+    """
+    if client.zscore(versions_key(prefix, surface), version) is not None:
+        return True
+    pointers = client.mget(current_key(prefix, surface), previous_key(prefix, surface))
+    return version in {_bytes(p) for p in pointers}
+
+
+def expire_old_versions(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    *,
+    ttl_seconds: int,
+    scan_count: int = 1000,
+    batch: int = 1000,
+) -> ExpireStats:
+    """Give every version older than previous a TTL so it expires; never touches current/previous.
+
+    Each old version gets one expiry time, recorded in its meta hash the first time, and all its
+    keys are EXPIREAT'd to it in one SCAN pass over ``{prefix}:{surface}:v:*`` with pipelines of
+    ``batch`` commands. Re-running is safe and never postpones an expiry. Keys of unregistered
+    versions (orphans of an interrupted writer) get ``EXPIRE ttl NX``.
+    """
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    old, gone = _old_versions(client, prefix, surface)
+    if gone:
+        client.zrem(versions_key(prefix, surface), *gone)
+    expire_at: dict[bytes, int] = {}
+    for version in old:
+        keys = [
+            current_key(prefix, surface),
+            previous_key(prefix, surface),
+            meta_key(prefix, surface, version),
+            fallback_key(prefix, surface, version),
+        ]
+        at = _text(_run(client, "retire", keys, [version, int(time.time()) + ttl_seconds]))
+        if at is not None and at.isdigit():
+            expire_at[version.encode()] = int(at)
+    start = len(namespace(prefix, surface)) + 3
+    registered: dict[bytes, bool] = {}
+    pipe = client.pipeline(transaction=False)
+    touched = orphans = 0
+    for key in scan_keys(client, f"{namespace(prefix, surface)}:v:*", count=scan_count):
+        owner = key[start:].split(b":", 1)[0]
+        if owner in expire_at:
+            pipe.expireat(key, expire_at[owner])
+            touched += 1
+        else:
+            if owner not in registered:
+                registered[owner] = _is_registered(client, prefix, surface, owner)
+            if not registered[owner]:
+                pipe.expire(key, ttl_seconds, nx=True)
+                orphans += 1
+        if len(pipe) >= batch:
+            pipe.execute()
+    pipe.execute()
+    return ExpireStats(sorted(old), touched, orphans)
+
+
+def bytes_per_user(
+    client: redis.Redis, prefix: str, surface: str, version: str, *, sample: int = 1000
+) -> float | None:
+    """Return the mean ``MEMORY USAGE`` of a sample of the version's user keys (key + value)."""
+    keys = list(scan_keys(client, user_key_pattern(prefix, surface, version), limit=sample))
+    if not keys:
+        return None
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key)
+    sizes = [int(s) for s in pipe.execute() if s is not None]
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+def version_meta(client: redis.Redis, prefix: str, surface: str, version: str) -> dict[str, str]:
+    """Return a version's meta hash as text (empty for an unknown version)."""
+    raw: Any = client.hgetall(meta_key(prefix, surface, version))
+    return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
+
+
+def current_version(client: redis.Redis, prefix: str, surface: str) -> str:
+    """Return the id of the version readers of ``surface`` use now.
+
+    Raises:
+        NoCurrentVersionError: nothing is published for the surface.
+    """
+    version = _text(client.get(current_key(prefix, surface)))
+    if version is None:
+        raise NoCurrentVersionError(
+            f"no published version for surface {surface!r} under prefix {prefix!r} "
+            f"(key {current_key(prefix, surface)!r} is missing)"
+        )
+    return version
+
+
+def version_info(
+    client: redis.Redis, prefix: str, surface: str, version: str, *, sample: int = 200
+) -> VersionInfo:
+    """Return a version's meta and approximate memory (sampled bytes/user x users + fixed keys)."""
+    meta = version_meta(client, prefix, surface, version)
+    per_user = bytes_per_user(client, prefix, surface, version, sample=sample)
+    approx = None
+    if per_user is not None and meta.get("users", "").isdigit():
+        fixed = sum(
+            int(client.memory_usage(key) or 0)
+            for key in (meta_key(prefix, surface, version), fallback_key(prefix, surface, version))
+        )
+        approx = round(per_user * int(meta["users"])) + fixed
+    return VersionInfo(version, meta, per_user, approx)
+
+
+def status(client: redis.Redis, prefix: str, surface: str, *, sample: int = 200) -> dict[str, Any]:
+    """Return :func:`surface_status` as a JSON-ready dict (what ``rankflow status`` prints)."""
+    return surface_status(client, prefix, surface, sample=sample).as_dict()
+
+
+def surface_status(
+    client: redis.Redis, prefix: str, surface: str, *, sample: int = 200
+) -> SurfaceStatus:
+    """Return the current and previous versions of a surface with their meta and memory."""
+    current = _text(client.get(current_key(prefix, surface)))
+    previous = _text(client.get(previous_key(prefix, surface)))
+    versions = [_text(m) or "" for m in client.zrange(versions_key(prefix, surface), 0, -1)]
+    return SurfaceStatus(
+        surface=surface,
+        current=version_info(client, prefix, surface, current, sample=sample) if current else None,
+        previous=version_info(client, prefix, surface, previous, sample=sample)
+        if previous
+        else None,
+        versions=versions,
+    )

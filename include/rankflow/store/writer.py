@@ -1,0 +1,247 @@
+"""The write path of a list version: begin, write lists and fallback, as pipelined MSETs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, cast
+
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+
+from rankflow.store.commands import _client, _run, _text, _utc_now
+from rankflow.store.encoding import (
+    ENCODING,
+    SCHEMA_VERSION,
+    ItemLists,
+    UserIds,
+    batch_values,
+    encode_items,
+    list_batch,
+    mset_arguments,
+    mset_commands,
+    user_key_array,
+)
+from rankflow.store.errors import VersionNotWritableError
+from rankflow.store.keys import (
+    current_key,
+    fallback_key,
+    meta_key,
+    parts_key,
+    previous_key,
+    versions_key,
+)
+
+_WINDOW = 16  # MSET commands in flight per connection: keeps the server busy while we pack
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    """What one writer call stored: users, value bytes and MSET commands."""
+
+    users: int = 0
+    bytes: int = 0
+    commands: int = 0
+
+    def __add__(self, other: WriteStats) -> WriteStats:
+        """Sum the reports of several writers (e.g. one per Spark partition)."""
+        return WriteStats(
+            self.users + other.users, self.bytes + other.bytes, self.commands + other.commands
+        )
+
+
+def _state(client: redis.Redis, prefix: str, surface: str, version: str) -> str | None:
+    """Return a version's lifecycle state (writing, published, refused, retired) or ``None``."""
+    return _text(client.hget(meta_key(prefix, surface, version), "state"))
+
+
+def _require_writable(client: redis.Redis, prefix: str, surface: str, version: str) -> None:
+    """Raise unless the version was begun and is not yet published or retired."""
+    state = _state(client, prefix, surface, version)
+    if state != "writing":
+        raise VersionNotWritableError(
+            f"version {version!r} of {surface!r} is not open for writing (state={state}); "
+            "call begin_version first and never write into a published version"
+        )
+
+
+# --------------------------------------------------------------------------- write path
+
+
+def begin_version(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    *,
+    ds: date,
+    model_version: str,
+    k: int,
+    source: Mapping[str, str] | None = None,
+) -> None:
+    """Register a new version for writing: its meta hash and its entry in the versions set.
+
+    Idempotent for a retried run writing the same version id; refuses a version that is
+    already published or retired, so a visible version is never modified. ``source`` names
+    where the lists come from (gold table and commit): the sold-item repair reads them there.
+    """
+    fields = {
+        **(source or {}),
+        "ds": ds.isoformat(),
+        "model_version": model_version,
+        "k": str(int(k)),
+        "created_at": _utc_now(),
+        "encoding": ENCODING,
+        "schema_version": SCHEMA_VERSION,
+        "state": "writing",
+    }
+    keys = [
+        meta_key(prefix, surface, version),
+        current_key(prefix, surface),
+        previous_key(prefix, surface),
+        versions_key(prefix, surface),
+    ]
+    args: list[Any] = [version, int(time.time() * 1000)]
+    for name, value in fields.items():
+        args += [name, value]
+    state = _text(_run(client, "begin", keys, args))
+    if state != "writing":
+        raise VersionNotWritableError(f"version {version!r} of {surface!r} is {state}")
+
+
+def write_fallback(
+    client: redis.Redis, prefix: str, surface: str, version: str, item_ids: npt.ArrayLike
+) -> int:
+    """Store the version's fallback list (for unknown users); returns its size in bytes."""
+    _require_writable(client, prefix, surface, version)
+    value = encode_items(item_ids)
+    client.set(fallback_key(prefix, surface, version), value)
+    return len(value)
+
+
+class _CommandStream:
+    """Sends packed commands on one connection with a bounded window of pending replies."""
+
+    def __init__(self, client: redis.Redis, window: int) -> None:
+        self._pool = client.connection_pool
+        self._conn = self._pool.get_connection()
+        self._window = window
+        self._pending = 0
+
+    def send(self, chunks: list[Any]) -> None:
+        """Send one command, first reading replies so at most ``window`` stay in flight."""
+        while self._pending >= self._window:
+            self._read_one()
+        self._conn.send_packed_command(chunks, check_health=False)
+        self._pending += 1
+
+    def _read_one(self) -> None:
+        """Read one reply (redis-py raises on an error reply, e.g. OOM)."""
+        self._conn.read_response()
+        self._pending -= 1
+
+    def drain(self) -> None:
+        """Read every pending reply (raising on the first error reply)."""
+        while self._pending:
+            self._read_one()
+
+    def pack(self, *args: Any) -> list[Any]:
+        """Return the RESP chunks of one command."""
+        return cast("list[Any]", self._conn.pack_command(*args))
+
+    def close(self, *, ok: bool) -> None:
+        """Drain the replies, or drop the connection if the stream failed midway."""
+        try:
+            if ok:
+                self.drain()
+        finally:
+            if self._pending:
+                self._conn.disconnect()
+            self._pool.release(self._conn)
+
+
+def write_arrow(
+    redis_url: str,
+    prefix: str,
+    surface: str,
+    version: str,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    mset_batch: int = 500,
+    part: str | None = None,
+) -> WriteStats:
+    """Write users' lists from Arrow batches into a version (one connection per call).
+
+    Keys, ``u32le`` values and the RESP arguments of MSET are built in bulk by Arrow compute
+    kernels; each MSET of ``mset_batch`` pairs is a header plus a slice of one buffer, with
+    ``_WINDOW`` commands in flight. Writes are idempotent, so a retried Spark task may simply
+    write its part again. With ``part``, once every MSET reply has been read and was OK, an
+    acknowledgement ``HSET {version}:parts part users`` is sent on the same connection:
+    :func:`commit_version` checks these acknowledgements instead of scanning every key.
+
+    Args:
+        redis_url: where to connect (the writer opens and closes its own client).
+        prefix: key prefix (``RedisSettings.key_prefix``).
+        surface: the surface the lists are for.
+        version: a version opened with :func:`begin_version`.
+        batches: Arrow batches with ``user_id`` (integer or string) and either
+            ``items_u32le`` (the encoded values, as the gold table stores them) or ``item_ids``
+            (lists of integers, e.g. from :func:`list_batch`).
+        mset_batch: key/value pairs per MSET command.
+        part: the name of the unit of work (e.g. a gold file) to acknowledge.
+
+    Returns:
+        What was written (users, value bytes, MSET commands).
+    """
+    if mset_batch < 1:
+        raise ValueError("mset_batch must be at least 1")
+    client = _client(redis_url)
+    stream: _CommandStream | None = None
+    stats = WriteStats()
+    ok = False
+    try:
+        _require_writable(client, prefix, surface, version)
+        stream = _CommandStream(client, _WINDOW)
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            keys = user_key_array(prefix, surface, version, batch.column("user_id"))
+            values = batch_values(batch)
+            for command in mset_commands(mset_arguments(keys, values), mset_batch):
+                stream.send(command)
+            value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)
+            stats += WriteStats(len(keys), value_bytes, -(-len(keys) // mset_batch))
+        if part is not None:  # only once every MSET reply was read and was OK
+            stream.drain()
+            stream.send(stream.pack("HSET", parts_key(prefix, surface, version), part, stats.users))
+        ok = True
+    finally:
+        if stream is not None:
+            stream.close(ok=ok)
+        client.close()
+    return stats
+
+
+def write_lists(
+    redis_url: str,
+    prefix: str,
+    surface: str,
+    version: str,
+    user_ids: UserIds,
+    item_lists: ItemLists,
+    *,
+    mset_batch: int = 500,
+    part: str | None = None,
+) -> WriteStats:
+    """Write one batch of users' lists given as numpy arrays or lists (see :func:`write_arrow`)."""
+    batch = list_batch(user_ids, item_lists)
+    return write_arrow(
+        redis_url, prefix, surface, version, [batch], mset_batch=mset_batch, part=part
+    )

@@ -1,0 +1,1 @@
+"""Pure DataFrame -> DataFrame steps: bronze parsing, candidates, the training set."""

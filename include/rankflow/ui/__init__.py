@@ -1,0 +1,1 @@
+"""Pages: the Ranking page, its charts and HTML helpers, its data sources, the run report."""
