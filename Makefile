@@ -80,9 +80,10 @@ test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, 
 test-fast: setup up ## Run the tests that take seconds (no Spark, no end-to-end)
 	$(PY) -m pytest -m "not spark and not slow"
 
-lint: $(VENV)/.installed ## Lint and check formatting (ruff)
+lint: $(VENV)/.installed ## Lint, check formatting (ruff) and the library's layers (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	cd include && $(VENV)/bin/lint-imports --config ../pyproject.toml
 
 format: $(VENV)/.installed ## Format the code (ruff)
 	$(VENV)/bin/ruff format .

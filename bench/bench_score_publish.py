@@ -2,7 +2,7 @@
 
 Measured in one run, on the same rows and the same model:
 
-(a) scoring rows/s through ``rankflow.model.scoring.score_candidates`` (Spark, ``mapInPandas``) and its
+(a) scoring rows/s through ``model.scoring.score_candidates`` (Spark, ``mapInPandas``) and its
     ratio to ``Booster.inplace_predict`` over the same rows in this process (all cores);
 (b) Redis publish users/s through ``rankflow.publish.redis.publish_snapshot`` (the nightly
     task's code: ``begin_version``, Spark tasks reading gold files into ``write_arrow``,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rankflow.config import Settings, load_settings
+from rankflow.store.client import redis_client
 
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -64,14 +65,12 @@ def record(settings: Settings, event: str, **values: Any) -> None:
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     """Serve the previous Redis version again and make its model the champion, together."""
-    import redis
-
     from rankflow.ops.lifecycle import rollback_release
 
     if not args.reason:
         raise ValueError("a rollback needs --reason (it is recorded in the promotion ledger)")
     surface = args.surface or settings.default_surface
-    done = rollback_release(settings, redis.Redis.from_url(settings.redis.url), surface)
+    done = rollback_release(settings, redis_client(settings.redis.url), surface)
     print(json.dumps(done.as_dict()))
     record(
         settings,
@@ -138,12 +137,10 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     """Print the current and previous Redis versions of a surface with their metadata."""
-    import redis
-
     from rankflow.store.versions import status
 
     surface = args.surface or settings.default_surface
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings.redis.url)
     print(json.dumps(status(client, settings.redis.key_prefix, surface), default=str, indent=2))
     return 0
 

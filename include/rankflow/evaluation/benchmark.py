@@ -168,8 +168,9 @@ def run_optimistic(
 ) -> dict[str, Any]:
     """Fold1 with the best iteration chosen on the test set: the published benchmarks' protocol.
 
-    XGBoost's ``ndcg@10`` equals :func:`rankflow.evaluation.metrics.ndcg_at_k` with ``empty="one"``, so the
-    iteration it picks on the test subset is the one our evaluator would pick.
+    XGBoost's ``ndcg@10`` equals :func:`~rankflow.evaluation.metrics.ndcg_at_k` with
+    ``empty="one"``, so the iteration it picks on the test subset is the one our evaluator would
+    pick.
     """
     from rankflow.model.fit import fit_ranker
 

@@ -53,7 +53,7 @@ def evaluation_table(
 ) -> dict[str, dict[str, float]]:
     """Return metrics (NDCG@k, MAP@10, MRR, recall@K) of every ranker on the same groups.
 
-    With an ``examination`` curve (P(examined | position), see :mod:`rankflow.evaluation.propensity`) the
+    With an ``examination`` curve (P(examined | position), see :mod:`~.propensity`) the
     table also has ``ipw_ndcg@k``, corrected for the position bias of the logged clicks; when
     the simulator's true attractiveness is known, ``truth_ndcg@k`` ranks against it (linear
     gain), which no logged click can bias.

@@ -17,6 +17,7 @@ from rankflow.monitoring.rules import (
     jensen_shannon,
     psi,
 )
+from rankflow.store.client import redis_client
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -234,13 +235,11 @@ def list_health(
 
 def publish_figures(settings: Settings, ds: date, surface: str) -> list[Figure]:
     """What the night's publications wrote: users, bytes and durations in Redis and S3."""
-    import redis
-
     from rankflow.runs import read_run_record
 
     published = read_run_record(settings, ds, f"publish-redis-{surface}")
     exported = read_run_record(settings, ds, f"publish-s3-{surface}")
-    with redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5) as client:
+    with redis_client(settings.redis.url) as client:
         memory, keys = client.info("memory"), client.dbsize()
     return [
         Figure("publish", "published_users", float(published["users"])),

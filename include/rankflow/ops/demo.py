@@ -15,6 +15,7 @@ from typing import Any
 
 from rankflow.config import Settings, config_hash, repo_root
 from rankflow.sim.marketplace import GeneratorConfig
+from rankflow.store.client import redis_client
 
 DAG_ID = "rankflow_nightly"
 
@@ -103,8 +104,6 @@ def run_nightly_dag(ds: date, conf: dict[str, Any]) -> None:
 
 def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
     """Print where the lists are, the evaluation table and a sample lookup; return the figures."""
-    import redis
-
     from rankflow.runs import read_run_record
     from rankflow.store.reader import RankingReader
     from rankflow.store.versions import status
@@ -114,7 +113,7 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
     exported = read_run_record(settings, ds, f"publish-s3-{surface}")
     published = read_run_record(settings, ds, f"publish-redis-{surface}")
     candidates = read_run_record(settings, ds, "candidates")
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis_client(settings.redis.url)
     reader = RankingReader.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
     print(
         "\n== offline evaluation on the held-out day", ds, f"({evaluation['rows']:,} impressions)"

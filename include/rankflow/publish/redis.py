@@ -1,9 +1,9 @@
 """Publish the gold lists of one scoring run to Redis: Spark tasks write files, the driver commits.
 
 Spark tasks read the gold Parquet files with pyarrow and stream them into the new version
-(:func:`rankflow.store.writer.write_arrow`); no list passes through the JVM or pandas. The driver then
-checks every file's acknowledgement against the row counts recorded at scoring time, stores the
-fallback list and switches readers atomically.
+(:func:`~rankflow.store.writer.write_arrow`); no list passes through the JVM or pandas. The
+driver then checks every file's acknowledgement against the row counts recorded at scoring
+time, stores the fallback list and switches readers atomically.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rankflow.config import Settings
+from rankflow.store.client import redis_client
 
 if TYPE_CHECKING:
     import redis
@@ -190,11 +191,9 @@ def current_meta(client: redis.Redis, prefix: str, surface: str) -> tuple[str, d
 
 def run_repair(settings: Settings, surface: str, at: datetime | None = None) -> RepairResult:
     """Remove the items sold up to ``at`` (default now) from the lists readers currently get."""
-    import redis as redis_client
-
     began = time.monotonic()
     at = at or datetime.now(UTC)
-    client = redis_client.Redis.from_url(settings.redis.url)
+    client = redis_client(settings.redis.url)
     prefix = settings.redis.key_prefix
     version, meta = current_meta(client, prefix, surface)
     list_ds = date.fromisoformat(meta["ds"])
@@ -227,12 +226,10 @@ def served_sold_share(
     Reads the lists readers get now from Redis (every user of the published gold files), so it
     measures what is served, not what the repair believes it wrote. Returns (share, entries).
     """
-    import redis as redis_client
-
     from rankflow.store.encoding import user_key_array
 
     at = at or datetime.now(UTC)
-    client = redis_client.Redis.from_url(settings.redis.url)
+    client = redis_client(settings.redis.url)
     prefix = settings.redis.key_prefix
     version, meta = current_meta(client, prefix, surface)
     sales = read_sales(settings.paths.raw, date.fromisoformat(meta["ds"]), at - grace)

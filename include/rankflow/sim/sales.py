@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rankflow.config import Settings
+from rankflow.store.client import redis_client
 
 if TYPE_CHECKING:
     pass
@@ -93,9 +94,7 @@ def land_simulated_sales(
     Items are drawn from the whole catalogue listed so far, more often the more published lists
     show them. Returns the first hour and the number of sales.
     """
-    import redis as redis_client
-
-    client = redis_client.Redis.from_url(settings.redis.url)
+    client = redis_client(settings.redis.url)
     _, meta = current_meta(client, settings.redis.key_prefix, surface)
     list_ds = date.fromisoformat(meta["ds"])
     flat = [list_arrays(batch)[2] for batch in gold_batches(meta, surface)]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
 from rankflow.lake.ledger import record_event
+from rankflow.store.client import checked_client
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -19,8 +20,6 @@ def run_publish_redis(
     spark: SparkSession, settings: Settings, ds: date, surface: str, run_id: str
 ) -> dict[str, Any]:
     """Write the gold lists of ``ds`` as a new Redis version, check it, switch readers to it."""
-    import redis
-
     from rankflow.lake.gold import GoldSnapshot, check_unchanged
     from rankflow.publish.redis import publish_snapshot, sample_user
     from rankflow.runs import read_run_record, write_run_record
@@ -33,14 +32,7 @@ def run_publish_redis(
     check_unchanged(snapshot, ds, surface)
     version = publication_version(scored, run_id)
     prefix = settings.redis.key_prefix
-    client = redis.Redis.from_url(settings.redis.url, socket_connect_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        raise ConnectionError(
-            f"Redis is unreachable ({error}); check the redis_rankflow connection or "
-            "RANKFLOW_REDIS_URL. Nothing was published."
-        ) from error
+    client = checked_client(settings.redis.url, "Nothing was published.")
     started = time.monotonic()
     try:
         published = publish_snapshot(

@@ -10,6 +10,8 @@ from typing import Any
 
 import redis
 
+from rankflow.store.client import redis_client
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -40,7 +42,7 @@ def _text(value: Any) -> str | None:
 
 def _client(url: str) -> redis.Redis:
     """Open a binary-safe client of its own (one per writer call; never shared)."""
-    return redis.Redis.from_url(url, decode_responses=False)
+    return redis_client(url)
 
 
 def _utc_now() -> str:
