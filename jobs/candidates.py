@@ -6,4 +6,4 @@ from rankflow.steps import candidates
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("candidates", candidates.run))
+    sys.exit(main(candidates.run))

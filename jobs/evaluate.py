@@ -6,4 +6,4 @@ from rankflow.steps import evaluate
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("evaluate", evaluate.run))
+    sys.exit(main(evaluate.run))

@@ -6,4 +6,4 @@ from rankflow.steps import features
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("features", features.run))
+    sys.exit(main(features.run))

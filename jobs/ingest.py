@@ -6,4 +6,4 @@ from rankflow.steps import ingest
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("ingest", ingest.run))
+    sys.exit(main(ingest.run))

@@ -6,4 +6,4 @@ from rankflow.steps import monitor
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("monitor", monitor.run))
+    sys.exit(main(monitor.run))

@@ -6,4 +6,4 @@ from rankflow.steps import promote
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("promote", promote.run))
+    sys.exit(main(promote.run))

@@ -6,4 +6,4 @@ from rankflow.steps import publish_redis
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("publish_redis", publish_redis.run))
+    sys.exit(main(publish_redis.run))

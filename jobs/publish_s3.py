@@ -6,4 +6,4 @@ from rankflow.steps import publish_s3
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("publish_s3", publish_s3.run))
+    sys.exit(main(publish_s3.run))

@@ -6,4 +6,4 @@ from rankflow.steps import score
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("score", score.run))
+    sys.exit(main(score.run))

@@ -6,4 +6,4 @@ from rankflow.steps import train
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("train", train.run))
+    sys.exit(main(train.run))

@@ -6,4 +6,4 @@ from rankflow.steps import training_set
 from rankflow.steps.runner import main
 
 if __name__ == "__main__":
-    sys.exit(main("training_set", training_set.run))
+    sys.exit(main(training_set.run))

@@ -1,20 +1,13 @@
-"""The run records every step leaves under ``runs/<ds>/``: one place lays out that folder."""
+"""The run records every step leaves under ``runs/ds=<day>/``: one place lays out that folder."""
 
 from __future__ import annotations
 
 import json
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rankflow.config import Settings
-
-if TYPE_CHECKING:
-    pass
-if TYPE_CHECKING:
-    pass
-if TYPE_CHECKING:
-    pass
 
 
 def run_record_path(settings: Settings, ds: date, name: str) -> Path:

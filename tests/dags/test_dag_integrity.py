@@ -121,6 +121,21 @@ def test_spark_steps_use_the_rankflow_spark_connection(nightly) -> None:
         assert Path(task.application).exists(), task.application
 
 
+def test_each_spark_task_runs_the_step_module_of_its_name(nightly) -> None:
+    """Task X = jobs/X.py = rankflow.steps.X: the job file runs that module's ``run``."""
+    import importlib
+
+    for task in nightly.tasks:
+        if task.task_type != "RankflowSparkSubmitOperator":
+            continue
+        job = Path(task.application)
+        assert job.stem == task.task_id
+        assert f"from rankflow.steps import {task.task_id}\n" in job.read_text()
+        assert f"main({task.task_id}.run)" in job.read_text()
+        step = importlib.import_module(f"rankflow.steps.{task.task_id}")
+        assert callable(step.run)
+
+
 def test_parsing_does_no_heavy_imports_and_no_connection_lookups() -> None:
     """Parse the DAG file in a fresh interpreter and inspect what it imported or looked up."""
     probe = f"""

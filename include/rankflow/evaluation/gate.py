@@ -15,18 +15,16 @@ A challenger replaces the champion only when every check passes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import numpy as np
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rankflow.evaluation.metrics import group_codes, ndcg_parts
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 

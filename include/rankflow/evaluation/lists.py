@@ -10,7 +10,6 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-if TYPE_CHECKING:
     pass
 
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES, WINDOWS
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
-from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES, WINDOWS
 
 POSITIVE_TYPES = ("like", "save", "add_to_bag", "purchase")
 COUNTED_TYPES = {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rankflow.features.batch import FeatureFrames
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
-from rankflow.features.batch import FeatureFrames
 
 
 def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:

@@ -1,4 +1,4 @@
-"""Spark session and Delta Lake table helpers shared by every job."""
+"""The Spark session every job opens: Delta, session conf, Spark Connect or spark-submit."""
 
 from __future__ import annotations
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 from rankflow.config import Settings
+from rankflow.features.batch import FeatureFrames
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-from datetime import timedelta
-from typing import TYPE_CHECKING
-
-from rankflow.features.batch import FeatureFrames
 
 
 def write_partition(df: DataFrame, path: str, ds: date, partition_col: str = "ds") -> None:

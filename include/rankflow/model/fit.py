@@ -1,4 +1,4 @@
-"""LambdaMART training with XGBoost, tracked and registered in MLflow."""
+"""LambdaMART training with XGBoost: training window, matrices, debiasing variants, the fit."""
 
 from __future__ import annotations
 

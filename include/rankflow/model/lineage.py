@@ -5,12 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rankflow.config import Settings, repo_root
-
-if TYPE_CHECKING:
-    pass
 from rankflow.model.fit import FittedRanker, TrainingWindow, model_bytes
 
 

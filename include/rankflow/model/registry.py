@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
-
-if TYPE_CHECKING:
-    pass
-from dataclasses import asdict
+from rankflow.model.fit import FittedRanker
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-if TYPE_CHECKING:
-    pass
-from rankflow.model.fit import FittedRanker
+
 
 CHAMPION = "champion"
 

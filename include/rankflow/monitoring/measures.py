@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rankflow.config import Settings
+from rankflow.evaluation.lists import seller_exposure
 from rankflow.features.registry import MODEL_FEATURES
 from rankflow.lake.tables import read_features, read_partition, read_ranked, read_table
 from rankflow.monitoring.rules import (
@@ -21,7 +22,6 @@ from rankflow.store.client import redis_client
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
-from rankflow.evaluation.lists import seller_exposure
 
 OFFLINE_METRICS = ("ndcg@10", "ipw_ndcg@10", "truth_ndcg@10")
 

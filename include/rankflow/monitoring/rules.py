@@ -9,9 +9,8 @@ the bounds it was judged against and whether it breached them.
 Thresholds start from the defaults in the ``monitoring:`` section of the configuration. Once the
 history holds ``calibration.min_clean_days`` clean days (days without any breach) of a figure,
 its bounds come from those days instead: median +- ``calibration.mad_multiplier`` robust standard
-deviations (1.4826 x MAD), on the side(s) its default watches. Everything here is pure, apart
-from reading the table back with delta-rs (``deltalake``) for the CLI and the Ranking page,
-which must not start a JVM.
+deviations (1.4826 x MAD), on the side(s) its default watches. Everything here is pure; reading
+the table back (delta-rs, no JVM) is in :mod:`rankflow.monitoring.history`.
 """
 
 from __future__ import annotations

@@ -13,17 +13,17 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
-from rankflow.model.registry import CHAMPION
-
-if TYPE_CHECKING:
-    import redis
 from rankflow.model.registry import (
+    CHAMPION,
     AliasMove,
     LifecycleRefusedError,
     aliases,
     mlflow_client,
     move_champion,
 )
+
+if TYPE_CHECKING:
+    import redis
 
 
 def actor() -> str:

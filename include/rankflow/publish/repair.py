@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rankflow.config import Settings
+from rankflow.quality.raw import sales_hour_dir
+from rankflow.runs import repairs_log
 from rankflow.store.client import redis_client
 
 if TYPE_CHECKING:
     import redis
-from rankflow.quality.raw import sales_hour_dir
-from rankflow.runs import repairs_log
 
 
 class RepairError(RuntimeError):

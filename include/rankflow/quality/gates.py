@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.runs import results_dir
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuiteValidationResult
     from great_expectations.expectations import Expectation
-from rankflow.runs import results_dir
 
 log = logging.getLogger(__name__)
 

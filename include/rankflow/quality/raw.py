@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,11 +10,9 @@ from rankflow.config import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType
-from datetime import datetime
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
     pass
+
 RAW_KINDS = ("users", "items", "events")
 EVENT_TYPES = ("impression", "click", "like", "save", "add_to_bag", "purchase")
 MAX_ID = 2**32 - 1

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from rankflow.quality.gates import CRITICAL, WARNING, CheckOutcome
+
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
-from rankflow.quality.gates import CRITICAL, WARNING, CheckOutcome
 
 # columns a ranker must never see: they are the label, or derived from what followed the impression
 LABEL_COLUMNS = frozenset({"label", "clicked", "purchased", "gain", "relevance", "attractiveness"})

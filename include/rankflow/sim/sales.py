@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rankflow.config import Settings
-from rankflow.store.client import redis_client
-
-if TYPE_CHECKING:
-    pass
 from rankflow.publish.repair import current_meta, gold_batches, list_arrays
 from rankflow.quality.raw import sales_hour_dir
+from rankflow.store.client import redis_client
 
 
 def write_sales_hour(raw: Path, hour: datetime, sales: list[tuple[int, datetime]]) -> Path:

@@ -7,10 +7,10 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.lake.tables import read_features, read_partition
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-from rankflow.lake.tables import read_features, read_partition
 
 
 def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[str, int]:

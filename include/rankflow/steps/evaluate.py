@@ -1,8 +1,8 @@
-"""The evaluate and promote steps: held-out rows, shadow-scored lists, the gate, the report.
+"""Step ``evaluate``: held-out rows, shadow-scored lists, the gate, the report.
 
 ``run_evaluate`` judges the challenger against the champion and the baselines on the held-out
-day and writes the run report; ``run_promote`` moves the champion alias (after an approval, or
-from ``run_evaluate`` itself when none is required). Both record their outcome in the ledger.
+day and writes the run report; when no approval is required it promotes an accepted challenger
+itself (:func:`rankflow.steps.promote.promote_accepted`). It records its decision in the ledger.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.evaluation.gate import gate_evidence, metric_intervals
 from rankflow.features.registry import MODEL_FEATURES
 from rankflow.lake.ledger import LedgerEvent, append_events, now
 from rankflow.lake.tables import read_features, read_partition, read_table, scoring_input
+from rankflow.model.registry import debiasing_variants
+from rankflow.steps.promote import promote_accepted
+from rankflow.ui.report import report_inputs
 
 if TYPE_CHECKING:
     import numpy as np
     from pyspark.sql import SparkSession
-from rankflow.evaluation.gate import gate_evidence, metric_intervals
-from rankflow.model.registry import debiasing_variants
-from rankflow.steps.promote import promote_accepted
-from rankflow.ui.report import report_inputs
 
 
 def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:

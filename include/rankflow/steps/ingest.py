@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
 from rankflow.quality.raw import raw_day_path
 from rankflow.transforms.bronze import (
     IngestError,
@@ -24,6 +17,9 @@ from rankflow.transforms.bronze import (
     quarantined_rows,
     validate,
 )
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,6 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
-from rankflow.monitoring.rules import (
-    Figure,
-    breaches,
-    judge,
-)
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 from rankflow.monitoring.history import history, write_history
 from rankflow.monitoring.measures import (
     feature_drift,
@@ -29,6 +21,14 @@ from rankflow.monitoring.measures import (
     relative_change,
     score_figures,
 )
+from rankflow.monitoring.rules import (
+    Figure,
+    breaches,
+    judge,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def run_monitor(

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 from rankflow.config import Settings
 from rankflow.lake.ledger import record_event
 from rankflow.store.client import checked_client
+from rankflow.store.keys import publication_version
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-from rankflow.store.keys import publication_version
 
 
 def run_publish_redis(

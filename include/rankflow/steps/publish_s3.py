@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
 from rankflow.lake.ledger import record_event
+from rankflow.lake.tables import read_ranked
+from rankflow.store.keys import publication_version
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-from rankflow.lake.tables import read_ranked
-from rankflow.store.keys import publication_version
 
 
 def run_publish_s3(

@@ -48,8 +48,9 @@ def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
 StepRun = Callable[[Any, Settings, argparse.Namespace], Any]
 
 
-def main(step: str, run: StepRun, argv: Sequence[str] | None = None) -> int:
+def main(run: StepRun, argv: Sequence[str] | None = None) -> int:
     """Run one step's ``run`` in a Spark session and print its result as one JSON line."""
+    step = run.__module__.rpartition(".")[2]  # rankflow.steps.<step>: the task id
     from rankflow.lake.session import get_session
 
     logging.basicConfig(

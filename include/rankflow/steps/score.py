@@ -7,10 +7,10 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.lake.tables import read_features, read_partition, scoring_input
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-from rankflow.lake.tables import read_features, read_partition, scoring_input
 
 
 def run_score(

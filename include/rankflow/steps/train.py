@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
 from rankflow.features.registry import MODEL_FEATURES
+from rankflow.lake.tables import read_table, table_versions
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-from rankflow.lake.tables import read_table, table_versions
 
 
 def training_rows(

@@ -7,10 +7,10 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.lake.tables import bronze, days, read_table
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-from rankflow.lake.tables import bronze, days, read_table
 
 
 def run_training_set(

@@ -6,12 +6,10 @@ import hashlib
 import re
 import uuid
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    pass
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 

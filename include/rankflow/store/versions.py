@@ -1,19 +1,8 @@
-"""Redis serving store: versioned top-K lists, atomic switch, rollback and one-round-trip reads.
+"""The version switch of the list store: check a written version, commit it, roll back, expire.
 
-A nightly publication writes every user's list into a NEW version beside the current one, checks
-it, then makes it visible with one atomic Lua step; readers never see a half-written version. The
-key layout and the value encoding are a contract for readers in any language and are documented
-in ``docs/redis-layout.md``: keep that page, the pure key/encoding functions below and the Lua
-scripts next to this module in step.
-
-Lifecycle (driver = Spark driver or Airflow task, executors = Spark tasks)::
-
-    version = new_version_id(ds, run_id)                          # driver
-    begin_version(client, prefix, surface, version, ds=ds, model_version=mv, k=k)
-    stats = write_arrow(url, prefix, surface, version, batches, part=name)  # executors
-    write_fallback(client, prefix, surface, version, popular_items)
-    result = commit_version(client, prefix, surface, version, users, expected_parts=parts)
-    expire_old_versions(client, prefix, surface, ttl_seconds=settings.old_version_ttl_seconds)
+A version becomes visible to readers in one atomic Lua step (``commit.lua``) after its users and
+parts were checked; the previous version stays for a one-command rollback until its TTL runs out.
+The lifecycle as a whole is in the package docstring (:mod:`rankflow.store`).
 """
 
 from __future__ import annotations

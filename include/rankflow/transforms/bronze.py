@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rankflow.quality.gates import DataQualityError
+from rankflow.quality.raw import CORRUPT, EVENT_TYPES, MAX_ID, raw_schema, required_fields
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
-from rankflow.quality.raw import CORRUPT, EVENT_TYPES, MAX_ID, raw_schema, required_fields
 
 
 class IngestError(RuntimeError):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from rankflow.features.batch import FeatureFrames
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
-
-from rankflow.features.batch import FeatureFrames
 
 
 def available_items(items: DataFrame) -> DataFrame:

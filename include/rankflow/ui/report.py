@@ -10,6 +10,7 @@ import base64
 import html
 import io
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,13 +18,11 @@ import numpy as np
 from rankflow.evaluation.metrics import group_codes, ndcg_at_k
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import xgboost as xgb
     from matplotlib.figure import Figure
-from datetime import date
 
-if TYPE_CHECKING:
-    import numpy as np
 CURVE_RANKERS = ("challenger", "champion", "popularity", "logged_order", "random", "oracle")
 
 
