@@ -113,14 +113,10 @@ def rankflow_nightly() -> None:
     @task
     def repair_sold(params: dict) -> dict:
         """Drop the items sold since the features were built from the lists just published."""
-        from rankflow.config import load_settings
-        from rankflow.publish.repair import record_repair, run_repair
-        from rankflow_operators import connection_env
+        from rankflow.publish.repair import repair_and_record
+        from rankflow_connections import connected_settings
 
-        settings = load_settings(connection_env())
-        result = run_repair(settings, params["surface"])
-        record_repair(settings, result)
-        return result.as_dict()
+        return repair_and_record(connected_settings(), params["surface"]).as_dict()
 
     @task(retries=0, trigger_rule="all_done")  # send_alert retries each channel
     def alert_gate(day: str | None, dag_run=None) -> dict:

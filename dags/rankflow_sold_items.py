@@ -39,17 +39,13 @@ def rankflow_sold_items() -> None:
         """Remove the items sold so far from ``surface``'s current lists; skip if none is live."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from rankflow.config import load_settings
-        from rankflow.publish.repair import RepairError, record_repair, run_repair
-        from rankflow_operators import connection_env
+        from rankflow.publish.repair import RepairError, repair_and_record
+        from rankflow_connections import connected_settings
 
-        settings = load_settings(connection_env())
         try:
-            result = run_repair(settings, surface)
+            return repair_and_record(connected_settings(), surface).as_dict()
         except RepairError as error:
             raise AirflowSkipException(str(error)) from error
-        record_repair(settings, result)
-        return result.as_dict()
 
     repair.expand(surface=list(SURFACES))
 

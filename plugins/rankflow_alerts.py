@@ -19,26 +19,24 @@ Pieces for a DAG (messages come from the pure :mod:`rankflow.ops.alerts`):
 Airflow 3.3.2's ``dag.test()`` (and ``airflow dags test``) crashes when a successful run of a DAG
 with ``deadline=`` finishes: ``DagRun.update_state`` looks up the in-memory serialized DAG's
 deadline definitions as if they were the ``deadline_alert`` row ids that only the DAG processor's
-copy holds. Deadlines are evaluated by the scheduler loop only, never under ``dag.test()``, so test
-runs detach the deadline with :func:`deadline_suspended`; ``python -m rankflow_alerts DAG_ID DATE
-[--conf JSON]`` is ``airflow dags test`` with that done.
+copy holds. Deadlines are evaluated by the scheduler loop only, never under ``dag.test()``, so a
+one-off test run parses the DAG without one: ``RANKFLOW_PUBLICATION_DEADLINE=off airflow dags test
+rankflow_nightly DATE`` (what ``rankflow demo`` runs).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from datetime import time as clock
 from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from rankflow.config import publication_deadline as configured_deadline
 from rankflow.ops.alerts import (
     Alert,
     breach_alert_from_record,
@@ -51,14 +49,13 @@ from rankflow.ops.alerts import (
     slack_payload,
     task_failed_alert,
 )
-from rankflow_operators import optional_connection
+from rankflow_connections import optional_connection
 
 log = logging.getLogger(__name__)
 
 SLACK_CONN_ID = "slack_rankflow"
 SMTP_CONN_ID = "smtp_rankflow"
 NIGHTLY_START = clock(2, 0)  # the nightly schedule "0 2 * * *" (UTC)
-PUBLICATION_DEADLINE = clock(6, 0)  # lists published by 06:00 UTC the morning after their day
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 2.0
 WEBHOOK_TIMEOUT_SECONDS = 10
@@ -318,12 +315,15 @@ def on_publication_deadline_missed(
 
 def publication_deadline(
     *,
-    at: clock = PUBLICATION_DEADLINE,
+    at: clock | None = None,
     schedule_at: clock = NIGHTLY_START,
     attempts: int = DEFAULT_ATTEMPTS,
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
 ) -> Any:
-    """Deadline Alert: the run for day D must have finished by D+1 ``at`` (UTC).
+    """Deadline Alert: the run for day D must have finished by D+1 ``at`` (UTC); None if off.
+
+    ``at`` defaults to :func:`rankflow.config.publication_deadline` (06:00, or the
+    ``RANKFLOW_PUBLICATION_DEADLINE`` the DAG processor sees; ``off`` gives no deadline).
 
     The reference is the run's logical date, which for a ``CronDataIntervalTimetable`` at
     ``schedule_at`` is D ``schedule_at`` (the data interval start); the interval adds the time to
@@ -333,6 +333,9 @@ def publication_deadline(
     """
     from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
 
+    at = at or configured_deadline()
+    if at is None:
+        return None
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
         interval=deadline_interval(schedule_at, at),
@@ -342,45 +345,3 @@ def publication_deadline(
         ),
         name=f"lists published by {at:%H:%M} UTC",
     )
-
-
-@contextmanager
-def deadline_suspended(dag: Any) -> Iterator[Any]:
-    """Detach a DAG's deadline for a ``dag.test()`` run (see the module docstring for why)."""
-    saved = dag.deadline
-    dag.deadline = None
-    try:
-        yield dag
-    finally:
-        dag.deadline = saved
-
-
-def run_dag_test(dag_id: str, logical_date: datetime, conf: dict[str, Any] | None = None) -> Any:
-    """``dag.test()`` of a DAG from the DAGs folder with its deadline suspended; return the run."""
-    from airflow import settings
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=settings.DAGS_FOLDER)
-    if dag_id not in bag.dags:
-        raise LookupError(
-            f"DAG {dag_id!r} not found in {settings.DAGS_FOLDER}: {bag.import_errors}"
-        )
-    dag = bag.dags[dag_id]
-    with deadline_suspended(dag):
-        return dag.test(logical_date=logical_date, run_conf=conf)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``airflow dags test DAG_ID LOGICAL_DATE [--conf JSON]``, deadline suspended."""
-    parser = argparse.ArgumentParser(prog="python -m rankflow_alerts", description=main.__doc__)
-    parser.add_argument("dag_id")
-    parser.add_argument("logical_date", type=datetime.fromisoformat)
-    parser.add_argument("--conf", type=json.loads, default=None, help="run conf (JSON object)")
-    args = parser.parse_args(argv)
-    run = run_dag_test(args.dag_id, args.logical_date, args.conf)
-    print(f"{args.dag_id} run {run.run_id}: {run.state}")
-    return 0 if run.state == "success" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

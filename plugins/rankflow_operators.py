@@ -1,7 +1,7 @@
 """Airflow glue for rankflow: a spark-submit operator that runs one ``jobs/<step>.py``.
 
-It resolves the Redis and S3 endpoints from Airflow connections at execution time (never at
-parse time, never into rendered templates), falling back to the worker's environment variables.
+The step's Redis and S3 endpoints come from :mod:`rankflow_connections` at execution time (never
+at parse time, never into rendered templates), falling back to the worker's environment variables.
 """
 
 from __future__ import annotations
@@ -9,66 +9,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from rankflow.steps.runner import BLOCKED_EXIT_CODE, REJECTED_EXIT_CODE
+from rankflow_connections import connection_overrides, optional_connection
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 SPARK_CONN_ID = "spark_rankflow"
-REDIS_CONN_ID = "redis_rankflow"
-S3_CONN_ID = "s3_rankflow"
 SPARK_CONNECT_TYPE = "spark_connect"  # a connection of this type runs the steps on its server
-
-
-def redis_url_from_connection(conn: Any) -> str:
-    """Build a redis:// (or rediss:// with TLS) URL from an Airflow Redis connection."""
-    extra = conn.extra_dejson
-    scheme = "rediss" if extra.get("ssl") in (True, "true", "True") else "redis"
-    auth = ""
-    if conn.password:
-        auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password, safe='')}@"
-    db = extra.get("db", 0)
-    return f"{scheme}://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
-
-
-def s3_env_from_connection(conn: Any) -> dict[str, str]:
-    """Translate an Airflow AWS connection into the environment boto3 reads."""
-    extra = conn.extra_dejson
-    env = {}
-    if conn.login:
-        env["AWS_ACCESS_KEY_ID"] = conn.login
-    if conn.password:
-        env["AWS_SECRET_ACCESS_KEY"] = conn.password
-    if extra.get("region_name"):
-        env["AWS_DEFAULT_REGION"] = str(extra["region_name"])
-    endpoint = extra.get("endpoint_url") or (
-        extra.get("service_config", {}).get("s3", {}) or {}
-    ).get("endpoint_url")
-    if endpoint:
-        env["RANKFLOW_S3_ENDPOINT"] = str(endpoint)
-    if extra.get("bucket"):
-        env["RANKFLOW_S3_BUCKET"] = str(extra["bucket"])
-    return env
 
 
 def submit_exit_code(hook: Any) -> int | None:
     """Return the exit status of the hook's spark-submit process (None if it never started)."""
     process = getattr(hook, "_submit_sp", None)
     return None if process is None else process.returncode
-
-
-def optional_connection(conn_id: str) -> Any | None:
-    """Return an Airflow connection, or None when it is not defined (env vars apply then)."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    try:
-        return BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return None
 
 
 def blocked_by_gate(task_id: str) -> AirflowFailException:
@@ -85,25 +41,6 @@ def rejected_by_gate(task_id: str) -> AirflowSkipException:
         f"{task_id}: the promotion gate rejected the new model; the champion keeps serving and "
         "tonight's lists are scored with it (runs/ds=<day>/evaluation.json has the checks)"
     )
-
-
-def connection_overrides() -> dict[str, str]:
-    """The serving endpoints of the Redis and S3 connections, as the environment rankflow reads."""
-    env = {}
-    redis_conn = optional_connection(REDIS_CONN_ID)
-    if redis_conn is not None:
-        env["RANKFLOW_REDIS_URL"] = redis_url_from_connection(redis_conn)
-    s3_conn = optional_connection(S3_CONN_ID)
-    if s3_conn is not None:
-        env.update(s3_env_from_connection(s3_conn))
-    return env
-
-
-def connection_env() -> dict[str, str]:
-    """Environment of an in-task rankflow call: the worker's, with the connections applied."""
-    import os
-
-    return {**os.environ, **connection_overrides()}
 
 
 class RankflowSparkSubmitOperator(SparkSubmitOperator):

@@ -153,11 +153,9 @@ def utc_time(text: str) -> datetime:
 
 def cmd_repair_sold(settings: Settings, args: argparse.Namespace) -> int:
     """Remove the items sold so far from the lists readers get now, in place."""
-    from rankflow.publish.repair import record_repair, run_repair
+    from rankflow.publish.repair import repair_and_record
 
-    surface = args.surface or settings.default_surface
-    result = run_repair(settings, surface, args.at)
-    record_repair(settings, result)
+    result = repair_and_record(settings, args.surface or settings.default_surface, args.at)
     print(json.dumps(result.as_dict()))
     return 0
 
@@ -231,7 +229,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Generate the demo marketplace, build its history, run the nightly DAG once, report."""
     from rankflow.ops.demo import run_demo
 
-    return run_demo(settings, preset=args.preset)
+    return run_demo(settings, preset=args.preset, verbose=args.verbose)
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
@@ -343,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate data and run the nightly DAG once, end to end")
     demo.add_argument("--preset", choices=["tiny", "demo"], default="demo")
+    demo.add_argument(
+        "--verbose", action="store_true", help="show the jobs' and Airflow's output, not only a log"
+    )
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train a model for --ds, or --reproduce a registered one")

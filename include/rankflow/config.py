@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SURFACES = ("home", "search", "similar")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
 DEFAULT_S3_ENDPOINT = "http://127.0.0.1:9010"
+DEFAULT_PUBLICATION_DEADLINE = time(6, 0)  # lists out by 06:00 UTC the morning after their day
 
 
 def repo_root() -> Path:
@@ -179,3 +181,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_name=env.get("RANKFLOW_MODEL_NAME", "rankflow-ranker"),
         pipeline=pipeline,
     )
+
+
+def publication_deadline(env: Mapping[str, str] | None = None) -> time | None:
+    """The UTC time of day the nightly lists must be out by (``RANKFLOW_PUBLICATION_DEADLINE``).
+
+    ``HH:MM`` sets it, ``off`` removes the deadline (a DAG parsed with ``off`` has none: what a
+    one-off ``airflow dags test`` of a past day needs); unset means 06:00.
+    """
+    env = os.environ if env is None else env
+    value = env.get("RANKFLOW_PUBLICATION_DEADLINE", "").strip()
+    if not value:
+        return DEFAULT_PUBLICATION_DEADLINE
+    if value.lower() == "off":
+        return None
+    try:
+        return time.fromisoformat(value)
+    except ValueError as error:
+        raise ValueError(
+            f"RANKFLOW_PUBLICATION_DEADLINE={value!r}: give a UTC time as HH:MM, or off"
+        ) from error

@@ -239,7 +239,7 @@ def forget_probe() -> None:
 
 def run_probe(dag: Any, mode: str, day: int) -> Any:
     """Run the probe once under dag.test() (its deadline detached, as any test run must)."""
-    from rankflow_alerts import deadline_suspended
+    from dag_runs import deadline_suspended
 
     with deadline_suspended(dag):
         return dag.test(
@@ -481,25 +481,68 @@ def test_the_deadline_is_six_utc_the_morning_after_the_day(probe_dag) -> None:
 def test_dag_test_of_a_dag_with_a_deadline_crashes_unless_it_is_suspended(probe_dag) -> None:
     """Airflow 3.3.2's dag.test() fails at the end of a successful run of a DAG with a deadline.
 
-    This test documents why ``deadline_suspended`` exists; when it starts failing, Airflow has
-    fixed the bug and the suspension can go.
+    This test documents why ``deadline_suspended`` (tests/dag_runs.py) and the demo's
+    ``RANKFLOW_PUBLICATION_DEADLINE=off`` exist; when it starts failing, Airflow has fixed the bug
+    and both can go.
     """
     with pytest.raises(Exception, match="has no attribute 'hex'"):
         probe_dag.test(logical_date=datetime(2026, 10, 14, 2, tzinfo=UTC), run_conf={"mode": "ok"})
     assert run_probe(probe_dag, "ok", 14).state == "success"
 
 
-def test_the_dags_test_command_runs_a_dag_with_a_deadline(probe_dag) -> None:
-    """``python -m rankflow_alerts`` is what the demo runs instead of ``airflow dags test``."""
+def test_dags_test_of_a_dag_parsed_without_deadline_reports_each_task(
+    probe_dag, tmp_path: Path
+) -> None:
+    """``rankflow demo``'s run: ``airflow dags test`` with the deadline off, one line per task.
+
+    The real ``airflow dags test`` command parses the probe with
+    ``RANKFLOW_PUBLICATION_DEADLINE=off`` (no deadline, so Airflow 3.3.2 does not crash) and the
+    ``rankflow_progress`` listener plugin appends each finished task and the run's end to the
+    progress file.
+    """
     import airflow.settings
 
-    env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": airflow.settings.DAGS_FOLDER}
-    command = [sys.executable, "-m", "rankflow_alerts", PROBE_ID, "2026-10-16T02:00:00+00:00"]
+    progress = tmp_path / "progress.jsonl"
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__DAGS_FOLDER": airflow.settings.DAGS_FOLDER,
+        "RANKFLOW_PUBLICATION_DEADLINE": "off",
+        "RANKFLOW_PROGRESS_FILE": str(progress),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "airflow",
+        "dags",
+        "test",
+        PROBE_ID,
+        "2026-10-16T02:00:00+00:00",
+    ]
     done = subprocess.run(
-        [*command, "--conf", '{"mode": "ok"}'], env=env, capture_output=True, text=True, check=False
+        [*command, "--conf", '{"mode": "gate"}'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith(": success"), done.stdout[-2000:]
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    tasks = {line["task"]: line["state"] for line in lines if "task" in line}
+    assert tasks == {"work": "success", "evaluate": "skipped", "alert_gate": "success"}, lines
+    assert all(line["seconds"] >= 0 for line in lines if "task" in line)
+    assert lines[-1] == {"dag_run": lines[-1]["dag_run"], "state": "success"}
+
+
+def test_the_publication_deadline_can_be_moved_or_switched_off(monkeypatch) -> None:
+    from rankflow_alerts import publication_deadline
+
+    monkeypatch.setenv("RANKFLOW_PUBLICATION_DEADLINE", "07:30")
+    assert publication_deadline().interval == timedelta(hours=29, minutes=30)
+    monkeypatch.setenv("RANKFLOW_PUBLICATION_DEADLINE", "off")
+    assert publication_deadline() is None
+    monkeypatch.setenv("RANKFLOW_PUBLICATION_DEADLINE", "6 am")
+    with pytest.raises(ValueError, match="HH:MM, or off"):
+        publication_deadline()
 
 
 def test_a_backfill_run_past_its_deadline_is_not_alerted(channels) -> None:
@@ -584,7 +627,7 @@ def test_a_nightly_run_with_an_injected_failure_alerts_once_on_each_channel(chan
     """The real nightly DAG: a day that is not over fails the first task, once, with one alert."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from rankflow_alerts import deadline_suspended
+    from dag_runs import deadline_suspended
 
     nightly = DagBag(dag_folder=str(HERE.parents[1] / "dags")).dags["rankflow_nightly"]
     webhook, smtp = channels

@@ -24,6 +24,7 @@ def run_with_exit_code(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
 
     monkeypatch.setattr(SparkSubmitOperator, "execute", submit)
     monkeypatch.setattr("rankflow_operators.optional_connection", lambda conn_id: None)
+    monkeypatch.setattr("rankflow_connections.optional_connection", lambda conn_id: None)
     operator = RankflowSparkSubmitOperator(step="ingest", application_args=["--ds", "2026-10-30"])
     operator.execute(context={})
 

@@ -15,10 +15,10 @@ from urllib.parse import urlparse
 
 import pytest
 
+from dag_runs import deadline_suspended  # Airflow 3.3.2's dag.test() and deadlines
 from rankflow.config import load_settings
 from rankflow.monitoring.history import history_rows
 from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
-from rankflow_alerts import deadline_suspended  # Airflow 3.3.2's dag.test() and deadlines
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.services]
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
         assert done.returncode == 0, done.stderr[-4000:]
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["rankflow_nightly"]
-    with deadline_suspended(dag):  # Airflow 3.3.2: see rankflow_alerts
+    with deadline_suspended(dag):  # Airflow 3.3.2: see tests/dag_runs.py
         run = dag.test(
             logical_date=datetime(last.year, last.month, last.day, 2, tzinfo=UTC),
             run_conf={"ds": last.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
@@ -195,7 +195,7 @@ def lifecycle(settings, dag, last, runs: Path, first_publication: dict) -> None:
     assert rebuilt["training_set_version"] == trained["table_versions"]["silver/training_set"]
 
     # the second night: a challenger against the champion, the whole gate, a new publication
-    with deadline_suspended(dag):  # Airflow 3.3.2: see rankflow_alerts
+    with deadline_suspended(dag):  # Airflow 3.3.2: see tests/dag_runs.py
         run = dag.test(
             logical_date=datetime(last.year, last.month, last.day, 4, tzinfo=UTC),
             run_conf={"ds": last.isoformat(), "surface": "home", "top_k": 50, "retrain": True},

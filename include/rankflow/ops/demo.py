@@ -5,19 +5,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rankflow.config import Settings, config_hash, repo_root
+from rankflow.ops.progress import Bar, TaskLines, run_logged
 from rankflow.sim.marketplace import GeneratorConfig
 from rankflow.store.client import redis_client
 
 DAG_ID = "rankflow_nightly"
+
+
+class DemoError(RuntimeError):
+    """A stage of the demo failed; its log says why."""
+
+    def __init__(self, message: str, log_path: Path) -> None:
+        super().__init__(f"{message}: see {log_path}")
+        self.log_path = log_path
 
 
 def history_window(last: date, settings: Settings) -> tuple[date, date]:
@@ -50,56 +58,105 @@ def ensure_generated(
     from rankflow.sim.marketplace import generate_marketplace
 
     wanted = config_hash({k: str(v) for k, v in asdict(config).items()})
+    bar = Bar("raw drops")
     if state.get("generated") == wanted:
-        print(f"raw drops: already generated in {settings.paths.raw}")
+        bar.finish(f"already generated in {settings.paths.raw}")
         return state
     if settings.paths.home.joinpath("data").exists():
         shutil.rmtree(settings.paths.home / "data")
-    summary = generate_marketplace(config, settings.paths.raw)
-    print(f"raw drops: generated {summary.impressions:,} impressions in {summary.seconds:.0f}s")
+    summary = generate_marketplace(
+        config, settings.paths.raw, on_day=lambda done, total: bar.update(done, total, "days")
+    )
+    bar.finish(
+        f"{summary.impressions:,} impressions over {len(summary.days)} days "
+        f"in {summary.seconds:.0f}s ({settings.paths.raw})"
+    )
     return {"generated": wanted, "summary": summary.as_dict()}
 
 
 def ensure_history(
-    settings: Settings, last: date, start: date, state: dict[str, Any]
+    settings: Settings,
+    last: date,
+    start: date,
+    state: dict[str, Any],
+    log: IO[str],
+    verbose: bool,
 ) -> dict[str, Any]:
     """Ingest the days before ``last`` and build their training sets, through the jobs."""
     from rankflow.lake.session import job_command
 
     first, end = history_window(last, settings)
+    bar = Bar("history")
     if state.get("history") == [start.isoformat(), end.isoformat()]:
-        print(f"history: already built ({start} .. {end})")
+        bar.finish(f"already built ({start} .. {end})")
         return state
     began = time.monotonic()
-    for job, first_day in (
-        ("ingest", start),
-        ("training_set", max(first, start + timedelta(days=1))),
-    ):
+    jobs = (("ingest", start), ("training_set", max(first, start + timedelta(days=1))))
+    for done, (job, first_day) in enumerate(jobs):
         command, extra = job_command(settings, job, ["--start", str(first_day), "--ds", str(end)])
-        subprocess.run(command, check=True, cwd=repo_root(), env={**os.environ, **extra})
-    print(
-        f"history: ingested {start} .. {end}, training sets from {first} "
-        f"in {time.monotonic() - began:.0f}s"
+
+        def redraw(done: int = done, job: str = job) -> None:
+            bar.update(done, len(jobs), f"jobs ({job})")
+
+        status = run_logged(
+            command,
+            log,
+            verbose=verbose,
+            env={**os.environ, **extra},
+            cwd=repo_root(),
+            while_running=redraw,
+        )
+        if status != 0:
+            bar.finish(f"{job} failed with exit status {status}")
+            raise DemoError(f"the {job} job of the history failed", Path(log.name))
+    bar.finish(
+        f"ingested {start} .. {end}, training sets from {first} in {time.monotonic() - began:.0f}s"
     )
     return {**state, "history": [start.isoformat(), end.isoformat()]}
 
 
-def run_nightly_dag(ds: date, conf: dict[str, Any]) -> None:
-    """Run the nightly DAG once for ``ds`` in-process, as ``airflow dags test`` would.
+def run_nightly_dag(
+    settings: Settings, ds: date, conf: dict[str, Any], log: IO[str], verbose: bool
+) -> None:
+    """Run the nightly DAG once for ``ds`` with ``airflow dags test``, one line per task.
 
-    ``python -m rankflow_alerts`` is ``airflow dags test`` without Airflow 3.3.2's crash at the
-    end of a successful test run of a DAG with a deadline (see ``plugins/rankflow_alerts.py``).
+    The DAG is parsed without its publication deadline (``RANKFLOW_PUBLICATION_DEADLINE=off``):
+    a one-off run of a past day is not held to it, and Airflow 3.3.2's ``dags test`` crashes at
+    the end of a successful run of a DAG that has one. The ``rankflow_progress`` listener plugin
+    writes each finished task to a progress file that :class:`TaskLines` prints from.
     """
+    progress = settings.paths.home / "demo" / f"progress-{ds.isoformat()}.jsonl"
+    progress.parent.mkdir(parents=True, exist_ok=True)
+    progress.unlink(missing_ok=True)
     command = [
         sys.executable,
         "-m",
-        "rankflow_alerts",
+        "airflow",
+        "dags",
+        "test",
         DAG_ID,
         f"{ds.isoformat()}T02:00:00+00:00",
         "--conf",
         json.dumps({"ds": ds.isoformat(), **conf}),
     ]
-    subprocess.run(command, check=True, cwd=repo_root())
+    env = {
+        **os.environ,
+        "RANKFLOW_PUBLICATION_DEADLINE": "off",
+        "RANKFLOW_PROGRESS_FILE": str(progress),
+    }
+    print(f"nightly DAG    {DAG_ID} for {ds}, task by task:")
+    began = time.monotonic()
+    lines = TaskLines(settings, ds, str(conf["surface"]), progress)
+    status = run_logged(
+        command, log, verbose=verbose, env=env, cwd=repo_root(), while_running=lines.poll
+    )
+    if status != 0 or lines.run_state != "success":
+        raise DemoError(
+            f"the nightly DAG run for {ds} ended {lines.run_state or 'without a state'} "
+            f"(airflow dags test exited with {status})",
+            Path(log.name),
+        )
+    print(f"nightly DAG    success in {time.monotonic() - began:.0f}s")
 
 
 def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
@@ -160,7 +217,7 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
 
 def morning_of_sales(settings: Settings, surface: str) -> dict[str, Any]:
     """Simulate the sales of the morning after the run, repair the lists once, compare."""
-    from rankflow.publish.repair import record_repair, run_repair, served_sold_share
+    from rankflow.publish.repair import repair_and_record, served_sold_share
     from rankflow.sim.sales import land_simulated_sales
 
     repair = settings.pipeline["repair"]
@@ -170,8 +227,7 @@ def morning_of_sales(settings: Settings, surface: str) -> dict[str, Any]:
     )
     at = start + timedelta(hours=hours)
     before, entries = served_sold_share(settings, surface, at)
-    result = run_repair(settings, surface, at)
-    record_repair(settings, result)
+    result = repair_and_record(settings, surface, at)
     after, _ = served_sold_share(settings, surface, at)
     print(f"\n== a morning of sales: {sold} items sold {start:%Y-%m-%d %H:%M} .. {at:%H:%M} UTC")
     print(
@@ -183,24 +239,41 @@ def morning_of_sales(settings: Settings, surface: str) -> dict[str, Any]:
     return {"sold": sold, "served_sold_share_before": before, "served_sold_share_after": after}
 
 
-def run_demo(settings: Settings, preset: str = "demo") -> int:
+def demo_log(settings: Settings) -> Path:
+    """Return where this demo run keeps the full output of its jobs and of the DAG run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return settings.paths.home / "logs" / f"demo-{stamp}.log"
+
+
+def run_demo(settings: Settings, preset: str = "demo", verbose: bool = False) -> int:
     """Run the whole demo; every stage is skipped when its result already exists."""
     from rankflow.ops import services
 
     began = time.monotonic()
     print("\n".join(services.up(settings)))
+    log_path = demo_log(settings)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"full logs: {log_path}" + ("" if verbose else " (rankflow demo --verbose shows them)"))
     config = GeneratorConfig.preset(preset)
     last = config.start + timedelta(days=config.days - 1)
     path = state_file(settings, preset)
-    state = ensure_generated(settings, config, read_state(path))
-    write_state(path, state)
-    state = ensure_history(settings, last, config.start, state)
-    write_state(path, state)
     surface = settings.default_surface
-    run_nightly_dag(
-        last,
-        {"surface": surface, "top_k": int(settings.pipeline["scoring"]["top_k"]), "retrain": True},
-    )
+    with log_path.open("a", encoding="utf-8") as log:
+        try:
+            state = ensure_generated(settings, config, read_state(path))
+            write_state(path, state)
+            state = ensure_history(settings, last, config.start, state, log, verbose)
+            write_state(path, state)
+            run_nightly_dag(
+                settings,
+                last,
+                {"surface": surface, "top_k": settings.default_top_k, "retrain": True},
+                log,
+                verbose,
+            )
+        except DemoError as error:
+            print(f"\ndemo stopped: {error}", file=sys.stderr)
+            return 1
     figures = report(settings, last, surface)
     figures["sold_item_repair"] = morning_of_sales(settings, surface)
     figures["seconds"] = round(time.monotonic() - began, 1)

@@ -255,6 +255,13 @@ def record_repair(settings: Settings, result: RepairResult) -> Path:
     return path
 
 
+def repair_and_record(settings: Settings, surface: str, at: datetime | None = None) -> RepairResult:
+    """Repair a surface's live lists and append the figures to its history (every caller)."""
+    result = run_repair(settings, surface, at)
+    record_repair(settings, result)
+    return result
+
+
 def last_repair(settings: Settings, surface: str) -> dict[str, Any] | None:
     """Return the latest repair of a surface, or None before the first one."""
     path = repairs_log(settings, surface)

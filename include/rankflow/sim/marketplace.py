@@ -926,10 +926,15 @@ def write_day(
     )
 
 
-def generate_marketplace(config: GeneratorConfig, raw_dir: Path) -> GenerationSummary:
+def generate_marketplace(
+    config: GeneratorConfig,
+    raw_dir: Path,
+    on_day: Callable[[int, int], None] | None = None,
+) -> GenerationSummary:
     """Simulate ``config.days`` days and write each day's drops and truth under ``raw_dir``.
 
     Re-running replaces the days it writes (other folders under ``raw_dir`` are left alone).
+    ``on_day(done, total)`` is called after each day (a progress bar, for example).
     """
     started = time.perf_counter()
     world = build_world(config)
@@ -950,6 +955,8 @@ def generate_marketplace(config: GeneratorConfig, raw_dir: Path) -> GenerationSu
         flags = (log.click, log.like, log.save, log.add_to_bag, log.purchase)
         counts += np.array([len(log.item)] + [int(f.sum()) for f in flags], dtype=np.int64)
         days.append(ds.isoformat())
+        if on_day is not None:
+            on_day(day + 1, config.days)
     return GenerationSummary(
         days=days,
         users=len(world.users.signup_sec),
