@@ -30,6 +30,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
@@ -97,18 +98,10 @@ def rankflow_nightly() -> None:
         """Train a challenger, or score with the current champion."""
         return "train" if params["retrain"] else "reuse_champion"
 
-    @task
-    def reuse_champion() -> None:
-        """Keep the current champion (retrain=false)."""
-
     @task.branch
     def needs_approval(params: dict) -> str:
         """Ask a person first (require_approval=true), or go on: evaluate already promoted."""
         return "approve_promotion" if params["require_approval"] else "promoted_by_gate"
-
-    @task
-    def promoted_by_gate() -> None:
-        """The evaluate step made the accepted model champion (require_approval=false)."""
 
     @task
     def repair_sold(params: dict) -> dict:
@@ -168,9 +161,13 @@ def rankflow_nightly() -> None:
     monitor = spark_step("monitor", publication)
 
     branch = choose_model()
-    reuse = reuse_champion()
+    # the branches' joins: nothing to run, they only say which way the night went
+    reuse = EmptyOperator(task_id="reuse_champion", doc_md="Keep the champion (retrain=false).")
     approval = needs_approval()
-    by_gate = promoted_by_gate()
+    by_gate = EmptyOperator(
+        task_id="promoted_by_gate",
+        doc_md="The evaluate step made the accepted model champion (require_approval=false).",
+    )
     chain(ds, ingest, features, candidates, training_set, branch, [train, reuse])
     chain(train, evaluate, approval, [approve, by_gate])
     # a rejected model skips evaluate (and the promotion): score still runs, with the champion

@@ -67,7 +67,8 @@ def on_task_instance_skipped(previous_state: Any, task_instance: Any) -> None:
 @hookimpl
 def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any) -> None:
     """Report a task that failed (its retry, if any, reports again)."""
-    _report(task_instance, str(getattr(task_instance, "state", None) or "failed"))
+    state = getattr(task_instance, "state", None) or "failed"
+    _report(task_instance, str(getattr(state, "value", state)))  # "up_for_retry" or "failed"
 
 
 @hookimpl

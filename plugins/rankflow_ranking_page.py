@@ -1,8 +1,8 @@
 """Airflow plugin: the Ranking page, a "Ranking" entry in the Airflow UI's navigation bar.
 
 A FastAPI app mounted on the API server at ``/ranking`` and shown by the UI in an iframe at
-``/plugin/ranking``. Its routes read the sources and leave the HTML to the library
-(:mod:`rankflow.ui.ranking_page`):
+``/plugin/ranking``. Its routes only route and authenticate; the reads are
+:mod:`rankflow.ui.page_sources` and the HTML :mod:`rankflow.ui.ranking_page`:
 
 - ``GET /ranking/?surface=home&days=90&user=1042``: monitoring history charts, the current and
   previous Redis versions, the champion model and, with ``user``, that user's served list.
@@ -30,11 +30,7 @@ from airflow.plugins_manager import AirflowPlugin
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from rankflow.config import Settings
-    from rankflow.ui.ranking_page import Champion, Notice, UserList
-
 URL_PREFIX = "/ranking"
-ITEM_FEATURES = "silver/item_features"
 MAX_DAYS = 730
 # the menu icon: three bars, inline so the UI needs no static route for it
 ICON = (
@@ -73,208 +69,6 @@ class LazyApp:
         return "rankflow Ranking page (FastAPI app, built on first request)"
 
 
-# --------------------------------------------------------------------------- data access
-
-
-def _settings() -> Settings:
-    """The API server's rankflow settings (RANKFLOW_HOME, RANKFLOW_REDIS_URL, ...)."""
-    from rankflow.config import load_settings
-
-    return load_settings()
-
-
-def _failure(what: str, error: Exception) -> Notice:
-    """A section's read failure, logged (traceback at debug level) and shown in one line."""
-    import logging
-
-    from rankflow.ui.ranking_page import Notice
-
-    log = logging.getLogger(__name__)
-    log.warning("Ranking page: reading %s failed: %r", what, error)
-    log.debug("Ranking page: reading %s failed", what, exc_info=True)
-    return Notice(f"Could not read {what}: {type(error).__name__}: {error}", error=True)
-
-
-def _redis(settings: Settings) -> Any:
-    """A binary-safe Redis client with short timeouts (a page must not hang on a dead server)."""
-    import redis
-
-    return redis.Redis.from_url(
-        settings.redis.url, socket_connect_timeout=3, socket_timeout=10, decode_responses=False
-    )
-
-
-def read_history(settings: Settings, surface: str) -> list[dict[str, Any]] | Notice:
-    """The surface's rows of the ops/monitoring Delta table (empty before the first run)."""
-    from rankflow.monitoring.history import history_rows
-
-    try:
-        return history_rows(settings, surface)
-    except Exception as error:
-        return _failure("the monitoring history", error)
-
-
-def read_status(settings: Settings, surface: str) -> Any:
-    """The surface's current and previous Redis versions with their size."""
-    from rankflow.store.versions import surface_status
-    from rankflow.ui.html import redact_url
-
-    try:
-        client = _redis(settings)
-        try:
-            return surface_status(client, settings.redis.key_prefix, surface, sample=200)
-        finally:
-            client.close()
-    except Exception as error:
-        return _failure(f"Redis at {redact_url(settings.redis.url)}", error)
-
-
-def read_champion(settings: Settings) -> Champion | Notice:
-    """The model version with the champion alias, its run's tags and metrics."""
-    from pathlib import Path
-
-    from rankflow.model.registry import CHAMPION
-    from rankflow.ui.html import redact_url
-    from rankflow.ui.ranking_page import Champion, Notice
-
-    uri = settings.mlflow_tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return Notice(f"No champion yet: the MLflow store {uri} does not exist (no model trained).")
-    try:
-        from datetime import UTC, datetime
-
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        try:
-            version = client.get_model_version_by_alias(settings.model_name, CHAMPION)
-        except MlflowException as error:
-            return Notice(
-                f"No champion yet: no version of model “{settings.model_name}” carries the alias "
-                f"“{CHAMPION}” ({error.message.splitlines()[0]})."
-            )
-        run_id = version.run_id or ""  # a version registered from outside a run has none
-        run = client.get_run(run_id) if run_id else None
-        artifacts = {a.path for a in client.list_artifacts(run_id)} if run_id else set()
-        created = (
-            datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(
-                timespec="seconds"
-            )
-            if version.creation_timestamp
-            else None
-        )
-        return Champion(
-            name=settings.model_name,
-            version=str(version.version),
-            run_id=run_id,
-            created_at=created,
-            tags=dict(run.data.tags) if run else {},
-            metrics=dict(run.data.metrics) if run else {},
-            has_report="report.html" in artifacts,
-        )
-    except Exception as error:
-        return _failure(f"MLflow at {redact_url(uri)}", error)
-
-
-def item_attributes(
-    settings: Settings, ds: str, item_ids: list[int]
-) -> tuple[dict[int, dict[str, Any]], str | None]:
-    """Attributes of the listed items in the ``ds`` partition of silver/item_features."""
-    from datetime import date
-
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    from rankflow.ui.ranking_page import ITEM_COLUMNS
-
-    if not item_ids:
-        return {}, None
-    try:
-        table = DeltaTable(settings.paths.table(ITEM_FEATURES))
-    except TableNotFoundError:
-        return {}, f"No item attributes: the {ITEM_FEATURES} table does not exist."
-    names = {f.name for f in table.schema().fields}
-    columns = ["item_id", *[c for c in ITEM_COLUMNS if c in names]]
-    rows = table.to_pyarrow_table(
-        columns=columns,
-        filters=[("ds", "=", date.fromisoformat(ds)), ("item_id", "in", sorted(set(item_ids)))],
-    ).to_pylist()
-    found = {int(row.pop("item_id")): row for row in rows}
-    if not found:
-        return {}, f"No item attributes: {ITEM_FEATURES} has none of these items for ds={ds}."
-    return found, None
-
-
-def read_lookup(settings: Settings, surface: str, user: str) -> UserList | Notice:
-    """What the reader serves ``user`` on ``surface``, with the items' attributes."""
-    from rankflow.store.errors import NoCurrentVersionError
-    from rankflow.store.reader import RankingReader
-    from rankflow.store.versions import version_meta
-    from rankflow.ui.html import redact_url
-    from rankflow.ui.ranking_page import Notice, UserList
-
-    text = user.strip()
-    if not text or len(text) > 128 or any(c in text for c in "*?[]: \t"):
-        return Notice(f"Not a user id: {user!r}", error=True)
-    user_id: int | str = int(text) if text.isdigit() else text
-    try:
-        client = _redis(settings)
-        try:
-            reader = RankingReader(client, settings.redis.key_prefix)
-            answer = reader.lookup(user_id, surface)
-            meta = version_meta(client, settings.redis.key_prefix, surface, answer.version)
-        finally:
-            client.close()
-    except NoCurrentVersionError:
-        return Notice(f"Nothing is published for surface “{surface}”: no list to look up.")
-    except Exception as error:
-        return _failure(f"the list from Redis at {redact_url(settings.redis.url)}", error)
-    ds = meta.get("ds")
-    try:
-        attributes, note = item_attributes(settings, ds, answer.items) if ds else ({}, None)
-    except Exception as error:
-        attributes, note = {}, _failure("the item attributes", error).message
-    if not ds:
-        note = "The version's meta has no ds: item attributes cannot be matched."
-    return UserList(
-        user=answer.user,
-        version=answer.version,
-        fallback=answer.fallback,
-        ds=ds,
-        model_version=meta.get("model_version"),
-        items=answer.items,
-        attributes=attributes,
-        note=note,
-    )
-
-
-def read_report(settings: Settings, model_version: str) -> str | None:
-    """The run report logged in a model version's MLflow run, or None if there is none."""
-    import tempfile
-    from pathlib import Path
-
-    import mlflow.artifacts
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    uri = settings.mlflow_tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return None
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        run_id = client.get_model_version(settings.model_name, model_version).run_id
-        if not run_id or "report.html" not in {a.path for a in client.list_artifacts(run_id)}:
-            return None
-        with tempfile.TemporaryDirectory() as folder:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="report.html", dst_path=folder, tracking_uri=uri
-            )
-            return Path(path).read_text()
-    except MlflowException:
-        return None
-
-
 # --------------------------------------------------------------------------- the app
 
 
@@ -289,8 +83,16 @@ def create_app() -> FastAPI:
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-    from rankflow.config import SURFACES
+    from rankflow.config import SURFACES, load_settings
     from rankflow.ui.html import redact_url
+    from rankflow.ui.page_sources import (
+        ITEM_FEATURES,
+        read_champion,
+        read_history,
+        read_lookup,
+        read_report,
+        read_status,
+    )
     from rankflow.ui.ranking_page import PageData, message_page, render_page
 
     app = FastAPI(
@@ -325,7 +127,7 @@ def create_app() -> FastAPI:
         user: str | None = None,
         days: int = Query(90, ge=1, le=MAX_DAYS),
     ) -> HTMLResponse:
-        settings = _settings()
+        settings = load_settings()
         chosen = surface or settings.default_surface
         if chosen not in SURFACES:
             text = f"Unknown surface {chosen!r}: one of {', '.join(SURFACES)}."
@@ -355,7 +157,7 @@ def create_app() -> FastAPI:
         if not model_version.isdigit():
             text = f"Not a model version: {model_version!r}."
             return HTMLResponse(message_page("Run report", text), 404, headers=headers)
-        page = read_report(_settings(), model_version)
+        page = read_report(load_settings(), model_version)
         if page is None:
             text = f"Model version {model_version} has no run report (report.html) in MLflow."
             return HTMLResponse(message_page("Run report", text), 404, headers=headers)

@@ -9,8 +9,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    pass
+    from pyspark.sql import DataFrame
 
 
 def top_lists(candidates: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
@@ -24,20 +23,77 @@ def top_lists(candidates: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFr
 
 
 def list_health(
-    top: pd.DataFrame, catalogue_size: int, top_seller_percent: float
+    entries: pd.DataFrame, catalogue_size: int, top_seller_percent: float, depth: int | None = None
 ) -> dict[str, float]:
-    """Coverage, diversity and seller concentration of top-k lists (the guardrail figures)."""
+    """Coverage, diversity and seller concentration of ranked lists (pandas face).
+
+    ``entries`` has one row per list entry: ``user_id``, ``item_id``, ``rank`` (from 1),
+    ``category``, ``seller_id``, ``price``. Catalogue coverage and mean price count every entry;
+    the per-user diversity and the top sellers' slot share count the entries at ``rank <= depth``
+    (all when None). :func:`list_health_spark` is the same definition in Spark, tested to agree.
+    """
+    top = entries if depth is None else entries[entries["rank"] <= depth]
     per_user = top.groupby("user_id")
-    slots = top["seller_id"].value_counts()
-    biggest = max(1, math.ceil(len(slots) * top_seller_percent / 100.0))
+    slots = top["seller_id"].value_counts().to_numpy()
+    shown = entries["item_id"].nunique()
     return {
-        "users": float(per_user.ngroups),
-        "catalog_coverage": top["item_id"].nunique() / catalogue_size if catalogue_size else 0.0,
+        "users": float(entries["user_id"].nunique()),
+        "catalog_coverage": shown / catalogue_size if catalogue_size else 0.0,
         "distinct_categories": float(per_user["category"].nunique().mean()),
         "distinct_sellers": float(per_user["seller_id"].nunique().mean()),
-        "top_seller_share": float(slots.head(biggest).sum() / len(top)) if len(top) else 0.0,
-        "mean_price": float(top["price"].mean()),
+        "top_seller_share": top_slot_share(slots, top_seller_percent),
+        "mean_price": float(entries["price"].mean()),
     }
+
+
+def list_health_spark(
+    entries: DataFrame, catalogue_size: int, top_seller_percent: float, depth: int | None = None
+) -> dict[str, float]:
+    """The figures of :func:`list_health` aggregated in Spark (only per-seller counts come back)."""
+    from pyspark.sql import functions as F
+
+    top = entries if depth is None else entries.where(F.col("rank") <= depth)
+    totals = entries.agg(
+        F.countDistinct("user_id").alias("users"),
+        F.countDistinct("item_id").alias("shown"),
+        F.avg("price").alias("mean_price"),
+    ).first()
+    diversity = (
+        top.groupBy("user_id")
+        .agg(
+            F.countDistinct("category").alias("categories"),
+            F.countDistinct("seller_id").alias("sellers"),
+        )
+        .agg(F.avg("categories"), F.avg("sellers"))
+        .first()
+    )
+    slots = np.array(
+        [row[0] for row in top.groupBy("seller_id").count().select("count").collect()],
+        dtype=np.float64,
+    )
+    shown = int(totals["shown"]) if totals else 0
+    return {
+        "users": float(totals["users"]) if totals else 0.0,
+        "catalog_coverage": shown / catalogue_size if catalogue_size else 0.0,
+        "distinct_categories": finite_or_nan(diversity[0] if diversity else None),
+        "distinct_sellers": finite_or_nan(diversity[1] if diversity else None),
+        "top_seller_share": top_slot_share(slots, top_seller_percent),
+        "mean_price": finite_or_nan(totals["mean_price"] if totals else None),
+    }
+
+
+def finite_or_nan(value: float | None) -> float:
+    """A Spark aggregate as a float (NaN when there was nothing to aggregate)."""
+    return math.nan if value is None else float(value)
+
+
+def top_slot_share(slots: np.ndarray, top_percent: float) -> float:
+    """The share of list slots held by the top ``top_percent``% of the sellers that have slots."""
+    shown = np.sort(np.asarray(slots, dtype=np.float64)[np.asarray(slots) > 0])[::-1]
+    if not len(shown):
+        return 0.0
+    top = max(1, math.ceil(len(shown) * top_percent / 100.0))
+    return float(shown[:top].sum() / shown.sum())
 
 
 def overlap_depths(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -113,24 +169,3 @@ def gini(values: np.ndarray) -> float:
         return 0.0
     ranks = np.arange(1, n + 1)
     return float((2 * np.sum(ranks * sorted_values) / (n * total)) - (n + 1) / n)
-
-
-def seller_exposure(
-    slots_per_seller: list[tuple[int, int]], top_percent: float
-) -> tuple[float, float]:
-    """Gini of slots over sellers, and the slot share of the top ``top_percent``% of sellers.
-
-    Takes (slots, number of sellers with that many slots) pairs. Sellers with live items and no
-    slot count in the Gini (they are part of the concentration); the top share is taken among
-    sellers with slots, as the promotion gate's guardrail does.
-    """
-    if not slots_per_seller:
-        return 0.0, 0.0
-    slots = np.repeat(
-        np.array([s for s, _ in slots_per_seller], dtype=np.float64),
-        np.array([n for _, n in slots_per_seller], dtype=np.int64),
-    )
-    shown = np.sort(slots[slots > 0])[::-1]
-    top = max(1, math.ceil(len(shown) * top_percent / 100))
-    share = float(shown[:top].sum() / shown.sum()) if len(shown) else 0.0
-    return gini(slots), share

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rankflow.evaluation.metrics import evaluate_ranking, ndcg_at_k
+from rankflow.features.registry import popularity
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,11 +20,10 @@ def baseline_scores(frame: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
 
     rng = np.random.default_rng(seed)
     scores = {
-        "popularity": (
-            frame["item_clicks_7d"]
-            + 2.0 * frame["item_saves_7d"]
-            + 1e-3 * frame["item_impressions_7d"]
-        ).to_numpy(dtype="float64"),
+        # ties (items nobody clicked or saved) go to the more shown item
+        "popularity": (popularity(frame) + 1e-3 * frame["item_impressions_7d"]).to_numpy(
+            dtype="float64"
+        ),
         "recency": -frame["item_age_days"].to_numpy(dtype="float64"),
         "random": rng.random(len(frame)),
         "logged_order": -frame["position"].to_numpy(dtype="float64"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES, WINDOWS
+from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES, WINDOWS, popularity
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -163,7 +163,10 @@ def item_features(
         )
         .withColumn("item_condition_rank", F.element_at(condition_rank, F.col("condition")))
         .withColumn("is_sold", sold_ts.isNotNull() & (sold_ts < day_end(F.col("as_of"))))
-        .withColumn("popularity", F.col("item_clicks_7d") + 2.0 * F.col("item_saves_7d"))
+        .withColumn(
+            "popularity",
+            popularity({name: F.col(name) for name in ("item_clicks_7d", "item_saves_7d")}),
+        )
         .select(
             "as_of",
             "item_id",

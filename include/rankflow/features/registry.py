@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyspark.sql import Column
@@ -48,3 +49,20 @@ def feature_vector() -> list[Column]:
     from pyspark.sql import functions as F
 
     return [F.col(name).cast("double").alias(name) for name in MODEL_FEATURES]
+
+
+def popularity(counts: Mapping[str, Any]) -> Any:
+    """An item's popularity: its clicks plus twice its saves over 7 days.
+
+    One formula for every caller: ``counts`` maps the two count names to Spark columns (the
+    features step) or to pandas/numpy columns (the offline baseline), and the result is of the
+    same kind.
+    """
+    return counts["item_clicks_7d"] + 2.0 * counts["item_saves_7d"]
+
+
+def by_popularity() -> list[Column]:
+    """The order of "most popular first": popularity, then the newest listing, then item id."""
+    from pyspark.sql import functions as F
+
+    return [F.col("popularity").desc(), F.col("listed_ts").desc(), F.col("item_id")]

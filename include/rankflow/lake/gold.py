@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from rankflow.days import days_where
 from rankflow.lake.delta_log import Commit, DeltaLogError, changes_since, find_commit, table_file
+from rankflow.lake.tables import replace_partition
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -86,14 +88,13 @@ def snapshot_of(table: str, commit: Commit, ds: date, surface: str) -> GoldSnaps
 def write_gold(ranked: DataFrame, table: str, ds: date, surface: str) -> GoldSnapshot:
     """Replace the ``(ds, surface)`` partition of the gold table and return what was written."""
     token = f"rankflow-score:{ds.isoformat()}:{surface}:{uuid.uuid4().hex}"
-    (
-        ranked.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"ds = DATE'{ds.isoformat()}' AND surface = '{surface}'")
-        .option("userMetadata", token)
-        .option("mergeSchema", "true")  # additive columns (e.g. items_u32le) join older tables
-        .partitionBy("ds", "surface")
-        .save(table)
+    replace_partition(
+        ranked,
+        table,
+        f"{days_where(ds)} AND surface = '{surface}'",
+        ["ds", "surface"],
+        # mergeSchema: additive columns (e.g. items_u32le) join older tables
+        {"userMetadata": token, "mergeSchema": "true"},
     )
     return snapshot_of(table, find_commit(table, token), ds, surface)
 

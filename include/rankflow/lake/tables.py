@@ -2,38 +2,45 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import TYPE_CHECKING
 
 from rankflow.config import Settings
+from rankflow.days import day, days_where
 from rankflow.features.batch import FeatureFrames
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
+def replace_partition(
+    df: DataFrame,
+    path: str,
+    where: str,
+    partition_by: Sequence[str] = ("ds",),
+    options: Mapping[str, str] | None = None,
+) -> None:
+    """Replace exactly the rows ``where`` selects in a Delta table, in one transaction.
+
+    Creates the table (partitioned by ``partition_by``) if needed. Rows of ``df`` outside
+    ``where`` make Delta refuse the write, so a step can never touch another day's data; a
+    retry replaces what a failed attempt wrote.
+    """
+    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", where)
+    for key, value in (options or {}).items():
+        writer = writer.option(key, value)
+    writer.partitionBy(*partition_by).save(path)
+
+
 def write_partition(df: DataFrame, path: str, ds: date, partition_col: str = "ds") -> None:
     """Replace exactly the ``ds`` partition of a Delta table, creating the table if needed."""
-    (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"{partition_col} = DATE'{ds.isoformat()}'")
-        .partitionBy(partition_col)
-        .save(path)
-    )
+    replace_partition(df, path, days_where(ds, column=partition_col), [partition_col])
 
 
 def write_partitions(df: DataFrame, path: str, start: date, end: date) -> None:
     """Replace the ``ds`` partitions in ``[start, end]`` of a Delta table in one transaction."""
-    (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option(
-            "replaceWhere", f"ds >= DATE'{start.isoformat()}' AND ds <= DATE'{end.isoformat()}'"
-        )
-        .partitionBy("ds")
-        .save(path)
-    )
+    replace_partition(df, path, days_where(start, end))
 
 
 def delta_path(path: str) -> str:
@@ -66,11 +73,6 @@ FEATURE_TABLES = {
 INPUT_TABLES = ("bronze/events", "bronze/items", "bronze/users", "silver/training_set")
 
 
-def days(start: date, end: date) -> list[date]:
-    """Return every day from ``start`` to ``end`` inclusive."""
-    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
-
-
 def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
     """Read a Delta table of the lake, with a clear error when an upstream step has not run."""
     path = settings.paths.table(name)
@@ -83,11 +85,7 @@ def read_partition(spark: SparkSession, settings: Settings, name: str, ds: date)
     """Read one ``ds`` partition of a Delta table (without the ``ds`` column)."""
     from pyspark.sql import functions as F
 
-    return (
-        read_table(spark, settings, name)
-        .where(F.col("ds") == F.lit(ds.isoformat()).cast("date"))
-        .drop("ds")
-    )
+    return read_table(spark, settings, name).where(F.col("ds") == day(ds)).drop("ds")
 
 
 def bronze(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFrame, DataFrame]:
@@ -101,11 +99,10 @@ def bronze(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFram
 
 def read_features(spark: SparkSession, settings: Settings, ds: date) -> FeatureFrames:
     """Read the features as of ``ds`` written by the features step (keyed by ``as_of``)."""
-    from pyspark.sql import functions as F
 
     def face(name: str) -> DataFrame:
         frame = read_partition(spark, settings, FEATURE_TABLES[name], ds)
-        return frame.withColumn("as_of", F.lit(ds.isoformat()).cast("date"))
+        return frame.withColumn("as_of", day(ds))
 
     return FeatureFrames(items=face("items"), users=face("users"), seen=face("seen"))
 
@@ -129,7 +126,7 @@ def scoring_input(
 
     features = read_features(spark, settings, ds)
     candidates = read_partition(spark, settings, "silver/candidates", ds).select(
-        F.lit(ds.isoformat()).cast("date").alias("as_of"), "user_id", "item_id"
+        day(ds).alias("as_of"), "user_id", "item_id"
     )
     if users is not None:
         candidates = candidates.join(F.broadcast(users), "user_id")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from rankflow.features.registry import by_popularity
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -116,7 +118,7 @@ def fallback_list(items: DataFrame, k: int) -> list[int]:
 
     rows = (
         items.where(~F.col("is_sold"))
-        .orderBy(F.col("popularity").desc(), F.col("listed_ts").desc(), F.col("item_id"))
+        .orderBy(*by_popularity())
         .limit(k)
         .select("item_id")
         .collect()

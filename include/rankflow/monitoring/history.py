@@ -8,6 +8,8 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.days import day, days_where
+from rankflow.lake.tables import replace_partition
 from rankflow.monitoring.rules import ROW_FIELDS
 
 if TYPE_CHECKING:
@@ -84,7 +86,7 @@ def history(
         .where(
             (F.col("surface") == surface)
             & (F.col("ds") >= F.lit(start).cast("date"))
-            & (F.col("ds") < F.lit(ds.isoformat()).cast("date"))
+            & (F.col("ds") < day(ds))
         )
         .collect()
     )
@@ -100,11 +102,7 @@ def write_history(
     schema = ", ".join(f"`{name}` {kind}" for name, kind in ROW_FIELDS)
     frame = spark.createDataFrame(
         [tuple(row[name] for name, _ in ROW_FIELDS) for row in rows], schema
-    ).select(F.lit(ds.isoformat()).cast("date").alias("ds"), F.lit(surface).alias("surface"), "*")
-    (
-        frame.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"ds = DATE'{ds.isoformat()}' AND surface = '{surface}'")
-        .partitionBy("ds")
-        .save(settings.paths.table(MONITORING_TABLE))
+    ).select(day(ds).alias("ds"), F.lit(surface).alias("surface"), "*")
+    replace_partition(
+        frame, settings.paths.table(MONITORING_TABLE), f"{days_where(ds)} AND surface = '{surface}'"
     )

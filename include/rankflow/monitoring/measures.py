@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rankflow.config import Settings
-from rankflow.evaluation.lists import seller_exposure
+from rankflow.days import day
+from rankflow.evaluation.lists import gini, list_health_spark
 from rankflow.features.registry import MODEL_FEATURES
 from rankflow.lake.tables import read_features, read_partition, read_ranked, read_table
 from rankflow.monitoring.rules import (
@@ -120,7 +121,7 @@ def previous_gold_day(spark: SparkSession, settings: Settings, ds: date, surface
 
     row = (
         read_table(spark, settings, "gold/rankings")
-        .where((F.col("surface") == surface) & (F.col("ds") < F.lit(ds.isoformat()).cast("date")))
+        .where((F.col("surface") == surface) & (F.col("ds") < day(ds)))
         .agg(F.max("ds").alias("ds"))
         .first()
     )
@@ -166,13 +167,18 @@ def score_figures(
 def list_health(
     spark: SparkSession, settings: Settings, ds: date, surface: str, top_k: int
 ) -> list[Figure]:
-    """Coverage, empty lists, catalogue coverage, diversity and seller concentration."""
+    """Coverage, empty lists, catalogue coverage, diversity and seller concentration.
+
+    The catalogue, diversity and top-seller figures are the gate's :func:`list_health_spark`
+    over the served lists (diversity at the gate's depth); the Gini counts every seller with a
+    live item, including those without a slot.
+    """
     from pyspark.sql import functions as F
 
     depth = int(settings.pipeline["evaluation"]["overlap_depth"])
     ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids")
     items = read_features(spark, settings, ds).items.select(
-        "item_id", "category", "seller_id", "is_sold"
+        "item_id", "category", "seller_id", F.col("item_price").alias("price"), "is_sold"
     )
     eligible = read_partition(spark, settings, "silver/candidates", ds).select("user_id").distinct()
     counts = ranked.agg(
@@ -184,31 +190,26 @@ def list_health(
         int(counts[k] or 0) if counts else 0 for k in ("lists", "empty", "short")
     )
     users_with_list = ranked.where(F.size("item_ids") > 0).join(eligible, "user_id").count()
-    entries = ranked.select("user_id", F.posexplode("item_ids").alias("position", "item_id")).join(
-        F.broadcast(items), "item_id", "left"
+    entries = (
+        ranked.select("user_id", F.posexplode("item_ids").alias("position", "item_id"))
+        .join(F.broadcast(items.drop("is_sold")), "item_id", "left")
+        .withColumn("rank", F.col("position") + 1)
     )
-    top_entries = entries.where(F.col("position") < depth)
-    top = top_entries.groupBy("user_id").agg(
-        F.countDistinct("category").alias("categories"),
-        F.countDistinct("seller_id").alias("sellers"),
-    )
-    diversity = top.agg(F.avg("categories"), F.avg("sellers")).first()
     live_items = items.where(~F.col("is_sold"))
-    shown = entries.agg(F.countDistinct("item_id")).first()
-    live = live_items.count()
+    top_percent = float(settings.pipeline["evaluation"]["guardrails"]["top_seller_percent"])
+    health = list_health_spark(entries, live_items.count(), top_percent, depth)
     slots = (
         live_items.select("seller_id")
         .distinct()
         .join(
-            top_entries.groupBy("seller_id").agg(F.count("*").alias("slots")), "seller_id", "left"
+            entries.where(F.col("rank") <= depth).groupBy("seller_id").agg(F.count("*").alias("n")),
+            "seller_id",
+            "left",
         )
-        .fillna(0, ["slots"])
-        .groupBy("slots")
-        .count()
+        .fillna(0, ["n"])
+        .select("n")
         .collect()
     )
-    top_percent = float(settings.pipeline["evaluation"]["guardrails"]["top_seller_percent"])
-    concentration, top_share = seller_exposure([(r[0], r[1]) for r in slots], top_percent)
     eligible_users = eligible.count()
     return [
         Figure("lists", "lists", float(n_lists)),
@@ -218,18 +219,12 @@ def list_health(
             users_with_list / eligible_users if eligible_users else math.nan,
         ),
         Figure("lists", "empty_lists", float(empty)),
-        Figure(
-            "lists",
-            "short_list_share",
-            short / n_lists if n_lists else math.nan,
-        ),
-        Figure("lists", "catalog_coverage", float(shown[0]) / live if shown and live else math.nan),
-        Figure(
-            "lists", f"distinct_categories@{depth}", finite(diversity[0] if diversity else None)
-        ),
-        Figure("lists", f"distinct_sellers@{depth}", finite(diversity[1] if diversity else None)),
-        Figure("lists", f"seller_exposure_gini@{depth}", concentration),
-        Figure("lists", f"top_seller_share@{depth}", top_share),
+        Figure("lists", "short_list_share", short / n_lists if n_lists else math.nan),
+        Figure("lists", "catalog_coverage", health["catalog_coverage"] or math.nan),
+        Figure("lists", f"distinct_categories@{depth}", health["distinct_categories"]),
+        Figure("lists", f"distinct_sellers@{depth}", health["distinct_sellers"]),
+        Figure("lists", f"seller_exposure_gini@{depth}", gini(np.array([r[0] for r in slots]))),
+        Figure("lists", f"top_seller_share@{depth}", health["top_seller_share"]),
     ]
 
 

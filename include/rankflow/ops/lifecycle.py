@@ -57,15 +57,11 @@ def rollback_release(settings: Settings, redis_client: redis.Redis, surface: str
     """
     import time
 
-    from rankflow.store.keys import current_key, meta_key, previous_key
-    from rankflow.store.versions import rollback
+    from rankflow.store.versions import rollback, version_meta, version_pointers
 
     started = time.perf_counter()
     prefix = settings.redis.key_prefix
-    current, previous = (
-        value.decode() if isinstance(value, bytes) else value
-        for value in redis_client.mget(current_key(prefix, surface), previous_key(prefix, surface))
-    )
+    current, previous = version_pointers(redis_client, prefix, surface)
     if previous is None or current is None:
         raise LifecycleRefusedError(
             f"no previous version of '{surface}' to roll back to (current: {current}); "
@@ -73,8 +69,7 @@ def rollback_release(settings: Settings, redis_client: redis.Redis, surface: str
         )
 
     def model_of(version: str) -> str | None:
-        value = redis_client.hget(meta_key(prefix, surface, version), "model_version")
-        return value.decode() if isinstance(value, bytes) else value
+        return version_meta(redis_client, prefix, surface, version).get("model_version")
 
     target_model = model_of(previous)
     if not target_model:

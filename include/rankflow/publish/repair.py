@@ -226,7 +226,7 @@ def served_sold_share(
     Reads the lists readers get now from Redis (every user of the published gold files), so it
     measures what is served, not what the repair believes it wrote. Returns (share, entries).
     """
-    from rankflow.store.encoding import user_key_array
+    from rankflow.store.encoding import decode_item_array, user_key_array
 
     at = at or datetime.now(UTC)
     client = redis_client(settings.redis.url)
@@ -240,7 +240,7 @@ def served_sold_share(
         for start in range(0, len(keys), 1000):
             values: Any = client.mget(keys[start : start + 1000])
             joined = b"".join(bytes(v) for v in values if v)
-            flat = np.frombuffer(joined, dtype="<u4").astype(np.int64)
+            flat = decode_item_array(joined)
             served += len(flat)
             stale += int(np.isin(flat, sold).sum())
     return (stale / served if served else 0.0), served

@@ -11,8 +11,6 @@ from rankflow.config import Settings
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
-    pass
-
 RAW_KINDS = ("users", "items", "events")
 EVENT_TYPES = ("impression", "click", "like", "save", "add_to_bag", "purchase")
 MAX_ID = 2**32 - 1

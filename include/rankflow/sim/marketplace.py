@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rankflow.config import SURFACES
+from rankflow.quality.raw import EVENT_TYPES
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -77,7 +78,6 @@ COUNTRIES = ("FR", "DE", "ES", "IT", "NL", "PL", "LT", "BE", "UK", "CZ")
 COUNTRY_SHARE = (0.30, 0.16, 0.11, 0.10, 0.06, 0.08, 0.04, 0.05, 0.06, 0.04)
 TIER_SHARE = (0.35, 0.40, 0.18, 0.07)  # budget, mid, premium, luxury
 TIER_PRICE = (0.6, 1.0, 1.8, 3.5)
-EVENT_TYPES = ("impression", "click", "like", "save", "add_to_bag", "purchase")
 EVENT_CODES = ("i", "c", "l", "s", "b", "p")  # last letters of event ids, one per type
 BRAND_STEMS = "Alba Bruma Corra Dune Elio Fjord Gala Hollis Iris Jura Kora Lumen Mira Nova Orla"
 BRAND_SUFFIXES: tuple[str, ...] = ("", " Studio", " & Co", " Atelier", " Label", " Club")

@@ -7,6 +7,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.days import day
 from rankflow.lake.tables import read_features, read_partition
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[st
         read_features(spark, settings, ds), ds, settings.pipeline["candidates"]
     )
     path = settings.paths.table("silver/candidates")
-    write_partition(candidates.withColumn("ds", F.lit(ds.isoformat()).cast("date")), path, ds)
+    write_partition(candidates.withColumn("ds", day(ds)), path, ds)
     written = read_partition(spark, settings, "silver/candidates", ds)
     stats = written.agg(
         F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")

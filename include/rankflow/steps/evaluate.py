@@ -13,6 +13,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.days import day, in_days
 from rankflow.evaluation.gate import gate_evidence, metric_intervals
 from rankflow.features.registry import MODEL_FEATURES
 from rankflow.lake.ledger import LedgerEvent, append_events, now
@@ -47,7 +48,7 @@ def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
             how="left",
         )
         .join(features.users.select("user_id", "country"), "user_id", "left")
-        .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+        .withColumn("ds", day(ds))
         .toPandas()
     )
     frame = sort_by_query(frame)
@@ -100,11 +101,7 @@ def examination_curve(
 
     logged: Any = (
         read_table(spark, settings, "silver/training_set")
-        .where(
-            F.col("ds").between(
-                F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")
-            )
-        )
+        .where(in_days(start, end))
         .select("item_id", "position", (F.col("label") > 0).alias("clicked"))
         .toPandas()
     )

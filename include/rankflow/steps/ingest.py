@@ -8,6 +8,8 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.days import days_where
+from rankflow.lake.tables import replace_partition
 from rankflow.quality.raw import raw_day_path
 from rankflow.transforms.bronze import (
     IngestError,
@@ -89,15 +91,12 @@ def ingest_range(
         )
         for row in counts.orderBy("ds").collect()
     ]
-    window = f"ds >= DATE'{start.isoformat()}' AND ds <= DATE'{end.isoformat()}'"
     quarantine_path = settings.paths.table("bronze/quarantine")
-    (
-        quarantined_rows(validated, kind)
-        .write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"{window} AND source = '{kind}'")
-        .partitionBy("ds", "source")
-        .save(quarantine_path)
+    replace_partition(
+        quarantined_rows(validated, kind),
+        quarantine_path,
+        f"{days_where(start, end)} AND source = '{kind}'",
+        ["ds", "source"],
     )
     limit = float(settings.pipeline["ingest"]["max_quarantine_share"])
     if kind == "events":

@@ -24,8 +24,7 @@ def run_publish_redis(
     from rankflow.publish.redis import publish_snapshot, sample_user
     from rankflow.runs import read_run_record, write_run_record
     from rankflow.store.errors import VersionNotWritableError
-    from rankflow.store.keys import current_key
-    from rankflow.store.versions import bytes_per_user, expire_old_versions
+    from rankflow.store.versions import bytes_per_user, expire_old_versions, version_pointers
 
     scored = read_run_record(settings, ds, f"score-{surface}")
     snapshot = GoldSnapshot.from_record(scored["gold"])
@@ -50,8 +49,7 @@ def run_publish_redis(
             mset_batch=settings.redis.mset_batch,
         )
     except VersionNotWritableError:
-        current = client.get(current_key(prefix, surface))
-        if (current.decode() if isinstance(current, bytes) else current) != version:
+        if version_pointers(client, prefix, surface)[0] != version:
             raise
         return read_run_record(settings, ds, f"publish-redis-{surface}")  # a retry after success
     expired = expire_old_versions(

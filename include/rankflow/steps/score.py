@@ -7,6 +7,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.days import day
 from rankflow.lake.tables import read_features, read_partition, scoring_input
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def run_score(
         gold = (
             ranked.withColumn("model_version", F.lit(model_version))
             .withColumn("surface", F.lit(surface))
-            .withColumn("ds", F.lit(ds.isoformat()).cast("date"))
+            .withColumn("ds", day(ds))
         )
         snapshot = write_gold(gold, settings.paths.table("gold/rankings"), ds, surface)
     finally:

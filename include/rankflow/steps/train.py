@@ -7,6 +7,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.days import in_days
 from rankflow.features.registry import MODEL_FEATURES
 from rankflow.lake.tables import read_table, table_versions
 
@@ -22,8 +23,6 @@ def training_rows(
     ``version`` pins the Delta version of the training set (time travel): the lineage of a model
     records it, and reproducing the model reads exactly those rows again.
     """
-    from pyspark.sql import functions as F
-
     from rankflow.model.fit import sort_by_query
 
     table = read_table(spark, settings, "silver/training_set")
@@ -31,11 +30,7 @@ def training_rows(
         path = settings.paths.table("silver/training_set")
         table = spark.read.format("delta").option("versionAsOf", version).load(path)
     frame = (
-        table.where(
-            F.col("ds").between(
-                F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")
-            )
-        )
+        table.where(in_days(start, end))
         .select("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
         .toPandas()
     )

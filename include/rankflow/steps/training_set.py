@@ -7,7 +7,8 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
-from rankflow.lake.tables import bronze, days, read_table
+from rankflow.days import days, in_days
+from rankflow.lake.tables import bronze, read_table
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -17,8 +18,6 @@ def run_training_set(
     spark: SparkSession, settings: Settings, start: date, end: date
 ) -> dict[str, int]:
     """Build the labelled training rows of each day in ``[start, end]``."""
-    from pyspark.sql import functions as F
-
     from rankflow.lake.tables import write_partitions
     from rankflow.transforms.training_set import build_training_set
 
@@ -26,11 +25,7 @@ def run_training_set(
     path = settings.paths.table("silver/training_set")
     built = build_training_set(events, items, users, days(start, end), settings.pipeline)
     write_partitions(built, path, start, end)
-    written = read_table(spark, settings, "silver/training_set").where(
-        F.col("ds").between(
-            F.lit(start.isoformat()).cast("date"), F.lit(end.isoformat()).cast("date")
-        )
-    )
+    written = read_table(spark, settings, "silver/training_set").where(in_days(start, end))
     return {
         row["ds"].isoformat(): int(row["count"]) for row in written.groupBy("ds").count().collect()
     }

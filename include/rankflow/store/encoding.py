@@ -67,11 +67,16 @@ def encode_runs(item_ids: npt.ArrayLike, starts: npt.ArrayLike) -> list[bytes]:
     return [raw[a:b] for a, b in pairwise(bounds)]
 
 
-def decode_items(value: bytes) -> list[int]:
-    """Decode a stored list back into item ids in rank order."""
+def decode_item_array(value: bytes) -> npt.NDArray[np.int64]:
+    """Decode a stored list (or several, concatenated) into item ids in rank order."""
     if len(value) % _ITEM_DTYPE.itemsize:
         raise ValueError(f"a list value must be a multiple of 4 bytes, got {len(value)}")
-    return [int(i) for i in np.frombuffer(value, dtype=_ITEM_DTYPE).tolist()]
+    return np.frombuffer(value, dtype=_ITEM_DTYPE).astype(np.int64)
+
+
+def decode_items(value: bytes) -> list[int]:
+    """Decode a stored list back into item ids in rank order."""
+    return [int(i) for i in decode_item_array(value).tolist()]
 
 
 def list_batch(user_ids: UserIds, item_lists: ItemLists) -> pa.RecordBatch:

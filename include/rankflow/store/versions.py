@@ -351,6 +351,16 @@ def version_meta(client: redis.Redis, prefix: str, surface: str, version: str) -
     return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
 
 
+def version_pointers(
+    client: redis.Redis, prefix: str, surface: str
+) -> tuple[str | None, str | None]:
+    """The version readers get now and the one a rollback returns to (None where unset)."""
+    current, previous = cast(
+        list[Any], client.mget(current_key(prefix, surface), previous_key(prefix, surface))
+    )
+    return _text(current), _text(previous)
+
+
 def current_version(client: redis.Redis, prefix: str, surface: str) -> str:
     """Return the id of the version readers of ``surface`` use now.
 

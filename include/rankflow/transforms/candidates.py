@@ -6,6 +6,7 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rankflow.features.batch import FeatureFrames
+from rankflow.features.registry import by_popularity
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -31,51 +32,53 @@ def top_by_popularity(items: DataFrame, n: int, partition: list[str]) -> DataFra
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    order = Window.partitionBy(*partition).orderBy(
-        F.col("popularity").desc(), F.col("listed_ts").desc(), F.col("item_id")
-    )
+    order = Window.partitionBy(*partition).orderBy(*by_popularity())
     return items.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= n)
+
+
+def from_affinity(
+    users: DataFrame, items: DataFrame, attribute: str, strongest: int, per_value: int, source: str
+) -> DataFrame:
+    """The ``per_value`` most popular items of each of a user's ``strongest`` affinity values.
+
+    ``attribute`` is an item column with a ``<attribute>_affinity`` map on the user (category,
+    brand); ties in affinity go to the smaller value, so the choice is deterministic.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    strongest_values = (
+        users.select("user_id", F.explode(f"{attribute}_affinity").alias(attribute, "share"))
+        .withColumn(
+            "r",
+            F.row_number().over(
+                Window.partitionBy("user_id").orderBy(F.col("share").desc(), F.col(attribute))
+            ),
+        )
+        .where(F.col("r") <= strongest)
+    )
+    popular = top_by_popularity(items, per_value, [attribute])
+    return strongest_values.join(popular, on=attribute, how="inner").select(
+        "user_id", "item_id", F.lit(source).alias("source")
+    )
 
 
 def from_top_categories(users: DataFrame, items: DataFrame, config: dict[str, Any]) -> DataFrame:
     """Popular items of each user's strongest categories."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    user_categories = (
-        users.select("user_id", F.explode("category_affinity").alias("category", "share"))
-        .withColumn(
-            "r",
-            F.row_number().over(
-                Window.partitionBy("user_id").orderBy(F.col("share").desc(), F.col("category"))
-            ),
-        )
-        .where(F.col("r") <= int(config["top_categories"]))
-    )
-    per_category = top_by_popularity(items, int(config["per_category"]), ["category"])
-    return user_categories.join(per_category, on="category", how="inner").select(
-        "user_id", "item_id", F.lit("category").alias("source")
+    return from_affinity(
+        users,
+        items,
+        "category",
+        int(config["top_categories"]),
+        int(config["per_category"]),
+        "category",
     )
 
 
 def from_similar(users: DataFrame, items: DataFrame, config: dict[str, Any]) -> DataFrame:
-    """Popular items sharing category and brand with the user's strongest brands."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    user_brands = (
-        users.select("user_id", F.explode("brand_affinity").alias("brand", "share"))
-        .withColumn(
-            "r",
-            F.row_number().over(
-                Window.partitionBy("user_id").orderBy(F.col("share").desc(), F.col("brand"))
-            ),
-        )
-        .where(F.col("r") <= 3)
-    )
-    per_brand = top_by_popularity(items, int(config["similar"]), ["brand"])
-    return user_brands.join(per_brand, on="brand", how="inner").select(
-        "user_id", "item_id", F.lit("similar").alias("source")
+    """Popular items of each user's strongest brands."""
+    return from_affinity(
+        users, items, "brand", int(config["top_brands"]), int(config["similar"]), "similar"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from rankflow.days import day
 from rankflow.features.batch import build_features
 from rankflow.features.on_demand import with_cross_features
 from rankflow.features.registry import MODEL_FEATURES
@@ -17,7 +18,7 @@ def on_days(days: list[date]) -> Column:
     """Return a filter keeping rows whose ``ds`` is one of ``days``."""
     from pyspark.sql import functions as F
 
-    return F.col("ds").isin(*[F.lit(d.isoformat()).cast("date") for d in days])
+    return F.col("ds").isin(*[day(d) for d in days])
 
 
 def impressions_of(events: DataFrame, days: list[date]) -> DataFrame:

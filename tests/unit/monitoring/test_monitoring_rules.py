@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rankflow.config import load_pipeline_config
-from rankflow.evaluation.lists import gini, seller_exposure
+from rankflow.evaluation.lists import gini, top_slot_share
 from rankflow.monitoring.history import latest_day
 from rankflow.monitoring.rules import (
     Figure,
@@ -57,13 +57,15 @@ def test_gini_of_equal_and_of_concentrated_exposure() -> None:
     assert gini(np.array([])) == 0.0
 
 
-def test_seller_exposure_counts_sellers_without_slots_in_the_gini_only() -> None:
+def test_sellers_without_slots_count_in_the_gini_only() -> None:
     # 98 sellers with no slot, one with 10, one with 90: the top seller holds 90% of the slots
-    concentration, top_share = seller_exposure([(0, 98), (10, 1), (90, 1)], top_percent=1)
-    assert top_share == pytest.approx(0.9)
-    assert concentration > 0.95
-    assert seller_exposure([(10, 1), (90, 1)], top_percent=1)[0] < 0.5
-    assert seller_exposure([(5, 10)], top_percent=1) == (pytest.approx(0.0), pytest.approx(0.1))
+    slots = np.array([0] * 98 + [10, 90])
+    assert top_slot_share(slots, top_percent=1) == pytest.approx(0.9)
+    assert gini(slots) > 0.95
+    assert gini(np.array([10, 90])) < 0.5
+    assert gini(np.full(10, 5)) == pytest.approx(0.0)
+    assert top_slot_share(np.full(10, 5), top_percent=1) == pytest.approx(0.1)
+    assert top_slot_share(np.zeros(3), top_percent=1) == 0.0
 
 
 def test_a_threshold_breaches_outside_its_bounds_and_on_a_missing_figure() -> None:
