@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
 from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES, WINDOWS, popularity
 
 if TYPE_CHECKING:
@@ -40,8 +43,6 @@ class FeatureFrames:
 
 def calendar(spark: SparkSession, as_of_days: list[date]) -> DataFrame:
     """Return a one-column frame ``as_of`` of the requested days (small, broadcast in joins)."""
-    from pyspark.sql import functions as F
-
     rows = [(d.isoformat(),) for d in sorted(set(as_of_days))]
     return spark.createDataFrame(rows, "as_of string").select(F.col("as_of").cast("date"))
 
@@ -52,8 +53,6 @@ def history_for(daily: DataFrame, days: DataFrame, window: int) -> DataFrame:
     Adds ``age`` (days between the row's ``ds`` and ``as_of``, 0 = the as-of day itself); a row
     of a day after ``as_of`` is never paired with it.
     """
-    from pyspark.sql import functions as F
-
     age = F.datediff(F.col("as_of"), F.col("ds"))
     joined = daily.join(
         F.broadcast(days),
@@ -65,15 +64,11 @@ def history_for(daily: DataFrame, days: DataFrame, window: int) -> DataFrame:
 
 def day_end(as_of: Column) -> Column:
     """Return the timestamp at which the ``as_of`` day ends (00:00 UTC of the next day)."""
-    from pyspark.sql import functions as F
-
     return F.date_add(as_of, 1).cast("timestamp")
 
 
 def daily_item_counts(events: DataFrame) -> DataFrame:
     """Count each item's events of every type per day (the small input of windowed counts)."""
-    from pyspark.sql import functions as F
-
     aggs = [
         F.sum(F.col("event_type").isin(*types).cast("long")).alias(name)
         for name, types in COUNTED_TYPES.items()
@@ -83,8 +78,6 @@ def daily_item_counts(events: DataFrame) -> DataFrame:
 
 def item_window_counts(daily: DataFrame, days: DataFrame) -> DataFrame:
     """Sum the daily counts of each item over the 1, 7 and 28 days ending with ``as_of``."""
-    from pyspark.sql import functions as F
-
     aggs = [
         F.sum(F.when(F.col("age") < w, F.col(name)).otherwise(0)).alias(f"item_{name}_{w}d")
         for w in WINDOWS
@@ -95,9 +88,6 @@ def item_window_counts(daily: DataFrame, days: DataFrame) -> DataFrame:
 
 def with_smoothed_ctr(items: DataFrame, prior_weight: float) -> DataFrame:
     """Add click-through rates shrunk towards that day's catalogue rate (stable for new items)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     per_day = Window.partitionBy("as_of")
     out = items
     for w in WINDOWS:
@@ -111,8 +101,6 @@ def with_smoothed_ctr(items: DataFrame, prior_weight: float) -> DataFrame:
 
 def sold_at(events: DataFrame) -> DataFrame:
     """Return ``item_id, sold_ts``: the first purchase of every item (an item sells once)."""
-    from pyspark.sql import functions as F
-
     return (
         events.where(F.col("event_type") == "purchase")
         .groupBy("item_id")
@@ -132,9 +120,6 @@ def item_features(
     A lag of one day serves the training set: an impression day shows listings created that
     day, whose attributes are known at listing time while their counts are still zero.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     listed = items.join(
         F.broadcast(days), F.col("ds") <= F.date_add(F.col("as_of"), listing_lag_days), how="inner"
     ).drop("ds")
@@ -185,8 +170,6 @@ def item_features(
 
 def daily_interactions(events: DataFrame, items: DataFrame, gains: dict[str, float]) -> DataFrame:
     """Return clicks and positive actions weighted by gain, with the item's attributes."""
-    from pyspark.sql import functions as F
-
     weight = F.create_map(*[F.lit(x) for kv in gains.items() for x in kv])
     return (
         events.where(F.col("event_type").isin(*gains.keys()))
@@ -206,9 +189,6 @@ def daily_interactions(events: DataFrame, items: DataFrame, gains: dict[str, flo
 
 def affinity_map(interactions: DataFrame, dimension: str) -> DataFrame:
     """Return ``as_of, user_id, {dimension}_affinity``: each value's share of the user's weight."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     per_value = (
         interactions.where(F.col(dimension).isNotNull())
         .groupBy("as_of", "user_id", dimension)
@@ -227,8 +207,6 @@ def user_features(
     users: DataFrame, events: DataFrame, items: DataFrame, days: DataFrame, config: dict[str, Any]
 ) -> DataFrame:
     """Return one row per ``as_of`` and user signed up by then: activity, price band, affinities."""
-    from pyspark.sql import functions as F
-
     history_days = int(config["history_days"])
     known = users.join(F.broadcast(days), F.col("ds") <= F.col("as_of"), how="inner").drop("ds")
     daily = events.groupBy("user_id", "ds").agg(
@@ -290,8 +268,6 @@ def seen_pairs(
 
     ``only`` (``user_id, item_id`` pairs) restricts the work to the pairs that will be joined.
     """
-    from pyspark.sql import functions as F
-
     shown = events.where(F.col("event_type").isin("impression", "click"))
     if only is not None:
         shown = shown.join(

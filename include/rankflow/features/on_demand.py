@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pyspark.sql import functions as F
+
 from rankflow.features.batch import FeatureFrames
 
 if TYPE_CHECKING:
@@ -12,7 +14,6 @@ if TYPE_CHECKING:
 
 def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
     """Join features to ``as_of, user_id, item_id`` pairs and derive the user x item features."""
-    from pyspark.sql import functions as F
 
     def affinity(dimension: str) -> Column:
         return F.coalesce(

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from rankflow.days import days_where
 from rankflow.lake.delta_log import Commit, DeltaLogError, changes_since, find_commit, table_file
-from rankflow.lake.tables import replace_partition
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -87,6 +86,8 @@ def snapshot_of(table: str, commit: Commit, ds: date, surface: str) -> GoldSnaps
 
 def write_gold(ranked: DataFrame, table: str, ds: date, surface: str) -> GoldSnapshot:
     """Replace the ``(ds, surface)`` partition of the gold table and return what was written."""
+    from rankflow.lake.tables import replace_partition  # Spark: its readers stay Spark-free
+
     token = f"rankflow-score:{ds.isoformat()}:{surface}:{uuid.uuid4().hex}"
     replace_partition(
         ranked,

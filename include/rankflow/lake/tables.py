@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING
 
+from pyspark.sql import functions as F
+
 from rankflow.config import Settings
 from rankflow.days import day, days_where
 from rankflow.features.batch import FeatureFrames
@@ -83,8 +85,6 @@ def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
 
 def read_partition(spark: SparkSession, settings: Settings, name: str, ds: date) -> DataFrame:
     """Read one ``ds`` partition of a Delta table (without the ``ds`` column)."""
-    from pyspark.sql import functions as F
-
     return read_table(spark, settings, name).where(F.col("ds") == day(ds)).drop("ds")
 
 
@@ -119,8 +119,6 @@ def scoring_input(
 
     This is the serving face of the features; restricting the users first keeps a sample cheap.
     """
-    from pyspark.sql import functions as F
-
     from rankflow.features.on_demand import with_cross_features
     from rankflow.features.registry import feature_vector
 
@@ -136,6 +134,4 @@ def scoring_input(
 
 def read_ranked(spark: SparkSession, settings: Settings, ds: date, surface: str) -> DataFrame:
     """Read the gold ranked lists of one day and surface."""
-    from pyspark.sql import functions as F
-
     return read_partition(spark, settings, "gold/rankings", ds).where(F.col("surface") == surface)

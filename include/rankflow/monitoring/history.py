@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
 from rankflow.days import day, days_where
-from rankflow.lake.tables import replace_partition
 from rankflow.monitoring.rules import ROW_FIELDS
 
 if TYPE_CHECKING:
@@ -98,6 +97,8 @@ def write_history(
 ) -> None:
     """Replace the rows of (``ds``, ``surface``) in the monitoring table, in one transaction."""
     from pyspark.sql import functions as F
+
+    from rankflow.lake.tables import replace_partition  # Spark: its readers stay Spark-free
 
     schema = ", ".join(f"`{name}` {kind}" for name, kind in ROW_FIELDS)
     frame = spark.createDataFrame(

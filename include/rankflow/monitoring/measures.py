@@ -7,6 +7,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pyspark.sql import functions as F
 
 from rankflow.config import Settings
 from rankflow.days import day
@@ -29,8 +30,6 @@ OFFLINE_METRICS = ("ndcg@10", "ipw_ndcg@10", "truth_ndcg@10")
 
 def user_sample(frame: DataFrame, percent: float, seed: int) -> DataFrame:
     """Keep the rows of a fixed hash sample of users (the same users whatever the day)."""
-    from pyspark.sql import functions as F
-
     bucket = F.pmod(F.xxhash64(F.col("user_id"), F.lit(seed)), F.lit(10_000))
     return frame.where(bucket < F.lit(round(percent * 100)))
 
@@ -44,8 +43,6 @@ def quantile_edges(frame: DataFrame, columns: list[str], bins: int) -> dict[str,
 
 def bin_index(column: str, edges: list[float]) -> Column:
     """Bin of a value: 0..len(edges) by the edges it exceeds, len(edges) + 1 for null / NaN."""
-    from pyspark.sql import functions as F
-
     value = F.col(column)
     index = sum((F.when(value > edge, 1).otherwise(0) for edge in edges), F.lit(0))
     return F.when(value.isNull() | F.isnan(value), len(edges) + 1).otherwise(index)
@@ -53,8 +50,6 @@ def bin_index(column: str, edges: list[float]) -> Column:
 
 def binned_counts(frame: DataFrame, edges: dict[str, list[float]]) -> dict[str, np.ndarray]:
     """Count the rows of each bin of every column in one pass (one small row per bin)."""
-    from pyspark.sql import functions as F
-
     pairs = F.explode(
         F.array(
             *[
@@ -95,8 +90,6 @@ def feature_drift(
     favour what the old ranker showed, candidates do not, and comparing those would always
     read as drift.
     """
-    from pyspark.sql import functions as F
-
     from rankflow.features.registry import feature_vector
     from rankflow.model.registry import load_lineage
 
@@ -117,8 +110,6 @@ def feature_drift(
 
 def previous_gold_day(spark: SparkSession, settings: Settings, ds: date, surface: str) -> Any:
     """Return the latest day before ``ds`` with gold lists of ``surface``, or None."""
-    from pyspark.sql import functions as F
-
     row = (
         read_table(spark, settings, "gold/rankings")
         .where((F.col("surface") == surface) & (F.col("ds") < day(ds)))
@@ -136,7 +127,6 @@ def score_figures(
     Ranking scores have no fixed scale, so a new model's scores are not compared with the old
     one's: the drift figure is left out the day the model changes.
     """
-    from pyspark.sql import functions as F
 
     def scores(day: date) -> DataFrame:
         ranked = read_ranked(spark, settings, day, surface)
@@ -173,8 +163,6 @@ def list_health(
     over the served lists (diversity at the gate's depth); the Gini counts every seller with a
     live item, including those without a slot.
     """
-    from pyspark.sql import functions as F
-
     depth = int(settings.pipeline["evaluation"]["overlap_depth"])
     ranked = read_ranked(spark, settings, ds, surface).select("user_id", "item_ids")
     items = read_features(spark, settings, ds).items.select(

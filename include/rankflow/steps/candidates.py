@@ -6,6 +6,8 @@ import argparse
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from pyspark.sql import functions as F
+
 from rankflow.config import Settings
 from rankflow.days import day
 from rankflow.lake.tables import read_features, read_partition
@@ -16,8 +18,6 @@ if TYPE_CHECKING:
 
 def run_candidates(spark: SparkSession, settings: Settings, ds: date) -> dict[str, int]:
     """Generate the candidates of every active user as of ``ds``."""
-    from pyspark.sql import functions as F
-
     from rankflow.lake.tables import write_partition
     from rankflow.runs import write_run_record
     from rankflow.transforms.candidates import generate_candidates

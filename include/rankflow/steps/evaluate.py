@@ -12,6 +12,8 @@ import json
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from pyspark.sql import functions as F
+
 from rankflow.config import Settings
 from rankflow.days import day, in_days
 from rankflow.evaluation.gate import gate_evidence, metric_intervals
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
 def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
     """Return the held-out day's rows with item and user attributes, and the simulator's truth."""
     from pathlib import Path
-
-    from pyspark.sql import functions as F
 
     from rankflow.model.fit import sort_by_query
 
@@ -69,8 +69,6 @@ def shadow_candidates(spark: SparkSession, settings: Settings, ds: date) -> tupl
 
     Challenger and champion both score these same users: the gate's list guardrails and overlap.
     """
-    from pyspark.sql import functions as F
-
     evaluation = settings.pipeline["evaluation"]
     items = read_features(spark, settings, ds).items
     sample = (
@@ -95,8 +93,6 @@ def examination_curve(
     spark: SparkSession, settings: Settings, start: date, end: date
 ) -> np.ndarray:
     """Estimate P(examined | position) from the logged impressions of ``[start, end]``."""
-    from pyspark.sql import functions as F
-
     from rankflow.evaluation.propensity import estimate_examination
 
     logged: Any = (

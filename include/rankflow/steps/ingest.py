@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
 from rankflow.config import Settings
 from rankflow.days import days_where
 from rankflow.lake.tables import replace_partition
@@ -44,8 +47,6 @@ def read_raw_lines(
     spark: SparkSession, settings: Settings, kind: str, start: date, end: date
 ) -> DataFrame:
     """Read the non-blank lines of complete drops in ``[start, end]``, with their ``ds``."""
-    from pyspark.sql import functions as F
-
     folders = []
     for offset in range((end - start).days + 1):
         folder = raw_day_path(settings, kind, start + timedelta(days=offset))
@@ -72,8 +73,6 @@ def ingest_range(
         IngestError: a drop is incomplete, or a day's malformed share exceeds the limit (bronze
             is then left as it was for the whole range).
     """
-    from pyspark.sql import functions as F
-
     from rankflow.lake.tables import write_partitions
 
     validated = validate(parse_lines(read_raw_lines(spark, settings, kind, start, end), kind), kind)
@@ -126,8 +125,6 @@ def recent_event_counts(
     spark: SparkSession, settings: Settings, start: date, window: int
 ) -> dict[date, int]:
     """Return bronze's accepted event rows per day for the ``window`` days before ``start``."""
-    from pyspark.sql import functions as F
-
     from rankflow.lake.tables import table_exists
 
     path = settings.paths.table("bronze/events")
@@ -158,9 +155,6 @@ def raw_events_gate(
     Raises:
         DataQualityError: a critical check failed; bronze is left as it was.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     from rankflow.quality.gates import gate
     from rankflow.quality.suites import raw_events_suite, row_count_outcomes
 

@@ -6,6 +6,8 @@ import argparse
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from pyspark.sql import functions as F
+
 from rankflow.config import Settings
 from rankflow.days import day
 from rankflow.lake.tables import read_features, read_partition, scoring_input
@@ -19,7 +21,6 @@ def run_score(
 ) -> dict[str, Any]:
     """Score every candidate with ``model`` (alias or version) and write top-K lists to gold."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     from rankflow.lake.gold import write_gold
     from rankflow.model.registry import load_model
@@ -56,8 +57,6 @@ def run_score(
 
 def list_statistics(ranked: DataFrame, items: DataFrame) -> DataFrame:
     """Return one row per list: its length, distinct, sold and unknown items (for the gate)."""
-    from pyspark.sql import functions as F
-
     catalogue = items.select(
         "item_id", F.col("is_sold").cast("int").alias("sold"), F.lit(1).alias("known")
     )

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
 from rankflow.quality.gates import DataQualityError
 from rankflow.quality.raw import CORRUPT, EVENT_TYPES, MAX_ID, raw_schema, required_fields
 
@@ -25,8 +28,6 @@ class MalformedShareError(IngestError, DataQualityError):
 
 def parse_lines(lines: DataFrame, kind: str) -> DataFrame:
     """Parse JSON lines (``value, ds``) against the explicit schema, keeping the line as ``raw``."""
-    from pyspark.sql import functions as F
-
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
     parsed = F.from_json(F.col("value"), raw_schema(kind), options)
     return lines.select(F.col("value").alias("raw"), "ds", parsed.alias("r")).select(
@@ -36,8 +37,6 @@ def parse_lines(lines: DataFrame, kind: str) -> DataFrame:
 
 def rejection_reason(kind: str) -> Column:
     """Return a column holding the first rule a parsed row breaks, or null if it is valid."""
-    from pyspark.sql import functions as F
-
     rules: list[tuple[Column, str]] = [(F.col(CORRUPT).isNotNull(), "malformed JSON or wrong type")]
     rules += [(F.col(name).isNull(), f"missing {name}") for name in required_fields(kind)]
     id_cols = {
@@ -64,9 +63,6 @@ def rejection_reason(kind: str) -> Column:
 
 def with_duplicate_reason(df: DataFrame, key: str) -> DataFrame:
     """Mark every copy but the first (by raw text) of a key repeated within a day."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     window = Window.partitionBy("ds", key).orderBy("raw")
     duplicate = F.col(key).isNotNull() & (F.row_number().over(window) > 1)
     return df.withColumn(
@@ -87,16 +83,12 @@ def validate(parsed: DataFrame, kind: str) -> DataFrame:
 
 def accepted_rows(validated: DataFrame, kind: str) -> DataFrame:
     """Select the accepted rows in the bronze schema of ``kind`` (the output contract)."""
-    from pyspark.sql import functions as F
-
     columns = [f.name for f in raw_schema(kind).fields if f.name != CORRUPT]
     return validated.where(F.col("reason").isNull()).select(*columns, "ds")
 
 
 def quarantined_rows(validated: DataFrame, kind: str) -> DataFrame:
     """Select the rejected rows with their reason and original line."""
-    from pyspark.sql import functions as F
-
     return validated.where(F.col("reason").isNotNull()).select(
         F.lit(kind).alias("source"), "reason", "raw", "ds"
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
 from rankflow.features.batch import FeatureFrames
 from rankflow.features.registry import by_popularity
 
@@ -14,24 +17,17 @@ if TYPE_CHECKING:
 
 def available_items(items: DataFrame) -> DataFrame:
     """Keep the listings a user can still buy (not sold)."""
-    from pyspark.sql import functions as F
-
     return items.where(~F.col("is_sold"))
 
 
 def active_users(users: DataFrame, as_of: date, days: int) -> DataFrame:
     """Keep users with any event in the ``days`` days ending with ``as_of``."""
-    from pyspark.sql import functions as F
-
     since = F.lit((as_of - timedelta(days=days - 1)).isoformat()).cast("timestamp")
     return users.where(F.col("last_event_ts") >= since)
 
 
 def top_by_popularity(items: DataFrame, n: int, partition: list[str]) -> DataFrame:
     """Keep the ``n`` most popular items of each partition (newest first on ties)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     order = Window.partitionBy(*partition).orderBy(*by_popularity())
     return items.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= n)
 
@@ -44,9 +40,6 @@ def from_affinity(
     ``attribute`` is an item column with a ``<attribute>_affinity`` map on the user (category,
     brand); ties in affinity go to the smaller value, so the choice is deterministic.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     strongest_values = (
         users.select("user_id", F.explode(f"{attribute}_affinity").alias(attribute, "share"))
         .withColumn(
@@ -84,8 +77,6 @@ def from_similar(users: DataFrame, items: DataFrame, config: dict[str, Any]) -> 
 
 def from_global(users: DataFrame, items: DataFrame, n: int, order: str, source: str) -> DataFrame:
     """The same ``n`` items for every user, by ``order`` (a descending column)."""
-    from pyspark.sql import functions as F
-
     top = items.orderBy(F.col(order).desc(), F.col("item_id")).limit(n).select("item_id")
     return users.select("user_id").crossJoin(F.broadcast(top)).withColumn("source", F.lit(source))
 
@@ -96,9 +87,6 @@ def generate_candidates(features: FeatureFrames, as_of: date, config: dict[str, 
     Sold items are never candidates (a purchase makes an item sold, so this also drops what the
     user bought); ``prior`` (number of sources, then popularity) decides which survive the cap.
     """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     items = available_items(features.items.drop("as_of")).cache()
     users = active_users(features.users.drop("as_of"), as_of, int(config["active_user_days"]))
     union = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from pyspark.sql import functions as F
+
 from rankflow.days import day
 from rankflow.features.batch import build_features
 from rankflow.features.on_demand import with_cross_features
@@ -16,15 +18,11 @@ if TYPE_CHECKING:
 
 def on_days(days: list[date]) -> Column:
     """Return a filter keeping rows whose ``ds`` is one of ``days``."""
-    from pyspark.sql import functions as F
-
     return F.col("ds").isin(*[day(d) for d in days])
 
 
 def impressions_of(events: DataFrame, days: list[date]) -> DataFrame:
     """Return the impressions shown on ``days``: one row per (day, session, item)."""
-    from pyspark.sql import functions as F
-
     return (
         events.where(on_days(days) & (F.col("event_type") == "impression"))
         .groupBy("ds", "session_id", "item_id")
@@ -38,8 +36,6 @@ def impressions_of(events: DataFrame, days: list[date]) -> DataFrame:
 
 def graded_labels(events: DataFrame, days: list[date], gains: dict[str, float]) -> DataFrame:
     """Return ``ds, session_id, item_id, label``: the gain of the strongest action that followed."""
-    from pyspark.sql import functions as F
-
     gain = F.create_map(*[F.lit(x) for kv in gains.items() for x in kv])
     return (
         events.where(on_days(days) & F.col("event_type").isin(*gains.keys()))
@@ -59,8 +55,6 @@ def build_training_set(
     events: DataFrame, items: DataFrame, users: DataFrame, days: list[date], config: dict[str, Any]
 ) -> DataFrame:
     """Return the labelled impressions of ``days``, each joined to features as of the day before."""
-    from pyspark.sql import functions as F
-
     gains = config["labels"]["gains"]
     labelled = with_labels(impressions_of(events, days), graded_labels(events, days, gains))
     labelled = labelled.withColumn("as_of", F.date_sub(F.col("ds"), 1))
