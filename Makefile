@@ -27,6 +27,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export PYSPARK_PYTHON := $(PY)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
+LOGS := $(RANKFLOW_HOME)/logs
 
 .PHONY: help setup up down demo test test-fast lint format typecheck check airflow screenshot bench lock clean
 
@@ -53,9 +54,13 @@ $(STAMP)/chromium:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
 	@touch $@
 
+# Ivy's resolution chatter goes to a log; VERBOSE=1 shows it
 $(STAMP)/spark: $(VENV)/.installed
-	@mkdir -p $(STAMP)
-	$(PY) -m rankflow.cli warm-spark
+	@mkdir -p $(STAMP) $(LOGS)
+	@echo "fetching Delta Lake's jars into the Ivy cache and checking Spark (log: $(LOGS)/warm-spark.log)"
+	@if [ "$(VERBOSE)" = 1 ]; then $(PY) -m rankflow.cli warm-spark 2>&1 | tee $(LOGS)/warm-spark.log; \
+	  else $(PY) -m rankflow.cli warm-spark > $(LOGS)/warm-spark.log 2>&1 || { tail -n 40 $(LOGS)/warm-spark.log; exit 1; }; fi
+	@grep "Delta round trip" $(LOGS)/warm-spark.log
 	@touch $@
 
 $(STAMP)/airflow-db: $(VENV)/.installed

@@ -346,13 +346,11 @@ def bench_publish(
     spark: SparkSession, settings: Settings, gold_path: str, snapshot: GoldSnapshot, k: int
 ) -> PublishResult:
     """Measure (b) and (c): gold -> Redis publication between two redis-benchmark runs."""
-    import redis
-
+    from rankflow.store.client import checked_client
     from rankflow.store.versions import bytes_per_user
 
     url = settings.redis.url
-    client = redis.Redis.from_url(url)
-    client.ping()
+    client = checked_client(url, "the publish bench did not run")
     stray = b"key:__rand_int__"  # the one key redis-benchmark SETs without -r
     had_stray = bool(client.exists(stray))
     delete_namespace(client)

@@ -13,6 +13,7 @@ from rankflow.model.fit import FittedRanker
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 
 CHAMPION = "champion"
@@ -25,12 +26,10 @@ class ModelNotFoundError(RuntimeError):
 def load_lineage(settings: Settings, version: str) -> dict[str, Any]:
     """Read the lineage a registered model version was logged with."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    configure_mlflow(settings)
     try:
-        run_id = MlflowClient().get_model_version(settings.model_name, version).run_id
+        run_id = mlflow_client(settings).get_model_version(settings.model_name, version).run_id
     except MlflowException as error:
         raise ModelNotFoundError(f"model {settings.model_name} has no version {version}") from error
     lineage: dict[str, Any] = mlflow.artifacts.load_dict(f"runs:/{run_id}/lineage.json")
@@ -108,24 +107,32 @@ def log_and_register(
         return {"run_id": run.info.run_id, "model_version": version}
 
 
-def load_model(settings: Settings, alias_or_version: str = CHAMPION) -> tuple[bytes, str]:
-    """Return the XGBoost JSON bytes and version of a registered model (alias or number)."""
-    import mlflow
-    from mlflow import MlflowClient
+def find_model_version(
+    settings: Settings, client: MlflowClient, alias_or_version: str = CHAMPION
+) -> ModelVersion:
+    """The registered version an alias (e.g. champion) or a version number names.
+
+    Raises:
+        ModelNotFoundError: nothing is registered under that alias or number.
+    """
     from mlflow.exceptions import MlflowException
 
-    configure_mlflow(settings)
-    client = MlflowClient()
     try:
         if alias_or_version.isdigit():
-            mv = client.get_model_version(settings.model_name, alias_or_version)
-        else:
-            mv = client.get_model_version_by_alias(settings.model_name, alias_or_version)
+            return client.get_model_version(settings.model_name, alias_or_version)
+        return client.get_model_version_by_alias(settings.model_name, alias_or_version)
     except MlflowException as error:
         raise ModelNotFoundError(
             f"no model '{settings.model_name}' with alias/version '{alias_or_version}' in "
             f"{settings.mlflow_tracking_uri}: run the nightly DAG with retrain=true first"
         ) from error
+
+
+def load_model(settings: Settings, alias_or_version: str = CHAMPION) -> tuple[bytes, str]:
+    """Return the XGBoost JSON bytes and version of a registered model (alias or number)."""
+    import mlflow
+
+    mv = find_model_version(settings, mlflow_client(settings), alias_or_version)
     with tempfile.TemporaryDirectory() as folder:
         local = Path(
             mlflow.artifacts.download_artifacts(
@@ -140,10 +147,7 @@ def load_model(settings: Settings, alias_or_version: str = CHAMPION) -> tuple[by
 
 def model_trained_for(settings: Settings, version: str) -> date | None:
     """Return the logical date a registered model version was trained for (its run's ``ds``)."""
-    from mlflow import MlflowClient
-
-    configure_mlflow(settings)
-    client = MlflowClient()
+    client = mlflow_client(settings)
     run_id = client.get_model_version(settings.model_name, version).run_id
     tag = client.get_run(run_id).data.tags.get("ds") if run_id else None
     return date.fromisoformat(tag) if tag else None

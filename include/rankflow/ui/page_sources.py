@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from rankflow.config import Settings
-from rankflow.model.registry import CHAMPION, mlflow_client
+from rankflow.model.registry import (
+    CHAMPION,
+    ModelNotFoundError,
+    find_model_version,
+    mlflow_client,
+)
 from rankflow.monitoring.history import history_rows
 from rankflow.store.client import redis_client
 from rankflow.store.errors import NoCurrentVersionError
@@ -65,19 +70,17 @@ def read_status(settings: Settings, surface: str) -> Any:
 
 def read_champion(settings: Settings) -> Champion | Notice:
     """The model version with the champion alias, its run's tags and metrics."""
-    from mlflow.exceptions import MlflowException
-
     uri = settings.mlflow_tracking_uri
     if mlflow_store_missing(settings):
         return Notice(f"No champion yet: the MLflow store {uri} does not exist (no model trained).")
     try:
         client = mlflow_client(settings)
         try:
-            version = client.get_model_version_by_alias(settings.model_name, CHAMPION)
-        except MlflowException as error:
+            version = find_model_version(settings, client, CHAMPION)
+        except ModelNotFoundError:
             return Notice(
                 f"No champion yet: no version of model “{settings.model_name}” carries the alias "
-                f"“{CHAMPION}” ({error.message.splitlines()[0]})."
+                f"“{CHAMPION}”."
             )
         run_id = version.run_id or ""  # a version registered from outside a run has none
         run = client.get_run(run_id) if run_id else None
