@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -71,16 +72,32 @@ def run_logged(
         list(command),
         env=env,
         cwd=cwd,
-        stdout=None if verbose else log,
-        stderr=None if verbose else subprocess.STDOUT,
+        stdout=subprocess.PIPE if verbose else log,
+        stderr=subprocess.STDOUT,
+        text=verbose,
     )
+    copier = None
+    if verbose:
+        copier = threading.Thread(target=_tee, args=(process, log), daemon=True)
+        copier.start()
     while process.poll() is None:
         if while_running is not None:
             while_running()
         time.sleep(0.5)
+    if copier is not None:
+        copier.join()
     if while_running is not None:
         while_running()
     return process.returncode
+
+
+def _tee(process: subprocess.Popen[str], log: IO[str]) -> None:
+    """Copy a child's output to the log and to the terminal, line by line."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        log.write(line)
+        sys.stdout.write(line)
+    log.flush()
 
 
 class TaskLines:

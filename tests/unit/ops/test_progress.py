@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from rankflow.config import Settings, load_settings
-from rankflow.ops.progress import Bar, TaskLines, key_figure
+from rankflow.ops.progress import Bar, TaskLines, key_figure, run_logged
 from rankflow.runs import write_run_record
 
 DS = date(2026, 10, 30)
@@ -61,3 +61,24 @@ def test_a_bar_off_a_terminal_prints_only_its_result() -> None:
     bar.finish("done")
     assert out.getvalue() == "raw drops      done\n"
     assert "[###" in bar.render(10, 30, "days")
+
+
+def test_a_child_s_output_goes_to_the_log_and_with_verbose_to_the_terminal_too(
+    tmp_path: Path, capsys
+) -> None:
+    command = ["sh", "-c", "echo chatter; echo warning >&2; exit 3"]
+    polls: list[bool] = []
+    for verbose in (False, True):
+        log_path = tmp_path / f"verbose-{verbose}.log"
+        with log_path.open("a") as log:
+            status = run_logged(
+                command, log, verbose=verbose, while_running=lambda: polls.append(True)
+            )
+        assert status == 3
+        logged = log_path.read_text()
+        assert "chatter" in logged
+        assert "warning" in logged
+        assert polls  # polled at least once, after the end
+        polls.clear()
+        shown = capsys.readouterr().out
+        assert ("chatter" in shown) is verbose
