@@ -29,7 +29,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo test test-fast lint format typecheck check airflow screenshot bench lock clean
+.PHONY: help setup up down demo test chaos test-fast lint format typecheck check airflow screenshot bench lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -82,13 +82,16 @@ demo: setup up ## Generate the demo marketplace and run the nightly DAG once, en
 test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end)
 	$(PY) -m pytest
 
+chaos: setup up ## Kill Redis and the publish steps at seeded points (RANKFLOW_CHAOS_SEED, _KILLS)
+	$(PY) -m pytest -m chaos -s
+
 test-fast: setup up ## Run the tests that take seconds (no Spark, no end-to-end)
 	$(PY) -m pytest -m "not spark and not slow"
 
 lint: $(VENV)/.installed ## Lint, check formatting (ruff) and the library's layers (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	cd include && $(VENV)/bin/lint-imports --config ../pyproject.toml
+	cd include && $(VENV)/bin/lint-imports --cache-dir ../.import_linter_cache ../pyproject.toml
 
 format: $(VENV)/.installed ## Format the code (ruff)
 	$(VENV)/bin/ruff format .

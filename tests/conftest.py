@@ -64,3 +64,20 @@ def settings(tmp_path: Path, redis_url: str, s3_endpoint: str) -> Settings:
         RANKFLOW_S3_BUCKET=f"test-{tmp_path.name.lower().replace('_', '-')}"[:60],
     )
     return load_settings(env)
+
+
+@pytest.fixture(scope="session")
+def spark_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("spark-home")
+
+
+@pytest.fixture(scope="session")
+def spark(spark_home: Path) -> Iterator[object]:
+    """One local Spark session with Delta Lake, shared by every test that asks for it."""
+    from rankflow.lake.session import get_session
+
+    env = {**os.environ, "RANKFLOW_HOME": str(spark_home), "RANKFLOW_SPARK_MASTER": "local[2]"}
+    env["RANKFLOW_SHUFFLE_PARTITIONS"] = "2"
+    session = get_session(load_settings(env), "rankflow-tests")
+    yield session
+    session.stop()

@@ -1,30 +1,13 @@
-"""One local Spark session with Delta Lake for every Spark test."""
+"""Settings for the Spark tests (the one local Spark session is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rankflow.config import Settings, load_settings
-
-
-@pytest.fixture(scope="session")
-def spark_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("spark-home")
-
-
-@pytest.fixture(scope="session")
-def spark(spark_home: Path) -> Iterator[object]:
-    from rankflow.lake.session import get_session
-
-    env = {**os.environ, "RANKFLOW_HOME": str(spark_home), "RANKFLOW_SPARK_MASTER": "local[2]"}
-    env["RANKFLOW_SHUFFLE_PARTITIONS"] = "2"
-    session = get_session(load_settings(env), "rankflow-tests")
-    yield session
-    session.stop()
 
 
 @pytest.fixture

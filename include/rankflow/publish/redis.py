@@ -142,7 +142,7 @@ def publish_snapshot(
         VersionCheckError: the written version failed its checks; readers still see the old one.
     """
     from rankflow.store.versions import commit_version
-    from rankflow.store.writer import begin_version, write_fallback
+    from rankflow.store.writer import begin_version, record_written, write_fallback
 
     source = {"gold_table": snapshot.table, "gold_commit": str(snapshot.commit)}
     begin_version(
@@ -150,6 +150,8 @@ def publish_snapshot(
     )
     written = write_files(spark, snapshot, redis_url, prefix, surface, version, mset_batch)
     write_fallback(client, prefix, surface, version, list(fallback))
+    value_bytes = sum(b for _, _, b in written)
+    record_written(client, prefix, surface, version, value_bytes=value_bytes, files=len(written))
     result = commit_version(
         client,
         prefix,
@@ -161,7 +163,7 @@ def publish_snapshot(
     return RedisPublication(
         version=version,
         users=snapshot.users,
-        value_bytes=sum(b for _, _, b in written),
+        value_bytes=value_bytes,
         files=len(written),
         result=result,
     )

@@ -41,6 +41,7 @@ class ExportResult:
     parts: int
     bytes: int
     pointer_updated: bool
+    resumed: bool = False  # an earlier attempt had written the whole export
 
 
 def s3_client(s3: S3Settings) -> Any:
@@ -148,34 +149,128 @@ def build_manifest(
     }
 
 
-def update_pointer(
-    client: Any, s3: S3Settings, surface: str, ds: date, record: dict[str, Any]
-) -> bool:
-    """Point ``_latest.json`` at this export unless a newer date is already published."""
+POINTER_ATTEMPTS = 5  # a pointer moved by someone else between our read and our write: re-read
+
+
+def read_json(client: Any, bucket: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """An object's JSON document and ETag, or (None, None) when there is no such object."""
     from botocore.exceptions import ClientError
 
-    key = pointer_key(s3, surface)
     try:
-        current = json.loads(client.get_object(Bucket=s3.bucket, Key=key)["Body"].read())
+        reply = client.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
             raise
-        current = None
-    if current is not None and str(current["ds"]) > ds.isoformat():
+        return None, None
+    return json.loads(reply["Body"].read()), str(reply["ETag"])
+
+
+def precondition_failed(error: Exception) -> bool:
+    """Whether a conditional write lost a race (412, or 409 while another write is in flight)."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(error, ClientError):
         return False
+    code = str(error.response.get("Error", {}).get("Code"))
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def update_pointer(
+    client: Any, s3: S3Settings, surface: str, ds: date, record: dict[str, Any]
+) -> bool:
+    """Point ``_latest.json`` at this export unless a newer date is already published.
+
+    The write is conditional on what was read (``If-Match`` its ETag, or ``If-None-Match: *``
+    when there was none), so an export of an older day racing with a newer one can never move
+    the pointer back: the loser re-reads and decides again. Returns whether it points here.
+    """
+    from botocore.exceptions import ClientError
+
+    key = pointer_key(s3, surface)
     body = json.dumps(record, sort_keys=True).encode()
-    client.put_object(Bucket=s3.bucket, Key=key, Body=body, ContentType="application/json")
-    return True
+    for _ in range(POINTER_ATTEMPTS):
+        current, etag = read_json(client, s3.bucket, key)
+        if current == record:
+            return True  # a retry of the export that moved it
+        if current is not None and str(current["ds"]) > ds.isoformat():
+            return False
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            client.put_object(
+                Bucket=s3.bucket, Key=key, Body=body, ContentType="application/json", **condition
+            )
+        except ClientError as error:
+            if precondition_failed(error):
+                continue
+            raise
+        return True
+    raise S3PublishError(f"{key} changed under every one of {POINTER_ATTEMPTS} attempts to move it")
 
 
 def export_rankings(
     ranked: DataFrame, s3: S3Settings, surface: str, ds: date, version: str, meta: dict[str, Any]
 ) -> ExportResult:
-    """Upload ranked lists in parallel, then write the manifest, then move the pointer."""
+    """Upload ranked lists in parallel, then write the manifest, then move the pointer.
+
+    Safe to retry after a crash at any point: an export whose manifest exists is complete (the
+    manifest is written once, ``If-None-Match: *``, after every part) and is only pointed at
+    again; without a manifest nothing can point at the folder, so its parts are replaced.
+    """
+    from botocore.exceptions import ClientError
+
     client = s3_client(s3)
     ensure_bucket(client, s3.bucket)
     prefix = export_prefix(s3, surface, ds, version)
-    delete_prefix(client, s3.bucket, prefix)
+    manifest_key = f"{prefix}_manifest.json"
+    manifest, _ = read_json(client, s3.bucket, manifest_key)
+    resumed = manifest is not None
+    if manifest is None:
+        delete_prefix(
+            client, s3.bucket, prefix
+        )  # parts of an attempt that died before its manifest
+        manifest = upload_parts(ranked, s3, surface, ds, version, meta, prefix)
+        try:
+            client.put_object(
+                Bucket=s3.bucket,
+                Key=manifest_key,
+                Body=json.dumps(manifest, indent=2, sort_keys=True).encode(),
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except ClientError as error:
+            if not precondition_failed(error):
+                raise
+            manifest, _ = read_json(client, s3.bucket, manifest_key)  # a twin attempt won
+            if manifest is None:
+                raise S3PublishError(f"{manifest_key} was refused but cannot be read") from error
+    pointer = {"ds": ds.isoformat(), "version": version, "manifest": manifest_key}
+    updated = update_pointer(client, s3, surface, ds, pointer)
+    return ExportResult(
+        bucket=s3.bucket,
+        prefix=prefix,
+        manifest_key=manifest_key,
+        users=int(manifest["users"]),
+        parts=len(manifest["parts"]),
+        bytes=sum(int(p["bytes"]) for p in manifest["parts"]),
+        pointer_updated=updated,
+        resumed=resumed,
+    )
+
+
+def upload_parts(
+    ranked: DataFrame,
+    s3: S3Settings,
+    surface: str,
+    ds: date,
+    version: str,
+    meta: dict[str, Any],
+    prefix: str,
+) -> dict[str, Any]:
+    """Upload the parts from the executors and return the manifest that describes them.
+
+    Raises:
+        S3PublishError: the parts hold another number of lists than the table.
+    """
     parts = [
         row.asDict()
         for row in ranked.mapInPandas(make_part_uploader(s3, prefix), PART_SCHEMA).collect()
@@ -191,22 +286,4 @@ def export_rankings(
             f"uploaded parts hold {manifest['users']} lists but the table has {expected}; "
             "the manifest was not written, so the export stays invisible"
         )
-    manifest_key = f"{prefix}_manifest.json"
-    client.put_object(
-        Bucket=s3.bucket,
-        Key=manifest_key,
-        Body=json.dumps(manifest, indent=2, sort_keys=True).encode(),
-        ContentType="application/json",
-    )
-    pointer = {"ds": ds.isoformat(), "version": version, "manifest": manifest_key}
-    updated = update_pointer(client, s3, surface, ds, pointer)
-    result = ExportResult(
-        bucket=s3.bucket,
-        prefix=prefix,
-        manifest_key=manifest_key,
-        users=manifest["users"],
-        parts=len(parts),
-        bytes=sum(int(p["bytes"]) for p in parts),
-        pointer_updated=updated,
-    )
-    return result
+    return manifest

@@ -8,9 +8,18 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings
+from rankflow.lake.gold import GoldSnapshot, check_unchanged
 from rankflow.lake.ledger import record_event
+from rankflow.publish.redis import publish_snapshot, sample_user
+from rankflow.runs import read_run_record, write_run_record
 from rankflow.store.client import checked_client
 from rankflow.store.keys import publication_version
+from rankflow.store.versions import (
+    bytes_per_user,
+    earlier_outcome,
+    expire_old_versions,
+    version_meta,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -19,13 +28,13 @@ if TYPE_CHECKING:
 def run_publish_redis(
     spark: SparkSession, settings: Settings, ds: date, surface: str, run_id: str
 ) -> dict[str, Any]:
-    """Write the gold lists of ``ds`` as a new Redis version, check it, switch readers to it."""
-    from rankflow.lake.gold import GoldSnapshot, check_unchanged
-    from rankflow.publish.redis import publish_snapshot, sample_user
-    from rankflow.runs import read_run_record, write_run_record
-    from rankflow.store.errors import VersionNotWritableError
-    from rankflow.store.versions import bytes_per_user, expire_old_versions, version_pointers
+    """Write the gold lists of ``ds`` as a new Redis version, check it, switch readers to it.
 
+    Safe to retry after a crash at any point: what an earlier attempt decided is read back from
+    Redis (:func:`~rankflow.store.versions.earlier_outcome`), and the finishing work (expiry of
+    old versions, the ledger event, the run record) is redone, each part idempotent, so a
+    publication reaches the ledger exactly once and "already done" is a success.
+    """
     scored = read_run_record(settings, ds, f"score-{surface}")
     snapshot = GoldSnapshot.from_record(scored["gold"])
     check_unchanged(snapshot, ds, surface)
@@ -33,8 +42,10 @@ def run_publish_redis(
     prefix = settings.redis.key_prefix
     client = checked_client(settings.redis.url, "Nothing was published.")
     started = time.monotonic()
-    try:
-        published = publish_snapshot(
+    result = earlier_outcome(client, prefix, surface, version)
+    resumed = result is not None
+    if result is None:
+        result = publish_snapshot(
             spark,
             client,
             settings.redis.url,
@@ -47,31 +58,12 @@ def run_publish_redis(
             k=int(scored["top_k"]),
             fallback=scored["fallback"],
             mset_batch=settings.redis.mset_batch,
-        )
-    except VersionNotWritableError:
-        if version_pointers(client, prefix, surface)[0] != version:
-            raise
-        return read_run_record(settings, ds, f"publish-redis-{surface}")  # a retry after success
+        ).result
+    meta = version_meta(client, prefix, surface, version)
     expired = expire_old_versions(
         client, prefix, surface, ttl_seconds=settings.redis.old_version_ttl_seconds
     )
-    record = {
-        "ds": ds.isoformat(),
-        "surface": surface,
-        "version": version,
-        "status": published.result.status,
-        "reason": published.result.reason,
-        "users": published.users,
-        "value_bytes": published.value_bytes,
-        "gold_files": published.files,
-        "bytes_per_user": bytes_per_user(client, prefix, surface, version),
-        "expired_versions": expired.versions,
-        "sample_user": sample_user(snapshot),
-        "model_version": scored["model_version"],
-        "seconds": round(time.monotonic() - started, 3),
-    }
-    write_run_record(settings, ds, f"publish-redis-{surface}", record)
-    if published.result.status == "switched":
+    if result.status == "switched":
         record_event(
             spark,
             settings,
@@ -82,8 +74,24 @@ def run_publish_redis(
             airflow_run_id=run_id,
             redis_version=version,
             gold_version=snapshot.commit,
-            reason=published.result.reason or None,
         )
+    record = {
+        "ds": ds.isoformat(),
+        "surface": surface,
+        "version": version,
+        "status": result.status,
+        "reason": result.reason,
+        "resumed": resumed,
+        "users": snapshot.users,
+        "value_bytes": int(meta.get("value_bytes") or 0),
+        "gold_files": int(meta.get("gold_files") or len(snapshot.files)),
+        "bytes_per_user": bytes_per_user(client, prefix, surface, version),
+        "expired_versions": expired.versions,
+        "sample_user": sample_user(snapshot),
+        "model_version": scored["model_version"],
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    write_run_record(settings, ds, f"publish-redis-{surface}", record)
     return record
 
 

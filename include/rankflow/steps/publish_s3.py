@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 def run_publish_s3(
     spark: SparkSession, settings: Settings, ds: date, surface: str, run_id: str
 ) -> dict[str, Any]:
-    """Export the gold lists of ``ds`` to S3 (parts, then manifest, then pointer)."""
+    """Export the gold lists of ``ds`` to S3 (parts, then manifest, then pointer).
+
+    Safe to retry after a crash at any point: a complete export is kept and pointed at again
+    (:func:`~rankflow.publish.s3.export_rankings`), the ledger event is recorded once, and the
+    run record is written last.
+    """
     from dataclasses import asdict
 
     from rankflow.lake.gold import GoldSnapshot, check_unchanged
@@ -34,7 +39,6 @@ def run_publish_s3(
     started = time.monotonic()
     result = asdict(export_rankings(ranked, settings.s3, surface, ds, version, meta))
     result["seconds"] = round(time.monotonic() - started, 3)
-    write_run_record(settings, ds, f"publish-s3-{surface}", result)
     record_event(
         spark,
         settings,
@@ -46,6 +50,7 @@ def run_publish_s3(
         redis_version=version,
         s3_prefix=f"s3://{settings.s3.bucket}/{result['prefix']}",
     )
+    write_run_record(settings, ds, f"publish-s3-{surface}", result)  # last: the step is done
     return result
 
 

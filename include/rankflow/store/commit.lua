@@ -31,7 +31,7 @@ if cur then
   local new_ds = redis.call('HGET', KEYS[3], 'ds')
   -- ds is ISO YYYY-MM-DD, so string order is date order; an equal ds (a retry) replaces
   if cur_ds and new_ds and new_ds < cur_ds then
-    redis.call('HSET', KEYS[3], 'state', 'refused')
+    redis.call('HSET', KEYS[3], 'state', 'refused', 'refused', 'skipped_older')
     return {'skipped_older', cur, prev}
   end
   redis.call('SET', KEYS[2], cur)

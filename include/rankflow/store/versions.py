@@ -361,6 +361,28 @@ def version_pointers(
     return _text(current), _text(previous)
 
 
+def earlier_outcome(
+    client: redis.Redis, prefix: str, surface: str, version: str
+) -> SwitchResult | None:
+    """What an earlier attempt at publishing ``version`` decided, read from Redis alone.
+
+    ``switched`` when the version is (or was) published: it is current or previous, or its meta
+    records a publication time (a later night may have retired it since); ``skipped_older`` when
+    its commit was refused because a newer day is current. None when no attempt committed: the
+    version is new or still ``writing`` (an abandoned attempt, which ``begin_version`` resumes),
+    or was abandoned and retired since (``begin_version`` then refuses it with a clear error).
+    """
+    meta = version_meta(client, prefix, surface, version)
+    current, previous = version_pointers(client, prefix, surface)
+    if version in (current, previous) or meta.get("published_at"):
+        reason = f"{version} was published by an earlier attempt"
+        return SwitchResult("switched", current, previous, reason)
+    if meta.get("refused") == "skipped_older":  # kept when the refused version is retired
+        reason = f"ds of {version} is older than the ds of the current version {current}"
+        return SwitchResult("skipped_older", current, previous, reason)
+    return None
+
+
 def current_version(client: redis.Redis, prefix: str, surface: str) -> str:
     """Return the id of the version readers of ``surface`` use now.
 

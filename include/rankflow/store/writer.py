@@ -126,6 +126,17 @@ def write_fallback(
     return len(value)
 
 
+def record_written(
+    client: redis.Redis, prefix: str, surface: str, version: str, *, value_bytes: int, files: int
+) -> None:
+    """Note in the version's meta what its writers wrote, so a resumed step can report it."""
+    _require_writable(client, prefix, surface, version)
+    client.hset(
+        meta_key(prefix, surface, version),
+        mapping={"value_bytes": str(int(value_bytes)), "gold_files": str(int(files))},
+    )
+
+
 class _CommandStream:
     """Sends packed commands on one connection with a bounded window of pending replies."""
 

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.services]
 DS = date(2024, 1, 5)
 
 
-def gold_frame(spark, users: int, surface: str, *, first: int = 1, offset: int = 0):
+def gold_frame(spark, users: int, surface: str, *, first: int = 1, offset: int = 0, ds=DS):
     """Ranked lists shaped like the scorer's output, with the encoded column it adds."""
     from pyspark.sql import functions as F
 
@@ -41,7 +41,7 @@ def gold_frame(spark, users: int, surface: str, *, first: int = 1, offset: int =
         F.array(F.lit(0.9).cast("float"), F.lit(0.1).cast("float")).alias("scores"),
     )
     return lists.mapInArrow(encode, RANKED_SCHEMA).select(
-        "*", F.lit(DS).alias("ds"), F.lit(surface).alias("surface")
+        "*", F.lit(ds).alias("ds"), F.lit(surface).alias("surface")
     )
 
 

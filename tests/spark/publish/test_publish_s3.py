@@ -77,12 +77,54 @@ def test_a_failed_export_leaves_no_manifest_and_the_pointer_alone(spark, s3) -> 
     assert pointer["version"] == "good"
 
 
-def test_a_retry_replaces_the_export_folder(spark, s3) -> None:
+def test_a_retry_keeps_a_complete_export_and_points_at_it(spark, s3) -> None:
     day = date(2026, 10, 7)
-    export_rankings(ranked_frame(spark, 40), s3, "home", day, "same", {})
+    first = export_rankings(ranked_frame(spark, 40), s3, "home", day, "same", {})
+    # the first attempt died after its manifest and pointer, before the step recorded them
     again = export_rankings(ranked_frame(spark, 4).coalesce(1), s3, "home", day, "same", {})
+    assert (again.resumed, again.users, again.parts) == (True, 40, first.parts)
+    assert again.pointer_updated
+    client = s3_client(s3)
+    pointer = json.loads(body(client, s3.bucket, pointer_key(s3, "home")))
+    assert pointer["manifest"] == first.manifest_key
+    manifest = json.loads(body(client, s3.bucket, first.manifest_key))
+    for part in manifest["parts"]:  # nothing the pointer leads to was deleted or rewritten
+        assert hashlib.sha256(body(client, s3.bucket, part["key"])).hexdigest() == part["sha256"]
+
+
+def test_a_retry_after_a_death_before_the_manifest_replaces_the_parts(spark, s3) -> None:
+    day = date(2026, 10, 8)
+    with pytest.raises(Exception, match=r"division by zero|ZeroDivisionError"):
+        export_rankings(ranked_frame(spark, 30, fail_user=17), s3, "home", day, "v", {})
+    again = export_rankings(ranked_frame(spark, 4).coalesce(1), s3, "home", day, "v", {})
     client = s3_client(s3)
     listed = client.list_objects_v2(Bucket=s3.bucket, Prefix=again.prefix)
     parts = [o["Key"] for o in listed["Contents"] if o["Key"].endswith(".parquet")]
-    assert len(parts) == again.parts == 1
-    assert json.loads(body(client, s3.bucket, again.manifest_key))["users"] == 4
+    assert (again.resumed, again.users, len(parts)) == (False, 4, 1)
+
+
+def test_an_older_export_racing_a_newer_one_never_moves_the_pointer_back(s3) -> None:
+    """Between the older export's read of the pointer and its write, a newer day moves it."""
+    from rankflow.publish.s3 import ensure_bucket, update_pointer
+
+    client = s3_client(s3)
+    ensure_bucket(client, s3.bucket)
+    key = pointer_key(s3, "home")
+    old = {"ds": "2026-10-01", "version": "v1", "manifest": "m1"}
+    assert update_pointer(client, s3, "home", date(2026, 10, 1), old)
+    newer = {"ds": "2026-10-05", "version": "v5", "manifest": "m5"}
+    real_get = client.get_object
+    raced = {"done": False}
+
+    def get_then_race(**kwargs):
+        reply = real_get(**kwargs)
+        if not raced["done"]:  # the newer export lands right after our read
+            raced["done"] = True
+            client.put_object(Bucket=s3.bucket, Key=key, Body=json.dumps(newer).encode())
+        return reply
+
+    client.get_object = get_then_race
+    backfill = {"ds": "2026-10-03", "version": "v3", "manifest": "m3"}
+    assert not update_pointer(client, s3, "home", date(2026, 10, 3), backfill)
+    client.get_object = real_get
+    assert json.loads(body(client, s3.bucket, key)) == newer
