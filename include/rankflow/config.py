@@ -101,6 +101,10 @@ class RedisSettings:
     key_prefix: str
     old_version_ttl_seconds: int
     mset_batch: int
+    abandoned_after_seconds: int = (
+        3600  # a version still `writing` this long after begin is reclaimed
+    )
+    embedded_maxmemory: str = "4gb"  # `maxmemory` of the redis-server `make up` starts (noeviction)
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             key_prefix=publish["redis_key_prefix"],
             old_version_ttl_seconds=int(publish["old_version_ttl_seconds"]),
             mset_batch=int(publish["mset_batch"]),
+            abandoned_after_seconds=int(publish["abandoned_after_seconds"]),
+            embedded_maxmemory=env.get("RANKFLOW_REDIS_MAXMEMORY", "4gb"),
         ),
         s3=S3Settings(
             endpoint_url=env.get("RANKFLOW_S3_ENDPOINT", DEFAULT_S3_ENDPOINT) or None,

@@ -20,7 +20,6 @@ import os
 import queue
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +44,7 @@ from rankflow.store.commands import lua_source
 from rankflow.store.keys import publication_version
 from rankflow.store.reader import RankingReader
 from rankflow.store.versions import count_users, version_pointers
+from redis_servers import RedisServer, free_port
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.spark, pytest.mark.services]
 
@@ -117,56 +117,11 @@ def s3_phases(rng: random.Random) -> list[tuple[str, Match, int]]:
     ]
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ChaosRedis:
-    """A redis-server of the test's own, durable on every write, that the test may SIGKILL."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.kills = 0
-
-    def start(self) -> None:
-        """Start (or restart) the server on its AOF and wait until it answers."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        command = [
-            shutil.which("redis-server") or "redis-server",
-            "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.folder),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-            "--maxmemory-policy", "noeviction",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with redis_client(self.url, socket_timeout=1) as client:
-                    if client.ping():
-                        return
-            except Exception:
-                time.sleep(0.05)
-        raise RuntimeError("the chaos Redis did not start")
-
-    def kill(self) -> None:
-        """SIGKILL the server (no shutdown, no last fsync) and start it again."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-        self.kills += 1
-        self.start()
-
-    def stop(self) -> None:
-        """Stop the server for good."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+def chaos_redis(folder: Path) -> RedisServer:
+    """A Redis of the test's own, durable on every write (AOF, ``appendfsync always``)."""
+    return RedisServer(
+        folder, "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"
+    ).start()
 
 
 class ChaosS3:
@@ -208,7 +163,7 @@ def kill_step(step: subprocess.Popen[bytes]) -> None:
     os.killpg(step.pid, signal.SIGKILL)
 
 
-def watch_redis(server: ChaosRedis) -> Callable[[KillPoint, subprocess.Popen[bytes]], str]:
+def watch_redis(server: RedisServer) -> Callable[[KillPoint, subprocess.Popen[bytes]], str]:
     """Follow the server's MONITOR stream and kill at the point."""
 
     def watch(point: KillPoint, step: subprocess.Popen[bytes]) -> str:
@@ -495,8 +450,7 @@ def step_env(tmp_path: Path, **values: str) -> tuple[Settings, dict[str, str]]:
 
 
 def test_redis_publications_survive_kills_of_redis_and_of_the_step(spark, tmp_path) -> None:
-    server = ChaosRedis(tmp_path / "redis")
-    server.start()
+    server = chaos_redis(tmp_path / "redis")
     settings, env = step_env(tmp_path, RANKFLOW_REDIS_URL=server.url)
     prefix = settings.redis.key_prefix
 

@@ -75,6 +75,10 @@ def local_services(settings: Settings) -> list[Service]:
                     "300 1",
                     "--appendonly",
                     "no",
+                    "--maxmemory",
+                    settings.redis.embedded_maxmemory,
+                    "--maxmemory-policy",
+                    "noeviction",  # an evicted list would be a lost user
                     "--protected-mode",
                     "yes",
                 ],

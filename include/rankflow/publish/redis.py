@@ -8,6 +8,7 @@ time, stores the fallback list and switches readers atomically.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -134,32 +135,51 @@ def publish_snapshot(
     k: int,
     fallback: Sequence[int],
     mset_batch: int,
+    abandoned_after_seconds: float = 3600,
 ) -> RedisPublication:
     """Write a scored snapshot as a new version, check it and switch readers to it.
 
+    First reclaims the surface's versions abandoned by crashed writers and refuses a version that
+    would not fit under ``maxmemory``; a publication that fails deletes its version.
+
     Raises:
+        VersionWontFitError: the version would not fit; nothing was written.
         VersionNotWritableError: the version is already published (the caller treats a retry).
         VersionCheckError: the written version failed its checks; readers still see the old one.
     """
+    from rankflow.store.memory import check_room, discard_version, reclaim_abandoned
     from rankflow.store.versions import commit_version
     from rankflow.store.writer import begin_version, record_written, write_fallback
 
+    reclaim_abandoned(
+        client, prefix, surface, keep=version, older_than_seconds=abandoned_after_seconds
+    )
+    check_room(client, prefix, surface, snapshot.users)
     source = {"gold_table": snapshot.table, "gold_commit": str(snapshot.commit)}
     begin_version(
         client, prefix, surface, version, ds=ds, model_version=model_version, k=k, source=source
     )
-    written = write_files(spark, snapshot, redis_url, prefix, surface, version, mset_batch)
-    write_fallback(client, prefix, surface, version, list(fallback))
-    value_bytes = sum(b for _, _, b in written)
-    record_written(client, prefix, surface, version, value_bytes=value_bytes, files=len(written))
-    result = commit_version(
-        client,
-        prefix,
-        surface,
-        version,
-        snapshot.users,
-        expected_parts=dict(snapshot.files),
-    )
+    try:
+        written = write_files(spark, snapshot, redis_url, prefix, surface, version, mset_batch)
+        write_fallback(client, prefix, surface, version, list(fallback))
+        value_bytes = sum(b for _, _, b in written)
+        record_written(
+            client, prefix, surface, version, value_bytes=value_bytes, files=len(written)
+        )
+        result = commit_version(
+            client,
+            prefix,
+            surface,
+            version,
+            snapshot.users,
+            expected_parts=dict(snapshot.files),
+        )
+    except Exception:
+        # a failed publication gives its memory back at once (a full Redis must not stay full);
+        # a crash that kills the process leaves it to a retry or to reclaim_abandoned
+        with contextlib.suppress(redis_errors()):
+            discard_version(client, prefix, surface, version)
+        raise
     return RedisPublication(
         version=version,
         users=snapshot.users,
@@ -167,6 +187,13 @@ def publish_snapshot(
         files=len(written),
         result=result,
     )
+
+
+def redis_errors() -> type[Exception]:
+    """The base class of redis-py's errors (a failed clean-up must not hide the first error)."""
+    import redis
+
+    return redis.RedisError
 
 
 def sample_user(snapshot: GoldSnapshot) -> int | None:

@@ -58,6 +58,7 @@ def run_publish_redis(
             k=int(scored["top_k"]),
             fallback=scored["fallback"],
             mset_batch=settings.redis.mset_batch,
+            abandoned_after_seconds=settings.redis.abandoned_after_seconds,
         ).result
     meta = version_meta(client, prefix, surface, version)
     expired = expire_old_versions(
