@@ -29,7 +29,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo test chaos test-fast lint format typecheck check airflow screenshot bench lock clean
+.PHONY: help setup up down demo test chaos test-fast lint secrets-baseline audit format typecheck check airflow screenshot bench lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -88,10 +88,17 @@ chaos: setup up ## Kill Redis and the publish steps at seeded points (RANKFLOW_C
 test-fast: setup up ## Run the tests that take seconds (no Spark, no end-to-end)
 	$(PY) -m pytest -m "not spark and not slow"
 
-lint: $(VENV)/.installed ## Lint, check formatting (ruff) and the library's layers (import-linter)
+lint: $(VENV)/.installed ## Lint, formatting (ruff), the library's layers (import-linter), secrets (detect-secrets)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	cd include && $(VENV)/bin/lint-imports --cache-dir ../.import_linter_cache ../pyproject.toml
+	git ls-files -z | xargs -0 $(VENV)/bin/detect-secrets-hook --baseline .secrets.baseline
+
+secrets-baseline: $(VENV)/.installed ## Re-scan after an audited false positive moved (then review the diff)
+	$(VENV)/bin/detect-secrets scan --baseline .secrets.baseline
+
+audit: $(VENV)/.installed ## Known vulnerabilities of the locked packages (pip-audit; needs PyPI's JSON API)
+	$(VENV)/bin/pip-audit -r requirements.lock --no-deps --disable-pip --strict --progress-spinner off
 
 format: $(VENV)/.installed ## Format the code (ruff)
 	$(VENV)/bin/ruff format .
