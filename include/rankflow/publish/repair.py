@@ -46,6 +46,7 @@ class RepairResult:
     entries_removed: int
     fallback_removed: int
     seconds: float
+    lists_emptied: int = 0  # users whose every item sold: they now get the fallback list
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON-ready record."""
@@ -145,21 +146,29 @@ def repair_version(
     meta: dict[str, str],
     sold: np.ndarray,
     batch_size: int,
-) -> tuple[int, int, int]:
-    """Rewrite the lists of ``version`` that hold a sold item; return users, entries, fallback."""
+) -> tuple[int, int, int, int]:
+    """Rewrite the lists of ``version`` that hold a sold item.
+
+    A list whose every item sold is deleted, so that user is served the fallback list rather
+    than an empty one. Returns (users repaired, entries removed, fallback entries removed,
+    lists emptied).
+    """
     from rankflow.store.encoding import decode_items, encode_items
     from rankflow.store.keys import fallback_key, user_key
 
-    users_repaired = entries_removed = 0
+    users_repaired = entries_removed = emptied = 0
     for batch in gold_batches(meta, surface):
         users, offsets, flat = list_arrays(batch)
         touched, new_offsets, kept, removed = drop_sold(offsets, flat, sold)
         pipe = client.pipeline(transaction=False)
         for n, row in enumerate(touched):
-            value = encode_items(kept[new_offsets[n] : new_offsets[n + 1]])
-            pipe.set(
-                user_key(prefix, surface, version, int(users[row])), value, xx=True, keepttl=True
-            )
+            list_key = user_key(prefix, surface, version, int(users[row]))
+            if new_offsets[n + 1] == new_offsets[n]:
+                pipe.delete(list_key)  # nothing left: the reader serves the fallback list
+                emptied += 1
+            else:
+                value = encode_items(kept[new_offsets[n] : new_offsets[n + 1]])
+                pipe.set(list_key, value, xx=True, keepttl=True)
             if len(pipe) >= batch_size:
                 pipe.execute()
         pipe.execute()
@@ -174,7 +183,7 @@ def repair_version(
         fallback_removed = int((~keep).sum())
         if fallback_removed:
             client.set(key, encode_items(items[keep]), xx=True, keepttl=True)
-    return users_repaired, entries_removed, fallback_removed
+    return users_repaired, entries_removed, fallback_removed, emptied
 
 
 def current_meta(client: redis.Redis, prefix: str, surface: str) -> tuple[str, dict[str, str]]:
@@ -199,7 +208,7 @@ def run_repair(settings: Settings, surface: str, at: datetime | None = None) -> 
     list_ds = date.fromisoformat(meta["ds"])
     sales = read_sales(settings.paths.raw, list_ds, at)
     sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
-    users, entries, fallback = repair_version(
+    users, entries, fallback, emptied = repair_version(
         client, prefix, surface, version, meta, sold, settings.redis.mset_batch
     )
     return RepairResult(
@@ -212,6 +221,7 @@ def run_repair(settings: Settings, surface: str, at: datetime | None = None) -> 
         entries_removed=entries,
         fallback_removed=fallback,
         seconds=round(time.monotonic() - began, 3),
+        lists_emptied=emptied,
     )
 
 

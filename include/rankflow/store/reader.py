@@ -44,7 +44,7 @@ class RankingReader:
 
     ``lookup`` is one EVALSHA round trip that reads the current pointer and the user's list (or
     the fallback) atomically. ``lookup_cached`` caches the version id for a few seconds and then
-    needs one GET per user (plus one GET per version for the fallback) — also the path for
+    reads the user's key and the fallback in one pipelined round trip — also the path for
     Redis Cluster, where the script cannot reach keys in other slots.
     """
 
@@ -65,7 +65,6 @@ class RankingReader:
         self._script = self._client.register_script(lua_source("lookup"))
         self._cache_seconds = version_cache_seconds
         self._versions: dict[str, tuple[str, float]] = {}
-        self._fallbacks: dict[tuple[str, str], bytes] = {}
 
     @classmethod
     def from_url(
@@ -107,10 +106,13 @@ class RankingReader:
         return version
 
     def lookup_cached(self, user_id: int | str, surface: str) -> Lookup:
-        """Return a user's list with a cached version id: one GET per lookup in steady state.
+        """Return a user's list with a cached version id: one round trip per lookup.
 
-        After a switch, answers come from the old (still complete) version for at most
-        ``version_cache_seconds``; a version gone from Redis forces a fresh pointer read.
+        The user's key and the version's fallback are read together (a pipeline of two GETs,
+        which a cluster client splits by slot); the fallback is never cached, so a version whose
+        keys have expired is noticed at once and the pointer re-read, instead of known users
+        being served a stale fallback. After a switch, answers come from the old (still
+        complete) version for at most ``version_cache_seconds``.
         """
         user = user_id_text(user_id)
         cached = self._versions.get(surface)
@@ -119,26 +121,17 @@ class RankingReader:
         else:
             version = cached[0]
         for attempt in range(2):
-            value = _bytes(self._client.get(user_key(self._prefix, surface, version, user)))
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(user_key(self._prefix, surface, version, user))
+            pipe.get(fallback_key(self._prefix, surface, version))
+            value, fallback = (_bytes(v) for v in pipe.execute())
             if value is not None:
                 return Lookup(user, surface, version, decode_items(value), False)
-            fallback = self._fallback(surface, version)
             if fallback is not None:
                 return Lookup(user, surface, version, decode_items(fallback), True)
             if attempt == 0:
-                version = self.current_version(surface)
+                version = self.current_version(surface)  # the cached version is gone
         raise RedisStoreError(f"version {version!r} of {surface!r} has no fallback")
-
-    def _fallback(self, surface: str, version: str) -> bytes | None:
-        """Return a version's fallback list, fetched once per version."""
-        key = (surface, version)
-        if key not in self._fallbacks:
-            value = _bytes(self._client.get(fallback_key(self._prefix, surface, version)))
-            if value is None:
-                return None
-            self._fallbacks = {k: v for k, v in self._fallbacks.items() if k[0] != surface}
-            self._fallbacks[key] = value
-        return self._fallbacks[key]
 
     def _no_version(self, surface: str) -> NoCurrentVersionError:
         """Build the error for a surface without a current version."""

@@ -149,6 +149,24 @@ def test_unknown_user_gets_the_fallback_list(
     assert reader.lookup(1000, SURFACE).fallback is False
 
 
+def test_a_cached_reader_whose_version_expired_rereads_the_pointer(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Not the cached version's fallback for a known user: the new version's list."""
+    users, old = make_lists(6, users=3)
+    first, _ = publish(redis_client, redis_url, date(2024, 1, 5), users, old, [42])
+    reader = RankingReader.from_url(redis_url, "rf", version_cache_seconds=3600)
+    assert reader.lookup_cached(int(users[0]), SURFACE).version == first
+    assert reader.lookup_cached(UNKNOWN_USER, SURFACE).items == [42]  # the fallback, read once
+    _, new = make_lists(7, users=3)
+    second, _ = publish(redis_client, redis_url, date(2024, 1, 6), users, new, [43])
+    for key in redis_client.scan_iter(match=f"rf:home:v:{first}:*"):
+        redis_client.delete(key)  # the old version's keys expired (a day later, say)
+    answer = reader.lookup_cached(int(users[0]), SURFACE)
+    assert (answer.version, answer.fallback) == (second, False)
+    assert answer.items == [int(i) for i in new[0]]
+
+
 def test_reader_refuses_a_text_decoding_client(redis_url: str) -> None:
     with pytest.raises(ValueError, match="decode_responses=False"):
         RankingReader(redis.Redis.from_url(redis_url, decode_responses=True))

@@ -14,6 +14,7 @@ from rankflow.publish.repair import (
     RepairError,
     drop_sold,
     read_sales,
+    repair_and_record,
     run_repair,
     served_sold_share,
 )
@@ -104,3 +105,24 @@ def test_repair_removes_sold_items_in_place_and_is_idempotent(
     assert later.sold_items == 4
     assert reader.lookup(3, "home").items == [30]
     assert served_sold_share(settings, "home", MORNING + timedelta(hours=7))[0] == 0.0
+
+
+def test_a_user_whose_every_item_sold_gets_the_fallback_list(
+    spark, lake_settings, redis_client, redis_url, tmp_path
+) -> None:
+    settings = replace(
+        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
+    )
+    snapshot = write_gold(gold_frame(spark, 50, "home"), str(tmp_path / "gold"), DS, "home")
+    publish(spark, redis_client, redis_url, snapshot, "home")
+    sold_at = MORNING + timedelta(minutes=30)
+    write_sales_hour(settings.paths.raw, MORNING, [(40, sold_at), (41, sold_at), (50, sold_at)])
+
+    result = repair_and_record(settings, "home", MORNING + timedelta(hours=1))
+    assert (result.users_repaired, result.lists_emptied) == (2, 1)
+    reader = RankingReader.from_url(redis_url, "rf")
+    emptied = reader.lookup(4, "home")  # its list was [40, 41]
+    assert emptied.fallback
+    assert emptied.items == [7, 8]  # the fallback of the publication, which sold nothing
+    assert reader.lookup(5, "home").items == [51]
+    assert not reader.lookup(5, "home").fallback
