@@ -10,6 +10,7 @@ KEEPTTL``, so a reader still gets one complete list of one version; the repair i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -198,19 +199,48 @@ def current_meta(client: redis.Redis, prefix: str, surface: str) -> tuple[str, d
     return version, version_meta(client, prefix, surface, version)
 
 
+REPAIR_LOCK_SECONDS = 900  # a repair holding the lock longer is presumed dead and loses it
+REPAIR_WAIT_SECONDS = 1800  # how long a repair waits for the surface's other repair
+
+
 def run_repair(settings: Settings, surface: str, at: datetime | None = None) -> RepairResult:
-    """Remove the items sold up to ``at`` (default now) from the lists readers currently get."""
+    """Remove the items sold up to ``at`` (default now) from the lists readers currently get.
+
+    The repairs of one surface never interleave (a Redis lock per surface), and each rewrites
+    the lists from gold minus every sale up to the latest cutoff any repair of this version has
+    used, so a repair that was started earlier but runs later never puts sold items back.
+    """
+    from redis.exceptions import LockError
+
+    from rankflow.store.keys import meta_key, repair_lock_key
+
     began = time.monotonic()
     at = at or datetime.now(UTC)
     client = redis_client(settings.redis.url)
     prefix = settings.redis.key_prefix
-    version, meta = current_meta(client, prefix, surface)
-    list_ds = date.fromisoformat(meta["ds"])
-    sales = read_sales(settings.paths.raw, list_ds, at)
-    sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
-    users, entries, fallback, emptied = repair_version(
-        client, prefix, surface, version, meta, sold, settings.redis.mset_batch
+    lock = client.lock(
+        repair_lock_key(prefix, surface),
+        timeout=REPAIR_LOCK_SECONDS,
+        blocking_timeout=REPAIR_WAIT_SECONDS,
     )
+    if not lock.acquire():
+        raise RepairError(
+            f"another repair of {surface!r} held the lock for {REPAIR_WAIT_SECONDS} s; not repaired"
+        )
+    try:
+        version, meta = current_meta(client, prefix, surface)
+        if meta.get("repaired_up_to"):
+            at = max(at, datetime.fromisoformat(meta["repaired_up_to"]))
+        list_ds = date.fromisoformat(meta["ds"])
+        sales = read_sales(settings.paths.raw, list_ds, at)
+        sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
+        users, entries, fallback, emptied = repair_version(
+            client, prefix, surface, version, meta, sold, settings.redis.mset_batch
+        )
+        client.hset(meta_key(prefix, surface, version), "repaired_up_to", at.isoformat())
+    finally:
+        with contextlib.suppress(LockError):  # it expired under a very slow repair
+            lock.release()
     return RepairResult(
         surface=surface,
         version=version,

@@ -45,6 +45,11 @@ def versions_key(prefix: str, surface: str) -> str:
     return f"{namespace(prefix, surface)}:versions"
 
 
+def repair_lock_key(prefix: str, surface: str) -> str:
+    """Return the key of the lock that keeps a surface's repairs from interleaving."""
+    return f"{namespace(prefix, surface)}:repair-lock"
+
+
 def version_base(prefix: str, surface: str, version: str) -> str:
     """Return ``{prefix}:{surface}:v:{version}``, the root of one version's keys."""
     return f"{namespace(prefix, surface)}:v:{check_name(version, 'version')}"

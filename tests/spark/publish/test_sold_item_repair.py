@@ -126,3 +126,44 @@ def test_a_user_whose_every_item_sold_gets_the_fallback_list(
     assert emptied.items == [7, 8]  # the fallback of the publication, which sold nothing
     assert reader.lookup(5, "home").items == [51]
     assert not reader.lookup(5, "home").fallback
+
+
+def test_a_repair_with_an_earlier_cutoff_never_puts_sold_items_back(
+    spark, lake_settings, redis_client, redis_url, tmp_path
+) -> None:
+    """The hourly repair at 03:00 finishing after the one at 05:00 keeps the 04:00 sale out."""
+    settings = replace(
+        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
+    )
+    snapshot = write_gold(gold_frame(spark, 50, "home"), str(tmp_path / "gold"), DS, "home")
+    publish(spark, redis_client, redis_url, snapshot, "home")
+    raw = settings.paths.raw
+    write_sales_hour(raw, MORNING + timedelta(hours=1), [(10, MORNING + timedelta(hours=1))])
+    write_sales_hour(raw, MORNING + timedelta(hours=4), [(20, MORNING + timedelta(hours=4))])
+
+    newer = repair_and_record(settings, "home", MORNING + timedelta(hours=5))
+    older = repair_and_record(settings, "home", MORNING + timedelta(hours=3))
+    assert newer.sold_items == older.sold_items == 2
+    assert older.repaired_at == newer.repaired_at  # it repaired up to the later cutoff
+    reader = RankingReader.from_url(redis_url, "rf")
+    assert reader.lookup(2, "home").items == [21]  # 20, sold at 04:00, stays out
+
+
+def test_repairs_of_one_surface_wait_for_each_other(
+    spark, lake_settings, redis_client, redis_url, tmp_path, monkeypatch
+) -> None:
+    from rankflow.publish import repair
+    from rankflow.store.keys import repair_lock_key
+
+    settings = replace(
+        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
+    )
+    snapshot = write_gold(gold_frame(spark, 20, "home"), str(tmp_path / "gold"), DS, "home")
+    publish(spark, redis_client, redis_url, snapshot, "home")
+    monkeypatch.setattr(repair, "REPAIR_WAIT_SECONDS", 1)
+    other = redis_client.lock(repair_lock_key("rf", "home"), timeout=30)
+    assert other.acquire()  # the other repair of the surface is running
+    with pytest.raises(RepairError, match="another repair of 'home' held the lock"):
+        repair_and_record(settings, "home", MORNING)
+    other.release()
+    assert repair_and_record(settings, "home", MORNING).users_repaired == 0
