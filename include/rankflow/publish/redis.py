@@ -177,8 +177,8 @@ def publish_snapshot(
     except Exception:
         # a failed publication gives its memory back at once (a full Redis must not stay full);
         # a crash that kills the process leaves it to a retry or to reclaim_abandoned
-        with contextlib.suppress(redis_errors()):
-            discard_version(client, prefix, surface, version)
+        with contextlib.suppress(*cleanup_errors()):
+            discard_version(client, prefix, surface, version)  # refuses a version readers get
         raise
     return RedisPublication(
         version=version,
@@ -189,11 +189,13 @@ def publish_snapshot(
     )
 
 
-def redis_errors() -> type[Exception]:
-    """The base class of redis-py's errors (a failed clean-up must not hide the first error)."""
+def cleanup_errors() -> tuple[type[Exception], ...]:
+    """What a failed clean-up may raise; it must never hide the error that caused it."""
     import redis
 
-    return redis.RedisError
+    from rankflow.store.errors import RedisStoreError
+
+    return redis.RedisError, RedisStoreError
 
 
 def sample_user(snapshot: GoldSnapshot) -> int | None:
