@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 from test_gold_publish_redis import DS, gold_frame
+from test_gold_publish_redis import publish as publish_on
 
 from rankflow.lake.gold import write_gold
-from rankflow.publish.redis import publish_snapshot
 from rankflow.store.client import redis_client
 from rankflow.store.keys import new_version_id, versions_key
 from rankflow.store.memory import VersionWontFitError, memory_room
@@ -28,24 +28,10 @@ def server(tmp_path: Path) -> Any:
     redis.stop()
 
 
-def publish(spark: Any, url: str, snapshot: Any, **kwargs: Any) -> Any:
-    """Publish a snapshot as a new version of ``home``."""
+def publish(spark: Any, url: str, snapshot: Any, **options: Any) -> Any:
+    """Publish a snapshot as a new version of ``home`` on the test's own server."""
     with redis_client(url) as client:
-        return publish_snapshot(
-            spark,
-            client,
-            url,
-            snapshot,
-            prefix="rf",
-            surface="home",
-            version=new_version_id(DS),
-            ds=DS,
-            model_version="1",
-            k=2,
-            fallback=[7, 8],
-            mset_batch=64,
-            **kwargs,
-        )
+        return publish_on(spark, client, url, snapshot, "home", **options)
 
 
 def limit_memory(url: str, extra_bytes: int) -> None:

@@ -45,7 +45,7 @@ def gold_frame(spark, users: int, surface: str, *, first: int = 1, offset: int =
     )
 
 
-def publish(spark, client, url: str, snapshot: GoldSnapshot, surface: str):
+def publish(spark, client, url: str, snapshot: GoldSnapshot, surface: str, **options):
     """Publish a snapshot as a new version of ``surface`` under the ``rf`` prefix."""
     return publish_snapshot(
         spark,
@@ -60,6 +60,7 @@ def publish(spark, client, url: str, snapshot: GoldSnapshot, surface: str):
         k=2,
         fallback=[7, 8],
         mset_batch=64,
+        **options,
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from test_gold_publish_redis import DS, gold_frame, publish
 
+from rankflow.config import Settings
 from rankflow.lake.gold import write_gold
 from rankflow.publish.repair import (
     RepairError,
@@ -107,14 +108,19 @@ def test_repair_removes_sold_items_in_place_and_is_idempotent(
     assert served_sold_share(settings, "home", MORNING + timedelta(hours=7))[0] == 0.0
 
 
-def test_a_user_whose_every_item_sold_gets_the_fallback_list(
-    spark, lake_settings, redis_client, redis_url, tmp_path
-) -> None:
+@pytest.fixture
+def served(spark, lake_settings, redis_client, redis_url, tmp_path) -> Settings:
+    """Settings on the tests' Redis, with 50 users' lists published: user u has [10u, 10u+1]."""
     settings = replace(
         lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
     )
     snapshot = write_gold(gold_frame(spark, 50, "home"), str(tmp_path / "gold"), DS, "home")
     publish(spark, redis_client, redis_url, snapshot, "home")
+    return settings
+
+
+def test_a_user_whose_every_item_sold_gets_the_fallback_list(served, redis_url) -> None:
+    settings = served
     sold_at = MORNING + timedelta(minutes=30)
     write_sales_hour(settings.paths.raw, MORNING, [(40, sold_at), (41, sold_at), (50, sold_at)])
 
@@ -128,15 +134,9 @@ def test_a_user_whose_every_item_sold_gets_the_fallback_list(
     assert not reader.lookup(5, "home").fallback
 
 
-def test_a_repair_with_an_earlier_cutoff_never_puts_sold_items_back(
-    spark, lake_settings, redis_client, redis_url, tmp_path
-) -> None:
+def test_a_repair_with_an_earlier_cutoff_never_puts_sold_items_back(served, redis_url) -> None:
     """The hourly repair at 03:00 finishing after the one at 05:00 keeps the 04:00 sale out."""
-    settings = replace(
-        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
-    )
-    snapshot = write_gold(gold_frame(spark, 50, "home"), str(tmp_path / "gold"), DS, "home")
-    publish(spark, redis_client, redis_url, snapshot, "home")
+    settings = served
     raw = settings.paths.raw
     write_sales_hour(raw, MORNING + timedelta(hours=1), [(10, MORNING + timedelta(hours=1))])
     write_sales_hour(raw, MORNING + timedelta(hours=4), [(20, MORNING + timedelta(hours=4))])
@@ -149,17 +149,11 @@ def test_a_repair_with_an_earlier_cutoff_never_puts_sold_items_back(
     assert reader.lookup(2, "home").items == [21]  # 20, sold at 04:00, stays out
 
 
-def test_repairs_of_one_surface_wait_for_each_other(
-    spark, lake_settings, redis_client, redis_url, tmp_path, monkeypatch
-) -> None:
+def test_repairs_of_one_surface_wait_for_each_other(served, redis_client, monkeypatch) -> None:
     from rankflow.publish import repair
     from rankflow.store.keys import repair_lock_key
 
-    settings = replace(
-        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
-    )
-    snapshot = write_gold(gold_frame(spark, 20, "home"), str(tmp_path / "gold"), DS, "home")
-    publish(spark, redis_client, redis_url, snapshot, "home")
+    settings = served
     monkeypatch.setattr(repair, "REPAIR_WAIT_SECONDS", 1)
     other = redis_client.lock(repair_lock_key("rf", "home"), timeout=30)
     assert other.acquire()  # the other repair of the surface is running
