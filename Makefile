@@ -25,6 +25,15 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/dags
 export PATH := $(VENV)/bin:$(PATH)
 export PYSPARK_PYTHON := $(PY)
+# The local Redis's ACL users (writer, reader, admin; docs/security.md): random passwords made
+# once under $(RANKFLOW_HOME) and exported to every target, unless RANKFLOW_REDIS_URL names
+# another server.
+LOCAL_SECRETS := $(RANKFLOW_HOME)/local-secrets.mk
+ifeq ($(origin RANKFLOW_REDIS_URL),undefined)
+ifneq ($(filter-out help clean down,$(or $(MAKECMDGOALS),help)),)
+-include $(LOCAL_SECRETS)
+endif
+endif
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
@@ -41,6 +50,9 @@ $(VENV)/.installed: requirements.txt requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt -c requirements.lock
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
 	@touch $@
+
+$(LOCAL_SECRETS): | $(VENV)/.installed
+	@$(PY) -m rankflow.cli services secrets
 
 $(STAMP)/redis-server:
 	@mkdir -p $(STAMP)

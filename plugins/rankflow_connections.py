@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from rankflow.config import Settings, load_settings
 
@@ -18,15 +18,25 @@ REDIS_CONN_ID = "redis_rankflow"
 S3_CONN_ID = "s3_rankflow"
 
 
+TLS_EXTRAS = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile")
+
+
 def redis_url_from_connection(conn: Any) -> str:
-    """Build a redis:// (or rediss:// with TLS) URL from an Airflow Redis connection."""
+    """Build a redis:// (or rediss:// with TLS) URL from an Airflow Redis connection.
+
+    The provider's extras apply: ``db``, ``ssl`` (true for TLS) and its ``ssl_ca_certs``,
+    ``ssl_cert_reqs``, ``ssl_certfile`` and ``ssl_keyfile``, passed on in the URL's query.
+    """
     extra = conn.extra_dejson
-    scheme = "rediss" if extra.get("ssl") in (True, "true", "True") else "redis"
+    tls = extra.get("ssl") in (True, "true", "True")
     auth = ""
     if conn.password:
         auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password, safe='')}@"
     db = extra.get("db", 0)
-    return f"{scheme}://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
+    scheme = "rediss" if tls else "redis"
+    url = f"{scheme}://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"
+    options = {name: str(extra[name]) for name in TLS_EXTRAS if tls and extra.get(name)}
+    return f"{url}?{urlencode(options)}" if options else url
 
 
 def s3_env_from_connection(conn: Any) -> dict[str, str]:

@@ -84,7 +84,7 @@ def create_app() -> FastAPI:
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
     from rankflow.config import SURFACES, load_settings
-    from rankflow.ui.html import redact_url
+    from rankflow.store.client import redact_url
     from rankflow.ui.page_sources import (
         ITEM_FEATURES,
         read_champion,
@@ -145,7 +145,9 @@ def create_app() -> FastAPI:
             sources={
                 "monitoring": settings.paths.table("ops/monitoring"),
                 "item attributes": settings.paths.table(ITEM_FEATURES),
-                "Redis": f"{redact_url(settings.redis.url)} (prefix {settings.redis.key_prefix})",
+                "Redis": (
+                    f"{redact_url(settings.redis.lookup_url)} (prefix {settings.redis.key_prefix})"
+                ),
                 "MLflow": f"{redact_url(settings.mlflow_tracking_uri)} ({settings.model_name})",
             },
             generated_at=datetime.now(UTC).isoformat(timespec="seconds"),

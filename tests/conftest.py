@@ -22,21 +22,47 @@ def _reachable(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """URL of the real local Redis server started by `make up` (DB 15 is the tests' own)."""
-    url = os.environ.get("RANKFLOW_REDIS_URL", DEFAULT_REDIS_URL)
-    if not _reachable(url):
-        pytest.fail(f"Redis is not reachable at {url}: start the services with `make up`")
+REDIS_URL_VARIABLES = (
+    "RANKFLOW_REDIS_URL",
+    "RANKFLOW_REDIS_READER_URL",
+    "RANKFLOW_REDIS_ADMIN_URL",
+)
+
+
+def on_test_db(url: str) -> str:
+    """The same server and user on DB 15, the tests' own database."""
     return url.rsplit("/", 1)[0] + "/15"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every Redis user of this process and its children at DB 15 of the same server."""
+    os.environ.setdefault("RANKFLOW_REDIS_URL", DEFAULT_REDIS_URL)
+    for variable in REDIS_URL_VARIABLES:
+        if os.environ.get(variable):
+            os.environ[variable] = on_test_db(os.environ[variable])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The writer's URL of the real local Redis server started by `make up`, on DB 15."""
+    url = os.environ["RANKFLOW_REDIS_URL"]
+    if not _reachable(url):
+        pytest.fail(f"Redis is not reachable at {url}: start the services with `make up`")
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_admin_url(redis_url: str) -> str:
+    """The admin's URL on DB 15 (the writer's when the server has no ACL users)."""
+    return os.environ.get("RANKFLOW_REDIS_ADMIN_URL") or redis_url
+
+
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[object]:
-    """A client on the tests' Redis DB, flushed before and after each test."""
+def redis_client(redis_admin_url: str) -> Iterator[object]:
+    """An admin client on the tests' Redis DB, flushed before and after each test."""
     import redis
 
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_admin_url)
     client.flushdb()
     yield client
     client.flushdb()

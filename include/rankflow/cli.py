@@ -31,9 +31,15 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
-    """Start or stop the embedded Redis server and S3 endpoint."""
+    """Start or stop the embedded services, or write their local secrets once."""
     from rankflow.ops import services
+    from rankflow.ops.local_secrets import local_secrets_path, write_local_secrets
 
+    if args.action == "secrets":
+        path = local_secrets_path(settings)
+        made = write_local_secrets(path)
+        print(f"{'wrote' if made else 'kept'} the local secrets in {path}", file=sys.stderr)
+        return 0
     lines = services.up(settings) if args.action == "up" else services.down(settings)
     print("\n".join(lines))
     return 0
@@ -44,7 +50,7 @@ def cmd_lookup(settings: Settings, args: argparse.Namespace) -> int:
     from rankflow.store.reader import RankingReader
 
     surface = args.surface or settings.default_surface
-    reader = RankingReader.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
+    reader = RankingReader.from_url(settings.redis.lookup_url, prefix=settings.redis.key_prefix)
     found = reader.lookup(args.user, surface)
     print(json.dumps(found.as_dict()))
     return 0
@@ -140,7 +146,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from rankflow.store.versions import status
 
     surface = args.surface or settings.default_surface
-    client = redis_client(settings.redis.url)
+    client = redis_client(settings.redis.lookup_url)
     print(json.dumps(status(client, settings.redis.key_prefix, surface), default=str, indent=2))
     return 0
 
@@ -284,8 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--raw", help="output folder (default: $RANKFLOW_HOME/data/raw)")
     generate.set_defaults(func=cmd_generate)
 
-    services = sub.add_parser("services", help="start or stop the local Redis and S3 endpoint")
-    services.add_argument("action", choices=["up", "down"])
+    services = sub.add_parser(
+        "services", help="start or stop the local Redis, S3 endpoint and Spark Connect server"
+    )
+    services.add_argument(
+        "action",
+        choices=["up", "down", "secrets"],
+        help="secrets: write the local Redis users' passwords once ($RANKFLOW_HOME)",
+    )
     services.set_defaults(func=cmd_services)
 
     lookup = sub.add_parser("lookup", help="print a user's ranked list from Redis as JSON")

@@ -95,7 +95,14 @@ class Paths:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """Connection and key layout of the serving store."""
+    """Connection and key layout of the serving store.
+
+    ``url`` is the writer's (publish, repair, monitoring); ``reader_url`` the read-only user's
+    (lookups, the Ranking page); ``admin_url`` an operator's, used only to start the embedded
+    server with its ACL users and by the tests to clean up. Each carries its ACL user and
+    password in the URL's user-info part and TLS (``rediss://`` with
+    ``?ssl_ca_certs=/path/ca.pem``); see docs/security.md.
+    """
 
     url: str
     key_prefix: str
@@ -105,6 +112,13 @@ class RedisSettings:
         3600  # a version still `writing` this long after begin is reclaimed
     )
     embedded_maxmemory: str = "4gb"  # `maxmemory` of the redis-server `make up` starts (noeviction)
+    reader_url: str = ""  # empty: the writer's URL
+    admin_url: str = ""
+
+    @property
+    def lookup_url(self) -> str:
+        """The URL readers connect with: the read-only user's when one is configured."""
+        return self.reader_url or self.url
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             mset_batch=int(publish["mset_batch"]),
             abandoned_after_seconds=int(publish["abandoned_after_seconds"]),
             embedded_maxmemory=env.get("RANKFLOW_REDIS_MAXMEMORY", "4gb"),
+            reader_url=env.get("RANKFLOW_REDIS_READER_URL", ""),
+            admin_url=env.get("RANKFLOW_REDIS_ADMIN_URL", ""),
         ),
         s3=S3Settings(
             endpoint_url=env.get("RANKFLOW_S3_ENDPOINT", DEFAULT_S3_ENDPOINT) or None,

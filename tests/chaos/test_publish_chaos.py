@@ -445,6 +445,9 @@ def step_env(tmp_path: Path, **values: str) -> tuple[Settings, dict[str, str]]:
     if not os.environ.get("RANKFLOW_SPARK_CONNECT"):
         pytest.fail("the chaos tests run the steps on the Spark Connect server of `make up`")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if "RANKFLOW_REDIS_URL" in values:  # a server of the test's own, without ACL users
+        env.pop("RANKFLOW_REDIS_READER_URL", None)
+        env.pop("RANKFLOW_REDIS_ADMIN_URL", None)
     env.update(RANKFLOW_HOME=str(tmp_path / "home"), **values)
     return load_settings(env), env
 

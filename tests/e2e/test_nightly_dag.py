@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def tiny_env(tmp_path, redis_url, s3_endpoint, monkeypatch):
+def tiny_env(tmp_path, redis_url, redis_admin_url, s3_endpoint, monkeypatch):
     env = {
         "RANKFLOW_HOME": str(tmp_path / "home"),
         "RANKFLOW_REDIS_URL": redis_url,
@@ -48,7 +48,7 @@ def tiny_env(tmp_path, redis_url, s3_endpoint, monkeypatch):
     )
     import redis
 
-    redis.Redis.from_url(redis_url).flushdb()
+    redis.Redis.from_url(redis_admin_url).flushdb()
     return load_settings()
 
 

@@ -9,9 +9,6 @@ store's own write path, a small ``silver/item_features`` table and a champion in
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -25,6 +22,7 @@ from rankflow.config import Settings, load_settings
 from rankflow.features.registry import MODEL_FEATURES
 from rankflow.monitoring.history import MONITORING_TABLE
 from rankflow.monitoring.rules import Figure, judge
+from redis_servers import RedisServer
 
 SURFACE = "home"
 DAYS = 8
@@ -295,46 +293,24 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="session")
-def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server of the UI tests' own on a free port, without persistence."""
-    from screenshot import free_port
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `make setup`")
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"redis-server did not start on port {port}")
-            time.sleep(0.1)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the UI tests' own with rankflow's ACL users: the page reads as reader."""
+    server = RedisServer(tmp_path_factory.mktemp("redis") / "data", acl=True).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory, private_redis: str) -> Seeded:
+def seeded(tmp_path_factory: pytest.TempPathFactory, private_redis: RedisServer) -> Seeded:
     """A RANKFLOW_HOME with monitoring history, item features, a champion; Redis published."""
     home = tmp_path_factory.mktemp("ranking-home")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(RANKFLOW_HOME=str(home), RANKFLOW_REDIS_URL=private_redis)
+    env.update(
+        RANKFLOW_HOME=str(home),
+        RANKFLOW_REDIS_URL=private_redis.url,
+        RANKFLOW_REDIS_READER_URL=private_redis.reader_url,
+        RANKFLOW_REDIS_ADMIN_URL=private_redis.admin_url,
+    )
     settings = load_settings(env)
     seeded = Seeded(settings=settings, env=env)
     write_monitoring(settings)

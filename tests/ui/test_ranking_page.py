@@ -56,6 +56,7 @@ def app_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]
     monkeypatch.setattr(api_app._AuthManagerState, "instance", manager)
     monkeypatch.setenv("RANKFLOW_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RANKFLOW_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("RANKFLOW_REDIS_READER_URL", "redis://127.0.0.1:1/0")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     outer = FastAPI()
     outer.mount(plugin.URL_PREFIX, plugin.create_app())

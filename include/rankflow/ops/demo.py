@@ -15,7 +15,7 @@ from typing import IO, Any
 from rankflow.config import Settings, config_hash, repo_root
 from rankflow.ops.progress import Bar, TaskLines, run_logged
 from rankflow.sim.marketplace import GeneratorConfig
-from rankflow.store.client import redis_client
+from rankflow.store.client import redact_url, redis_client
 
 DAG_ID = "rankflow_nightly"
 
@@ -170,8 +170,8 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
     exported = read_run_record(settings, ds, f"publish-s3-{surface}")
     published = read_run_record(settings, ds, f"publish-redis-{surface}")
     candidates = read_run_record(settings, ds, "candidates")
-    client = redis_client(settings.redis.url)
-    reader = RankingReader.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
+    client = redis_client(settings.redis.lookup_url)
+    reader = RankingReader.from_url(settings.redis.lookup_url, prefix=settings.redis.key_prefix)
     print(
         "\n== offline evaluation on the held-out day", ds, f"({evaluation['rows']:,} impressions)"
     )
@@ -184,7 +184,7 @@ def report(settings: Settings, ds: date, surface: str) -> dict[str, Any]:
         f"S3   s3://{exported['bucket']}/{exported['manifest_key']}  ({exported['users']:,} users)"
     )
     print(
-        f"Redis {settings.redis.url}  version {published['version']}  "
+        f"Redis {redact_url(settings.redis.lookup_url)}  version {published['version']}  "
         f"({published['users']:,} users)"
     )
     print(json.dumps(status(client, settings.redis.key_prefix, surface), default=str, indent=2))

@@ -20,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from rankflow.config import Settings
+from rankflow.ops.local_secrets import local_secrets_path
+from rankflow.store.acl import acl_file_text, url_credentials
 
 
 class ServiceError(RuntimeError):
@@ -36,6 +38,7 @@ class Service:
     command: list[str]
     env: dict[str, str] | None = None
     wait_seconds: float = 30.0
+    private_files: tuple[tuple[Path, str], ...] = ()  # written (mode 0600) before the start
 
 
 def listening(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -52,12 +55,34 @@ def run_dir(settings: Settings) -> Path:
     return settings.paths.home / "run"
 
 
+def redis_acl_file(settings: Settings) -> str | None:
+    """The embedded server's ACL file from the three URLs' users (None when none has one)."""
+    urls = {
+        "RANKFLOW_REDIS_URL": settings.redis.url,
+        "RANKFLOW_REDIS_READER_URL": settings.redis.reader_url,
+        "RANKFLOW_REDIS_ADMIN_URL": settings.redis.admin_url,
+    }
+    writer, reader, admin = (url_credentials(url) for url in urls.values())
+    if writer is None and reader is None and admin is None:
+        return None
+    if writer is None or reader is None or admin is None:
+        missing = [name for name, url in urls.items() if url_credentials(url) is None]
+        raise ServiceError(
+            f"{', '.join(missing)} carry no ACL user and password: the embedded Redis needs "
+            "all three (writer, reader, admin) or none; `make` writes them to "
+            f"{local_secrets_path(settings)}"
+        )
+    return acl_file_text(settings.redis.key_prefix, writer=writer, reader=reader, admin=admin)
+
+
 def local_services(settings: Settings) -> list[Service]:
     """Describe the services the settings point at when they are local."""
     services = []
     redis = urlparse(settings.redis.url)
     if redis.hostname in ("127.0.0.1", "localhost"):
         data = run_dir(settings) / "redis"
+        acl = redis_acl_file(settings)
+        acl_path = run_dir(settings) / "redis-users.acl"
         services.append(
             Service(
                 "redis",
@@ -81,7 +106,9 @@ def local_services(settings: Settings) -> list[Service]:
                     "noeviction",  # an evicted list would be a lost user
                     "--protected-mode",
                     "yes",
+                    *(["--aclfile", str(acl_path)] if acl else []),
                 ],
+                private_files=((acl_path, acl),) if acl else (),
             )
         )
     s3 = urlparse(settings.s3.endpoint_url or "")
@@ -124,6 +151,8 @@ def start(service: Service, folder: Path) -> str:
             "(it installs redis-server from Debian's packages)"
         )
     (folder / service.name).mkdir(parents=True, exist_ok=True)
+    for path, text in service.private_files:
+        write_private(path, text)
     log = (folder / f"{service.name}.log").open("ab")
     process = subprocess.Popen(
         service.command,
@@ -146,6 +175,14 @@ def start(service: Service, folder: Path) -> str:
         f"{service.name} did not start on {service.host}:{service.port}; "
         f"see {folder / service.name}.log"
     )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, never world-readable in between)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
 
 
 def stop(service: Service, folder: Path) -> str:

@@ -10,11 +10,24 @@ dead server fails a step with a clear message instead of hanging it.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     import redis
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def redact_url(url: str) -> str:
+    """Return a URL without its password (``redis://:secret@host`` -> ``redis://:***@host``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class RedisUnreachableError(ConnectionError):
@@ -45,7 +58,7 @@ def checked_client(
     except redis.RedisError as error:
         client.close()
         raise RedisUnreachableError(
-            f"Redis is unreachable ({error}); check the redis_rankflow connection or "
-            f"RANKFLOW_REDIS_URL. {consequence}"
+            f"Redis at {redact_url(url)} is unreachable ({error}); check the redis_rankflow "
+            f"connection or RANKFLOW_REDIS_URL. {consequence}"
         ) from error
     return client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cache
@@ -19,6 +20,24 @@ from rankflow.store.client import redis_client
 def lua_source(name: str) -> str:
     """Return the text of a Lua script shipped next to this module (``lookup``, ``commit``...)."""
     return resources.files("rankflow.store").joinpath(f"{name}.lua").read_text()
+
+
+@cache
+def lua_sha(name: str) -> str:
+    """Return the SHA1 digest Redis caches a shipped script under."""
+    return hashlib.sha1(lua_source(name).encode()).hexdigest()
+
+
+def run_read_only(client: redis.Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+    """Run a shipped ``no-writes`` script by EVALSHA_RO (EVAL_RO when the server lacks it).
+
+    The read-only forms declare the call a read, so the ``reader`` ACL user may make it and a
+    replica serves it; plain EVALSHA counts its keys as written and is refused to both.
+    """
+    try:
+        return client.evalsha_ro(lua_sha(name), len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        return client.eval_ro(lua_source(name), len(keys), *keys, *args)
 
 
 def _run(client: redis.Redis, name: str, keys: list[str], args: list[Any]) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from rankflow.store.commands import _bytes, _client, _text, lua_source
+from rankflow.store.commands import _bytes, _client, _text, run_read_only
 from rankflow.store.encoding import decode_items
 from rankflow.store.errors import NoCurrentVersionError, RedisStoreError
 from rankflow.store.keys import (
@@ -42,7 +42,7 @@ class Lookup:
 class RankingReader:
     """Reads users' lists for the recommendation service.
 
-    ``lookup`` is one EVALSHA round trip that reads the current pointer and the user's list (or
+    ``lookup`` is one EVALSHA_RO round trip that reads the current pointer and the user's list (or
     the fallback) atomically. ``lookup_cached`` caches the version id for a few seconds and then
     reads the user's key and the fallback in one pipelined round trip — also the path for
     Redis Cluster, where the script cannot reach keys in other slots.
@@ -62,7 +62,6 @@ class RankingReader:
         if self._client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RankingReader needs a client with decode_responses=False (binary)")
         self._prefix = check_name(prefix, "prefix")
-        self._script = self._client.register_script(lua_source("lookup"))
         self._cache_seconds = version_cache_seconds
         self._versions: dict[str, tuple[str, float]] = {}
 
@@ -85,10 +84,11 @@ class RankingReader:
             NoCurrentVersionError: the surface has never been published.
         """
         user = user_id_text(user_id)
-        reply = self._script(
+        reply = run_read_only(
+            self._client,
+            "lookup",
             keys=[current_key(self._prefix, surface)],
             args=[namespace(self._prefix, surface), user],
-            client=self._client,
         )
         if reply is None:
             raise self._no_version(surface)

@@ -6,7 +6,6 @@ import html
 import math
 from datetime import date, datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 Format = Literal["number", "percent", "bytes", "seconds"]
 
@@ -17,18 +16,6 @@ Format = Literal["number", "percent", "bytes", "seconds"]
 def esc(value: Any) -> str:
     """HTML-escape the text of any value (``None`` becomes an empty string)."""
     return "" if value is None else html.escape(str(value), quote=True)
-
-
-def redact_url(url: str) -> str:
-    """Return a URL without its password (``redis://:secret@host`` -> ``redis://:***@host``)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def as_day(value: Any) -> date:

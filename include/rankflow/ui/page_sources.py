@@ -22,11 +22,10 @@ from rankflow.model.registry import (
     mlflow_client,
 )
 from rankflow.monitoring.history import history_rows
-from rankflow.store.client import redis_client
+from rankflow.store.client import redact_url, redis_client
 from rankflow.store.errors import NoCurrentVersionError
 from rankflow.store.reader import RankingReader
 from rankflow.store.versions import surface_status, version_meta
-from rankflow.ui.html import redact_url
 from rankflow.ui.ranking_page import ITEM_COLUMNS, Champion, Notice, UserList
 
 ITEM_FEATURES = "silver/item_features"  # the lake table of item attributes (lake.tables)
@@ -59,13 +58,13 @@ def read_history(settings: Settings, surface: str) -> list[dict[str, Any]] | Not
 def read_status(settings: Settings, surface: str) -> Any:
     """The surface's current and previous Redis versions with their size."""
     try:
-        client = redis_client(settings.redis.url, socket_timeout=READ_TIMEOUT_SECONDS)
+        client = redis_client(settings.redis.lookup_url, socket_timeout=READ_TIMEOUT_SECONDS)
         try:
             return surface_status(client, settings.redis.key_prefix, surface, sample=200)
         finally:
             client.close()
     except Exception as error:
-        return failure(f"Redis at {redact_url(settings.redis.url)}", error)
+        return failure(f"Redis at {redact_url(settings.redis.lookup_url)}", error)
 
 
 def read_champion(settings: Settings) -> Champion | Notice:
@@ -137,7 +136,7 @@ def read_lookup(settings: Settings, surface: str, user: str) -> UserList | Notic
         return Notice(f"Not a user id: {user!r}", error=True)
     user_id: int | str = int(text) if text.isdigit() else text
     try:
-        client = redis_client(settings.redis.url, socket_timeout=READ_TIMEOUT_SECONDS)
+        client = redis_client(settings.redis.lookup_url, socket_timeout=READ_TIMEOUT_SECONDS)
         try:
             reader = RankingReader(client, settings.redis.key_prefix)
             answer = reader.lookup(user_id, surface)
@@ -147,7 +146,7 @@ def read_lookup(settings: Settings, surface: str, user: str) -> UserList | Notic
     except NoCurrentVersionError:
         return Notice(f"Nothing is published for surface “{surface}”: no list to look up.")
     except Exception as error:
-        return failure(f"the list from Redis at {redact_url(settings.redis.url)}", error)
+        return failure(f"the list from Redis at {redact_url(settings.redis.lookup_url)}", error)
     ds = meta.get("ds")
     try:
         attributes, note = item_attributes(settings, ds, answer.items) if ds else ({}, None)

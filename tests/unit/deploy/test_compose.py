@@ -40,6 +40,8 @@ AIRFLOW_COMPONENTS = {
     "airflow-dag-processor": "dag-processor",
     "airflow-triggerer": "triggerer",
 }
+# Components that only read Redis get the reader's credentials in these variables.
+READER_ONLY = {"airflow-apiserver": ("RANKFLOW_REDIS_URL", "AIRFLOW_CONN_REDIS_RANKFLOW")}
 SUPPORT_SERVICES = ("postgres", "redis", "minio", "mlflow")
 SOURCE_MOUNTS = {
     "dags": "/opt/airflow/dags",
@@ -366,7 +368,13 @@ def test_airflow_components_use_the_common_definition(
         assert service.get("command") == command, f"{name} must run `airflow {command}`"
         assert service.get("image") == common["image"], f"{name} does not use the common image"
         assert service.get("build") == common["build"], f"{name} does not build the common image"
-        assert environment_of(service) == environment_of(common), f"{name} environment drifted"
+        own = environment_of(service)
+        for variable in READER_ONLY.get(name, ()):
+            own.pop(variable)  # the reader's credentials instead of the writer's
+        expected = environment_of(common)
+        for variable in READER_ONLY.get(name, ()):
+            expected.pop(variable)
+        assert own == expected, f"{name} environment drifted"
         assert depends_on_targets(service).get("postgres") == "service_healthy", name
         assert depends_on_targets(service).get("airflow-init") == (
             "service_completed_successfully"
@@ -531,7 +539,7 @@ def test_every_required_variable_stops_compose_when_missing(raw_compose: dict[st
         for name, operator in variable_references(text)
         if operator == ":?"
     }
-    assert {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "FERNET_KEY"} <= required
+    assert {"POSTGRES_PASSWORD", "REDIS_WRITER_PASSWORD", "FERNET_KEY"} <= required
     with pytest.raises(MissingVariableError):
         map_strings(raw_compose, lambda s: interpolate(s, {}))
 
@@ -548,3 +556,35 @@ def test_images_match_the_pinned_versions(services: dict[str, Any]) -> None:
     assert mlflow_tag.removeprefix("v").removesuffix("-full") == pinned_version(
         REQUIREMENTS, "mlflow"
     )
+
+
+def test_the_compose_redis_acl_matches_the_library_rules(services: dict[str, Any]) -> None:
+    """The compose entrypoint writes the users of rankflow.store.acl, rule for rule."""
+    from rankflow.store.acl import (
+        ADMIN_RULES,
+        DEFAULT_USER_LINE,
+        READER_RULES,
+        WRITER_RULES,
+    )
+
+    redis = services["redis"]
+    script_path = REPO_ROOT / "docker" / "redis" / "acl-entrypoint.sh"
+    assert f"./docker/redis/acl-entrypoint.sh:{redis['entrypoint'][1]}:ro" in redis["volumes"]
+    script = script_path.read_text()
+    prefix = "${prefix}"
+    for user, rules in (
+        ("rankflow-writer", WRITER_RULES),
+        ("rankflow-reader", READER_RULES),
+        ("rankflow-admin", ADMIN_RULES),
+    ):
+        line = f'user {user} on #$(hash "$REDIS_{user.split("-")[1].upper()}_PASSWORD") '
+        assert line + rules.format(prefix=prefix) + '"' in script, user
+    assert DEFAULT_USER_LINE in script
+    assert "--requirepass" not in redis["command"]
+    assert redis["environment"]["RANKFLOW_REDIS_KEY_PREFIX"] == "rf"
+
+
+def test_the_api_server_gets_no_redis_writer_credentials(services: dict[str, Any]) -> None:
+    env = services["airflow-apiserver"]["environment"]
+    assert "rankflow-reader" in env["RANKFLOW_REDIS_URL"]
+    assert "WRITER" not in env["RANKFLOW_REDIS_URL"] + env["AIRFLOW_CONN_REDIS_RANKFLOW"]

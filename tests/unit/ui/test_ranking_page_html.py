@@ -11,10 +11,11 @@ import pytest
 
 from rankflow.config import SURFACES, load_settings
 from rankflow.monitoring.rules import Figure, judge
+from rankflow.store.client import redact_url
 from rankflow.store.versions import SurfaceStatus, VersionInfo
 from rankflow.ui.charts import x_ticks, y_range
 from rankflow.ui.history_charts import recent_days
-from rankflow.ui.html import bounds_text, format_value, redact_url
+from rankflow.ui.html import bounds_text, format_value
 from rankflow.ui.ranking_page import (
     LOOKUP_ROWS,
     Champion,
