@@ -87,6 +87,7 @@ def create_app() -> FastAPI:
     from rankflow.store.client import redact_url
     from rankflow.ui.page_sources import (
         ITEM_FEATURES,
+        parse_user_id,
         read_champion,
         read_history,
         read_lookup,
@@ -133,6 +134,11 @@ def create_app() -> FastAPI:
             text = f"Unknown surface {chosen!r}: one of {', '.join(SURFACES)}."
             return HTMLResponse(message_page("Ranking", text), 404, headers=headers)
         asked = user if user and user.strip() else None
+        if asked is not None:
+            try:
+                parse_user_id(asked)
+            except ValueError as error:
+                return HTMLResponse(message_page("Ranking", str(error)), 400, headers=headers)
         data = PageData(
             surface=chosen,
             surfaces=SURFACES,

@@ -88,6 +88,11 @@ def test_the_page_requires_an_airflow_login(app_client: Any) -> None:
     assert "No monitoring history for surface “search” yet" in page.text
     assert "No champion yet" in page.text
     assert client.get("/ranking/?surface=nope").status_code == 404
+    for malformed in ("²", "1²", "١٢", "-3", "1.9", "0", "4294967296", "1*", "a:b", "x" * 200):
+        answer = client.get("/ranking/", params={"user": malformed})
+        assert answer.status_code == 400, malformed
+        assert "Not a user id" in answer.text
+        assert "x" * 41 not in answer.text  # the echo is cut short
     assert client.get("/ranking/report/1").status_code == 404
     assert client.get("/ranking/report/..%2f1").status_code == 404
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rankflow.config import Settings
-from rankflow.quality.raw import sales_hour_dir
+from rankflow.quality.raw import sales_hour_dir, sales_quarantine_path
+from rankflow.quality.sales import DEFAULT_MAX_LINE_BYTES, RejectedLine, read_sales_file
 from rankflow.runs import repairs_log
 from rankflow.store.client import redis_client
 
 if TYPE_CHECKING:
     import redis
+
+
+LOG = logging.getLogger(__name__)
 
 
 class RepairError(RuntimeError):
@@ -48,32 +53,61 @@ class RepairResult:
     fallback_removed: int
     seconds: float
     lists_emptied: int = 0  # users whose every item sold: they now get the fallback list
+    sales_quarantined: int = 0  # lines of the hourly drops that are not sales (with reasons)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the JSON-ready record."""
         return asdict(self)
 
 
-def read_sales(raw: Path, since: date, until: datetime) -> dict[int, datetime]:
-    """Return item id -> sale time of the sales after day ``since`` up to ``until`` (UTC).
+@dataclass
+class SalesRead:
+    """The sales of the complete hours read, and per hour the lines that were not sales."""
+
+    sales: dict[int, datetime] = field(default_factory=dict)
+    rejected: dict[datetime, list[RejectedLine]] = field(default_factory=dict)
+
+    @property
+    def quarantined(self) -> int:
+        """How many lines were rejected."""
+        return sum(len(lines) for lines in self.rejected.values())
+
+
+def read_sales(
+    raw: Path, since: date, until: datetime, max_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> SalesRead:
+    """Read item id -> sale time of the sales after day ``since`` up to ``until`` (UTC).
 
     Only complete hourly drops (with ``_SUCCESS``) are read; a sale later than ``until`` in the
-    last hour's drop is not counted yet.
+    last hour's drop is not counted yet. A line that is not a sale (:mod:`rankflow.quality.sales`)
+    is kept with its reason under its hour, and the rest of the hour is applied.
     """
-    sales: dict[int, datetime] = {}
+    read = SalesRead()
     hour = datetime(since.year, since.month, since.day, tzinfo=UTC) + timedelta(days=1)
     while hour <= until:
         folder = sales_hour_dir(raw, hour)
         if (folder / "_SUCCESS").exists():
             for path in sorted(folder.glob("*.jsonl")):
-                for line in path.read_text().splitlines():
-                    if line.strip():
-                        row = json.loads(line)
-                        sold = datetime.fromisoformat(str(row["sold_ts"]).replace("Z", "+00:00"))
-                        if sold <= until:
-                            sales.setdefault(int(row["item_id"]), sold)
+                for parsed in read_sales_file(path, max_bytes):
+                    if isinstance(parsed, RejectedLine):
+                        read.rejected.setdefault(hour, []).append(parsed)
+                    elif parsed.sold_ts <= until:
+                        read.sales.setdefault(parsed.item_id, parsed.sold_ts)
         hour += timedelta(hours=1)
-    return sales
+    return read
+
+
+def quarantine_sales(settings: Settings, read: SalesRead) -> list[Path]:
+    """Write each hour's rejected sales lines, with their reasons, beside the lake (idempotent)."""
+    written = []
+    for hour, lines in sorted(read.rejected.items()):
+        path = sales_quarantine_path(settings, hour)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_suffix(".tmp")
+        staged.write_text("".join(json.dumps(line.as_dict()) + "\n" for line in lines))
+        staged.replace(path)  # whole or not at all: a re-read hour rewrites the same file
+        written.append(path)
+    return written
 
 
 def drop_sold(
@@ -199,6 +233,11 @@ def current_meta(client: redis.Redis, prefix: str, surface: str) -> tuple[str, d
     return version, version_meta(client, prefix, surface, version)
 
 
+def max_line_bytes(settings: Settings) -> int:
+    """The longest raw line accepted, in bytes (``ingest.max_line_bytes``)."""
+    return int(settings.pipeline["ingest"]["max_line_bytes"])
+
+
 REPAIR_LOCK_SECONDS = 900  # a repair holding the lock longer is presumed dead and loses it
 REPAIR_WAIT_SECONDS = 1800  # how long a repair waits for the surface's other repair
 
@@ -232,7 +271,9 @@ def run_repair(settings: Settings, surface: str, at: datetime | None = None) -> 
         if meta.get("repaired_up_to"):
             at = max(at, datetime.fromisoformat(meta["repaired_up_to"]))
         list_ds = date.fromisoformat(meta["ds"])
-        sales = read_sales(settings.paths.raw, list_ds, at)
+        read = read_sales(settings.paths.raw, list_ds, at, max_line_bytes(settings))
+        quarantine_sales(settings, read)
+        sales = read.sales
         sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
         users, entries, fallback, emptied = repair_version(
             client, prefix, surface, version, meta, sold, settings.redis.mset_batch
@@ -252,6 +293,7 @@ def run_repair(settings: Settings, surface: str, at: datetime | None = None) -> 
         fallback_removed=fallback,
         seconds=round(time.monotonic() - began, 3),
         lists_emptied=emptied,
+        sales_quarantined=read.quarantined,
     )
 
 
@@ -272,7 +314,9 @@ def served_sold_share(
     client = redis_client(settings.redis.url)
     prefix = settings.redis.key_prefix
     version, meta = current_meta(client, prefix, surface)
-    sales = read_sales(settings.paths.raw, date.fromisoformat(meta["ds"]), at - grace)
+    sales = read_sales(
+        settings.paths.raw, date.fromisoformat(meta["ds"]), at - grace, max_line_bytes(settings)
+    ).sales
     sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
     served = stale = 0
     for batch in gold_batches(meta, surface):
@@ -299,6 +343,13 @@ def repair_and_record(settings: Settings, surface: str, at: datetime | None = No
     """Repair a surface's live lists and append the figures to its history (every caller)."""
     result = run_repair(settings, surface, at)
     record_repair(settings, result)
+    if result.sales_quarantined:
+        folder = sales_quarantine_path(settings, datetime.now(UTC)).parent.parent
+        LOG.warning(
+            "%d lines of the sales drops are not sales and were skipped; reasons in %s",
+            result.sales_quarantined,
+            folder,
+        )
     return result
 
 

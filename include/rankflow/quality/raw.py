@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 RAW_KINDS = ("users", "items", "events")
 EVENT_TYPES = ("impression", "click", "like", "save", "add_to_bag", "purchase")
 MAX_ID = 2**32 - 1
+MAX_PRICE = 1e9  # EUR; no listing costs more, and the bound refuses NaN/Infinity in Spark checks
 CORRUPT = "_corrupt_record"
 
 
@@ -83,3 +84,9 @@ SALES_KIND = "sales"
 def sales_hour_dir(raw: Path, moment: datetime) -> Path:
     """Return the folder of the sales drop of the hour starting at ``moment`` (UTC)."""
     return raw / SALES_KIND / f"ds={moment.date().isoformat()}" / f"hour={moment.hour:02d}"
+
+
+def sales_quarantine_path(settings: Settings, hour: datetime) -> Path:
+    """Return the file holding the rejected lines (and reasons) of one hour's sales drop."""
+    folder = settings.paths.raw.parent / "quarantine" / SALES_KIND / f"ds={hour.date().isoformat()}"
+    return folder / f"hour={hour.hour:02d}.jsonl"

@@ -6,6 +6,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rankflow.quality.gates import CRITICAL, WARNING, CheckOutcome
+from rankflow.quality.raw import MAX_PRICE
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
@@ -127,8 +128,13 @@ def feature_suite(face: str, ds: date, max_null_share: float) -> list[Expectatio
                 )
                 for w in ("1d", "7d", "28d")
             ],
+            # the ceiling also refuses NaN and Infinity, which Spark orders above every number
             gxe.ExpectColumnValuesToBeBetween(
-                column="item_price", min_value=0, strict_min=True, severity=CRITICAL
+                column="item_price",
+                min_value=0,
+                max_value=MAX_PRICE,
+                strict_min=True,
+                severity=CRITICAL,
             ),
             gxe.ExpectColumnValuesToBeBetween(
                 column="item_age_days", min_value=0, severity=CRITICAL

@@ -75,7 +75,9 @@ def ingest_range(
     """
     from rankflow.lake.tables import write_partitions
 
-    validated = validate(parse_lines(read_raw_lines(spark, settings, kind, start, end), kind), kind)
+    lines = read_raw_lines(spark, settings, kind, start, end)
+    max_line_bytes = int(settings.pipeline["ingest"]["max_line_bytes"])
+    validated = validate(parse_lines(lines, kind), kind, max_line_bytes)
     validated = validated.cache()
     counts = validated.groupBy("ds").agg(
         F.count("*").alias("rows"), F.count("reason").alias("quarantined")

@@ -35,9 +35,30 @@ def parse_lines(lines: DataFrame, kind: str) -> DataFrame:
     )
 
 
-def rejection_reason(kind: str) -> Column:
-    """Return a column holding the first rule a parsed row breaks, or null if it is valid."""
-    rules: list[tuple[Column, str]] = [(F.col(CORRUPT).isNotNull(), "malformed JSON or wrong type")]
+def non_finite(column: str) -> Column:
+    """True where a double is NaN or +-Infinity (JSON's lenient tokens, or strings Spark reads)."""
+    return F.isnan(column) | F.col(column).isin(float("inf"), float("-inf"))
+
+
+def duplicate_keys(raw: str) -> Column:
+    """True where the line's object repeats a top-level key (the parsers disagree on the winner)."""
+    keys = F.json_object_keys(raw)
+    return F.size(keys) != F.size(F.array_distinct(keys))
+
+
+def rejection_reason(kind: str, max_line_bytes: int) -> Column:
+    """Return a column holding the first rule a parsed row breaks, or null if it is valid.
+
+    The line itself is checked first (length, UTF-8, duplicate keys), then its parse (Spark's
+    PERMISSIVE reader flags truncated lines, nesting past its limit and wrong types), then each
+    field against docs/raw-format.md.
+    """
+    rules: list[tuple[Column, str]] = [
+        (F.octet_length("raw") > max_line_bytes, f"line over {max_line_bytes} bytes"),
+        (~F.is_valid_utf8("raw"), "invalid UTF-8"),
+        (duplicate_keys("raw"), "duplicate JSON key"),
+        (F.col(CORRUPT).isNotNull(), "malformed JSON or wrong type"),
+    ]
     rules += [(F.col(name).isNull(), f"missing {name}") for name in required_fields(kind)]
     id_cols = {
         "users": ["user_id"],
@@ -54,7 +75,11 @@ def rejection_reason(kind: str) -> Column:
             (F.to_date("ts") != F.col("ds"), "timestamp outside the drop's day"),
         ]
     if kind == "items":
-        rules += [(F.col("price") <= 0, "price <= 0")]
+        rules += [
+            (non_finite("price"), "price not finite (NaN or Infinity)"),
+            (F.col("price") <= 0, "price <= 0"),
+            (non_finite("seller_rating"), "seller_rating not finite (NaN or Infinity)"),
+        ]
     reason = F.lit(None).cast("string")
     for condition, text in reversed(rules):
         reason = F.when(condition, F.lit(text)).otherwise(reason)
@@ -73,10 +98,10 @@ def with_duplicate_reason(df: DataFrame, key: str) -> DataFrame:
     )
 
 
-def validate(parsed: DataFrame, kind: str) -> DataFrame:
+def validate(parsed: DataFrame, kind: str, max_line_bytes: int) -> DataFrame:
     """Attach the rejection ``reason`` of every parsed row (null for accepted rows)."""
     key = {"users": "user_id", "items": "item_id", "events": "event_id"}[kind]
-    return parsed.withColumn("reason", rejection_reason(kind)).transform(
+    return parsed.withColumn("reason", rejection_reason(kind, max_line_bytes)).transform(
         lambda df: with_duplicate_reason(df, key)
     )
 

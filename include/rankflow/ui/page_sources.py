@@ -22,6 +22,7 @@ from rankflow.model.registry import (
     mlflow_client,
 )
 from rankflow.monitoring.history import history_rows
+from rankflow.quality.raw import MAX_ID
 from rankflow.store.client import redact_url, redis_client
 from rankflow.store.errors import NoCurrentVersionError
 from rankflow.store.reader import RankingReader
@@ -129,12 +130,24 @@ def item_attributes(
     return found, None
 
 
+def parse_user_id(user: str) -> int:
+    """A user id typed into the page: ASCII digits in 1..2^32-1 (``²`` is a digit, not an id).
+
+    Raises:
+        ValueError: with the message the page answers a malformed id with (HTTP 400).
+    """
+    text = user.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or not 1 <= int(text) <= MAX_ID:
+        raise ValueError(f"Not a user id: {user[:40]!r} (a whole number from 1 to {MAX_ID}).")
+    return int(text)
+
+
 def read_lookup(settings: Settings, surface: str, user: str) -> UserList | Notice:
     """What the reader serves ``user`` on ``surface``, with the items' attributes."""
-    text = user.strip()
-    if not text or len(text) > 128 or any(c in text for c in "*?[]: \t"):
-        return Notice(f"Not a user id: {user!r}", error=True)
-    user_id: int | str = int(text) if text.isdigit() else text
+    try:
+        user_id = parse_user_id(user)
+    except ValueError as error:
+        return Notice(str(error), error=True)
     try:
         client = redis_client(settings.redis.lookup_url, socket_timeout=READ_TIMEOUT_SECONDS)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +20,7 @@ from rankflow.publish.repair import (
     run_repair,
     served_sold_share,
 )
+from rankflow.quality.raw import sales_quarantine_path
 from rankflow.sim.sales import write_sales_hour
 from rankflow.store.keys import current_key, user_key
 from rankflow.store.reader import RankingReader
@@ -48,8 +50,8 @@ def test_sales_are_read_up_to_the_repair_time_from_complete_drops(tmp_path) -> N
         tmp_path, MORNING + timedelta(hours=1), [(12, MORNING + timedelta(hours=1))]
     )
     (unfinished / "_SUCCESS").unlink()
-    assert set(read_sales(tmp_path, DS, MORNING + timedelta(hours=2, minutes=30))) == {10}
-    assert set(read_sales(tmp_path, DS, MORNING + timedelta(hours=3))) == {10, 11}
+    assert set(read_sales(tmp_path, DS, MORNING + timedelta(hours=2, minutes=30)).sales) == {10}
+    assert set(read_sales(tmp_path, DS, MORNING + timedelta(hours=3)).sales) == {10, 11}
 
 
 def test_repair_removes_sold_items_in_place_and_is_idempotent(
@@ -161,3 +163,50 @@ def test_repairs_of_one_surface_wait_for_each_other(served, redis_client, monkey
         repair_and_record(settings, "home", MORNING)
     other.release()
     assert repair_and_record(settings, "home", MORNING).users_repaired == 0
+
+
+def test_hostile_sales_lines_are_quarantined_and_the_rest_of_the_hour_applied(
+    spark, tmp_path, redis_client, redis_url, lake_settings
+) -> None:
+    settings = replace(
+        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
+    )
+    snapshot = write_gold(gold_frame(spark, 50, "home"), str(tmp_path / "gold"), DS, "home")
+    publish(spark, redis_client, redis_url, snapshot, "home")
+    hour = MORNING + timedelta(hours=1)
+    folder = write_sales_hour(settings.paths.raw, hour, [(10, hour + timedelta(minutes=5))])
+    at = (hour + timedelta(minutes=10)).isoformat().replace("+00:00", "Z").encode()
+    naive = at.rstrip(b"Z")
+    hostile = [
+        b'{"item_id": 21, "sold_ts": "' + at[:9],  # truncated by a crashed producer
+        b'{"item_id": 21, "sold_ts": "' + naive + b'"}',  # no zone
+        b'{"item_id": 21, "sold_ts": "' + at + b'", "n": "\xff"}',  # not UTF-8
+        b'{"item_id": 21, "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",  # deep nesting
+        b'{"item_id": 1.9, "sold_ts": "' + at + b'"}',
+        b'{"item_id": true, "sold_ts": "' + at + b'"}',
+        b'{"item_id": -3, "sold_ts": "' + at + b'"}',
+    ]
+    good = b'{"item_id": 7, "sold_ts": "' + at + b'"}'
+    (folder / "part-00001.jsonl").write_bytes(b"\n".join([*hostile, good]) + b"\n")
+
+    result = run_repair(settings, "home", MORNING + timedelta(hours=3))
+    assert result.sold_items == 2  # 10 from the first file, 7 after the hostile lines
+    assert result.sales_quarantined == len(hostile)
+    reader = RankingReader.from_url(redis_url, "rf")
+    assert reader.lookup(1, "home").items == [11]  # 10 sold
+    assert reader.lookup(2, "home").items == [20, 21]  # 21 only ever appeared in bad lines
+    quarantine = sales_quarantine_path(settings, hour)
+    records = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert [r["line"] for r in records] == list(range(1, len(hostile) + 1))
+    assert [r["reason"].split(" (")[0].split(":")[0] for r in records] == [
+        "malformed JSON",
+        "sold_ts without a time zone",
+        "invalid UTF-8 at byte 57",
+        "JSON nested too deeply",
+        "item_id not an integer in 1..2^32-1",
+        "item_id not an integer in 1..2^32-1",
+        "item_id not an integer in 1..2^32-1",
+    ]
+    again = run_repair(settings, "home", MORNING + timedelta(hours=3))
+    assert again.sales_quarantined == len(hostile)  # counted again, recorded once
+    assert len(quarantine.read_text().splitlines()) == len(hostile)

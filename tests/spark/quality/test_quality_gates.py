@@ -155,6 +155,8 @@ def item_features(spark: Any, **override: Any) -> Any:
     [
         ({"item_ctr_7d": 1.7}, "expect_column_values_to_be_between"),
         ({"item_price": -5.0}, "expect_column_values_to_be_between"),
+        ({"item_price": float("nan")}, "expect_column_values_to_be_between"),
+        ({"item_price": float("inf")}, "expect_column_values_to_be_between"),
         ({"category": None}, "expect_column_values_to_not_be_null"),
         ({"item_id": 1}, "expect_column_values_to_be_unique"),
     ],
