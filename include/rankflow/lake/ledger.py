@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import time
+import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -96,36 +99,64 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+APPEND_ATTEMPTS = 8  # concurrent appends retried: each retry sees the rows the winner wrote
+
+
+def create_ledger(spark: SparkSession, path: str) -> None:
+    """Create the empty append-only ledger unless it exists (safe when two tasks race to it)."""
+    from rankflow.lake.tables import delta_path
+
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS {delta_path(path)} ({SPARK_SCHEMA}) USING delta "
+        "TBLPROPERTIES ('delta.appendOnly' = 'true')"
+    )
+
+
+def merge_new(spark: SparkSession, path: str, frame: Any) -> int:
+    """Insert the frame's events whose id the ledger lacks, in one Delta transaction."""
+    from rankflow.lake.tables import delta_path
+
+    view = f"ledger_events_{uuid.uuid4().hex}"
+    frame.createOrReplaceTempView(view)
+    try:
+        # a column added by a later release joins the table (schema evolution, insert-only)
+        metrics = spark.sql(
+            f"MERGE WITH SCHEMA EVOLUTION INTO {delta_path(path)} AS ledger USING {view} AS new "
+            "ON ledger.event_id = new.event_id WHEN NOT MATCHED THEN INSERT *"
+        ).first()
+    finally:
+        spark.catalog.dropTempView(view)
+    return int(metrics["num_inserted_rows"]) if metrics is not None else 0
+
+
+def is_concurrent_commit(error: Exception) -> bool:
+    """Tell whether Delta refused a commit because another one won the race (worth a retry)."""
+    text = str(error)  # io.delta.exceptions.Concurrent*, ProtocolChanged, MetadataChanged
+    return any(name in text for name in ("Concurrent", "ProtocolChanged", "MetadataChanged"))
+
+
 def append_events(spark: SparkSession, settings: Settings, events: list[LedgerEvent]) -> int:
     """Append the events whose id is not in the ledger yet (a retry records nothing twice).
 
-    The table is created with ``delta.appendOnly = true``, so Delta itself refuses updates and
-    deletes. Returns how many rows were appended.
+    One MERGE inserts what is new: Delta checks, at commit, that no concurrent transaction added
+    rows the MERGE would have matched, so two tasks appending the same event at the same moment
+    record it once (the loser retries and finds it). The table is created with
+    ``delta.appendOnly = true``, so Delta itself refuses updates and deletes. Returns how many
+    rows were appended.
     """
-    from pyspark.sql import functions as F
-
-    from rankflow.lake.tables import table_exists
-
     path = settings.paths.table(LEDGER_TABLE)
     rows = [event.as_row() for event in events]
     frame = spark.createDataFrame([[row[c] for c in COLUMNS] for row in rows], SPARK_SCHEMA)
-    if not table_exists(spark, path):  # the first events create the table in one commit
-        writer = frame.write.format("delta").option("delta.appendOnly", "true")
-        writer.mode("error").save(path)  # errorifexists, by the name Spark Connect knows too
-        return len(rows)
-    ids = [row["event_id"] for row in rows]
-    ledger = spark.read.format("delta").load(path)
-    known = {r.event_id for r in ledger.where(F.col("event_id").isin(ids)).collect()}
-    fresh = [i for i in ids if i not in known]
-    if fresh:
-        (
-            frame.where(F.col("event_id").isin(fresh))
-            .write.format("delta")
-            .mode("append")
-            .option("mergeSchema", "true")  # a column added by a later release joins the table
-            .save(path)
-        )
-    return len(fresh)
+    attempt = 1
+    while True:
+        try:
+            create_ledger(spark, path)
+            return merge_new(spark, path, frame)
+        except Exception as error:
+            if attempt >= APPEND_ATTEMPTS or not is_concurrent_commit(error):
+                raise
+        time.sleep(random.uniform(0.05, 0.3) * attempt)  # jittered, so the racers part
+        attempt += 1
 
 
 def record_event(spark: SparkSession, settings: Settings, event: str, **values: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,3 +50,46 @@ def test_retries_append_nothing_twice_and_rows_cannot_be_changed(
 
 def test_an_absent_ledger_reads_as_empty(spark: Any, lake_settings: Settings) -> None:
     assert read_ledger(spark, lake_settings).empty
+
+
+def race(spark: Any, settings: Settings, event: LedgerEvent) -> tuple[list[int], list[str]]:
+    """Append ``event`` from two threads released at the same instant: (counts, errors)."""
+    start = threading.Barrier(2)
+    counts: list[int] = []
+    errors: list[str] = []
+
+    def append() -> None:
+        start.wait()
+        try:
+            counts.append(append_events(spark, settings, [event]))
+        except Exception as error:  # surfaced by the caller, with its text
+            errors.append(str(error)[:3000])
+
+    threads = [threading.Thread(target=append) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return counts, errors
+
+
+def test_two_concurrent_appends_of_the_same_event_record_it_once(
+    spark: Any, lake_settings: Settings
+) -> None:
+    """Two tasks (a retry and its zombie, or two backfills) appending at the same moment."""
+    rounds = 4  # the first round also races to create the table
+    for round_ in range(rounds):
+        event = LedgerEvent(
+            "publish_redis",
+            T0,
+            surface="home",
+            model_version=str(round_),
+            redis_version=f"v{round_}",
+            airflow_run_id=f"race-{round_}",
+        )
+        counts, errors = race(spark, lake_settings, event)
+        assert errors == [], f"round {round_}: {errors}"
+        assert sorted(counts) == [0, 1], f"round {round_}: {counts}"
+    ledger = read_ledger(spark, lake_settings)
+    assert len(ledger) == rounds
+    assert ledger["event_id"].is_unique
