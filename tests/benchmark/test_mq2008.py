@@ -1,4 +1,8 @@
-"""The documented MQ2008 command on the real LETOR 4.0 data (read in place; skipped if absent)."""
+"""The documented MQ2008 command on the real LETOR 4.0 data (read in place).
+
+Skipped on a developer machine without the data; in CI (``CI=true``) missing data is a failure,
+so the benchmark cannot silently stop running. (That our NDCG equals XGBoost's is checked on
+generated groups in tests/unit/evaluation/test_metrics.py, without the data.)"""
 
 from __future__ import annotations
 
@@ -15,12 +19,18 @@ from rankflow.evaluation.benchmark import default_data_dir
 
 DATA = Path(os.environ.get("RANKFLOW_MQ2008") or default_data_dir())
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (DATA / "S1.txt").exists(), reason=f"MQ2008 is not at {DATA} (research licence)"
-    ),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mq2008_data() -> Path:
+    """The data folder; its absence fails the run in CI and skips it elsewhere."""
+    if not (DATA / "S1.txt").exists():
+        message = f"MQ2008 is not at {DATA} (research licence; set RANKFLOW_MQ2008)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}: CI must run the benchmark")
+        pytest.skip(message)
+    return DATA
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +71,3 @@ def test_fold1_under_the_optimistic_protocol_matches_the_catboost_benchmark(
 def test_conventions_span_the_published_range(result: dict[str, Any]) -> None:
     by_convention = result["mean_ndcg@10_by_convention"]
     assert by_convention["zero"] < 0.55 < by_convention["skip"] < 0.75 < by_convention["one"]
-
-
-def test_our_ndcg_is_xgboosts_under_the_count_as_one_convention() -> None:
-    import xgboost as xgb
-
-    from rankflow.evaluation.letor import fold_split, read_partitions
-    from rankflow.evaluation.metrics import ndcg_at_k
-    from rankflow.model.fit import ranking_matrix
-
-    train, _, test = fold_split(read_partitions(DATA), "Fold1")
-    dtrain = ranking_matrix(train.features, train.labels, train.groups)
-    dtest = ranking_matrix(test.features, test.labels, test.groups)
-    booster = xgb.train({"objective": "rank:ndcg", "eval_metric": "ndcg@10"}, dtrain, 20)
-    theirs = float(booster.eval(dtest, "test").split(":")[1])
-    ours = ndcg_at_k(test.qids, test.labels, booster.predict(dtest), 10, empty="one")
-    assert ours == pytest.approx(theirs, abs=1e-6)

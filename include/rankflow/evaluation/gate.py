@@ -230,6 +230,22 @@ def segment_masks(frame: pd.DataFrame, config: dict[str, Any]) -> dict[str, np.n
     return masks
 
 
+def segment_status(
+    queries: int, difference: Interval, champion: float, segments: dict[str, Any]
+) -> str:
+    """Judge one segment: too few queries, regressed (worse by the tolerance and CI < 0) or ok.
+
+    The tolerance is relative to the champion's value on the segment; a drop that the interval
+    does not confirm (its upper bound at or above 0) is not a regression.
+    """
+    if queries < int(segments["min_queries"]):
+        return "too_few_queries"
+    worse = difference.estimate < -float(segments["tolerance"]) * abs(champion)
+    if worse and difference.high < 0:
+        return "regressed"
+    return "ok"
+
+
 def compare_segments(
     frame: pd.DataFrame,
     challenger: np.ndarray,
@@ -254,15 +270,7 @@ def compare_segments(
             int(config["bootstrap_seed"]) + index,
             float(config["confidence"]),
         )
-        if queries < int(segments["min_queries"]):
-            status = "too_few_queries"
-        elif (
-            interval.estimate < -float(segments["tolerance"]) * abs(theirs.value)
-            and interval.high < 0
-        ):
-            status = "regressed"
-        else:
-            status = "ok"
+        status = segment_status(queries, interval, theirs.value, segments)
         results.append(SegmentResult(name, queries, ours.value, theirs.value, interval, status))
     return results
 

@@ -355,3 +355,33 @@ def test_invalid_inputs_raise(kwargs: dict[str, Any], message: str) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         m.ndcg_at_k(**args)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_our_ndcg_equals_xgboosts_on_generated_groups(seed: int) -> None:
+    """XGBoost's own ndcg@10 (count-as-one for groups without a relevant item) is ours."""
+    import xgboost as xgb
+
+    from rankflow.model.fit import ranking_matrix
+
+    rng = np.random.default_rng(seed)
+
+    def groups(count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        sizes = rng.integers(3, 40, count)
+        qids = np.repeat(np.arange(count), sizes)
+        features = rng.normal(size=(len(qids), 6))
+        utility = features[:, 0] + 0.5 * features[:, 1] + rng.normal(0, 1, len(qids))
+        labels = np.digitize(utility, [1.0, 1.8, 2.5, 3.2]).astype(float)  # grades 0..4
+        labels[qids % 7 == 0] = 0.0  # some groups without any relevant item
+        return features, labels, sizes, qids
+
+    train_x, train_y, train_sizes, _ = groups(150)
+    test_x, test_y, test_sizes, test_qids = groups(120)
+    dtrain = ranking_matrix(train_x, train_y, train_sizes)
+    dtest = ranking_matrix(test_x, test_y, test_sizes)
+    params = {"objective": "rank:ndcg", "eval_metric": "ndcg@10", "seed": seed, "nthread": 1}
+    booster = xgb.train(params, dtrain, 15)
+    theirs = float(booster.eval(dtest, "test").split(":")[1])
+    ours = m.ndcg_at_k(test_qids, test_y, booster.predict(dtest), 10, empty="one")
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    assert 0.3 < ours < 1.0  # a real ranking, not a degenerate one

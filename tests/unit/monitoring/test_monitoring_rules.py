@@ -12,6 +12,7 @@ from rankflow.config import load_pipeline_config
 from rankflow.evaluation.lists import gini, top_slot_share
 from rankflow.monitoring.history import latest_day
 from rankflow.monitoring.rules import (
+    MAD_TO_SIGMA,
     Figure,
     Threshold,
     breaches,
@@ -89,6 +90,21 @@ def test_calibration_needs_enough_clean_days_then_follows_them() -> None:
     assert calibrated.source == "calibrated(30d)"
     noisy_feature = list(0.4 + rng.normal(0, 0.05, 30))  # always above the default
     assert calibrated_threshold(default, noisy_feature, calibration).upper > 0.5
+
+
+def test_calibrated_bounds_are_the_median_plus_minus_k_robust_sigmas_exactly() -> None:
+    """1.4826 x MAD estimates a normal sample's standard deviation: pinned, with the formula."""
+    assert MAD_TO_SIGMA == 1.4826
+    calibration = {**CONFIG["calibration"], "relative_floor": 0.0}
+    k = float(calibration["mad_multiplier"])
+    values = [10.0, 11.0, 12.0, 13.0, 30.0] * 4  # median 12, MAD 1: the outlier does not count
+    both = calibrated_threshold(Threshold(0.0, 100.0, "default"), values, calibration)
+    assert both.lower == pytest.approx(12.0 - k * 1.4826)
+    assert both.upper == pytest.approx(12.0 + k * 1.4826)
+    rng = np.random.default_rng(11)
+    normal = list(rng.normal(50.0, 2.0, 4000))
+    wide = calibrated_threshold(Threshold(None, 100.0, "default"), normal, calibration)
+    assert wide.upper == pytest.approx(50.0 + k * 2.0, rel=0.02)  # k sigmas of the sample
 
 
 def test_calibration_keeps_a_margin_for_a_perfectly_steady_figure() -> None:

@@ -197,8 +197,12 @@ def test_run_encoding_matches_one_by_one_and_checks_its_starts() -> None:
         b"",
         encode_items([7, 6, 5]),
     ]
-    with pytest.raises(ValueError, match="run starts"):
-        encode_runs(flat, [1, 3])
+    assert encode_runs(flat, [0, 5]) == [encode_items(flat), b""]  # a last, empty run
+    assert encode_runs(flat[:0], []) == []
+    # without these checks the runs would silently come out empty or cut
+    for starts in ([1, 3], [0, 3, 2], [0, 6], [0, 2, 9]):
+        with pytest.raises(ValueError, match="run starts"):
+            encode_runs(flat, starts)
     with pytest.raises(ValueError, match="fit in uint32"):
         encode_runs(np.array([-1]), [0])
 
