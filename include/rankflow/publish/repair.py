@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rankflow.config import Settings
-from rankflow.quality.raw import sales_hour_dir, sales_quarantine_path
+from rankflow.quality.raw import sales_hour_dir, sales_quarantine_dir, sales_quarantine_path
 from rankflow.quality.sales import DEFAULT_MAX_LINE_BYTES, RejectedLine, read_sales_file
 from rankflow.runs import repairs_log
 from rankflow.store.client import redis_client
@@ -344,11 +344,10 @@ def repair_and_record(settings: Settings, surface: str, at: datetime | None = No
     result = run_repair(settings, surface, at)
     record_repair(settings, result)
     if result.sales_quarantined:
-        folder = sales_quarantine_path(settings, datetime.now(UTC)).parent.parent
         LOG.warning(
             "%d lines of the sales drops are not sales and were skipped; reasons in %s",
             result.sales_quarantined,
-            folder,
+            sales_quarantine_dir(settings),
         )
     return result
 

@@ -86,7 +86,12 @@ def sales_hour_dir(raw: Path, moment: datetime) -> Path:
     return raw / SALES_KIND / f"ds={moment.date().isoformat()}" / f"hour={moment.hour:02d}"
 
 
+def sales_quarantine_dir(settings: Settings) -> Path:
+    """Return the folder of the sales drops' rejected lines (one file per hour, by day)."""
+    return settings.paths.raw.parent / "quarantine" / SALES_KIND
+
+
 def sales_quarantine_path(settings: Settings, hour: datetime) -> Path:
     """Return the file holding the rejected lines (and reasons) of one hour's sales drop."""
-    folder = settings.paths.raw.parent / "quarantine" / SALES_KIND / f"ds={hour.date().isoformat()}"
-    return folder / f"hour={hour.hour:02d}.jsonl"
+    day = f"ds={hour.date().isoformat()}"
+    return sales_quarantine_dir(settings) / day / f"hour={hour.hour:02d}.jsonl"

@@ -82,11 +82,16 @@ def parse_json_object(line: bytes, max_bytes: int) -> dict[str, Any]:
     return value
 
 
+def present(row: dict[str, Any], field: str) -> Any:
+    """A required field's value (absent or null is ``missing``)."""
+    if row.get(field) is None:
+        raise LineRejected(f"missing {field}")
+    return row[field]
+
+
 def checked_id(row: dict[str, Any], field: str) -> int:
     """An id field: a JSON integer in 1..2^32-1 (booleans, floats and strings are refused)."""
-    if field not in row or row[field] is None:
-        raise LineRejected(f"missing {field}")
-    value = row[field]
+    value = present(row, field)
     if type(value) is not int or not 1 <= value <= MAX_ID:
         raise LineRejected(f"{field} not an integer in 1..2^32-1: {json.dumps(value)[:40]}")
     return value
@@ -94,9 +99,7 @@ def checked_id(row: dict[str, Any], field: str) -> int:
 
 def checked_time(row: dict[str, Any], field: str) -> datetime:
     """A time field: an ISO-8601 string with a zone (``Z`` or an offset), returned in UTC."""
-    if field not in row or row[field] is None:
-        raise LineRejected(f"missing {field}")
-    value = row[field]
+    value = present(row, field)
     if not isinstance(value, str):
         raise LineRejected(f"{field} not a string: {json.dumps(value)[:40]}")
     try:

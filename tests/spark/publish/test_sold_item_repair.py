@@ -27,6 +27,12 @@ from rankflow.store.reader import RankingReader
 
 pytestmark = [pytest.mark.spark, pytest.mark.services]
 
+
+def on_test_redis(settings: Settings, redis_url: str) -> Settings:
+    """The lake settings with the tests' Redis DB and the default prefix."""
+    return replace(settings, redis=replace(settings.redis, url=redis_url, key_prefix="rf"))
+
+
 MORNING = datetime(DS.year, DS.month, DS.day, tzinfo=UTC) + timedelta(days=1)
 
 
@@ -57,9 +63,7 @@ def test_sales_are_read_up_to_the_repair_time_from_complete_drops(tmp_path) -> N
 def test_repair_removes_sold_items_in_place_and_is_idempotent(
     spark, tmp_path, redis_client, redis_url, lake_settings
 ) -> None:
-    settings = replace(
-        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
-    )
+    settings = on_test_redis(lake_settings, redis_url)
     snapshot = write_gold(gold_frame(spark, 200, "home"), str(tmp_path / "gold"), DS, "home")
     version = publish(spark, redis_client, redis_url, snapshot, "home").version
     raw = settings.paths.raw
@@ -113,9 +117,7 @@ def test_repair_removes_sold_items_in_place_and_is_idempotent(
 @pytest.fixture
 def served(spark, lake_settings, redis_client, redis_url, tmp_path) -> Settings:
     """Settings on the tests' Redis, with 50 users' lists published: user u has [10u, 10u+1]."""
-    settings = replace(
-        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
-    )
+    settings = on_test_redis(lake_settings, redis_url)
     snapshot = write_gold(gold_frame(spark, 50, "home"), str(tmp_path / "gold"), DS, "home")
     publish(spark, redis_client, redis_url, snapshot, "home")
     return settings
@@ -168,9 +170,7 @@ def test_repairs_of_one_surface_wait_for_each_other(served, redis_client, monkey
 def test_hostile_sales_lines_are_quarantined_and_the_rest_of_the_hour_applied(
     spark, tmp_path, redis_client, redis_url, lake_settings
 ) -> None:
-    settings = replace(
-        lake_settings, redis=replace(lake_settings.redis, url=redis_url, key_prefix="rf")
-    )
+    settings = on_test_redis(lake_settings, redis_url)
     snapshot = write_gold(gold_frame(spark, 50, "home"), str(tmp_path / "gold"), DS, "home")
     publish(spark, redis_client, redis_url, snapshot, "home")
     hour = MORNING + timedelta(hours=1)
