@@ -16,14 +16,15 @@ from rankflow.store.client import redis_client
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     """Write raw drops of the simulated marketplace."""
-    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
+    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace, yesterday
 
     overrides = {
         k: v
         for k, v in {"seed": args.seed, "days": args.days, "start": args.start}.items()
         if v is not None
     }
-    config = GeneratorConfig.preset(args.preset, **overrides)
+    end = args.end or (None if args.start else yesterday())  # by default: ends yesterday
+    config = GeneratorConfig.preset(args.preset, end=end, **overrides)
     raw = Path(args.raw) if args.raw else settings.paths.raw
     summary = generate_marketplace(config, raw)
     print(json.dumps({"raw": str(raw), **summary.as_dict()}, default=str))
@@ -286,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--preset", choices=["tiny", "demo"], default="demo")
     generate.add_argument("--seed", type=int)
     generate.add_argument("--days", type=int)
-    generate.add_argument("--start", type=date.fromisoformat)
+    calendar = generate.add_mutually_exclusive_group()
+    calendar.add_argument("--start", type=date.fromisoformat, help="first day")
+    calendar.add_argument("--end", type=date.fromisoformat, help="last day (default: yesterday)")
     generate.add_argument("--raw", help="output folder (default: $RANKFLOW_HOME/data/raw)")
     generate.set_defaults(func=cmd_generate)
 

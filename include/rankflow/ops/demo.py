@@ -8,13 +8,13 @@ import shutil
 import sys
 import time
 from dataclasses import asdict
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from rankflow.config import Settings, config_hash, repo_root
 from rankflow.ops.progress import Bar, TaskLines, run_logged
-from rankflow.sim.marketplace import GeneratorConfig
+from rankflow.sim.marketplace import GeneratorConfig, yesterday
 from rankflow.store.client import redact_url, redis_client
 
 DAG_ID = "rankflow_nightly"
@@ -239,6 +239,15 @@ def morning_of_sales(settings: Settings, surface: str) -> dict[str, Any]:
     return {"sold": sold, "served_sold_share_before": before, "served_sold_share_after": after}
 
 
+def demo_calendar(preset: str, now: datetime | None = None) -> GeneratorConfig:
+    """The preset's marketplace on a calendar ending yesterday (UTC).
+
+    ``make airflow``'s scheduler then finds yesterday's drops for its first scheduled run; the
+    data are the seed's, only the dates move with the day the demo runs.
+    """
+    return GeneratorConfig.preset(preset, end=yesterday(now))
+
+
 def demo_log(settings: Settings) -> Path:
     """Return where this demo run keeps the full output of its jobs and of the DAG run."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -254,8 +263,8 @@ def run_demo(settings: Settings, preset: str = "demo", verbose: bool = False) ->
     log_path = demo_log(settings)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"full logs: {log_path}" + ("" if verbose else " (rankflow demo --verbose shows them)"))
-    config = GeneratorConfig.preset(preset)
-    last = config.start + timedelta(days=config.days - 1)
+    config = demo_calendar(preset)
+    last = config.last_day
     path = state_file(settings, preset)
     surface = settings.default_surface
     with log_path.open("a", encoding="utf-8") as log:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from datetime import date, timedelta
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -168,9 +168,26 @@ class GeneratorConfig:
         if failed:
             raise ValueError(f"invalid GeneratorConfig: {', '.join(failed)}")
 
+    @property
+    def last_day(self) -> date:
+        """The last simulated day (``start + days - 1``)."""
+        return self.start + timedelta(days=self.days - 1)
+
+    def ending(self, last: date) -> GeneratorConfig:
+        """The same marketplace on a calendar that ends on ``last`` (only the dates change).
+
+        Every draw depends on the seed and on day offsets from ``start``, never on the dates
+        themselves, so the shifted calendar holds the same users, items and events.
+        """
+        return replace(self, start=last - timedelta(days=self.days - 1))
+
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> GeneratorConfig:
-        """Return a named configuration (``tiny`` for end-to-end tests, ``demo``) with overrides."""
+    def preset(cls, name: str, *, end: date | None = None, **overrides: Any) -> GeneratorConfig:
+        """Return a named configuration (``tiny`` for end-to-end tests, ``demo``) with overrides.
+
+        ``end`` moves the calendar so that its last day is ``end`` (see :meth:`ending`); without
+        it the calendar starts on ``start`` (2026-10-01 unless overridden).
+        """
         presets: dict[str, dict[str, Any]] = {
             "demo": {},
             "tiny": {
@@ -190,7 +207,13 @@ class GeneratorConfig:
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        config = cls(**{**presets[name], **overrides})
+        return config if end is None else config.ending(end)
+
+
+def yesterday(now: datetime | None = None) -> date:
+    """The last complete UTC day: the day the next nightly run processes."""
+    return (now or datetime.now(UTC)).astimezone(UTC).date() - timedelta(days=1)
 
 
 @dataclass(frozen=True)
