@@ -54,3 +54,5 @@ RUN RANKFLOW_HOME=/tmp/rankflow-warm python -m rankflow.cli warm-spark \
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 COPY --chown=airflow:0 jobs/ /opt/airflow/jobs/
+# The deployment's scripts airflow-init runs (placeholder check, users), as compose mounts them.
+COPY --chown=airflow:0 docker/ /opt/rankflow/docker/
