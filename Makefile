@@ -91,8 +91,8 @@ down: ## Stop the local services
 demo: setup up ## Generate the demo marketplace and run the nightly DAG once, end to end
 	AIRFLOW_CONN_SPARK_RANKFLOW='$(CONNECT_CONN)' $(PY) -m rankflow.cli demo
 
-test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end)
-	$(PY) -m pytest
+test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end); ARGS="tests/ui -k lookup" narrows it
+	$(PY) -m pytest $(ARGS)
 
 chaos: setup up ## Kill Redis and the publish steps at seeded points (RANKFLOW_CHAOS_SEED, _KILLS)
 	$(PY) -m pytest -m chaos -s

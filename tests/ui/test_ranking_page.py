@@ -164,8 +164,11 @@ def test_empty_states_and_fallback_in_the_browser(server: str, seeded: Any) -> N
     assert "No monitoring history for surface “search” yet" in empty
     assert "Nothing is published for surface “search” yet" in empty
     assert "rankflow-ranker version <b>1</b>" in empty  # the champion serves every surface
-    unknown = dump_dom(page_url(server, seeded.surface, "no-such-user"))
+    unknown = dump_dom(page_url(server, seeded.surface, "4294967295"))  # well formed, never seen
     assert "fallback list: no personal list for this user" in unknown
+    malformed = dump_dom(page_url(server, seeded.surface, "no-such-user"))
+    assert "Not a user id: 'no-such-user'" in malformed
+    assert "fallback list" not in malformed
 
 
 @pytest.mark.usefixtures("chromium")

@@ -128,6 +128,8 @@ def feature_suite(face: str, ds: date, max_null_share: float) -> list[Expectatio
                 )
                 for w in ("1d", "7d", "28d")
             ],
+            # a between-check skips nulls: a price is required, so a missing one is refused here
+            gxe.ExpectColumnValuesToNotBeNull(column="item_price", severity=CRITICAL),
             # the ceiling also refuses NaN and Infinity, which Spark orders above every number
             gxe.ExpectColumnValuesToBeBetween(
                 column="item_price",

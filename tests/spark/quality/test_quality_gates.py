@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from rankflow.config import Settings
 from rankflow.features.registry import MODEL_FEATURES
@@ -147,7 +149,12 @@ def item_features(spark: Any, **override: Any) -> Any:
         rows.append(row)
     for i in range(0, 100, 10):
         rows[i].update(override)
-    return spark.createDataFrame(pd.DataFrame(rows))
+    frame = spark.createDataFrame(pd.DataFrame(rows))
+    # Arrow turns pandas' NaN into null: put a real Spark NaN back where one was asked for
+    for column, value in override.items():
+        if isinstance(value, float) and math.isnan(value):
+            frame = frame.withColumn(column, F.coalesce(F.col(column), F.lit(value)))
+    return frame
 
 
 @pytest.mark.parametrize(
@@ -157,6 +164,7 @@ def item_features(spark: Any, **override: Any) -> Any:
         ({"item_price": -5.0}, "expect_column_values_to_be_between"),
         ({"item_price": float("nan")}, "expect_column_values_to_be_between"),
         ({"item_price": float("inf")}, "expect_column_values_to_be_between"),
+        ({"item_price": None}, "expect_column_values_to_not_be_null"),
         ({"category": None}, "expect_column_values_to_not_be_null"),
         ({"item_id": 1}, "expect_column_values_to_be_unique"),
     ],
