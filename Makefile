@@ -51,13 +51,21 @@ $(VENV)/.installed: requirements.txt requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
 	@touch $@
 
-$(LOCAL_SECRETS): | $(VENV)/.installed
+# rebuilt (variables added, passwords kept) when the module that knows the variables changes
+$(LOCAL_SECRETS): include/rankflow/ops/local_secrets.py | $(VENV)/.installed
 	@$(PY) -m rankflow.cli services secrets
 
 $(STAMP)/redis-server:
 	@mkdir -p $(STAMP)
 	@command -v redis-server >/dev/null || { echo "installing redis-server from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server redis-tools >/dev/null; }
+	@touch $@
+
+# make airflow's metadata database; `make up` starts it under $(RANKFLOW_HOME)/run/postgres
+$(STAMP)/postgresql:
+	@mkdir -p $(STAMP)
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "installing postgresql from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 	@touch $@
 
 $(STAMP)/chromium:
@@ -82,7 +90,7 @@ $(STAMP)/airflow-db: $(VENV)/.installed
 
 setup: $(VENV)/.installed $(STAMP)/redis-server $(STAMP)/spark $(STAMP)/airflow-db ## Install what is missing: venv, redis-server, Delta jars, Airflow DB
 
-up: $(VENV)/.installed $(STAMP)/redis-server ## Start the local Redis server and S3 endpoint
+up: $(VENV)/.installed $(STAMP)/redis-server $(STAMP)/postgresql ## Start the local Redis, S3 endpoint, Spark Connect and Postgres servers
 	$(PY) -m rankflow.cli services up
 
 down: ## Stop the local services
@@ -121,8 +129,15 @@ typecheck: $(VENV)/.installed ## Type-check the library (mypy --strict)
 
 check: lint typecheck test ## Everything CI runs
 
-airflow: setup up ## Start `airflow standalone` with the project's DAGs (web UI on :8080)
-	$(VENV)/bin/airflow standalone
+# The local Postgres (RANKFLOW_POSTGRES_URL, exported from the local secrets) is Airflow's
+# metadata DB; the shell expands it, so the password is in no command line and never echoed.
+AIRFLOW_DB := AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$$RANKFLOW_POSTGRES_URL"
+AIRFLOW_LOCAL := AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:8080/execution/
+airflow: setup up ## Start Airflow (scheduler, API server on http://127.0.0.1:8080, triggerer) on the local Postgres
+	@test -n "$$RANKFLOW_POSTGRES_URL" || { echo "RANKFLOW_POSTGRES_URL is not set (see $(LOCAL_SECRETS))"; exit 1; }
+	@echo "migrating Airflow's metadata database (Postgres on 127.0.0.1)"
+	@$(AIRFLOW_DB) $(VENV)/bin/airflow db migrate >/dev/null
+	$(AIRFLOW_DB) $(AIRFLOW_LOCAL) $(VENV)/bin/airflow standalone
 
 screenshot: setup up $(STAMP)/chromium ## Screenshot the Ranking page of the current data into docs/ranking-page.png
 	$(PY) tests/ui/screenshot.py --out docs/ranking-page.png --height 2900 $(if $(RANKING_USER),--user $(RANKING_USER))

@@ -11,7 +11,8 @@ Pieces for a DAG (messages come from the pure :mod:`rankflow.ops.alerts`):
 * ``default_args={..., **failure_callbacks()}``: one alert when a task fails after its last retry
   (Airflow runs ``on_failure_callback`` only then), none for a task that succeeds on a retry;
 * ``deadline=publication_deadline()``: a Deadline Alert when a run has not finished publishing by
-  06:00 UTC the morning after its day;
+  06:00 UTC the morning after its day, delivered by the triggerer (see
+  :func:`on_publication_deadline_missed` for why not the executor);
 * ``send_gate_alert(ds, since)`` in a task after ``evaluate`` (which is skipped, not failed, when
   the gate rejects the model); ``send_breach_alert(ds, surface)`` in a task after the monitor
   step; ``send_alert(alert)`` for any other :class:`rankflow.ops.alerts.Alert`.
@@ -26,6 +27,7 @@ rankflow_nightly DATE`` (what ``rankflow demo`` runs).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -283,17 +285,11 @@ def failure_callbacks(
     return {"on_failure_callback": [notifier]}
 
 
-def on_publication_deadline_missed(
-    context: dict[str, Any],
-    attempts: int = DEFAULT_ATTEMPTS,
-    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
-) -> None:
-    """Deadline callback: the run had not finished publishing by its deadline.
+def deadline_alert_from_context(context: dict[str, Any]) -> Alert | None:
+    """The alert for a run that missed its deadline (None for a backfill, which is not held).
 
-    Runs on the executor with the scheduler's context (``dag_run`` as the REST API shows it and
-    ``deadline``). A backfill is not held to the nightly deadline. Raises
-    :class:`AlertDeliveryError` when a channel fails: the callback is then marked failed with the
-    reason in its log.
+    ``context`` is what the scheduler hands a deadline callback: ``dag_run`` as the REST API
+    shows it and ``deadline`` (``id``, ``deadline_time``).
     """
     run = context.get("dag_run") or {}
     deadline = context.get("deadline") or {}
@@ -301,16 +297,38 @@ def on_publication_deadline_missed(
         log.info(
             "deadline of backfill run %s passed: backfills are not alerted", run.get("dag_run_id")
         )
-        return
-    deadline_time = as_datetime(deadline.get("deadline_time"))
-    alert = deadline_missed_alert(
+        return None
+    return deadline_missed_alert(
         dag_id=str(run.get("dag_id") or "unknown DAG"),
         ds=run_day(run.get("conf"), run.get("data_interval_start")),
-        deadline=deadline_time or datetime.now(UTC),
+        deadline=as_datetime(deadline.get("deadline_time")) or datetime.now(UTC),
         run_id=str(run.get("dag_run_id") or "unknown run"),
         run_state=run.get("state"),
+        queued_at=as_datetime(run.get("queued_at")),
     )
-    send_alert(alert, attempts=attempts, backoff_seconds=backoff_seconds)
+
+
+async def on_publication_deadline_missed(
+    context: dict[str, Any],
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+) -> dict[str, str]:
+    """Deadline callback, run by the triggerer: the run had not published by its deadline.
+
+    A triggerer callback, not an executor one: in Airflow 3.3 a callback the executor runs gets
+    a workload token that the Execution API refuses for connections
+    (``AirflowSecretsBackendAccessDenied``), while the triggerer reads them through its
+    in-process Execution API, from every secrets backend (environment, metadata DB, vault...).
+    The hooks are synchronous, so the delivery runs in a worker thread. Raises
+    :class:`AlertDeliveryError` when a channel fails: the callback is then marked failed with
+    the reason in the triggerer's log.
+    """
+    alert = deadline_alert_from_context(context)
+    if alert is None:
+        return {}
+    return await asyncio.to_thread(
+        send_alert, alert, attempts=attempts, backoff_seconds=backoff_seconds
+    )
 
 
 def publication_deadline(
@@ -328,10 +346,11 @@ def publication_deadline(
     The reference is the run's logical date, which for a ``CronDataIntervalTimetable`` at
     ``schedule_at`` is D ``schedule_at`` (the data interval start); the interval adds the time to
     D+1 ``at`` (28 h for 02:00 and 06:00). A run that finishes successfully before then has its
-    deadline removed by Airflow; otherwise the scheduler has
-    :func:`on_publication_deadline_missed` run.
+    deadline removed by Airflow; otherwise the scheduler queues
+    :func:`on_publication_deadline_missed` for the triggerer (``airflow triggerer`` must run, as
+    it does under ``airflow standalone`` and in the compose stack).
     """
-    from airflow.sdk import DeadlineAlert, DeadlineReference, SyncCallback
+    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
     at = at or configured_deadline()
     if at is None:
@@ -339,7 +358,7 @@ def publication_deadline(
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
         interval=deadline_interval(schedule_at, at),
-        callback=SyncCallback(
+        callback=AsyncCallback(
             on_publication_deadline_missed,
             kwargs={"attempts": attempts, "backoff_seconds": backoff_seconds},
         ),

@@ -4,131 +4,40 @@ The channels are the real provider hooks talking to a local HTTP server (the web
 SMTP server, configured as Airflow connections in ``AIRFLOW_CONN_*`` environment variables.
 Failure callbacks run under ``dag.test()`` of ``rankflow_alert_probe.py``; the deadline is taken
 through the scheduler's own steps (a run created from the serialized DAG, the expired-deadline
-query, ``Deadline.handle_miss``, the executor's callback runner).
+query, ``Deadline.handle_miss``, the callback's trigger). ``tests/integration/airflow`` runs the
+same alerts under a real scheduler, API server, DAG processor and triggerer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import email
 import json
 import logging
 import os
 import shutil
-import socket
-import socketserver
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from alert_receivers import (
+    WEBHOOK_SECRET,
+    SmtpServer,
+    Webhook,
+    free_port,
+    slack_connection,
+    smtp_connection,
+)
 from rankflow.ops.alerts import gate_alert_from_record, threshold_breach_alert
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE / "rankflow_alert_probe.py"
 PROBE_ID = "rankflow_alert_probe"
-WEBHOOK_SECRET = "T0RANK/B0FLOW/s3cr3tW3bh00kT0k3n"
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Webhook:
-    """A Slack-compatible incoming webhook: records each POSTed JSON body, answers ``status``."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.paths: list[str] = []
-        self.status = 200
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                receiver.paths.append(self.path)
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
-                answer = b"ok" if receiver.status == 200 else b"internal_error"
-                self.send_response(receiver.status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/services/{WEBHOOK_SECRET}"
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def texts(self) -> str:
-        """Every received body as one JSON string (for "the facts are shown" checks)."""
-        return json.dumps(self.bodies)
-
-
-class SmtpServer:
-    """A minimal SMTP server (no TLS, no auth) that keeps every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        received = self.messages
-
-        class Handler(socketserver.StreamRequestHandler):
-            def reply(self, line: str) -> None:
-                self.wfile.write(f"{line}\r\n".encode())
-
-            def handle(self) -> None:
-                self.reply("220 localhost rankflow test SMTP")
-                while line := self.rfile.readline():
-                    command = line.decode("utf-8", "replace").strip()
-                    verb = command.split(" ", 1)[0].upper()
-                    if verb in ("EHLO", "HELO"):
-                        self.reply("250 localhost")
-                    elif verb == "DATA":
-                        self.reply("354 end data with <CR><LF>.<CR><LF>")
-                        data = bytearray()
-                        while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
-                            data += chunk[1:] if chunk.startswith(b"..") else chunk
-                        received.append(email.message_from_bytes(bytes(data)))
-                        self.reply("250 OK queued")
-                    elif verb == "QUIT":
-                        self.reply("221 bye")
-                        return
-                    elif verb in ("MAIL", "RCPT", "RSET", "NOOP"):
-                        self.reply("250 OK")
-                    else:
-                        self.reply("502 command not implemented")
-
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def bodies(self) -> str:
-        """Subject and decoded body parts of every message, as one string."""
-        parts = []
-        for message in self.messages:
-            parts.append(str(message["Subject"]))
-            parts += [
-                p.get_payload(decode=True).decode() for p in message.walk() if not p.is_multipart()
-            ]
-        return "\n".join(parts)
 
 
 class Records(logging.Handler):
@@ -156,22 +65,6 @@ def alert_log() -> Iterator[Records]:
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
-
-
-def slack_connection(url: str) -> str:
-    return json.dumps({"conn_type": "slackwebhook", "password": url, "extra": {"timeout": 5}})
-
-
-def smtp_connection(port: int) -> str:
-    extra = {
-        "disable_ssl": True,
-        "disable_tls": True,
-        "from_email": "rankflow@localhost",
-        "to": "oncall@example.com",
-        "retry_limit": 0,
-        "timeout": 5,
-    }
-    return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra})
 
 
 @pytest.fixture
@@ -550,20 +443,29 @@ def test_a_backfill_run_past_its_deadline_is_not_alerted(channels) -> None:
 
     webhook, smtp = channels
     run = {"dag_id": PROBE_ID, "dag_run_id": "backfill__2026-10-01", "run_type": "backfill"}
-    on_publication_deadline_missed(
-        context={"dag_run": run, "deadline": {"deadline_time": "2026-10-02T06:00:00+00:00"}}
+    sent = asyncio.run(
+        on_publication_deadline_missed(
+            context={"dag_run": run, "deadline": {"deadline_time": "2026-10-02T06:00:00+00:00"}}
+        )
     )
+    assert sent == {}
     assert webhook.bodies == []
     assert smtp.messages == []
 
 
+async def trigger_events(trigger: Any) -> list[Any]:
+    """Every event a trigger yields, as the triggerer would receive them."""
+    return [event async for event in trigger.run()]
+
+
 def test_a_run_that_misses_its_deadline_sends_the_deadline_alert(channels, probe_dag) -> None:
-    """Scheduler side: run created from the serialized DAG, expired-deadline query, callback."""
+    """Scheduler side: run created from the serialized DAG, expired-deadline query, then the
+    callback's trigger as the triggerer runs it (tests/integration/airflow runs the real one)."""
+    from airflow._shared.module_loading import import_string
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     from airflow.models import Deadline
     from airflow.models.dagbag import DBDagBag
-    from airflow.sdk.execution_time.callback_supervisor import execute_callback
     from airflow.timetables.base import DataInterval
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
@@ -608,14 +510,14 @@ def test_a_run_that_misses_its_deadline_sends_the_deadline_alert(channels, probe
         assert expired[0].deadline_time == datetime(2026, 10, 21, 6, tzinfo=UTC)
         expired[0].handle_miss(session)
         session.flush()
-        data = dict(expired[0].callback.data)
-        assert expired[0].callback.state == "pending"  # queued for the executor
-    assert webhook.bodies == []  # nothing is sent until the executor runs the callback
+        callback = expired[0].callback
+        assert callback.state == "queued"  # a trigger for the triggerer
+        trigger = import_string(callback.trigger.classpath)(**callback.trigger.kwargs)
+    assert webhook.bodies == []  # nothing is sent until the triggerer runs the callback
     assert smtp.messages == []
-    ok, error = execute_callback(
-        data["path"], data["kwargs"], Path(PROBE.name), None, logging.getLogger("callback")
-    )
-    assert (ok, error) == (True, None)
+    events = asyncio.run(trigger_events(trigger))
+    assert [event.payload["state"] for event in events] == ["running", "success"]
+    assert events[-1].payload["body"] == {"slack": "sent", "email": "sent"}
     assert len(webhook.bodies) == len(smtp.messages) == 1
     for shown in (webhook.texts(), smtp.bodies()):
         assert "lists for 2026-10-20 not published by 2026-10-21 06:00 UTC" in shown

@@ -14,7 +14,7 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal
 
 Severity = Literal["critical", "warning", "info"]
@@ -279,24 +279,39 @@ def deadline_missed_alert(
     run_id: str,
     run_state: str | None,
     link: str | None = None,
+    queued_at: datetime | None = None,
 ) -> Alert:
-    """Alert for lists that were not published by the deadline (the nightly run was late)."""
+    """Alert for lists that were not published by the deadline (the nightly run was late).
+
+    ``queued_at`` (the run's) after the deadline means the run was created too late to make it,
+    most often because the scheduler was not running: the alert says so.
+    """
     state = run_state or "unknown"
+    text = (
+        f"The nightly run {run_id} had not finished publishing the lists for {ds} by its "
+        f"deadline {deadline:%Y-%m-%d %H:%M} UTC (run state: {state}). Readers are still "
+        "served the previous lists."
+    )
+    fields = [
+        ("DAG", dag_id),
+        ("day", ds),
+        ("deadline (UTC)", f"{deadline:%Y-%m-%d %H:%M}"),
+        ("run", run_id),
+        ("run state", state),
+    ]
+    if queued_at is not None and queued_at > deadline:
+        text += (
+            f" The run was only queued at {queued_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC, after "
+            "its deadline: was the scheduler stopped?"
+        )
+        fields.append(("queued (UTC)", f"{queued_at.astimezone(UTC):%Y-%m-%d %H:%M}"))
     return Alert(
         title=f"rankflow: lists for {ds} not published by {deadline:%Y-%m-%d %H:%M} UTC",
-        text=f"The nightly run {run_id} had not finished publishing the lists for {ds} by its "
-        f"deadline {deadline:%Y-%m-%d %H:%M} UTC (run state: {state}). Readers are still "
-        "served the previous lists.",
+        text=text,
         severity="critical",
         incident_key=incident_key("deadline-missed", dag_id, ds),
         link=link,
-        fields=(
-            ("DAG", dag_id),
-            ("day", ds),
-            ("deadline (UTC)", f"{deadline:%Y-%m-%d %H:%M}"),
-            ("run", run_id),
-            ("run state", state),
-        ),
+        fields=tuple(fields),
     )
 
 

@@ -1,10 +1,12 @@
-"""The embedded default's secrets: one random password per Redis ACL user, made once per home.
+"""The embedded default's secrets: one random password per Redis ACL user and for Postgres.
 
 ``make`` writes ``$RANKFLOW_HOME/local-secrets.mk`` (mode 0600) the first time it runs and
 includes it, so every target sees the writer's, the reader's and the admin's URLs of the local
-Redis that ``make up`` starts with those users (:mod:`rankflow.store.acl`). A deployment sets
-the same variables (or the ``redis_rankflow`` connection) to its own server instead; the file is
-then not read. ``make clean`` deletes it with the rest of the home.
+Redis that ``make up`` starts with those users (:mod:`rankflow.store.acl`), and the URL of the
+local PostgreSQL server that holds ``make airflow``'s metadata database. A file written before a
+variable existed gains it (the others keep their passwords). A deployment sets the same variables
+(or the ``redis_rankflow`` connection) to its own servers instead; the file is then not read.
+``make clean`` deletes it with the rest of the home.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ REDIS_USERS = {
     "RANKFLOW_REDIS_READER_URL": "rankflow-reader",
     "RANKFLOW_REDIS_ADMIN_URL": "rankflow-admin",
 }
+POSTGRES_VARIABLE = "RANKFLOW_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://127.0.0.1:5439/airflow"  # make airflow's metadata database
+POSTGRES_USER = "rankflow"
 
 
 def user_url(base_url: str, username: str, password: str) -> str:
@@ -30,16 +35,36 @@ def user_url(base_url: str, username: str, password: str) -> str:
     return parsed._replace(netloc=f"{username}:{password}@{parsed.netloc}").geturl()
 
 
+def local_secrets_lines(base_url: str = DEFAULT_REDIS_URL) -> dict[str, str]:
+    """One ``export`` line per local secret variable, each with a fresh random password."""
+    users = {**REDIS_USERS, POSTGRES_VARIABLE: POSTGRES_USER}
+    bases = {**dict.fromkeys(REDIS_USERS, base_url), POSTGRES_VARIABLE: DEFAULT_POSTGRES_URL}
+    return {
+        variable: f"export {variable} := "
+        # URL- and Make-safe: [A-Za-z0-9_-]
+        f"{user_url(bases[variable], username, secrets.token_urlsafe(24))}"
+        for variable, username in users.items()
+    }
+
+
 def local_secrets_text(base_url: str = DEFAULT_REDIS_URL) -> str:
-    """The Make fragment exporting a fresh URL (random password) for each local Redis user."""
+    """The Make fragment exporting a fresh URL (random password) for each local user."""
     lines = [
         "# rankflow's local secrets, written once by make (mode 0600); never commit or share it.",
-        "# The embedded Redis's ACL users (docs/security.md); `make clean` deletes this file.",
+        "# The embedded Redis's ACL users (docs/security.md) and make airflow's Postgres user;",
+        "# `make clean` deletes this file.",
+        *local_secrets_lines(base_url).values(),
     ]
-    for variable, username in REDIS_USERS.items():
-        password = secrets.token_urlsafe(24)  # URL- and Make-safe: [A-Za-z0-9_-]
-        lines.append(f"export {variable} := {user_url(base_url, username, password)}")
     return "\n".join(lines) + "\n"
+
+
+def defined_variables(text: str) -> set[str]:
+    """The variables a secrets file already exports."""
+    return {
+        line.split()[1]
+        for line in text.splitlines()
+        if line.startswith("export ") and " := " in line
+    }
 
 
 def local_secrets_path(settings: Settings) -> Path:
@@ -48,12 +73,25 @@ def local_secrets_path(settings: Settings) -> Path:
 
 
 def write_local_secrets(path: Path) -> bool:
-    """Create the secrets file unless it exists (its passwords never change under a server)."""
+    """Create the secrets file, or add the variables it lacks; never change a password in it.
+
+    Returns whether anything was written. The file's modification time is renewed either way
+    (``make`` rebuilds it when this module is newer).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return False
+        missing = [
+            line
+            for variable, line in local_secrets_lines().items()
+            if variable not in defined_variables(path.read_text())
+        ]
+        if missing:
+            with path.open("a") as handle:
+                handle.write("\n".join(missing) + "\n")
+        path.touch()
+        return bool(missing)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(local_secrets_text())
     return True

@@ -1,8 +1,15 @@
-"""The embedded services: redis-server, an S3-compatible endpoint (moto), a Spark Connect server.
+"""The embedded services: redis-server, S3 (moto), Spark Connect, PostgreSQL (Airflow's DB).
 
-Both keep their state and logs under ``$RANKFLOW_HOME/run``; ``up`` starts what is not already
+They keep their state and logs under ``$RANKFLOW_HOME/run``; ``up`` starts what is not already
 listening, ``down`` stops what ``up`` started. Production points the same settings at
-Redis/ElastiCache and AWS S3/MinIO instead.
+Redis/ElastiCache, AWS S3/MinIO and a managed Postgres instead.
+
+PostgreSQL comes from Debian's packages (``/usr/lib/postgresql/<version>/bin``); its cluster is
+initialised once under ``run/postgres/data`` with the user and password of
+``RANKFLOW_POSTGRES_URL`` (``make`` keeps it with the other local secrets), listens on
+127.0.0.1 only and takes password (SCRAM) logins. Postgres refuses to run as root, so under root
+(CI) the cluster belongs to the ``postgres`` system user the package creates and the server runs
+as that user (``setpriv``).
 """
 
 from __future__ import annotations
@@ -12,16 +19,21 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from rankflow.config import Settings
-from rankflow.ops.local_secrets import local_secrets_path
+from rankflow.ops.local_secrets import DEFAULT_POSTGRES_URL, POSTGRES_VARIABLE, local_secrets_path
 from rankflow.store.acl import acl_file_text, url_credentials
+
+POSTGRES_SYSTEM_USER = "postgres"  # created by Debian's postgresql package
+POSTGRES_SETPRIV = ("--reuid=postgres", "--regid=postgres", "--init-groups", "--reset-env")
 
 
 class ServiceError(RuntimeError):
@@ -39,6 +51,9 @@ class Service:
     env: dict[str, str] | None = None
     wait_seconds: float = 30.0
     private_files: tuple[tuple[Path, str], ...] = ()  # written (mode 0600) before the start
+    prepare: Callable[[], None] | None = None  # run before the start (e.g. initialise data)
+    ready: Callable[[], None] | None = None  # run once it listens (e.g. create a database)
+    stop_signal: int = signal.SIGTERM
 
 
 def listening(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -124,7 +139,127 @@ def local_services(settings: Settings) -> list[Service]:
     connect = urlparse(settings.spark.connect_url or "")
     if connect.hostname in ("127.0.0.1", "localhost"):
         services.append(spark_connect_service(settings, connect.port or 15002))
+    database = urlparse(postgres_url() or "")
+    if database.hostname in ("127.0.0.1", "localhost"):
+        services.append(postgres_service(settings, database.geturl()))
     return services
+
+
+def postgres_url(env: Mapping[str, str] | None = None) -> str | None:
+    """The metadata database's URL (``RANKFLOW_POSTGRES_URL``; ``make`` sets it), if any."""
+    return (os.environ if env is None else env).get(POSTGRES_VARIABLE) or None
+
+
+def postgres_binary(name: str) -> str:
+    """A PostgreSQL server program from Debian's packages (the newest version installed)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
+    )
+    return str(found[-1]) if found else shutil.which(name) or name
+
+
+def as_postgres_user(command: list[str]) -> list[str]:
+    """The command as the ``postgres`` system user when we are root (Postgres refuses root)."""
+    if os.geteuid() != 0:
+        return command
+    return ["setpriv", *POSTGRES_SETPRIV, "--", *command]
+
+
+def postgres_service(settings: Settings, url: str) -> Service:
+    """The local PostgreSQL server of ``url`` (``postgresql://user:password@127.0.0.1:port/db``)."""
+    parsed = urlparse(url)
+    data = run_dir(settings) / "postgres" / "data"
+    port = parsed.port or 5432
+    return Service(
+        "postgres",
+        "127.0.0.1",
+        port,
+        as_postgres_user(
+            [
+                postgres_binary("postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",  # TCP only: no socket under /var/run to own
+            ]
+        ),
+        wait_seconds=60.0,
+        prepare=lambda: init_postgres(data, parsed.username or "", unquote(parsed.password or "")),
+        ready=lambda: create_database(url),
+        stop_signal=signal.SIGINT,  # fast shutdown: open Airflow connections do not hold it up
+    )
+
+
+def init_postgres(data: Path, user: str, password: str) -> None:
+    """Initialise the cluster under ``data`` once: ``user`` with ``password``, SCRAM logins."""
+    if (data / "PG_VERSION").exists():
+        return
+    if not user or not password:
+        raise ServiceError(f"{POSTGRES_VARIABLE} names no user and password for the local Postgres")
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    if os.geteuid() == 0:
+        closed = [str(p) for p in data.parents if not p.stat().st_mode & stat.S_IXOTH]
+        if closed:
+            raise ServiceError(
+                f"the postgres system user cannot reach {data}: {closed[0]} is closed to others "
+                "(chmod o+x it, or set RANKFLOW_HOME elsewhere)"
+            )
+    password_file = data.parent / "initdb-password"
+    write_private(password_file, password)
+    if os.geteuid() == 0:
+        for path in (data, password_file):
+            shutil.chown(path, POSTGRES_SYSTEM_USER, POSTGRES_SYSTEM_USER)
+    command = [
+        postgres_binary("initdb"),
+        "-D",
+        str(data),
+        "-U",
+        user,
+        f"--pwfile={password_file}",
+        "--auth=scram-sha-256",
+        "--encoding=UTF8",
+        "--locale=C",
+    ]
+    try:
+        done = subprocess.run(
+            as_postgres_user(command), capture_output=True, text=True, check=False
+        )
+    finally:
+        password_file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)  # a half-made cluster would never start
+        raise ServiceError(f"initdb failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
+
+
+def create_database(url: str) -> None:
+    """Create the URL's database on its server unless it exists (the password never in argv)."""
+    parsed = urlparse(url)
+    name = parsed.path.lstrip("/")
+    command = [
+        postgres_binary("createdb"),
+        "-h",
+        parsed.hostname or "127.0.0.1",
+        "-p",
+        str(parsed.port or 5432),
+        "-U",
+        parsed.username or "",
+        name,
+    ]
+    env = {**os.environ, "PGPASSWORD": unquote(parsed.password or ""), "PGCONNECT_TIMEOUT": "10"}
+    for _ in range(20):  # the server may listen a moment before it accepts logins
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode == 0 or "already exists" in done.stderr:
+            return
+        if "starting up" not in done.stderr:
+            break
+        time.sleep(0.5)
+    raise ServiceError(f"could not create database {name!r}: {done.stderr.strip()[-500:]}")
 
 
 def spark_connect_service(settings: Settings, port: int) -> Service:
@@ -153,6 +288,8 @@ def start(service: Service, folder: Path) -> str:
     (folder / service.name).mkdir(parents=True, exist_ok=True)
     for path, text in service.private_files:
         write_private(path, text)
+    if service.prepare is not None:
+        service.prepare()
     log = (folder / f"{service.name}.log").open("ab")
     process = subprocess.Popen(
         service.command,
@@ -167,6 +304,8 @@ def start(service: Service, folder: Path) -> str:
     deadline = time.monotonic() + service.wait_seconds
     while time.monotonic() < deadline:
         if listening(service.host, service.port):
+            if service.ready is not None:
+                service.ready()
             return f"{service.name}: started on {service.host}:{service.port} (pid {process.pid})"
         if process.poll() is not None:
             break
@@ -192,7 +331,7 @@ def stop(service: Service, folder: Path) -> str:
         return f"{service.name}: not started by rankflow"
     pid = int(pid_file.read_text())
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)  # started in its own session: the whole group
+        os.killpg(pid, service.stop_signal)  # started in its own session: the whole group
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and listening(service.host, service.port):
         time.sleep(0.2)
@@ -208,9 +347,11 @@ def up(settings: Settings) -> list[str]:
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop every local service started by :func:`up` (the Connect server even if now unset)."""
+    """Stop every local service started by :func:`up` (Connect and Postgres even if now unset)."""
     folder = run_dir(settings)
     services = local_services(settings)
     if not any(s.name == "spark-connect" for s in services):
         services.append(spark_connect_service(settings, 15002))
+    if not any(s.name == "postgres" for s in services):
+        services.append(postgres_service(settings, DEFAULT_POSTGRES_URL))
     return [stop(service, folder) for service in services]

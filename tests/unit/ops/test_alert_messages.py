@@ -167,6 +167,24 @@ def test_the_deadline_alert_names_the_day_the_deadline_and_the_run_state() -> No
     assert alert.title == "rankflow: lists for 2026-10-29 not published by 2026-10-30 06:00 UTC"
     assert "(run state: running)" in alert.text
     assert alert.incident_key == "rankflow/deadline-missed/rankflow_nightly/2026-10-29"
+    assert "queued" not in alert.text
+
+
+def test_a_run_queued_after_its_deadline_says_the_scheduler_was_late() -> None:
+    deadline = datetime(2026, 12, 5, 6, tzinfo=UTC)
+    common = {
+        "dag_id": "rankflow_nightly",
+        "ds": "2026-12-04",
+        "deadline": deadline,
+        "run_id": "scheduled__2026-12-04T02:00:00+00:00",
+        "run_state": "running",
+    }
+    late = deadline_missed_alert(**common, queued_at=datetime(2026, 12, 5, 10, 57, tzinfo=UTC))
+    assert "only queued at 2026-12-05 10:57 UTC, after its deadline" in late.text
+    assert ("queued (UTC)", "2026-12-05 10:57") in late.fields
+    in_time = deadline_missed_alert(**common, queued_at=datetime(2026, 12, 5, 2, tzinfo=UTC))
+    assert "queued" not in in_time.text
+    assert in_time.incident_key == late.incident_key  # the same incident either way
 
 
 def test_the_deadline_interval_reaches_the_morning_after_the_day() -> None:
