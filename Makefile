@@ -38,7 +38,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo test chaos test-fast lint secrets-baseline audit format typecheck check airflow screenshot bench lock clean
+.PHONY: help setup up down demo test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -120,6 +120,9 @@ secrets-baseline: $(VENV)/.installed ## Re-scan after an audited false positive 
 audit: $(VENV)/.installed ## Known vulnerabilities of the locked packages (pip-audit; needs PyPI's JSON API)
 	$(VENV)/bin/pip-audit -r requirements.lock --no-deps --disable-pip --strict --progress-spinner off
 
+mutation: $(VENV)/.installed ## Mutation testing of the deciding modules (mutmut): SCOPE=deciding|ci, MIN_SCORE=0.9 fails below
+	$(PY) tests/mutation.py --scope $(or $(SCOPE),deciding) $(if $(MIN_SCORE),--min-score $(MIN_SCORE))
+
 format: $(VENV)/.installed ## Format the code (ruff)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
@@ -131,7 +134,9 @@ check: lint typecheck test ## Everything CI runs
 
 # The local Postgres (RANKFLOW_POSTGRES_URL, exported from the local secrets) is Airflow's
 # metadata DB; the shell expands it, so the password is in no command line and never echoed.
-AIRFLOW_DB := AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$$RANKFLOW_POSTGRES_URL"
+# psycopg2 is the pinned driver; no async one is installed, so Airflow's async engine (only the
+# "wait for a DAG run" endpoint uses it) stays off.
+AIRFLOW_DB := AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$${RANKFLOW_POSTGRES_URL/postgresql:/postgresql+psycopg2:}" AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC=
 AIRFLOW_LOCAL := AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:8080/execution/
 airflow: setup up ## Start Airflow (scheduler, API server on http://127.0.0.1:8080, triggerer) on the local Postgres
 	@test -n "$$RANKFLOW_POSTGRES_URL" || { echo "RANKFLOW_POSTGRES_URL is not set (see $(LOCAL_SECRETS))"; exit 1; }
