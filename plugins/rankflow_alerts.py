@@ -312,7 +312,7 @@ async def on_publication_deadline_missed(
     context: dict[str, Any],
     attempts: int = DEFAULT_ATTEMPTS,
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
-) -> dict[str, str]:
+) -> str:
     """Deadline callback, run by the triggerer: the run had not published by its deadline.
 
     A triggerer callback, not an executor one: in Airflow 3.3 a callback the executor runs gets
@@ -322,13 +322,17 @@ async def on_publication_deadline_missed(
     The hooks are synchronous, so the delivery runs in a worker thread. Raises
     :class:`AlertDeliveryError` when a channel fails: the callback is then marked failed with
     the reason in the triggerer's log.
+
+    Returns the channels' statuses as text (``slack: sent, email: sent``): Airflow stores it as
+    the callback's output, a text column (a dict there would crash the triggerer's loop).
     """
     alert = deadline_alert_from_context(context)
     if alert is None:
-        return {}
-    return await asyncio.to_thread(
+        return "not alerted: backfill"
+    statuses = await asyncio.to_thread(
         send_alert, alert, attempts=attempts, backoff_seconds=backoff_seconds
     )
+    return ", ".join(f"{channel}: {status}" for channel, status in statuses.items())
 
 
 def publication_deadline(

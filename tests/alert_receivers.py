@@ -102,15 +102,18 @@ class SmtpServer:
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
 
+    @staticmethod
+    def text_of(message: Message) -> str:
+        """Subject and decoded body parts of one message, as one string."""
+        parts = [str(message["Subject"])]
+        parts += [
+            p.get_payload(decode=True).decode() for p in message.walk() if not p.is_multipart()
+        ]
+        return "\n".join(parts)
+
     def bodies(self) -> str:
         """Subject and decoded body parts of every message, as one string."""
-        parts = []
-        for message in self.messages:
-            parts.append(str(message["Subject"]))
-            parts += [
-                p.get_payload(decode=True).decode() for p in message.walk() if not p.is_multipart()
-            ]
-        return "\n".join(parts)
+        return "\n".join(self.text_of(message) for message in self.messages)
 
 
 def slack_connection(url: str) -> str:

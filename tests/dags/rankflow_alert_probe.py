@@ -3,7 +3,8 @@
 Failure callbacks and the publication deadline come from ``rankflow_alerts``; the ``mode`` param
 injects the failure: ``fail`` (``work`` fails on every try), ``flaky`` (it fails on its first try
 only), ``gate`` (``evaluate`` records a rejected gate and is skipped, as the real step is;
-``alert_gate`` reports it), ``ok``.
+``alert_gate`` reports it), ``slow`` (``work`` runs for ``SLOW_SECONDS``: a run still going when
+its deadline passes), ``ok``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from rankflow_alerts import failure_callbacks, publication_deadline
 
+SLOW_SECONDS = 150
 REJECTED_GATE = {
     "promote": False,
     "reason": "ndcg@10 challenger - champion = -0.0420 (95% CI -0.0610 .. -0.0230, lower "
@@ -47,7 +49,7 @@ REJECTED_GATE = {
         **failure_callbacks(attempts=2, backoff_seconds=0.1),
     },
     deadline=publication_deadline(attempts=2, backoff_seconds=0.1),
-    params={"mode": Param("ok", enum=["ok", "fail", "flaky", "gate"])},
+    params={"mode": Param("ok", enum=["ok", "fail", "flaky", "gate", "slow"])},
     doc_md=__doc__,
 )
 def rankflow_alert_probe() -> None:
@@ -58,6 +60,10 @@ def rankflow_alert_probe() -> None:
         """Fail as the ``mode`` param says."""
         if params["mode"] == "fail" or (params["mode"] == "flaky" and ti.try_number == 1):
             raise RuntimeError(f"injected failure on try {ti.try_number}")
+        if params["mode"] == "slow":
+            import time
+
+            time.sleep(SLOW_SECONDS)
 
     @task(retries=0)
     def evaluate(params: dict, data_interval_start=None) -> None:
