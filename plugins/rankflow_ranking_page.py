@@ -9,10 +9,16 @@ A FastAPI app mounted on the API server at ``/ranking`` and shown by the UI in a
 - ``GET /ranking/report/<model version>``: the run report (``report.html``) of a model version's
   MLflow run.
 
-Access: the same as the Airflow UI. Airflow does not authenticate plugin apps, so every route
-requires a logged-in Airflow user allowed to see the website (the auth manager's
-``is_authorized_view(WEBSITE)``), read from the UI's session cookie or a bearer token: the page
-shows users' lists and model details. A browser without a session is sent to the login page.
+Access. Airflow does not authenticate plugin apps, so every route requires a logged-in Airflow
+user allowed to see the website (the auth manager's ``is_authorized_view(WEBSITE)``: every role,
+viewer included), read from the UI's session cookie or a bearer token; a browser without a
+session is sent to the login page. Looking up one user's list shows personal data, so it needs the
+Op role or higher: the auth manager's ``is_authorized_connection(method="GET")``, the permission
+that separates Op from User under both FAB (``can_read`` on Connections: Op and Admin) and
+SimpleAuthManager (connections need the op role). Editing DAG runs would not do: the User role
+may. Others get the page without the lookup form, and a lookup answers 403. Every lookup, allowed
+or refused, is logged on the ``rankflow.ranking_page.lookups`` logger with the Airflow user's name,
+the looked-up user id and the surface (never a token or a cookie).
 
 Loading this module stays cheap: plugins are loaded by schedulers, DAG processors and every task
 runner, so the FastAPI app (and fastapi, redis, deltalake, mlflow) is only built on the first
@@ -21,6 +27,7 @@ request the API server passes to it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -32,6 +39,9 @@ if TYPE_CHECKING:
 
 URL_PREFIX = "/ranking"
 MAX_DAYS = 730
+LOOKUP_ROLE = "Op"  # the least role that may look a user up (see the module docstring)
+# the lookups' audit trail (see audit_to_stderr)
+audit_log = logging.getLogger("rankflow.ranking_page.lookups")
 # the menu icon: three bars, inline so the UI needs no static route for it
 ICON = (
     "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 24 24' "
@@ -69,6 +79,45 @@ class LazyApp:
         return "rankflow Ranking page (FastAPI app, built on first request)"
 
 
+# --------------------------------------------------------------------------- access
+
+
+def audit_to_stderr() -> None:
+    """Send the lookups' audit lines to the API server's stderr at INFO, whatever its log level.
+
+    Airflow's logging drops INFO when ``[logging] logging_level`` is WARNING, and an audit trail
+    must not depend on that; the lines go to stderr (the container's log) on their own handler.
+    """
+    if audit_log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    audit_log.addHandler(handler)
+    audit_log.setLevel(logging.INFO)
+    audit_log.propagate = False
+
+
+def may_look_up(user: Any) -> bool:
+    """Whether an Airflow user may look up a user's list: Op or higher (connections readable)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return bool(get_auth_manager().is_authorized_connection(method="GET", user=user))
+
+
+def record_lookup(user: Any, looked_up: str, surface: str, *, allowed: bool) -> None:
+    """Log who looked up whom (the Airflow user's name and the user id; no credentials)."""
+    if allowed:
+        audit_log.info("lookup by %r of user %s on %s", user.get_name(), looked_up, surface)
+    else:
+        audit_log.warning(
+            "lookup refused: %r (not %s or higher) asked for user %s on %s",
+            user.get_name(),
+            LOOKUP_ROLE,
+            looked_up,
+            surface,
+        )
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -78,7 +127,7 @@ def create_app() -> FastAPI:
 
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
-    from airflow.api_fastapi.core_api.security import requires_access_view
+    from airflow.api_fastapi.core_api.security import get_user, requires_access_view
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -94,8 +143,9 @@ def create_app() -> FastAPI:
         read_report,
         read_status,
     )
-    from rankflow.ui.ranking_page import PageData, message_page, render_page
+    from rankflow.ui.ranking_page import LOOKUP_NOT_ALLOWED, PageData, message_page, render_page
 
+    audit_to_stderr()
     app = FastAPI(
         title="rankflow Ranking page",
         dependencies=[Depends(requires_access_view(AccessView.WEBSITE))],
@@ -124,6 +174,7 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def page(
+        viewer: Any = Depends(get_user),  # noqa: B008 (FastAPI's idiom; annotations are strings)
         surface: str | None = None,
         user: str | None = None,
         days: int = Query(90, ge=1, le=MAX_DAYS),
@@ -136,9 +187,15 @@ def create_app() -> FastAPI:
         asked = user if user and user.strip() else None
         if asked is not None:
             try:
-                parse_user_id(asked)
+                asked = str(parse_user_id(asked))
             except ValueError as error:
                 return HTMLResponse(message_page("Ranking", str(error)), 400, headers=headers)
+        allowed = may_look_up(viewer)
+        if asked is not None:
+            record_lookup(viewer, asked, chosen, allowed=allowed)
+            if not allowed:
+                page = message_page("Ranking", LOOKUP_NOT_ALLOWED)
+                return HTMLResponse(page, 403, headers=headers)
         data = PageData(
             surface=chosen,
             surfaces=SURFACES,
@@ -147,6 +204,7 @@ def create_app() -> FastAPI:
             champion=read_champion(settings),
             user=asked,
             lookup=read_lookup(settings, chosen, asked) if asked else None,
+            lookup_allowed=allowed,
             days=days,
             sources={
                 "monitoring": settings.paths.table("ops/monitoring"),

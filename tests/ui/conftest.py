@@ -300,9 +300,13 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def seeded(tmp_path_factory: pytest.TempPathFactory, private_redis: RedisServer) -> Seeded:
-    """A RANKFLOW_HOME with monitoring history, item features, a champion; Redis published."""
+    """A RANKFLOW_HOME with monitoring history, item features, a champion; Redis published.
+
+    Once per session: the seed publishes fixed versions into the session's Redis, and the page's
+    and the auth matrix's servers only read it.
+    """
     home = tmp_path_factory.mktemp("ranking-home")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(

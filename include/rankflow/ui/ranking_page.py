@@ -92,6 +92,7 @@ class PageData:
     champion: Champion | Notice
     user: str | None = None
     lookup: UserList | Notice | None = None
+    lookup_allowed: bool = True  # False: the viewer's role may not look users up (no form)
     days: int = 90
     sources: Mapping[str, str] = field(default_factory=dict)
     generated_at: str | None = None
@@ -329,8 +330,16 @@ def _items_table(
     )
 
 
-def lookup_section(surface: str, user: str | None, lookup: UserList | Notice | None) -> str:
+LOOKUP_NOT_ALLOWED = "Looking up a user's list needs the Op role or higher."
+
+
+def lookup_section(
+    surface: str, user: str | None, lookup: UserList | Notice | None, *, allowed: bool = True
+) -> str:
     """The user lookup form and, once asked, the list the reader serves with item attributes."""
+    if not allowed:
+        note = f'<p class="notice empty" id="lookup-not-allowed">{esc(LOOKUP_NOT_ALLOWED)}</p>'
+        return f'<section id="lookup"><h2>User lookup</h2>{note}</section>'
     form = (
         '<form id="lookup-form" method="get" action="./">'
         f'<input type="hidden" name="surface" value="{esc(surface)}">'
@@ -487,7 +496,7 @@ def render_page(data: PageData) -> str:
         champion_section(data.champion),
         "</div>",
         history_section(data.history, data.surface, data.days),
-        lookup_section(data.surface, data.user, data.lookup),
+        lookup_section(data.surface, data.user, data.lookup, allowed=data.lookup_allowed),
         f'<footer class="sources"><p>Sources</p><ul>{sources}</ul></footer>' if sources else "",
     ]
     return page_document(f"Ranking · {data.surface}", "".join(body))
