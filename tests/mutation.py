@@ -28,7 +28,11 @@ SCOPES: dict[str, tuple[list[str], list[str]]] = {
         [
             "tests/unit/evaluation/test_gate.py",
             "tests/unit/evaluation/test_gate_margins.py",
+            "tests/unit/evaluation/test_gate_evidence.py",
+            "tests/unit/evaluation/test_gate_bootstrap.py",
+            "tests/unit/evaluation/test_gate_checks.py",
             "tests/unit/store/test_encoding.py",
+            "tests/unit/store/test_encoding_contract.py",
         ],
     ),
     "deciding": (
@@ -42,9 +46,13 @@ SCOPES: dict[str, tuple[list[str], list[str]]] = {
         [
             "tests/unit/evaluation/test_gate.py",
             "tests/unit/evaluation/test_gate_margins.py",
+            "tests/unit/evaluation/test_gate_evidence.py",
+            "tests/unit/evaluation/test_gate_bootstrap.py",
+            "tests/unit/evaluation/test_gate_checks.py",
             "tests/unit/evaluation/test_metrics.py",
             "tests/unit/evaluation/test_propensity.py",
             "tests/unit/store/test_encoding.py",
+            "tests/unit/store/test_encoding_contract.py",
             "tests/unit/monitoring/test_monitoring_rules.py",
         ],
     ),
