@@ -167,7 +167,7 @@ def as_postgres_user(command: list[str]) -> list[str]:
 
 
 def postgres_service(settings: Settings, url: str) -> Service:
-    """The local PostgreSQL server of ``url`` (``postgresql://user:password@127.0.0.1:port/db``)."""
+    """The local PostgreSQL server of ``url`` (a ``postgresql://`` URL with user and password)."""
     parsed = urlparse(url)
     data = run_dir(settings) / "postgres" / "data"
     port = parsed.port or 5432
