@@ -40,8 +40,15 @@ AIRFLOW_COMPONENTS = {
     "airflow-dag-processor": "dag-processor",
     "airflow-triggerer": "triggerer",
 }
-# Components that only read Redis get the reader's credentials in these variables.
-READER_ONLY = {"airflow-apiserver": ("RANKFLOW_REDIS_URL", "AIRFLOW_CONN_REDIS_RANKFLOW")}
+# Components that only read Redis and MLflow get the readers' credentials in these variables.
+READER_ONLY = {
+    "airflow-apiserver": (
+        "RANKFLOW_REDIS_URL",
+        "AIRFLOW_CONN_REDIS_RANKFLOW",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    )
+}
 SUPPORT_SERVICES = ("postgres", "redis", "minio", "mlflow")
 SOURCE_MOUNTS = {
     "dags": "/opt/airflow/dags",
@@ -588,3 +595,63 @@ def test_the_api_server_gets_no_redis_writer_credentials(services: dict[str, Any
     env = services["airflow-apiserver"]["environment"]
     assert "rankflow-reader" in env["RANKFLOW_REDIS_URL"]
     assert "WRITER" not in env["RANKFLOW_REDIS_URL"] + env["AIRFLOW_CONN_REDIS_RANKFLOW"]
+
+
+# --- authentication (docs/security.md) ----------------------------------------------------------
+
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+
+def test_airflow_uses_the_fab_auth_manager_with_users_from_env(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    """FAB users and roles in Postgres, one user per role created by airflow-init from .env."""
+    common = environment_of(compose[COMMON_KEY])
+    assert common["AIRFLOW__CORE__AUTH_MANAGER"] == FAB_AUTH_MANAGER
+    assert not [name for name in common if "SIMPLE_AUTH_MANAGER" in name]
+    init = services["airflow-init"]
+    script = "/opt/rankflow/docker/airflow/sync_users.py"
+    assert f"/entrypoint python {script}" in init["command"][1]
+    assert (REPO_ROOT / "docker" / "airflow" / "sync_users.py").is_file()
+    mounts = dict(bind_mounts(compose[COMMON_KEY]))
+    assert mounts.get("./docker") == "/opt/rankflow/docker"
+    env = environment_of(init)
+    for role in ("ADMIN", "OP", "VIEWER"):
+        assert env[f"AIRFLOW_{role}_USERNAME"], role
+        assert env[f"AIRFLOW_{role}_PASSWORD"].startswith("change-me"), role
+    for name in AIRFLOW_COMPONENTS:
+        assert not any(
+            key.startswith("AIRFLOW_") and key.endswith("_PASSWORD")
+            for key in environment_of(services[name])
+        ), f"{name} must not see the Airflow users' passwords"
+
+
+def test_mlflow_runs_its_basic_auth_app(services: dict[str, Any]) -> None:
+    mlflow = services["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    entrypoint = mlflow["entrypoint"][1]
+    assert f"./docker/mlflow/auth-entrypoint.sh:{entrypoint}:ro" in mlflow["volumes"]
+    env = environment_of(mlflow)
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("change-me")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("change-me")
+    users = services["mlflow-users"]
+    assert depends_on_targets(users) == {"mlflow": "service_healthy"}
+    assert f"./docker/mlflow/sync_users.py:{users['command'][1]}:ro" in users["volumes"]
+    for name in ("airflow-scheduler", "airflow-apiserver"):
+        condition = depends_on_targets(services[name]).get("mlflow-users")
+        assert condition == "service_completed_successfully", name
+
+
+def test_mlflow_clients_authenticate_least_privileged(services: dict[str, Any]) -> None:
+    """Tasks write as rankflow-pipeline; the API server (the page) only reads as rankflow-reader."""
+    example = read_env_file(ENV_EXAMPLE)
+    for name in AIRFLOW_COMPONENTS:
+        env = environment_of(services[name])
+        reader = name == "airflow-apiserver"
+        user, variable = (
+            ("rankflow-reader", "MLFLOW_READER_PASSWORD")
+            if reader
+            else ("rankflow-pipeline", "MLFLOW_PIPELINE_PASSWORD")
+        )
+        assert env["MLFLOW_TRACKING_USERNAME"] == user, name
+        assert env["MLFLOW_TRACKING_PASSWORD"] == example[variable], name

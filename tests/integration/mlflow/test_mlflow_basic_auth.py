@@ -1,0 +1,268 @@
+"""MLflow behind its basic-auth app, as compose runs it: nobody moves the champion anonymously.
+
+Starts a real ``mlflow server --app-name basic-auth`` through the compose entrypoint
+(``docker/mlflow/auth-entrypoint.sh``, SQLite stores in a temporary folder instead of Postgres),
+creates rankflow's users with ``docker/mlflow/sync_users.py`` as the admin, then has rankflow's
+own code (``move_champion``, the Ranking page's ``read_champion`` / ``read_report``) run in child
+processes with MLflow's standard MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD: the
+pipeline user moves the alias and uploads a report, the reader only reads, anyone else is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+ENTRYPOINT = ROOT / "docker" / "mlflow" / "auth-entrypoint.sh"
+SYNC_USERS = ROOT / "docker" / "mlflow" / "sync_users.py"
+MODEL = "rankflow-ranker"
+REPORT = "<html><body>rankflow-auth-report-5c1e</body></html>"
+
+PROMOTE = """
+import sys
+from rankflow.config import load_settings
+from rankflow.model.registry import mlflow_client, move_champion
+settings = load_settings()
+try:
+    move = move_champion(mlflow_client(settings), settings.model_name, sys.argv[1])
+except Exception as error:
+    print("refused", type(error).__name__, str(error)[:300])
+    sys.exit(3)
+print("moved", move.champion_before, move.champion_after)
+"""
+READ = """
+from rankflow.config import load_settings
+from rankflow.ui.page_sources import read_champion, read_report
+settings = load_settings()
+champion = read_champion(settings)
+print("champion", getattr(champion, "version", None) or champion.message[:300])
+print("report", read_report(settings, "1") or "none")
+"""
+UPLOAD = """
+import sys
+from mlflow import MlflowClient
+try:
+    MlflowClient().log_text(sys.argv[1], "<html>forged</html>", "report.html")
+except Exception as error:
+    print("refused", str(error)[:300])
+    sys.exit(3)
+print("uploaded")
+"""
+
+
+@dataclass
+class MlflowServer:
+    """A running basic-auth MLflow server and its users' passwords."""
+
+    url: str
+    folder: Path
+    passwords: dict[str, str]
+    run_id: str = ""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 240) -> None:
+    """Wait for the server's /health (unauthenticated), or fail when it died or took too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=3):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout:.0f} s")
+
+
+def client_env(
+    server: MlflowServer, user: str | None, password: str | None = None
+) -> dict[str, str]:
+    """A child's environment: rankflow settings on this server, as ``user`` (None: anonymous)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        MLFLOW_TRACKING_URI=server.url,
+        RANKFLOW_HOME=str(server.folder / "home"),
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+    )
+    if user is not None:
+        env["MLFLOW_TRACKING_USERNAME"] = user
+        env["MLFLOW_TRACKING_PASSWORD"] = password or server.passwords[user]
+    return env
+
+
+def run_as(
+    server: MlflowServer, code: str, user: str | None, *args: str, password: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a child process with ``user``'s MLflow credentials in its environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=client_env(server, user, password),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def seed_as_pipeline(server: MlflowServer) -> str:
+    """As rankflow-pipeline: a run with a report, two registered versions, champion = 1."""
+    code = f"""
+from mlflow import MlflowClient
+client = MlflowClient()
+experiment = client.create_experiment("rankflow")
+run = client.create_run(experiment)
+client.log_text(run.info.run_id, {REPORT!r}, "report.html")
+client.create_registered_model({MODEL!r})
+for _ in range(2):
+    client.create_model_version({MODEL!r}, run.info.artifact_uri + "/model", run_id=run.info.run_id)
+client.set_registered_model_alias({MODEL!r}, "champion", "1")
+print(run.info.run_id)
+"""
+    result = run_as(server, code, "rankflow-pipeline")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """``mlflow server --app-name basic-auth`` through the compose entrypoint, users synced."""
+    folder = tmp_path_factory.mktemp("mlflow-auth")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    passwords = {
+        name: secrets.token_hex(16) for name in ("admin", "rankflow-pipeline", "rankflow-reader")
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        MLFLOW_BACKEND_STORE_URI=f"sqlite:///{folder / 'mlflow.db'}",
+        MLFLOW_AUTH_CONFIG_PATH=str(folder / "auth" / "basic_auth.ini"),
+        MLFLOW_AUTH_DATABASE_URI=f"sqlite:///{folder / 'auth.db'}",
+        MLFLOW_AUTH_ADMIN_USERNAME="admin",
+        MLFLOW_AUTH_ADMIN_PASSWORD=passwords["admin"],
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+    )
+    command = [
+        *("sh", str(ENTRYPOINT), "mlflow", "server", "--app-name=basic-auth"),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--serve-artifacts"),
+        *("--artifacts-destination", (folder / "artifacts").as_uri()),
+    ]
+    log = folder / "server.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_healthy(url, process)
+        server = MlflowServer(url, folder, passwords)
+        sync_env = {
+            **client_env(server, "admin"),
+            "MLFLOW_PIPELINE_PASSWORD": passwords["rankflow-pipeline"],
+            "MLFLOW_READER_PASSWORD": passwords["rankflow-reader"],
+        }
+        synced = subprocess.run(
+            [sys.executable, str(SYNC_USERS)],
+            env=sync_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        assert "created MLflow user 'rankflow-reader'" in synced.stdout
+        server.run_id = seed_as_pipeline(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        if process.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL, None):
+            print(log.read_text()[-4000:])
+
+
+@pytest.mark.slow
+def test_only_the_pipeline_moves_the_champion(mlflow_server: MlflowServer) -> None:
+    server = mlflow_server
+    anonymous = run_as(server, PROMOTE, None, "2")
+    assert anonymous.returncode == 3, anonymous.stdout + anonymous.stderr
+    wrong = run_as(server, PROMOTE, "rankflow-pipeline", "2", password="not-the-password")
+    assert wrong.returncode == 3
+    reader = run_as(server, PROMOTE, "rankflow-reader", "2")
+    assert reader.returncode == 3
+    assert "PERMISSION_DENIED" in reader.stdout or "403" in reader.stdout, reader.stdout
+    read = run_as(server, READ, "rankflow-reader")
+    assert "champion 1" in read.stdout, read.stdout + read.stderr  # nothing moved it
+    assert "rankflow-auth-report-5c1e" in read.stdout
+
+    pipeline = run_as(server, PROMOTE, "rankflow-pipeline", "2")
+    assert pipeline.stdout.strip() == "moved 1 2", pipeline.stdout + pipeline.stderr
+    read = run_as(server, READ, "rankflow-reader")
+    assert "champion 2" in read.stdout
+
+
+@pytest.mark.slow
+def test_nobody_but_the_pipeline_uploads_a_report(mlflow_server: MlflowServer) -> None:
+    server = mlflow_server
+    for user in (None, "rankflow-reader"):
+        upload = run_as(server, UPLOAD, user, server.run_id)
+        assert upload.returncode == 3, (user, upload.stdout + upload.stderr)
+    anonymous_read = run_as(server, READ, None)
+    assert "champion Could not read MLflow" in anonymous_read.stdout, anonymous_read.stdout
+    assert "rankflow-auth-report-5c1e" not in anonymous_read.stdout
+    assert run_as(server, UPLOAD, "rankflow-pipeline", server.run_id).stdout.strip() == "uploaded"
+
+
+@pytest.mark.slow
+def test_the_auth_configuration_is_private_and_holds_no_password(
+    mlflow_server: MlflowServer,
+) -> None:
+    config = mlflow_server.folder / "auth" / "basic_auth.ini"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    text = config.read_text()
+    assert "default_permission = READ" in text
+    assert not [p for p in mlflow_server.passwords.values() if p in text]
+
+
+def test_the_entrypoint_refuses_a_server_without_basic_auth(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(16),
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+    }
+    result = subprocess.run(
+        ["sh", str(ENTRYPOINT), "echo", "mlflow", "server"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "without --app-name basic-auth" in result.stderr
