@@ -11,6 +11,7 @@ request as an admin's (the auth matrix is tested elsewhere).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -147,6 +148,18 @@ class AirflowStack:
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Call the public REST API (``/api/v2`` + ``path``)."""
         return httpx.request(method, f"{self.base}/api/v2{path}", timeout=30, **kwargs)
+
+    def add_connection(self, conn_id: str, conn_json: str) -> None:
+        """Store a connection (the ``AIRFLOW_CONN_*`` JSON form) in the metadata DB via the API."""
+        conn = json.loads(conn_json)
+        body = {
+            "connection_id": conn_id,
+            **{k: v for k, v in conn.items() if k != "extra"},
+            "extra": json.dumps(conn.get("extra") or {}),
+        }
+        answer = self.api("POST", "/connections", json=body)
+        if answer.status_code != 201:
+            raise RuntimeError(f"connection {conn_id} not stored: {answer.status_code}")
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
         """Wait until the DAG processor has parsed ``dag_id`` and the API serves it."""

@@ -2,8 +2,11 @@
 
 A real ``airflow api-server``, ``scheduler`` (LocalExecutor), ``dag-processor`` and
 ``triggerer`` run as subprocesses on a PostgreSQL metadata database of their own
-(``tests/airflow_processes.py``), with the alert channels as ``AIRFLOW_CONN_*`` connections
-pointing at the local webhook receiver and SMTP server (``tests/alert_receivers.py``). The probe
+(``tests/airflow_processes.py``), with the alert channels as connections stored in the
+metadata database through the REST API, as an operator adds them in the UI, pointing at the
+local webhook receiver and SMTP server (``tests/alert_receivers.py``). (``AIRFLOW_CONN_*``
+environment connections would hide the bug this guards: an executor-run deadline callback reads
+them from its own environment but is refused the metadata database's.) The probe
 DAG (``tests/dags/rankflow_alert_probe.py``) is wired like the nightly one: failure callbacks, the
 gate alert task and the publication deadline of ``rankflow_alerts``. Every run is triggered
 through the REST API at once, then each test waits, with a timeout, for its own outcome:
@@ -66,18 +69,15 @@ def stack(
     dags = root / "dags"
     dags.mkdir()
     shutil.copy(PROBE, dags / PROBE.name)
-    airflow = AirflowStack(
-        root,
-        dags,
-        {
-            "AIRFLOW_CONN_SLACK_RANKFLOW": slack_connection(webhook.url),
-            "AIRFLOW_CONN_SMTP_RANKFLOW": smtp_connection(smtp.port),
-            "RANKFLOW_HOME": str(root / "home"),
-        },
-    )
+    airflow = AirflowStack(root, dags, {"RANKFLOW_HOME": str(root / "home")})
     began = time.monotonic()
     try:
         airflow.start()
+        for conn_id, conn in (
+            ("slack_rankflow", slack_connection(webhook.url)),
+            ("smtp_rankflow", smtp_connection(smtp.port)),
+        ):
+            airflow.add_connection(conn_id, conn)
         airflow.wait_for_dag(PROBE_ID)
         print(f"\nairflow stack up and probe parsed in {time.monotonic() - began:.0f} s")
         yield airflow
