@@ -86,7 +86,16 @@ def stage(scope: str, folder: Path) -> None:
 def mutmut(folder: Path, *args: str, log: Path | None = None) -> str:
     """Run one mutmut command in the stage; return its output (or write it to ``log``)."""
     command = [str(Path(sys.executable).parent / "mutmut"), *args]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # mutmut forks one child per mutant from a process that already ran the tests; a child that
+    # then enters an OpenMP region (XGBoost's) waits forever on the parent's libgomp thread pool,
+    # and the wall-clock kill turns that survivor into a "timeout", counted as killed. One thread
+    # per process keeps the children honest (and the shared machine usable).
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     if log is None:
         done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
         if done.returncode != 0:

@@ -260,9 +260,8 @@ def test_a_summary_names_the_comparison_that_matters() -> None:
     checks.append(Check("segment x", True, "segment x not judged: 3 queries, fewer than 50"))
     assert passed_summary(checks) == "versus; all 3 checks passed, 1 segments too small to judge"
     # without a champion check the last check speaks
-    assert passed_summary([Check("a", True, "first"), Check("b", True, "last")]) == (
-        "last; all 2 checks passed"
-    )
+    others = [Check("a", True, "first"), Check("b", True, "second"), Check("c", True, "last")]
+    assert passed_summary(others) == "last; all 3 checks passed"
 
 
 # --------------------------------------------------------------------------- list guardrails

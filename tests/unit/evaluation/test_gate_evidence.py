@@ -388,3 +388,32 @@ def test_segments_are_judged_on_their_own_weighted_rows() -> None:
     }
     assert segments["country=FR"].champion == pytest.approx(CHAMPION_IPW)
     assert segments["country=DE"].champion == pytest.approx((1.0 + SECOND) / 2.0)
+
+
+def judged(results: list[Any]) -> dict[str, tuple[float, float, float]]:
+    """Each judged segment's interval (segments without a judged group have NaN bounds)."""
+    return {
+        s.name: (s.difference.estimate, s.difference.low, s.difference.high)
+        for s in results
+        if s.queries
+    }
+
+
+def test_segment_intervals_are_reproducible_for_the_configured_seed_and_confidence() -> None:
+    frame = held_out()
+    scores, weight = rankers(frame), weights(frame)
+
+    def intervals(config: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+        return judged(
+            compare_segments(frame, scores["challenger"], scores["champion"], weight, config)
+        )
+
+    first = intervals(CONFIG)
+    assert intervals(CONFIG) == first
+    reseeded = intervals({**CONFIG, "bootstrap_seed": 8})
+    assert reseeded != first
+    narrow = intervals({**CONFIG, "confidence": 0.5})
+    for name in ("new users", "returning users", "country=DE", "country=FR"):
+        estimate, low, high = first[name]
+        assert reseeded[name][0] == estimate
+        assert low < narrow[name][1] < estimate < narrow[name][2] < high

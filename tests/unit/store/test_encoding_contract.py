@@ -152,6 +152,17 @@ def test_run_starts_outside_the_array_or_out_of_order_are_refused(starts: list[i
         encode_runs(np.arange(6), starts)
 
 
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32, np.int32, np.float64])
+def test_run_starts_of_any_numeric_dtype_are_checked_alike(dtype: type) -> None:
+    flat = np.arange(6)
+    assert encode_runs(flat, np.array([0, 2], dtype=dtype)) == [
+        encode_items([0, 1]),
+        encode_items([2, 3, 4, 5]),
+    ]
+    with pytest.raises(ValueError, match="run starts must begin at 0, be sorted"):
+        encode_runs(flat, np.array([0, 3, 2], dtype=dtype))  # unsigned: 2 - 3 must not wrap
+
+
 def test_runs_need_one_flat_array() -> None:
     with pytest.raises(
         ValueError, match=exactly("item ids must be one flat array, got shape (2, 2)")
@@ -205,6 +216,26 @@ def test_signed_and_unsigned_lists_mix_without_losing_an_id() -> None:
     assert uints.column(1).to_pylist() == [[2**63 - 1]]  # kept exactly ...
     with pytest.raises(ValueError, match=exactly(f"{RANGE}; got range [{2**63 - 1}, {2**63 - 1}]")):
         encode_list_array(uints.column(1))  # ... so that the encoder refuses it
+
+
+def test_ids_beyond_float_precision_are_kept_exactly_when_signed_and_unsigned_mix() -> None:
+    rows = [np.array([2**53 + 1], dtype=np.uint64), np.array([3], dtype=np.int64)]
+    batch = list_batch([1, 2], rows)
+    assert batch.column(1).to_pylist() == [[2**53 + 1], [3]]
+    with pytest.raises(ValueError, match=exactly(f"{RANGE}; got range [3, {2**53 + 1}]")):
+        encode_list_array(batch.column(1))
+
+
+def test_categorical_user_ids_become_plain_text_keys() -> None:
+    import pandas as pd
+
+    batch = list_batch(pd.Categorical(["u-1", "u-2", "u-1"]), [[1], [2], [3]])
+    assert batch.column(0).type == pa.string()
+    assert user_key_array("rf", "home", "v1", batch.column(0)).to_pylist() == [
+        b"rf:home:v:v1:u:u-1",
+        b"rf:home:v:v1:u:u-2",
+        b"rf:home:v:v1:u:u-1",
+    ]
 
 
 @pytest.mark.parametrize(
