@@ -186,8 +186,8 @@ def read_report(settings: Settings, model_version: str) -> str | None:
 
     if mlflow_store_missing(settings):
         return None
-    client = mlflow_client(settings)
     try:
+        client = mlflow_client(settings)  # inside: a server refusing the credentials raises here
         run_id = client.get_model_version(settings.model_name, model_version).run_id
         if not run_id or "report.html" not in {a.path for a in client.list_artifacts(run_id)}:
             return None
@@ -199,5 +199,8 @@ def read_report(settings: Settings, model_version: str) -> str | None:
                 tracking_uri=settings.mlflow_tracking_uri,
             )
             return Path(path).read_text()
-    except MlflowException:
+    except MlflowException as error:
+        log.warning(
+            "Ranking page: reading the run report of version %s failed: %r", model_version, error
+        )
         return None

@@ -10,6 +10,7 @@ pipeline user moves the alias and uploads a report, the reader only reads, anyon
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -23,6 +24,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,35 +34,31 @@ SYNC_USERS = ROOT / "docker" / "mlflow" / "sync_users.py"
 MODEL = "rankflow-ranker"
 REPORT = "<html><body>rankflow-auth-report-5c1e</body></html>"
 
-PROMOTE = """
-import sys
+# One child per identity runs rankflow's own MLflow code: promote:<version>, read, upload:<run id>.
+ACT = """
+import json, sys
 from rankflow.config import load_settings
-from rankflow.model.registry import mlflow_client, move_champion
 settings = load_settings()
-try:
-    move = move_champion(mlflow_client(settings), settings.model_name, sys.argv[1])
-except Exception as error:
-    print("refused", type(error).__name__, str(error)[:300])
-    sys.exit(3)
-print("moved", move.champion_before, move.champion_after)
-"""
-READ = """
-from rankflow.config import load_settings
-from rankflow.ui.page_sources import read_champion, read_report
-settings = load_settings()
-champion = read_champion(settings)
-print("champion", getattr(champion, "version", None) or champion.message[:300])
-print("report", read_report(settings, "1") or "none")
-"""
-UPLOAD = """
-import sys
-from mlflow import MlflowClient
-try:
-    MlflowClient().log_text(sys.argv[1], "<html>forged</html>", "report.html")
-except Exception as error:
-    print("refused", str(error)[:300])
-    sys.exit(3)
-print("uploaded")
+out = {}
+for action in sys.argv[1:]:
+    name, _, arg = action.partition(":")
+    try:
+        if name == "promote":
+            from rankflow.model.registry import mlflow_client, move_champion
+            move = move_champion(mlflow_client(settings), settings.model_name, arg)
+            out[action] = f"moved {move.champion_before} {move.champion_after}"
+        elif name == "read":
+            from rankflow.ui.page_sources import read_champion, read_report
+            champion = read_champion(settings)
+            version = getattr(champion, "version", None)
+            out[action] = [version or champion.message[:300], read_report(settings, "1") or ""]
+        elif name == "upload":
+            from mlflow import MlflowClient
+            MlflowClient().log_text(arg, "<html>forged</html>", "report.html")
+            out[action] = "uploaded"
+    except Exception as error:
+        out[action] = f"refused {type(error).__name__} {str(error)[:300]}"
+print(json.dumps(out))
 """
 
 
@@ -162,6 +160,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         MLFLOW_AUTH_ADMIN_USERNAME="admin",
         MLFLOW_AUTH_ADMIN_PASSWORD=passwords["admin"],
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # no job runner and huey workers: not used
     )
     command = [
         *("sh", str(ENTRYPOINT), "mlflow", "server", "--app-name=basic-auth"),
@@ -205,36 +204,37 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
             print(log.read_text()[-4000:])
 
 
-@pytest.mark.slow
-def test_only_the_pipeline_moves_the_champion(mlflow_server: MlflowServer) -> None:
-    server = mlflow_server
-    anonymous = run_as(server, PROMOTE, None, "2")
-    assert anonymous.returncode == 3, anonymous.stdout + anonymous.stderr
-    wrong = run_as(server, PROMOTE, "rankflow-pipeline", "2", password="not-the-password")
-    assert wrong.returncode == 3
-    reader = run_as(server, PROMOTE, "rankflow-reader", "2")
-    assert reader.returncode == 3
-    assert "PERMISSION_DENIED" in reader.stdout or "403" in reader.stdout, reader.stdout
-    read = run_as(server, READ, "rankflow-reader")
-    assert "champion 1" in read.stdout, read.stdout + read.stderr  # nothing moved it
-    assert "rankflow-auth-report-5c1e" in read.stdout
-
-    pipeline = run_as(server, PROMOTE, "rankflow-pipeline", "2")
-    assert pipeline.stdout.strip() == "moved 1 2", pipeline.stdout + pipeline.stderr
-    read = run_as(server, READ, "rankflow-reader")
-    assert "champion 2" in read.stdout
+def act(
+    server: MlflowServer, user: str | None, *actions: str, password: str | None = None
+) -> dict[str, Any]:
+    """Run rankflow's MLflow actions as ``user``; return each action's outcome."""
+    result = run_as(server, ACT, user, *actions, password=password)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return outcome
 
 
 @pytest.mark.slow
-def test_nobody_but_the_pipeline_uploads_a_report(mlflow_server: MlflowServer) -> None:
+def test_only_the_pipeline_moves_the_champion_or_uploads(mlflow_server: MlflowServer) -> None:
     server = mlflow_server
-    for user in (None, "rankflow-reader"):
-        upload = run_as(server, UPLOAD, user, server.run_id)
-        assert upload.returncode == 3, (user, upload.stdout + upload.stderr)
-    anonymous_read = run_as(server, READ, None)
-    assert "champion Could not read MLflow" in anonymous_read.stdout, anonymous_read.stdout
-    assert "rankflow-auth-report-5c1e" not in anonymous_read.stdout
-    assert run_as(server, UPLOAD, "rankflow-pipeline", server.run_id).stdout.strip() == "uploaded"
+    upload = f"upload:{server.run_id}"
+    anonymous = act(server, None, "promote:2", upload, "read")
+    assert anonymous["promote:2"].startswith("refused"), anonymous
+    assert anonymous[upload].startswith("refused"), anonymous
+    assert anonymous["read"][0].startswith("Could not read MLflow"), anonymous["read"]
+    assert "rankflow-auth-report-5c1e" not in anonymous["read"][1]
+    wrong = act(server, "rankflow-pipeline", "promote:2", password="not-the-password")
+    assert wrong["promote:2"].startswith("refused"), wrong
+
+    reader = act(server, "rankflow-reader", "promote:2", upload, "read")
+    assert "error code 403" in reader["promote:2"], reader  # authenticated, not allowed
+    assert reader[upload].startswith("refused"), reader
+    assert reader["read"][0] == "1"  # nothing above moved it
+    assert "rankflow-auth-report-5c1e" in reader["read"][1]  # the report is still the real one
+
+    pipeline = act(server, "rankflow-pipeline", "promote:2", upload)
+    assert pipeline == {"promote:2": "moved 1 2", upload: "uploaded"}
+    assert act(server, "rankflow-reader", "read")["read"][0] == "2"
 
 
 @pytest.mark.slow
