@@ -113,6 +113,16 @@ def test_resamples_in_which_no_group_can_be_judged_are_dropped_silently() -> Non
     assert interval.high == pytest.approx(0.3)
 
 
+def test_when_no_resample_can_be_judged_the_bounds_are_nan_not_an_error() -> None:
+    # one judged group of four: with seed 2, each of the three resamples leaves it out
+    ours = MetricParts(np.array([0.8, 0.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0, 0.0]))
+    theirs = MetricParts(np.array([0.5, 0.0, 0.0, 0.0]), np.array([1.0, 0.0, 0.0, 0.0]))
+    interval = paired_bootstrap(ours, theirs, 3, seed=2)
+    assert interval.estimate == pytest.approx(0.3)
+    assert math.isnan(interval.low)
+    assert math.isnan(interval.high)
+
+
 def test_a_confidence_level_sets_the_percentiles() -> None:
     rng = np.random.default_rng(8)
     theirs = parts(rng.uniform(0, 1, 400))

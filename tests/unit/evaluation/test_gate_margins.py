@@ -102,6 +102,7 @@ CHAMPION = 0.5  # so the tolerance is 0.025
         (SEGMENTS["min_queries"], -0.30, -0.20, "regressed"),
         (200, -0.0251, -0.001, "regressed"),  # just over the tolerance, confidently worse
         (200, -0.0249, -0.001, "ok"),  # just under the tolerance
+        (200, -SEGMENTS["tolerance"] * CHAMPION, -0.001, "ok"),  # exactly at it: not beyond
         (200, -0.0300, 0.0, "ok"),  # over the tolerance but not confidently worse
         (200, -0.0300, -1e-9, "regressed"),
         (200, +0.0300, 0.06, "ok"),
