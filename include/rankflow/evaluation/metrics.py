@@ -345,14 +345,15 @@ def evaluate_ranking(
     label: npt.ArrayLike,
     score: npt.ArrayLike,
     cutoffs: Sequence[int] = (10, 20),
-    recall_k: int = 100,
+    recall_k: int | None = 100,
     ndcg_empty: Empty = "one",
     propensity_weight: npt.ArrayLike | None = None,
 ) -> dict[str, float]:
     """All offline metrics of one scoring (model or baseline) from a single sort.
 
     Returns ``ndcg@k`` (exponential gain, ``ndcg_empty`` convention) and ``map@k`` (empty groups
-    skipped) for each k in ``cutoffs``, ``mrr`` and ``recall@{recall_k}`` (empty groups skipped),
+    skipped) for each k in ``cutoffs``, ``mrr`` and ``recall@{recall_k}`` (empty groups skipped;
+    None leaves it out: on 20 logged impressions, recall@100 is 1 for any order),
     ``groups`` (number of groups) and ``groups_with_relevant`` (groups with a ``label > 0`` row).
     With ``propensity_weight`` (1 / P(examined) of each row's logged position) it also returns
     ``ipw_ndcg@k``: the inverse-propensity-weighted DCG@k (gains ``(2**label - 1) * weight``,
@@ -374,7 +375,8 @@ def evaluate_ranking(
     for k in cutoffs:
         result[f"map@{k}"] = mean_over_groups(_average_precision(ranked, k, "skip"))
     result["mrr"] = mean_over_groups(_reciprocal_rank(ranked, None, "skip"))
-    result[f"recall@{recall_k}"] = mean_over_groups(_recall(ranked, recall_k, "skip"))
+    if recall_k is not None:
+        result[f"recall@{recall_k}"] = mean_over_groups(_recall(ranked, recall_k, "skip"))
     result["groups"] = float(ranked.n_groups)
     result["groups_with_relevant"] = float(np.count_nonzero(ranked.n_relevant))
     return result

@@ -51,7 +51,10 @@ def evaluation_table(
     config: dict[str, Any],
     examination: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Return metrics (NDCG@k, MAP@10, MRR, recall@K) of every ranker on the same groups.
+    """Return metrics (NDCG@k, MAP@k, MRR) of every ranker on the same held-out groups.
+
+    No recall: a held-out group is one logged list (about 20 items), so recall at the served K
+    is 1 for every order; the served lists' recall is a monitoring figure (``served_recall``).
 
     With an ``examination`` curve (P(examined | position), see :mod:`~.propensity`) the
     table also has ``ipw_ndcg@k``, corrected for the position bias of the logged clicks; when
@@ -83,7 +86,7 @@ def evaluation_table(
             labels,
             scores,
             cutoffs=cutoffs,
-            recall_k=int(config["recall_k"]),
+            recall_k=None,
             ndcg_empty=config["ndcg_empty"],
             propensity_weight=weights,
         )

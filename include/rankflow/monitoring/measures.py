@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -234,6 +234,82 @@ def publish_figures(settings: Settings, ds: date, surface: str) -> list[Figure]:
         Figure("publish", "s3_users", float(exported["users"])),
         Figure("publish", "s3_bytes", float(exported["bytes"])),
         Figure("publish", "s3_publish_seconds", finite(exported.get("seconds"))),
+    ]
+
+
+def served_recall(spark: SparkSession, settings: Settings, ds: date, surface: str) -> list[Figure]:
+    """Recall of the lists served during ``ds`` (published the night before) on its actions.
+
+    Over the users who had a personal list and acted on items during ``ds`` (any event with a
+    label gain), the mean share of those items their list held (``served_recall``), and that
+    their candidates held (``candidate_recall``: the ceiling any ranking of them can reach).
+    Nothing before the first night with a list of the day before.
+    """
+    served_day = ds - timedelta(days=1)
+    lists = read_ranked(spark, settings, served_day, surface).where(F.size("item_ids") > 0)
+    listed = lists.select("user_id", F.explode("item_ids").alias("item_id"))
+    candidates = read_partition(spark, settings, "silver/candidates", served_day)
+    return recall_figures(
+        acted_items(spark, settings, ds), lists.select("user_id"), listed, candidates
+    )
+
+
+def acted_items(spark: SparkSession, settings: Settings, ds: date) -> DataFrame:
+    """The distinct (user, item) pairs of ``ds``'s events that earn a label gain."""
+    gains = list(settings.pipeline["labels"]["gains"])
+    events = read_partition(spark, settings, "bronze/events", ds)
+    return events.where(F.col("event_type").isin(*gains)).select("user_id", "item_id").distinct()
+
+
+def recall_figures(
+    acted: DataFrame, users: DataFrame, listed: DataFrame, candidates: DataFrame
+) -> list[Figure]:
+    """Mean per-user share of the ``acted`` items in ``listed`` and in ``candidates``."""
+    per_user = (
+        acted.join(users, "user_id", "inner")
+        .join(listed.withColumn("in_list", F.lit(1)), ["user_id", "item_id"], "left")
+        .join(
+            candidates.select("user_id", "item_id").withColumn("in_candidates", F.lit(1)),
+            ["user_id", "item_id"],
+            "left",
+        )
+        .groupBy("user_id")
+        .agg(
+            (F.count("in_list") / F.count("*")).alias("served"),
+            (F.count("in_candidates") / F.count("*")).alias("candidates"),
+        )
+    )
+    totals = per_user.agg(F.count("*").alias("users"), F.avg("served"), F.avg("candidates")).first()
+    if totals is None or not totals["users"]:
+        return []
+    return [
+        Figure("lists", "served_recall", float(totals[1])),
+        Figure("lists", "candidate_recall", float(totals[2])),
+        Figure("lists", "recall_users", float(totals["users"])),
+    ]
+
+
+def sold_served_figures(
+    repair: dict[str, Any] | None, version: str | None, served_after: int, share_after: float
+) -> list[Figure]:
+    """Sold items in the served lists: the share before the night's repair and the residual.
+
+    The share before is what the repair removed of the lists it found (removed / (removed +
+    entries served after it)); it is only measured when the latest repair ran on ``version``,
+    the version the night published. The residual is what is still served after the repair.
+    """
+    figures = [
+        Figure("lists", "served_sold_share", share_after),
+        Figure("lists", "served_entries", float(served_after)),
+    ]
+    if repair is None or version is None or repair.get("version") != version:
+        return figures
+    removed = int(repair["entries_removed"])
+    before = removed / (removed + served_after) if removed + served_after else 0.0
+    return [
+        Figure("lists", "served_sold_share_before_repair", before),
+        Figure("lists", "sold_entries_removed", float(removed)),
+        *figures,
     ]
 
 

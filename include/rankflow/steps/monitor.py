@@ -20,12 +20,10 @@ from rankflow.monitoring.measures import (
     publish_figures,
     relative_change,
     score_figures,
+    served_recall,
+    sold_served_figures,
 )
-from rankflow.monitoring.rules import (
-    Figure,
-    breaches,
-    judge,
-)
+from rankflow.monitoring.rules import breaches, judge
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -35,7 +33,7 @@ def run_monitor(
     spark: SparkSession, settings: Settings, ds: date, surface: str, run_id: str
 ) -> dict[str, Any]:
     """Measure the night's run, judge every figure, write the day's rows; return the breaches."""
-    from rankflow.publish.repair import served_sold_share
+    from rankflow.publish.repair import last_repair, served_sold_share
     from rankflow.runs import read_run_record, write_run_record
 
     scored = read_run_record(settings, ds, f"score-{surface}")
@@ -45,15 +43,15 @@ def run_monitor(
         *feature_drift(spark, settings, ds, model_version),
         *score_figures(spark, settings, ds, surface, model_version),
         *list_health(spark, settings, ds, surface, int(scored["top_k"])),
+        *served_recall(spark, settings, ds, surface),
         *publish_figures(settings, ds, surface),
         *offline_figures(settings, ds),
     ]
     figures += relative_change(figures, past, "published_users")
     share, served = served_sold_share(settings, surface)
-    figures += [
-        Figure("lists", "served_sold_share", share),
-        Figure("lists", "served_entries", float(served)),
-    ]
+    published = read_run_record(settings, ds, f"publish-redis-{surface}")
+    repair = last_repair(settings, surface)
+    figures += sold_served_figures(repair, published.get("version"), served, share)
     computed_at = datetime.now(UTC)
     rows = [
         {**row, "run_id": run_id, "computed_at": computed_at}

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rankflow.monitoring.measures import binned_counts, drift_figures, quantile_edges, user_sample
+from rankflow.monitoring.measures import (
+    binned_counts,
+    drift_figures,
+    quantile_edges,
+    recall_figures,
+    user_sample,
+)
 
 pytestmark = [pytest.mark.spark]
 
@@ -49,3 +55,26 @@ def test_the_user_sample_is_the_same_users_every_day(spark) -> None:
     picked = {r[0] for r in day_one.select("user_id").collect()}
     assert picked == {r[0] for r in day_two.select("user_id").collect()}
     assert 1_700 < len(picked) < 2_300
+
+
+def pairs(spark, rows: list[tuple[int, int]]):
+    return spark.createDataFrame(rows, "user_id long, item_id long")
+
+
+def test_served_recall_is_the_mean_share_of_each_users_acted_items_in_their_list(spark) -> None:
+    # user 1 acted on 4 items, 1 listed and 3 among the candidates; user 2 on 1 item, listed;
+    # user 3 acted but had no list (not counted); user 4 had a list and did nothing (not counted)
+    acted = pairs(spark, [(1, 10), (1, 11), (1, 12), (1, 13), (2, 20), (3, 30)])
+    users = spark.createDataFrame([(1,), (2,), (4,)], "user_id long")
+    listed = pairs(spark, [(1, 10), (1, 99), (2, 20), (4, 40)])
+    candidates = pairs(spark, [(1, 10), (1, 11), (1, 12), (1, 99), (2, 20), (2, 21), (4, 40)])
+    got = {f.metric: f.value for f in recall_figures(acted, users, listed, candidates)}
+    assert got["served_recall"] == pytest.approx((1 / 4 + 1) / 2)
+    assert got["candidate_recall"] == pytest.approx((3 / 4 + 1) / 2)
+    assert got["recall_users"] == 2
+
+
+def test_no_served_recall_without_lists(spark) -> None:
+    acted = pairs(spark, [(1, 10)])
+    nobody = spark.createDataFrame([], "user_id long")
+    assert recall_figures(acted, nobody, pairs(spark, []), pairs(spark, [])) == []
