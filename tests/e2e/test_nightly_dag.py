@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -46,13 +47,57 @@ def tiny_env(tmp_path, redis_url, redis_admin_url, s3_endpoint, monkeypatch):
             {"conn_type": "spark_connect", "host": f"sc://{connect.hostname}", "port": connect.port}
         ),
     )
+    # the steps take their credentials from Airflow connections, as in production; the S3 secret
+    # is a canary the run must never write to a log, a run record, MLflow or a rendered template
+    canary = f"rankflow-canary-{secrets.token_hex(12)}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", canary)
+    monkeypatch.setenv("AIRFLOW_CONN_S3_RANKFLOW", s3_connection(s3_endpoint, env, canary))
+    monkeypatch.setenv("AIRFLOW_CONN_REDIS_RANKFLOW", redis_connection(redis_url))
     import redis
 
     redis.Redis.from_url(redis_admin_url).flushdb()
     return load_settings()
 
 
-def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
+def s3_connection(endpoint: str, env: dict[str, str], secret: str) -> str:
+    """An Airflow AWS connection to the local S3 endpoint, as JSON."""
+    extra = {"endpoint_url": endpoint, "bucket": env["RANKFLOW_S3_BUCKET"]}
+    extra["region_name"] = "us-east-1"
+    login = os.environ.get("AWS_ACCESS_KEY_ID", "rankflow-local")
+    return json.dumps({"conn_type": "aws", "login": login, "password": secret, "extra": extra})
+
+
+def redis_connection(url: str) -> str:
+    """An Airflow Redis connection equivalent to a redis:// URL, as JSON."""
+    parts = urlparse(url)
+    connection = {"conn_type": "redis", "host": parts.hostname, "port": parts.port}
+    connection["login"] = unquote(parts.username or "")
+    connection["password"] = unquote(parts.password or "")
+    connection["extra"] = {"db": int(parts.path.strip("/") or 0)}
+    return json.dumps(connection)
+
+
+def secrets_of_the_run(redis_url: str) -> list[str]:
+    """The secret values a run handles: the S3 canary and the Redis writer's password."""
+    found = [os.environ["AWS_SECRET_ACCESS_KEY"]]
+    password = unquote(urlparse(redis_url).password or "")
+    return found + ([password] if len(password) >= 12 else [])
+
+
+def assert_no_secret_written(secrets_: list[str], folders: list[Path], output: str) -> None:
+    """No secret value appears in the run's output nor in any file under ``folders``."""
+    for secret in secrets_:
+        assert secret not in output, "a secret reached the task output"
+        needle = secret.encode()
+        for folder in folders:
+            for path in folder.rglob("*"):
+                if path.is_file() and not path.is_symlink():
+                    assert needle not in path.read_bytes(), f"a secret was written to {path}"
+
+
+def test_nightly_dag_publishes_lists_readers_can_look_up(
+    tiny_env, spark, capfd, monkeypatch
+) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     from rankflow.lake.session import spark_submit_command
@@ -110,11 +155,20 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(tiny_env) -> None:
     assert os.environ["RANKFLOW_HOME"] in str(settings.paths.home)
 
     first_night = nightly_monitoring(settings, last, run.run_id, published)
-    lifecycle(settings, dag, last, runs, published)
+    lifecycle(settings, spark, dag, last, runs, published)
     second_night = [r for r in history_rows(settings, "home") if r["ds"] == last.isoformat()]
     assert len(second_night) == len(first_night)  # the rerun replaced the day's rows
     assert {r["run_id"] for r in second_night} != {first_night[0]["run_id"]}
     sold_item_repair(settings)
+    backfill_keeps_the_champion(settings, dag, last)
+    rejection_through_the_operator(settings, last, monkeypatch)
+    captured = capfd.readouterr()
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME", ROOT / ".rankflow" / "airflow"))
+    assert_no_secret_written(
+        secrets_of_the_run(settings.redis.url),
+        [settings.paths.home, airflow_home],
+        captured.out + captured.err,
+    )
 
 
 def nightly_monitoring(settings, day, run_id: str, published: dict) -> list[dict]:
@@ -126,7 +180,15 @@ def nightly_monitoring(settings, day, run_id: str, published: dict) -> list[dict
     figures = {(r["metric"], r["subject"]): r for r in rows}
     assert figures[("published_users", "")]["value"] == published["users"]
     assert figures[("list_coverage", "")]["value"] >= 0.99
-    assert figures[("served_sold_share", "")]["value"] == 0.0
+    assert figures[("served_sold_share", "")]["value"] == 0.0  # the residual after the repair
+    from rankflow.publish.repair import last_repair
+
+    repair = last_repair(settings, "home")
+    assert repair["version"] == published["version"]
+    removed = figures[("sold_entries_removed", "")]["value"]
+    assert removed == repair["entries_removed"]
+    found = removed + figures[("served_entries", "")]["value"]
+    assert figures[("served_sold_share_before_repair", "")]["value"] == removed / found
     assert figures[("redis_publish_seconds", "")]["value"] > 0
     assert {s for m, s in figures if m == "feature_psi"} == set(MODEL_FEATURES)
     assert figures[("ndcg@10", "champion")]["value"] > figures[("ndcg@10", "random")]["value"]
@@ -178,21 +240,11 @@ def cli(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def lifecycle(settings, dag, last, runs: Path, first_publication: dict) -> None:
+def lifecycle(settings, spark, dag, last, runs: Path, first_publication: dict) -> None:
     """Reproduce the model, run the night again against a champion, then roll back."""
-    from rankflow.lake.session import spark_submit_command
-
     trained = json.loads((runs / "train.json").read_text())
     first_model = trained["model_version"]
-    # rewrite one training day: a new Delta version the reproduction must not read
-    window_start = trained["window"]["train_start"]
-    command = spark_submit_command(settings, "training_set", ["--ds", window_start])
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    rebuilt = cli("train", "--reproduce", first_model)
-    assert rebuilt["identical"], rebuilt
-    assert rebuilt["sha256"] == trained["model_sha256"]
-    assert rebuilt["training_set_version"] == trained["table_versions"]["silver/training_set"]
+    reproduction(settings, spark, trained, last)
 
     # the second night: a challenger against the champion, the whole gate, a new publication
     with deadline_suspended(dag):  # Airflow 3.3.2: see tests/dag_runs.py
@@ -235,3 +287,114 @@ def lifecycle(settings, dag, last, runs: Path, first_publication: dict) -> None:
     assert served["user"]["model_version"] == first_model
     listed = {row["version"]: row["aliases"] for row in cli("models", "list", "--json")}
     assert listed[first_model] == ["champion"]
+
+
+def reproduction(settings, spark, trained: dict, last) -> None:
+    """After a training day changed, --reproduce rebuilds the same bytes; a retrain does not."""
+    from delta.tables import DeltaTable
+
+    first_model = trained["model_version"]
+    day = trained["window"]["train_start"]
+    table = DeltaTable.forPath(spark, settings.paths.table("silver/training_set"))
+    table.delete(f"ds = '{day}' AND user_id % 2 = 0")  # a new Delta version, other rows
+    rebuilt = cli("train", "--reproduce", first_model)
+    assert rebuilt["identical"], rebuilt
+    assert rebuilt["sha256"] == trained["model_sha256"]
+    assert rebuilt["training_set_version"] == trained["table_versions"]["silver/training_set"]
+    assert rebuilt["train_rows"] == trained["train_rows"]
+
+    retrained = cli("train", "--ds", last.isoformat())  # the latest rows: fewer, other bytes
+    assert retrained["train_rows"] < trained["train_rows"]
+    assert retrained["model_sha256"] != trained["model_sha256"]
+
+    # an artefact that is not what its lineage builds: --reproduce says so and exits 1
+    tampered = registered_artefact(settings, retrained["model_sha256"])
+    tampered.write_bytes(b" " + tampered.read_bytes())  # same model, other bytes
+    code, audit = cli_status("train", "--reproduce", retrained["model_version"])
+    assert code == 1, audit
+    assert not audit["identical"]
+    assert audit["sha256"] == retrained["model_sha256"] != audit["registered_sha256"]
+    # back to the rows the first model saw (a new Delta version again): the second night's
+    # challenger is then judged on the same data as the champion, as before the edit
+    table.restoreToVersion(int(trained["table_versions"]["silver/training_set"]))
+
+
+def registered_artefact(settings, sha256: str) -> Path:
+    """The one XGBoost JSON file in the MLflow store with these bytes."""
+    import hashlib
+
+    found = [
+        path
+        for path in settings.paths.mlflow.rglob("model.json")
+        if hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def backfill_keeps_the_champion(settings, dag, last) -> None:
+    """A retraining backfill of an earlier day is evaluated and recorded, never promoted."""
+    from rankflow.model.registry import CHAMPION, aliases, mlflow_client
+
+    client = mlflow_client(settings)
+    champion = aliases(client, settings.model_name)[CHAMPION]
+    current = cli("models", "which")["redis_version"]
+    day = last - timedelta(days=1)
+    with deadline_suspended(dag):
+        run = dag.test(
+            logical_date=datetime(day.year, day.month, day.day, 2, tzinfo=UTC),
+            run_conf={"ds": day.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
+        )
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    runs = settings.paths.home / "runs" / f"ds={day.isoformat()}"
+    evaluation = json.loads((runs / "evaluation.json").read_text())
+    assert evaluation["backfill"]
+    assert evaluation["model_version"] != champion
+    assert not evaluation["gate"]["promote"]
+    assert aliases(mlflow_client(settings), settings.model_name)[CHAMPION] == champion
+    published = json.loads((runs / "publish-redis-home.json").read_text())
+    assert published["status"] == "skipped_older"
+    assert cli("models", "which")["redis_version"] == current
+
+
+def rejection_through_the_operator(settings, last, monkeypatch) -> None:
+    """The real evaluate job rejects a model (exit 4): the operator skips, nothing moves."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from rankflow.model.registry import CHAMPION, aliases, mlflow_client
+    from rankflow_operators import RankflowSparkSubmitOperator
+
+    champion = aliases(mlflow_client(settings), settings.model_name)[CHAMPION]
+    strict = settings.paths.home / "strict-gate.yaml"
+    # a gate no model passes: the challenger must beat the champion by a whole NDCG point
+    strict.write_text("evaluation:\n  min_difference_lower_bound: 1.0\n")
+    monkeypatch.setenv("RANKFLOW_CONFIG", str(strict))
+    # the challenger is the night's model (train.json of the day), rolled back from champion
+    evaluate = RankflowSparkSubmitOperator(
+        task_id="evaluate",
+        step="evaluate",
+        application_args=["--ds", str(last), "--run-id", "e2e-rejection", "--promote", "yes"],
+    )
+    with pytest.raises(AirflowSkipException, match="rejected"):
+        evaluate.execute(context={})
+    monkeypatch.delenv("RANKFLOW_CONFIG")
+    evaluation = json.loads(
+        (settings.paths.home / "runs" / f"ds={last.isoformat()}" / "evaluation.json").read_text()
+    )
+    assert not evaluation["gate"]["promote"]
+    assert evaluation["previous_champion"] == champion != evaluation["model_version"]
+    failed = [c["detail"] for c in evaluation["gate"]["checks"] if not c["passed"]]
+    assert any("lower bound must exceed +1.0000" in detail for detail in failed), failed
+    assert aliases(mlflow_client(settings), settings.model_name)[CHAMPION] == champion
+
+
+def cli_status(*args: str) -> tuple[int, dict]:
+    """Run a ``rankflow`` command; return its exit status and JSON output."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "rankflow.cli", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    lines = done.stdout.strip().splitlines()
+    assert lines, (args, done.returncode, done.stderr[-4000:])
+    return done.returncode, json.loads(lines[-1])
