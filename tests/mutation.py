@@ -54,6 +54,7 @@ SCOPES: dict[str, tuple[list[str], list[str]]] = {
             "tests/unit/store/test_encoding.py",
             "tests/unit/store/test_encoding_contract.py",
             "tests/unit/monitoring/test_monitoring_rules.py",
+            "tests/unit/monitoring/test_monitoring_rules_margins.py",
         ],
     ),
 }
