@@ -50,6 +50,7 @@ SCOPES: dict[str, tuple[list[str], list[str]]] = {
             "tests/unit/evaluation/test_gate_bootstrap.py",
             "tests/unit/evaluation/test_gate_checks.py",
             "tests/unit/evaluation/test_metrics.py",
+            "tests/unit/evaluation/test_metrics_inputs.py",
             "tests/unit/evaluation/test_propensity.py",
             "tests/unit/store/test_encoding.py",
             "tests/unit/store/test_encoding_contract.py",
