@@ -86,3 +86,43 @@ def test_ipw_ndcg_does_not_cancel_the_weight_of_a_lone_click() -> None:
 
     assert light["ipw_ndcg@2"] == pytest.approx(light["ndcg@2"])
     assert heavy["ipw_ndcg@2"] < light["ipw_ndcg@2"]  # the missed click now counts 9 times
+
+
+def test_every_refusal_says_exactly_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^no item was shown 3 times: cannot estimate position"):
+        estimate_examination([1, 2], [7, 8], [True, False], min_impressions=3)
+    with pytest.raises(ValueError, match=r"^positions start at 1$"):
+        estimate_examination([0, 1], [7, 7], [True, False], min_impressions=1)
+    with pytest.raises(ValueError, match=r"^position, item and click must have the same length$"):
+        estimate_examination([1, 2], [7], [True, False])
+    with pytest.raises(
+        ValueError, match=r"^position 1 got no examination estimate: no clicks at the top$"
+    ):
+        # nothing was ever shown first: the curve cannot be scaled to position 1
+        estimate_examination([2, 3, 2, 3], [7, 7, 7, 7], [True, False] * 2, min_impressions=1)
+
+
+def test_an_item_shown_exactly_min_impressions_times_takes_part() -> None:
+    curve = estimate_examination([1, 2, 1], [7, 7, 7], [True, False, True], min_impressions=3)
+    assert curve[1] == 1.0
+    assert len(curve) == 3
+
+
+def test_em_converges_on_a_realistic_log_and_warns_when_it_cannot(caplog) -> None:
+    position, item, clicked, _ = simulated_clicks(4, 1.0, sessions=1500)
+    with caplog.at_level("WARNING", logger="rankflow.evaluation.propensity"):
+        estimate_examination(position, item, clicked)
+    assert caplog.records == []
+    with caplog.at_level("WARNING", logger="rankflow.evaluation.propensity"):
+        estimate_examination(position, item, clicked, max_iterations=2)
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "position-bias EM did not converge in 2 iterations; the curve is approximate"
+    )
+
+
+def test_the_default_clip_is_the_configured_ipw_clip() -> None:
+    from rankflow.config import load_pipeline_config
+
+    clip = float(load_pipeline_config(None, {})["evaluation"]["ipw_clip"])
+    assert inverse_propensity([1, 2], np.array([1.0, 1.0, 1e-6])).tolist() == [1.0, clip]
