@@ -75,7 +75,7 @@ def estimate_examination(
         )
         attract = np.bincount(of, weights=clicks + quiet * (1.0 - e) * a / unclicked) / shown_of
         if examine[1] <= 0:
-            raise ValueError("position 1 got no examination estimate: no clicks at the top")
+            raise ValueError("no examination estimate: nothing shown or clicked at position 1")
         previous, curve = curve, examine / examine[1]
         if np.max(np.abs(curve - previous)) < tolerance:
             break

@@ -96,7 +96,7 @@ def test_every_refusal_says_exactly_what_is_wrong() -> None:
     with pytest.raises(ValueError, match=r"^position, item and click must have the same length$"):
         estimate_examination([1, 2], [7], [True, False])
     with pytest.raises(
-        ValueError, match=r"^position 1 got no examination estimate: no clicks at the top$"
+        ValueError, match=r"^no examination estimate: nothing shown or clicked at position 1$"
     ):
         # nothing was ever shown first: the curve cannot be scaled to position 1
         estimate_examination([2, 3, 2, 3], [7, 7, 7, 7], [True, False] * 2, min_impressions=1)
