@@ -130,9 +130,15 @@ def merge_new(spark: SparkSession, path: str, frame: Any) -> int:
 
 
 def is_concurrent_commit(error: Exception) -> bool:
-    """Tell whether Delta refused a commit because another one won the race (worth a retry)."""
-    text = str(error)  # io.delta.exceptions.Concurrent*, ProtocolChanged, MetadataChanged
-    return any(name in text for name in ("Concurrent", "ProtocolChanged", "MetadataChanged"))
+    """Tell whether Delta refused a commit because another one won the race (worth a retry).
+
+    The refusal names either its Java class (``io.delta.exceptions.ConcurrentAppendException``,
+    ``ProtocolChangedException``, ``MetadataChangedException``) or only its error condition
+    (``[DELTA_CONCURRENT_APPEND.WITHOUT_HINT]``, ``DELTA_PROTOCOL_CHANGED``,
+    ``DELTA_METADATA_CHANGED``), depending on the path it took to Python: match both spellings.
+    """
+    text = str(error).upper().replace("_", "")
+    return any(name in text for name in ("CONCURRENT", "PROTOCOLCHANGED", "METADATACHANGED"))
 
 
 def append_events(spark: SparkSession, settings: Settings, events: list[LedgerEvent]) -> int:
