@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import httpx
 
 from alert_receivers import free_port
-from rankflow.ops.services import postgres_binary
+from rankflow.ops.services import postgres_client
 
 T = TypeVar("T")
 COMPONENTS = ("scheduler", "dag-processor", "triggerer")
@@ -42,23 +42,6 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not after {timeout:.0f} s")
         time.sleep(every)
-
-
-def postgres_tool(url: str, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``createdb``/``dropdb`` against the server of ``url`` (password in the environment)."""
-    parsed = urlparse(url)
-    command = [
-        postgres_binary(tool),
-        "-h",
-        parsed.hostname or "127.0.0.1",
-        "-p",
-        str(parsed.port or 5432),
-        "-U",
-        parsed.username or "",
-        *args,
-    ]
-    env = {**os.environ, "PGPASSWORD": parsed.password or "", "PGCONNECT_TIMEOUT": "10"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
 
 
 class AirflowStack:
@@ -110,7 +93,7 @@ class AirflowStack:
 
     def start(self, timeout: float = 240) -> None:
         """Create and migrate the database, start the components, wait for the API and the DAGs."""
-        created = postgres_tool(self.server_url, "createdb", self.database)
+        created = postgres_client(self.server_url, "createdb", self.database)
         if created.returncode != 0:
             raise RuntimeError(f"createdb {self.database} failed: {created.stderr[-500:]}")
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -208,7 +191,7 @@ class AirflowStack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
-        postgres_tool(self.server_url, "dropdb", "--force", "--if-exists", self.database)
+        postgres_client(self.server_url, "dropdb", "--force", "--if-exists", self.database)
 
 
 def fernet_key() -> str:

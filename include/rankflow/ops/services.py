@@ -237,23 +237,31 @@ def init_postgres(data: Path, user: str, password: str) -> None:
         raise ServiceError(f"initdb failed (exit {done.returncode}): {done.stderr.strip()[-800:]}")
 
 
-def create_database(url: str) -> None:
-    """Create the URL's database on its server unless it exists (the password never in argv)."""
+def postgres_client(url: str, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a client program (``createdb``, ``dropdb``...) as the user of ``url`` on its server.
+
+    The password goes through the environment (``PGPASSWORD``), never on a command line.
+    """
     parsed = urlparse(url)
-    name = parsed.path.lstrip("/")
     command = [
-        postgres_binary("createdb"),
+        postgres_binary(tool),
         "-h",
         parsed.hostname or "127.0.0.1",
         "-p",
         str(parsed.port or 5432),
         "-U",
         parsed.username or "",
-        name,
+        *args,
     ]
     env = {**os.environ, "PGPASSWORD": unquote(parsed.password or ""), "PGCONNECT_TIMEOUT": "10"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+
+def create_database(url: str) -> None:
+    """Create the URL's database on its server unless it exists."""
+    name = urlparse(url).path.lstrip("/")
     for _ in range(20):  # the server may listen a moment before it accepts logins
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        done = postgres_client(url, "createdb", name)
         if done.returncode == 0 or "already exists" in done.stderr:
             return
         if "starting up" not in done.stderr:
