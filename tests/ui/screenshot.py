@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,6 +168,32 @@ def api_server(env: Mapping[str, str], log: Path, *, timeout: float = 180) -> It
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def page_in_process(monkeypatch: Any, home: Path, manager: Any) -> Iterator[Any]:
+    """The page's app mounted as the API server mounts it, under ``manager``, with no services.
+
+    ``home`` is an empty RANKFLOW_HOME and Redis is unreachable: every section must say so.
+    Yields a FastAPI ``TestClient``.
+    """
+    from airflow.api_fastapi import app as api_app
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    if str(ROOT / "plugins") not in sys.path:
+        monkeypatch.syspath_prepend(str(ROOT / "plugins"))
+    import rankflow_ranking_page as plugin
+
+    monkeypatch.setattr(api_app._AuthManagerState, "instance", manager)
+    monkeypatch.setenv("RANKFLOW_HOME", str(home))
+    monkeypatch.setenv("RANKFLOW_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("RANKFLOW_REDIS_READER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    outer = FastAPI()
+    outer.mount(plugin.URL_PREFIX, plugin.create_app())
+    with TestClient(outer) as client:
+        yield client
 
 
 def page_url(base_url: str, surface: str | None = None, user: str | None = None) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import jwt
 import pytest
-from screenshot import ROOT, airflow_command, api_server, migrate, server_env
+from screenshot import ROOT, airflow_command, api_server, migrate, page_in_process, server_env
 
 FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 DAG_ID = "rankflow_auth_probe"
@@ -258,24 +258,10 @@ def wait_for_log(log: Path, lines: list[str], timeout: float = 10) -> str:
 @pytest.fixture
 def simple_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     """The page's app under SimpleAuthManager (``make airflow``'s), in process, no services."""
-    from airflow.api_fastapi import app as api_app
     from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    if str(ROOT / "plugins") not in sys.path:
-        monkeypatch.syspath_prepend(str(ROOT / "plugins"))
-    import rankflow_ranking_page as plugin
 
     manager = SimpleAuthManager()
-    monkeypatch.setattr(api_app._AuthManagerState, "instance", manager)
-    monkeypatch.setenv("RANKFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RANKFLOW_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("RANKFLOW_REDIS_READER_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    outer = FastAPI()
-    outer.mount(plugin.URL_PREFIX, plugin.create_app())
-    with TestClient(outer) as client:
+    with page_in_process(monkeypatch, tmp_path / "home", manager) as client:
         yield client, manager
 
 

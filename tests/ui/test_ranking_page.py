@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from screenshot import ROOT, dump_dom, page_url, screenshot
+from screenshot import ROOT, dump_dom, page_in_process, page_url, screenshot
 
 
 def test_loading_the_plugin_imports_nothing_heavy() -> None:
@@ -43,24 +43,10 @@ def app_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]
 
     RANKFLOW_HOME is empty and Redis unreachable: every section must say so, not fail.
     """
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    if str(ROOT / "plugins") not in sys.path:
-        monkeypatch.syspath_prepend(str(ROOT / "plugins"))
     from airflow.api_fastapi import app as api_app
 
-    import rankflow_ranking_page as plugin
-
     manager = api_app.get_auth_manager_cls()()
-    monkeypatch.setattr(api_app._AuthManagerState, "instance", manager)
-    monkeypatch.setenv("RANKFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RANKFLOW_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("RANKFLOW_REDIS_READER_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    outer = FastAPI()
-    outer.mount(plugin.URL_PREFIX, plugin.create_app())
-    with TestClient(outer) as client:
+    with page_in_process(monkeypatch, tmp_path / "home", manager) as client:
         yield client, manager
 
 
