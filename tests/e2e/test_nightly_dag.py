@@ -116,12 +116,7 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(
         assert done.returncode == 0, done.stderr[-4000:]
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["rankflow_nightly"]
-    with deadline_suspended(dag):  # Airflow 3.3.2: see tests/dag_runs.py
-        run = dag.test(
-            logical_date=datetime(last.year, last.month, last.day, 2, tzinfo=UTC),
-            run_conf={"ds": last.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
-        )
-    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    run = nightly_run(dag, last, hour=2)
 
     runs = settings.paths.home / "runs" / f"ds={last.isoformat()}"
     published = json.loads((runs / "publish-redis-home.json").read_text())
@@ -169,6 +164,17 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(
         [settings.paths.home, airflow_home],
         captured.out + captured.err,
     )
+
+
+def nightly_run(dag, day, hour: int):
+    """One retraining night of ``day`` on the home surface through ``dag.test()``; must succeed."""
+    with deadline_suspended(dag):  # Airflow 3.3.2: see tests/dag_runs.py
+        run = dag.test(
+            logical_date=datetime(day.year, day.month, day.day, hour, tzinfo=UTC),
+            run_conf={"ds": day.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
+        )
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    return run
 
 
 def nightly_monitoring(settings, day, run_id: str, published: dict) -> list[dict]:
@@ -247,12 +253,7 @@ def lifecycle(settings, spark, dag, last, runs: Path, first_publication: dict) -
     reproduction(settings, spark, trained, last)
 
     # the second night: a challenger against the champion, the whole gate, a new publication
-    with deadline_suspended(dag):  # Airflow 3.3.2: see tests/dag_runs.py
-        run = dag.test(
-            logical_date=datetime(last.year, last.month, last.day, 4, tzinfo=UTC),
-            run_conf={"ds": last.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
-        )
-    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    nightly_run(dag, last, hour=4)
     evaluation = json.loads((runs / "evaluation.json").read_text())
     gate = evaluation["gate"]
     second_model = evaluation["model_version"]
@@ -340,12 +341,7 @@ def backfill_keeps_the_champion(settings, dag, last) -> None:
     champion = aliases(client, settings.model_name)[CHAMPION]
     current = cli("models", "which")["redis_version"]
     day = last - timedelta(days=1)
-    with deadline_suspended(dag):
-        run = dag.test(
-            logical_date=datetime(day.year, day.month, day.day, 2, tzinfo=UTC),
-            run_conf={"ds": day.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
-        )
-    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    nightly_run(dag, day, hour=2)
     runs = settings.paths.home / "runs" / f"ds={day.isoformat()}"
     evaluation = json.loads((runs / "evaluation.json").read_text())
     assert evaluation["backfill"]
