@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES, WINDOWS, popularity
+from rankflow.features.registry import (
+    AFFINITY_DIMENSIONS,
+    ITEM_FEATURES,
+    USER_FEATURES,
+    WINDOWS,
+    popularity,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -28,7 +34,6 @@ COUNTED_TYPES = {
     "bags": ("add_to_bag",),
     "purchases": ("purchase",),
 }
-AFFINITY_DIMENSIONS = ("category", "brand", "style", "size")
 CONDITION_RANK = {"new_with_tags": 4, "very_good": 3, "good": 2, "satisfactory": 1}
 
 

@@ -1,47 +1,138 @@
-"""The model inputs, declared once and in order: the training set and the scorer select these."""
+"""The model inputs, declared once and in order: name, entity, kind, dtype, missing policy, source.
+
+The training set, batch scoring, the materialised feature vectors and the ranking service all
+take the feature order from :data:`REGISTRY`; its :func:`schema_hash` goes into every model's
+lineage and MLflow tags and into every feature version's meta, so a model is only ever served
+with the features it was trained on (``docs/feature-store.md``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from pyspark.sql import Column
 
 # the windows, in days, of the item and user counts
 WINDOWS = (1, 7, 28)
+# the item attributes a user's affinities are shares of (``aff_<dimension>``)
+AFFINITY_DIMENSIONS = ("category", "brand", "style", "size")
 
-# Model inputs, in order. The training set and the scorer select exactly these columns.
-ITEM_FEATURES = [
-    *[f"item_{name}_{w}d" for w in WINDOWS for name in ("impressions", "clicks", "saves")],
-    "item_bags_28d",
-    "item_purchases_28d",
-    *[f"item_ctr_{w}d" for w in WINDOWS],
-    "item_age_days",
-    "item_price",
-    "item_price_rel_category",
-    "item_condition_rank",
-    "seller_rating",
-]
-USER_FEATURES = [
-    "user_impressions_28d",
-    "user_clicks_28d",
-    "user_positives_28d",
-    "user_active_days_28d",
-    "user_days_since_signup",
-    "user_log_price_mean",
-]
-CROSS_FEATURES = [
-    "aff_category",
-    "aff_brand",
-    "aff_style",
-    "aff_size",
-    "size_fit",
-    "price_distance",
-    "seen_before",
-    "clicked_before",
-]
-MODEL_FEATURES = ITEM_FEATURES + USER_FEATURES + CROSS_FEATURES
+Entity = Literal["item", "user", "user_item"]
+Kind = Literal["batch", "on_demand", "stream"]
+Missing = Literal["nan", "zero"]
+
+# the version of the registry's own layout; bump when a field's meaning changes
+REGISTRY_FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model input: what it describes, how it is computed and what absence means.
+
+    ``missing`` is what the model sees when the entity has no row (a new user, a new listing):
+    ``nan`` (XGBoost's missing value, learned per split) or ``zero``. ``source`` names the Delta
+    table and column of a batch feature, or the function of an on-demand one.
+    """
+
+    name: str
+    entity: Entity
+    kind: Kind
+    source: str
+    missing: Missing = "nan"
+    dtype: str = "float32"
+    window_days: int | None = None
+    description: str = ""
+
+
+def _item(name: str, description: str, window: int | None = None) -> Feature:
+    """An item batch feature, read from ``silver/item_features``."""
+    return Feature(name, "item", "batch", f"silver/item_features.{name}", "nan", "float32",
+                   window, description)  # fmt: skip
+
+
+def _user(name: str, description: str, window: int | None = None) -> Feature:
+    """A user batch feature, read from ``silver/user_features``."""
+    return Feature(name, "user", "batch", f"silver/user_features.{name}", "nan", "float32",
+                   window, description)  # fmt: skip
+
+
+def _cross(name: str, missing: Missing, description: str) -> Feature:
+    """A user x item feature computed by :func:`rankflow.features.on_demand.cross_features`."""
+    return Feature(name, "user_item", "on_demand", "rankflow.features.on_demand.cross_features",
+                   missing, "float32", None, description)  # fmt: skip
+
+
+_COUNTED = {"impressions": "times shown", "clicks": "clicks", "saves": "likes and saves"}
+
+REGISTRY: tuple[Feature, ...] = (
+    *[
+        _item(f"item_{name}_{w}d", f"{what} of the item over the {w} days ending as of", w)
+        for w in WINDOWS
+        for name, what in _COUNTED.items()
+    ],
+    _item("item_bags_28d", "add-to-bag events of the item over 28 days", 28),
+    _item("item_purchases_28d", "purchases of the item over 28 days", 28),
+    *[
+        _item(f"item_ctr_{w}d", f"click-through rate over {w} days, shrunk to the day's rate", w)
+        for w in WINDOWS
+    ],
+    _item("item_age_days", "days between listing and the end of the as-of day"),
+    _item("item_price", "asking price"),
+    _item("item_price_rel_category", "price over the category's approximate median (snapshot)"),
+    _item("item_condition_rank", "condition, 4 = new with tags .. 1 = satisfactory"),
+    _item("seller_rating", "the seller's rating"),
+    _user("user_impressions_28d", "items shown to the user over 28 days", 28),
+    _user("user_clicks_28d", "the user's clicks over 28 days", 28),
+    _user("user_positives_28d", "the user's likes, saves, bags and purchases over 28 days", 28),
+    _user("user_active_days_28d", "days with any event over 28 days", 28),
+    _user("user_days_since_signup", "days between signup and the end of the as-of day"),
+    _user("user_log_price_mean", "mean log price of the items the user interacted with", 28),
+    _cross("aff_category", "zero", "the user's share of weighted interactions in the category"),
+    _cross("aff_brand", "zero", "the user's share of weighted interactions with the brand"),
+    _cross("aff_style", "zero", "the user's share of weighted interactions in the style"),
+    _cross("aff_size", "zero", "the user's share of weighted interactions in the size"),
+    _cross("size_fit", "nan", "1 if the item's size is the user's or one size, else 0"),
+    _cross("price_distance", "nan", "|log price - the user's mean log price|"),
+    _cross("seen_before", "zero", "times the item was shown to the user over 28 days"),
+    _cross("clicked_before", "zero", "times the user clicked the item over 28 days"),
+)
+
+
+def names(entity: Entity | None = None, kind: Kind | None = None) -> list[str]:
+    """The registry's feature names, in order, optionally of one entity and kind."""
+    return [
+        f.name
+        for f in REGISTRY
+        if (entity is None or f.entity == entity) and (kind is None or f.kind == kind)
+    ]
+
+
+ITEM_FEATURES = names("item", "batch")
+USER_FEATURES = names("user", "batch")
+CROSS_FEATURES = names("user_item", "on_demand")
+MODEL_FEATURES = names()
+
+
+def schema_document() -> dict[str, Any]:
+    """The registry as a JSON-ready document (what the schema hash is taken of)."""
+    return {"format": REGISTRY_FORMAT, "features": [asdict(f) for f in REGISTRY]}
+
+
+def schema_hash() -> str:
+    """SHA-256 (16 hex) of the registry: names, order, kinds, dtypes, missing policies, sources.
+
+    Descriptions are left out, so rewording one never makes a model unservable.
+    """
+    document = schema_document()
+    for feature in document["features"]:
+        feature.pop("description")
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def feature_vector() -> list[Column]:

@@ -8,6 +8,7 @@ import subprocess
 from typing import Any
 
 from rankflow.config import Settings, repo_root
+from rankflow.features.registry import schema_hash
 from rankflow.model.fit import FittedRanker, TrainingWindow, model_bytes
 
 
@@ -61,6 +62,7 @@ def lineage_of(
         "requirements_lock_hash": lock_hash(),
         "xgboost_version": xgb.__version__,
         "python_version": platform.python_version(),
+        "feature_schema_hash": schema_hash(),
         "table_versions": table_versions,
         "window": {k: v.isoformat() for k, v in vars(window).items()},
         "train_rows": train_rows,

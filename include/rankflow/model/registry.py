@@ -66,6 +66,8 @@ def log_and_register(
     import mlflow.xgboost
     import xgboost as xgb
 
+    from rankflow.features.registry import schema_document
+
     configure_mlflow(settings)
     training = settings.pipeline["training"]
     with mlflow.start_run(run_name=f"train-{ds.isoformat()}") as run:
@@ -86,6 +88,7 @@ def log_and_register(
                 "config_hash": settings.pipeline_hash,
                 "requirements_lock_hash": lineage["requirements_lock_hash"],
                 "model_sha256": lineage["model_sha256"],
+                "feature_schema_hash": lineage["feature_schema_hash"],
                 **{f"delta_version.{k}": str(v) for k, v in lineage["table_versions"].items()},
             }
         )
@@ -94,6 +97,7 @@ def log_and_register(
         mlflow.log_dict(lineage, "lineage.json")
         mlflow.log_dict(settings.pipeline, "config.json")
         mlflow.log_dict({"features": fitted.booster.feature_names}, "features.json")
+        mlflow.log_dict(schema_document(), "feature_schema.json")
         for name, raw in (variants or {}).items():  # debiasing variants, for the comparison
             mlflow.log_text(raw.decode(), f"variants/{name}.json")
         info = mlflow.xgboost.log_model(

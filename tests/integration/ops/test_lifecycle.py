@@ -41,6 +41,7 @@ def register(settings: Settings, ds: date) -> str:
         "table_versions": {},
         "requirements_lock_hash": "test",
         "model_sha256": "test",
+        "feature_schema_hash": "test",
     }
     fitted = FittedRanker(booster, 2, 0.5, [0.5, 0.5, 0.5])
     return log_and_register(settings, fitted, lineage, ds)["model_version"]
