@@ -5,7 +5,8 @@
 Turns yesterday's marketplace behaviour into fresh personalised ranked lists:
 
 ingest -> features -> candidates -> training set -> (train -> evaluate/gate -> [approval] ->
-promote | reuse champion) -> score -> publish S3 -> publish Redis -> repair sold -> monitor
+promote | reuse champion) -> score -> publish S3 -> publish Redis -> repair sold -> monitor;
+features -> materialise features (the online feature version the ranking service reads)
 
 Every Spark step is a `spark-submit` of `jobs/<step>.py` on the master of the `spark_rankflow`
 connection (`local[*]` by default); Redis and S3 come from the `redis_rankflow` and `s3_rankflow`
@@ -135,6 +136,7 @@ def rankflow_nightly() -> None:
 
     ingest = spark_step("ingest", day)
     features = spark_step("features", day)
+    materialise = spark_step("materialise_features", [*day, "--run-id", "{{ run_id }}"])
     candidates = spark_step("candidates", day)
     training_set = spark_step("training_set", day)
     train = spark_step("train", day)
@@ -169,6 +171,8 @@ def rankflow_nightly() -> None:
         doc_md="The evaluate step made the accepted model champion (require_approval=false).",
     )
     chain(ds, ingest, features, candidates, training_set, branch, [train, reuse])
+    # the online features of the day: beside the lists, served by `rankflow serve`
+    chain(features, materialise)
     chain(train, evaluate, approval, [approve, by_gate])
     # a rejected model skips evaluate (and the promotion): score still runs, with the champion
     chain(evaluate, alert_gate(ds))

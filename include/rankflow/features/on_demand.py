@@ -123,6 +123,8 @@ def cross_features(
 # --------------------------------------------------------------------------- the Spark caller
 
 MAP_COLUMNS = tuple(f"{d}_affinity" for d in AFFINITY_DIMENSIONS)
+# counts keep the integer type the lake's tables have always had (float32 would be the same)
+COUNT_FEATURES = ("seen_before", "clicked_before")
 
 
 def _floats(column: pa.Array, fill: float = np.nan) -> Floats:
@@ -186,16 +188,20 @@ def cross_feature_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Reco
         computed = cross_features(rows, items, users, seen, clicked, one_size)
         kept = [n for n in batch.schema.names if n not in MAP_COLUMNS and n not in computed]
         columns = [batch.column(n) for n in kept]
-        columns += [pa.array(computed[n].astype(np.float64)) for n in CROSS_FEATURES]
+        columns += [
+            pa.array(computed[n].astype(np.int64 if n in COUNT_FEATURES else np.float64))
+            for n in CROSS_FEATURES
+        ]
         yield pa.RecordBatch.from_arrays(columns, names=[*kept, *CROSS_FEATURES])
 
 
 def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
     """Join features to ``as_of, user_id, item_id`` pairs and add the user x item features.
 
-    The features are float32 values carried as doubles (exact), so tables keep their types.
+    The features are float32 values carried as doubles (exact) and counts as longs, the
+    types the lake's tables have always had.
     """
-    from pyspark.sql.types import DoubleType, StructField, StructType
+    from pyspark.sql.types import DoubleType, LongType, StructField, StructType
 
     joined = (
         pairs.join(features.items, on=["as_of", "item_id"], how="left")
@@ -203,5 +209,6 @@ def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
         .join(features.seen, on=["as_of", "user_id", "item_id"], how="left")
     )
     kept = [f for f in joined.schema.fields if f.name not in MAP_COLUMNS + tuple(CROSS_FEATURES)]
-    schema = StructType([*kept, *[StructField(n, DoubleType()) for n in CROSS_FEATURES]])
+    types = {n: LongType() if n in COUNT_FEATURES else DoubleType() for n in CROSS_FEATURES}
+    schema = StructType([*kept, *[StructField(n, types[n]) for n in CROSS_FEATURES]])
     return joined.mapInArrow(cross_feature_batches, schema)

@@ -18,9 +18,10 @@ def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
     from pyspark import StorageLevel
 
     from rankflow.features.batch import build_features
-    from rankflow.lake.tables import write_partition
+    from rankflow.lake.tables import table_version, write_partition
     from rankflow.quality.gates import gate
     from rankflow.quality.suites import feature_suite
+    from rankflow.runs import write_run_record
 
     events, items, users = bronze(spark, settings)
     frames = build_features(events, items, users, [ds], settings.pipeline)
@@ -36,13 +37,16 @@ def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         for face in validated:
             suite = feature_suite(face, ds, max_null_share)
             gate(settings, ds, built[face], f"{face}_features", suite)
-        counts = {}
+        counts, versions = {}, {}
         for face, table in FEATURE_TABLES.items():
             write_partition(built[face], settings.paths.table(table), ds)
+            versions[face] = table_version(spark, settings.paths.table(table))
             counts[face] = read_partition(spark, settings, table, ds).count()
     finally:
         for face in validated:
             built[face].unpersist()
+    # the commits materialise_features publishes (a later write would be another version)
+    write_run_record(settings, ds, "features", {"rows": counts, "delta_versions": versions})
     return counts
 
 

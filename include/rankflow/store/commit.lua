@@ -1,7 +1,8 @@
 -- rankflow commit_version: the one atomic step that makes a fully written version visible.
 --
 -- KEYS[1] = current pointer, KEYS[2] = previous pointer,
--- KEYS[3] = the new version's meta hash, KEYS[4] = the new version's fallback key
+-- KEYS[3] = the new version's meta hash, KEYS[4] = a key the version must have (a list
+-- version's fallback list, a feature version's schema)
 -- ARGV[1] = version id, ARGV[2] = namespace {prefix}:{surface},
 -- ARGV[3] = user count (checked by the caller), ARGV[4] = publication time (ISO 8601, UTC)
 --
@@ -9,7 +10,7 @@
 --   switched       the version is now current; the old current became previous
 --   unchanged      the version already was current (a repeated commit)
 --   skipped_older  refused: its ds is older than the current version's ds (a backfill)
---   missing_meta / missing_fallback / state_<state>   refused: the version is not committable
+--   missing_meta / missing_fallback (KEYS[4]) / state_<state>   refused: not committable
 local version = ARGV[1]
 local cur = redis.call('GET', KEYS[1])
 local prev = redis.call('GET', KEYS[2])

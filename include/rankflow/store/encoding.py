@@ -12,13 +12,14 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rankflow.store.keys import version_base
+from rankflow.store.keys import check_name, version_base
 
 SCHEMA_VERSION = "1"
 ENCODING = "u32le"
 MAX_ITEM_ID = 2**32 - 1
 _ITEM_DTYPE = np.dtype("<u4")
 VALUE_COLUMN = "items_u32le"  # optional column holding each list already encoded
+FEATURE_COLUMN = "value"  # the column holding each encoded feature value (store.vectors)
 
 UserIds: TypeAlias = "npt.ArrayLike"
 ItemLists: TypeAlias = "npt.NDArray[Any] | Sequence[npt.ArrayLike]"
@@ -138,20 +139,32 @@ def encode_list_array(lists: pa.Array) -> pa.BinaryArray:
 
 
 def batch_values(batch: pa.RecordBatch) -> pa.Array:
-    """Return a batch's values: its ``items_u32le`` column if present, else ``item_ids`` encoded."""
-    if VALUE_COLUMN not in batch.schema.names:
+    """Return a batch's values: ``items_u32le`` (lists) or ``value`` (features), else encoded.
+
+    Without either column the ``item_ids`` lists are encoded; every value is a whole number of
+    4-byte words.
+    """
+    names = batch.schema.names
+    column = VALUE_COLUMN if VALUE_COLUMN in names else FEATURE_COLUMN
+    if column not in names:
         return encode_list_array(batch.column("item_ids"))
-    values = batch.column(VALUE_COLUMN)
+    values = batch.column(column)
     if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
-        raise ValueError(f"{VALUE_COLUMN} must be binary, got {values.type}")
+        raise ValueError(f"{column} must be binary, got {values.type}")
     lengths = pc.binary_length(values)
     if values.null_count or pc.any(pc.not_equal(pc.bit_wise_and(lengths, 3), 0)).as_py():
-        raise ValueError(f"{VALUE_COLUMN} values must be non-null multiples of 4 bytes")
+        raise ValueError(f"{column} values must be non-null multiples of 4 bytes")
     return values
 
 
-def user_key_array(prefix: str, surface: str, version: str, user_ids: pa.Array) -> pa.Array:
-    """Return the ``user_key`` of every id of an Arrow column, in bulk (ints in decimal)."""
+def user_key_array(
+    prefix: str, surface: str, version: str, user_ids: pa.Array, group: str = "u"
+) -> pa.Array:
+    """Return the key of every id of an Arrow column, in bulk (ints in decimal).
+
+    ``group`` is the key's entity segment: ``u`` (users' lists, user vectors) or another
+    feature group (``store.vectors.GROUPS``).
+    """
     if user_ids.null_count:
         raise ValueError("user ids must not be null")
     if pa.types.is_integer(user_ids.type):
@@ -162,7 +175,8 @@ def user_key_array(prefix: str, surface: str, version: str, user_ids: pa.Array) 
         text = user_ids
     else:
         raise ValueError(f"user ids must be integers or strings, got {user_ids.type}")
-    base = pa.scalar(f"{version_base(prefix, surface, version)}:u:".encode(), pa.binary())
+    segment = check_name(group, "group")
+    base = pa.scalar(f"{version_base(prefix, surface, version)}:{segment}:".encode(), pa.binary())
     return pc.binary_join_element_wise(
         base, pc.cast(text, pa.binary()), pa.scalar(b"", pa.binary())
     )

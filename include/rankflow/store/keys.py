@@ -116,3 +116,24 @@ def publication_version(scored: dict[str, Any], run_id: str) -> str:
     ds = date.fromisoformat(str(scored["ds"]))
     gold = scored.get("gold", {}).get("commit")
     return new_version_id(ds, f"{run_id}|model={scored['model_version']}|gold={gold}")
+
+
+# --------------------------------------------------------------------------- online features
+
+FEATURES = "features"  # the namespace segment of the feature versions (never a list surface)
+
+
+def feature_key(prefix: str, version: str, group: str, entity_id: int | str) -> str:
+    """Return the key of one entity's value of a feature group (``u``, ``p``, ``h``, ``i``)."""
+    base = version_base(prefix, FEATURES, version)
+    return f"{base}:{check_name(group, 'group')}:{user_id_text(entity_id)}"
+
+
+def schema_key(prefix: str, version: str) -> str:
+    """Return the key of a feature version's schema (JSON: groups, features, vocabulary)."""
+    return f"{version_base(prefix, FEATURES, version)}:schema"
+
+
+def feature_key_pattern(prefix: str, version: str) -> str:
+    """Return the SCAN pattern of every entity key of a feature version."""
+    return f"{version_base(prefix, FEATURES, version)}:[uphi]:*"

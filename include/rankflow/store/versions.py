@@ -86,14 +86,23 @@ class ExpireStats:
 
 
 def count_users(
-    client: redis.Redis, prefix: str, surface: str, version: str, *, scan_count: int = 1000
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    *,
+    scan_count: int = 1000,
+    pattern: str | None = None,
 ) -> int:
-    """Count a version's distinct user keys with SCAN (which may return a key twice).
+    """Count a version's distinct user keys (or keys matching ``pattern``) with SCAN.
+
+    SCAN may return a key twice.
 
     Keys are de-duplicated by their 64-bit hash in a numpy array (8 bytes per key, so 10 M users
     need ~80 MB); a hash collision (odds ~n^2/2^65) can only undercount, i.e. refuse a commit.
     """
-    keys = scan_keys(client, user_key_pattern(prefix, surface, version), count=scan_count)
+    wanted = pattern or user_key_pattern(prefix, surface, version)
+    keys = scan_keys(client, wanted, count=scan_count)
     hashes = np.fromiter((hash(key) for key in keys), dtype=np.int64)
     return int(np.unique(hashes).size)
 
@@ -117,8 +126,9 @@ def check_written(
     version: str,
     expected_users: int,
     expected_parts: Mapping[str, int] | None = None,
+    key_pattern: str | None = None,
 ) -> None:
-    """Check that every user key of a version is in Redis, else raise.
+    """Check that every user key (or key matching ``key_pattern``) of a version is in Redis.
 
     With ``expected_parts`` (part -> users) on a server that never evicts, the writers'
     acknowledgements must match them exactly: a writer acknowledges only after every MSET of
@@ -147,7 +157,7 @@ def check_written(
                     f"{len(set(acked) - set(wanted))} unexpected); not switching"
                 )
             return
-    found = count_users(client, prefix, surface, version)
+    found = count_users(client, prefix, surface, version, pattern=key_pattern)
     if found != expected_users:
         raise VersionCheckError(
             f"version {version!r} of {surface!r} has {found} user keys in Redis but the "
@@ -163,6 +173,8 @@ def commit_version(
     expected_users: int,
     *,
     expected_parts: Mapping[str, int] | None = None,
+    required_key: str | None = None,
+    key_pattern: str | None = None,
 ) -> SwitchResult:
     """Check a fully written version (:func:`check_written`) and make it current atomically.
 
@@ -176,17 +188,21 @@ def commit_version(
         version: the version written by the writers.
         expected_users: the number of users the version must hold.
         expected_parts: the parts the writers acknowledge and their users, if they do.
+        required_key: a key the version must have to be committed (default: its fallback list;
+            a feature version: its schema).
+        key_pattern: the keys counted instead of the user keys when acknowledgements are not
+            enough (see :func:`check_written`).
 
     Raises:
         VersionCheckError: counts differ, the fallback or meta is missing, or the version is
             not committable; nothing became visible.
     """
-    check_written(client, prefix, surface, version, expected_users, expected_parts)
+    check_written(client, prefix, surface, version, expected_users, expected_parts, key_pattern)
     keys = [
         current_key(prefix, surface),
         previous_key(prefix, surface),
         meta_key(prefix, surface, version),
-        fallback_key(prefix, surface, version),
+        required_key or fallback_key(prefix, surface, version),
     ]
     reply = _run(
         client, "commit", keys, [version, namespace(prefix, surface), expected_users, _utc_now()]

@@ -82,23 +82,26 @@ def begin_version(
     version: str,
     *,
     ds: date,
-    model_version: str,
-    k: int,
+    model_version: str | None = None,
+    k: int | None = None,
     source: Mapping[str, str] | None = None,
+    encoding: str = ENCODING,
 ) -> None:
     """Register a new version for writing: its meta hash and its entry in the versions set.
 
     Idempotent for a retried run writing the same version id; refuses a version that is
     already published or retired, so a visible version is never modified. ``source`` names
-    where the lists come from (gold table and commit): the sold-item repair reads them there.
+    where the values come from (gold table and commit, or the feature tables' commits): the
+    sold-item repair and the feature audit read them there. A list version names its model and
+    ``k``; a feature version its ``encoding``.
     """
+    listed = {"model_version": model_version, "k": None if k is None else str(int(k))}
     fields = {
         **(source or {}),
         "ds": ds.isoformat(),
-        "model_version": model_version,
-        "k": str(int(k)),
+        **{name: value for name, value in listed.items() if value is not None},
         "created_at": _utc_now(),
-        "encoding": ENCODING,
+        "encoding": encoding,
         "schema_version": SCHEMA_VERSION,
         "state": "writing",
     }
@@ -187,8 +190,9 @@ def write_arrow(
     *,
     mset_batch: int = 500,
     part: str | None = None,
+    group: str = "u",
 ) -> WriteStats:
-    """Write users' lists from Arrow batches into a version (one connection per call).
+    """Write users' lists (or feature values) from Arrow batches into a version.
 
     Keys, ``u32le`` values and the RESP arguments of MSET are built in bulk by Arrow compute
     kernels; each MSET of ``mset_batch`` pairs is a header plus a slice of one buffer, with
@@ -202,11 +206,13 @@ def write_arrow(
         prefix: key prefix (``RedisSettings.key_prefix``).
         surface: the surface the lists are for.
         version: a version opened with :func:`begin_version`.
-        batches: Arrow batches with ``user_id`` (integer or string) and either
-            ``items_u32le`` (the encoded values, as the gold table stores them) or ``item_ids``
-            (lists of integers, e.g. from :func:`list_batch`).
+        batches: Arrow batches with ``user_id`` (integer or string; an item id for items) and
+            either ``items_u32le`` (the encoded values, as the gold table stores them),
+            ``value`` (encoded feature values) or ``item_ids`` (lists of integers, e.g. from
+            :func:`list_batch`).
         mset_batch: key/value pairs per MSET command.
         part: the name of the unit of work (e.g. a gold file) to acknowledge.
+        group: the keys' entity segment (``u``: users; feature groups: ``store.vectors``).
 
     Returns:
         What was written (users, value bytes, MSET commands).
@@ -223,7 +229,7 @@ def write_arrow(
         for batch in batches:
             if not batch.num_rows:
                 continue
-            keys = user_key_array(prefix, surface, version, batch.column("user_id"))
+            keys = user_key_array(prefix, surface, version, batch.column("user_id"), group)
             values = batch_values(batch)
             for command in mset_commands(mset_arguments(keys, values), mset_batch):
                 stream.send(command)

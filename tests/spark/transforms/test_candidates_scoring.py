@@ -1,69 +1,28 @@
 """Features and candidates of the last tiny day, and batch scoring against a pandas reference.
 
-One tiny simulated marketplace (5 days) is generated, ingested and featurised once for the
-module; the scoring tests use hand-made candidate frames and a small random model instead.
+The tiny simulated marketplace of ``tests/spark/conftest.py`` (5 days, featurised once per
+session); the scoring tests use hand-made candidate frames and a small random model instead.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from dataclasses import replace
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from rankflow.config import Settings, load_settings
+from rankflow.config import Settings
 from rankflow.features.registry import MODEL_FEATURES
+from tiny_lake import ACTIVE_USER_DAYS, TINY_DAY, set_conf
 
 pytestmark = pytest.mark.spark
 
-START = date(2026, 10, 1)  # the tiny preset's first day
-D = date(2026, 10, 5)  # the scoring day: the last generated day
-SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
+D = TINY_DAY  # the scoring day: the last generated day
 ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 SOURCES = {"category", "similar", "popular", "fresh"}
-# 5 days of data cannot tell a 28-day activity window from "ever": 2 days leaves some users out
-ACTIVE_USER_DAYS = 2
 FEATURE_KEYS = {"items": ["item_id"], "users": ["user_id"], "seen": ["user_id", "item_id"]}
 MODEL_KEY = "test-random-ranker"
-
-
-def set_conf(spark: Any, key: str, value: str | None) -> None:
-    if value is None:
-        spark.conf.unset(key)
-    else:
-        spark.conf.set(key, value)
-
-
-@pytest.fixture(scope="module")
-def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings of a home holding 5 tiny simulated days, ingested into bronze."""
-    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
-    from rankflow.steps.ingest import run_ingest
-
-    # Delta replays its log with 50 tasks by default: far too many for tables this small
-    previous = spark.conf.get(SNAPSHOT_PARTITIONS, None)
-    spark.conf.set(SNAPSHOT_PARTITIONS, "2")
-    home = tmp_path_factory.mktemp("candidates-home")
-    settings = load_settings({**os.environ, "RANKFLOW_HOME": str(home)})
-    candidates = {**settings.pipeline["candidates"], "active_user_days": ACTIVE_USER_DAYS}
-    settings = replace(settings, pipeline={**settings.pipeline, "candidates": candidates})
-    generate_marketplace(GeneratorConfig.preset("tiny", days=5), settings.paths.raw)
-    run_ingest(spark, settings, START, D)
-    yield settings
-    set_conf(spark, SNAPSHOT_PARTITIONS, previous)
-
-
-@pytest.fixture(scope="module")
-def feature_versions(spark: Any, lake: Settings) -> dict[str, int]:
-    """Run the features step for ``D`` once; return each face's Delta version."""
-    from rankflow.lake.tables import FEATURE_TABLES, table_version
-    from rankflow.steps.features import run_features
-
-    run_features(spark, lake, D)
-    return {face: table_version(spark, lake.paths.table(t)) for face, t in FEATURE_TABLES.items()}
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,7 @@ def test_the_arrow_face_drops_the_maps_and_handles_null_maps_and_strings() -> No
     assert rows["aff_size"] == [1.0, 0.0, 0.0]
     assert rows["size_fit"][:2] == [1.0, 1.0]
     assert math.isnan(rows["size_fit"][2])
-    assert rows["seen_before"] == [3.0, 0.0, 0.0]
-    assert rows["clicked_before"] == [1.0, 0.0, 0.0]
+    assert rows["seen_before"] == [3, 0, 0]  # counts stay integers in the lake's tables
+    assert rows["clicked_before"] == [1, 0, 0]
+    assert out.schema.field("seen_before").type == pa.int64()
     assert math.isnan(rows["price_distance"][2])

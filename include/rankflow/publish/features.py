@@ -1,0 +1,572 @@
+"""Materialise the batch features of one Delta commit: Redis vectors and an item snapshot file.
+
+The features step's three tables, read at the versions it wrote, become one feature version:
+item and user vectors, user profiles (affinities) and histories in Redis, written by Spark
+tasks beside the current version, and an Arrow file of the items for the ranking service's
+in-process copy. An audit then reads a hash sample back and compares it with the Delta rows at
+float32; only a version that matches exactly is switched to (``docs/feature-store.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rankflow.features.registry import (
+    AFFINITY_DIMENSIONS,
+    ITEM_FEATURES,
+    USER_FEATURES,
+    schema_hash,
+)
+from rankflow.store.vectors import FEATURE_ENCODING, GROUPS, NO_CODE, pack_rows, within_row_index
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+    from rankflow.config import Settings
+
+ACK_SCHEMA = "part string, entities long, bytes long"
+MAP_COLUMNS = [f"{d}_affinity" for d in AFFINITY_DIMENSIONS]
+ITEM_ATTRIBUTES = list(AFFINITY_DIMENSIONS)  # the item strings the on-demand function reads
+
+
+@dataclass(frozen=True)
+class FeatureCommit:
+    """The Delta versions of the feature tables the features step wrote for ``ds``."""
+
+    ds: date
+    versions: dict[str, int]  # face (items, users, seen) -> Delta version
+
+    def as_source(self) -> dict[str, str]:
+        """The feature version's meta fields naming where its values come from."""
+        return {f"delta_version.{face}": str(v) for face, v in sorted(self.versions.items())}
+
+
+@dataclass(frozen=True)
+class FeatureFrames:
+    """The three feature faces of one day, read at the committed versions (no ``ds``)."""
+
+    items: DataFrame
+    users: DataFrame
+    seen: DataFrame
+
+
+def read_committed(spark: SparkSession, settings: Settings, commit: FeatureCommit) -> FeatureFrames:
+    """Read the day's rows of each feature table at the version the features step wrote."""
+    from pyspark.sql import functions as F
+
+    from rankflow.days import day
+    from rankflow.lake.tables import FEATURE_TABLES
+
+    def face(name: str) -> DataFrame:
+        path = settings.paths.table(FEATURE_TABLES[name])
+        frame = spark.read.format("delta").option("versionAsOf", commit.versions[name]).load(path)
+        return frame.where(F.col("ds") == day(commit.ds)).drop("ds")
+
+    return FeatureFrames(items=face("items"), users=face("users"), seen=face("seen"))
+
+
+def vocabulary(frames: FeatureFrames) -> list[str]:
+    """Every attribute value items, affinities and declared sizes use, sorted (code = index)."""
+    from pyspark.sql import functions as F
+
+    values = [frames.items.select(F.col(d).alias("value")) for d in ITEM_ATTRIBUTES]
+    values.append(frames.users.select(F.col("declared_size").alias("value")))
+    values += [
+        frames.users.select(F.explode(F.map_keys(F.col(m))).alias("value")) for m in MAP_COLUMNS
+    ]
+    union = values[0]
+    for more in values[1:]:
+        union = union.unionByName(more)
+    rows = union.where(F.col("value").isNotNull()).distinct().collect()
+    return sorted(str(row[0]) for row in rows)
+
+
+# --------------------------------------------------------------------------- encoders (Arrow)
+
+
+def vector_values(batch: pa.RecordBatch, names: list[str]) -> pa.Array:
+    """One float32 little-endian vector per row of ``names`` (nulls become NaN), in bulk."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    matrix = np.empty((batch.num_rows, len(names)), dtype="<f4")
+    for j, name in enumerate(names):
+        column = pc.fill_null(batch.column(name).cast(pa.float64()), np.nan)
+        matrix[:, j] = column.to_numpy()
+    width = 4 * len(names)
+    offsets = np.arange(batch.num_rows + 1, dtype=np.int64) * width
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(matrix.tobytes())]
+    return pa.Array.from_buffers(pa.large_binary(), batch.num_rows, buffers)
+
+
+def codes_of(strings: pa.Array, vocab: pa.Array) -> np.ndarray:
+    """Vocabulary codes of a string column (-1 for null or unknown)."""
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(pc.index_in(strings, vocab), -1).to_numpy(), dtype=np.int64)
+
+
+def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
+    """Each user's profile (``store.vectors``): declared size, then sorted affinity entries."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = batch.num_rows
+    sizes = codes_of(batch.column("declared_size"), vocab)
+    sizes = np.where(sizes < 0, NO_CODE, sizes).astype("<u4")
+    every_row = np.arange(rows, dtype=np.int64)
+    fields: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
+        (every_row, np.zeros(rows, dtype=np.int64), sizes)
+    ]
+    for name in MAP_COLUMNS:
+        column = batch.column(name)
+        entry = pa.struct([("key", column.type.key_type), ("value", column.type.item_type)])
+        lists = column.cast(pa.list_(entry))
+        counts = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(), np.int64)
+        entries = lists.flatten()
+        owner = np.repeat(every_row, counts)
+        codes = codes_of(entries.field("key"), vocab)
+        if (codes < 0).any():
+            raise ValueError(f"{name} holds values missing from the vocabulary")
+        shares = np.asarray(entries.field("value").to_numpy(zero_copy_only=False), "<f4")
+        order = np.lexsort((codes, owner))
+        owner, codes, shares = owner[order], codes[order], shares[order]
+        index = within_row_index(owner)
+        fields.append((every_row, np.zeros(rows, np.int64), counts.astype("<u4")))
+        fields.append((owner, index, codes.astype("<u4")))
+        fields.append((owner, index, shares))
+    offsets, data = pack_rows(rows, fields)
+    return pa.Array.from_buffers(
+        pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def history_values(batch: pa.RecordBatch) -> pa.Array:
+    """Each user's history (``store.vectors``): sorted item ids, times shown, clicks."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = batch.num_rows
+    shown = batch.column("shown")
+    counts = np.asarray(pc.fill_null(pc.list_value_length(shown), 0).to_numpy(), np.int64)
+    entries = shown.flatten()
+    owner = np.repeat(np.arange(rows, dtype=np.int64), counts)
+    items = np.asarray(entries.field("item_id").to_numpy(), np.int64)
+    order = np.lexsort((items, owner))
+    owner, index = owner[order], within_row_index(owner[order])
+
+    def floats(name: str) -> np.ndarray:
+        values = entries.field(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        return np.asarray(values, "<f4")[order]
+
+    fields = [
+        (owner, index, items[order].astype("<u4")),
+        (owner, index, floats("seen_before")),
+        (owner, index, floats("clicked_before")),
+    ]
+    offsets, data = pack_rows(rows, fields)
+    return pa.Array.from_buffers(
+        pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+# --------------------------------------------------------------------------- Spark writers
+
+Encoder = Callable[["pa.RecordBatch"], "list[tuple[str, pa.Array]]"]
+
+
+def make_group_writer(
+    redis_url: str, prefix: str, version: str, encode: Encoder, id_column: str, mset_batch: int
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Build the ``mapInArrow`` task: encode each batch, write its groups, acknowledge per group.
+
+    A part is ``<group>-<partition>``: a retried task writes the same keys and acknowledges the
+    same part again (MSET and HSET are idempotent). A partition's encoded values are held until
+    it is read to the end (one acknowledgement per group and partition): a few tens of MB.
+    """
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        from rankflow.store.keys import FEATURES
+        from rankflow.store.writer import write_arrow
+
+        context = TaskContext.get()
+        partition = context.partitionId() if context is not None else 0
+        encoded: dict[str, list[pa.RecordBatch]] = {}
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            for group, values in encode(batch):
+                ids = batch.column(id_column)
+                part = pa.RecordBatch.from_arrays([ids, values], names=["user_id", "value"])
+                encoded.setdefault(group, []).append(part)
+        for group, parts in encoded.items():
+            stats = write_arrow(
+                redis_url,
+                prefix,
+                FEATURES,
+                version,
+                parts,
+                mset_batch=mset_batch,
+                part=f"{group}-{partition}",
+                group=group,
+            )
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "part": [f"{group}-{partition}"],
+                    "entities": [stats.users],
+                    "bytes": [stats.bytes],
+                }
+            )
+
+    return write
+
+
+def write_group(
+    frame: DataFrame, writer: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+) -> dict[str, tuple[int, int]]:
+    """Run a writer over a frame's partitions; return part -> (entities, bytes)."""
+    rows = frame.mapInArrow(writer, ACK_SCHEMA).collect()
+    return {str(r["part"]): (int(r["entities"]), int(r["bytes"])) for r in rows}
+
+
+def item_encoder(batch: pa.RecordBatch) -> list[tuple[str, pa.Array]]:
+    """The item group of one batch of item feature rows."""
+    return [(GROUPS["item"], vector_values(batch, ITEM_FEATURES))]
+
+
+def make_user_encoder(vocabulary: list[str]) -> Encoder:
+    """The user and profile groups of one batch of user feature rows."""
+
+    def encode(batch: pa.RecordBatch) -> list[tuple[str, pa.Array]]:
+        import pyarrow as pa
+
+        vocab = pa.array(vocabulary, pa.string())
+        return [
+            (GROUPS["user"], vector_values(batch, USER_FEATURES)),
+            (GROUPS["profile"], profile_values(batch, vocab)),
+        ]
+
+    return encode
+
+
+def history_encoder(batch: pa.RecordBatch) -> list[tuple[str, pa.Array]]:
+    """The history group of one batch of ``user_id, shown`` rows."""
+    return [(GROUPS["history"], history_values(batch))]
+
+
+def histories(seen: DataFrame) -> DataFrame:
+    """One row per user: ``shown``, the list of (item, times shown, clicks) over the window."""
+    from pyspark.sql import functions as F
+
+    entry = F.struct("item_id", "seen_before", "clicked_before")
+    return seen.groupBy("user_id").agg(F.collect_list(entry).alias("shown"))
+
+
+# --------------------------------------------------------------------------- the publication
+
+
+class FeatureAuditError(RuntimeError):
+    """The audit found a value in Redis or the snapshot that differs from its Delta row."""
+
+
+@dataclass(frozen=True)
+class Materialised:
+    """What one materialisation wrote, what its audit compared, and the switch."""
+
+    version: str
+    entities: dict[str, int]  # group -> entities written
+    value_bytes: int
+    snapshot: str
+    snapshot_bytes: int
+    audited: dict[str, int]
+    status: str
+    reason: str
+
+
+def snapshot_location(settings: Settings, version: str) -> str:
+    """Where a feature version's item snapshot lives (beside the lake, so executors reach it)."""
+    return settings.paths.table(f"online/feature_versions/{version}/items.arrow")
+
+
+def schema_document(vocabulary: list[str], snapshot: str) -> dict[str, Any]:
+    """The schema a feature version's readers decode its values with (stored in Redis)."""
+    return {
+        "schema_hash": schema_hash(),
+        "encoding": FEATURE_ENCODING,
+        "groups": {
+            GROUPS["user"]: USER_FEATURES,
+            GROUPS["item"]: ITEM_FEATURES,
+            GROUPS["profile"]: {"affinity_dimensions": list(AFFINITY_DIMENSIONS)},
+            GROUPS["history"]: ["item_id", "seen_before", "clicked_before"],
+        },
+        "vocabulary": vocabulary,
+        "snapshot": snapshot,
+    }
+
+
+def materialise(
+    spark: SparkSession,
+    settings: Settings,
+    commit: FeatureCommit,
+    version: str,
+    audit_sample: int,
+    audit_seed: int,
+) -> Materialised:
+    """Write the feature version, audit it, and switch readers to it; a failure deletes it.
+
+    Raises:
+        FeatureAuditError: a sampled value differs from Delta; readers keep the old version.
+        VersionCheckError: writers' acknowledgements or counts differ; nothing switched.
+    """
+    import contextlib
+
+    from rankflow.publish.redis import cleanup_errors
+    from rankflow.serving.snapshot import snapshot_table, write_snapshot
+    from rankflow.store.client import checked_client
+    from rankflow.store.keys import FEATURES, feature_key_pattern, schema_key
+    from rankflow.store.memory import discard_version, reclaim_abandoned
+    from rankflow.store.versions import commit_version
+    from rankflow.store.writer import begin_version
+
+    prefix, url = settings.redis.key_prefix, settings.redis.url
+    client = checked_client(url, "No features were materialised.")
+    reclaim_abandoned(
+        client,
+        prefix,
+        FEATURES,
+        keep=version,
+        older_than_seconds=settings.redis.abandoned_after_seconds,
+    )
+    frames = read_committed(spark, settings, commit)
+    vocab = vocabulary(frames)
+    location = snapshot_location(settings, version)
+    source = {**commit.as_source(), "schema_hash": schema_hash(), "snapshot": location}
+    begin_version(
+        client, prefix, FEATURES, version, ds=commit.ds, source=source, encoding=FEATURE_ENCODING
+    )
+    try:
+        client.set(schema_key(prefix, version), json.dumps(schema_document(vocab, location)))
+        items = frames.items.select("item_id", *ITEM_FEATURES, *ITEM_ATTRIBUTES, "is_sold")
+        table = snapshot_table(
+            items.toArrow(), ITEM_FEATURES, ITEM_ATTRIBUTES, vocab, version, schema_hash()
+        )
+        snapshot_bytes = write_snapshot(table, location)
+        batch = settings.redis.mset_batch
+        acks = write_group(
+            items.select("item_id", *ITEM_FEATURES),
+            make_group_writer(url, prefix, version, item_encoder, "item_id", batch),
+        )
+        users = frames.users.select("user_id", *USER_FEATURES, "declared_size", *MAP_COLUMNS)
+        acks |= write_group(
+            users,
+            make_group_writer(url, prefix, version, make_user_encoder(vocab), "user_id", batch),
+        )
+        acks |= write_group(
+            histories(frames.seen),
+            make_group_writer(url, prefix, version, history_encoder, "user_id", batch),
+        )
+        expected = expected_entities(frames)
+        written = written_entities(acks)
+        if written != expected:
+            from rankflow.store.errors import VersionCheckError
+
+            raise VersionCheckError(
+                f"feature version {version}: writers wrote {written} entities per group, the "
+                f"Delta commit holds {expected}; not switching"
+            )
+        audited = audit(spark, settings, frames, version, location, audit_sample, audit_seed)
+        result = commit_version(
+            client,
+            prefix,
+            FEATURES,
+            version,
+            sum(written.values()),
+            expected_parts={part: n for part, (n, _) in acks.items()},
+            required_key=schema_key(prefix, version),
+            key_pattern=feature_key_pattern(prefix, version),
+        )
+    except Exception:
+        with contextlib.suppress(*cleanup_errors()):
+            discard_version(client, prefix, FEATURES, version)
+        raise
+    return Materialised(
+        version=version,
+        entities=written,
+        value_bytes=sum(b for _, b in acks.values()),
+        snapshot=location,
+        snapshot_bytes=snapshot_bytes,
+        audited=audited,
+        status=result.status,
+        reason=result.reason,
+    )
+
+
+def expected_entities(frames: FeatureFrames) -> dict[str, int]:
+    """Entities per group the Delta commit holds (users have a vector and a profile each)."""
+    users = frames.users.count()
+    return {
+        GROUPS["item"]: frames.items.count(),
+        GROUPS["user"]: users,
+        GROUPS["profile"]: users,
+        GROUPS["history"]: frames.seen.select("user_id").distinct().count(),
+    }
+
+
+def written_entities(acks: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Entities per group the writers acknowledged (parts are ``<group>-<partition>``)."""
+    totals = dict.fromkeys(GROUPS.values(), 0)
+    for part, (entities, _) in acks.items():
+        group = part.split("-", 1)[0]
+        totals[group] = totals.get(group, 0) + entities
+    return totals
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def hash_sample(frame: DataFrame, column: str, size: int, seed: int) -> DataFrame:
+    """About ``max(size, 1.25 x size)`` rows chosen by a seeded hash of ``column`` (all if fewer).
+
+    A hash, not a random draw: the same seed picks the same entities on every run and retry.
+    """
+    from pyspark.sql import functions as F
+
+    total = frame.count()
+    share = min(1.0, 1.25 * size / max(total, 1))
+    bucket = F.pmod(F.xxhash64(F.lit(seed), F.col(column)), F.lit(1_000_000))
+    return frame.where(bucket < F.lit(round(share * 1_000_000)))
+
+
+def _same(stored: np.ndarray, delta: list[Any]) -> bool:
+    """Float32 equality, NaN-aware (a null in Delta is NaN online)."""
+    expected = np.array([np.nan if v is None else v for v in delta], dtype=np.float64)
+    return bool(np.array_equal(stored, expected.astype(np.float32), equal_nan=True))
+
+
+def _fetch(client: Any, keys: list[str], chunk: int = 1000) -> list[bytes | None]:
+    """MGET many keys in chunks."""
+    values: list[bytes | None] = []
+    for start in range(0, len(keys), chunk):
+        values += client.mget(keys[start : start + chunk])
+    return values
+
+
+def audit(
+    spark: SparkSession,
+    settings: Settings,
+    frames: FeatureFrames,
+    version: str,
+    snapshot: str,
+    sample: int,
+    seed: int,
+) -> dict[str, int]:
+    """Compare a hash sample of Redis values and of the snapshot file with the Delta rows.
+
+    Decodes what readers will read (``store.vectors``, ``serving.snapshot``) and compares it with
+    the rows of the recorded commit at float32, NaN-aware: vectors, profiles (through the
+    vocabulary), histories, and the snapshot's vectors, attribute codes and sold flags.
+
+    Raises:
+        FeatureAuditError: any sampled value differs (the first few are named).
+    """
+    from rankflow.serving.snapshot import load_snapshot
+    from rankflow.store.client import checked_client
+    from rankflow.store.keys import feature_key, schema_key
+    from rankflow.store.vectors import decode_history, decode_profile, decode_vector
+
+    prefix = settings.redis.key_prefix
+    client = checked_client(settings.redis.url, "The audit could not read Redis.")
+    wrong: list[str] = []
+    users = hash_sample(frames.users, "user_id", sample, seed).select(
+        "user_id", *USER_FEATURES, "declared_size", *MAP_COLUMNS
+    )
+    user_rows = users.toArrow().to_pylist()
+    shown: dict[int, list[tuple[int, float, float]]] = {}
+    seen = frames.seen.join(users.select("user_id"), "user_id", "left_semi")
+    for row in seen.select("user_id", "item_id", "seen_before", "clicked_before").collect():
+        shown.setdefault(int(row[0]), []).append((int(row[1]), row[2], row[3]))
+    schema = json.loads(client.get(schema_key(prefix, version)) or b"{}")
+    vocab = schema.get("vocabulary", [])
+    ids = [int(r["user_id"]) for r in user_rows]
+    fetched = _fetch(
+        client,
+        [feature_key(prefix, version, g, i) for i in ids for g in ("u", "p", "h")],
+    )
+    for n, row in enumerate(user_rows):
+        vector, profile, history = fetched[3 * n : 3 * n + 3]
+        uid = row["user_id"]
+        if vector is None or not _same(
+            decode_vector(vector, len(USER_FEATURES)), [row[f] for f in USER_FEATURES]
+        ):
+            wrong.append(f"user vector {uid}")
+        if profile is None or not same_profile(
+            decode_profile(profile, AFFINITY_DIMENSIONS), row, vocab
+        ):
+            wrong.append(f"user profile {uid}")
+        expected = sorted(shown.get(uid, []))
+        if (history is None) != (not expected):
+            wrong.append(f"user history {uid}")
+        elif history is not None:
+            got = decode_history(history)
+            if got.item_ids.tolist() != [e[0] for e in expected] or not (
+                _same(got.seen, [e[1] for e in expected])
+                and _same(got.clicked, [e[2] for e in expected])
+            ):
+                wrong.append(f"user history {uid}")
+    items = hash_sample(frames.items, "item_id", sample, seed).select(
+        "item_id", *ITEM_FEATURES, *ITEM_ATTRIBUTES, "is_sold"
+    )
+    item_rows = items.toArrow().to_pylist()
+    stored = _fetch(client, [feature_key(prefix, version, "i", r["item_id"]) for r in item_rows])
+    local = load_snapshot(snapshot)
+    item_ids = np.array([r["item_id"] for r in item_rows], dtype=np.int64)
+    at, known = local.positions(item_ids)
+    for n, row in enumerate(item_rows):
+        values = [row[f] for f in ITEM_FEATURES]
+        value = stored[n]
+        if value is None or not _same(decode_vector(value, len(ITEM_FEATURES)), values):
+            wrong.append(f"item vector {row['item_id']}")
+        if not known[n] or not _same(local.vectors[at[n]], values):
+            wrong.append(f"snapshot item {row['item_id']}")
+            continue
+        coded = [local.codes[a][at[n]] for a in ITEM_ATTRIBUTES]
+        names = [vocab[c] if c >= 0 else None for c in coded]
+        if names != [row[a] for a in ITEM_ATTRIBUTES] or bool(local.is_sold[at[n]]) != bool(
+            row["is_sold"]
+        ):
+            wrong.append(f"snapshot item {row['item_id']}")
+    if len(local.item_ids) != frames.items.count():
+        wrong.append(f"snapshot holds {len(local.item_ids)} items")
+    if wrong:
+        raise FeatureAuditError(
+            f"feature version {version}: {len(wrong)} sampled values differ from the Delta "
+            f"commit (first: {wrong[:5]}); not switching"
+        )
+    return {"users": len(user_rows), "items": len(item_rows)}
+
+
+def same_profile(profile: Any, row: dict[str, Any], vocab: list[str]) -> bool:
+    """Whether a decoded profile holds the row's declared size and affinities at float32."""
+    size = vocab[profile.declared_size] if profile.declared_size >= 0 else None
+    if size != row["declared_size"]:
+        return False
+    for dim, column in zip(AFFINITY_DIMENSIONS, MAP_COLUMNS, strict=True):
+        entries = sorted((k, v) for k, v in (row[column] or []))
+        got = sorted(
+            (vocab[c], s) for c, s in zip(profile.codes[dim], profile.shares[dim], strict=True)
+        )
+        if [k for k, _ in entries] != [k for k, _ in got]:
+            return False
+        if not _same(np.array([s for _, s in got], np.float32), [v for _, v in entries]):
+            return False
+    return True

@@ -1,0 +1,121 @@
+"""The in-process item snapshot of a feature version: an Arrow file, loaded into numpy arrays.
+
+The file holds one row per item of the feature version, sorted by id: the item vector in
+registry order (float32), the codes of the attributes the on-demand features read (-1 =
+missing) and whether the item was sold by the end of the day. Its schema metadata names the
+feature version, the schema hash and the vocabulary of the codes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+SNAPSHOT_FILE = "items.arrow"
+
+
+@dataclass(frozen=True)
+class ItemSnapshot:
+    """The items of one feature version, as the ranking service holds them in memory."""
+
+    version: str
+    schema_hash: str
+    item_ids: npt.NDArray[np.int64]  # ascending
+    vectors: npt.NDArray[np.float32]  # items x item features
+    codes: dict[str, npt.NDArray[np.int64]]
+    is_sold: npt.NDArray[np.bool_]
+    vocabulary: list[str]
+    feature_names: list[str]
+
+    def positions(self, item_ids: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray]:
+        """Each id's row in the snapshot and whether it is known there."""
+        at = np.minimum(np.searchsorted(self.item_ids, item_ids), max(len(self.item_ids) - 1, 0))
+        known = (self.item_ids[at] == item_ids) if len(self.item_ids) else at < 0
+        return at, known
+
+    def code(self, value: str) -> int:
+        """The vocabulary code of a value (-1 if the version never saw it)."""
+        at = int(np.searchsorted(np.asarray(self.vocabulary, dtype=object), value))
+        return at if at < len(self.vocabulary) and self.vocabulary[at] == value else -1
+
+
+def snapshot_table(
+    items: pa.Table,
+    feature_names: list[str],
+    attributes: list[str],
+    vocabulary: list[str],
+    version: str,
+    schema_hash: str,
+) -> pa.Table:
+    """Build the snapshot's table from the item feature rows (sorted, float32, coded)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ordered = items.sort_by("item_id")
+    vocab = pa.array(vocabulary, pa.string())
+    columns = {"item_id": ordered.column("item_id").cast(pa.int64())}
+    for name in feature_names:
+        columns[name] = pc.fill_null(ordered.column(name).cast(pa.float64()), np.nan).cast(
+            pa.float32()
+        )
+    for name in attributes:
+        codes = pc.fill_null(pc.index_in(ordered.column(name), vocab), -1)
+        columns[f"{name}_code"] = codes.cast(pa.int32())
+    columns["is_sold"] = pc.fill_null(ordered.column("is_sold"), False)
+    metadata = {
+        "rankflow.feature_version": version,
+        "rankflow.schema_hash": schema_hash,
+        "rankflow.vocabulary": json.dumps(vocabulary),
+        "rankflow.features": json.dumps(feature_names),
+        "rankflow.attributes": json.dumps(attributes),
+    }
+    return pa.table(columns).replace_schema_metadata(metadata)
+
+
+def write_snapshot(table: pa.Table, location: str) -> int:
+    """Write the snapshot file (written aside, then renamed where the filesystem allows)."""
+    import pyarrow as pa
+
+    from rankflow.lake.delta_log import arrow_filesystem
+
+    fs, path = arrow_filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    temporary = f"{path}.tmp"
+    with fs.open_output_stream(temporary) as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    fs.move(temporary, path)
+    return int(fs.get_file_info(path).size or 0)
+
+
+def load_snapshot(location: str) -> ItemSnapshot:
+    """Load a snapshot file into memory (memory-mapped where local)."""
+    import pyarrow as pa
+
+    from rankflow.lake.delta_log import arrow_filesystem
+
+    fs, path = arrow_filesystem(location)
+    with fs.open_input_file(path) as source:
+        table = pa.ipc.open_file(source).read_all()
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    names = json.loads(meta["rankflow.features"])
+    attributes = json.loads(meta["rankflow.attributes"])
+    vectors = np.empty((table.num_rows, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        vectors[:, j] = table.column(name).to_numpy()
+    return ItemSnapshot(
+        version=meta["rankflow.feature_version"],
+        schema_hash=meta["rankflow.schema_hash"],
+        item_ids=np.asarray(table.column("item_id").to_numpy(), dtype=np.int64),
+        vectors=vectors,
+        codes={a: table.column(f"{a}_code").to_numpy().astype(np.int64) for a in attributes},
+        is_sold=np.asarray(table.column("is_sold").to_numpy(zero_copy_only=False), dtype=bool),
+        vocabulary=json.loads(meta["rankflow.vocabulary"]),
+        feature_names=names,
+    )

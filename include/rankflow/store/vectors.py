@@ -1,0 +1,173 @@
+"""Value encoding of the online features (pure): packed little-endian words, one value per key.
+
+Every value is a sequence of 4-byte little-endian words, readable from any language
+(``docs/feature-store.md``):
+
+* ``u`` user and ``i`` item vectors: float32 per feature, in registry order, NaN = missing;
+* ``p`` user profile: ``declared_size`` (uint32 code, 0xFFFFFFFF = unknown), then for each
+  affinity dimension (in the order the schema lists them) ``n`` (uint32), ``n`` value codes
+  (uint32, ascending) and ``n`` shares (float32);
+* ``h`` history: ``n`` item ids (uint32, ascending), then ``n`` times shown and ``n`` clicks
+  (float32) over the history window.
+
+String values (categories, brands, styles, sizes) are codes into the feature version's
+vocabulary, stored with its schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FEATURE_ENCODING = "f32le-v1"
+NO_CODE = 0xFFFFFFFF
+_U32 = np.dtype("<u4")
+_F32 = np.dtype("<f4")
+GROUPS = {"user": "u", "profile": "p", "history": "h", "item": "i"}
+
+
+def encode_vectors(matrix: npt.NDArray[np.floating]) -> list[bytes]:
+    """Encode each row of a (rows x features) matrix as one float32 little-endian value."""
+    packed = np.ascontiguousarray(matrix, dtype=_F32)
+    raw, width = packed.tobytes(), packed.shape[1] * 4
+    return [raw[i : i + width] for i in range(0, len(raw), width)]
+
+
+def decode_vector(value: bytes, width: int) -> npt.NDArray[np.float32]:
+    """Decode one float32 vector, checking it holds ``width`` features."""
+    if len(value) != 4 * width:
+        raise ValueError(f"a vector of {width} features is {4 * width} bytes, got {len(value)}")
+    return np.frombuffer(value, dtype=_F32).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A user's declared size and affinities, as vocabulary codes and float32 shares."""
+
+    declared_size: int  # -1 = unknown
+    codes: dict[str, npt.NDArray[np.int64]]
+    shares: dict[str, npt.NDArray[np.float32]]
+
+
+def encode_profile(profile: Profile, dimensions: Sequence[str]) -> bytes:
+    """Encode a profile (codes sorted per dimension, so readers may binary-search them)."""
+    size = NO_CODE if profile.declared_size < 0 else profile.declared_size
+    words = [np.array([size], dtype=_U32).tobytes()]
+    for dim in dimensions:
+        codes = np.asarray(profile.codes[dim], dtype=np.int64)
+        order = np.argsort(codes, kind="stable")
+        words.append(np.array([len(codes)], dtype=_U32).tobytes())
+        words.append(codes[order].astype(_U32).tobytes())
+        words.append(np.asarray(profile.shares[dim], dtype=_F32)[order].tobytes())
+    return b"".join(words)
+
+
+def decode_profile(value: bytes, dimensions: Sequence[str]) -> Profile:
+    """Decode a profile value, checking its lengths."""
+    if len(value) % 4 or len(value) < 4 * (1 + len(dimensions)):
+        raise ValueError(
+            f"a profile is at least {4 * (1 + len(dimensions))} bytes, a multiple of 4"
+        )
+    words = np.frombuffer(value, dtype=_U32)
+    size = int(words[0])
+    at = 1
+    codes, shares = {}, {}
+    for dim in dimensions:
+        n = int(words[at])
+        if at + 1 + 2 * n > len(words):
+            raise ValueError(f"profile truncated in its {dim} affinities")
+        codes[dim] = words[at + 1 : at + 1 + n].astype(np.int64)
+        shares[dim] = words[at + 1 + n : at + 1 + 2 * n].view(_F32).astype(np.float32)
+        at += 1 + 2 * n
+    if at != len(words):
+        raise ValueError(f"profile has {len(words) - at} trailing words")
+    return Profile(-1 if size == NO_CODE else size, codes, shares)
+
+
+@dataclass(frozen=True)
+class History:
+    """The items shown to a user over the window (ascending ids) with times shown and clicks."""
+
+    item_ids: npt.NDArray[np.int64]
+    seen: npt.NDArray[np.float32]
+    clicked: npt.NDArray[np.float32]
+
+    def lookup(self, items: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.float32], ...]:
+        """Times shown and clicks of each of ``items`` (0 for items never shown)."""
+        at = np.minimum(np.searchsorted(self.item_ids, items), max(len(self.item_ids) - 1, 0))
+        seen = np.zeros(len(items), dtype=np.float32)
+        clicked = np.zeros(len(items), dtype=np.float32)
+        if len(self.item_ids):
+            hit = self.item_ids[at] == items
+            seen[hit], clicked[hit] = self.seen[at[hit]], self.clicked[at[hit]]
+        return seen, clicked
+
+
+def encode_history(history: History) -> bytes:
+    """Encode a history, sorting it by item id."""
+    order = np.argsort(history.item_ids, kind="stable")
+    ids = np.asarray(history.item_ids)[order]
+    if len(ids) and (ids.min() < 0 or ids.max() >= NO_CODE):
+        raise ValueError("history item ids must fit in uint32")
+    return b"".join(
+        [
+            ids.astype(_U32).tobytes(),
+            np.asarray(history.seen, dtype=_F32)[order].tobytes(),
+            np.asarray(history.clicked, dtype=_F32)[order].tobytes(),
+        ]
+    )
+
+
+def decode_history(value: bytes) -> History:
+    """Decode a history value (12 bytes per item)."""
+    if len(value) % 12:
+        raise ValueError(f"a history is a multiple of 12 bytes, got {len(value)}")
+    n = len(value) // 12
+    words = np.frombuffer(value, dtype=_U32)
+    return History(
+        words[:n].astype(np.int64),
+        words[n : 2 * n].view(_F32).astype(np.float32),
+        words[2 * n :].view(_F32).astype(np.float32),
+    )
+
+
+EMPTY_HISTORY = History(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+
+# --------------------------------------------------------------------------- bulk encoders
+
+
+def pack_rows(
+    rows: int, fields: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], np.ndarray]]
+) -> tuple[npt.NDArray[np.int64], bytes]:
+    """Concatenate, per row, each field's words of that row: one value per row, in bulk.
+
+    Each field is ``(owner, index, words)``: the row each word belongs to, its position within
+    that row's part of the field, and the 4-byte words themselves (any 4-byte dtype). Returns
+    the values' byte offsets (``rows + 1``) and their data, for an Arrow binary column.
+    """
+    per_field = np.zeros((len(fields), rows), dtype=np.int64)
+    for f, (owner, _, _) in enumerate(fields):
+        per_field[f] = np.bincount(owner, minlength=rows)
+    row_words = per_field.sum(axis=0)
+    row_start = np.r_[0, np.cumsum(row_words)]
+    field_start = np.cumsum(per_field, axis=0) - per_field  # where each field begins in a row
+    out = np.zeros(int(row_start[-1]), dtype=_U32)
+    for f, (owner, index, words) in enumerate(fields):
+        at = row_start[owner] + field_start[f][owner] + index
+        if words.dtype.itemsize != 4:
+            raise ValueError(f"field {f} has {words.dtype.itemsize}-byte words, not 4")
+        out[at] = np.ascontiguousarray(words).view(_U32)
+    return row_start * 4, out.tobytes()
+
+
+def within_row_index(owner: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The position of each element within its row, for elements grouped by row in order."""
+    if not len(owner):
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    lengths = np.diff(np.r_[starts, len(owner)])
+    return np.arange(len(owner)) - np.repeat(starts, lengths)
