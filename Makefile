@@ -38,7 +38,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench lock clean
+.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -88,7 +88,11 @@ $(STAMP)/airflow-db: $(VENV)/.installed
 	$(VENV)/bin/airflow db migrate >/dev/null
 	@touch $@
 
-setup: $(VENV)/.installed $(STAMP)/redis-server $(STAMP)/spark $(STAMP)/airflow-db ## Install what is missing: venv, redis-server, Delta jars, Airflow DB
+# the local caller's key of the ranking service (the first of RANKFLOW_API_KEYS)
+$(RANKFLOW_HOME)/api-key: $(LOCAL_SECRETS)
+	@$(PY) -m rankflow.cli services secrets
+
+setup: $(VENV)/.installed $(STAMP)/redis-server $(STAMP)/spark $(STAMP)/airflow-db $(RANKFLOW_HOME)/api-key ## Install what is missing: venv, redis-server, Delta jars, Airflow DB
 
 up: $(VENV)/.installed $(STAMP)/redis-server $(STAMP)/postgresql ## Start the local Redis, S3 endpoint, Spark Connect and Postgres servers
 	$(PY) -m rankflow.cli services up
@@ -98,6 +102,9 @@ down: ## Stop the local services
 
 demo: setup up ## Generate the demo marketplace and run the nightly DAG once, end to end
 	AIRFLOW_CONN_SPARK_RANKFLOW='$(CONNECT_CONN)' $(PY) -m rankflow.cli demo
+
+serve: setup up ## Run the ranking service on 127.0.0.1:8800 (POST /v1/rank; key in .rankflow/api-key)
+	$(PY) -m rankflow.cli serve $(ARGS)
 
 test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end); ARGS="tests/ui -k lookup" narrows it
 	$(PY) -m pytest $(ARGS)

@@ -34,12 +34,20 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
     """Start or stop the embedded services, or write their local secrets once."""
     from rankflow.ops import services
-    from rankflow.ops.local_secrets import local_secrets_path, write_local_secrets
+    from rankflow.ops.local_secrets import (
+        API_KEY_FILE,
+        local_secrets_path,
+        write_api_key,
+        write_local_secrets,
+    )
 
     if args.action == "secrets":
         path = local_secrets_path(settings)
         made = write_local_secrets(path)
         print(f"{'wrote' if made else 'kept'} the local secrets in {path}", file=sys.stderr)
+        key_file = settings.paths.home / API_KEY_FILE
+        if write_api_key(key_file, path):
+            print(f"wrote the local ranking API key to {key_file}", file=sys.stderr)
         return 0
     lines = services.up(settings) if args.action == "up" else services.down(settings)
     print("\n".join(lines))
@@ -278,6 +286,30 @@ def cmd_warm(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the ranking service (uvicorn, one process per worker) until interrupted."""
+    import uvicorn
+
+    from rankflow.serving.app import api_keys
+
+    if not api_keys():
+        raise RuntimeError(
+            "set RANKFLOW_API_KEYS (make setup writes a local key): refusing to serve"
+        )
+    uvicorn.run(
+        "rankflow.serving.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="rankflow", description=__doc__)
@@ -384,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="NDCG/MAP of queries without a relevant document (default: one, XGBoost's)",
     )
     benchmark.set_defaults(func=cmd_benchmark)
+
+    serve = sub.add_parser("serve", help="run the ranking service (POST /v1/rank)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8800)
+    serve.add_argument("--workers", type=int, default=1, help="processes (one per core)")
+    serve.set_defaults(func=cmd_serve)
 
     warm = sub.add_parser("warm-spark", help="fetch the Delta jars once and check Spark works")
     warm.set_defaults(func=cmd_warm)

@@ -251,3 +251,15 @@ def debiasing_variants(settings: Settings, run_id: str) -> dict[str, bytes]:
         name: mlflow.artifacts.load_text(f"runs:/{run_id}/variants/{name}.json").encode()
         for name in names
     }
+
+
+def served_model(settings: Settings, alias: str = CHAMPION) -> tuple[str, str | None]:
+    """The version an alias points to now and the feature schema hash it was trained with.
+
+    What the ranking service polls to follow the champion (None: a model from before the
+    feature registry, which no feature version matches).
+    """
+    client = mlflow_client(settings)
+    mv = find_model_version(settings, client, alias)
+    tags = client.get_run(mv.run_id).data.tags if mv.run_id else {}
+    return str(mv.version), tags.get("feature_schema_hash")

@@ -27,6 +27,8 @@ REDIS_USERS = {
 POSTGRES_VARIABLE = "RANKFLOW_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://127.0.0.1:5439/airflow"  # make airflow's metadata database
 POSTGRES_USER = "rankflow"
+API_KEYS_VARIABLE = "RANKFLOW_API_KEYS"  # the ranking service's callers' keys (comma-separated)
+API_KEY_FILE = "api-key"  # the local caller's key, for the demo and the README's curl examples
 
 
 def user_url(base_url: str, username: str, password: str) -> str:
@@ -39,12 +41,14 @@ def local_secrets_lines(base_url: str = DEFAULT_REDIS_URL) -> dict[str, str]:
     """One ``export`` line per local secret variable, each with a fresh random password."""
     users = {**REDIS_USERS, POSTGRES_VARIABLE: POSTGRES_USER}
     bases = {**dict.fromkeys(REDIS_USERS, base_url), POSTGRES_VARIABLE: DEFAULT_POSTGRES_URL}
-    return {
+    lines = {
         variable: f"export {variable} := "
         # URL- and Make-safe: [A-Za-z0-9_-]
         f"{user_url(bases[variable], username, secrets.token_urlsafe(24))}"
         for variable, username in users.items()
     }
+    lines[API_KEYS_VARIABLE] = f"export {API_KEYS_VARIABLE} := {secrets.token_urlsafe(32)}"
+    return lines
 
 
 def local_secrets_text(base_url: str = DEFAULT_REDIS_URL) -> str:
@@ -94,4 +98,23 @@ def write_local_secrets(path: Path) -> bool:
         return bool(missing)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(local_secrets_text())
+    return True
+
+
+def write_api_key(path: Path, secrets_file: Path) -> bool:
+    """Write the local caller's key (the first of ``RANKFLOW_API_KEYS``) to ``path`` (0600).
+
+    Returns whether it was (re)written; an existing file holding that key is left alone.
+    """
+    key = ""
+    for line in secrets_file.read_text().splitlines():
+        if line.startswith(f"export {API_KEYS_VARIABLE} := "):
+            key = line.split(" := ", 1)[1].split(",")[0].strip()
+    if not key:
+        raise RuntimeError(f"{secrets_file} exports no {API_KEYS_VARIABLE}")
+    if path.exists() and path.read_text().strip() == key:
+        return False
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
     return True

@@ -1,0 +1,342 @@
+"""The ranking service's HTTP face: Starlette + msgspec, API keys, fallback, metrics.
+
+``POST /v1/rank`` re-ranks a candidate set for one user (``serving.ranker``); past the
+deadline, or when Redis or the model fails, the answer is the user's nightly list (or the
+fallback list held in memory when Redis is down) with ``fallback: true`` and a reason — a valid
+request never gets a 5xx. ``GET /v1/lists/{surface}/{user_id}`` serves the nightly list.
+``/healthz``, ``/readyz`` and ``/metrics`` need no key; everything else a bearer API key from
+``RANKFLOW_API_KEYS`` (comma-separated).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+import numpy as np
+
+from rankflow.config import SURFACES, Settings
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from rankflow.serving.state import ServingState
+
+log = logging.getLogger("rankflow.serving")
+ItemId = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+UserId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class RankRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/rank``: a user, a surface and the candidates to re-rank."""
+
+    user_id: UserId
+    surface: str
+    candidates: list[ItemId] | None = None
+    k: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
+    context: dict[str, Any] | None = None
+
+
+class RankedItem(msgspec.Struct):
+    """One returned item (``score`` is null for items the model did not score)."""
+
+    item_id: int
+    score: float | None
+
+
+class RankResponse(msgspec.Struct, omit_defaults=True):
+    """The answer: items in order, and what produced them."""
+
+    request_id: str
+    items: list[RankedItem]
+    model_version: str | None
+    feature_version: str | None
+    fallback: bool
+    reason: str | None = None
+    list_version: str | None = None
+
+
+class Metrics:
+    """The service's Prometheus metrics (one registry per process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rankflow_rank_requests", "Rank requests by outcome", ["status"], registry=self.registry
+        )
+        self.fallbacks = Counter(
+            "rankflow_rank_fallbacks", "Fallback answers by reason", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "rankflow_rank_seconds",
+            "Time to answer POST /v1/rank",
+            buckets=(0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5),
+            registry=self.registry,
+        )
+        self.unknown = Counter(
+            "rankflow_rank_unknown_candidates", "Candidates the item snapshot does not know",
+            registry=self.registry,
+        )  # fmt: skip
+        self.served = Gauge(
+            "rankflow_served_info", "What is served (value 1)",
+            ["model_version", "feature_version"], registry=self.registry,
+        )  # fmt: skip
+        self.refused = Gauge(
+            "rankflow_model_refusals", "Models refused (schema mismatch) since start",
+            registry=self.registry,
+        )  # fmt: skip
+
+
+def api_keys(env: dict[str, str] | None = None) -> list[bytes]:
+    """The callers' keys from ``RANKFLOW_API_KEYS`` (comma-separated; empty entries ignored)."""
+    raw = (env if env is not None else os.environ).get("RANKFLOW_API_KEYS", "")
+    return [k.strip().encode() for k in raw.split(",") if k.strip()]
+
+
+def authorised(request: Request, keys: list[bytes]) -> bool:
+    """Whether the request carries one of the keys as a bearer token (constant-time compare)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    given = token.strip().encode()
+    return any(hmac.compare_digest(given, key) for key in keys)
+
+
+def error(status: int, message: str) -> Response:
+    """A JSON error response."""
+    from starlette.responses import Response
+
+    body = msgspec.json.encode({"error": message})
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings | None = None, state: ServingState | None = None) -> Starlette:
+    """Build the ASGI app (``uvicorn --factory rankflow.serving.app:create_app``)."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from rankflow.config import load_settings
+    from rankflow.serving.ranker import fetch_user, nightly_order, rank
+    from rankflow.serving.state import ServingState, describe
+    from rankflow.store import RankingReader
+    from rankflow.store.client import redis_client
+
+    settings = settings or load_settings()
+    config = settings.pipeline["serving"]
+    deadline = float(config["deadline_ms"]) / 1000.0
+    max_candidates = int(config["max_candidates"])
+    max_body = int(config["max_body_bytes"])
+    default_k = int(config["default_k"])
+    keys = api_keys()
+    if not keys:
+        raise RuntimeError("RANKFLOW_API_KEYS is empty: the ranking service needs callers' keys")
+    prefix = settings.redis.key_prefix
+    client = redis_client(settings.redis.lookup_url, socket_timeout=max(deadline, 0.05))
+    reader = RankingReader(client, prefix, version_cache_seconds=2.0)
+    serving = state or ServingState(settings, client)
+    metrics = Metrics()
+    fallbacks: dict[str, list[int]] = {}  # surface -> the nightly fallback list, for Redis outages
+    encoder = msgspec.json.Encoder()
+    decoder = msgspec.json.Decoder(RankRequest)
+
+    def remember_fallbacks() -> None:
+        from rankflow.store.commands import _bytes
+        from rankflow.store.encoding import decode_items
+        from rankflow.store.keys import fallback_key
+
+        for surface in SURFACES:
+            try:
+                version = reader.current_version(surface)
+                value = _bytes(client.get(fallback_key(prefix, surface, version)))
+                if value is not None:
+                    fallbacks[surface] = decode_items(value)
+            except Exception:  # a surface never published, or Redis away: keep the old copy
+                continue
+
+    def refresh() -> None:
+        serving.refresh_quietly()
+        remember_fallbacks()
+        metrics.refused.set(sum(serving.refused.values()))
+        if serving.served is not None:
+            metrics.served.clear()
+            metrics.served.labels(
+                serving.served.model.version, serving.served.features.version
+            ).set(1)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        import threading
+
+        refresh()
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(float(config["refresh_seconds"])):
+                refresh()
+
+        thread = threading.Thread(target=loop, name="rankflow-refresh", daemon=True)
+        thread.start()
+        yield
+        stop.set()
+        client.close()
+
+    def answer(body: RankResponse, status: int = 200) -> Response:
+        return Response(encoder.encode(body), status_code=status, media_type="application/json")
+
+    def fallback_answer(
+        request_id: str, req: RankRequest, candidates: np.ndarray | None, reason: str, k: int
+    ) -> RankResponse:
+        metrics.fallbacks.labels(reason).inc()
+        served = serving.served
+        list_version = None
+        try:
+            found = reader.lookup_cached(req.user_id, req.surface)
+            nightly, list_version = found.items, found.version
+        except Exception:
+            nightly = fallbacks.get(req.surface, [])
+            reason = f"{reason}+redis_unavailable" if "redis" not in reason else reason
+        items = [RankedItem(i, None) for i in nightly_order(nightly, candidates, k)]
+        return RankResponse(
+            request_id,
+            items,
+            served.model.version if served else None,
+            served.features.version if served else None,
+            True,
+            reason,
+            list_version,
+        )
+
+    async def rank_endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        if not authorised(request, keys):
+            metrics.requests.labels("401").inc()
+            return error(401, "missing or unknown API key (Authorization: Bearer <key>)")
+        body = await request.body()
+        if len(body) > max_body:
+            metrics.requests.labels("400").inc()
+            return error(400, f"body of {len(body)} bytes is over the {max_body}-byte limit")
+        try:
+            req = decoder.decode(body)
+        except msgspec.DecodeError as problem:
+            metrics.requests.labels("400").inc()
+            return error(400, f"malformed request: {problem}")
+        if req.surface not in SURFACES:
+            metrics.requests.labels("400").inc()
+            return error(400, f"unknown surface {req.surface!r}: one of {list(SURFACES)}")
+        candidates = None
+        if req.candidates is not None:
+            if len(req.candidates) > max_candidates:
+                metrics.requests.labels("400").inc()
+                return error(400, f"{len(req.candidates)} candidates: at most {max_candidates}")
+            candidates = np.asarray(req.candidates, dtype=np.int64)
+            if len(np.unique(candidates)) != len(candidates):
+                metrics.requests.labels("400").inc()
+                return error(400, "candidate ids repeat: send each item once")
+        k = req.k or default_k
+        request_id = uuid.uuid4().hex
+        served = serving.served
+        if served is None:
+            result = fallback_answer(request_id, req, candidates, "not_ready", k)
+        elif candidates is None:
+            result = fallback_answer(request_id, req, None, "no_candidates", k)
+        else:
+            try:
+                fetched = fetch_user(client, prefix, served.features.version, req.user_id)
+            except Exception as problem:
+                log.warning("redis failed for a rank request: %s", problem)
+                result = fallback_answer(request_id, req, candidates, "redis_unavailable", k)
+            else:
+                if time.perf_counter() - started > deadline:
+                    result = fallback_answer(request_id, req, candidates, "deadline", k)
+                else:
+                    try:
+                        ranked = rank(served, fetched, candidates, k)
+                    except Exception as problem:
+                        log.exception("the model failed: %s", problem)
+                        result = fallback_answer(request_id, req, candidates, "model_error", k)
+                    else:
+                        metrics.unknown.inc(ranked.unknown)
+                        if time.perf_counter() - started > deadline:
+                            result = fallback_answer(request_id, req, candidates, "deadline", k)
+                        else:
+                            items = [
+                                RankedItem(i, s)
+                                for i, s in zip(ranked.item_ids, ranked.scores, strict=True)
+                            ]
+                            result = RankResponse(
+                                request_id,
+                                items,
+                                served.model.version,
+                                served.features.version,
+                                False,
+                            )
+        metrics.requests.labels("200").inc()
+        metrics.latency.observe(time.perf_counter() - started)
+        return answer(result)
+
+    async def list_endpoint(request: Request) -> Response:
+        if not authorised(request, keys):
+            return error(401, "missing or unknown API key (Authorization: Bearer <key>)")
+        surface = request.path_params["surface"]
+        user = request.path_params["user_id"]
+        if surface not in SURFACES:
+            return error(400, f"unknown surface {surface!r}: one of {list(SURFACES)}")
+        if not user.isdigit():
+            return error(400, f"user ids are non-negative integers, got {user!r}")
+        try:
+            found = reader.lookup(int(user), surface)
+        except Exception as problem:
+            log.warning("nightly list lookup failed: %s", problem)
+            items = fallbacks.get(surface)
+            if items is None:
+                return error(503, "Redis is unreachable and no fallback list is loaded")
+            return Response(
+                encoder.encode({"user_id": int(user), "surface": surface, "items": items,
+                                "fallback": True, "reason": "redis_unavailable"}),
+                media_type="application/json",
+            )  # fmt: skip
+        return Response(encoder.encode(found.as_dict()), media_type="application/json")
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(request: Request) -> Response:
+        status = describe(serving.served)
+        if serving.last_error:
+            status["last_refresh_error"] = serving.last_error
+        return Response(encoder.encode(status), status_code=200 if status["ready"] else 503,
+                        media_type="application/json")  # fmt: skip
+
+    async def metrics_endpoint(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        from rankflow.serving.openapi import openapi_document
+
+        return Response(encoder.encode(openapi_document()), media_type="application/json")
+
+    routes = [
+        Route("/v1/rank", rank_endpoint, methods=["POST"]),
+        Route("/v1/lists/{surface}/{user_id}", list_endpoint, methods=["GET"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        Route("/openapi.json", openapi),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,123 @@
+"""Re-rank one user's candidates: one Redis round trip, the snapshot, the shared function.
+
+The user's vector, profile and history of the served feature version come in one ``MGET``;
+item features come from the in-process snapshot; the user x item features from the same
+function the Spark jobs call; the scores from one ``inplace_predict``. Sold items are removed;
+candidates the snapshot does not know are returned after the ranked ones, in request order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rankflow.features.on_demand import Affinity, ItemSide, UserSide, cross_features
+from rankflow.features.registry import AFFINITY_DIMENSIONS, USER_FEATURES
+from rankflow.serving.state import Served, model_matrix
+from rankflow.store.commands import _bytes
+from rankflow.store.vectors import (
+    EMPTY_HISTORY,
+    decode_history,
+    decode_profile,
+    decode_vector,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A re-ranked candidate set."""
+
+    item_ids: list[int]
+    scores: list[float | None]  # None for candidates the snapshot does not know
+    unknown: int
+    sold: int
+    user_known: bool
+
+
+def user_side(profile: bytes | None, log_price_mean: float) -> UserSide:
+    """One user's affinities, declared size and price band (an unknown user: none, NaN)."""
+    if profile is None:
+        empty = Affinity(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        affinity = dict.fromkeys(AFFINITY_DIMENSIONS, empty)
+        size = -1
+    else:
+        decoded = decode_profile(profile, AFFINITY_DIMENSIONS)
+        affinity = {
+            d: Affinity(np.zeros(len(decoded.codes[d]), np.int64), decoded.codes[d],
+                        decoded.shares[d])
+            for d in AFFINITY_DIMENSIONS
+        }  # fmt: skip
+        size = decoded.declared_size
+    return UserSide(affinity, np.array([size], np.int64), np.array([log_price_mean], np.float32))
+
+
+def fetch_user(
+    client: redis.Redis, prefix: str, version: str, user_id: int
+) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The user's vector, profile and history of a feature version: one MGET, one round trip."""
+    from rankflow.store.keys import feature_key
+
+    keys = [feature_key(prefix, version, group, user_id) for group in ("u", "p", "h")]
+    vector, profile, history = (_bytes(v) for v in client.mget(keys))
+    return vector, profile, history
+
+
+def rank(
+    served: Served,
+    fetched: tuple[bytes | None, bytes | None, bytes | None],
+    candidates: np.ndarray,
+    k: int,
+) -> Ranked:
+    """Score the known, unsold candidates and order them (ties: smaller item id first)."""
+    vector, profile, history = fetched
+    snapshot = served.features.snapshot
+    rows, known = snapshot.positions(candidates)
+    sold = known & snapshot.is_sold[rows]
+    scored = known & ~sold
+    ids, item_rows = candidates[scored], rows[scored]
+    user_vector = (
+        decode_vector(vector, len(USER_FEATURES))
+        if vector is not None
+        else np.full(len(USER_FEATURES), np.nan, np.float32)
+    )
+    price_band = float(user_vector[USER_FEATURES.index("user_log_price_mean")])
+    users = user_side(profile, price_band)
+    shown = decode_history(history) if history is not None else EMPTY_HISTORY
+    seen, clicked = shown.lookup(ids)
+    price = snapshot.vectors[item_rows, snapshot.feature_names.index("item_price")]
+    items = ItemSide({d: snapshot.codes[d][item_rows] for d in AFFINITY_DIMENSIONS}, price)
+    cross = cross_features(
+        np.zeros(len(ids), np.int64), items, users, seen, clicked, served.features.one_size
+    )
+    scores = served.model.booster.inplace_predict(
+        model_matrix(served, item_rows, user_vector, cross)
+    )
+    order = np.lexsort((ids, -scores))[:k]
+    unknown = candidates[~known]
+    room = max(k - len(order), 0)
+    return Ranked(
+        item_ids=[*ids[order].tolist(), *unknown[:room].tolist()],
+        scores=[*np.asarray(scores[order], np.float32).tolist(), *[None] * min(room, len(unknown))],
+        unknown=int((~known).sum()),
+        sold=int(sold.sum()),
+        user_known=vector is not None,
+    )
+
+
+def nightly_order(nightly: list[int], candidates: np.ndarray | None, k: int) -> list[int]:
+    """The fallback answer: the nightly list's order over the candidates, then the rest.
+
+    Without candidates it is the nightly list itself.
+    """
+    if candidates is None:
+        return nightly[:k]
+    wanted = set(candidates.tolist())
+    first = [i for i in nightly if i in wanted]
+    taken = set(first)
+    rest = [i for i in candidates.tolist() if i not in taken]
+    return [*first, *rest][:k]

@@ -1,0 +1,223 @@
+"""What the ranking service serves: the champion model and the current feature version, as a pair.
+
+The pair is swapped as one reference, so a request sees one model with the features it was
+trained on. A refresher polls the ``champion`` alias and the feature version pointer; a new
+pair whose model was trained on another feature schema is refused (the old pair stays),
+logged and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rankflow.features.registry import (
+    AFFINITY_DIMENSIONS,
+    CROSS_FEATURES,
+    ITEM_FEATURES,
+    USER_FEATURES,
+)
+from rankflow.serving.snapshot import ItemSnapshot, load_snapshot
+
+if TYPE_CHECKING:
+    import redis
+    import xgboost as xgb
+
+    from rankflow.config import Settings
+
+log = logging.getLogger("rankflow.serving")
+POSITION_FEATURE = "shown_position"  # a position-debiased model gets the top slot (model.fit)
+
+
+@dataclass(frozen=True)
+class FeatureVersion:
+    """One online feature version: its id, schema and the in-process item snapshot."""
+
+    version: str
+    schema_hash: str
+    snapshot: ItemSnapshot
+    one_size: int
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A booster with its registry version and the feature schema it was trained on."""
+
+    version: str
+    schema_hash: str | None
+    booster: xgb.Booster
+    layout: list[tuple[str, int]]  # per model input: (source, index): item, user, cross, position
+
+
+@dataclass(frozen=True)
+class Served:
+    """The pair a request is answered with."""
+
+    model: ServedModel
+    features: FeatureVersion
+
+
+def input_layout(names: list[str]) -> list[tuple[str, int]]:
+    """Where each of a model's inputs comes from, in the model's order."""
+    sources = {
+        **{n: ("item", i) for i, n in enumerate(ITEM_FEATURES)},
+        **{n: ("user", i) for i, n in enumerate(USER_FEATURES)},
+        **{n: ("cross", i) for i, n in enumerate(CROSS_FEATURES)},
+        POSITION_FEATURE: ("position", 0),
+    }
+    unknown = [n for n in names if n not in sources]
+    if unknown:
+        raise ValueError(f"the model reads features the registry does not declare: {unknown}")
+    return [sources[n] for n in names]
+
+
+def load_feature_version(client: redis.Redis, prefix: str, version: str) -> FeatureVersion:
+    """Read a feature version's schema from Redis and load its item snapshot."""
+    from rankflow.store.commands import _text
+    from rankflow.store.keys import FEATURES, schema_key
+    from rankflow.store.versions import version_meta
+
+    meta = version_meta(client, prefix, FEATURES, version)
+    schema = json.loads(_text(client.get(schema_key(prefix, version))) or "{}")
+    if not meta or not schema:
+        raise LookupError(f"feature version {version} has no meta or schema in Redis")
+    dims = schema["groups"]["p"]["affinity_dimensions"]
+    if list(dims) != list(AFFINITY_DIMENSIONS):
+        raise ValueError(f"feature version {version} has affinity dimensions {dims}")
+    snapshot = load_snapshot(meta["snapshot"])
+    if snapshot.version != version:
+        raise ValueError(f"snapshot {meta['snapshot']} belongs to {snapshot.version}")
+    return FeatureVersion(version, schema["schema_hash"], snapshot, snapshot.code("one_size"))
+
+
+def load_served_model(settings: Settings, version: str, schema_hash: str | None) -> ServedModel:
+    """Load a registered model version for serving (one thread: one worker per core)."""
+    from rankflow.model.fit import booster_from_bytes
+    from rankflow.model.registry import load_model
+
+    raw, loaded = load_model(settings, version)
+    booster = booster_from_bytes(raw, nthread=1)
+    return ServedModel(
+        loaded, schema_hash, booster, input_layout(list(booster.feature_names or []))
+    )
+
+
+@dataclass
+class ServingState:
+    """The served pair and the refresher that follows the champion and the feature version."""
+
+    settings: Settings
+    client: redis.Redis
+    served: Served | None = None
+    refused: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def refresh(self) -> bool:
+        """Poll both pointers once; swap to a consistent new pair. Returns whether it swapped."""
+        from rankflow.model.registry import served_model
+        from rankflow.store.keys import FEATURES
+        from rankflow.store.versions import version_pointers
+
+        prefix = self.settings.redis.key_prefix
+        feature_version, _ = version_pointers(self.client, prefix, FEATURES)
+        model_version, model_hash = served_model(self.settings)
+        current = self.served
+        if feature_version is None:
+            raise LookupError("no feature version is published: run materialise_features")
+        if current and (current.model.version, current.features.version) == (
+            model_version,
+            feature_version,
+        ):
+            return False
+        features = (
+            current.features
+            if current and current.features.version == feature_version
+            else load_feature_version(self.client, prefix, feature_version)
+        )
+        if model_hash != features.schema_hash:
+            reason = "model_schema_mismatch"
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+            log.warning(
+                "refusing model %s (feature schema %s) with feature version %s (schema %s); "
+                "still serving %s",
+                model_version,
+                model_hash,
+                feature_version,
+                features.schema_hash,
+                current.model.version if current else "nothing",
+            )
+            return False
+        model = (
+            current.model
+            if current and current.model.version == model_version
+            else load_served_model(self.settings, model_version, model_hash)
+        )
+        self.served = Served(model, features)
+        log.info("serving model %s with feature version %s", model.version, features.version)
+        return True
+
+    def run_refresher(self, interval: float) -> threading.Thread:
+        """Refresh every ``interval`` seconds in a daemon thread (errors are logged, kept)."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.refresh_quietly()
+
+        thread = threading.Thread(target=loop, name="rankflow-refresh", daemon=True)
+        thread.start()
+        return thread
+
+    def refresh_quietly(self) -> None:
+        """Refresh, logging a failure instead of raising (the old pair keeps serving)."""
+        try:
+            self.refresh()
+            self.last_error = ""
+        except Exception as error:  # any failure: keep serving what we have
+            if str(error) != self.last_error:
+                log.warning("refresh failed, still serving what was loaded: %s", error)
+            self.last_error = str(error)
+
+    def stop(self) -> None:
+        """Stop the refresher."""
+        self._stop.set()
+
+
+def model_matrix(
+    served: Served,
+    item_rows: np.ndarray,
+    user_vector: np.ndarray,
+    cross: dict[str, np.ndarray],
+) -> np.ndarray:
+    """The float32 matrix the model predicts from, in its own input order."""
+    rows = len(item_rows)
+    items = served.features.snapshot.vectors[item_rows]
+    matrix = np.empty((rows, len(served.model.layout)), dtype=np.float32)
+    for j, (source, index) in enumerate(served.model.layout):
+        if source == "item":
+            matrix[:, j] = items[:, index]
+        elif source == "user":
+            matrix[:, j] = user_vector[index]
+        elif source == "cross":
+            matrix[:, j] = cross[CROSS_FEATURES[index]]
+        else:
+            matrix[:, j] = 1.0
+    return matrix
+
+
+def describe(served: Served | None) -> dict[str, Any]:
+    """What is served, for /readyz."""
+    if served is None:
+        return {"ready": False}
+    return {
+        "ready": True,
+        "model_version": served.model.version,
+        "feature_version": served.features.version,
+        "schema_hash": served.features.schema_hash,
+        "items": len(served.features.snapshot.item_ids),
+    }

@@ -1,0 +1,193 @@
+"""The ranking service over real HTTP scores exactly like the nightly batch scorer.
+
+The tiny marketplace's features are materialised into the real Redis, a model is registered as
+champion in MLflow, and ``rankflow serve`` runs as its own process. For a user, the service's
+scores of that user's candidates must equal, bit for bit, what batch scoring computes from the
+Delta tables through Spark (the same on-demand function, the same model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pytest
+
+from alert_receivers import free_port
+from rankflow.config import Settings
+from rankflow.features.registry import MODEL_FEATURES, schema_hash
+from tiny_lake import TINY_DAY
+
+pytestmark = [pytest.mark.spark, pytest.mark.services]
+KEY = "test-api-key"  # pragma: allowlist secret (a throw-away key of this test's server)
+
+
+def register_champion(settings: Settings, ds: date) -> str:
+    """Register a small real LambdaMART model over the registry's inputs as champion."""
+    import xgboost as xgb
+
+    from rankflow.model.fit import FittedRanker
+    from rankflow.model.registry import log_and_register, mlflow_client, move_champion
+
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(2000, len(MODEL_FEATURES))).astype("float32")
+    matrix = xgb.DMatrix(
+        features, label=rng.integers(0, 4, 2000), feature_names=list(MODEL_FEATURES)
+    )
+    matrix.set_group([20] * 100)
+    booster = xgb.train({"objective": "rank:ndcg", "max_depth": 4, "seed": 1}, matrix, 30)
+    lineage = {
+        "code_version": "test",
+        "table_versions": {},
+        "requirements_lock_hash": "test",
+        "model_sha256": "test",
+        "feature_schema_hash": schema_hash(),
+    }
+    version = log_and_register(settings, FittedRanker(booster, 29, 0.5, [0.5]), lineage, ds)[
+        "model_version"
+    ]
+    move_champion(mlflow_client(settings), settings.model_name, version)
+    return version
+
+
+def call(url: str, body: dict[str, Any] | None = None, key: str | None = KEY) -> tuple[int, Any]:
+    """POST (or GET without a body) JSON; return status and decoded body."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as failure:
+        return failure.code, json.loads(failure.read())
+
+
+@pytest.fixture
+def service(
+    spark: Any, lake: Settings, feature_versions: dict[str, int], redis_client: Any
+) -> Iterator[tuple[str, str]]:
+    """Materialise the tiny day, register a champion and run `rankflow serve` on a free port."""
+    from rankflow.steps.candidates import run_candidates
+    from rankflow.steps.materialise_features import run_materialise_features
+
+    run_candidates(spark, lake, TINY_DAY)  # idempotent: the scoring test's candidates
+    run_materialise_features(spark, lake, TINY_DAY, "serve-test")
+    model_version = register_champion(lake, TINY_DAY)
+    port = free_port()
+    env = {
+        **os.environ,
+        "RANKFLOW_HOME": str(lake.paths.home),
+        "MLFLOW_TRACKING_URI": lake.mlflow_tracking_uri,
+        "RANKFLOW_API_KEYS": f"other-key,{KEY}",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rankflow.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if call(f"{base}/readyz", key=None)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None:
+                pytest.fail(f"rankflow serve exited: {process.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+        else:
+            pytest.fail("rankflow serve never became ready")
+        yield base, model_version
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_service_scores_equal_batch_scores_bit_for_bit(
+    spark: Any, lake: Settings, service: tuple[str, str]
+) -> None:
+    from rankflow.lake.tables import read_partition, scoring_input
+    from rankflow.model.fit import booster_from_bytes, model_inputs
+    from rankflow.model.registry import load_model
+
+    base, model_version = service
+    candidates = read_partition(spark, lake, "silver/candidates", TINY_DAY)
+    users = [
+        int(r[0])
+        for r in candidates.select("user_id").distinct().orderBy("user_id").limit(3).collect()
+    ]
+    raw, _ = load_model(lake, model_version)
+    booster = booster_from_bytes(raw)
+    for user in users:
+        rows = scoring_input(
+            spark, lake, TINY_DAY, spark.createDataFrame([(user,)], "user_id long")
+        )
+        frame = rows.toPandas()
+        expected = booster.inplace_predict(model_inputs(booster, frame))
+        by_item = dict(zip(frame["item_id"].tolist(), expected.tolist(), strict=True))
+        status, body = call(
+            f"{base}/v1/rank",
+            {"user_id": user, "surface": "home", "candidates": list(by_item), "k": 1000},
+        )
+        assert status == 200, body
+        assert body["fallback"] is False
+        assert body["model_version"] == model_version
+        got = {item["item_id"]: item["score"] for item in body["items"]}
+        assert got == by_item  # every candidate, every score identical
+        scores = [item["score"] for item in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_bad_requests_get_a_400_and_unknown_callers_a_401(service: tuple[str, str]) -> None:
+    base, _ = service
+    rank = f"{base}/v1/rank"
+    assert call(rank, {"user_id": 1, "surface": "home", "candidates": [1]}, key="wrong")[0] == 401
+    assert call(rank, {"user_id": 1, "surface": "home", "candidates": [1]}, key=None)[0] == 401
+    cases = {
+        "non-integer": {"user_id": "u1", "surface": "home", "candidates": [1]},
+        "item id": {"user_id": 1, "surface": "home", "candidates": ["a"]},
+        "surface": {"user_id": 1, "surface": "nowhere", "candidates": [1]},
+        "too many": {"user_id": 1, "surface": "home", "candidates": list(range(1001))},
+        "repeated": {"user_id": 1, "surface": "home", "candidates": [1, 1]},
+        "unknown field": {"user_id": 1, "surface": "home", "candidates": [1], "extra": 1},
+    }
+    for name, body in cases.items():
+        status, answer = call(rank, body)
+        assert status == 400, name
+        assert answer["error"], name
+    oversized = {"user_id": 1, "surface": "home", "candidates": [1], "context": {"x": "y" * 70_000}}
+    status, answer = call(rank, oversized)
+    assert status == 400
+    assert "limit" in answer["error"]
+
+
+def test_unknown_candidates_come_last_in_request_order(
+    spark: Any, lake: Settings, service: tuple[str, str]
+) -> None:
+    from rankflow.lake.tables import read_partition
+
+    base, _ = service
+    items = [int(r[0]) for r in read_partition(spark, lake, "silver/item_features", TINY_DAY)
+             .where("not is_sold").select("item_id").limit(3).collect()]  # fmt: skip
+    unknown = [4_000_000_001, 4_000_000_000]
+    status, body = call(
+        f"{base}/v1/rank",
+        {"user_id": 123456789, "surface": "home", "candidates": [unknown[0], *items, unknown[1]]},
+    )
+    assert status == 200
+    returned = [i["item_id"] for i in body["items"]]
+    assert sorted(returned[:3]) == sorted(items)
+    assert returned[3:] == unknown
+    assert [i["score"] for i in body["items"][3:]] == [None, None]
