@@ -49,6 +49,9 @@ def test_steps_run_in_the_documented_order(nightly) -> None:
     ]
     for upstream, downstream in itertools.pairwise(order):
         assert downstream in nightly.get_task(upstream).downstream_task_ids
+    # the online features of the day follow the features step and hold nothing else up
+    assert nightly.get_task("features").downstream_task_ids == {"candidates", "materialise_features"}
+    assert nightly.get_task("materialise_features").downstream_task_ids == set()
     assert nightly.get_task("choose_model").downstream_task_ids == {"train", "reuse_champion"}
     assert nightly.get_task("train").downstream_task_ids == {"evaluate"}
     assert nightly.get_task("evaluate").downstream_task_ids == {"needs_approval", "alert_gate"}
@@ -115,7 +118,7 @@ def test_trigger_form_params_are_validated(nightly) -> None:
 
 def test_spark_steps_use_the_rankflow_spark_connection(nightly) -> None:
     spark_steps = [t for t in nightly.tasks if t.task_type == "RankflowSparkSubmitOperator"]
-    assert len(spark_steps) == 11
+    assert len(spark_steps) == 12
     for task in spark_steps:
         assert task._conn_id == "spark_rankflow"
         assert Path(task.application).exists(), task.application
