@@ -50,7 +50,10 @@ def test_steps_run_in_the_documented_order(nightly) -> None:
     for upstream, downstream in itertools.pairwise(order):
         assert downstream in nightly.get_task(upstream).downstream_task_ids
     # the online features of the day follow the features step and hold nothing else up
-    assert nightly.get_task("features").downstream_task_ids == {"candidates", "materialise_features"}
+    assert nightly.get_task("features").downstream_task_ids == {
+        "candidates",
+        "materialise_features",
+    }
     assert nightly.get_task("materialise_features").downstream_task_ids == set()
     assert nightly.get_task("choose_model").downstream_task_ids == {"train", "reuse_champion"}
     assert nightly.get_task("train").downstream_task_ids == {"evaluate"}
