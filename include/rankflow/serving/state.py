@@ -116,6 +116,7 @@ class ServingState:
     served: Served | None = None
     refused: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
+    last_refused: tuple[str, str] | None = None  # the (model, features) pair refused last
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def refresh(self) -> bool:
@@ -141,6 +142,9 @@ class ServingState:
             else load_feature_version(self.client, prefix, feature_version)
         )
         if model_hash != features.schema_hash:
+            if self.last_refused == (model_version, feature_version):
+                return False  # counted and logged once per refused pair
+            self.last_refused = (model_version, feature_version)
             reason = "model_schema_mismatch"
             self.refused[reason] = self.refused.get(reason, 0) + 1
             log.warning(
