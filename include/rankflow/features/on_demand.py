@@ -134,7 +134,7 @@ def _floats(column: pa.Array, fill: float = np.nan) -> Floats:
     return np.asarray(pc.fill_null(column.cast("double"), fill).to_numpy(), dtype=np.float32)
 
 
-def _entries(affinity: pa.Array) -> tuple[pa.StructArray, npt.NDArray[np.int64]]:
+def map_entries(affinity: pa.Array) -> tuple[pa.StructArray, npt.NDArray[np.int64]]:
     """The ``key, value`` entries of a map column (non-null maps only) and each map's size."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -156,7 +156,7 @@ def batch_inputs(batch: pa.RecordBatch) -> tuple[ItemSide, UserSide, Floats, Flo
 
     rows = batch.num_rows
     maps = [batch.column(name) for name in MAP_COLUMNS]
-    flat, sizes = zip(*[_entries(m) for m in maps], strict=True)
+    flat, sizes = zip(*[map_entries(m) for m in maps], strict=True)
     strings = [batch.column(d) for d in AFFINITY_DIMENSIONS]
     strings += [batch.column("declared_size"), pa.array([ONE_SIZE])]
     strings += [f.field("key") for f in flat]

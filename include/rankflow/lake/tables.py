@@ -75,17 +75,27 @@ FEATURE_TABLES = {
 INPUT_TABLES = ("bronze/events", "bronze/items", "bronze/users", "silver/training_set")
 
 
-def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
-    """Read a Delta table of the lake, with a clear error when an upstream step has not run."""
+def read_table(
+    spark: SparkSession, settings: Settings, name: str, version: int | None = None
+) -> DataFrame:
+    """Read a Delta table of the lake, at ``version`` if given (Delta time travel).
+
+    A missing table gets a clear error: its upstream step has not run.
+    """
     path = settings.paths.table(name)
     if not table_exists(spark, path):
         raise FileNotFoundError(f"Delta table {name} does not exist at {path}: run its step first")
-    return spark.read.format("delta").load(path)
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
 
 
-def read_partition(spark: SparkSession, settings: Settings, name: str, ds: date) -> DataFrame:
+def read_partition(
+    spark: SparkSession, settings: Settings, name: str, ds: date, version: int | None = None
+) -> DataFrame:
     """Read one ``ds`` partition of a Delta table (without the ``ds`` column)."""
-    return read_table(spark, settings, name).where(F.col("ds") == day(ds)).drop("ds")
+    return read_table(spark, settings, name, version).where(F.col("ds") == day(ds)).drop("ds")
 
 
 def bronze(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFrame, DataFrame]:
@@ -97,11 +107,17 @@ def bronze(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFram
     )
 
 
-def read_features(spark: SparkSession, settings: Settings, ds: date) -> FeatureFrames:
-    """Read the features as of ``ds`` written by the features step (keyed by ``as_of``)."""
+def read_features(
+    spark: SparkSession, settings: Settings, ds: date, versions: Mapping[str, int] | None = None
+) -> FeatureFrames:
+    """Read the features as of ``ds`` written by the features step (keyed by ``as_of``).
+
+    ``versions`` (face -> Delta version) reads the commits a step recorded, not the latest.
+    """
 
     def face(name: str) -> DataFrame:
-        frame = read_partition(spark, settings, FEATURE_TABLES[name], ds)
+        version = versions[name] if versions is not None else None
+        frame = read_partition(spark, settings, FEATURE_TABLES[name], ds, version)
         return frame.withColumn("as_of", day(ds))
 
     return FeatureFrames(items=face("items"), users=face("users"), seen=face("seen"))

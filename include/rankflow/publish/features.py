@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rankflow.features.on_demand import MAP_COLUMNS, map_entries
 from rankflow.features.registry import (
     AFFINITY_DIMENSIONS,
     ITEM_FEATURES,
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from rankflow.config import Settings
+    from rankflow.features.batch import FeatureFrames
 
 ACK_SCHEMA = "part string, entities long, bytes long"
-MAP_COLUMNS = [f"{d}_affinity" for d in AFFINITY_DIMENSIONS]
 ITEM_ATTRIBUTES = list(AFFINITY_DIMENSIONS)  # the item strings the on-demand function reads
 
 
@@ -46,30 +47,6 @@ class FeatureCommit:
     def as_source(self) -> dict[str, str]:
         """The feature version's meta fields naming where its values come from."""
         return {f"delta_version.{face}": str(v) for face, v in sorted(self.versions.items())}
-
-
-@dataclass(frozen=True)
-class FeatureFrames:
-    """The three feature faces of one day, read at the committed versions (no ``ds``)."""
-
-    items: DataFrame
-    users: DataFrame
-    seen: DataFrame
-
-
-def read_committed(spark: SparkSession, settings: Settings, commit: FeatureCommit) -> FeatureFrames:
-    """Read the day's rows of each feature table at the version the features step wrote."""
-    from pyspark.sql import functions as F
-
-    from rankflow.days import day
-    from rankflow.lake.tables import FEATURE_TABLES
-
-    def face(name: str) -> DataFrame:
-        path = settings.paths.table(FEATURE_TABLES[name])
-        frame = spark.read.format("delta").option("versionAsOf", commit.versions[name]).load(path)
-        return frame.where(F.col("ds") == day(commit.ds)).drop("ds")
-
-    return FeatureFrames(items=face("items"), users=face("users"), seen=face("seen"))
 
 
 def vocabulary(frames: FeatureFrames) -> list[str]:
@@ -116,7 +93,6 @@ def codes_of(strings: pa.Array, vocab: pa.Array) -> np.ndarray:
 def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
     """Each user's profile (``store.vectors``): declared size, then sorted affinity entries."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     rows = batch.num_rows
     sizes = codes_of(batch.column("declared_size"), vocab)
@@ -126,11 +102,7 @@ def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
         (every_row, np.zeros(rows, dtype=np.int64), sizes)
     ]
     for name in MAP_COLUMNS:
-        column = batch.column(name)
-        entry = pa.struct([("key", column.type.key_type), ("value", column.type.item_type)])
-        lists = column.cast(pa.list_(entry))
-        counts = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(), np.int64)
-        entries = lists.flatten()
+        entries, counts = map_entries(batch.column(name))
         owner = np.repeat(every_row, counts)
         codes = codes_of(entries.field("key"), vocab)
         if (codes < 0).any():
@@ -330,6 +302,7 @@ def materialise(
     """
     import contextlib
 
+    from rankflow.lake.tables import read_features
     from rankflow.publish.redis import cleanup_errors
     from rankflow.serving.snapshot import snapshot_table, write_snapshot
     from rankflow.store.client import checked_client
@@ -347,7 +320,7 @@ def materialise(
         keep=version,
         older_than_seconds=settings.redis.abandoned_after_seconds,
     )
-    frames = read_committed(spark, settings, commit)
+    frames = read_features(spark, settings, commit.ds, commit.versions)
     vocab = vocabulary(frames)
     location = snapshot_location(settings, version)
     source = {**commit.as_source(), "schema_hash": schema_hash(), "snapshot": location}
@@ -384,7 +357,9 @@ def materialise(
                 f"feature version {version}: writers wrote {written} entities per group, the "
                 f"Delta commit holds {expected}; not switching"
             )
-        audited = audit(spark, settings, frames, version, location, audit_sample, audit_seed)
+        audited = audit(
+            spark, settings, frames, expected, version, location, audit_sample, audit_seed
+        )
         result = commit_version(
             client,
             prefix,
@@ -434,14 +409,13 @@ def written_entities(acks: dict[str, tuple[int, int]]) -> dict[str, int]:
 # --------------------------------------------------------------------------- the audit
 
 
-def hash_sample(frame: DataFrame, column: str, size: int, seed: int) -> DataFrame:
+def hash_sample(frame: DataFrame, column: str, total: int, size: int, seed: int) -> DataFrame:
     """About ``max(size, 1.25 x size)`` rows chosen by a seeded hash of ``column`` (all if fewer).
 
     A hash, not a random draw: the same seed picks the same entities on every run and retry.
     """
     from pyspark.sql import functions as F
 
-    total = frame.count()
     share = min(1.0, 1.25 * size / max(total, 1))
     bucket = F.pmod(F.xxhash64(F.lit(seed), F.col(column)), F.lit(1_000_000))
     return frame.where(bucket < F.lit(round(share * 1_000_000)))
@@ -465,6 +439,7 @@ def audit(
     spark: SparkSession,
     settings: Settings,
     frames: FeatureFrames,
+    expected: dict[str, int],
     version: str,
     snapshot: str,
     sample: int,
@@ -487,7 +462,7 @@ def audit(
     prefix = settings.redis.key_prefix
     client = checked_client(settings.redis.url, "The audit could not read Redis.")
     wrong: list[str] = []
-    users = hash_sample(frames.users, "user_id", sample, seed).select(
+    users = hash_sample(frames.users, "user_id", expected[GROUPS["user"]], sample, seed).select(
         "user_id", *USER_FEATURES, "declared_size", *MAP_COLUMNS
     )
     user_rows = users.toArrow().to_pylist()
@@ -513,17 +488,17 @@ def audit(
             decode_profile(profile, AFFINITY_DIMENSIONS), row, vocab
         ):
             wrong.append(f"user profile {uid}")
-        expected = sorted(shown.get(uid, []))
-        if (history is None) != (not expected):
+        pairs = sorted(shown.get(uid, []))
+        if (history is None) != (not pairs):
             wrong.append(f"user history {uid}")
         elif history is not None:
             got = decode_history(history)
-            if got.item_ids.tolist() != [e[0] for e in expected] or not (
-                _same(got.seen, [e[1] for e in expected])
-                and _same(got.clicked, [e[2] for e in expected])
+            if got.item_ids.tolist() != [e[0] for e in pairs] or not (
+                _same(got.seen, [e[1] for e in pairs])
+                and _same(got.clicked, [e[2] for e in pairs])
             ):
                 wrong.append(f"user history {uid}")
-    items = hash_sample(frames.items, "item_id", sample, seed).select(
+    items = hash_sample(frames.items, "item_id", expected[GROUPS["item"]], sample, seed).select(
         "item_id", *ITEM_FEATURES, *ITEM_ATTRIBUTES, "is_sold"
     )
     item_rows = items.toArrow().to_pylist()
@@ -545,7 +520,7 @@ def audit(
             row["is_sold"]
         ):
             wrong.append(f"snapshot item {row['item_id']}")
-    if len(local.item_ids) != frames.items.count():
+    if len(local.item_ids) != expected[GROUPS["item"]]:
         wrong.append(f"snapshot holds {len(local.item_ids)} items")
     if wrong:
         raise FeatureAuditError(

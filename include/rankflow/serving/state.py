@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from rankflow.features.registry import (
     ITEM_FEATURES,
     USER_FEATURES,
 )
+from rankflow.model.fit import POSITION_FEATURE
 from rankflow.serving.snapshot import ItemSnapshot, load_snapshot
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from rankflow.config import Settings
 
 log = logging.getLogger("rankflow.serving")
-POSITION_FEATURE = "shown_position"  # a position-debiased model gets the top slot (model.fit)
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def load_served_model(settings: Settings, version: str, schema_hash: str | None)
 
 @dataclass
 class ServingState:
-    """The served pair and the refresher that follows the champion and the feature version."""
+    """The served pair, refreshed by polling the champion alias and the feature version."""
 
     settings: Settings
     client: redis.Redis
@@ -117,7 +116,6 @@ class ServingState:
     refused: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
     last_refused: tuple[str, str] | None = None  # the (model, features) pair refused last
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     def refresh(self) -> bool:
         """Poll both pointers once; swap to a consistent new pair. Returns whether it swapped."""
@@ -166,17 +164,6 @@ class ServingState:
         log.info("serving model %s with feature version %s", model.version, features.version)
         return True
 
-    def run_refresher(self, interval: float) -> threading.Thread:
-        """Refresh every ``interval`` seconds in a daemon thread (errors are logged, kept)."""
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                self.refresh_quietly()
-
-        thread = threading.Thread(target=loop, name="rankflow-refresh", daemon=True)
-        thread.start()
-        return thread
-
     def refresh_quietly(self) -> None:
         """Refresh, logging a failure instead of raising (the old pair keeps serving)."""
         try:
@@ -186,10 +173,6 @@ class ServingState:
             if str(error) != self.last_error:
                 log.warning("refresh failed, still serving what was loaded: %s", error)
             self.last_error = str(error)
-
-    def stop(self) -> None:
-        """Stop the refresher."""
-        self._stop.set()
 
 
 def model_matrix(

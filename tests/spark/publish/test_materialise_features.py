@@ -79,8 +79,8 @@ def test_a_corrupted_value_blocks_the_switch_and_the_version_is_deleted(
     before = run_materialise_features(spark, lake, TINY_DAY, "run-good")["version"]
     real_audit = features.audit
 
-    def corrupting_audit(spark: Any, settings: Settings, frames: Any, version: str,
-                         snapshot: str, *args: Any) -> dict[str, int]:  # fmt: skip
+    def corrupting_audit(spark: Any, settings: Settings, frames: Any, expected: Any,
+                         version: str, snapshot: str, *args: Any) -> dict[str, int]:  # fmt: skip
         if corrupt == "redis vector":
             item = int(frames.items.select("item_id").first()[0])
             key = feature_key(settings.redis.key_prefix, version, "i", item)
@@ -96,7 +96,7 @@ def test_a_corrupted_value_blocks_the_switch_and_the_version_is_deleted(
             table = table.set_column(index, "item_price", pa.array(prices, pa.float32()))
             with pa.OSFile(snapshot, "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
                 out.write_table(table)
-        return real_audit(spark, settings, frames, version, snapshot, *args)
+        return real_audit(spark, settings, frames, expected, version, snapshot, *args)
 
     monkeypatch.setattr(features, "audit", corrupting_audit)
     with pytest.raises(FeatureAuditError, match="differ from the Delta commit"):

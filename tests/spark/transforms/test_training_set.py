@@ -1,12 +1,11 @@
 """Training set: no feature sees its label day, graded labels, idempotent rewrites.
 
-One tiny simulated marketplace (5 days) is generated and ingested once for the whole module;
-the last day ``D`` is the label day of every check.
+The tiny simulated marketplace of ``tests/spark/conftest.py`` (5 days, ingested once per
+session); its last day ``D`` is the label day of every check.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from functools import reduce
@@ -14,36 +13,15 @@ from typing import Any
 
 import pytest
 
-from rankflow.config import Settings, load_settings
+from rankflow.config import Settings
 from rankflow.features.registry import MODEL_FEATURES
+from tiny_lake import TINY_DAY
 
 pytestmark = pytest.mark.spark
 
-START = date(2026, 10, 1)  # the tiny preset's first day
-D = date(2026, 10, 5)  # the label day: the last generated day
+D = TINY_DAY  # the label day: the last generated day
 KEY = ["qid", "item_id"]
-SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
 KEPT = [*KEY, "user_id", "position", "label", "features_as_of", "ds", *MODEL_FEATURES]
-
-
-@pytest.fixture(scope="module")
-def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings of a home holding 5 tiny simulated days, ingested into bronze."""
-    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
-    from rankflow.steps.ingest import run_ingest
-
-    # Delta replays its log with 50 tasks by default: far too many for tables this small
-    previous = spark.conf.get(SNAPSHOT_PARTITIONS, None)
-    spark.conf.set(SNAPSHOT_PARTITIONS, "2")
-    home = tmp_path_factory.mktemp("training-set-home")
-    settings = load_settings({**os.environ, "RANKFLOW_HOME": str(home)})
-    generate_marketplace(GeneratorConfig.preset("tiny", days=5), settings.paths.raw)
-    run_ingest(spark, settings, START, D)
-    yield settings
-    if previous is None:
-        spark.conf.unset(SNAPSHOT_PARTITIONS)
-    else:
-        spark.conf.set(SNAPSHOT_PARTITIONS, previous)
 
 
 @pytest.fixture(scope="module")
