@@ -494,8 +494,7 @@ def audit(
         elif history is not None:
             got = decode_history(history)
             if got.item_ids.tolist() != [e[0] for e in pairs] or not (
-                _same(got.seen, [e[1] for e in pairs])
-                and _same(got.clicked, [e[2] for e in pairs])
+                _same(got.seen, [e[1] for e in pairs]) and _same(got.clicked, [e[2] for e in pairs])
             ):
                 wrong.append(f"user history {uid}")
     items = hash_sample(frames.items, "item_id", expected[GROUPS["item"]], sample, seed).select(
