@@ -6,7 +6,9 @@ Turns yesterday's marketplace behaviour into fresh personalised ranked lists:
 
 ingest -> features -> candidates -> training set -> (train -> evaluate/gate -> [approval] ->
 promote | reuse champion) -> score -> publish S3 -> publish Redis -> repair sold -> monitor;
-features -> materialise features (the online feature version the ranking service reads)
+features -> materialise features (the online feature version the ranking service reads);
+drain served -> check skew -> monitor (the answers the ranking service logged on the day,
+replayed offline: features and scores must equal what was served)
 
 Every Spark step is a `spark-submit` of `jobs/<step>.py` on the master of the `spark_rankflow`
 connection (`local[*]` by default); Redis and S3 come from the `redis_rankflow` and `s3_rankflow`
@@ -161,6 +163,8 @@ def rankflow_nightly() -> None:
     publish_s3 = spark_step("publish_s3", publication)
     publish_redis = spark_step("publish_redis", publication)
     monitor = spark_step("monitor", publication)
+    drain_served = spark_step("drain_served", day)
+    check_skew = spark_step("check_skew", day)
 
     branch = choose_model()
     # the branches' joins: nothing to run, they only say which way the night went
@@ -179,6 +183,8 @@ def rankflow_nightly() -> None:
     chain(approve, promote, score)
     chain(by_gate, score)
     chain(reuse, score, publish_s3, publish_redis, repair_sold(), monitor, alert_breaches(ds))
+    # the day's served answers: drained from the serving log, replayed offline, judged by monitor
+    chain(ds, drain_served, check_skew, monitor)
 
 
 rankflow_nightly()

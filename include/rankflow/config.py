@@ -98,7 +98,8 @@ class RedisSettings:
     """Connection and key layout of the serving store.
 
     ``url`` is the writer's (publish, repair, monitoring); ``reader_url`` the read-only user's
-    (lookups, the Ranking page); ``admin_url`` an operator's, used only to start the embedded
+    (lookups, the Ranking page, the ranking service); ``logger_url`` the serving log's (``XADD``
+    to the ``log:`` streams only); ``admin_url`` an operator's, used only to start the embedded
     server with its ACL users and by the tests to clean up. Each carries its ACL user and
     password in the URL's user-info part and TLS (``rediss://`` with
     ``?ssl_ca_certs=/path/ca.pem``); see docs/security.md.
@@ -114,6 +115,12 @@ class RedisSettings:
     embedded_maxmemory: str = "4gb"  # `maxmemory` of the redis-server `make up` starts (noeviction)
     reader_url: str = ""  # empty: the writer's URL
     admin_url: str = ""
+    logger_url: str = ""  # the ranking service's serving log (XADD only); empty: the writer's
+
+    @property
+    def log_url(self) -> str:
+        """The URL the ranking service appends its serving log with."""
+        return self.logger_url or self.url
 
     @property
     def lookup_url(self) -> str:
@@ -187,6 +194,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             embedded_maxmemory=env.get("RANKFLOW_REDIS_MAXMEMORY", "4gb"),
             reader_url=env.get("RANKFLOW_REDIS_READER_URL", ""),
             admin_url=env.get("RANKFLOW_REDIS_ADMIN_URL", ""),
+            logger_url=env.get("RANKFLOW_REDIS_LOGGER_URL", ""),
         ),
         s3=S3Settings(
             endpoint_url=env.get("RANKFLOW_S3_ENDPOINT", DEFAULT_S3_ENDPOINT) or None,

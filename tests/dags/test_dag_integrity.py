@@ -55,6 +55,10 @@ def test_steps_run_in_the_documented_order(nightly) -> None:
         "materialise_features",
     }
     assert nightly.get_task("materialise_features").downstream_task_ids == set()
+    # the day's served answers are drained and replayed before monitor judges the night
+    assert nightly.get_task("check_params").downstream_task_ids >= {"drain_served"}
+    assert nightly.get_task("drain_served").downstream_task_ids == {"check_skew"}
+    assert nightly.get_task("check_skew").downstream_task_ids == {"monitor"}
     assert nightly.get_task("choose_model").downstream_task_ids == {"train", "reuse_champion"}
     assert nightly.get_task("train").downstream_task_ids == {"evaluate"}
     assert nightly.get_task("evaluate").downstream_task_ids == {"needs_approval", "alert_gate"}
@@ -121,7 +125,7 @@ def test_trigger_form_params_are_validated(nightly) -> None:
 
 def test_spark_steps_use_the_rankflow_spark_connection(nightly) -> None:
     spark_steps = [t for t in nightly.tasks if t.task_type == "RankflowSparkSubmitOperator"]
-    assert len(spark_steps) == 12
+    assert len(spark_steps) == 14
     for task in spark_steps:
         assert task._conn_id == "spark_rankflow"
         assert Path(task.application).exists(), task.application

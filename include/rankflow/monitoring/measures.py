@@ -342,6 +342,35 @@ def offline_figures(settings: Settings, ds: date) -> list[Figure]:
     return figures
 
 
+def skew_figures(settings: Settings, ds: date) -> list[Figure]:
+    """The skew check's figures (none on a night it did not run or nothing was served)."""
+    import json
+
+    from rankflow.runs import run_record_path
+
+    path = run_record_path(settings, ds, "skew-check")
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    figures = [
+        Figure("skew", "skew_answers_replayed", float(report["replayed"])),
+        Figure("skew", "skew_unreplayable_answers", float(report["unreplayable"])),
+    ]
+    if report["answers"]:
+        share = report["fallbacks"] / report["answers"]
+        figures.append(Figure("serving", "serving_fallback_share", share))
+    for metric in ("score_parity", "topk_parity"):
+        if report[metric] is not None:
+            figures.append(Figure("skew", f"skew_{metric}", float(report[metric])))
+    figures += [
+        Figure("skew", f"skew_{metric}", float(value), feature)
+        for feature, rates in sorted(report["features"].items())
+        for metric, value in rates.items()
+        if metric != "rows"
+    ]
+    return figures
+
+
 def relative_change(figures: list[Figure], past: list[dict[str, Any]], metric: str) -> list[Figure]:
     """Change of a figure against its value on the latest earlier day (none on the first day)."""
     today = next((f.value for f in figures if f.metric == metric), None)

@@ -102,7 +102,9 @@ def default_threshold(config: Mapping[str, Any], metric: str) -> Threshold | Non
         return None
     lower, upper = bounds.get("min"), bounds.get("max")
     return Threshold(
-        None if lower is None else float(lower), None if upper is None else float(upper), "default"
+        None if lower is None else float(lower),
+        None if upper is None else float(upper),
+        "fixed" if bounds.get("fixed") else "default",
     )
 
 
@@ -115,7 +117,7 @@ def calibrated_threshold(
     small relative margin (``relative_floor`` x |median|) so that rounding does not alert.
     """
     values = np.asarray([v for v in clean_values if not math.isnan(v)], dtype=np.float64)
-    if len(values) < int(calibration["min_clean_days"]):
+    if default.source == "fixed" or len(values) < int(calibration["min_clean_days"]):
         return default
     median = float(np.median(values))
     sigma = MAD_TO_SIGMA * float(np.median(np.abs(values - median)))

@@ -23,6 +23,7 @@ REDIS_USERS = {
     "RANKFLOW_REDIS_URL": "rankflow-writer",
     "RANKFLOW_REDIS_READER_URL": "rankflow-reader",
     "RANKFLOW_REDIS_ADMIN_URL": "rankflow-admin",
+    "RANKFLOW_REDIS_LOGGER_URL": "rankflow-logger",
 }
 POSTGRES_VARIABLE = "RANKFLOW_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://127.0.0.1:5439/airflow"  # make airflow's metadata database

@@ -71,7 +71,11 @@ def run_dir(settings: Settings) -> Path:
 
 
 def redis_acl_file(settings: Settings) -> str | None:
-    """The embedded server's ACL file from the three URLs' users (None when none has one)."""
+    """The embedded server's ACL file from the URLs' users (None when none has one).
+
+    The writer, reader and admin are required together; the serving log's user is added when
+    ``RANKFLOW_REDIS_LOGGER_URL`` names one.
+    """
     urls = {
         "RANKFLOW_REDIS_URL": settings.redis.url,
         "RANKFLOW_REDIS_READER_URL": settings.redis.reader_url,
@@ -87,7 +91,10 @@ def redis_acl_file(settings: Settings) -> str | None:
             "all three (writer, reader, admin) or none; `make` writes them to "
             f"{local_secrets_path(settings)}"
         )
-    return acl_file_text(settings.redis.key_prefix, writer=writer, reader=reader, admin=admin)
+    logger = url_credentials(settings.redis.logger_url)
+    return acl_file_text(
+        settings.redis.key_prefix, writer=writer, reader=reader, admin=admin, logger=logger
+    )
 
 
 def local_services(settings: Settings) -> list[Service]:

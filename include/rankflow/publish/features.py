@@ -330,8 +330,9 @@ def materialise(
     try:
         client.set(schema_key(prefix, version), json.dumps(schema_document(vocab, location)))
         items = frames.items.select("item_id", *ITEM_FEATURES, *ITEM_ATTRIBUTES, "is_sold")
+        origin = {"ds": commit.ds.isoformat(), "delta_versions": commit.versions}
         table = snapshot_table(
-            items.toArrow(), ITEM_FEATURES, ITEM_ATTRIBUTES, vocab, version, schema_hash()
+            items.toArrow(), ITEM_FEATURES, ITEM_ATTRIBUTES, vocab, version, schema_hash(), origin
         )
         snapshot_bytes = write_snapshot(table, location)
         batch = settings.redis.mset_batch

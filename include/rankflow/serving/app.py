@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from rankflow.serving.log import ServedRecord, ServingLog
+    from rankflow.serving.ranker import Ranked
     from rankflow.serving.state import ServingState
 
 log = logging.getLogger("rankflow.serving")
@@ -95,6 +97,20 @@ class Metrics:
             "rankflow_model_refusals", "Models refused (schema mismatch) since start",
             registry=self.registry,
         )  # fmt: skip
+        self.log_records = Gauge(
+            "rankflow_serving_log_records", "Serving log records since start, by outcome",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+
+    def watch_log(self, serving_log: ServingLog) -> None:
+        """Report the serving log's counts at every scrape."""
+        outcomes = {
+            "logged": lambda: serving_log.logged,
+            "dropped": lambda: serving_log.dropped,
+            "queued": serving_log.pending,
+        }
+        for outcome, count in outcomes.items():
+            self.log_records.labels(outcome).set_function(count)
 
 
 def api_keys(env: dict[str, str] | None = None) -> list[bytes]:
@@ -121,6 +137,39 @@ def error(status: int, message: str) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
+def served_record(
+    request_id: str,
+    ts_ms: int,
+    req: RankRequest,
+    k: int,
+    candidates: np.ndarray | None,
+    result: RankResponse,
+    ranked: Ranked | None,
+) -> ServedRecord:
+    """What the serving log keeps of one answer (the inputs only when they were kept)."""
+    from rankflow.serving.log import ServedRecord, floats_bytes, ids_bytes
+
+    scores = [item.score for item in result.items if item.score is not None]
+    inputs = ranked.inputs if ranked is not None else None
+    return ServedRecord(
+        request_id=request_id,
+        ts_ms=ts_ms,
+        user_id=req.user_id,
+        surface=req.surface,
+        k=k,
+        candidates=ids_bytes(candidates) if candidates is not None else b"",
+        item_ids=ids_bytes([item.item_id for item in result.items]),
+        scores=floats_bytes(scores),
+        model_version=result.model_version,
+        feature_version=result.feature_version,
+        fallback=result.fallback,
+        reason=result.reason,
+        scored_ids=ids_bytes(inputs.item_ids) if inputs is not None else b"",
+        scored_scores=floats_bytes(inputs.scores) if inputs is not None else b"",
+        inputs=floats_bytes(inputs.matrix) if inputs is not None else b"",
+    )
+
+
 def create_app(settings: Settings | None = None, state: ServingState | None = None) -> Starlette:
     """Build the ASGI app (``uvicorn --factory rankflow.serving.app:create_app``)."""
     from contextlib import asynccontextmanager
@@ -130,10 +179,12 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     from starlette.routing import Route
 
     from rankflow.config import load_settings
+    from rankflow.serving.log import ServingLog, vectors_sampled
     from rankflow.serving.ranker import fetch_user, nightly_order, rank
     from rankflow.serving.state import ServingState, describe
     from rankflow.store import RankingReader
     from rankflow.store.client import redis_client
+    from rankflow.store.keys import served_log_key
 
     settings = settings or load_settings()
     config = settings.pipeline["serving"]
@@ -149,6 +200,17 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     reader = RankingReader(client, prefix, version_cache_seconds=2.0)
     serving = state or ServingState(settings, client)
     metrics = Metrics()
+    serving_log = None
+    if config["log"]:
+        serving_log = ServingLog(
+            redis_client(settings.redis.log_url, socket_timeout=2.0),
+            served_log_key(prefix),
+            max_queue=int(config["log_queue"]),
+            max_stream_length=int(config["log_max_stream_length"]),
+        )
+        metrics.watch_log(serving_log)
+    sample_percent = float(config["log_vectors_percent"])
+    sample_seed = int(config["log_sample_seed"])
     fallbacks: dict[str, list[int]] = {}  # surface -> the nightly fallback list, for Redis outages
     encoder = msgspec.json.Encoder()
     decoder = msgspec.json.Decoder(RankRequest)
@@ -190,8 +252,13 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
 
         thread = threading.Thread(target=loop, name="rankflow-refresh", daemon=True)
         thread.start()
+        if serving_log is not None:
+            serving_log.start()
         yield
         stop.set()
+        if serving_log is not None:
+            serving_log.stop()
+            serving_log.client.close()
         client.close()
 
     def answer(body: RankResponse, status: int = 200) -> Response:
@@ -248,45 +315,51 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
                 return error(400, "candidate ids repeat: send each item once")
         k = req.k or default_k
         request_id = uuid.uuid4().hex
-        served = serving.served
-        if served is None:
-            result = fallback_answer(request_id, req, candidates, "not_ready", k)
-        elif candidates is None:
-            result = fallback_answer(request_id, req, None, "no_candidates", k)
-        else:
-            try:
-                fetched = fetch_user(client, prefix, served.features.version, req.user_id)
-            except Exception as problem:
-                log.warning("redis failed for a rank request: %s", problem)
-                result = fallback_answer(request_id, req, candidates, "redis_unavailable", k)
-            else:
-                if time.perf_counter() - started > deadline:
-                    result = fallback_answer(request_id, req, candidates, "deadline", k)
-                else:
-                    try:
-                        ranked = rank(served, fetched, candidates, k)
-                    except Exception as problem:
-                        log.exception("the model failed: %s", problem)
-                        result = fallback_answer(request_id, req, candidates, "model_error", k)
-                    else:
-                        metrics.unknown.inc(ranked.unknown)
-                        if time.perf_counter() - started > deadline:
-                            result = fallback_answer(request_id, req, candidates, "deadline", k)
-                        else:
-                            items = [
-                                RankedItem(i, s)
-                                for i, s in zip(ranked.item_ids, ranked.scores, strict=True)
-                            ]
-                            result = RankResponse(
-                                request_id,
-                                items,
-                                served.model.version,
-                                served.features.version,
-                                False,
-                            )
+        ts_ms = time.time_ns() // 1_000_000
+        keep_inputs = serving_log is not None and vectors_sampled(
+            req.user_id, sample_percent, sample_seed
+        )
+        result, ranked = answer_rank(request_id, req, candidates, k, started, keep_inputs)
         metrics.requests.labels("200").inc()
         metrics.latency.observe(time.perf_counter() - started)
+        if serving_log is not None:
+            serving_log.append(served_record(request_id, ts_ms, req, k, candidates, result, ranked))
         return answer(result)
+
+    def answer_rank(
+        request_id: str,
+        req: RankRequest,
+        candidates: np.ndarray | None,
+        k: int,
+        started: float,
+        keep_inputs: bool,
+    ) -> tuple[RankResponse, Ranked | None]:
+        """The model's answer, or the fallback with its reason."""
+        served = serving.served
+        if served is None:
+            return fallback_answer(request_id, req, candidates, "not_ready", k), None
+        if candidates is None:
+            return fallback_answer(request_id, req, None, "no_candidates", k), None
+        try:
+            fetched = fetch_user(client, prefix, served.features.version, req.user_id)
+        except Exception as problem:
+            log.warning("redis failed for a rank request: %s", problem)
+            return fallback_answer(request_id, req, candidates, "redis_unavailable", k), None
+        if time.perf_counter() - started > deadline:
+            return fallback_answer(request_id, req, candidates, "deadline", k), None
+        try:
+            ranked = rank(served, fetched, candidates, k, keep_inputs)
+        except Exception as problem:
+            log.exception("the model failed: %s", problem)
+            return fallback_answer(request_id, req, candidates, "model_error", k), None
+        metrics.unknown.inc(ranked.unknown)
+        if time.perf_counter() - started > deadline:
+            return fallback_answer(request_id, req, candidates, "deadline", k), None
+        items = [RankedItem(i, s) for i, s in zip(ranked.item_ids, ranked.scores, strict=True)]
+        result = RankResponse(
+            request_id, items, served.model.version, served.features.version, False
+        )
+        return result, ranked
 
     async def list_endpoint(request: Request) -> Response:
         if not authorised(request, keys):

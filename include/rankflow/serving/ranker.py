@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class ModelInputs:
+    """Every scored candidate, its model input row and its score (the skew check replays them)."""
+
+    item_ids: np.ndarray
+    matrix: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
 class Ranked:
     """A re-ranked candidate set."""
 
@@ -37,6 +46,7 @@ class Ranked:
     unknown: int
     sold: int
     user_known: bool
+    inputs: ModelInputs | None = None  # kept for the serving log's sampled users
 
 
 def user_side(profile: bytes | None, log_price_mean: float) -> UserSide:
@@ -72,6 +82,7 @@ def rank(
     fetched: tuple[bytes | None, bytes | None, bytes | None],
     candidates: np.ndarray,
     k: int,
+    keep_inputs: bool = False,
 ) -> Ranked:
     """Score the known, unsold candidates and order them (ties: smaller item id first)."""
     vector, profile, history = fetched
@@ -94,9 +105,8 @@ def rank(
     cross = cross_features(
         np.zeros(len(ids), np.int64), items, users, seen, clicked, served.features.one_size
     )
-    scores = served.model.booster.inplace_predict(
-        model_matrix(served, item_rows, user_vector, cross)
-    )
+    matrix = model_matrix(served, item_rows, user_vector, cross)
+    scores = served.model.booster.inplace_predict(matrix)
     order = np.lexsort((ids, -scores))[:k]
     unknown = candidates[~known]
     room = max(k - len(order), 0)
@@ -106,6 +116,7 @@ def rank(
         unknown=int((~known).sum()),
         sold=int(sold.sum()),
         user_known=vector is not None,
+        inputs=ModelInputs(ids, matrix, np.asarray(scores, np.float32)) if keep_inputs else None,
     )
 
 

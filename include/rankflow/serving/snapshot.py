@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,8 +53,13 @@ def snapshot_table(
     vocabulary: list[str],
     version: str,
     schema_hash: str,
+    source: dict[str, Any] | None = None,
 ) -> pa.Table:
-    """Build the snapshot's table from the item feature rows (sorted, float32, coded)."""
+    """Build the snapshot's table from the item feature rows (sorted, float32, coded).
+
+    ``source`` (the features day and the Delta versions read) lets the skew check rebuild the
+    version's values offline long after Redis expired it.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -75,6 +80,7 @@ def snapshot_table(
         "rankflow.vocabulary": json.dumps(vocabulary),
         "rankflow.features": json.dumps(feature_names),
         "rankflow.attributes": json.dumps(attributes),
+        "rankflow.source": json.dumps(source or {}),
     }
     return pa.table(columns).replace_schema_metadata(metadata)
 
@@ -92,6 +98,19 @@ def write_snapshot(table: pa.Table, location: str) -> int:
         writer.write_table(table)
     fs.move(temporary, path)
     return int(fs.get_file_info(path).size or 0)
+
+
+def snapshot_source(location: str) -> dict[str, Any]:
+    """Where a feature version's values came from (its snapshot's ``rankflow.source``)."""
+    import pyarrow as pa
+
+    from rankflow.lake.delta_log import arrow_filesystem
+
+    fs, path = arrow_filesystem(location)
+    with fs.open_input_file(path) as source:
+        metadata = pa.ipc.open_file(source).schema.metadata or {}
+    found: dict[str, Any] = json.loads(metadata.get(b"rankflow.source", b"{}"))
+    return found
 
 
 def load_snapshot(location: str) -> ItemSnapshot:

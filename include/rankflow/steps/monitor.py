@@ -21,6 +21,7 @@ from rankflow.monitoring.measures import (
     relative_change,
     score_figures,
     served_recall,
+    skew_figures,
     sold_served_figures,
 )
 from rankflow.monitoring.rules import breaches, judge
@@ -46,6 +47,7 @@ def run_monitor(
         *served_recall(spark, settings, ds, surface),
         *publish_figures(settings, ds, surface),
         *offline_figures(settings, ds),
+        *skew_figures(settings, ds),
     ]
     figures += relative_change(figures, past, "published_users")
     share, served = served_sold_share(settings, surface)

@@ -1,14 +1,16 @@
 """Redis access control: the users rankflow needs and the least each of them may do.
 
-Three users share one server. ``writer`` publishes, repairs and monitors: any command on the
-namespace's keys except the ``@dangerous`` ones (no ``FLUSHALL``/``FLUSHDB``, ``CONFIG``,
-``DEBUG``, ``KEYS``, ``SHUTDOWN``, ``ACL``, ``MONITOR``), no script or function cache flush,
-no pub/sub; it keeps ``INFO`` because the memory check before a publication reads
-``used_memory`` and ``maxmemory`` from it. ``reader`` (the app's services, the Ranking page,
-``rankflow lookup``) may only read keys of the namespace: ``@read`` commands and the read-only
-script calls ``EVALSHA_RO``/``EVAL_RO``, whose scripts Redis refuses to let write. ``admin``
-(an operator, the tests' clean-up) may do anything. The ``default`` user is disabled, so a
-client without credentials can do nothing but authenticate.
+Three users (four with the serving log's) share one server. ``writer`` publishes, repairs and
+monitors: any command on the namespace's keys except the ``@dangerous`` ones (no
+``FLUSHALL``/``FLUSHDB``, ``CONFIG``, ``DEBUG``, ``KEYS``, ``SHUTDOWN``, ``ACL``, ``MONITOR``),
+no script or function cache flush, no pub/sub; it keeps ``INFO`` because the memory check before
+a publication reads ``used_memory`` and ``maxmemory`` from it. ``reader`` (the app's services,
+the Ranking page, ``rankflow lookup``) may only read keys of the namespace: ``@read`` commands
+and the read-only script calls ``EVALSHA_RO``/``EVAL_RO``, whose scripts Redis refuses to let
+write. ``logger`` (the ranking service's serving log, optional) may only ``XADD`` to the
+namespace's ``log:`` streams: it can neither read them nor touch any other key. ``admin`` (an
+operator, the tests' clean-up) may do anything. The ``default`` user is disabled, so a client
+without credentials can do nothing but authenticate.
 
 The same rules feed the embedded server's ACL file and the compose stack's
 (``docker/redis/entrypoint.sh``); ``docs/security.md`` lists them.
@@ -28,6 +30,7 @@ READER_RULES = (
     "resetkeys %R~{prefix}:* resetchannels -@all +@read +@connection -@dangerous "
     "+evalsha_ro +eval_ro +script|exists"
 )
+LOGGER_RULES = "resetkeys %W~{prefix}:log:* resetchannels -@all +@connection +xadd"
 ADMIN_RULES = "~* &* +@all"
 DEFAULT_USER_LINE = "user default off resetpass resetkeys resetchannels -@all"
 
@@ -61,16 +64,19 @@ def user_line(user: Credentials, rules: str, prefix: str) -> str:
 
 
 def acl_file_text(
-    prefix: str, *, writer: Credentials, reader: Credentials, admin: Credentials
+    prefix: str,
+    *,
+    writer: Credentials,
+    reader: Credentials,
+    admin: Credentials,
+    logger: Credentials | None = None,
 ) -> str:
-    """The ACL file of a server holding one rankflow namespace: three users, no default."""
-    names = {writer.username, reader.username, admin.username}
-    if len(names) != 3 or "default" in names:
-        raise ValueError("the writer, reader and admin need three distinct names, none 'default'")
-    lines = [
-        DEFAULT_USER_LINE,
-        user_line(writer, WRITER_RULES, prefix),
-        user_line(reader, READER_RULES, prefix),
-        user_line(admin, ADMIN_RULES, prefix),
-    ]
+    """The ACL file of a server holding one rankflow namespace: three or four users, no default."""
+    users = [(writer, WRITER_RULES), (reader, READER_RULES), (admin, ADMIN_RULES)]
+    if logger is not None:
+        users.append((logger, LOGGER_RULES))
+    names = {user.username for user, _ in users}
+    if len(names) != len(users) or "default" in names:
+        raise ValueError("the writer, reader, admin and logger need distinct names, none 'default'")
+    lines = [DEFAULT_USER_LINE, *(user_line(user, rules, prefix) for user, rules in users)]
     return "\n".join(lines) + "\n"

@@ -137,3 +137,11 @@ def schema_key(prefix: str, version: str) -> str:
 def feature_key_pattern(prefix: str, version: str) -> str:
     """Return the SCAN pattern of every entity key of a feature version."""
     return f"{version_base(prefix, FEATURES, version)}:[uphi]:*"
+
+
+# --------------------------------------------------------------------------- serving log
+
+
+def served_log_key(prefix: str) -> str:
+    """Return the Redis stream the ranking service logs every answer to (drained nightly)."""
+    return f"{prefix}:log:served"

@@ -72,23 +72,37 @@ def call(url: str, body: dict[str, Any] | None = None, key: str | None = KEY) ->
         return failure.code, json.loads(failure.read())
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def service(
-    spark: Any, lake: Settings, feature_versions: dict[str, int], redis_client: Any
+    spark: Any,
+    lake: Settings,
+    feature_versions: dict[str, int],
+    redis_admin_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, str]]:
-    """Materialise the tiny day, register a champion and run `rankflow serve` on a free port."""
+    """Materialise the tiny day, register a champion and run `rankflow serve` on a free port.
+
+    One service for the module (its tests only read); every user's answers log their inputs.
+    """
+    import redis
+
     from rankflow.steps.candidates import run_candidates
     from rankflow.steps.materialise_features import run_materialise_features
 
+    admin = redis.Redis.from_url(redis_admin_url)
+    admin.flushdb()
     run_candidates(spark, lake, TINY_DAY)  # idempotent: the scoring test's candidates
     run_materialise_features(spark, lake, TINY_DAY, "serve-test")
     model_version = register_champion(lake, TINY_DAY)
     port = free_port()
+    config = tmp_path_factory.mktemp("serve") / "serve.yaml"
+    config.write_text("serving:\n  log_vectors_percent: 100\n")
     env = {
         **os.environ,
         "RANKFLOW_HOME": str(lake.paths.home),
         "MLFLOW_TRACKING_URI": lake.mlflow_tracking_uri,
         "RANKFLOW_API_KEYS": f"other-key,{KEY}",
+        "RANKFLOW_CONFIG": str(config),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "rankflow.cli", "serve", "--port", str(port)],
@@ -113,6 +127,8 @@ def service(
     finally:
         process.terminate()
         process.wait(timeout=20)
+        admin.flushdb()
+        admin.close()
 
 
 def test_service_scores_equal_batch_scores_bit_for_bit(
@@ -191,3 +207,93 @@ def test_unknown_candidates_come_last_in_request_order(
     assert sorted(returned[:3]) == sorted(items)
     assert returned[3:] == unknown
     assert [i["score"] for i in body["items"][3:]] == [None, None]
+
+
+def logged_answers(base: str, wanted: int) -> int:
+    """Wait until the service has appended ``wanted`` answers to the serving log."""
+    for _ in range(100):
+        text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith('rankflow_serving_log_records{outcome="logged"}'):
+                logged = int(float(line.split()[-1]))
+                if logged >= wanted:
+                    return logged
+        time.sleep(0.1)
+    return -1
+
+
+def test_served_answers_drain_and_replay_offline_without_skew(
+    spark: Any, lake: Settings, service: tuple[str, str], redis_admin_url: str
+) -> None:
+    """The serving log drains into bronze/served; replaying it offline finds zero skew.
+
+    Then one user's vector is changed in Redis behind the service's back: the replay names
+    exactly that feature.
+    """
+    from datetime import UTC, datetime
+
+    import redis
+
+    from rankflow.features.registry import USER_FEATURES
+    from rankflow.lake.tables import read_partition
+    from rankflow.steps.check_skew import run_check_skew
+    from rankflow.steps.drain_served import run_drain_served
+    from rankflow.store.keys import FEATURES, feature_key
+    from rankflow.store.versions import version_pointers
+
+    base, model_version = service
+    candidates = read_partition(spark, lake, "silver/candidates", TINY_DAY)
+    per_user = candidates.groupBy("user_id").agg({"item_id": "collect_list"}).limit(4).collect()
+    for user, items in per_user:
+        status, body = call(
+            f"{base}/v1/rank",
+            {"user_id": int(user), "surface": "home", "candidates": [*items, 4_000_000_000],
+             "k": 20},
+        )  # fmt: skip
+        assert status == 200
+        assert body["fallback"] is False
+    status, body = call(f"{base}/v1/rank", {"user_id": 1, "surface": "home"})  # no candidates
+    assert body["fallback"] is True
+    assert logged_answers(base, len(per_user) + 1) >= len(per_user) + 1
+    today = datetime.now(UTC).date()
+    drained = run_drain_served(spark, lake, today)
+    assert drained["quarantined"] == 0
+    assert drained["rows"] >= len(per_user) + 1
+    report = run_check_skew(spark, lake, today)
+    assert report["sampled"] >= len(per_user)
+    assert report["replayed"] == report["sampled"]
+    assert report["unreplayable"] == 0
+    assert report["model_versions"] == [model_version]
+    assert report["rows"] >= sum(len(items) for _, items in per_user) - 4 * len(per_user)
+    assert report["score_parity"] == 1.0
+    assert report["topk_parity"] == 1.0
+    assert report["mismatched_features"] == []
+    assert set(report["features"]) == set(MODEL_FEATURES)
+    assert all(f["smape"] == 0.0 for f in report["features"].values())
+    # a retry of the drain rewrites the same rows
+    assert run_drain_served(spark, lake, today)["rows"] == drained["rows"]
+
+    admin = redis.Redis.from_url(redis_admin_url)
+    user, items = per_user[0]
+    prefix = lake.redis.key_prefix
+    key = feature_key(prefix, version_pointers(admin, prefix, FEATURES)[0], "u", int(user))
+    original = admin.get(key)
+    vector = np.frombuffer(original, "<f4").copy()
+    changed = USER_FEATURES.index("user_clicks_28d")
+    vector[changed] += 1.0
+    admin.set(key, vector.tobytes())
+    try:
+        status, _ = call(
+            f"{base}/v1/rank", {"user_id": int(user), "surface": "home", "candidates": items}
+        )
+        assert status == 200
+        assert logged_answers(base, drained["rows"] + 1) > drained["rows"]
+    finally:
+        admin.set(key, original)
+        admin.close()
+    run_drain_served(spark, lake, today)
+    skewed = run_check_skew(spark, lake, today)
+    assert skewed["mismatched_features"] == ["user_clicks_28d"]
+    rate = skewed["features"]["user_clicks_28d"]["mismatch_rate"]
+    assert rate == pytest.approx(len(items) / skewed["rows"], rel=0.2)
+    assert skewed["features"]["user_clicks_28d"]["smape"] > 0

@@ -1,0 +1,40 @@
+"""Step ``check_skew``: replay the sampled answers the ranking service logged on ``ds``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from rankflow.config import Settings
+from rankflow.runs import write_run_record
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def run_check_skew(spark: SparkSession, settings: Settings, ds: date) -> dict[str, Any]:
+    """Rebuild the served model inputs offline, re-score them, record the figures for monitor."""
+    from rankflow.lake.tables import read_partition, table_exists
+    from rankflow.monitoring.skew import SkewReport, check_skew
+    from rankflow.stream.drain import SERVED_TABLE
+
+    started = time.monotonic()
+    if table_exists(spark, settings.paths.table(SERVED_TABLE)):
+        report = check_skew(spark, settings, read_partition(spark, settings, SERVED_TABLE, ds))
+    else:  # no service has ever logged an answer
+        report = SkewReport()
+    record = {
+        "ds": ds.isoformat(),
+        **asdict(report),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    write_run_record(settings, ds, "skew-check", record)
+    return record
+
+
+def run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> Any:
+    """Run the ``check_skew`` step (``jobs/check_skew.py``)."""
+    return run_check_skew(spark, settings, args.ds)
