@@ -15,7 +15,7 @@ from rankflow.ops.local_secrets import user_url
 from rankflow.store.acl import Credentials, acl_file_text
 from rankflow.store.client import redis_client
 
-NAMES = ("writer", "reader", "admin")
+NAMES = ("writer", "reader", "admin", "logger")
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ class RedisServer:
     """A real redis-server started with ``options`` (e.g. ``--maxmemory 8mb``).
 
     With ``acl=True`` it runs with rankflow's ACL users (prefix ``rf``) and no default user:
-    ``url`` is the writer's, ``reader_url`` and ``admin_url`` the others'. With ``tls`` (a
-    :class:`TlsFiles`) it speaks TLS only and the URLs are ``rediss://…?ssl_ca_certs=…``.
+    ``url`` is the writer's, ``reader_url``, ``admin_url`` and ``logger_url`` the others'. With
+    ``tls`` (a :class:`TlsFiles`) it speaks TLS only and the URLs are ``rediss://…?ssl_ca_certs=…``.
     """
 
     def __init__(
@@ -109,10 +109,10 @@ class RedisServer:
                 "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no",
             )  # fmt: skip
         self.options = options
-        self.url = self.reader_url = self.admin_url = base
+        self.url = self.reader_url = self.admin_url = self.logger_url = base
         if acl:
             users = {name: Credentials(name, secrets.token_urlsafe(12)) for name in NAMES}
-            self.url, self.reader_url, self.admin_url = (
+            self.url, self.reader_url, self.admin_url, self.logger_url = (
                 user_url(base, user.username, user.password) for user in users.values()
             )
             acl_file = folder.parent / f"{folder.name}-users.acl"

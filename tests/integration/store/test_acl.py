@@ -98,13 +98,27 @@ READER_ALLOWED = [
     ("EVAL_RO", "return 1", "1", "rf:home:current"), ("SCAN", "0"), ("PING",),
 ]  # fmt: skip
 
+# the ranking service's serving log: append to the log streams, nothing else (not even read them)
+LOGGER_DENIED = [
+    ("XRANGE", "rf:log:served", "-", "+"), ("XREAD", "STREAMS", "rf:log:served", "0"),
+    ("XTRIM", "rf:log:served", "MAXLEN", "0"), ("DEL", "rf:log:served"), ("GET", "rf:a"),
+    ("SET", "rf:a", "1"), ("XADD", "rf:home:current", "*", "r", "x"),
+    ("XADD", "other-app:log", "*", "r", "x"), ("SCAN", "0"), ("KEYS", "*"), ("FLUSHDB",),
+]  # fmt: skip
+LOGGER_ALLOWED = [
+    ("XADD", "rf:log:served", "*", "r", "x"),
+    ("XADD", "rf:log:served", "MAXLEN", "~", "1000", "*", "r", "x"), ("PING",),
+]  # fmt: skip
+
 
 @pytest.mark.parametrize(
     ("user", "command", "allowed"),
     [("writer", c, False) for c in WRITER_DENIED]
     + [("writer", c, True) for c in WRITER_ALLOWED]
     + [("reader", c, False) for c in READER_DENIED]
-    + [("reader", c, True) for c in READER_ALLOWED],
+    + [("reader", c, True) for c in READER_ALLOWED]
+    + [("logger", c, False) for c in LOGGER_DENIED]
+    + [("logger", c, True) for c in LOGGER_ALLOWED],
     ids=lambda value: " ".join(value) if isinstance(value, tuple) else str(value),
 )
 def test_the_acl_matrix(server, user: str, command: tuple[str, ...], allowed: bool) -> None:
@@ -209,6 +223,10 @@ def test_the_embedded_server_of_make_up_runs_with_the_acl_users() -> None:
     with redis.Redis.from_url(settings.redis.url) as writer:
         assert refused(writer.flushdb)
         assert refused(writer.config_get, "maxmemory")
+    assert settings.redis.logger_url, "make writes the serving log's user to the local secrets"
+    with redis.Redis.from_url(settings.redis.log_url) as logger:
+        assert refused(logger.xrange, f"{PREFIX}:log:served")
+        assert refused(logger.get, f"{PREFIX}:home:current")
 
 
 def test_the_embedded_acl_file_needs_all_three_users_or_none(tmp_path: Path) -> None:
