@@ -183,6 +183,7 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     from rankflow.serving.ranker import fetch_user, nightly_order, rank
     from rankflow.serving.state import ServingState, describe
     from rankflow.store import RankingReader
+    from rankflow.store.errors import RedisStoreError
     from rankflow.store.client import redis_client
     from rankflow.store.keys import served_log_key
 
@@ -273,7 +274,9 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         try:
             found = reader.lookup_cached(req.user_id, req.surface)
             nightly, list_version = found.items, found.version
-        except Exception:
+        except RedisStoreError:  # no nightly list of this surface is published
+            nightly = []
+        except Exception:  # Redis is away: the fallback list held in memory
             nightly = fallbacks.get(req.surface, [])
             reason = f"{reason}+redis_unavailable" if "redis" not in reason else reason
         items = [RankedItem(i, None) for i in nightly_order(nightly, candidates, k)]

@@ -125,10 +125,10 @@ class ServingState:
 
         prefix = self.settings.redis.key_prefix
         feature_version, _ = version_pointers(self.client, prefix, FEATURES)
-        model_version, model_hash = served_model(self.settings)
-        current = self.served
         if feature_version is None:
             raise LookupError("no feature version is published: run materialise_features")
+        model_version, model_hash = served_model(self.settings)
+        current = self.served
         if current and (current.model.version, current.features.version) == (
             model_version,
             feature_version,

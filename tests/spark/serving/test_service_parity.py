@@ -8,68 +8,18 @@ Delta tables through Spark (the same on-demand function, the same model).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from datetime import date
 from typing import Any
 
 import numpy as np
 import pytest
 
-from alert_receivers import free_port
 from rankflow.config import Settings
-from rankflow.features.registry import MODEL_FEATURES, schema_hash
+from rankflow.features.registry import MODEL_FEATURES
+from serving_helpers import call, metric, register_champion, running_service, wait_for
 from tiny_lake import TINY_DAY
 
 pytestmark = [pytest.mark.spark, pytest.mark.services]
-KEY = "test-api-key"  # pragma: allowlist secret (a throw-away key of this test's server)
-
-
-def register_champion(settings: Settings, ds: date) -> str:
-    """Register a small real LambdaMART model over the registry's inputs as champion."""
-    import xgboost as xgb
-
-    from rankflow.model.fit import FittedRanker
-    from rankflow.model.registry import log_and_register, mlflow_client, move_champion
-
-    rng = np.random.default_rng(7)
-    features = rng.normal(size=(2000, len(MODEL_FEATURES))).astype("float32")
-    matrix = xgb.DMatrix(
-        features, label=rng.integers(0, 4, 2000), feature_names=list(MODEL_FEATURES)
-    )
-    matrix.set_group([20] * 100)
-    booster = xgb.train({"objective": "rank:ndcg", "max_depth": 4, "seed": 1}, matrix, 30)
-    lineage = {
-        "code_version": "test",
-        "table_versions": {},
-        "requirements_lock_hash": "test",
-        "model_sha256": "test",
-        "feature_schema_hash": schema_hash(),
-    }
-    version = log_and_register(settings, FittedRanker(booster, 29, 0.5, [0.5]), lineage, ds)[
-        "model_version"
-    ]
-    move_champion(mlflow_client(settings), settings.model_name, version)
-    return version
-
-
-def call(url: str, body: dict[str, Any] | None = None, key: str | None = KEY) -> tuple[int, Any]:
-    """POST (or GET without a body) JSON; return status and decoded body."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as failure:
-        return failure.code, json.loads(failure.read())
 
 
 @pytest.fixture(scope="module")
@@ -94,39 +44,12 @@ def service(
     run_candidates(spark, lake, TINY_DAY)  # idempotent: the scoring test's candidates
     run_materialise_features(spark, lake, TINY_DAY, "serve-test")
     model_version = register_champion(lake, TINY_DAY)
-    port = free_port()
     config = tmp_path_factory.mktemp("serve") / "serve.yaml"
     config.write_text("serving:\n  log_vectors_percent: 100\n")
-    env = {
-        **os.environ,
-        "RANKFLOW_HOME": str(lake.paths.home),
-        "MLFLOW_TRACKING_URI": lake.mlflow_tracking_uri,
-        "RANKFLOW_API_KEYS": f"other-key,{KEY}",
-        "RANKFLOW_CONFIG": str(config),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rankflow.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if call(f"{base}/readyz", key=None)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None:
-                pytest.fail(f"rankflow serve exited: {process.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
-        else:
-            pytest.fail("rankflow serve never became ready")
-        yield base, model_version
+        with running_service(lake, config) as base:
+            yield base, model_version
     finally:
-        process.terminate()
-        process.wait(timeout=20)
         admin.flushdb()
         admin.close()
 
@@ -211,15 +134,9 @@ def test_unknown_candidates_come_last_in_request_order(
 
 def logged_answers(base: str, wanted: int) -> int:
     """Wait until the service has appended ``wanted`` answers to the serving log."""
-    for _ in range(100):
-        text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
-        for line in text.splitlines():
-            if line.startswith('rankflow_serving_log_records{outcome="logged"}'):
-                logged = int(float(line.split()[-1]))
-                if logged >= wanted:
-                    return logged
-        time.sleep(0.1)
-    return -1
+    logged = 'outcome="logged"'
+    wait_for(lambda: metric(base, "rankflow_serving_log_records", logged) >= wanted, 10)
+    return int(metric(base, "rankflow_serving_log_records", logged))
 
 
 def test_served_answers_drain_and_replay_offline_without_skew(
