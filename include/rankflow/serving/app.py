@@ -183,8 +183,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     from rankflow.serving.ranker import fetch_user, nightly_order, rank
     from rankflow.serving.state import ServingState, describe
     from rankflow.store import RankingReader
-    from rankflow.store.errors import RedisStoreError
     from rankflow.store.client import redis_client
+    from rankflow.store.errors import RedisStoreError
     from rankflow.store.keys import served_log_key
 
     settings = settings or load_settings()
