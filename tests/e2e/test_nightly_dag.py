@@ -150,6 +150,7 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(
     assert os.environ["RANKFLOW_HOME"] in str(settings.paths.home)
 
     first_night = nightly_monitoring(settings, last, run.run_id, published)
+    served_and_replayed(settings, spark, last, runs, tmp_path_of(settings))
     lifecycle(settings, spark, dag, last, runs, published)
     second_night = [r for r in history_rows(settings, "home") if r["ds"] == last.isoformat()]
     assert len(second_night) == len(first_night)  # the rerun replaced the day's rows
@@ -214,6 +215,57 @@ def nightly_monitoring(settings, day, run_id: str, published: dict) -> list[dict
         "a clean generated day breached a list, publishing or offline threshold"
     )
     return rows
+
+
+def tmp_path_of(settings) -> Path:
+    """A folder of this run for files the test writes."""
+    folder = settings.paths.home / "e2e"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def served_and_replayed(settings, spark, day, runs: Path, folder: Path) -> None:
+    """The ranking service answers from what the night materialised; its log replays exactly.
+
+    The night's own drain and skew check found nothing served on the simulated day; the
+    answers sent here are logged today, drained and replayed offline: zero skew.
+    """
+    from rankflow.lake.tables import read_partition
+    from rankflow.steps.check_skew import run_check_skew
+    from rankflow.steps.drain_served import run_drain_served
+    from serving_helpers import call, metric, running_service, wait_for
+
+    night = json.loads((runs / "skew-check.json").read_text())
+    assert (night["answers"], night["unreplayable"]) == (0, 0)
+    materialised = json.loads((runs / "materialise-features.json").read_text())
+    assert materialised["status"] == "switched"
+    per_user = (
+        read_partition(spark, settings, "silver/candidates", day)
+        .groupBy("user_id")
+        .agg({"item_id": "collect_list"})
+        .orderBy("user_id")
+        .limit(5)
+        .collect()
+    )
+    config = folder / "serve.yaml"
+    config.write_text("serving:\n  log_vectors_percent: 100\n")
+    with running_service(settings, config) as base:
+        for user, items in per_user:
+            status, body = call(
+                f"{base}/v1/rank", {"user_id": int(user), "surface": "home", "candidates": items}
+            )
+            assert status == 200, body
+            assert body["fallback"] is False, body
+            assert body["feature_version"] == materialised["version"]
+        logged = 'outcome="logged"'
+        wait_for(lambda: metric(base, "rankflow_serving_log_records", logged) >= 5, 10)
+    today = datetime.now(UTC).date()
+    drained = run_drain_served(spark, settings, today)
+    assert (drained["rows"], drained["quarantined"]) == (5, 0)
+    skew = run_check_skew(spark, settings, today)
+    assert (skew["sampled"], skew["replayed"]) == (5, 5)
+    assert skew["mismatched_features"] == []
+    assert (skew["score_parity"], skew["topk_parity"]) == (1.0, 1.0)
 
 
 def sold_item_repair(settings) -> None:

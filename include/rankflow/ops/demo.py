@@ -12,6 +12,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from rankflow.config import Settings, config_hash, repo_root
 from rankflow.ops.progress import Bar, TaskLines, run_logged
 from rankflow.sim.marketplace import GeneratorConfig, yesterday
@@ -239,6 +241,115 @@ def morning_of_sales(settings: Settings, surface: str) -> dict[str, Any]:
     return {"sold": sold, "served_sold_share_before": before, "served_sold_share_after": after}
 
 
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def post_json(url: str, body: dict[str, Any], key: str) -> tuple[dict[str, Any], float]:
+    """POST JSON with a bearer key; return the decoded answer and its latency in ms."""
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    request.add_header("Authorization", f"Bearer {key}")
+    request.add_header("Content-Type", "application/json")
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.loads(response.read())
+    return answer, (time.perf_counter() - started) * 1000.0
+
+
+def search_like_candidates(settings: Settings, ds: date, user_id: int, size: int) -> list[int]:
+    """Unsold items of the category of the user's first nightly item: a search results page."""
+    from rankflow.runs import read_run_record
+    from rankflow.serving.snapshot import load_snapshot
+    from rankflow.store.reader import RankingReader
+
+    snapshot = load_snapshot(read_run_record(settings, ds, "materialise-features")["snapshot"])
+    reader = RankingReader.from_url(settings.redis.lookup_url, prefix=settings.redis.key_prefix)
+    nightly = reader.lookup(user_id, settings.default_surface).items
+    rows, known = snapshot.positions(np.asarray(nightly[:1] or [0], np.int64))
+    category = snapshot.codes["category"][rows[0]] if known[0] else snapshot.codes["category"][0]
+    same = (snapshot.codes["category"] == category) & ~snapshot.is_sold
+    picked = snapshot.item_ids[same]
+    step = max(len(picked) // size, 1)
+    return [int(i) for i in picked[::step][:size]]
+
+
+def ranking_service_demo(settings: Settings, ds: date) -> dict[str, Any]:
+    """Start `rankflow serve`, re-rank a search-like candidate set for a demo user, stop it."""
+    import statistics
+    import subprocess
+    import urllib.request
+
+    from rankflow.runs import read_run_record
+    from rankflow.serving.app import api_keys
+
+    keys = api_keys()
+    if not keys:
+        print("\n== ranking service: skipped (RANKFLOW_API_KEYS is not set; `make setup` sets it)")
+        return {}
+    key = keys[0].decode()
+    user = int(read_run_record(settings, ds, f"publish-redis-{settings.default_surface}")
+               ["sample_user"])  # fmt: skip
+    candidates = search_like_candidates(settings, ds, user, 300)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "rankflow.cli", "serve", "--port", str(port)]
+    print(f"\n== ranking service: rankflow serve --port {port} (make serve runs it on 8800)")
+    service = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if service.poll() is not None:
+                problem = service.stderr.read().decode()[-800:] if service.stderr else ""
+                raise DemoError(f"rankflow serve exited: {problem}",
+                                demo_log(settings))  # fmt: skip
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
+                    if ready.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise DemoError("rankflow serve was not ready within 120 s", demo_log(settings))
+        body = {"user_id": user, "surface": "search", "candidates": candidates, "k": 10}
+        latencies = [post_json(f"{base}/v1/rank", body, key)[1] for _ in range(30)]
+        answer, latency = post_json(f"{base}/v1/rank", body, key)
+    finally:
+        service.terminate()
+        service.wait(timeout=20)
+    print(
+        f"POST /v1/rank: user {user}, {len(candidates)} candidates of one category "
+        "(a search results page), k=10"
+    )
+    print(json.dumps({k: v for k, v in answer.items() if k != "items"}))
+    for place, item in enumerate(answer["items"], 1):
+        score = "-" if item["score"] is None else f"{item['score']:.4f}"
+        print(f"  {place:2d}. item {item['item_id']}  score {score}")
+    median = statistics.median(latencies)
+    print(
+        f"latency {latency:.1f} ms (median of 30 more: {median:.1f} ms, over HTTP with "
+        f"urllib; make bench-realtime measures properly). Try it yourself:\n"
+        f'  make serve &\n  curl -s -H "Authorization: Bearer $(cat .rankflow/api-key)" '
+        f'-d \'{{"user_id": {user}, "surface": "search", "candidates": '
+        f'{candidates[:5]}, "k": 3}}\' http://127.0.0.1:8800/v1/rank'
+    )
+    return {
+        "user_id": user,
+        "candidates": len(candidates),
+        "fallback": answer["fallback"],
+        "model_version": answer["model_version"],
+        "feature_version": answer["feature_version"],
+        "latency_ms": round(latency, 2),
+        "median_latency_ms": round(median, 2),
+    }
+
+
 def demo_calendar(preset: str, now: datetime | None = None) -> GeneratorConfig:
     """The preset's marketplace on a calendar ending yesterday (UTC).
 
@@ -285,6 +396,11 @@ def run_demo(settings: Settings, preset: str = "demo", verbose: bool = False) ->
             return 1
     figures = report(settings, last, surface)
     figures["sold_item_repair"] = morning_of_sales(settings, surface)
+    try:
+        figures["ranking_service"] = ranking_service_demo(settings, last)
+    except DemoError as error:
+        print(f"\ndemo stopped: {error}", file=sys.stderr)
+        return 1
     figures["seconds"] = round(time.monotonic() - began, 1)
     print("\n== demo figures\n" + json.dumps(figures, indent=2))
     return 0
