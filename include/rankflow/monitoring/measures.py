@@ -353,6 +353,7 @@ def skew_figures(settings: Settings, ds: date) -> list[Figure]:
         return []
     report = json.loads(path.read_text())
     figures = [
+        Figure("serving", "serving_model_refusals", float(len(report.get("model_refusals", [])))),
         Figure("skew", "skew_answers_replayed", float(report["replayed"])),
         Figure("skew", "skew_unreplayable_answers", float(report["unreplayable"])),
     ]

@@ -179,13 +179,13 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     from starlette.routing import Route
 
     from rankflow.config import load_settings
-    from rankflow.serving.log import ServingLog, vectors_sampled
+    from rankflow.serving.log import ServingLog, append_refusal, vectors_sampled
     from rankflow.serving.ranker import fetch_user, nightly_order, rank
     from rankflow.serving.state import ServingState, describe
     from rankflow.store import RankingReader
     from rankflow.store.client import redis_client
     from rankflow.store.errors import RedisStoreError
-    from rankflow.store.keys import served_log_key
+    from rankflow.store.keys import refusals_log_key, served_log_key
 
     settings = settings or load_settings()
     config = settings.pipeline["serving"]
@@ -202,14 +202,23 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     serving = state or ServingState(settings, client)
     metrics = Metrics()
     serving_log = None
+    log_client = redis_client(settings.redis.log_url, socket_timeout=2.0)
     if config["log"]:
         serving_log = ServingLog(
-            redis_client(settings.redis.log_url, socket_timeout=2.0),
+            log_client,
             served_log_key(prefix),
             max_queue=int(config["log_queue"]),
             max_stream_length=int(config["log_max_stream_length"]),
         )
         metrics.watch_log(serving_log)
+
+    def record_refusal(refusal: dict[str, str]) -> None:
+        try:
+            append_refusal(log_client, refusals_log_key(prefix), refusal)
+        except Exception as problem:  # the log line and the counter remain
+            log.warning("could not record the refusal in Redis: %s", problem)
+
+    serving.on_refusal = record_refusal
     sample_percent = float(config["log_vectors_percent"])
     sample_seed = int(config["log_sample_seed"])
     fallbacks: dict[str, list[int]] = {}  # surface -> the nightly fallback list, for Redis outages
@@ -259,7 +268,7 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         stop.set()
         if serving_log is not None:
             serving_log.stop()
-            serving_log.client.close()
+        log_client.close()
         client.close()
 
     def answer(body: RankResponse, status: int = 200) -> Response:

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -171,3 +171,25 @@ class ServingLog:
 def decode_record(payload: bytes) -> ServedRecord:
     """Decode one stream entry's record."""
     return msgspec.msgpack.decode(payload, type=ServedRecord)
+
+
+def append_refusal(client: redis.Redis, stream: str, refusal: dict[str, str]) -> None:
+    """Record a refused model in the refusals log, which the nightly run counts and alerts on."""
+    client.xadd(stream, dict(refusal), maxlen=10_000, approximate=True)  # type: ignore[arg-type]
+
+
+def refusals_between(
+    client: redis.Redis, stream: str, start_ms: int, end_ms: int
+) -> list[dict[str, str]]:
+    """The refusals recorded in ``[start_ms, end_ms)`` (a handful a day at most)."""
+    entries: list[Any] = client.xrange(stream, f"{start_ms}-0", f"({end_ms}-0") or []
+    return [
+        {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in fields.items()
+        }
+        for _, fields in entries
+        if fields
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,7 @@ class ServingState:
     refused: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
     last_refused: tuple[str, str] | None = None  # the (model, features) pair refused last
+    on_refusal: Callable[[dict[str, str]], None] | None = None  # e.g. append to the refusals log
 
     def refresh(self) -> bool:
         """Poll both pointers once; swap to a consistent new pair. Returns whether it swapped."""
@@ -154,6 +156,17 @@ class ServingState:
                 features.schema_hash,
                 current.model.version if current else "nothing",
             )
+            if self.on_refusal is not None:
+                self.on_refusal(
+                    {
+                        "reason": reason,
+                        "model_version": model_version,
+                        "model_schema_hash": str(model_hash),
+                        "feature_version": feature_version,
+                        "feature_schema_hash": features.schema_hash,
+                        "serving": current.model.version if current else "",
+                    }
+                )
             return False
         model = (
             current.model

@@ -22,6 +22,7 @@ def run_check_skew(spark: SparkSession, settings: Settings, ds: date) -> dict[st
     from rankflow.stream.drain import SERVED_TABLE
 
     started = time.monotonic()
+    refusals = day_refusals(settings, ds)
     if table_exists(spark, settings.paths.table(SERVED_TABLE)):
         report = check_skew(spark, settings, read_partition(spark, settings, SERVED_TABLE, ds))
     else:  # no service has ever logged an answer
@@ -29,10 +30,32 @@ def run_check_skew(spark: SparkSession, settings: Settings, ds: date) -> dict[st
     record = {
         "ds": ds.isoformat(),
         **asdict(report),
+        "model_refusals": refusals,
         "seconds": round(time.monotonic() - started, 3),
     }
     write_run_record(settings, ds, "skew-check", record)
     return record
+
+
+def day_refusals(settings: Settings, ds: date) -> list[dict[str, str]]:
+    """The models ranking services refused on ``ds`` (their refusals log)."""
+    from datetime import timedelta
+
+    from rankflow.serving.log import refusals_between
+    from rankflow.store.client import checked_client
+    from rankflow.store.keys import refusals_log_key
+    from rankflow.stream.drain import day_start_ms
+
+    client = checked_client(settings.redis.url, "The skew check did not run.")
+    try:
+        return refusals_between(
+            client,
+            refusals_log_key(settings.redis.key_prefix),
+            day_start_ms(ds),
+            day_start_ms(ds + timedelta(days=1)),
+        )
+    finally:
+        client.close()
 
 
 def run(spark: SparkSession, settings: Settings, args: argparse.Namespace) -> Any:

@@ -145,3 +145,8 @@ def feature_key_pattern(prefix: str, version: str) -> str:
 def served_log_key(prefix: str) -> str:
     """Return the Redis stream the ranking service logs every answer to (drained nightly)."""
     return f"{prefix}:log:served"
+
+
+def refusals_log_key(prefix: str) -> str:
+    """Return the Redis stream of the models ranking services refused (schema mismatch)."""
+    return f"{prefix}:log:refusals"

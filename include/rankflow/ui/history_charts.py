@@ -122,7 +122,28 @@ def drift_chart(
     index: Mapping[tuple[str, str], Mapping[str, list[Any]]], top: int = DRIFT_TOP_FEATURES
 ) -> Chart | None:
     """Feature PSI: the highest of each day (with that feature's bounds) and the top features."""
-    by_subject = index.get(("feature", "feature_psi"))
+    return per_feature_chart(
+        index,
+        ("feature", "feature_psi"),
+        "feature-psi",
+        "Feature drift (PSI)",
+        "population stability index of each model input, training window vs scoring day",
+        "number",
+        top,
+    )
+
+
+def per_feature_chart(
+    index: Mapping[tuple[str, str], Mapping[str, list[Any]]],
+    key: tuple[str, str],
+    name: str,
+    title: str,
+    what: str,
+    kind: Format = "number",
+    top: int = DRIFT_TOP_FEATURES,
+) -> Chart | None:
+    """A per-feature figure: the highest of each day (with its bounds) and the top features."""
+    by_subject = index.get(key)
     if not by_subject:
         return None
     per_day: dict[date, Mapping[str, Any]] = {}
@@ -170,10 +191,9 @@ def drift_chart(
         ]
         series.append(Series(subject, points, PALETTE[(i + 1) % len(PALETTE)]))
     caption = (
-        "population stability index of each model input, training window vs scoring day; "
-        f"lines: the day's highest and the {len(leaders)} highest on {last.isoformat()}"
+        f"{what}; lines: the day's highest and the {len(leaders)} highest on {last.isoformat()}"
     )
-    return Chart("feature-psi", "Feature drift (PSI)", series, "number", caption)
+    return Chart(name, title, series, kind, caption)
 
 
 def durations_chart(index: Mapping[tuple[str, str], Mapping[str, list[Any]]]) -> Chart | None:
@@ -231,6 +251,50 @@ def history_charts(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Ch
                     index, "publish", "redis_bytes_per_user", "Redis bytes per user", "bytes"
                 ),
                 durations_chart(index),
+            ],
+        ),
+        (
+            "Training/serving skew: the ranking service's answers replayed offline",
+            [
+                single_chart(
+                    index,
+                    "skew",
+                    "skew_score_parity",
+                    "Scores bit-identical",
+                    "percent",
+                    "share of the sampled answers' scored rows whose offline score is identical",
+                ),
+                single_chart(
+                    index,
+                    "skew",
+                    "skew_topk_parity",
+                    "Top-K identical",
+                    "percent",
+                    "share of the sampled answers whose ranked head is the offline one",
+                ),
+                per_feature_chart(
+                    index,
+                    ("skew", "skew_mismatch_rate"),
+                    "skew-mismatch",
+                    "Feature mismatch rate",
+                    "served value differs from the offline rebuild",
+                    "percent",
+                ),
+                per_feature_chart(
+                    index,
+                    ("skew", "skew_missing_rate"),
+                    "skew-missing",
+                    "Feature missing rate",
+                    "offline has a value the service did not",
+                    "percent",
+                ),
+                single_chart(index, "skew", "skew_answers_replayed", "Answers replayed"),
+                single_chart(
+                    index, "serving", "serving_fallback_share", "Fallback answers", "percent"
+                ),
+                single_chart(
+                    index, "serving", "serving_model_refusals", "Models refused (feature schema)"
+                ),
             ],
         ),
         (

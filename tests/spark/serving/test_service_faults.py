@@ -163,6 +163,13 @@ def test_a_model_of_another_feature_schema_is_refused_and_a_rollback_arrives_in_
         assert rolled.returncode == 0, rolled.stderr[-2000:]
         took = wait_for(lambda: rank(base, user, items)["model_version"] == first, 10)
         assert took <= 10
+    # the refusal reaches the nightly run (which alerts on any)
+    from datetime import UTC, datetime
+
+    from rankflow.steps.check_skew import day_refusals
+
+    refusals = day_refusals(world.settings, datetime.now(UTC).date())
+    assert [(r["model_version"], r["model_schema_hash"]) for r in refusals] == [(foreign, "0" * 16)]
 
 
 def test_redis_killed_while_serving_every_request_gets_a_200_and_it_recovers(

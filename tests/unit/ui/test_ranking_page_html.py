@@ -251,3 +251,33 @@ def test_axes() -> None:
     assert days[-1] == FIRST + timedelta(days=7)
     assert len(days) <= 6
     assert x_ticks(FIRST, FIRST) == [FIRST]
+
+
+def test_the_skew_panel_charts_parity_and_names_the_skewed_feature() -> None:
+    rows: list[dict[str, Any]] = []
+    for day in range(3):
+        last = day == 2
+        figures = [
+            Figure("skew", "skew_score_parity", 0.98 if last else 1.0),
+            Figure("skew", "skew_topk_parity", 1.0),
+            Figure("skew", "skew_mismatch_rate", 0.02 if last else 0.0, "user_clicks_28d"),
+            Figure("skew", "skew_mismatch_rate", 0.0, "item_price"),
+            Figure("skew", "skew_missing_rate", 0.0, "item_price"),
+            Figure("skew", "skew_answers_replayed", 120.0),
+            Figure("serving", "serving_model_refusals", 0.0),
+        ]
+        ds = (FIRST + timedelta(days=day)).isoformat()
+        rows += [
+            {**row, "ds": ds, "surface": "home", "run_id": "r", "computed_at": ds}
+            for row in judge(figures, CONFIG, rows)
+        ]
+    text = render_page(
+        PageData("home", list(SURFACES), rows, Notice("no redis"), Notice("no champion"))
+    )
+    assert "Training/serving skew" in text
+    charts = dict(re.findall(r'data-chart="([^"]+)" data-breaches="(\d+)"', text))
+    assert charts["skew_score_parity"] == "1"  # the fixed bound of 1 is breached on the last day
+    assert charts["skew-mismatch"] == "1"
+    assert charts["skew_topk_parity"] == "0"
+    assert "user_clicks_28d" in text
+    assert {"skew-missing", "skew_answers_replayed", "serving_model_refusals"} <= set(charts)
