@@ -3,8 +3,9 @@
 #
 # A placeholder is public (it is in the repository): a placeholder JWT secret lets anyone forge an
 # admin token, a placeholder password opens the database, Redis or MLflow to anyone who read the
-# file. The `secrets-check` one-shot runs this before postgres, redis, minio and mlflow start (so
-# no volume is ever initialised with a placeholder password) and airflow-init runs it first.
+# file; a placeholder API key opens the ranking service. The `secrets-check` one-shot runs this
+# before postgres, redis, minio, mlflow and the ranking service start (so no volume is ever
+# initialised with a placeholder password) and airflow-init runs it first.
 #
 # Looks at every variable of its environment, so a placeholder pasted into a URL or a connection's
 # JSON is caught too. Prints the variables' NAMES only, never their values. Exit 0: no

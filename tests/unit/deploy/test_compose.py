@@ -63,7 +63,7 @@ EXPECTED_CONNECTIONS = {
 }
 
 # Names of variables / keys / flags that hold secrets. *_FILE names hold a path, not a secret.
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FERNET_KEY|ACCESS_KEY|_AUTH$|REQUIREPASS", re.I)
+SECRET_NAME = re.compile(r"(?i)PASSWORD|SECRET|TOKEN|(?:FERNET|ACCESS|API)_KEY|_AUTH$|REQUIREPASS")
 INTERPOLATED = "__INTERPOLATED__"  # stands for any ${...} when looking for literal secrets
 
 _DOLLAR_TOKEN = re.compile(r"\$\$|\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -534,7 +534,8 @@ def test_env_example_holds_only_placeholder_secrets(example_env: dict[str, str])
     real_looking = [
         name
         for name, value in example_env.items()
-        if re.search(r"PASSWORD|SECRET|FERNET_KEY", name) and not value.startswith("change-me")
+        if re.search(r"PASSWORD|SECRET|FERNET_KEY|API_KEY", name)
+        and not value.startswith("change-me")
     ]
     assert not real_looking, f"give these a change-me placeholder: {real_looking}"
 
@@ -570,6 +571,7 @@ def test_the_compose_redis_acl_matches_the_library_rules(services: dict[str, Any
     from rankflow.store.acl import (
         ADMIN_RULES,
         DEFAULT_USER_LINE,
+        LOGGER_RULES,
         READER_RULES,
         WRITER_RULES,
     )
@@ -583,12 +585,72 @@ def test_the_compose_redis_acl_matches_the_library_rules(services: dict[str, Any
         ("rankflow-writer", WRITER_RULES),
         ("rankflow-reader", READER_RULES),
         ("rankflow-admin", ADMIN_RULES),
+        ("rankflow-logger", LOGGER_RULES),
     ):
-        line = f'user {user} on #$(hash "$REDIS_{user.split("-")[1].upper()}_PASSWORD") '
+        variable = f"REDIS_{user.split('-')[1].upper()}_PASSWORD"
+        line = f'user {user} on #$(hash "${variable}") '
         assert line + rules.format(prefix=prefix) + '"' in script, user
+        assert redis["environment"][variable].startswith("change-me"), variable
+        assert variable in script.partition("unset ")[2].splitlines()[0].split(), variable
     assert DEFAULT_USER_LINE in script
     assert "--requirepass" not in redis["command"]
     assert redis["environment"]["RANKFLOW_REDIS_KEY_PREFIX"] == "rf"
+
+
+def test_the_compose_redis_entrypoint_writes_the_library_acl_file(tmp_path: Path) -> None:
+    """Run for real: the file it hands to redis-server is ``acl_file_text`` byte for byte.
+
+    A copy of the script writes its file under ``tmp_path`` (the one change); stubs on ``PATH``
+    stand in for the image's ``docker-entrypoint.sh`` (printing what redis-server would get) and
+    for ``id`` (not root: no ``chown redis``).
+    """
+    import subprocess
+
+    from rankflow.store.acl import Credentials, acl_file_text
+
+    script = (REPO_ROOT / "docker" / "redis" / "acl-entrypoint.sh").read_text()
+    acl = tmp_path / "users.acl"
+    assert script.count("acl=/tmp/rankflow-users.acl\n") == 1
+    copy_path = tmp_path / "acl-entrypoint.sh"
+    copy_path.write_text(script.replace("acl=/tmp/rankflow-users.acl\n", f"acl={acl}\n"))
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "id").write_text("#!/bin/sh\necho 999\n")
+    (stubs / "docker-entrypoint.sh").write_text(
+        '#!/bin/sh\necho "args: $*"\nenv | grep "^REDIS_" || echo "no REDIS_ variables"\n'
+    )
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    users = {
+        role: Credentials(f"rankflow-{role}", f"{role}-{os.urandom(8).hex()}")
+        for role in ("writer", "reader", "admin", "logger")
+    }
+    env = {f"REDIS_{role.upper()}_PASSWORD": user.password for role, user in users.items()}
+    result = subprocess.run(
+        ["sh", str(copy_path), "redis-server", "--appendonly", "yes"],
+        env={"PATH": f"{stubs}:{os.environ['PATH']}", "RANKFLOW_REDIS_KEY_PREFIX": "rf", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"args: redis-server --appendonly yes --aclfile {acl}" in result.stdout
+    assert "no REDIS_ variables" in result.stdout  # the passwords do not reach redis-server
+    assert acl.read_text() == acl_file_text("rf", **users)
+    assert acl.stat().st_mode & 0o077 == 0
+    for password in env.values():
+        assert password not in acl.read_text() + result.stdout + result.stderr
+    missing = subprocess.run(
+        ["sh", str(copy_path), "redis-server"],
+        env={"PATH": f"{stubs}:{os.environ['PATH']}", **env, "REDIS_LOGGER_PASSWORD": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert missing.returncode != 0
+    assert "REDIS_LOGGER_PASSWORD" in missing.stderr
 
 
 def test_the_api_server_gets_no_redis_writer_credentials(services: dict[str, Any]) -> None:
@@ -655,3 +717,178 @@ def test_mlflow_clients_authenticate_least_privileged(services: dict[str, Any]) 
         )
         assert env["MLFLOW_TRACKING_USERNAME"] == user, name
         assert env["MLFLOW_TRACKING_PASSWORD"] == example[variable], name
+
+
+# --- the ranking service (docs/feature-store.md, docs/security.md) --------------------------------
+
+RANKING = "ranking"
+RANKING_PORT = "8800"
+# Every secret the ranking service may see: the readers' passwords, the logger's and its callers'
+# keys. No writer, admin, S3, pipeline or Airflow secret.
+RANKING_SECRETS = {
+    "REDIS_READER_PASSWORD",
+    "REDIS_LOGGER_PASSWORD",
+    "MLFLOW_READER_PASSWORD",
+    "RANKFLOW_API_KEYS",
+}
+
+
+def test_the_ranking_service_matches_the_compose_spec(
+    validator: jsonschema.Draft7Validator, raw_compose: dict[str, Any], compose: dict[str, Any]
+) -> None:
+    for document in (raw_compose, compose):
+        alone = {"services": {RANKING: document["services"][RANKING]}}
+        assert schema_errors(validator, alone) == []
+
+
+def test_the_ranking_service_runs_rankflow_serve_from_the_airflow_image(
+    compose: dict[str, Any], services: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    common, ranking = compose[COMMON_KEY], services[RANKING]
+    assert ranking.get("image") == common["image"], "ranking does not use the common image"
+    assert ranking.get("build") == common["build"], "ranking does not build the common image"
+    assert ranking.get("user") == common["user"]
+    # the image's entrypoint runs `bash -c` as given, once its database check is off
+    assert "entrypoint" not in ranking
+    assert environment_of(ranking)["CONNECTION_CHECK_MAX_COUNT"] == "0"
+    shell, flag, line = ranking["command"]
+    assert (shell, flag) == ("bash", "-c")
+    workers = example_env["RANKING_WORKERS"]
+    assert line.split() == [
+        "exec", "rankflow", "serve", "--host", "0.0.0.0", "--port", RANKING_PORT,
+        "--workers", workers,
+    ]  # fmt: skip
+    assert ranking.get("restart") == services["airflow-apiserver"]["restart"] == "always"
+
+
+def test_the_ranking_service_gets_the_readers_and_the_loggers_credentials_only(
+    raw_compose: dict[str, Any],
+    compose: dict[str, Any],
+    services: dict[str, Any],
+    example_env: dict[str, str],
+) -> None:
+    """Redis as rankflow-reader (even RANKFLOW_REDIS_URL), the log as rankflow-logger."""
+    from rankflow.config import load_settings
+    from rankflow.store.acl import Credentials, url_credentials
+
+    env = environment_of(services[RANKING])
+    reader_url = environment_of(compose[COMMON_KEY])["RANKFLOW_REDIS_READER_URL"]
+    assert env["RANKFLOW_REDIS_URL"] == env["RANKFLOW_REDIS_READER_URL"] == reader_url
+    logger = url_credentials(env["RANKFLOW_REDIS_LOGGER_URL"])
+    assert logger == Credentials("rankflow-logger", example_env["REDIS_LOGGER_PASSWORD"])
+    assert env["RANKFLOW_REDIS_LOGGER_URL"].endswith("@redis:6379/0")
+    # what the library makes of them: lookups as the reader, the serving log as the logger
+    redis = load_settings(env).redis
+    assert redis.lookup_url == redis.url == reader_url
+    assert redis.log_url == env["RANKFLOW_REDIS_LOGGER_URL"]
+    raw = raw_compose["services"][RANKING]
+    referenced = {name for text in iter_strings(raw) for name, _ in variable_references(text)}
+    assert {name for name in referenced if SECRET_NAME.search(name)} == RANKING_SECRETS
+    assert "WRITER" not in json.dumps(raw)
+    resolved = json.dumps(services[RANKING])
+    for name, value in example_env.items():
+        if SECRET_NAME.search(name) and name not in RANKING_SECRETS:
+            assert value not in resolved, f"ranking sees {name}"
+
+
+def test_the_ranking_service_reads_mlflow_as_the_reader(
+    compose: dict[str, Any], services: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    env = environment_of(services[RANKING])
+    common = environment_of(compose[COMMON_KEY])
+    assert env["MLFLOW_TRACKING_URI"] == common["MLFLOW_TRACKING_URI"]
+    api_server = environment_of(services["airflow-apiserver"])
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert env[variable] == api_server[variable], variable
+    assert env["MLFLOW_TRACKING_USERNAME"] == "rankflow-reader"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == example_env["MLFLOW_READER_PASSWORD"]
+
+
+def test_the_ranking_service_requires_its_keys_and_logger_password_from_env(
+    raw_compose: dict[str, Any], services: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    raw = environment_of(raw_compose["services"][RANKING])
+    assert raw["RANKFLOW_API_KEYS"] == "${RANKFLOW_API_KEYS:?set RANKFLOW_API_KEYS in .env}"
+    assert (
+        "${REDIS_LOGGER_PASSWORD:?set REDIS_LOGGER_PASSWORD in .env}"
+        in (raw["RANKFLOW_REDIS_LOGGER_URL"])
+    )
+    assert example_env["RANKFLOW_API_KEYS"].startswith("change-me")
+    for variable in ("RANKFLOW_API_KEYS", "REDIS_LOGGER_PASSWORD"):
+        for unset in ({}, {variable: ""}):
+            env = {**{k: v for k, v in example_env.items() if k != variable}, **unset}
+            with pytest.raises(MissingVariableError, match=variable):
+                map_strings(raw_compose["services"][RANKING], lambda s, e=env: interpolate(s, e))
+    # it never serves with a placeholder key: secrets-check refuses them first
+    assert depends_on_targets(services[RANKING])["secrets-check"] == (
+        "service_completed_successfully"
+    )
+    checked = environment_of(services["secrets-check"])
+    assert {"RANKFLOW_API_KEYS", "REDIS_LOGGER_PASSWORD"} <= checked.keys()
+
+
+def test_the_ranking_service_reads_the_lake_read_only(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    """The snapshot path the tasks record in Redis resolves inside the service's mount."""
+    from rankflow.config import load_settings
+
+    common, ranking = compose[COMMON_KEY], services[RANKING]
+    env = environment_of(ranking)
+    assert env["RANKFLOW_HOME"] == environment_of(common)["RANKFLOW_HOME"]
+    # short syntax, source:target:mode
+    mounts = {source: rest for source, *rest in (v.split(":") for v in ranking["volumes"])}
+    assert all(options[-1] == "ro" for options in mounts.values()), ranking["volumes"]
+    data_target = next(v.split(":")[1] for v in common["volumes"] if v.startswith("rankflow-data:"))
+    assert mounts["rankflow-data"][0] == data_target
+    snapshot = load_settings(env).paths.table("online/feature_versions/fv/items.arrow")
+    tasks_snapshot = load_settings(environment_of(services["airflow-scheduler"])).paths.table(
+        "online/feature_versions/fv/items.arrow"
+    )
+    assert snapshot == tasks_snapshot
+    assert snapshot.startswith(data_target + "/")
+    # the same library source as the tasks (the bind-mounted include/ shadows the image's copy)
+    assert mounts["./include"][0] == SOURCE_MOUNTS["include"]
+    assert env["PYTHONPATH"] == environment_of(common)["PYTHONPATH"]
+
+
+def test_the_ranking_service_has_a_health_check_and_waits_for_its_stores(
+    services: dict[str, Any],
+) -> None:
+    ranking = services[RANKING]
+    check = ranking["healthcheck"]
+    assert {"interval", "timeout", "retries", "start_period"} <= check.keys()
+    kind, tool, *arguments = check["test"]
+    assert kind == "CMD"
+    # a tool the image has: the API server's check (same image) uses curl
+    assert tool == services["airflow-apiserver"]["healthcheck"]["test"][1] == "curl"
+    url = arguments[-1]
+    assert url in (
+        f"http://localhost:{RANKING_PORT}/healthz",
+        f"http://localhost:{RANKING_PORT}/readyz",
+    )
+    assert "--fail" in arguments
+    assert depends_on_targets(ranking) == {
+        "secrets-check": "service_completed_successfully",
+        "redis": "service_healthy",
+        "mlflow-users": "service_completed_successfully",  # the MLflow reader exists
+    }
+
+
+def test_the_ranking_port_binds_to_loopback_unless_configured(
+    raw_compose: dict[str, Any], services: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    assert raw_compose["services"][RANKING]["ports"] == [
+        "${RANKING_HOST_IP:-127.0.0.1}:${RANKING_PORT:-8800}:" + RANKING_PORT
+    ]
+    assert example_env["RANKING_HOST_IP"] == "127.0.0.1"
+    assert services[RANKING]["ports"] == [f"127.0.0.1:{example_env['RANKING_PORT']}:8800"]
+    unset = {k: v for k, v in example_env.items() if not k.startswith("RANKING_")}
+    for env, address in (
+        (unset, "127.0.0.1"),
+        ({**example_env, "RANKING_HOST_IP": "10.0.0.5"}, "10.0.0.5"),
+    ):
+        ports = map_strings(
+            raw_compose["services"][RANKING]["ports"], lambda s, e=env: interpolate(s, e)
+        )
+        assert ports == [f"{address}:8800:8800"]

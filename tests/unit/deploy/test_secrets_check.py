@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = REPO_ROOT / "docker" / "check-secrets.sh"
 PLACEHOLDER = "change-me"
 # services that keep a secret in a volume or serve with it: they start only after the check
-GUARDED = ("postgres", "redis", "minio")
+GUARDED = ("postgres", "redis", "minio", "ranking")
 
 
 def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
