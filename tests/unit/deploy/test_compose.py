@@ -850,6 +850,8 @@ def test_the_ranking_service_reads_the_lake_read_only(
     # the same library source as the tasks (the bind-mounted include/ shadows the image's copy)
     assert mounts["./include"][0] == SOURCE_MOUNTS["include"]
     assert env["PYTHONPATH"] == environment_of(common)["PYTHONPATH"]
+    # what the workers write (their metrics) goes to a tmpfs, not under RANKFLOW_HOME
+    assert env["PROMETHEUS_MULTIPROC_DIR"] in ranking["tmpfs"]
 
 
 def test_the_ranking_service_has_a_health_check_and_waits_for_its_stores(
