@@ -93,6 +93,7 @@ def running_service(
     config: Path | None = None,
     env: dict[str, str] | None = None,
     ready: bool = True,
+    workers: int = 1,
 ) -> Iterator[str]:
     """Run `rankflow serve` on a free port as its own process; yield its base URL."""
     port = free_port()
@@ -105,7 +106,16 @@ def running_service(
         **(env or {}),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "rankflow.cli", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "rankflow.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -296,6 +297,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         raise RuntimeError(
             "set RANKFLOW_API_KEYS (make setup writes a local key): refusing to serve"
         )
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # one /metrics for every worker: each writes its values here (emptied at each start)
+        import shutil
+
+        folder = settings.paths.home / "run" / f"serve-metrics-{args.port}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     uvicorn.run(
         "rankflow.serving.app:create_app",
         factory=True,

@@ -258,7 +258,7 @@ def served_and_replayed(settings, spark, day, runs: Path, folder: Path) -> None:
             assert body["fallback"] is False, body
             assert body["feature_version"] == materialised["version"]
         logged = 'outcome="logged"'
-        wait_for(lambda: metric(base, "rankflow_serving_log_records", logged) >= 5, 10)
+        wait_for(lambda: metric(base, "rankflow_serving_log_records_total", logged) >= 5, 10)
     today = datetime.now(UTC).date()
     drained = run_drain_served(spark, settings, today)
     assert (drained["rows"], drained["quarantined"]) == (5, 0)

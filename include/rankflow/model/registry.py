@@ -40,17 +40,26 @@ def load_lineage(settings: Settings, version: str) -> dict[str, Any]:
     return lineage
 
 
-def configure_mlflow(settings: Settings) -> None:
-    """Point MLflow at the tracking store; the embedded one keeps artefacts beside its DB."""
+def configure_mlflow(settings: Settings, *, experiment: bool = True) -> None:
+    """Point MLflow at the tracking store; the embedded one keeps artefacts beside its DB.
+
+    ``experiment``: also make sure the ``rankflow`` experiment exists and is the active one —
+    only writers (training, evaluation) do, since on a server with authentication the user
+    that creates an experiment manages it: a reader (the ranking service, the Ranking page)
+    polling first would lock the pipeline out of its own experiment.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # models live beside their runs
-    if settings.mlflow_tracking_uri.startswith("sqlite:"):
+    embedded = settings.mlflow_tracking_uri.startswith("sqlite:")
+    if embedded:
         settings.paths.mlflow.mkdir(parents=True, exist_ok=True)
-        if mlflow.get_experiment_by_name("rankflow") is None:
-            artifacts = settings.paths.mlflow / "artifacts"
-            mlflow.create_experiment("rankflow", artifact_location=artifacts.as_uri())
+    if not experiment:
+        return
+    if embedded and mlflow.get_experiment_by_name("rankflow") is None:
+        artifacts = settings.paths.mlflow / "artifacts"
+        mlflow.create_experiment("rankflow", artifact_location=artifacts.as_uri())
     mlflow.set_experiment("rankflow")
 
 
@@ -168,7 +177,7 @@ def mlflow_client(settings: Settings) -> MlflowClient:
     """An MLflow client on the configured tracking store."""
     from mlflow import MlflowClient
 
-    configure_mlflow(settings)
+    configure_mlflow(settings, experiment=False)  # reading and moving aliases need no experiment
     return MlflowClient()
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from rankflow.serving.log import ServedRecord, ServingLog
+    from rankflow.serving.log import ServedRecord
     from rankflow.serving.ranker import Ranked
     from rankflow.serving.state import ServingState
 
@@ -66,11 +66,17 @@ class RankResponse(msgspec.Struct, omit_defaults=True):
 
 
 class Metrics:
-    """The service's Prometheus metrics (one registry per process)."""
+    """The service's Prometheus metrics, per process or summed over the workers.
+
+    With several workers (``rankflow serve --workers N``) each process writes its values under
+    ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` aggregates them (prometheus_client's
+    multiprocess mode), so a scrape of any worker shows the whole service.
+    """
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "rankflow_rank_requests", "Rank requests by outcome", ["status"], registry=self.registry
@@ -92,25 +98,56 @@ class Metrics:
         self.served = Gauge(
             "rankflow_served_info", "What is served (value 1)",
             ["model_version", "feature_version"], registry=self.registry,
+            multiprocess_mode="livemax",
         )  # fmt: skip
-        self.refused = Gauge(
-            "rankflow_model_refusals", "Models refused (schema mismatch) since start",
+        self.serving: tuple[str, str] | None = None
+        self.refused = Counter(
+            "rankflow_model_refusals", "Models refused (trained on another feature schema)",
             registry=self.registry,
         )  # fmt: skip
-        self.log_records = Gauge(
-            "rankflow_serving_log_records", "Serving log records since start, by outcome",
+        self.log_records = Counter(
+            "rankflow_serving_log_records", "Serving log records by outcome (logged, dropped)",
             ["outcome"], registry=self.registry,
         )  # fmt: skip
+        self.log_queued = Gauge(
+            "rankflow_serving_log_queued", "Serving log records waiting to be appended",
+            registry=self.registry, multiprocess_mode="livesum",
+        )  # fmt: skip
 
-    def watch_log(self, serving_log: ServingLog) -> None:
-        """Report the serving log's counts at every scrape."""
-        outcomes = {
-            "logged": lambda: serving_log.logged,
-            "dropped": lambda: serving_log.dropped,
-            "queued": serving_log.pending,
-        }
-        for outcome, count in outcomes.items():
-            self.log_records.labels(outcome).set_function(count)
+    def count_log(self, outcome: str, records: int) -> None:
+        """The serving log's counts: records logged or dropped, or the queue's depth."""
+        if outcome == "queued":
+            self.log_queued.set(records)
+        else:
+            self.log_records.labels(outcome).inc(records)
+
+    def show_served(self, model_version: str, feature_version: str) -> None:
+        """Mark the pair served now (the previous pair drops to 0)."""
+        pair = (model_version, feature_version)
+        if pair != self.serving:
+            if self.serving is not None:
+                self.served.labels(*self.serving).set(0)
+            self.served.labels(*pair).set(1)
+            self.serving = pair
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's metrics, or every worker's summed."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if not self.multiprocess:
+            return bytes(generate_latest(self.registry))
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return bytes(generate_latest(registry))
+
+    def close(self) -> None:
+        """Drop this worker's live gauges from the aggregate (a worker stopping)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
 
 
 def api_keys(env: dict[str, str] | None = None) -> list[bytes]:
@@ -209,10 +246,11 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
             served_log_key(prefix),
             max_queue=int(config["log_queue"]),
             max_stream_length=int(config["log_max_stream_length"]),
+            on_count=metrics.count_log,
         )
-        metrics.watch_log(serving_log)
 
     def record_refusal(refusal: dict[str, str]) -> None:
+        metrics.refused.inc()
         try:
             append_refusal(log_client, refusals_log_key(prefix), refusal)
         except Exception as problem:  # the log line and the counter remain
@@ -242,12 +280,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     def refresh() -> None:
         serving.refresh_quietly()
         remember_fallbacks()
-        metrics.refused.set(sum(serving.refused.values()))
         if serving.served is not None:
-            metrics.served.clear()
-            metrics.served.labels(
-                serving.served.model.version, serving.served.features.version
-            ).set(1)
+            metrics.show_served(serving.served.model.version, serving.served.features.version)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -270,6 +304,7 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
             serving_log.stop()
         log_client.close()
         client.close()
+        metrics.close()
 
     def answer(body: RankResponse, status: int = 200) -> Response:
         return Response(encoder.encode(body), status_code=status, media_type="application/json")
@@ -407,9 +442,9 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
                         media_type="application/json")  # fmt: skip
 
     async def metrics_endpoint(request: Request) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
         from rankflow.serving.openapi import openapi_document

@@ -9,7 +9,7 @@ every scored candidate's model input row and score, which the nightly skew check
 (:mod:`rankflow.stream.drain`) moves the stream into the ``bronze/served`` Delta table.
 
 When Redis is away the queue holds up to ``serving.log_queue`` records and retries; beyond that
-records are dropped and counted (``rankflow_serving_log_records{outcome="dropped"}``), never
+records are dropped and counted (``rankflow_serving_log_records_total{outcome="dropped"}``), never
 blocking an answer.
 """
 
@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -82,12 +83,14 @@ class ServingLog:
         max_queue: int,
         max_stream_length: int,
         batch: int = 256,
+        on_count: Callable[[str, int], None] | None = None,
     ) -> None:
         self.client = client
         self.stream = stream
         self.max_queue = max_queue
         self.max_stream_length = max_stream_length
         self.batch = batch
+        self.on_count = on_count  # (outcome, records): "logged", "dropped", "queued" (depth)
         self.logged = 0
         self.dropped = 0
         self.failures = 0
@@ -100,7 +103,7 @@ class ServingLog:
         """Queue one record (never blocks; a full queue drops it and counts the drop)."""
         with self._ready:
             if len(self._queue) >= self.max_queue:
-                self.dropped += 1
+                self._count("dropped", 1)
                 return
             self._queue.append(record)
             if len(self._queue) >= self.batch:
@@ -117,6 +120,14 @@ class ServingLog:
             self._ready.notify()
         self._thread.join(timeout)
 
+    def _count(self, outcome: str, records: int) -> None:
+        if outcome == "logged":
+            self.logged += records
+        elif outcome == "dropped":
+            self.dropped += records
+        if self.on_count is not None and (records or outcome == "queued"):
+            self.on_count(outcome, records)
+
     def pending(self) -> int:
         """Records queued and not yet appended."""
         return len(self._queue)
@@ -131,7 +142,7 @@ class ServingLog:
         with self._ready:
             room = self.max_queue - len(self._queue)
             kept = records[:room]
-            self.dropped += len(records) - len(kept)
+            self._count("dropped", len(records) - len(kept))
             self._queue.extendleft(reversed(kept))
 
     def _send(self, records: list[ServedRecord]) -> None:
@@ -161,11 +172,12 @@ class ServingLog:
                     log.warning("serving log: %d records not appended: %s", len(records), problem)
                 self._give_back(records)
                 if self._stop:
-                    self.dropped += len(self._queue)
+                    self._count("dropped", len(self._queue))
                     return
                 time.sleep(1.0)
             else:
-                self.logged += len(records)
+                self._count("logged", len(records))
+            self._count("queued", len(self._queue))
 
 
 def decode_record(payload: bytes) -> ServedRecord:

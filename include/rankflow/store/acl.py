@@ -13,7 +13,7 @@ operator, the tests' clean-up) may do anything. The ``default`` user is disabled
 without credentials can do nothing but authenticate.
 
 The same rules feed the embedded server's ACL file and the compose stack's
-(``docker/redis/entrypoint.sh``); ``docs/security.md`` lists them.
+(``docker/redis/acl-entrypoint.sh``); ``docs/security.md`` lists them.
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def test_a_model_of_another_feature_schema_is_refused_and_a_rollback_arrives_in_
         first = rank(base, user, items)["model_version"]
         foreign = register_champion(world.settings, TINY_DAY, seed=5, feature_schema="0" * 16)
         assert served_model(world.settings) == (foreign, "0" * 16)
-        wait_for(lambda: metric(base, "rankflow_model_refusals") >= 1, 10)
+        wait_for(lambda: metric(base, "rankflow_model_refusals_total") >= 1, 10)
         kept = rank(base, user, items)
         assert kept["model_version"] == first  # the old pair keeps serving
         assert kept["fallback"] is False
@@ -206,6 +206,21 @@ def test_past_the_deadline_the_answer_is_the_fallback_with_its_reason(
         answers = [rank(base, user, items) for _ in range(5)]
         assert all(a["fallback"] is True and a["reason"] == "deadline" for a in answers)
         assert fallbacks(base, "deadline") == 5
+
+
+def test_with_two_workers_every_scrape_counts_every_answer(
+    spark: Any, lake: Settings, world: World
+) -> None:
+    user, items = candidates_of(spark, lake)
+    with running_service(world.settings, env=world.env, workers=2) as base:
+        answers = [rank(base, user, items) for _ in range(30)]
+        assert not any(a["fallback"] for a in answers)
+        port = base.rsplit(":", 1)[1]
+        folder = world.settings.paths.home / "run" / f"serve-metrics-{port}"
+        writers = {f.name.rsplit("_", 1)[1] for f in folder.glob("counter_*.db")}
+        assert len(writers) == 2, "both workers answered and wrote their counters"
+        for _ in range(6):  # each scrape lands on either worker: each sees the sum
+            assert metric(base, "rankflow_rank_requests_total", 'status="200"') == 30
 
 
 def _environ(world: World) -> dict[str, str]:

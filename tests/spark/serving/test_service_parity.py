@@ -135,8 +135,8 @@ def test_unknown_candidates_come_last_in_request_order(
 def logged_answers(base: str, wanted: int) -> int:
     """Wait until the service has appended ``wanted`` answers to the serving log."""
     logged = 'outcome="logged"'
-    wait_for(lambda: metric(base, "rankflow_serving_log_records", logged) >= wanted, 10)
-    return int(metric(base, "rankflow_serving_log_records", logged))
+    wait_for(lambda: metric(base, "rankflow_serving_log_records_total", logged) >= wanted, 10)
+    return int(metric(base, "rankflow_serving_log_records_total", logged))
 
 
 def test_served_answers_drain_and_replay_offline_without_skew(
