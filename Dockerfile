@@ -4,7 +4,7 @@
 #
 # Pattern: "Extending the image" from the Airflow docker-stack docs (apt packages as root, Python
 # packages as the airflow user, never `pip install` as root). Keep the tag in step with the
-# apache-airflow pin in requirements.txt (tests/unit/test_compose.py checks it).
+# apache-airflow pin in requirements.txt (tests/unit/deploy/test_compose.py checks it).
 FROM apache/airflow:3.3.2-python3.11
 
 # --- OS packages (root) -----------------------------------------------------------------------
