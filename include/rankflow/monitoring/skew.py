@@ -164,7 +164,7 @@ def check_skew(spark: SparkSession, settings: Settings, served: DataFrame) -> Sk
     """Replay a day's sampled answers (``bronze/served`` rows) offline and compare."""
     from pyspark.sql import functions as F
 
-    from rankflow.model.registry import load_model
+    from rankflow.model.registry import ModelNotFoundError, load_model
 
     report = SkewReport()
     totals = served.agg(
@@ -188,14 +188,21 @@ def check_skew(spark: SparkSession, settings: Settings, served: DataFrame) -> Sk
                 F.col("feature_version") == feature_version
             ).count()
     for model_version in sorted({str(p[1]) for p in pairs}):
-        models[model_version] = load_model(settings, model_version)[0]
-        report.model_versions.append(model_version)
+        try:
+            models[model_version] = load_model(settings, model_version)[0]
+            report.model_versions.append(model_version)
+        except ModelNotFoundError:  # deleted from the registry: its answers cannot be replayed
+            report.unreplayable += sampled.where(
+                (F.col("model_version") == model_version)
+                & F.col("feature_version").isin(report.feature_versions)
+            ).count()
     report.replayed = report.sampled - report.unreplayable
-    if not parts:
+    if not parts or not models:
         return report
     rows = parts[0]
     for part in parts[1:]:
         rows = rows.unionByName(part)
+    rows = rows.where(F.col("model_version").isin(list(models)))
     replayed = rows.mapInPandas(make_replayer(models), REPLAY_SCHEMA).persist()
     try:
         report.rows, report.score_parity = score_figures(replayed)
