@@ -38,7 +38,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench lock clean
+.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,12 @@ $(STAMP)/chromium:
 	@mkdir -p $(STAMP)
 	@command -v chromium >/dev/null || { echo "installing chromium from Debian's packages (Ranking page tests)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+	@touch $@
+
+$(STAMP)/wrk:
+	@mkdir -p $(STAMP)
+	@command -v wrk >/dev/null || { echo "installing wrk from Debian's packages (make bench-realtime)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
 	@touch $@
 
 # Ivy's resolution chatter goes to a log; VERBOSE=1 shows it
@@ -156,6 +162,9 @@ screenshot: setup up $(STAMP)/chromium ## Screenshot the Ranking page of the cur
 
 bench: setup up ## Benchmark scoring and publishing (BENCH_USERS, BENCH_CANDIDATES)
 	$(PY) bench/bench_score_publish.py
+
+bench-realtime: setup up $(STAMP)/wrk ## Benchmark the ranking service (latency, rate, Redis round trips) and materialisation; after `make demo` (ARGS="--help")
+	$(PY) bench/bench_realtime.py $(ARGS)
 
 lock: $(VENV)/.installed ## Re-resolve requirements.lock from requirements.txt
 	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 -o requirements.lock
