@@ -174,6 +174,7 @@ class ServingState:
             else load_served_model(self.settings, model_version, model_hash)
         )
         self.served = Served(model, features)
+        freeze_heap()
         log.info("serving model %s with feature version %s", model.version, features.version)
         return True
 
@@ -186,6 +187,20 @@ class ServingState:
             if str(error) != self.last_error:
                 log.warning("refresh failed, still serving what was loaded: %s", error)
             self.last_error = str(error)
+
+
+def freeze_heap() -> None:
+    """Collect once, then keep the loaded pair's objects out of later full collections.
+
+    A full collection over the ~365k objects a served pair holds takes 0.2 s, stalling every
+    request in flight (bench-realtime measured 90-180 ms p99 spikes); frozen objects are still
+    freed by reference counting when the next swap drops them.
+    """
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def model_matrix(
