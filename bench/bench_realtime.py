@@ -660,12 +660,15 @@ class Bench:
         import msgspec
         import numpy as np
 
-        from rankflow.features.on_demand import ItemSide, cross_features
-        from rankflow.features.registry import AFFINITY_DIMENSIONS, USER_FEATURES
         from rankflow.serving.app import RankedItem, RankRequest, RankResponse, served_record
-        from rankflow.serving.ranker import Ranked, fetch_user, user_side
+        from rankflow.serving.ranker import (
+            candidate_rows,
+            fetch_user,
+            ranked_answer,
+            user_inputs,
+            user_item_features,
+        )
         from rankflow.serving.state import model_matrix
-        from rankflow.store.vectors import EMPTY_HISTORY, decode_history, decode_vector
 
         clock = time.perf_counter
         decoder, encoder = self.codecs.setdefault(
@@ -682,43 +685,17 @@ class Bench:
             self.reader, self.prefix, served.features.version, req.user_id
         )
         t2 = clock()
-        snapshot = served.features.snapshot
-        rows, known = snapshot.positions(candidates)
-        sold = known & snapshot.is_sold[rows]
-        scored = known & ~sold
-        ids, item_rows = candidates[scored], rows[scored]
+        rows = candidate_rows(served, candidates)
         t3 = clock()
-        user_vector = (
-            decode_vector(vector, len(USER_FEATURES))
-            if vector is not None
-            else np.full(len(USER_FEATURES), np.nan, np.float32)
-        )
-        price_band = float(user_vector[USER_FEATURES.index("user_log_price_mean")])
-        users = user_side(profile, price_band)
-        shown = decode_history(history) if history is not None else EMPTY_HISTORY
-        seen, clicked = shown.lookup(ids)
+        user = user_inputs((vector, profile, history), rows.ids)
         t4 = clock()
-        price = snapshot.vectors[item_rows, snapshot.feature_names.index("item_price")]
-        items = ItemSide({d: snapshot.codes[d][item_rows] for d in AFFINITY_DIMENSIONS}, price)
-        cross = cross_features(
-            np.zeros(len(ids), np.int64), items, users, seen, clicked, served.features.one_size
-        )
+        cross = user_item_features(served, rows, user)
         t5 = clock()
-        matrix = model_matrix(served, item_rows, user_vector, cross)
+        matrix = model_matrix(served, rows.item_rows, user.vector, cross)
         t6 = clock()
         scores = served.model.booster.inplace_predict(matrix)
         t7 = clock()
-        order = np.lexsort((ids, -scores))[:k]
-        unknown = candidates[~known]
-        room = max(k - len(order), 0)
-        ranked = Ranked(
-            item_ids=[*ids[order].tolist(), *unknown[:room].tolist()],
-            scores=[*np.asarray(scores[order], np.float32).tolist()]
-            + [None] * min(room, len(unknown)),
-            unknown=int((~known).sum()),
-            sold=int(sold.sum()),
-            user_known=vector is not None,
-        )
+        ranked = ranked_answer(candidates, rows, scores, k, vector is not None)
         t8 = clock()
         request_id = uuid.uuid4().hex
         items_out = [RankedItem(i, s) for i, s in zip(ranked.item_ids, ranked.scores, strict=True)]

@@ -77,6 +77,90 @@ def fetch_user(
     return vector, profile, history
 
 
+@dataclass(frozen=True)
+class CandidateRows:
+    """The candidates' snapshot rows: which are known, sold, and scored."""
+
+    known: np.ndarray
+    sold: np.ndarray
+    ids: np.ndarray  # the scored candidates (known, unsold), in request order
+    item_rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class UserInputs:
+    """One user's side of the model inputs, decoded from the fetched values."""
+
+    vector: np.ndarray
+    side: UserSide
+    seen: np.ndarray
+    clicked: np.ndarray
+
+
+def candidate_rows(served: Served, candidates: np.ndarray) -> CandidateRows:
+    """Find the candidates in the snapshot; the known, unsold ones get scored."""
+    snapshot = served.features.snapshot
+    rows, known = snapshot.positions(candidates)
+    sold = known & snapshot.is_sold[rows]
+    scored = known & ~sold
+    return CandidateRows(known, sold, candidates[scored], rows[scored])
+
+
+def user_inputs(
+    fetched: tuple[bytes | None, bytes | None, bytes | None], ids: np.ndarray
+) -> UserInputs:
+    """Decode the user's vector, profile and history (an unknown user: NaN, none, none)."""
+    vector, profile, history = fetched
+    user_vector = (
+        decode_vector(vector, len(USER_FEATURES))
+        if vector is not None
+        else np.full(len(USER_FEATURES), np.nan, np.float32)
+    )
+    price_band = float(user_vector[USER_FEATURES.index("user_log_price_mean")])
+    shown = decode_history(history) if history is not None else EMPTY_HISTORY
+    seen, clicked = shown.lookup(ids)
+    return UserInputs(user_vector, user_side(profile, price_band), seen, clicked)
+
+
+def user_item_features(
+    served: Served, rows: CandidateRows, user: UserInputs
+) -> dict[str, np.ndarray]:
+    """The user x item features of the scored candidates (the Spark jobs' function)."""
+    snapshot = served.features.snapshot
+    price = snapshot.vectors[rows.item_rows, snapshot.feature_names.index("item_price")]
+    codes = {d: snapshot.codes[d][rows.item_rows] for d in AFFINITY_DIMENSIONS}
+    return cross_features(
+        np.zeros(len(rows.ids), np.int64),
+        ItemSide(codes, price),
+        user.side,
+        user.seen,
+        user.clicked,
+        served.features.one_size,
+    )
+
+
+def ranked_answer(
+    candidates: np.ndarray,
+    rows: CandidateRows,
+    scores: np.ndarray,
+    k: int,
+    user_known: bool,
+    inputs: ModelInputs | None = None,
+) -> Ranked:
+    """Order the scored candidates (ties: smaller id), then the unknown ones in request order."""
+    order = np.lexsort((rows.ids, -scores))[:k]
+    unknown = candidates[~rows.known]
+    room = max(k - len(order), 0)
+    return Ranked(
+        item_ids=[*rows.ids[order].tolist(), *unknown[:room].tolist()],
+        scores=[*np.asarray(scores[order], np.float32).tolist(), *[None] * min(room, len(unknown))],
+        unknown=int((~rows.known).sum()),
+        sold=int(rows.sold.sum()),
+        user_known=user_known,
+        inputs=inputs,
+    )
+
+
 def rank(
     served: Served,
     fetched: tuple[bytes | None, bytes | None, bytes | None],
@@ -85,39 +169,13 @@ def rank(
     keep_inputs: bool = False,
 ) -> Ranked:
     """Score the known, unsold candidates and order them (ties: smaller item id first)."""
-    vector, profile, history = fetched
-    snapshot = served.features.snapshot
-    rows, known = snapshot.positions(candidates)
-    sold = known & snapshot.is_sold[rows]
-    scored = known & ~sold
-    ids, item_rows = candidates[scored], rows[scored]
-    user_vector = (
-        decode_vector(vector, len(USER_FEATURES))
-        if vector is not None
-        else np.full(len(USER_FEATURES), np.nan, np.float32)
-    )
-    price_band = float(user_vector[USER_FEATURES.index("user_log_price_mean")])
-    users = user_side(profile, price_band)
-    shown = decode_history(history) if history is not None else EMPTY_HISTORY
-    seen, clicked = shown.lookup(ids)
-    price = snapshot.vectors[item_rows, snapshot.feature_names.index("item_price")]
-    items = ItemSide({d: snapshot.codes[d][item_rows] for d in AFFINITY_DIMENSIONS}, price)
-    cross = cross_features(
-        np.zeros(len(ids), np.int64), items, users, seen, clicked, served.features.one_size
-    )
-    matrix = model_matrix(served, item_rows, user_vector, cross)
+    rows = candidate_rows(served, candidates)
+    user = user_inputs(fetched, rows.ids)
+    cross = user_item_features(served, rows, user)
+    matrix = model_matrix(served, rows.item_rows, user.vector, cross)
     scores = served.model.booster.inplace_predict(matrix)
-    order = np.lexsort((ids, -scores))[:k]
-    unknown = candidates[~known]
-    room = max(k - len(order), 0)
-    return Ranked(
-        item_ids=[*ids[order].tolist(), *unknown[:room].tolist()],
-        scores=[*np.asarray(scores[order], np.float32).tolist(), *[None] * min(room, len(unknown))],
-        unknown=int((~known).sum()),
-        sold=int(sold.sum()),
-        user_known=vector is not None,
-        inputs=ModelInputs(ids, matrix, np.asarray(scores, np.float32)) if keep_inputs else None,
-    )
+    inputs = ModelInputs(rows.ids, matrix, np.asarray(scores, np.float32)) if keep_inputs else None
+    return ranked_answer(candidates, rows, scores, k, fetched[0] is not None, inputs)
 
 
 def nightly_order(nightly: list[int], candidates: np.ndarray | None, k: int) -> list[int]:
