@@ -23,6 +23,10 @@ class ModelNotFoundError(RuntimeError):
     """No model is registered under the requested alias or version."""
 
 
+# MLflow's answers for a missing model, version or alias; anything else (401, 403, 5xx) is raised.
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
 def load_lineage(settings: Settings, version: str) -> dict[str, Any]:
     """Read the lineage a registered model version was logged with."""
     import mlflow
@@ -31,6 +35,8 @@ def load_lineage(settings: Settings, version: str) -> dict[str, Any]:
     try:
         run_id = mlflow_client(settings).get_model_version(settings.model_name, version).run_id
     except MlflowException as error:
+        if error.error_code not in NOT_FOUND_CODES:
+            raise  # unauthenticated, forbidden or unreachable is not "no such model"
         raise ModelNotFoundError(f"model {settings.model_name} has no version {version}") from error
     lineage: dict[str, Any] = mlflow.artifacts.load_dict(f"runs:/{run_id}/lineage.json")
     if "training_config" not in lineage:
@@ -135,6 +141,8 @@ def find_model_version(
             return client.get_model_version(settings.model_name, alias_or_version)
         return client.get_model_version_by_alias(settings.model_name, alias_or_version)
     except MlflowException as error:
+        if error.error_code not in NOT_FOUND_CODES:
+            raise  # unauthenticated, forbidden or unreachable is not "no such model"
         raise ModelNotFoundError(
             f"no model '{settings.model_name}' with alias/version '{alias_or_version}' in "
             f"{settings.mlflow_tracking_uri}: run the nightly DAG with retrain=true first"
