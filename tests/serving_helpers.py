@@ -50,7 +50,7 @@ def register_champion(
     version = log_and_register(settings, FittedRanker(booster, 29, 0.5, [0.5]), lineage, ds)[
         "model_version"
     ]
-    move_champion(mlflow_client(settings), settings.model_name, version)
+    move_champion(settings, mlflow_client(settings), version)
     return str(version)
 
 

@@ -121,7 +121,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
         if not args.version or not args.reason:
             raise ValueError("models promote needs a VERSION and --reason (for the ledger)")
-        move = move_champion(mlflow_client(settings), settings.model_name, args.version)
+        move = move_champion(settings, mlflow_client(settings), args.version)
         print(json.dumps(move.as_dict()))
         record(
             settings,

@@ -241,9 +241,15 @@ class AliasMove:
         return asdict(self)
 
 
-def move_champion(client: MlflowClient, name: str, version: str) -> AliasMove:
-    """Point ``champion`` at ``version`` and ``previous_champion`` at the one it replaces."""
+def move_champion(settings: Settings, client: MlflowClient, version: str) -> AliasMove:
+    """Point ``champion`` at ``version`` and ``previous_champion`` at the one it replaces.
+
+    Then announce the move in Redis, so ranking services follow within their refresh interval
+    without polling MLflow on every tick.
+    """
     from mlflow.exceptions import MlflowException
+
+    name = settings.model_name
 
     try:
         client.get_model_version(name, version)
@@ -255,7 +261,28 @@ def move_champion(client: MlflowClient, name: str, version: str) -> AliasMove:
     if before is not None:
         client.set_registered_model_alias(name, PREVIOUS_CHAMPION, before)
     client.set_registered_model_alias(name, CHAMPION, version)
+    announce_move(settings, version)
     return AliasMove(before, version)
+
+
+def announce_move(settings: Settings, version: str) -> None:
+    """Tell ranking services the champion moved; if Redis is away they find it by polling."""
+    import logging
+
+    from rankflow.store.client import redact_url, redis_client
+    from rankflow.store.versions import announce_champion
+
+    try:
+        client = redis_client(settings.redis.url, socket_timeout=2.0)
+        announce_champion(client, settings.redis.key_prefix, version)
+    except Exception as error:  # MLflow holds the truth; the announcement only speeds it up
+        logging.getLogger(__name__).warning(
+            "champion %s not announced in Redis %s (services will find it within "
+            "serving.registry_poll_seconds): %s",
+            version,
+            redact_url(settings.redis.url),
+            error,
+        )
 
 
 def debiasing_variants(settings: Settings, run_id: str) -> dict[str, bytes]:

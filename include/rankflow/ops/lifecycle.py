@@ -89,7 +89,7 @@ def rollback_release(settings: Settings, redis_client: redis.Redis, surface: str
     champion = aliases(client, settings.model_name).get(CHAMPION)
     try:
         move = (
-            move_champion(client, settings.model_name, target_model)
+            move_champion(settings, client, target_model)
             if champion != target_model
             else AliasMove(champion, target_model)
         )

@@ -236,7 +236,9 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     prefix = settings.redis.key_prefix
     client = redis_client(settings.redis.lookup_url, socket_timeout=max(deadline, 0.05))
     reader = RankingReader(client, prefix, version_cache_seconds=2.0)
-    serving = state or ServingState(settings, client)
+    serving = state or ServingState(
+        settings, client, registry_poll_seconds=float(config["registry_poll_seconds"])
+    )
     metrics = Metrics()
     serving_log = None
     log_client = redis_client(settings.redis.log_url, socket_timeout=2.0)

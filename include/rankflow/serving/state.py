@@ -1,9 +1,9 @@
 """What the ranking service serves: the champion model and the current feature version, as a pair.
 
 The pair is swapped as one reference, so a request sees one model with the features it was
-trained on. A refresher polls the ``champion`` alias and the feature version pointer; a new
-pair whose model was trained on another feature schema is refused (the old pair stays),
-logged and counted.
+trained on. A refresher follows the feature version pointer and the ``champion`` alias (through
+the announcement promotions and rollbacks write to Redis); a new pair whose model was trained
+on another feature schema is refused (the old pair stays), logged and counted.
 """
 
 from __future__ import annotations
@@ -109,27 +109,52 @@ def load_served_model(settings: Settings, version: str, schema_hash: str | None)
 
 @dataclass
 class ServingState:
-    """The served pair, refreshed by polling the champion alias and the feature version."""
+    """The served pair, refreshed from the feature pointer and the champion announcement.
+
+    Each tick reads both Redis pointers in one round trip. MLflow (the champion alias, the
+    source of truth) is asked only when the announcement changed, when nothing is known yet,
+    or every ``registry_poll_seconds`` (an alias moved outside rankflow): an MLflow call holds
+    the GIL for milliseconds, so it must not run on every tick next to live requests.
+    """
 
     settings: Settings
     client: redis.Redis
+    registry_poll_seconds: float = 60.0
     served: Served | None = None
     refused: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
     last_refused: tuple[str, str] | None = None  # the (model, features) pair refused last
     on_refusal: Callable[[dict[str, str]], None] | None = None  # e.g. append to the refusals log
+    champion: tuple[str, str | None] | None = None  # MLflow's last answer: version, schema hash
+    announcement: str | None = None  # the announcement that answer followed
+    registry_read_at: float = float("-inf")  # monotonic time of that answer
+
+    def champion_now(self, announcement: str | None) -> tuple[str, str | None]:
+        """The champion's version and feature schema hash, from MLflow only when needed."""
+        import time
+
+        from rankflow.model.registry import served_model
+
+        now = time.monotonic()
+        if (
+            self.champion is not None
+            and announcement == self.announcement
+            and now - self.registry_read_at < self.registry_poll_seconds
+        ):
+            return self.champion
+        self.champion = served_model(self.settings)
+        self.announcement, self.registry_read_at = announcement, now
+        return self.champion
 
     def refresh(self) -> bool:
-        """Poll both pointers once; swap to a consistent new pair. Returns whether it swapped."""
-        from rankflow.model.registry import served_model
-        from rankflow.store.keys import FEATURES
-        from rankflow.store.versions import version_pointers
+        """Read both pointers once; swap to a consistent new pair. Returns whether it swapped."""
+        from rankflow.store.versions import serving_pointers
 
         prefix = self.settings.redis.key_prefix
-        feature_version, _ = version_pointers(self.client, prefix, FEATURES)
+        feature_version, announcement = serving_pointers(self.client, prefix)
         if feature_version is None:
             raise LookupError("no feature version is published: run materialise_features")
-        model_version, model_hash = served_model(self.settings)
+        model_version, model_hash = self.champion_now(announcement)
         current = self.served
         if current and (current.model.version, current.features.version) == (
             model_version,
@@ -142,31 +167,7 @@ class ServingState:
             else load_feature_version(self.client, prefix, feature_version)
         )
         if model_hash != features.schema_hash:
-            if self.last_refused == (model_version, feature_version):
-                return False  # counted and logged once per refused pair
-            self.last_refused = (model_version, feature_version)
-            reason = "model_schema_mismatch"
-            self.refused[reason] = self.refused.get(reason, 0) + 1
-            log.warning(
-                "refusing model %s (feature schema %s) with feature version %s (schema %s); "
-                "still serving %s",
-                model_version,
-                model_hash,
-                feature_version,
-                features.schema_hash,
-                current.model.version if current else "nothing",
-            )
-            if self.on_refusal is not None:
-                self.on_refusal(
-                    {
-                        "reason": reason,
-                        "model_version": model_version,
-                        "model_schema_hash": str(model_hash),
-                        "feature_version": feature_version,
-                        "feature_schema_hash": features.schema_hash,
-                        "serving": current.model.version if current else "",
-                    }
-                )
+            self.refuse(model_version, model_hash, features)
             return False
         model = (
             current.model
@@ -177,6 +178,35 @@ class ServingState:
         freeze_heap()
         log.info("serving model %s with feature version %s", model.version, features.version)
         return True
+
+    def refuse(self, model_version: str, model_hash: str | None, features: FeatureVersion) -> None:
+        """Keep the old pair: log, count and report a model of another feature schema, once."""
+        if self.last_refused == (model_version, features.version):
+            return  # counted and logged once per refused pair
+        self.last_refused = (model_version, features.version)
+        reason = "model_schema_mismatch"
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        current = self.served
+        log.warning(
+            "refusing model %s (feature schema %s) with feature version %s (schema %s); "
+            "still serving %s",
+            model_version,
+            model_hash,
+            features.version,
+            features.schema_hash,
+            current.model.version if current else "nothing",
+        )
+        if self.on_refusal is not None:
+            self.on_refusal(
+                {
+                    "reason": reason,
+                    "model_version": model_version,
+                    "model_schema_hash": str(model_hash),
+                    "feature_version": features.version,
+                    "feature_schema_hash": features.schema_hash,
+                    "serving": current.model.version if current else "",
+                }
+            )
 
     def refresh_quietly(self) -> None:
         """Refresh, logging a failure instead of raising (the old pair keeps serving)."""

@@ -28,7 +28,7 @@ def promote_accepted(
     client = mlflow_client(settings)
     before = aliases(client, settings.model_name).get(CHAMPION)
     if before != version:
-        move_champion(client, settings.model_name, version)
+        move_champion(settings, client, version)
     event = LedgerEvent(
         "promote",
         now(),

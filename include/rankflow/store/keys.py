@@ -142,6 +142,11 @@ def feature_key_pattern(prefix: str, version: str) -> str:
 # --------------------------------------------------------------------------- serving log
 
 
+def champion_key(prefix: str) -> str:
+    """Return the key announcing the champion alias moved (ranking services re-read MLflow)."""
+    return f"{prefix}:model:champion"
+
+
 def served_log_key(prefix: str) -> str:
     """Return the Redis stream the ranking service logs every answer to (drained nightly)."""
     return f"{prefix}:log:served"

@@ -7,6 +7,7 @@ The lifecycle as a whole is in the package docstring (:mod:`rankflow.store`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -18,6 +19,8 @@ import redis
 from rankflow.store.commands import _bytes, _run, _text, _utc_now, scan_keys
 from rankflow.store.errors import NoCurrentVersionError, VersionCheckError
 from rankflow.store.keys import (
+    FEATURES,
+    champion_key,
     current_key,
     fallback_key,
     meta_key,
@@ -375,6 +378,19 @@ def version_pointers(
         list[Any], client.mget(current_key(prefix, surface), previous_key(prefix, surface))
     )
     return _text(current), _text(previous)
+
+
+def announce_champion(client: redis.Redis, prefix: str, version: str) -> None:
+    """Announce that the champion alias now names ``version``, with when, so services follow."""
+    client.set(champion_key(prefix), json.dumps({"version": version, "at": time.time()}))
+
+
+def serving_pointers(client: redis.Redis, prefix: str) -> tuple[str | None, str | None]:
+    """The current feature version and the champion announcement, in one round trip."""
+    features, champion = cast(
+        list[Any], client.mget(current_key(prefix, FEATURES), champion_key(prefix))
+    )
+    return _text(features), _text(champion)
 
 
 def earlier_outcome(

@@ -46,7 +46,7 @@ for action in sys.argv[1:]:
     try:
         if name == "promote":
             from rankflow.model.registry import mlflow_client, move_champion
-            move = move_champion(mlflow_client(settings), settings.model_name, arg)
+            move = move_champion(settings, mlflow_client(settings), arg)
             out[action] = f"moved {move.champion_before} {move.champion_after}"
         elif name == "read":
             from rankflow.ui.page_sources import read_champion, read_report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Any
 
@@ -20,7 +21,7 @@ from rankflow.model.registry import (
     move_champion,
 )
 from rankflow.ops.lifecycle import rollback_release
-from rankflow.store.keys import current_key, new_version_id, previous_key
+from rankflow.store.keys import champion_key, current_key, new_version_id, previous_key
 from rankflow.store.versions import commit_version
 from rankflow.store.writer import begin_version, write_fallback, write_lists
 
@@ -70,10 +71,10 @@ def test_rollback_serves_the_previous_lists_and_makes_their_model_champion(
 ) -> None:
     client = mlflow_client(settings)
     first = register(settings, date(2026, 11, 1))
-    move_champion(client, settings.model_name, first)
+    move_champion(settings, client, first)
     old = publish(settings, redis_client, date(2026, 11, 1), first)
     second = register(settings, date(2026, 11, 2))
-    move_champion(client, settings.model_name, second)
+    move_champion(settings, client, second)
     new = publish(settings, redis_client, date(2026, 11, 2), second)
 
     done = rollback_release(settings, redis_client, SURFACE)
@@ -85,6 +86,8 @@ def test_rollback_serves_the_previous_lists_and_makes_their_model_champion(
         "champion": first,
         "previous_champion": second,
     }
+    announced = json.loads(redis_client.get(champion_key(settings.redis.key_prefix)))
+    assert announced["version"] == first  # ranking services follow it without asking MLflow
     listed = {row["version"]: row for row in list_models(settings)}
     assert listed[first]["aliases"] == ["champion"]
     assert listed[second]["ds"] == "2026-11-02"
@@ -95,7 +98,7 @@ def test_rollback_without_a_previous_version_refuses_and_changes_nothing(
 ) -> None:
     client = mlflow_client(settings)
     only = register(settings, date(2026, 11, 1))
-    move_champion(client, settings.model_name, only)
+    move_champion(settings, client, only)
     version = publish(settings, redis_client, date(2026, 11, 1), only)
     with pytest.raises(LifecycleRefusedError, match=r"no previous version.*nothing was changed"):
         rollback_release(settings, redis_client, SURFACE)
@@ -108,7 +111,7 @@ def test_rollback_to_lists_of_an_unregistered_model_refuses_and_changes_nothing(
 ) -> None:
     client = mlflow_client(settings)
     current_model = register(settings, date(2026, 11, 2))
-    move_champion(client, settings.model_name, current_model)
+    move_champion(settings, client, current_model)
     old = publish(settings, redis_client, date(2026, 11, 1), "99")  # 99 was never registered
     new = publish(settings, redis_client, date(2026, 11, 2), current_model)
     with pytest.raises(LifecycleRefusedError, match=r"99 .* not registered"):
@@ -121,7 +124,7 @@ def test_promoting_an_unknown_or_current_version_is_refused(settings: Settings) 
     client = mlflow_client(settings)
     version = register(settings, date(2026, 11, 1))
     with pytest.raises(LifecycleRefusedError, match="no version 42"):
-        move_champion(client, settings.model_name, "42")
-    move_champion(client, settings.model_name, version)
+        move_champion(settings, client, "42")
+    move_champion(settings, client, version)
     with pytest.raises(LifecycleRefusedError, match="already the champion"):
-        move_champion(client, settings.model_name, version)
+        move_champion(settings, client, version)

@@ -15,8 +15,14 @@ def install(monkeypatch: pytest.MonkeyPatch, pointers: dict[str, Any]) -> None:
     import rankflow.model.registry as registry
     import rankflow.store.versions as versions
 
-    monkeypatch.setattr(registry, "served_model", lambda s: (pointers["model"], pointers["mhash"]))
-    monkeypatch.setattr(versions, "version_pointers", lambda c, p, n: (pointers["fv"], None))
+    def served_model(settings: Any) -> tuple[str, str]:
+        pointers["mlflow_reads"] = pointers.get("mlflow_reads", 0) + 1
+        return pointers["model"], pointers["mhash"]
+
+    monkeypatch.setattr(registry, "served_model", served_model)
+    monkeypatch.setattr(
+        versions, "serving_pointers", lambda c, p: (pointers["fv"], pointers.get("announced"))
+    )
     monkeypatch.setattr(
         state_module,
         "load_feature_version",
@@ -42,7 +48,7 @@ def test_a_model_of_another_schema_is_refused_once_and_the_old_pair_keeps_servin
     serving = ServingState(_Settings(), client=None)  # type: ignore[arg-type]
     assert serving.refresh() is True
     assert (serving.served.model.version, serving.served.features.version) == ("1", "f1")
-    pointers.update(model="2", mhash="bbb")  # a champion trained on another registry
+    pointers.update(model="2", mhash="bbb", announced="2")  # a champion of another registry
     assert serving.refresh() is False
     assert serving.refresh() is False  # polled again: still refused, counted once
     assert serving.served.model.version == "1"
@@ -58,3 +64,39 @@ def test_nothing_is_served_until_a_feature_version_exists(monkeypatch: pytest.Mo
     serving.refresh_quietly()
     assert serving.served is None
     assert "no feature version" in serving.last_error
+
+
+def test_mlflow_is_read_when_a_move_is_announced_or_the_poll_is_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pointers = {"model": "1", "mhash": "aaa", "fv": "f1", "fhash": "aaa", "announced": "a1"}
+    install(monkeypatch, pointers)
+    serving = ServingState(_Settings(), client=None, registry_poll_seconds=3600)  # type: ignore[arg-type]
+    assert serving.refresh() is True
+    pointers.update(model="2")  # the alias moved in MLflow, not announced (yet)
+    for _ in range(5):
+        assert serving.refresh() is False
+    assert pointers["mlflow_reads"] == 1  # ticks cost one Redis round trip, no MLflow call
+    pointers.update(announced="a2")  # a promotion announces it
+    assert serving.refresh() is True
+    assert serving.served.model.version == "2"
+    assert pointers["mlflow_reads"] == 2
+    pointers.update(model="3")  # moved outside rankflow: found when the poll is due
+    serving.registry_poll_seconds = 0
+    assert serving.refresh() is True
+    assert serving.served.model.version == "3"
+
+
+def test_a_refused_champion_is_remembered_when_its_features_arrive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pointers = {"model": "1", "mhash": "aaa", "fv": "f1", "fhash": "aaa", "announced": "a1"}
+    install(monkeypatch, pointers)
+    serving = ServingState(_Settings(), client=None, registry_poll_seconds=3600)  # type: ignore[arg-type]
+    assert serving.refresh() is True
+    pointers.update(model="2", mhash="bbb", announced="a2")
+    assert serving.refresh() is False  # refused: model 1 keeps serving
+    pointers.update(fv="f2", fhash="bbb")  # no new announcement, only the features
+    assert serving.refresh() is True
+    assert (serving.served.model.version, serving.served.features.version) == ("2", "f2")
+    assert pointers["mlflow_reads"] == 2
