@@ -126,6 +126,9 @@ def local_services(settings: Settings) -> list[Service]:
                     settings.redis.embedded_maxmemory,
                     "--maxmemory-policy",
                     "noeviction",  # an evicted list would be a lost user
+                    # item vectors (76 B) in hash buckets stay compact listpacks (default 64 B)
+                    "--hash-max-listpack-value",
+                    "128",
                     "--protected-mode",
                     "yes",
                     *(["--aclfile", str(acl_path)] if acl else []),

@@ -10,8 +10,9 @@ float32; only a version that matches exactly is switched to (``docs/feature-stor
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,14 @@ from rankflow.features.registry import (
     USER_FEATURES,
     schema_hash,
 )
-from rankflow.store.vectors import FEATURE_ENCODING, GROUPS, NO_CODE, pack_rows, within_row_index
+from rankflow.store.vectors import (
+    FEATURE_ENCODING,
+    GROUPS,
+    NO_CODE,
+    item_buckets,
+    pack_rows,
+    within_row_index,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
     from rankflow.config import Settings
     from rankflow.features.batch import FeatureFrames
 
+log = logging.getLogger(__name__)
 ACK_SCHEMA = "part string, entities long, bytes long"
 ITEM_ATTRIBUTES = list(AFFINITY_DIMENSIONS)  # the item strings the on-demand function reads
 
@@ -155,21 +164,30 @@ Encoder = Callable[["pa.RecordBatch"], "list[tuple[str, pa.Array]]"]
 
 
 def make_group_writer(
-    redis_url: str, prefix: str, version: str, encode: Encoder, id_column: str, mset_batch: int
+    redis_url: str,
+    prefix: str,
+    version: str,
+    encode: Encoder,
+    id_column: str,
+    mset_batch: int,
+    buckets: dict[str, int] | None = None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Build the ``mapInArrow`` task: encode each batch, write its groups, acknowledge per group.
 
     A part is ``<group>-<partition>``: a retried task writes the same keys and acknowledges the
     same part again (MSET and HSET are idempotent). A partition's encoded values are held until
     it is read to the end (one acknowledgement per group and partition): a few tens of MB.
+    Groups named in ``buckets`` go into that many hash buckets (item vectors), the others one
+    key per entity.
     """
+    bucketed = dict(buckets or {})
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
         from pyspark import TaskContext
 
         from rankflow.store.keys import FEATURES
-        from rankflow.store.writer import write_arrow
+        from rankflow.store.writer import write_arrow, write_buckets
 
         context = TaskContext.get()
         partition = context.partitionId() if context is not None else 0
@@ -182,16 +200,18 @@ def make_group_writer(
                 part = pa.RecordBatch.from_arrays([ids, values], names=["user_id", "value"])
                 encoded.setdefault(group, []).append(part)
         for group, parts in encoded.items():
-            stats = write_arrow(
-                redis_url,
-                prefix,
-                FEATURES,
-                version,
-                parts,
-                mset_batch=mset_batch,
-                part=f"{group}-{partition}",
-                group=group,
-            )
+            part = f"{group}-{partition}"
+            stats = (
+                write_buckets(
+                    redis_url, prefix, FEATURES, version, parts, bucketed[group],
+                    part=part, group=group,
+                )
+                if group in bucketed
+                else write_arrow(
+                    redis_url, prefix, FEATURES, version, parts,
+                    mset_batch=mset_batch, part=part, group=group,
+                )
+            )  # fmt: skip
             yield pa.RecordBatch.from_pydict(
                 {
                     "part": [f"{group}-{partition}"],
@@ -263,6 +283,9 @@ class Materialised:
     audited: dict[str, int]
     status: str
     reason: str
+    item_buckets: int = 0
+    item_bucket_encoding: str = ""  # Redis's encoding of a bucket: listpack unless misconfigured
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # where the time goes
 
 
 def snapshot_location(settings: Settings, version: str) -> str:
@@ -270,11 +293,13 @@ def snapshot_location(settings: Settings, version: str) -> str:
     return settings.paths.table(f"online/feature_versions/{version}/items.arrow")
 
 
-def schema_document(vocabulary: list[str], snapshot: str) -> dict[str, Any]:
+def schema_document(vocabulary: list[str], snapshot: str, item_buckets: int) -> dict[str, Any]:
     """The schema a feature version's readers decode its values with (stored in Redis)."""
     return {
         "schema_hash": schema_hash(),
         "encoding": FEATURE_ENCODING,
+        # item vectors: HGET {version}:i:{item_id mod buckets} {item_id}
+        "item_buckets": item_buckets,
         "groups": {
             GROUPS["user"]: USER_FEATURES,
             GROUPS["item"]: ITEM_FEATURES,
@@ -301,17 +326,33 @@ def materialise(
         VersionCheckError: writers' acknowledgements or counts differ; nothing switched.
     """
     import contextlib
+    import time
 
     from rankflow.lake.tables import read_features
     from rankflow.publish.redis import cleanup_errors
     from rankflow.serving.snapshot import snapshot_table, write_snapshot
     from rankflow.store.client import checked_client
-    from rankflow.store.keys import FEATURES, feature_key_pattern, schema_key
+    from rankflow.store.commands import _text
+    from rankflow.store.keys import (
+        FEATURES,
+        feature_key,
+        feature_key_pattern,
+        item_bucket_pattern,
+        schema_key,
+    )
     from rankflow.store.memory import discard_version, reclaim_abandoned
     from rankflow.store.versions import commit_version
     from rankflow.store.writer import begin_version
 
     prefix, url = settings.redis.key_prefix, settings.redis.url
+    seconds: dict[str, float] = {}
+    clock = [time.monotonic()]
+
+    def lap(phase: str) -> None:
+        now = time.monotonic()
+        seconds[phase] = round(now - clock[0], 3)
+        clock[0] = now
+
     client = checked_client(url, "No features were materialised.")
     reclaim_abandoned(
         client,
@@ -322,34 +363,51 @@ def materialise(
     )
     frames = read_features(spark, settings, commit.ds, commit.versions)
     vocab = vocabulary(frames)
+    expected = expected_entities(frames)
+    buckets = item_buckets(expected[GROUPS["item"]])
+    lap("read_and_count")
     location = snapshot_location(settings, version)
     source = {**commit.as_source(), "schema_hash": schema_hash(), "snapshot": location}
     begin_version(
         client, prefix, FEATURES, version, ds=commit.ds, source=source, encoding=FEATURE_ENCODING
     )
     try:
-        client.set(schema_key(prefix, version), json.dumps(schema_document(vocab, location)))
+        schema = schema_document(vocab, location, buckets)
+        client.set(schema_key(prefix, version), json.dumps(schema))
         items = frames.items.select("item_id", *ITEM_FEATURES, *ITEM_ATTRIBUTES, "is_sold")
         origin = {"ds": commit.ds.isoformat(), "delta_versions": commit.versions}
         table = snapshot_table(
             items.toArrow(), ITEM_FEATURES, ITEM_ATTRIBUTES, vocab, version, schema_hash(), origin
         )
         snapshot_bytes = write_snapshot(table, location)
+        lap("snapshot")
         batch = settings.redis.mset_batch
         acks = write_group(
             items.select("item_id", *ITEM_FEATURES),
-            make_group_writer(url, prefix, version, item_encoder, "item_id", batch),
+            make_group_writer(
+                url, prefix, version, item_encoder, "item_id", batch, {GROUPS["item"]: buckets}
+            ),
         )
+        encoding = _text(client.object("encoding", feature_key(prefix, version, "i", 0))) or ""
+        if encoding not in ("listpack", "ziplist", ""):
+            log.warning(
+                "item buckets are %s-encoded, several times larger than a listpack: set Redis's "
+                "hash-max-listpack-value to at least %d (docs/feature-store.md)",
+                encoding,
+                4 * len(ITEM_FEATURES),
+            )
+        lap("write_items")
         users = frames.users.select("user_id", *USER_FEATURES, "declared_size", *MAP_COLUMNS)
         acks |= write_group(
             users,
             make_group_writer(url, prefix, version, make_user_encoder(vocab), "user_id", batch),
         )
+        lap("write_users")
         acks |= write_group(
             histories(frames.seen),
             make_group_writer(url, prefix, version, history_encoder, "user_id", batch),
         )
-        expected = expected_entities(frames)
+        lap("write_histories")
         written = written_entities(acks)
         if written != expected:
             from rankflow.store.errors import VersionCheckError
@@ -361,6 +419,7 @@ def materialise(
         audited = audit(
             spark, settings, frames, expected, version, location, audit_sample, audit_seed
         )
+        lap("audit")
         result = commit_version(
             client,
             prefix,
@@ -370,11 +429,13 @@ def materialise(
             expected_parts={part: n for part, (n, _) in acks.items()},
             required_key=schema_key(prefix, version),
             key_pattern=feature_key_pattern(prefix, version),
+            bucket_pattern=item_bucket_pattern(prefix, version),
         )
     except Exception:
         with contextlib.suppress(*cleanup_errors()):
             discard_version(client, prefix, FEATURES, version)
         raise
+    lap("commit")
     return Materialised(
         version=version,
         entities=written,
@@ -384,6 +445,9 @@ def materialise(
         audited=audited,
         status=result.status,
         reason=result.reason,
+        item_buckets=buckets,
+        item_bucket_encoding=encoding,
+        phase_seconds=seconds,
     )
 
 
@@ -433,6 +497,22 @@ def _fetch(client: Any, keys: list[str], chunk: int = 1000) -> list[bytes | None
     values: list[bytes | None] = []
     for start in range(0, len(keys), chunk):
         values += client.mget(keys[start : start + chunk])
+    return values
+
+
+def fetch_items(
+    client: Any, prefix: str, version: str, item_ids: list[int], chunk: int = 1000
+) -> list[bytes | None]:
+    """Item vectors as readers get them: HGET from the buckets the version's schema names."""
+    from rankflow.store.keys import item_bucket_key, schema_key
+
+    buckets = int(json.loads(client.get(schema_key(prefix, version)) or b"{}")["item_buckets"])
+    values: list[bytes | None] = []
+    for start in range(0, len(item_ids), chunk):
+        pipe = client.pipeline(transaction=False)
+        for item in item_ids[start : start + chunk]:
+            pipe.hget(item_bucket_key(prefix, version, item, buckets), str(item))
+        values += pipe.execute()
     return values
 
 
@@ -502,7 +582,7 @@ def audit(
         "item_id", *ITEM_FEATURES, *ITEM_ATTRIBUTES, "is_sold"
     )
     item_rows = items.toArrow().to_pylist()
-    stored = _fetch(client, [feature_key(prefix, version, "i", r["item_id"]) for r in item_rows])
+    stored = fetch_items(client, prefix, version, [int(r["item_id"]) for r in item_rows])
     local = load_snapshot(snapshot)
     item_ids = np.array([r["item_id"] for r in item_rows], dtype=np.int64)
     at, known = local.positions(item_ids)

@@ -220,3 +220,22 @@ def mset_commands(arguments: pa.Array, pairs_per_command: int) -> Iterator[list[
         end = min(start + pairs_per_command, len(arguments))
         header = b"*%d\r\n$4\r\nMSET\r\n" % (2 * (end - start) + 1)
         yield [header, data[int(offsets[start]) : int(offsets[end])]]
+
+
+def hset_commands(
+    arguments: pa.Array, keys: Sequence[bytes], starts: npt.NDArray[np.int64]
+) -> Iterator[list[Any]]:
+    """Yield one HSET per run of pairs: ``keys[n]`` gets pairs ``starts[n]`` to ``starts[n+1]``.
+
+    ``arguments`` are :func:`mset_arguments` of (field, value) pairs sorted by key, so each
+    command is a header plus one slice of their buffer (``starts`` ends with ``len(arguments)``).
+    """
+    width = np.int64 if pa.types.is_large_binary(arguments.type) else np.int32
+    offsets = np.frombuffer(arguments.buffers()[1], dtype=width)[
+        arguments.offset : arguments.offset + len(arguments) + 1
+    ]
+    data = memoryview(arguments.buffers()[2])
+    for n, key in enumerate(keys):
+        start, end = int(starts[n]), int(starts[n + 1])
+        header = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 * (end - start) + 2, len(key), key)
+        yield [header, data[int(offsets[start]) : int(offsets[end])]]

@@ -129,14 +129,24 @@ def feature_key(prefix: str, version: str, group: str, entity_id: int | str) -> 
     return f"{base}:{check_name(group, 'group')}:{user_id_text(entity_id)}"
 
 
+def item_bucket_key(prefix: str, version: str, item_id: int, buckets: int) -> str:
+    """Return the hash holding an item's vector (field: the item id in decimal)."""
+    return feature_key(prefix, version, "i", int(item_id) % buckets)
+
+
 def schema_key(prefix: str, version: str) -> str:
     """Return the key of a feature version's schema (JSON: groups, features, vocabulary)."""
     return f"{version_base(prefix, FEATURES, version)}:schema"
 
 
 def feature_key_pattern(prefix: str, version: str) -> str:
-    """Return the SCAN pattern of every entity key of a feature version."""
-    return f"{version_base(prefix, FEATURES, version)}:[uphi]:*"
+    """Return the SCAN pattern of the per-entity keys of a feature version (users)."""
+    return f"{version_base(prefix, FEATURES, version)}:[uph]:*"
+
+
+def item_bucket_pattern(prefix: str, version: str) -> str:
+    """Return the SCAN pattern of a feature version's item buckets."""
+    return f"{version_base(prefix, FEATURES, version)}:i:*"
 
 
 # --------------------------------------------------------------------------- serving log

@@ -3,7 +3,10 @@
 Every value is a sequence of 4-byte little-endian words, readable from any language
 (``docs/feature-store.md``):
 
-* ``u`` user and ``i`` item vectors: float32 per feature, in registry order, NaN = missing;
+* ``u`` user and ``i`` item vectors: float32 per feature, in registry order, NaN = missing
+  (item vectors live in hash buckets: field = item id in decimal, bucket = item id mod the
+  version's ``buckets``, about ``ITEMS_PER_BUCKET`` items each, so a vector costs its bytes plus
+  a few, not a key of its own);
 * ``p`` user profile: ``declared_size`` (uint32 code, 0xFFFFFFFF = unknown), then for each
   affinity dimension (in the order the schema lists them) ``n`` (uint32), ``n`` value codes
   (uint32, ascending) and ``n`` shares (float32);
@@ -22,11 +25,19 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-FEATURE_ENCODING = "f32le-v1"
+FEATURE_ENCODING = "f32le-v2"  # v2: item vectors in hash buckets (v1: one key per item)
 NO_CODE = 0xFFFFFFFF
 _U32 = np.dtype("<u4")
 _F32 = np.dtype("<f4")
 GROUPS = {"user": "u", "profile": "p", "history": "h", "item": "i"}
+# items per hash bucket on average: well under Redis's hash-max-listpack-entries (128), so a
+# bucket stays a compact listpack (values also need hash-max-listpack-value >= the vector bytes)
+ITEMS_PER_BUCKET = 64
+
+
+def item_buckets(items: int) -> int:
+    """How many hash buckets a feature version's item vectors go into."""
+    return max(1, -(-items // ITEMS_PER_BUCKET))
 
 
 def encode_vectors(matrix: npt.NDArray[np.floating]) -> list[bytes]:

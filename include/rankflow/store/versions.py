@@ -122,6 +122,18 @@ def _evicts(client: redis.Redis) -> bool:
     return _text(policy.get("maxmemory-policy", policy.get(b"maxmemory-policy"))) != "noeviction"
 
 
+def count_fields(client: redis.Redis, pattern: str, *, chunk: int = 1000) -> int:
+    """Count the fields of the distinct hashes matching ``pattern`` (e.g. item buckets)."""
+    keys = sorted(set(scan_keys(client, pattern, count=chunk)))
+    total = 0
+    for start in range(0, len(keys), chunk):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[start : start + chunk]:
+            pipe.hlen(key)
+        total += sum(int(n) for n in pipe.execute())
+    return total
+
+
 def check_written(
     client: redis.Redis,
     prefix: str,
@@ -130,8 +142,11 @@ def check_written(
     expected_users: int,
     expected_parts: Mapping[str, int] | None = None,
     key_pattern: str | None = None,
+    bucket_pattern: str | None = None,
 ) -> None:
     """Check that every user key (or key matching ``key_pattern``) of a version is in Redis.
+
+    Entities kept as fields of hash buckets (keys matching ``bucket_pattern``) count one each.
 
     With ``expected_parts`` (part -> users) on a server that never evicts, the writers'
     acknowledgements must match them exactly: a writer acknowledges only after every MSET of
@@ -161,6 +176,8 @@ def check_written(
                 )
             return
     found = count_users(client, prefix, surface, version, pattern=key_pattern)
+    if bucket_pattern is not None:
+        found += count_fields(client, bucket_pattern)
     if found != expected_users:
         raise VersionCheckError(
             f"version {version!r} of {surface!r} has {found} user keys in Redis but the "
@@ -178,6 +195,7 @@ def commit_version(
     expected_parts: Mapping[str, int] | None = None,
     required_key: str | None = None,
     key_pattern: str | None = None,
+    bucket_pattern: str | None = None,
 ) -> SwitchResult:
     """Check a fully written version (:func:`check_written`) and make it current atomically.
 
@@ -195,12 +213,22 @@ def commit_version(
             a feature version: its schema).
         key_pattern: the keys counted instead of the user keys when acknowledgements are not
             enough (see :func:`check_written`).
+        bucket_pattern: hash buckets whose fields are counted as entities too.
 
     Raises:
         VersionCheckError: counts differ, the fallback or meta is missing, or the version is
             not committable; nothing became visible.
     """
-    check_written(client, prefix, surface, version, expected_users, expected_parts, key_pattern)
+    check_written(
+        client,
+        prefix,
+        surface,
+        version,
+        expected_users,
+        expected_parts,
+        key_pattern,
+        bucket_pattern,
+    )
     keys = [
         current_key(prefix, surface),
         previous_key(prefix, surface),

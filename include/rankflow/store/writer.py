@@ -21,6 +21,7 @@ from rankflow.store.encoding import (
     UserIds,
     batch_values,
     encode_items,
+    hset_commands,
     list_batch,
     mset_arguments,
     mset_commands,
@@ -238,6 +239,61 @@ def write_arrow(
         if part is not None:  # only once every MSET reply was read and was OK
             stream.drain()
             stream.send(stream.pack("HSET", parts_key(prefix, surface, version), part, stats.users))
+        ok = True
+    finally:
+        if stream is not None:
+            stream.close(ok=ok)
+        client.close()
+    return stats
+
+
+def write_buckets(
+    redis_url: str,
+    prefix: str,
+    surface: str,
+    version: str,
+    batches: Iterable[pa.RecordBatch],
+    buckets: int,
+    *,
+    part: str,
+    group: str,
+) -> WriteStats:
+    """Write entities' values into hash buckets (``HSET {group}:{id mod buckets} id value``).
+
+    The feature version's item vectors: a bucket of a few dozen vectors is one compact listpack,
+    where a key per vector costs more than the vector itself. The fields and values are built
+    in bulk as for :func:`write_arrow` (one HSET per bucket and batch, a header plus a slice of
+    one buffer); writes are idempotent and acknowledged per ``part`` the same way.
+    """
+    import numpy as np
+
+    from rankflow.store.keys import feature_key
+
+    if buckets < 1:
+        raise ValueError("buckets must be at least 1")
+    table = pa.Table.from_batches([b for b in batches if b.num_rows])
+    stats = WriteStats()
+    client = _client(redis_url)
+    stream: _CommandStream | None = None
+    ok = False
+    try:
+        _require_writable(client, prefix, surface, version)
+        stream = _CommandStream(client, _WINDOW)
+        if table.num_rows:
+            ids = np.asarray(table.column("user_id").to_numpy(), dtype=np.int64)
+            bucket = ids % buckets
+            order = np.argsort(bucket, kind="stable")
+            fields = pc.cast(pa.array(ids[order]), pa.string()).cast(pa.binary())
+            values = batch_values(table.take(pa.array(order)).combine_chunks().to_batches()[0])
+            arguments = mset_arguments(fields, values)
+            used, starts = np.unique(bucket[order], return_index=True)
+            keys = [feature_key(prefix, version, group, int(b)).encode() for b in used]
+            for command in hset_commands(arguments, keys, np.append(starts, len(ids))):
+                stream.send(command)
+            value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)
+            stats = WriteStats(len(ids), value_bytes, len(keys))
+        stream.drain()  # only once every HSET reply was read and was OK
+        stream.send(stream.pack("HSET", parts_key(prefix, surface, version), part, stats.users))
         ok = True
     finally:
         if stream is not None:

@@ -6,6 +6,7 @@ with the decoders the ranking service uses, and a corrupted vector or snapshot r
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ def test_the_features_of_the_day_become_the_current_audited_version(
     from rankflow.lake.tables import read_partition
     from rankflow.serving.snapshot import load_snapshot
     from rankflow.steps.materialise_features import run_materialise_features
-    from rankflow.store.keys import feature_key
+    from rankflow.store.keys import feature_key, item_bucket_key, schema_key
     from rankflow.store.vectors import decode_vector
 
     record = run_materialise_features(spark, lake, TINY_DAY, "run-1")
@@ -49,6 +50,18 @@ def test_the_features_of_the_day_become_the_current_audited_version(
     expected = row[USER_FEATURES].to_numpy(dtype="float64").astype("float32")
     assert np.array_equal(decode_vector(stored, len(USER_FEATURES)), expected, equal_nan=True)
     assert len(stored) == 4 * len(USER_FEATURES)
+    # item vectors share hash buckets, compact listpacks, as readers find them from the schema
+    schema = json.loads(redis_client.get(schema_key(lake.redis.key_prefix, version)))
+    assert record["item_buckets"] == schema["item_buckets"] == -(-len(items) // 64)
+    assert record["item_bucket_encoding"] == "listpack"
+    item = items.iloc[len(items) // 3]
+    key = item_bucket_key(lake.redis.key_prefix, version, int(item.item_id), record["item_buckets"])
+    stored_item = redis_client.hget(key, str(int(item.item_id)))
+    expected_item = item[ITEM_FEATURES].to_numpy(dtype="float64").astype("float32")
+    assert np.array_equal(
+        decode_vector(stored_item, len(ITEM_FEATURES)), expected_item, equal_nan=True
+    )
+    assert set(record["phase_seconds"]) >= {"read_and_count", "write_items", "audit", "commit"}
     snapshot = load_snapshot(record["snapshot"])
     assert snapshot.version == version
     assert snapshot.item_ids.tolist() == sorted(items["item_id"])
@@ -74,7 +87,7 @@ def test_a_corrupted_value_blocks_the_switch_and_the_version_is_deleted(
     from rankflow.publish import features
     from rankflow.publish.features import FeatureAuditError
     from rankflow.steps.materialise_features import run_materialise_features
-    from rankflow.store.keys import feature_key
+    from rankflow.store.keys import item_bucket_key, schema_key
 
     before = run_materialise_features(spark, lake, TINY_DAY, "run-good")["version"]
     real_audit = features.audit
@@ -83,10 +96,11 @@ def test_a_corrupted_value_blocks_the_switch_and_the_version_is_deleted(
                          version: str, snapshot: str, *args: Any) -> dict[str, int]:  # fmt: skip
         if corrupt == "redis vector":
             item = int(frames.items.select("item_id").first()[0])
-            key = feature_key(settings.redis.key_prefix, version, "i", item)
-            value = bytearray(redis_client.get(key))
+            buckets = json.loads(redis_client.get(schema_key(settings.redis.key_prefix, version)))
+            key = item_bucket_key(settings.redis.key_prefix, version, item, buckets["item_buckets"])
+            value = bytearray(redis_client.hget(key, str(item)))
             value[0] ^= 1  # one bit of the first feature
-            redis_client.set(key, bytes(value))
+            redis_client.hset(key, str(item), bytes(value))
         else:
             with pa.OSFile(snapshot, "rb") as source:
                 table = pa.ipc.open_file(source).read_all()

@@ -16,6 +16,7 @@ from rankflow.store.encoding import (
     encode_items,
     encode_list_array,
     encode_runs,
+    hset_commands,
     list_batch,
     mset_arguments,
     mset_commands,
@@ -224,6 +225,20 @@ def test_mset_commands_are_exact_resp() -> None:
     assert commands == [
         b"*5\r\n$4\r\nMSET\r\n$2\r\nk1\r\n$2\r\n\x00\x01\r\n$4\r\nkey2\r\n$0\r\n\r\n",
         b"*3\r\n$4\r\nMSET\r\n$2\r\nk3\r\n$3\r\nabc\r\n",
+    ]
+
+
+def test_hset_commands_give_each_bucket_its_run_of_pairs_as_exact_resp() -> None:
+    fields = pa.array([b"7", b"15", b"4"], type=pa.binary())
+    values = pa.array([b"\x00\x01", b"ab", b"xyz"], type=pa.binary())
+    arguments = mset_arguments(fields, values)
+    commands = [
+        b"".join(bytes(c) for c in cmd)
+        for cmd in hset_commands(arguments, [b"b:7", b"b:4"], np.array([0, 2, 3]))
+    ]
+    assert commands == [
+        b"*6\r\n$4\r\nHSET\r\n$3\r\nb:7\r\n$1\r\n7\r\n$2\r\n\x00\x01\r\n$2\r\n15\r\n$2\r\nab\r\n",
+        b"*4\r\n$4\r\nHSET\r\n$3\r\nb:4\r\n$1\r\n4\r\n$3\r\nxyz\r\n",
     ]
 
 
