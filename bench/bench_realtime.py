@@ -496,6 +496,16 @@ class Bench:
 
     # ----------------------------------------------------------------------- what is served
 
+    def current_feature_version(self) -> str:
+        """The feature version readers get now."""
+        from rankflow.store.keys import FEATURES
+        from rankflow.store.versions import version_pointers
+
+        version, _ = version_pointers(self.reader, self.prefix, FEATURES)
+        if version is None:
+            raise BenchError("no feature version is current in Redis: run `make demo` first")
+        return version
+
     def preflight(self) -> tuple[str, str, FeatureVersion]:
         """The current feature version and champion, or a clear error to run ``make demo``."""
         from rankflow.model.registry import served_model
@@ -950,7 +960,7 @@ class Bench:
 
     # ----------------------------------------------------------------------- memory
 
-    def item_bytes(self, features: FeatureVersion, sample: int = 1000) -> dict[str, float]:
+    def item_bytes(self, version: str, sample: int = 1000) -> dict[str, Any]:
         """Bytes per item vector: ``MEMORY USAGE`` of a sample of buckets over their items."""
         import json
 
@@ -958,13 +968,13 @@ class Bench:
 
         from rankflow.store.keys import feature_key, schema_key
 
-        schema = json.loads(self.admin.get(schema_key(self.prefix, features.version)) or b"{}")
+        schema = json.loads(self.admin.get(schema_key(self.prefix, version)) or b"{}")
         buckets = int(schema.get("item_buckets", 0))
         if not buckets:
-            raise RuntimeError("this feature version predates item buckets: run make demo again")
+            return {"version": version, "buckets": 0}  # a version from before item buckets
         rng = np.random.default_rng(self.options.seed)
         chosen = rng.choice(buckets, min(sample, buckets), replace=False)
-        keys = [feature_key(self.prefix, features.version, "i", int(b)) for b in chosen]
+        keys = [feature_key(self.prefix, version, "i", int(b)) for b in chosen]
         pipe = self.admin.pipeline(transaction=False)
         for key in keys:
             pipe.hlen(key)
@@ -977,6 +987,7 @@ class Bench:
         encodings = sorted({e.decode() if isinstance(e, bytes) else str(e) for e in replies[2::4]})
         values = [len(pair[1]) for pair in replies[3::4] if pair]
         return {
+            "version": version,
             "sample": len(keys),
             "items_in_sample": entries,
             "missing": 0,
@@ -1027,7 +1038,8 @@ class Bench:
                 pipe.exists(meta)
                 pipe.get(pointer)
                 info, exists, current = pipe.execute()
-                calls = int(info.get("cmdstat_mset", {}).get("calls", 0))
+                stats = [info.get(f"cmdstat_{name}", {}) for name in ("mset", "hset")]
+                calls = sum(int(c.get("calls", 0)) for c in stats)  # users: MSET, items: HSET
                 switched = current == expected.encode()
                 polls.append((time.perf_counter(), calls, bool(exists), switched))
                 stop.wait(0.05)
@@ -1087,6 +1099,7 @@ class Bench:
             "value_bytes": record.get("value_bytes"),
             "snapshot_bytes": record.get("snapshot_bytes"),
             "audited": record.get("audited"),
+            "phase_seconds": record.get("phase_seconds"),
         }
 
 
@@ -1433,18 +1446,14 @@ def measure(bench: Bench, services: list[Service], started: float) -> int:
         + " ms"
     )
 
-    say("(4) the serving log's entries and the Redis memory of the item vectors ...")
+    say("(4) the serving log's entries ...")
     by_phase = bench.serving_log_entries(log_start)
     fixed_on_entries = [by_phase.get(s.label, []) for s in fixed["on"]]
     flushes = sum(flush_groups(m) for m in fixed_on_entries)
     entries = sum(len(m) for m in fixed_on_entries)
-    memory = bench.item_bytes(features)
     say(
         f"    serving log: {result['serving_log_entries']:,} entries of this benchmark "
-        f"({'kept' if options.keep_log else 'deleted'}); item vectors: {memory['value_bytes']:.0f} "
-        f"value bytes, {memory['memory_usage']:.0f} bytes MEMORY USAGE per item ("
-        f"{memory['sample']:,} of {memory['buckets']:,} {memory['bucket_encoding']} buckets, "
-        f"{memory['items_in_sample']:,} items)"
+        f"({'kept' if options.keep_log else 'deleted'})"
     )
 
     materialised = None
@@ -1462,10 +1471,23 @@ def measure(bench: Bench, services: list[Service], started: float) -> int:
             f"{materialised['status']} to {materialised['version']}"
         )
         say(
-            f"    timeline (s from start): begin_version {at('begin')}, first MSET "
-            f"{at('first_mset')}, last MSET {at('last_mset')} ({materialised['mset_calls']} "
-            f"MSETs), switch {at('switch')}, exit {at('exit')}"
+            f"    timeline (s from start): begin_version {at('begin')}, first write "
+            f"{at('first_mset')}, last write {at('last_mset')} ({materialised['mset_calls']} "
+            f"MSET/HSET), switch {at('switch')}, exit {at('exit')}"
         )
+        phases = materialised.get("phase_seconds") or {}
+        say("    phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
+
+    say("(6) the Redis memory of the item vectors (the current feature version) ...")
+    memory = bench.item_bytes(bench.current_feature_version())
+    if memory["buckets"]:
+        say(
+            f"    {memory['value_bytes']:.0f} value bytes, {memory['memory_usage']:.0f} bytes "
+            f"MEMORY USAGE per item ({memory['sample']:,} of {memory['buckets']:,} "
+            f"{memory['bucket_encoding']} buckets, {memory['items_in_sample']:,} items)"
+        )
+    else:
+        say(f"    version {memory['version']} keeps a key per item (f32le-v1): run make demo")
 
     # ------------------------------------------------------------------- the figures
     round_trips = redis_per_request(deltas["on"], served_requests["on"], background)
@@ -1666,9 +1688,11 @@ def summary(
     row(
         "item vector in Redis",
         f"{memory['memory_usage']:.0f} B (bucket MEMORY USAGE / items); value "
-        f"{memory['value_bytes']:.0f} B",
+        f"{memory['value_bytes']:.0f} B"
+        if memory["buckets"]
+        else "not measured: the current version predates item buckets",
         f"<= {TARGET_ITEM_BYTES:.0f} B",
-        memory["memory_usage"] <= TARGET_ITEM_BYTES,
+        memory["memory_usage"] <= TARGET_ITEM_BYTES if memory["buckets"] else None,
     )
     done = result["materialise"]
     if done:

@@ -45,6 +45,40 @@ class FeatureVersion:
 
 
 @dataclass(frozen=True)
+class MatrixPlan:
+    """Where each group of a model's inputs goes in its matrix, as index arrays (one copy each)."""
+
+    item_columns: np.ndarray
+    item_sources: np.ndarray  # positions in the snapshot's item vectors
+    user_columns: np.ndarray
+    user_sources: np.ndarray  # positions in the user vector
+    cross_columns: list[int]
+    cross_names: list[str]
+    position_columns: np.ndarray
+
+    @classmethod
+    def of(cls, layout: list[tuple[str, int]]) -> MatrixPlan:
+        """The plan of a model's input layout."""
+
+        def columns(source: str) -> np.ndarray:
+            return np.array([j for j, (s, _) in enumerate(layout) if s == source], np.intp)
+
+        def sources(source: str) -> np.ndarray:
+            return np.array([i for s, i in layout if s == source], np.intp)
+
+        cross = [(j, CROSS_FEATURES[i]) for j, (s, i) in enumerate(layout) if s == "cross"]
+        return cls(
+            columns("item"),
+            sources("item"),
+            columns("user"),
+            sources("user"),
+            [j for j, _ in cross],
+            [name for _, name in cross],
+            columns("position"),
+        )
+
+
+@dataclass(frozen=True)
 class ServedModel:
     """A booster with its registry version and the feature schema it was trained on."""
 
@@ -52,6 +86,11 @@ class ServedModel:
     schema_hash: str | None
     booster: xgb.Booster
     layout: list[tuple[str, int]]  # per model input: (source, index): item, user, cross, position
+    plan: MatrixPlan = field(init=False)  # how model_matrix fills the inputs, built once
+
+    def __post_init__(self) -> None:
+        """Build the matrix plan of the layout (frozen: set through object.__setattr__)."""
+        object.__setattr__(self, "plan", MatrixPlan.of(self.layout))
 
 
 @dataclass(frozen=True)
@@ -240,18 +279,14 @@ def model_matrix(
     cross: dict[str, np.ndarray],
 ) -> np.ndarray:
     """The float32 matrix the model predicts from, in its own input order."""
-    rows = len(item_rows)
+    plan = served.model.plan
+    matrix = np.empty((len(item_rows), len(served.model.layout)), dtype=np.float32)
     items = served.features.snapshot.vectors[item_rows]
-    matrix = np.empty((rows, len(served.model.layout)), dtype=np.float32)
-    for j, (source, index) in enumerate(served.model.layout):
-        if source == "item":
-            matrix[:, j] = items[:, index]
-        elif source == "user":
-            matrix[:, j] = user_vector[index]
-        elif source == "cross":
-            matrix[:, j] = cross[CROSS_FEATURES[index]]
-        else:
-            matrix[:, j] = 1.0
+    matrix[:, plan.item_columns] = items[:, plan.item_sources]
+    matrix[:, plan.user_columns] = user_vector[plan.user_sources]
+    for column, name in zip(plan.cross_columns, plan.cross_names, strict=True):
+        matrix[:, column] = cross[name]
+    matrix[:, plan.position_columns] = 1.0
     return matrix
 
 
