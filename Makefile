@@ -38,7 +38,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime lock clean
+.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -165,6 +165,9 @@ bench: setup up ## Benchmark scoring and publishing (BENCH_USERS, BENCH_CANDIDAT
 
 bench-realtime: setup up $(STAMP)/wrk ## Benchmark the ranking service (latency, rate, Redis round trips) and materialisation; after `make demo` (ARGS="--help")
 	$(PY) bench/bench_realtime.py $(ARGS)
+
+bench-materialise: setup up ## Benchmark materialise_features at scale (the demo's feature day scaled up; ARGS="--users N --items N"); after `make demo`
+	$(PY) bench/bench_materialise.py $(ARGS)
 
 lock: $(VENV)/.installed ## Re-resolve requirements.lock from requirements.txt
 	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 -o requirements.lock
