@@ -77,9 +77,8 @@ def source_day(settings: Settings) -> tuple[date, dict[str, int]]:
     if not runs:
         raise SystemExit("no features run record: run `make demo` first")
     record = json.loads(runs[-1].read_text())
-    return date.fromisoformat(record["ds"]), {
-        k: int(v) for k, v in record["delta_versions"].items()
-    }
+    ds = date.fromisoformat(runs[-1].parent.name.removeprefix("ds="))
+    return ds, {k: int(v) for k, v in record["delta_versions"].items()}
 
 
 def scaled(frame: DataFrame, copies: int, id_column: str, step: int) -> DataFrame:
@@ -127,22 +126,25 @@ def build_lake(
 
 
 def redis_benchmark_rate(url: str, value_bytes: int, requests: int) -> float:
-    """SETs/s of ``redis-benchmark -P 16 -t set`` with values of ``value_bytes`` (one client)."""
+    """SETs/s of ``redis-benchmark -P 16 -t set`` with values of ``value_bytes`` (as make bench)."""
+    import re
     from urllib.parse import urlparse
 
     where = urlparse(url)
     command = [
         shutil.which("redis-benchmark") or "redis-benchmark",
         "-h", where.hostname or "127.0.0.1", "-p", str(where.port or 6379),
-        "-P", "16", "-c", "1", "-t", "set", "-d", str(value_bytes), "-n", str(requests),
-        "-r", "100000000", "--csv", "-q",
+        "-P", "16", "-t", "set", "-d", str(value_bytes), "-n", str(requests), "-q",
     ]  # fmt: skip
     if where.username:
         command += ["--user", where.username]
-    env = {**os.environ, **({"REDISCLI_AUTH": where.password} if where.password else {})}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    line = [row for row in done.stdout.splitlines() if row.startswith('"SET"')][-1]
-    return float(line.split(",")[1].strip('"'))
+    if where.password:  # as make bench does: a local benchmark, the admin's password in argv
+        command += ["-a", where.password]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    found = re.findall(r"SET: ([\d.]+) requests per second", done.stdout)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"redis-benchmark failed: {(done.stderr or done.stdout)[-500:]}")
+    return float(found[-1])
 
 
 def delete_other_versions(url: str, keep: str) -> None:
@@ -162,6 +164,20 @@ def delete_other_versions(url: str, keep: str) -> None:
     if batch:
         client.unlink(*batch)
     client.close()
+
+
+def without_benchmark_key(url: str, measure: Any) -> Any:
+    """Run ``measure()``; delete the one key redis-benchmark writes unless it existed before."""
+    from rankflow.store.client import redis_client
+
+    client = redis_client(url)
+    existed = bool(client.exists("key:__rand_int__"))
+    try:
+        return measure()
+    finally:
+        if not existed:
+            client.delete("key:__rand_int__")
+        client.close()
 
 
 def delete_prefix(url: str) -> int:
@@ -235,9 +251,12 @@ def main(argv: Sequence[str]) -> int:
             phases = ", ".join(f"{k} {v:.1f}" for k, v in done.phase_seconds.items())
             say(f"(3) run {n}: {entities:,} entities in {seconds:.1f} s ({phases})")
         value_bytes = max(4, round(runs[0][0].value_bytes / max(runs[0][2], 1)))
-        references = [
-            redis_benchmark_rate(bench.redis.url, value_bytes, 1_000_000) for _ in range(3)
-        ]
+        references = without_benchmark_key(
+            bench.redis.url,
+            lambda: [
+                redis_benchmark_rate(bench.redis.url, value_bytes, 1_000_000) for _ in range(3)
+            ],
+        )
     finally:
         deleted = delete_prefix(bench.redis.url)
         spark.stop()

@@ -246,8 +246,10 @@ def redis_benchmark(url: str, value_bytes: int, requests: int) -> float:
         *("--dbnum", db, "-P", "16", "-t", "set", "-d", str(value_bytes)),
         *("-n", str(requests), "-q"),
     ]
+    if parsed.username:  # an ACL user (redis-benchmark 7.0 has no --no-auth-warning)
+        command += ["--user", parsed.username]
     if parsed.password:
-        command += ["-a", parsed.password, "--no-auth-warning"]
+        command += ["-a", parsed.password]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     found = re.findall(r"SET: ([\d.]+) requests per second", output)
     if not found:
