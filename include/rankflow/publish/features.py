@@ -129,38 +129,43 @@ def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
     )
 
 
-def history_values(batch: pa.RecordBatch) -> pa.Array:
-    """Each user's history (``store.vectors``): sorted item ids, times shown, clicks."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
+    """Each user's history (``store.vectors``) from flat ``user_id, item_id, seen, clicked`` rows.
 
-    rows = batch.num_rows
-    shown = batch.column("shown")
-    counts = np.asarray(pc.fill_null(pc.list_value_length(shown), 0).to_numpy(), np.int64)
-    entries = shown.flatten()
-    owner = np.repeat(np.arange(rows, dtype=np.int64), counts)
-    items = np.asarray(entries.field("item_id").to_numpy(), np.int64)
-    order = np.lexsort((items, owner))
-    owner, index = owner[order], within_row_index(owner[order])
+    Every row of a user must be in ``rows`` (the writer encodes a whole partition at once);
+    returns the users (ascending) and their values: item ids ascending, times shown, clicks.
+    """
+    import pyarrow as pa
+
+    users = np.asarray(rows.column("user_id").to_numpy(), np.int64)
+    items = np.asarray(rows.column("item_id").to_numpy(), np.int64)
+    order = np.lexsort((items, users))
+    users, items = users[order], items[order]
+    first = np.r_[True, users[1:] != users[:-1]] if len(users) else np.zeros(0, bool)
+    owner = np.cumsum(first) - 1
+    index = within_row_index(owner)
 
     def floats(name: str) -> np.ndarray:
-        values = entries.field(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        values = rows.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
         return np.asarray(values, "<f4")[order]
 
     fields = [
-        (owner, index, items[order].astype("<u4")),
+        (owner, index, items.astype("<u4")),
         (owner, index, floats("seen_before")),
         (owner, index, floats("clicked_before")),
     ]
-    offsets, data = pack_rows(rows, fields)
-    return pa.Array.from_buffers(
-        pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    count = int(first.sum())
+    offsets, data = pack_rows(count, fields)
+    values = pa.Array.from_buffers(
+        pa.large_binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
+    return pa.array(users[first]), values
 
 
 # --------------------------------------------------------------------------- Spark writers
 
-Encoder = Callable[["pa.RecordBatch"], "list[tuple[str, pa.Array]]"]
+# one batch of rows -> (group, entity ids, encoded values) per group
+Encoder = Callable[["pa.RecordBatch"], "list[tuple[str, pa.Array, pa.Array]]"]
 
 
 def make_group_writer(
@@ -171,6 +176,7 @@ def make_group_writer(
     id_column: str,
     mset_batch: int,
     buckets: dict[str, int] | None = None,
+    whole_partition: bool = False,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """Build the ``mapInArrow`` task: encode each batch, write its groups, acknowledge per group.
 
@@ -178,7 +184,8 @@ def make_group_writer(
     same part again (MSET and HSET are idempotent). A partition's encoded values are held until
     it is read to the end (one acknowledgement per group and partition): a few tens of MB.
     Groups named in ``buckets`` go into that many hash buckets (item vectors), the others one
-    key per entity.
+    key per entity. With ``whole_partition`` the partition's rows are encoded at once (an
+    entity's rows may span Arrow batches: histories from flat rows).
     """
     bucketed = dict(buckets or {})
 
@@ -192,11 +199,14 @@ def make_group_writer(
         context = TaskContext.get()
         partition = context.partitionId() if context is not None else 0
         encoded: dict[str, list[pa.RecordBatch]] = {}
+        if whole_partition:
+            every = [b for b in batches if b.num_rows]
+            whole = pa.Table.from_batches(every).combine_chunks() if every else None
+            batches = iter(whole.to_batches() if whole is not None else [])
         for batch in batches:
             if not batch.num_rows:
                 continue
-            for group, values in encode(batch):
-                ids = batch.column(id_column)
+            for group, ids, values in encode(batch):
                 part = pa.RecordBatch.from_arrays([ids, values], names=["user_id", "value"])
                 encoded.setdefault(group, []).append(part)
         for group, parts in encoded.items():
@@ -231,37 +241,42 @@ def write_group(
     return {str(r["part"]): (int(r["entities"]), int(r["bytes"])) for r in rows}
 
 
-def item_encoder(batch: pa.RecordBatch) -> list[tuple[str, pa.Array]]:
+def item_encoder(batch: pa.RecordBatch) -> list[tuple[str, pa.Array, pa.Array]]:
     """The item group of one batch of item feature rows."""
-    return [(GROUPS["item"], vector_values(batch, ITEM_FEATURES))]
+    return [(GROUPS["item"], batch.column("item_id"), vector_values(batch, ITEM_FEATURES))]
 
 
 def make_user_encoder(vocabulary: list[str]) -> Encoder:
     """The user and profile groups of one batch of user feature rows."""
 
-    def encode(batch: pa.RecordBatch) -> list[tuple[str, pa.Array]]:
+    def encode(batch: pa.RecordBatch) -> list[tuple[str, pa.Array, pa.Array]]:
         import pyarrow as pa
 
         vocab = pa.array(vocabulary, pa.string())
+        users = batch.column("user_id")
         return [
-            (GROUPS["user"], vector_values(batch, USER_FEATURES)),
-            (GROUPS["profile"], profile_values(batch, vocab)),
+            (GROUPS["user"], users, vector_values(batch, USER_FEATURES)),
+            (GROUPS["profile"], users, profile_values(batch, vocab)),
         ]
 
     return encode
 
 
-def history_encoder(batch: pa.RecordBatch) -> list[tuple[str, pa.Array]]:
-    """The history group of one batch of ``user_id, shown`` rows."""
-    return [(GROUPS["history"], history_values(batch))]
+def history_encoder(rows: pa.RecordBatch) -> list[tuple[str, pa.Array, pa.Array]]:
+    """The history group of a partition's ``user_id, item_id, seen, clicked`` rows."""
+    users, values = history_values(rows)
+    return [(GROUPS["history"], users, values)]
 
 
-def histories(seen: DataFrame) -> DataFrame:
-    """One row per user: ``shown``, the list of (item, times shown, clicks) over the window."""
-    from pyspark.sql import functions as F
+def histories(seen: DataFrame, partitions: int) -> DataFrame:
+    """The shown pairs with every row of a user in one partition (no per-user lists in Spark).
 
-    entry = F.struct("item_id", "seen_before", "clicked_before")
-    return seen.groupBy("user_id").agg(F.collect_list(entry).alias("shown"))
+    A ``collect_list`` of structs per user cost most of the materialisation at 500k users
+    (``make bench-materialise``): a hash repartition and numpy grouping in the writer do not.
+    """
+    return seen.select("user_id", "item_id", "seen_before", "clicked_before").repartition(
+        partitions, "user_id"
+    )
 
 
 # --------------------------------------------------------------------------- the publication
@@ -404,8 +419,10 @@ def materialise(
         )
         lap("write_users")
         acks |= write_group(
-            histories(frames.seen),
-            make_group_writer(url, prefix, version, history_encoder, "user_id", batch),
+            histories(frames.seen, int(settings.spark.shuffle_partitions)),
+            make_group_writer(
+                url, prefix, version, history_encoder, "user_id", batch, whole_partition=True
+            ),
         )
         lap("write_histories")
         written = written_entities(acks)
