@@ -113,13 +113,14 @@ def count_users(
 def _evicts(client: redis.Redis) -> bool:
     """Tell whether the server may evict keys (any ``maxmemory-policy`` but ``noeviction``).
 
-    A server that hides its configuration (``CONFIG`` renamed or denied) is assumed to evict.
+    Read from ``INFO memory``, which the writer user may run (``CONFIG`` is denied to it as
+    dangerous). A server that hides the policy is assumed to evict.
     """
     try:
-        policy = cast("dict[Any, Any]", client.config_get("maxmemory-policy"))
+        policy = client.info("memory").get("maxmemory_policy")
     except redis.ResponseError:
         return True
-    return _text(policy.get("maxmemory-policy", policy.get(b"maxmemory-policy"))) != "noeviction"
+    return _text(policy) != "noeviction"
 
 
 def count_fields(client: redis.Redis, pattern: str, *, chunk: int = 1000) -> int:

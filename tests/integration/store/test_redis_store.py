@@ -697,6 +697,23 @@ def test_a_missing_or_wrong_acknowledgement_refuses_the_switch(
     assert redis_client.get(current_key(PREFIX, SURFACE)) == v1.encode()
 
 
+def test_the_writer_user_trusts_the_acknowledgements_of_a_noeviction_server(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    # the writer may not run CONFIG (dangerous), but INFO memory names the policy: no key scan
+    users, items = make_lists(43, users=600)
+    version, parts = written_in_parts(redis_client, redis_url, users, items, 2)
+    redis_client.delete(user_key(PREFIX, SURFACE, version, int(users[0])))  # a scan would see it
+    writer = redis.Redis.from_url(redis_url)
+    try:
+        with pytest.raises(redis.ResponseError):
+            writer.config_get("maxmemory-policy")
+        result = commit_version(writer, PREFIX, SURFACE, version, 600, expected_parts=parts)
+    finally:
+        writer.close()
+    assert result.status == "switched"
+
+
 def test_an_evicting_server_is_checked_by_scanning_keys(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
