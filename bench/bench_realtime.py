@@ -1702,8 +1702,8 @@ def summary(
         if writing:
             text += f"; Redis writing {done['entities'] / writing:,.0f}/s ({writing:.1f} s)"
         row(
-            "materialisation entities/s",
-            text,
+            "materialisation (demo scale)",
+            text + "; at scale: make bench-materialise",
             f">= {TARGET_ENTITIES_PER_S / 1e6:.1f} M/s",
             rate_all >= TARGET_ENTITIES_PER_S,
         )
