@@ -445,6 +445,19 @@ class Service:
                 self.process.wait(timeout=10)
 
 
+def gc_pauses(samples: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per generation: collections, their total seconds and how many took over 50 ms."""
+    found: dict[str, dict[str, float]] = {}
+    for generation in ("0", "1", "2"):
+        count = metric_sum(samples, "rankflow_gc_pause_seconds_count", generation=generation)
+        total = metric_sum(samples, "rankflow_gc_pause_seconds_sum", generation=generation)
+        quick = metric_sum(
+            samples, "rankflow_gc_pause_seconds_bucket", generation=generation, le="0.05"
+        )
+        found[generation] = {"count": count, "seconds": total, "over_50ms": count - quick}
+    return found
+
+
 def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
     """Sum the samples of ``name`` whose labels include ``labels``."""
     total = 0.0
@@ -1527,6 +1540,7 @@ def measure(bench: Bench, services: list[Service], started: float) -> int:
             "redis_per_request": round_trips,
             "redis_per_request_log_off": round_trips_off,
             "redis_monitor": monitor,
+            "gc_pauses": gc_pauses(on_metrics),
             "fallbacks": {
                 "requests": requests_all,
                 "fallbacks": fallbacks_all,
@@ -1626,6 +1640,18 @@ def summary(
         "  whole-service pauses",
         f"{len(paused)} of {len(calm)} runs at <= {best or on[0].rate:.0f} rps had a request over "
         f"100 ms (longest {longest:.0f} ms)",
+        "",
+        None,
+    )
+    pauses = result.get("gc_pauses") or {}
+    row(
+        "  GC pauses (log-on service)",
+        ", ".join(
+            f"gen {g}: {int(p['count'])} ({p['seconds'] * 1000:.0f} ms, "
+            f"{int(p['over_50ms'])} over 50 ms)"
+            for g, p in pauses.items()
+        )
+        or "-",
         "",
         None,
     )

@@ -113,6 +113,21 @@ class Metrics:
             "rankflow_serving_log_queued", "Serving log records waiting to be appended",
             registry=self.registry, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.gc_pauses = Histogram(
+            "rankflow_gc_pause_seconds", "Python garbage collections (every request waits)",
+            ["generation"], buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )  # fmt: skip
+        self._gc_started = 0.0
+
+    def watch_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` hook: time each collection (the GIL is held; requests wait)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pauses.labels(str(info.get("generation", -1))).observe(
+                time.perf_counter() - self._gc_started
+            )
 
     def count_log(self, outcome: str, records: int) -> None:
         """The serving log's counts: records logged or dropped, or the queue's depth."""
@@ -287,8 +302,10 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
+        import gc
         import threading
 
+        gc.callbacks.append(metrics.watch_gc)
         refresh()
         stop = threading.Event()
 
@@ -304,6 +321,7 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         stop.set()
         if serving_log is not None:
             serving_log.stop()
+        gc.callbacks.remove(metrics.watch_gc)
         log_client.close()
         client.close()
         metrics.close()
