@@ -173,7 +173,6 @@ def make_group_writer(
     prefix: str,
     version: str,
     encode: Encoder,
-    id_column: str,
     mset_batch: int,
     buckets: dict[str, int] | None = None,
     whole_partition: bool = False,
@@ -399,9 +398,7 @@ def materialise(
         batch = settings.redis.mset_batch
         acks = write_group(
             items.select("item_id", *ITEM_FEATURES),
-            make_group_writer(
-                url, prefix, version, item_encoder, "item_id", batch, {GROUPS["item"]: buckets}
-            ),
+            make_group_writer(url, prefix, version, item_encoder, batch, {GROUPS["item"]: buckets}),
         )
         encoding = _text(client.object("encoding", feature_key(prefix, version, "i", 0))) or ""
         if encoding not in ("listpack", "ziplist", ""):
@@ -415,14 +412,12 @@ def materialise(
         users = frames.users.select("user_id", *USER_FEATURES, "declared_size", *MAP_COLUMNS)
         acks |= write_group(
             users,
-            make_group_writer(url, prefix, version, make_user_encoder(vocab), "user_id", batch),
+            make_group_writer(url, prefix, version, make_user_encoder(vocab), batch),
         )
         lap("write_users")
         acks |= write_group(
             histories(frames.seen, int(settings.spark.shuffle_partitions)),
-            make_group_writer(
-                url, prefix, version, history_encoder, "user_id", batch, whole_partition=True
-            ),
+            make_group_writer(url, prefix, version, history_encoder, batch, whole_partition=True),
         )
         lap("write_histories")
         written = written_entities(acks)

@@ -36,8 +36,15 @@ ITEMS_PER_BUCKET = 64
 
 
 def item_buckets(items: int) -> int:
-    """How many hash buckets a feature version's item vectors go into."""
-    return max(1, -(-items // ITEMS_PER_BUCKET))
+    """How many hash buckets a feature version's item vectors go into: the next prime.
+
+    A prime spreads ids that share a stride (all multiples of 10 or 1,000, say) evenly over
+    ``id mod buckets``, where a round count would put them all in a few buckets.
+    """
+    wanted = max(2, -(-items // ITEMS_PER_BUCKET))
+    while any(wanted % d == 0 for d in range(2, int(wanted**0.5) + 1)):
+        wanted += 1
+    return wanted
 
 
 def encode_vectors(matrix: npt.NDArray[np.floating]) -> list[bytes]:

@@ -271,7 +271,8 @@ def write_buckets(
 
     if buckets < 1:
         raise ValueError("buckets must be at least 1")
-    table = pa.Table.from_batches([b for b in batches if b.num_rows])
+    rows = [b for b in batches if b.num_rows]
+    table = pa.Table.from_batches(rows) if rows else None
     stats = WriteStats()
     client = _client(redis_url)
     stream: _CommandStream | None = None
@@ -279,7 +280,7 @@ def write_buckets(
     try:
         _require_writable(client, prefix, surface, version)
         stream = _CommandStream(client, _WINDOW)
-        if table.num_rows:
+        if table is not None:
             ids = np.asarray(table.column("user_id").to_numpy(), dtype=np.int64)
             bucket = ids % buckets
             order = np.argsort(bucket, kind="stable")

@@ -33,7 +33,7 @@ def test_the_features_of_the_day_become_the_current_audited_version(
     from rankflow.serving.snapshot import load_snapshot
     from rankflow.steps.materialise_features import run_materialise_features
     from rankflow.store.keys import feature_key, item_bucket_key, schema_key
-    from rankflow.store.vectors import decode_vector
+    from rankflow.store.vectors import decode_vector, item_buckets
 
     record = run_materialise_features(spark, lake, TINY_DAY, "run-1")
     version = record["version"]
@@ -52,7 +52,7 @@ def test_the_features_of_the_day_become_the_current_audited_version(
     assert len(stored) == 4 * len(USER_FEATURES)
     # item vectors share hash buckets, compact listpacks, as readers find them from the schema
     schema = json.loads(redis_client.get(schema_key(lake.redis.key_prefix, version)))
-    assert record["item_buckets"] == schema["item_buckets"] == -(-len(items) // 64)
+    assert record["item_buckets"] == schema["item_buckets"] == item_buckets(len(items))
     assert record["item_bucket_encoding"] == "listpack"
     item = items.iloc[len(items) // 3]
     key = item_bucket_key(lake.redis.key_prefix, version, int(item.item_id), record["item_buckets"])
