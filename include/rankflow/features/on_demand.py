@@ -123,6 +123,7 @@ def cross_features(
 # --------------------------------------------------------------------------- the Spark caller
 
 MAP_COLUMNS = tuple(f"{d}_affinity" for d in AFFINITY_DIMENSIONS)
+ITEM_ATTRIBUTES = list(AFFINITY_DIMENSIONS)  # the item strings the on-demand function reads
 # counts keep the integer type the lake's tables have always had (float32 would be the same)
 COUNT_FEATURES = ("seen_before", "clicked_before")
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, cast
@@ -182,6 +183,33 @@ class _CommandStream:
             self._pool.release(self._conn)
 
 
+@contextmanager
+def _version_stream(
+    redis_url: str, prefix: str, surface: str, version: str
+) -> Iterator[_CommandStream]:
+    """A pipelined command stream into a writable version, closed (or dropped) on the way out."""
+    client = _client(redis_url)
+    stream: _CommandStream | None = None
+    ok = False
+    try:
+        _require_writable(client, prefix, surface, version)
+        stream = _CommandStream(client, _WINDOW)
+        yield stream
+        ok = True
+    finally:
+        if stream is not None:
+            stream.close(ok=ok)
+        client.close()
+
+
+def _acknowledge(
+    stream: _CommandStream, prefix: str, surface: str, version: str, part: str, users: int
+) -> None:
+    """Acknowledge ``part`` once every reply before it was read and was OK."""
+    stream.drain()
+    stream.send(stream.pack("HSET", parts_key(prefix, surface, version), part, users))
+
+
 def write_arrow(
     redis_url: str,
     prefix: str,
@@ -220,13 +248,8 @@ def write_arrow(
     """
     if mset_batch < 1:
         raise ValueError("mset_batch must be at least 1")
-    client = _client(redis_url)
-    stream: _CommandStream | None = None
     stats = WriteStats()
-    ok = False
-    try:
-        _require_writable(client, prefix, surface, version)
-        stream = _CommandStream(client, _WINDOW)
+    with _version_stream(redis_url, prefix, surface, version) as stream:
         for batch in batches:
             if not batch.num_rows:
                 continue
@@ -236,14 +259,8 @@ def write_arrow(
                 stream.send(command)
             value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)
             stats += WriteStats(len(keys), value_bytes, -(-len(keys) // mset_batch))
-        if part is not None:  # only once every MSET reply was read and was OK
-            stream.drain()
-            stream.send(stream.pack("HSET", parts_key(prefix, surface, version), part, stats.users))
-        ok = True
-    finally:
-        if stream is not None:
-            stream.close(ok=ok)
-        client.close()
+        if part is not None:
+            _acknowledge(stream, prefix, surface, version, part, stats.users)
     return stats
 
 
@@ -262,8 +279,8 @@ def write_buckets(
 
     The feature version's item vectors: a bucket of a few dozen vectors is one compact listpack,
     where a key per vector costs more than the vector itself. The fields and values are built
-    in bulk as for :func:`write_arrow` (one HSET per bucket and batch, a header plus a slice of
-    one buffer); writes are idempotent and acknowledged per ``part`` the same way.
+    in bulk as for :func:`write_arrow` (one HSET per bucket, a header plus a slice of one
+    buffer); writes are idempotent and acknowledged per ``part`` the same way.
     """
     import numpy as np
 
@@ -274,12 +291,7 @@ def write_buckets(
     rows = [b for b in batches if b.num_rows]
     table = pa.Table.from_batches(rows) if rows else None
     stats = WriteStats()
-    client = _client(redis_url)
-    stream: _CommandStream | None = None
-    ok = False
-    try:
-        _require_writable(client, prefix, surface, version)
-        stream = _CommandStream(client, _WINDOW)
+    with _version_stream(redis_url, prefix, surface, version) as stream:
         if table is not None:
             ids = np.asarray(table.column("user_id").to_numpy(), dtype=np.int64)
             bucket = ids % buckets
@@ -293,13 +305,7 @@ def write_buckets(
                 stream.send(command)
             value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)
             stats = WriteStats(len(ids), value_bytes, len(keys))
-        stream.drain()  # only once every HSET reply was read and was OK
-        stream.send(stream.pack("HSET", parts_key(prefix, surface, version), part, stats.users))
-        ok = True
-    finally:
-        if stream is not None:
-            stream.close(ok=ok)
-        client.close()
+        _acknowledge(stream, prefix, surface, version, part, stats.users)
     return stats
 
 

@@ -85,7 +85,7 @@ def test_a_corrupted_value_blocks_the_switch_and_the_version_is_deleted(
     import pyarrow as pa
 
     from rankflow.publish import features
-    from rankflow.publish.features import FeatureAuditError
+    from rankflow.publish.feature_audit import FeatureAuditError
     from rankflow.steps.materialise_features import run_materialise_features
     from rankflow.store.keys import item_bucket_key, schema_key
 
