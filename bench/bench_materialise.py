@@ -98,7 +98,7 @@ def build_lake(
     """Write the scaled feature day into the benchmark's lake; return its ds, versions, sizes."""
     from pyspark.sql import functions as F
 
-    from rankflow.lake.tables import FEATURE_TABLES, read_features, table_version, write_partition
+    from rankflow.lake.tables import read_features, write_features
 
     ds, versions = source_day(settings)
     frames = read_features(spark, settings, ds, versions)
@@ -116,11 +116,12 @@ def build_lake(
     seen = seen.withColumn(
         "item_id", F.col("item_id") + (F.col("copy") % F.lit(item_copies)) * F.lit(ITEM_ID_STEP)
     )
-    written: dict[str, int] = {}
-    for face, frame in (("items", item_rows), ("users", user_rows), ("seen", seen)):
-        path = bench.paths.table(FEATURE_TABLES[face])
-        write_partition(frame.drop("copy").withColumn("ds", F.lit(ds)), path, ds)
-        written[face] = table_version(spark, path)
+    built = {
+        face: frame.drop("copy").withColumn("ds", F.lit(ds))
+        for face, frame in (("items", item_rows), ("users", user_rows), ("seen", seen))
+    }
+    # the features step's own write: seen pairs clustered by user, one tagged commit per face
+    written = write_features(built, bench, ds)
     sizes = {"users": demo_users * user_copies, "items": demo_items * item_copies}
     return ds, written, sizes
 
@@ -264,17 +265,9 @@ def main(argv: Sequence[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     entities = runs[0][2]
     whole = [e / s for _, s, e in runs]
-    writing = [
-        e / sum(d.phase_seconds[p] for p in ("write_items", "write_users", "write_histories"))
-        for d, _, e in runs
-    ]
+    writing = [e / d.phase_seconds["write"] for d, _, e in runs]
     switch = [
-        e
-        / sum(
-            d.phase_seconds[p]
-            for p in ("snapshot", "write_items", "write_users", "write_histories", "commit")
-        )
-        for d, _, e in runs
+        e / sum(d.phase_seconds[p] for p in ("snapshot", "write", "commit")) for d, _, e in runs
     ]
     reference = statistics.median(references)
     print("=" * 100)

@@ -35,8 +35,11 @@ class AddedFile:
     path: str
     partition: dict[str, str | None]
     rows: int | None
+    size: int  # bytes of the file (0 when the action does not say)
     has_deletion_vector: bool
     data_change: bool
+    min_values: dict[str, Any] = field(default_factory=dict)  # per-column statistics, if kept
+    max_values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,18 @@ class Commit:
 
 def _file_action(action: Mapping[str, Any]) -> AddedFile:
     """Build an :class:`AddedFile` from an ``add`` or ``remove`` action's JSON object."""
-    stats = action.get("stats")
-    rows = json.loads(stats).get("numRecords") if isinstance(stats, str) and stats else None
+    text = action.get("stats")
+    stats = json.loads(text) if isinstance(text, str) and text else {}
+    rows = stats.get("numRecords")
     return AddedFile(
         path=unquote(str(action["path"])),
         partition=dict(action.get("partitionValues") or {}),
         rows=int(rows) if rows is not None else None,
+        size=int(action.get("size") or 0),
         has_deletion_vector=action.get("deletionVector") is not None,
         data_change=bool(action.get("dataChange", True)),
+        min_values=dict(stats.get("minValues") or {}),
+        max_values=dict(stats.get("maxValues") or {}),
     )
 
 
@@ -151,6 +158,34 @@ def changes_since(table: str, version: int, partition: Mapping[str, str]) -> lis
     if later and later != list(range(version + 1, later[-1] + 1)):
         raise DeltaLogError(f"commits after {version} of {table} are missing from _delta_log")
     return [v for v in later if read_commit(table, v).touches(partition)]
+
+
+def partition_files(
+    table: str, commit: Commit, partition: Mapping[str, str], what: str
+) -> list[AddedFile]:
+    """Return the files ``commit`` added to ``partition``, each with its row count.
+
+    Raises:
+        DeltaLogError: a file lacks its row count or carries a deletion vector, so its rows
+            cannot be read and checked without Spark; or the commit added files elsewhere only.
+    """
+    files = []
+    for added in commit.added:
+        if any(added.partition.get(k) != v for k, v in partition.items()):
+            continue
+        if added.rows is None or added.has_deletion_vector:
+            raise DeltaLogError(
+                f"{what} file {added.path} of commit {commit.version} has no numRecords statistic "
+                "or carries a deletion vector; keep statistics collection "
+                f"(spark.databricks.delta.stats.collect) and deletion vectors off for {what}"
+            )
+        files.append(added)
+    if commit.added and not files:
+        raise DeltaLogError(
+            f"commit {commit.version} of {table} added files but none in partition "
+            f"{dict(partition)}; is column mapping on? (it renames partition columns in the log)"
+        )
+    return sorted(files, key=lambda f: f.path)
 
 
 def table_file(table: str, relative: str) -> str:

@@ -14,7 +14,13 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.days import days_where
-from rankflow.lake.delta_log import Commit, DeltaLogError, changes_since, find_commit, table_file
+from rankflow.lake.delta_log import (
+    Commit,
+    changes_since,
+    find_commit,
+    partition_files,
+    table_file,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -64,23 +70,8 @@ def snapshot_of(table: str, commit: Commit, ds: date, surface: str) -> GoldSnaps
         DeltaLogError: a file lacks its row count or carries a deletion vector, so its rows
             cannot be read and checked without Spark.
     """
-    wanted = partition_values(ds, surface)
-    files = []
-    for added in commit.added:
-        if any(added.partition.get(k) != v for k, v in wanted.items()):
-            continue
-        if added.rows is None or added.has_deletion_vector:
-            raise DeltaLogError(
-                f"gold file {added.path} of commit {commit.version} has no numRecords statistic "
-                "or carries a deletion vector; keep statistics collection "
-                "(spark.databricks.delta.stats.collect) and deletion vectors off for gold"
-            )
-        files.append((added.path, added.rows))
-    if commit.added and not files:
-        raise DeltaLogError(
-            f"commit {commit.version} of {table} added files but none in partition {wanted}; "
-            "is column mapping on for the gold table? (it renames partition columns in the log)"
-        )
+    added = partition_files(table, commit, partition_values(ds, surface), "gold")
+    files = [(f.path, int(f.rows or 0)) for f in added]
     return GoldSnapshot(table, commit.version, tuple(sorted(files)))
 
 

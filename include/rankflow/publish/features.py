@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -37,13 +37,15 @@ from rankflow.store.vectors import (
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
     from rankflow.config import Settings
     from rankflow.features.batch import FeatureFrames
+    from rankflow.lake.tables import DataFile
 
 log = logging.getLogger(__name__)
-ACK_SCHEMA = "part string, entities long, bytes long"
+ACK_SCHEMA = "part string, entities long, bytes long, rows long"  # rows: read from the file
+HISTORY_COLUMNS = ("user_id", "item_id", "seen_before", "clicked_before")
 
 
 @dataclass(frozen=True)
@@ -132,22 +134,25 @@ def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
 def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
     """Each user's history (``store.vectors``) from flat ``user_id, item_id, seen, clicked`` rows.
 
-    Every row of a user must be in ``rows`` (the writer encodes a whole partition at once);
-    returns the users (ascending) and their values: item ids ascending, times shown, clicks.
+    Every row of a user must be in ``rows``; returns the users (ascending) and their values:
+    item ids ascending, times shown, clicks. Rows already sorted by user and item (as the
+    features step writes them) are not sorted again.
     """
     import pyarrow as pa
 
     users = np.asarray(rows.column("user_id").to_numpy(), np.int64)
     items = np.asarray(rows.column("item_id").to_numpy(), np.int64)
-    order = np.lexsort((items, users))
-    users, items = users[order], items[order]
+    order = None if pairs_sorted(users, items) else np.lexsort((items, users))
+    if order is not None:
+        users, items = users[order], items[order]
     first = np.r_[True, users[1:] != users[:-1]] if len(users) else np.zeros(0, bool)
     owner = np.cumsum(first) - 1
     index = within_row_index(owner)
 
     def floats(name: str) -> np.ndarray:
         values = rows.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
-        return np.asarray(values, "<f4")[order]
+        values = np.asarray(values, "<f4")
+        return values if order is None else values[order]
 
     fields = [
         (owner, index, items.astype("<u4")),
@@ -162,120 +167,216 @@ def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
     return pa.array(users[first]), values
 
 
+def pairs_sorted(users: np.ndarray, items: np.ndarray) -> bool:
+    """Tell whether ``(user, item)`` pairs are in ascending order."""
+    if len(users) < 2:
+        return True
+    later_user = users[1:] > users[:-1]
+    same_user = users[1:] == users[:-1]
+    return bool(np.all(later_user | (same_user & (items[1:] >= items[:-1]))))
+
+
+@dataclass
+class RowTally:
+    """Rows a reader has read (a file's are checked against its Delta statistics)."""
+
+    rows: int = 0
+
+
+def user_histories(batches: Iterable[pa.RecordBatch], tally: RowTally) -> Iterator[pa.RecordBatch]:
+    """Encode the histories of rows sorted by user, batch by batch (a user may cross batches).
+
+    Bounded memory: only the last user of a batch waits for the next one.
+
+    Raises:
+        ValueError: the rows are not sorted by user (the file was not written clustered).
+    """
+    import pyarrow as pa
+
+    held: pa.Table | None = None
+    for batch in batches:
+        tally.rows += batch.num_rows
+        if not batch.num_rows:
+            continue
+        rows = pa.Table.from_batches([batch])
+        if held is not None:
+            rows = pa.concat_tables([held, rows])
+        users = np.asarray(rows.column("user_id").to_numpy(), np.int64)
+        if len(users) > 1 and bool(np.any(users[1:] < users[:-1])):
+            raise ValueError("seen pairs are not sorted by user: re-run the features step")
+        last = int(np.searchsorted(users, users[-1], side="left"))
+        if last:
+            yield _history_batch(rows.slice(0, last))
+        held = rows.slice(last)
+    if held is not None:
+        yield _history_batch(held)
+
+
+def _history_batch(rows: pa.Table) -> pa.RecordBatch:
+    """The ``user_id, value`` batch of whole users' rows."""
+    import pyarrow as pa
+
+    users, values = history_values(rows.combine_chunks().to_batches()[0])
+    return pa.RecordBatch.from_arrays([users, values], names=["user_id", "value"])
+
+
 # --------------------------------------------------------------------------- Spark writers
 
-# one batch of rows -> (group, entity ids, encoded values) per group
-Encoder = Callable[["pa.RecordBatch"], "list[tuple[str, pa.Array, pa.Array]]"]
+# the columns each group's values are encoded from
+GROUP_COLUMNS = {
+    GROUPS["item"]: ("item_id", *ITEM_FEATURES),
+    GROUPS["user"]: ("user_id", *USER_FEATURES),
+    GROUPS["profile"]: ("user_id", "declared_size", *MAP_COLUMNS),
+    GROUPS["history"]: HISTORY_COLUMNS,
+}
+GROUP_FACES = {
+    GROUPS["item"]: "items",
+    GROUPS["user"]: "users",
+    GROUPS["profile"]: "users",
+    GROUPS["history"]: "seen",
+}
 
 
-def make_group_writer(
+@dataclass(frozen=True)
+class WriteUnit:
+    """One file of the features commit encoded as one group: a Spark task's unit of work."""
+
+    part: str  # ``<group>-<file index>``: what the writer acknowledges
+    group: str
+    location: str
+    rows: int
+    size: int
+
+
+def write_units(files: dict[str, list[DataFile]]) -> list[WriteUnit]:
+    """Every (group, file) pair of the commit: item vectors, user vectors, profiles, histories."""
+    return [
+        WriteUnit(f"{group}-{i}", group, file.location, file.rows, file.size)
+        for group, face in GROUP_FACES.items()
+        for i, file in enumerate(files[face])
+    ]
+
+
+def deal(units: list[WriteUnit], slots: int) -> list[list[WriteUnit]]:
+    """Units dealt to ``slots`` tasks, largest file first to the least loaded task."""
+    tasks: list[list[WriteUnit]] = [[] for _ in range(max(slots, 1))]
+    loads = [0] * len(tasks)
+    for unit in sorted(units, key=lambda u: (-u.size, u.part)):
+        least = loads.index(min(loads))
+        tasks[least].append(unit)
+        loads[least] += max(unit.size, 1)
+    return [task for task in tasks if task]
+
+
+def read_file_columns(
+    location: str, columns: tuple[str, ...], batch_rows: int = 262_144
+) -> Iterator[pa.RecordBatch]:
+    """Yield ``columns`` of one Parquet data file in batches, read with pyarrow."""
+    import pyarrow.parquet as pq
+
+    from rankflow.lake.delta_log import arrow_filesystem
+
+    fs, path = arrow_filesystem(location)
+    with fs.open_input_file(path) as source, pq.ParquetFile(source) as parquet:
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=list(columns))
+
+
+def encoded_values(unit: WriteUnit, vocab: pa.Array, tally: RowTally) -> Iterator[pa.RecordBatch]:
+    """The ``user_id, value`` batches of a unit's file (``user_id`` is the item id for items)."""
+    import pyarrow as pa
+
+    batches = read_file_columns(unit.location, GROUP_COLUMNS[unit.group])
+    if unit.group == GROUPS["history"]:
+        yield from user_histories(batches, tally)
+        return
+    for batch in batches:
+        tally.rows += batch.num_rows
+        if unit.group == GROUPS["item"]:
+            ids, values = batch.column("item_id"), vector_values(batch, ITEM_FEATURES)
+        elif unit.group == GROUPS["user"]:
+            ids, values = batch.column("user_id"), vector_values(batch, USER_FEATURES)
+        else:
+            ids, values = batch.column("user_id"), profile_values(batch, vocab)
+        yield pa.RecordBatch.from_arrays([ids, values], names=["user_id", "value"])
+
+
+def make_feature_writer(
     redis_url: str,
     prefix: str,
     version: str,
-    encode: Encoder,
+    tasks: list[list[WriteUnit]],
+    vocabulary: list[str],
+    item_buckets: int,
     mset_batch: int,
-    buckets: dict[str, int] | None = None,
-    whole_partition: bool = False,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """Build the ``mapInArrow`` task: encode each batch, write its groups, acknowledge per group.
+    """Build the ``mapInArrow`` task over ``range(len(tasks))``: write task ``id``'s units.
 
-    A part is ``<group>-<partition>``: a retried task writes the same keys and acknowledges the
-    same part again (MSET and HSET are idempotent). A partition's encoded values are held until
-    it is read to the end (one acknowledgement per group and partition): a few tens of MB.
-    Groups named in ``buckets`` go into that many hash buckets (item vectors), the others one
-    key per entity. With ``whole_partition`` the partition's rows are encoded at once (an
-    entity's rows may span Arrow batches: histories from flat rows).
+    Each unit is a file read with pyarrow (no rows pass through the JVM), encoded in bulk and
+    written by :func:`~rankflow.store.writer.write_arrow` (a key per entity) or
+    :func:`~rankflow.store.writer.write_buckets` (item vectors), acknowledged per unit; a
+    retried task writes the same keys and acknowledges the same parts again.
     """
-    bucketed = dict(buckets or {})
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
-        from pyspark import TaskContext
 
         from rankflow.store.keys import FEATURES
         from rankflow.store.writer import write_arrow, write_buckets
 
-        context = TaskContext.get()
-        partition = context.partitionId() if context is not None else 0
-        encoded: dict[str, list[pa.RecordBatch]] = {}
-        if whole_partition:
-            every = [b for b in batches if b.num_rows]
-            whole = pa.Table.from_batches(every).combine_chunks() if every else None
-            batches = iter(whole.to_batches() if whole is not None else [])
+        vocab = pa.array(vocabulary, pa.string())
         for batch in batches:
-            if not batch.num_rows:
-                continue
-            for group, ids, values in encode(batch):
-                part = pa.RecordBatch.from_arrays([ids, values], names=["user_id", "value"])
-                encoded.setdefault(group, []).append(part)
-        for group, parts in encoded.items():
-            part = f"{group}-{partition}"
-            stats = (
-                write_buckets(
-                    redis_url, prefix, FEATURES, version, parts, bucketed[group],
-                    part=part, group=group,
-                )
-                if group in bucketed
-                else write_arrow(
-                    redis_url, prefix, FEATURES, version, parts,
-                    mset_batch=mset_batch, part=part, group=group,
-                )
-            )  # fmt: skip
-            yield pa.RecordBatch.from_pydict(
-                {
-                    "part": [f"{group}-{partition}"],
-                    "entities": [stats.users],
-                    "bytes": [stats.bytes],
-                }
-            )
+            for task in batch.column("id").to_pylist():
+                for unit in tasks[task]:
+                    tally = RowTally()
+                    values = encoded_values(unit, vocab, tally)
+                    if unit.group == GROUPS["item"]:
+                        stats = write_buckets(
+                            redis_url, prefix, FEATURES, version, values, item_buckets,
+                            part=unit.part, group=unit.group,
+                        )  # fmt: skip
+                    else:
+                        stats = write_arrow(
+                            redis_url, prefix, FEATURES, version, values,
+                            mset_batch=mset_batch, part=unit.part, group=unit.group,
+                        )  # fmt: skip
+                    yield pa.RecordBatch.from_pydict(
+                        {
+                            "part": [unit.part],
+                            "entities": [stats.users],
+                            "bytes": [stats.bytes],
+                            "rows": [tally.rows],
+                        }
+                    )
 
     return write
 
 
-def write_group(
-    frame: DataFrame, writer: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+def write_feature_files(
+    spark: SparkSession,
+    tasks: list[list[WriteUnit]],
+    writer: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
 ) -> dict[str, tuple[int, int]]:
-    """Run a writer over a frame's partitions; return part -> (entities, bytes)."""
-    rows = frame.mapInArrow(writer, ACK_SCHEMA).collect()
-    return {str(r["part"]): (int(r["entities"]), int(r["bytes"])) for r in rows}
+    """Run one Spark task per list of units; return part -> (entities, bytes).
 
-
-def item_encoder(batch: pa.RecordBatch) -> list[tuple[str, pa.Array, pa.Array]]:
-    """The item group of one batch of item feature rows."""
-    return [(GROUPS["item"], batch.column("item_id"), vector_values(batch, ITEM_FEATURES))]
-
-
-def make_user_encoder(vocabulary: list[str]) -> Encoder:
-    """The user and profile groups of one batch of user feature rows."""
-
-    def encode(batch: pa.RecordBatch) -> list[tuple[str, pa.Array, pa.Array]]:
-        import pyarrow as pa
-
-        vocab = pa.array(vocabulary, pa.string())
-        users = batch.column("user_id")
-        return [
-            (GROUPS["user"], users, vector_values(batch, USER_FEATURES)),
-            (GROUPS["profile"], users, profile_values(batch, vocab)),
-        ]
-
-    return encode
-
-
-def history_encoder(rows: pa.RecordBatch) -> list[tuple[str, pa.Array, pa.Array]]:
-    """The history group of a partition's ``user_id, item_id, seen, clicked`` rows."""
-    users, values = history_values(rows)
-    return [(GROUPS["history"], users, values)]
-
-
-def histories(seen: DataFrame, partitions: int) -> DataFrame:
-    """The shown pairs with every row of a user in one partition (no per-user lists in Spark).
-
-    A ``collect_list`` of structs per user cost most of the materialisation at 500k users
-    (``make bench-materialise``): a hash repartition and numpy grouping in the writer do not.
+    Raises:
+        VersionCheckError: a file read back another number of rows than the Delta log records
+            (or a unit did not report): nothing is switched.
     """
-    return seen.select("user_id", "item_id", "seen_before", "clicked_before").repartition(
-        partitions, "user_id"
-    )
+    from rankflow.store.errors import VersionCheckError
+
+    if not tasks:
+        return {}
+    recorded = {unit.part: unit.rows for task in tasks for unit in task}
+    ids = spark.range(0, len(tasks), 1, len(tasks))  # one id, so one task, per partition
+    results = ids.mapInArrow(writer, ACK_SCHEMA).collect()
+    read = {str(r["part"]): int(r["rows"]) for r in results}
+    if read != recorded:
+        wrong = [(p, read.get(p), n) for p, n in recorded.items() if read.get(p) != n]
+        raise VersionCheckError(
+            "feature files read back other row counts than the Delta log records "
+            f"(part, read, recorded): {wrong[:3]}; not switching"
+        )
+    return {str(r["part"]): (int(r["entities"]), int(r["bytes"])) for r in results}
 
 
 # --------------------------------------------------------------------------- the publication
@@ -338,18 +439,12 @@ def materialise(
     import contextlib
     import time
 
-    from rankflow.lake.tables import read_features
+    from rankflow.lake.session import task_slots
+    from rankflow.lake.tables import feature_files, read_features
     from rankflow.publish.redis import cleanup_errors
     from rankflow.serving.snapshot import snapshot_table, write_snapshot
     from rankflow.store.client import checked_client
-    from rankflow.store.commands import _text
-    from rankflow.store.keys import (
-        FEATURES,
-        feature_key_pattern,
-        item_bucket_key,
-        item_bucket_pattern,
-        schema_key,
-    )
+    from rankflow.store.keys import FEATURES, feature_key_pattern, item_bucket_pattern, schema_key
     from rankflow.store.memory import discard_version, reclaim_abandoned
     from rankflow.store.versions import commit_version
     from rankflow.store.writer import begin_version
@@ -373,8 +468,13 @@ def materialise(
     )
     frames = read_features(spark, settings, commit.ds, commit.versions)
     vocab = vocabulary(frames)
-    expected = expected_entities(frames)
-    buckets = item_buckets(expected[GROUPS["item"]])
+    files = {
+        face: feature_files(settings, face, commit.ds, delta_version)
+        for face, delta_version in commit.versions.items()
+    }
+    users, items = (sum(f.rows for f in files[face]) for face in ("users", "items"))
+    expected = {GROUPS["item"]: items, GROUPS["user"]: users, GROUPS["profile"]: users}
+    buckets = item_buckets(items)
     lap("read_and_count")
     location = snapshot_location(settings, version)
     source = {**commit.as_source(), "schema_hash": schema_hash(), "snapshot": location}
@@ -384,41 +484,29 @@ def materialise(
     try:
         schema = schema_document(vocab, location, buckets)
         client.set(schema_key(prefix, version), json.dumps(schema))
-        items = frames.items.select("item_id", *ITEM_FEATURES, *ITEM_ATTRIBUTES, "is_sold")
         origin = {"ds": commit.ds.isoformat(), "delta_versions": commit.versions}
         table = snapshot_table(
-            items.toArrow(), ITEM_FEATURES, ITEM_ATTRIBUTES, vocab, version, schema_hash(), origin
+            read_items(files["items"]),
+            ITEM_FEATURES,
+            ITEM_ATTRIBUTES,
+            vocab,
+            version,
+            schema_hash(),
+            origin,
         )
         snapshot_bytes = write_snapshot(table, location)
         lap("snapshot")
-        batch = settings.redis.mset_batch
-        acks = write_group(
-            items.select("item_id", *ITEM_FEATURES),
-            make_group_writer(url, prefix, version, item_encoder, batch, {GROUPS["item"]: buckets}),
+        tasks = deal(write_units(files), task_slots(spark))
+        writer = make_feature_writer(
+            url, prefix, version, tasks, vocab, buckets, settings.redis.mset_batch
         )
-        first = int(table.column("item_id")[0].as_py()) if table.num_rows else 0
-        bucket = item_bucket_key(prefix, version, first, buckets)  # one that holds an item
-        encoding = _text(client.object("encoding", bucket)) or ""
-        if encoding not in ("listpack", "ziplist", ""):
-            log.warning(
-                "item buckets are %s-encoded, several times larger than a listpack: set Redis's "
-                "hash-max-listpack-value to at least %d (docs/feature-store.md)",
-                encoding,
-                4 * len(ITEM_FEATURES),
-            )
-        lap("write_items")
-        users = frames.users.select("user_id", *USER_FEATURES, "declared_size", *MAP_COLUMNS)
-        acks |= write_group(
-            users,
-            make_group_writer(url, prefix, version, make_user_encoder(vocab), batch),
-        )
-        lap("write_users")
-        acks |= write_group(
-            histories(frames.seen, int(settings.spark.shuffle_partitions)),
-            make_group_writer(url, prefix, version, history_encoder, batch, whole_partition=True),
-        )
-        lap("write_histories")
+        acks = write_feature_files(spark, tasks, writer)
+        lap("write")
+        encoding = bucket_encoding(client, prefix, version, table, buckets)
         written = written_entities(acks)
+        # each seen file holds whole users and was read to its recorded last row: the sum of
+        # its writers' user counts is the commit's number of histories
+        expected[GROUPS["history"]] = written[GROUPS["history"]]
         if written != expected:
             from rankflow.store.errors import VersionCheckError
 
@@ -461,15 +549,40 @@ def materialise(
     )
 
 
-def expected_entities(frames: FeatureFrames) -> dict[str, int]:
-    """Entities per group the Delta commit holds (users have a vector and a profile each)."""
-    users = frames.users.count()
-    return {
-        GROUPS["item"]: frames.items.count(),
-        GROUPS["user"]: users,
-        GROUPS["profile"]: users,
-        GROUPS["history"]: frames.seen.select("user_id").distinct().count(),
-    }
+def read_items(files: list[DataFile]) -> pa.Table:
+    """The item rows the snapshot is built from, read from the commit's files with pyarrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rankflow.lake.delta_log import arrow_filesystem
+
+    columns = ["item_id", *ITEM_FEATURES, *ITEM_ATTRIBUTES, "is_sold"]
+    tables = []
+    for file in files:
+        fs, path = arrow_filesystem(file.location)
+        tables.append(pq.read_table(path, columns=columns, filesystem=fs))
+    if not tables:
+        return pa.table({name: pa.array([], pa.float64()) for name in columns})
+    return pa.concat_tables(tables)
+
+
+def bucket_encoding(client: Any, prefix: str, version: str, items: pa.Table, buckets: int) -> str:
+    """Redis's encoding of an item bucket, with a warning unless it is a compact listpack."""
+    from rankflow.store.commands import _text
+    from rankflow.store.keys import item_bucket_key
+
+    if not items.num_rows:
+        return ""
+    first = int(items.column("item_id")[0].as_py())
+    encoding = _text(client.object("encoding", item_bucket_key(prefix, version, first, buckets)))
+    if encoding not in ("listpack", "ziplist", None):
+        log.warning(
+            "item buckets are %s-encoded, several times larger than a listpack: set Redis's "
+            "hash-max-listpack-value to at least %d (docs/feature-store.md)",
+            encoding,
+            4 * len(ITEM_FEATURES),
+        )
+    return encoding or ""
 
 
 def written_entities(acks: dict[str, tuple[int, int]]) -> dict[str, int]:

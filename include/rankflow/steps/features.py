@@ -18,7 +18,7 @@ def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
     from pyspark import StorageLevel
 
     from rankflow.features.batch import build_features
-    from rankflow.lake.tables import table_version, write_partition
+    from rankflow.lake.tables import write_features
     from rankflow.quality.gates import gate
     from rankflow.quality.suites import feature_suite
     from rankflow.runs import write_run_record
@@ -37,11 +37,11 @@ def run_features(spark: SparkSession, settings: Settings, ds: date) -> dict[str,
         for face in validated:
             suite = feature_suite(face, ds, max_null_share)
             gate(settings, ds, built[face], f"{face}_features", suite)
-        counts, versions = {}, {}
-        for face, table in FEATURE_TABLES.items():
-            write_partition(built[face], settings.paths.table(table), ds)
-            versions[face] = table_version(spark, settings.paths.table(table))
-            counts[face] = read_partition(spark, settings, table, ds).count()
+        versions = write_features(built, settings, ds)
+        counts = {
+            face: read_partition(spark, settings, table, ds).count()
+            for face, table in FEATURE_TABLES.items()
+        }
     finally:
         for face in validated:
             built[face].unpersist()

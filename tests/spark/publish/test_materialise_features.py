@@ -43,6 +43,8 @@ def test_the_features_of_the_day_become_the_current_audited_version(
     items = read_partition(spark, lake, "silver/item_features", TINY_DAY).toPandas()
     assert record["entities"]["u"] == record["entities"]["p"] == len(users)
     assert record["entities"]["i"] == len(items)
+    seen = read_partition(spark, lake, "silver/seen_pairs", TINY_DAY).toPandas()
+    assert record["entities"]["h"] == seen.user_id.nunique()
     # fewer than the sample size: every entity was audited
     assert record["audited"] == {"users": len(users), "items": len(items)}
     row = users.iloc[len(users) // 2]
@@ -61,7 +63,13 @@ def test_the_features_of_the_day_become_the_current_audited_version(
     assert np.array_equal(
         decode_vector(stored_item, len(ITEM_FEATURES)), expected_item, equal_nan=True
     )
-    assert set(record["phase_seconds"]) >= {"read_and_count", "write_items", "audit", "commit"}
+    assert set(record["phase_seconds"]) >= {
+        "read_and_count",
+        "snapshot",
+        "write",
+        "audit",
+        "commit",
+    }
     snapshot = load_snapshot(record["snapshot"])
     assert snapshot.version == version
     assert snapshot.item_ids.tolist() == sorted(items["item_id"])
