@@ -100,10 +100,8 @@ def audit(
         "user_id", *USER_FEATURES, "declared_size", *MAP_COLUMNS
     )
     user_rows = users.toArrow().to_pylist()
-    shown: dict[int, list[tuple[int, float, float]]] = {}
     seen = frames.seen.join(users.select("user_id"), "user_id", "left_semi")
-    for row in seen.select("user_id", "item_id", "seen_before", "clicked_before").collect():
-        shown.setdefault(int(row[0]), []).append((int(row[1]), row[2], row[3]))
+    shown = shown_pairs(seen.select("user_id", "item_id", "seen_before", "clicked_before"))
     schema = json.loads(client.get(schema_key(prefix, version)) or b"{}")
     vocab = schema.get("vocabulary", [])
     ids = [int(r["user_id"]) for r in user_rows]
@@ -161,6 +159,17 @@ def audit(
             f"commit (first: {wrong[:5]}); not switching"
         )
     return {"users": len(user_rows), "items": len(item_rows)}
+
+
+def shown_pairs(seen: DataFrame) -> dict[int, list[tuple[int, Any, Any]]]:
+    """Each user's ``(item, seen, clicked)`` rows, read through Arrow (not row by row)."""
+    rows = seen.toArrow()
+    shown: dict[int, list[tuple[int, Any, Any]]] = {}
+    columns = [rows.column(n).to_pylist() for n in ("user_id", "item_id")]
+    counts = [rows.column(n).to_pylist() for n in ("seen_before", "clicked_before")]
+    for user, item, times, clicks in zip(*columns, *counts, strict=True):
+        shown.setdefault(int(user), []).append((int(item), times, clicks))
+    return shown
 
 
 def same_profile(profile: Any, row: dict[str, Any], vocab: list[str]) -> bool:

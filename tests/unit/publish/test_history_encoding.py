@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rankflow.publish.features import RowTally, history_values, pairs_sorted, user_histories
+from rankflow.publish.feature_values import RowTally, history_values, pairs_sorted, user_histories
 from rankflow.store.vectors import decode_history
 
 

@@ -1,0 +1,162 @@
+"""Encode feature rows as the online store's values, in bulk with Arrow and numpy.
+
+The formats are ``store.vectors``'; Spark tasks call these on batches read from the features
+commit's files (``publish.feature_files``), and tests on hand-made batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rankflow.features.on_demand import MAP_COLUMNS, map_entries
+from rankflow.store.vectors import NO_CODE, pack_rows, within_row_index
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+HISTORY_COLUMNS = ("user_id", "item_id", "seen_before", "clicked_before")
+
+
+def vector_values(batch: pa.RecordBatch, names: list[str]) -> pa.Array:
+    """One float32 little-endian vector per row of ``names`` (nulls become NaN), in bulk."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    matrix = np.empty((batch.num_rows, len(names)), dtype="<f4")
+    for j, name in enumerate(names):
+        column = pc.fill_null(batch.column(name).cast(pa.float64()), np.nan)
+        matrix[:, j] = column.to_numpy()
+    width = 4 * len(names)
+    offsets = np.arange(batch.num_rows + 1, dtype=np.int64) * width
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(matrix.tobytes())]
+    return pa.Array.from_buffers(pa.large_binary(), batch.num_rows, buffers)
+
+
+def codes_of(strings: pa.Array, vocab: pa.Array) -> np.ndarray:
+    """Vocabulary codes of a string column (-1 for null or unknown)."""
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(pc.index_in(strings, vocab), -1).to_numpy(), dtype=np.int64)
+
+
+def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
+    """Each user's profile (``store.vectors``): declared size, then sorted affinity entries."""
+    import pyarrow as pa
+
+    rows = batch.num_rows
+    sizes = codes_of(batch.column("declared_size"), vocab)
+    sizes = np.where(sizes < 0, NO_CODE, sizes).astype("<u4")
+    every_row = np.arange(rows, dtype=np.int64)
+    fields: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
+        (every_row, np.zeros(rows, dtype=np.int64), sizes)
+    ]
+    for name in MAP_COLUMNS:
+        entries, counts = map_entries(batch.column(name))
+        owner = np.repeat(every_row, counts)
+        codes = codes_of(entries.field("key"), vocab)
+        if (codes < 0).any():
+            raise ValueError(f"{name} holds values missing from the vocabulary")
+        shares = np.asarray(entries.field("value").to_numpy(zero_copy_only=False), "<f4")
+        order = np.lexsort((codes, owner))
+        owner, codes, shares = owner[order], codes[order], shares[order]
+        index = within_row_index(owner)
+        fields.append((every_row, np.zeros(rows, np.int64), counts.astype("<u4")))
+        fields.append((owner, index, codes.astype("<u4")))
+        fields.append((owner, index, shares))
+    offsets, data = pack_rows(rows, fields)
+    return pa.Array.from_buffers(
+        pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
+    """Each user's history (``store.vectors``) from flat ``user_id, item_id, seen, clicked`` rows.
+
+    Every row of a user must be in ``rows``; returns the users (ascending) and their values:
+    item ids ascending, times shown, clicks. Rows already sorted by user and item (as the
+    features step writes them) are not sorted again.
+    """
+    import pyarrow as pa
+
+    users = np.asarray(rows.column("user_id").to_numpy(), np.int64)
+    items = np.asarray(rows.column("item_id").to_numpy(), np.int64)
+    order = None if pairs_sorted(users, items) else np.lexsort((items, users))
+    if order is not None:
+        users, items = users[order], items[order]
+    first = np.r_[True, users[1:] != users[:-1]] if len(users) else np.zeros(0, bool)
+    owner = np.cumsum(first) - 1
+    index = within_row_index(owner)
+
+    def floats(name: str) -> np.ndarray:
+        values = rows.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        values = np.asarray(values, "<f4")
+        return values if order is None else values[order]
+
+    fields = [
+        (owner, index, items.astype("<u4")),
+        (owner, index, floats("seen_before")),
+        (owner, index, floats("clicked_before")),
+    ]
+    count = int(first.sum())
+    offsets, data = pack_rows(count, fields)
+    values = pa.Array.from_buffers(
+        pa.large_binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return pa.array(users[first]), values
+
+
+def pairs_sorted(users: np.ndarray, items: np.ndarray) -> bool:
+    """Tell whether ``(user, item)`` pairs are in ascending order."""
+    if len(users) < 2:
+        return True
+    later_user = users[1:] > users[:-1]
+    same_user = users[1:] == users[:-1]
+    return bool(np.all(later_user | (same_user & (items[1:] >= items[:-1]))))
+
+
+@dataclass
+class RowTally:
+    """Rows a reader has read (a file's are checked against its Delta statistics)."""
+
+    rows: int = 0
+
+
+def user_histories(batches: Iterable[pa.RecordBatch], tally: RowTally) -> Iterator[pa.RecordBatch]:
+    """Encode the histories of rows sorted by user, batch by batch (a user may cross batches).
+
+    Bounded memory: only the last user of a batch waits for the next one.
+
+    Raises:
+        ValueError: the rows are not sorted by user (the file was not written clustered).
+    """
+    import pyarrow as pa
+
+    held: pa.Table | None = None
+    for batch in batches:
+        tally.rows += batch.num_rows
+        if not batch.num_rows:
+            continue
+        rows = pa.Table.from_batches([batch])
+        if held is not None:
+            rows = pa.concat_tables([held, rows])
+        users = np.asarray(rows.column("user_id").to_numpy(), np.int64)
+        if len(users) > 1 and bool(np.any(users[1:] < users[:-1])):
+            raise ValueError("seen pairs are not sorted by user: re-run the features step")
+        last = int(np.searchsorted(users, users[-1], side="left"))
+        if last:
+            yield _history_batch(rows.slice(0, last))
+        held = rows.slice(last)
+    if held is not None:
+        yield _history_batch(held)
+
+
+def _history_batch(rows: pa.Table) -> pa.RecordBatch:
+    """The ``user_id, value`` batch of whole users' rows."""
+    import pyarrow as pa
+
+    users, values = history_values(rows.combine_chunks().to_batches()[0])
+    return pa.RecordBatch.from_arrays([users, values], names=["user_id", "value"])
