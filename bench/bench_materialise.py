@@ -116,6 +116,8 @@ def build_lake(
     seen = seen.withColumn(
         "item_id", F.col("item_id") + (F.col("copy") % F.lit(item_copies)) * F.lit(ITEM_ID_STEP)
     )
+    # as the features step lays them out (rankflow.features.batch.seen_pairs): by user
+    seen = seen.repartition("user_id")
     built = {
         face: frame.drop("copy").withColumn("ds", F.lit(ds))
         for face, frame in (("items", item_rows), ("users", user_rows), ("seen", seen))

@@ -282,8 +282,11 @@ def seen_pairs(
         F.sum((F.col("event_type") == "impression").cast("long")).alias("impressions"),
         F.sum((F.col("event_type") == "click").cast("long")).alias("clicks"),
     )
+    # hash-partitioned by user (this shuffle replaces the aggregation's own): each written
+    # file holds whole users, so the materialisation reads histories from files directly
     return (
         history_for(daily, days, history_days)
+        .repartition("user_id")
         .groupBy("as_of", "user_id", "item_id")
         .agg(F.sum("impressions").alias("seen_before"), F.sum("clicks").alias("clicked_before"))
     )

@@ -38,8 +38,6 @@ class AddedFile:
     size: int  # bytes of the file (0 when the action does not say)
     has_deletion_vector: bool
     data_change: bool
-    min_values: dict[str, Any] = field(default_factory=dict)  # per-column statistics, if kept
-    max_values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,8 +73,6 @@ def _file_action(action: Mapping[str, Any]) -> AddedFile:
         size=int(action.get("size") or 0),
         has_deletion_vector=action.get("deletionVector") is not None,
         data_change=bool(action.get("dataChange", True)),
-        min_values=dict(stats.get("minValues") or {}),
-        max_values=dict(stats.get("maxValues") or {}),
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ from rankflow.config import Settings
 from rankflow.days import day, days_where
 from rankflow.features.batch import FeatureFrames
 from rankflow.lake.delta_log import (
-    AddedFile,
     DeltaLogError,
     find_commit,
     partition_files,
@@ -138,27 +136,16 @@ def read_features(
 def write_features(built: Mapping[str, DataFrame], settings: Settings, ds: date) -> dict[str, int]:
     """Replace ``ds`` in each feature table, one tagged commit per face; return face -> version.
 
-    Seen pairs are range-partitioned by user and sorted by user and item, so each file holds
-    whole users in order: the materialisation streams histories straight out of the files
-    (:func:`feature_files` proves it from the log's per-file user ranges) with no shuffle.
+    The tag (``userMetadata``) lets :func:`feature_files` name exactly the files a commit of
+    the features step wrote, for readers outside Spark.
     """
     versions = {}
     for face, name in FEATURE_TABLES.items():
-        frame = built[face]
-        if face == "seen":
-            frame = clustered_by_user(frame, settings.spark.shuffle_partitions)
         path = settings.paths.table(name)
         token = f"{FEATURES_COMMIT}:{ds.isoformat()}:{face}:{uuid.uuid4().hex}"
-        replace_partition(frame, path, days_where(ds), ["ds"], {"userMetadata": token})
+        replace_partition(built[face], path, days_where(ds), ["ds"], {"userMetadata": token})
         versions[face] = find_commit(path, token).version
     return versions
-
-
-def clustered_by_user(seen: DataFrame, partitions: int) -> DataFrame:
-    """Rows of disjoint user ranges per partition, sorted by user and item (``ds`` first)."""
-    return seen.repartitionByRange(partitions, "user_id").sortWithinPartitions(
-        "ds", "user_id", "item_id"
-    )
 
 
 @dataclass(frozen=True)
@@ -173,13 +160,11 @@ class DataFile:
 def feature_files(settings: Settings, face: str, ds: date, version: int) -> list[DataFile]:
     """The files the features step's commit ``version`` of ``face`` wrote for ``ds``.
 
-    Read from the log, so Spark tasks can read them with pyarrow; the seen pairs' files must
-    each hold whole users (disjoint user ranges in the log's statistics, see
-    :func:`write_features`).
+    Read from the log, so Spark tasks can read them with pyarrow (as gold files are).
 
     Raises:
-        DeltaLogError: the commit is not the features step's write of ``ds``, a file lacks its
-            statistics, or two seen files' user ranges overlap (written before clustering).
+        DeltaLogError: the commit is not the features step's write of ``ds``, or a file lacks
+            its row count or carries a deletion vector.
     """
     table = settings.paths.table(FEATURE_TABLES[face])
     commit = read_commit(table, version)
@@ -189,33 +174,8 @@ def feature_files(settings: Settings, face: str, ds: date, version: int) -> list
             f"commit {version} of {table} is not the features step's write of {ds} "
             f"(userMetadata {commit.user_metadata!r}): re-run the features step for {ds}"
         )
-    added = [
-        f
-        for f in partition_files(table, commit, {"ds": ds.isoformat()}, f"{face} features")
-        if f.rows
-    ]
-    if face == "seen":
-        added = by_user_range(added, table, version, ds)
-    return [DataFile(table_file(table, f.path), int(f.rows or 0), f.size) for f in added]
-
-
-def by_user_range(files: list[AddedFile], table: str, version: int, ds: date) -> list[AddedFile]:
-    """The files in user order, checked to hold disjoint user ranges (whole users each)."""
-    ranges = []
-    for added in files:
-        low, high = added.min_values.get("user_id"), added.max_values.get("user_id")
-        if low is None or high is None:
-            raise DeltaLogError(f"{table} file {added.path} has no user_id range statistics")
-        ranges.append((int(low), int(high), added))
-    ranges.sort(key=lambda r: (r[0], r[1]))
-    for (_, high, before), (low, _, after) in itertools.pairwise(ranges):
-        if low <= high:
-            raise DeltaLogError(
-                f"files {before.path} and {after.path} of commit {version} of {table} share "
-                f"users ({low}..{high}): the commit was not clustered by user; re-run the "
-                f"features step for {ds}"
-            )
-    return [added for _, _, added in ranges]
+    added = partition_files(table, commit, {"ds": ds.isoformat()}, f"{face} features")
+    return [DataFile(table_file(table, f.path), int(f.rows or 0), f.size) for f in added if f.rows]
 
 
 def table_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:

@@ -2,8 +2,8 @@
 
 The commit's files are named by the Delta log (``lake.tables.feature_files``) and read with
 pyarrow on the executors, as the Redis publisher reads gold files: no row passes through the
-JVM, and the seen pairs, written clustered by user, are streamed into histories with no
-shuffle. Work is dealt to one task per core by file size.
+JVM, and the seen pairs, written hash-partitioned by user, become histories file by file with
+no shuffle. Work is dealt to one task per core by file size.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES
 from rankflow.publish.feature_values import (
     HISTORY_COLUMNS,
     RowTally,
+    file_histories,
     profile_values,
-    user_histories,
     vector_values,
 )
 from rankflow.store.vectors import GROUPS
@@ -113,7 +113,7 @@ def encoded_values(unit: WriteUnit, vocab: pa.Array, tally: RowTally) -> Iterato
 
     batches = read_file_columns(unit.location, GROUP_COLUMNS[unit.group])
     if unit.group == GROUPS["history"]:
-        yield from user_histories(batches, tally)
+        yield from file_histories(batches, tally)
         return
     for batch in batches:
         tally.rows += batch.num_rows

@@ -129,3 +129,27 @@ def test_a_corrupted_value_blocks_the_switch_and_the_version_is_deleted(
         k for k in redis_client.scan_iter(f"{prefix}:features:v:*") if before.encode() not in k
     ]
     assert leftovers == []
+
+
+def test_users_whose_seen_pairs_span_files_block_the_switch(
+    spark: Any,
+    lake: Settings,
+    feature_versions: dict[str, int],
+    redis_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rankflow.lake import tables
+    from rankflow.steps.materialise_features import run_materialise_features
+    from rankflow.store.errors import VersionCheckError
+
+    before = run_materialise_features(spark, lake, TINY_DAY, "run-whole")["version"]
+    real_files = tables.feature_files
+
+    def a_file_twice(settings: Settings, face: str, *args: Any) -> list[Any]:
+        files = real_files(settings, face, *args)
+        return files + files[:1] if face == "seen" else files  # its users are in two files
+
+    monkeypatch.setattr(tables, "feature_files", a_file_twice)
+    with pytest.raises(VersionCheckError, match="pairs span files"):
+        run_materialise_features(spark, lake, TINY_DAY, "run-split")
+    assert current_features(redis_client, lake) == before

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rankflow.publish.feature_values import RowTally, history_values, pairs_sorted, user_histories
+from rankflow.publish.feature_values import RowTally, file_histories, history_values, pair_order
 from rankflow.store.vectors import decode_history
 
 
@@ -40,30 +40,34 @@ def decoded(batches: list[pa.RecordBatch]) -> dict[int, tuple[list[int], list[fl
     return out
 
 
-def test_a_user_whose_rows_cross_batches_is_encoded_once_and_whole() -> None:
-    rows = seen_rows([1, 1, 2, 2, 2, 2, 3, 5, 5], [4, 9, 1, 2, 3, 8, 7, 1, 2])
-    whole_users, whole_values = history_values(rows)
-    whole = decoded([pa.RecordBatch.from_arrays([whole_users, whole_values], ["u", "v"])])
-    for size in (1, 2, 3, 4, 9):
+def test_a_file_in_any_order_and_batching_gives_each_user_one_whole_history() -> None:
+    rows = seen_rows([2, 1, 5, 2, 3, 2, 1, 5, 2], [8, 9, 2, 3, 7, 1, 4, 1, 2])
+    for size in (1, 2, 4, 9):
         tally = RowTally()
         batches = [rows.slice(i, size) for i in range(0, rows.num_rows, size)]
-        assert decoded(list(user_histories(batches, tally))) == whole
+        got = decoded(list(file_histories(batches, tally)))
         assert tally.rows == rows.num_rows
-    assert whole[2] == ([1, 2, 3, 8], [3.0, 4.0, 5.0, 6.0], [2.0, 0.0, 1.0, 2.0])
+        assert got[2] == ([1, 2, 3, 8], [6.0, 9.0, 4.0, 1.0], [2.0, 2.0, 0.0, 0.0])
+        assert got[1] == ([4, 9], [7.0, 2.0], [0.0, 1.0])
+        assert sorted(got) == [1, 2, 3, 5]
+    assert list(file_histories([], RowTally())) == []
 
 
-def test_unsorted_pairs_are_sorted_and_encode_as_sorted_ones_do() -> None:
-    shuffled = seen_rows([2, 1, 2, 1], [8, 9, 3, 4])
-    assert not pairs_sorted(np.array([2, 1, 2, 1]), np.array([8, 9, 3, 4]))
-    users, values = history_values(shuffled)
-    got = decoded([pa.RecordBatch.from_arrays([users, values], ["u", "v"])])
-    assert got == {1: ([4, 9], [4.0, 2.0], [0.0, 1.0]), 2: ([3, 8], [3.0, 1.0], [2.0, 0.0])}
+def test_the_fast_sort_key_and_lexsort_order_pairs_alike() -> None:
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 2**31 - 1, 5000)
+    items = rng.integers(0, 2**32 - 1, 5000)
+    fast = pair_order(users, items)
+    slow = np.lexsort((items, users))
+    assert fast is not None
+    assert np.array_equal(users[fast], users[slow])
+    assert np.array_equal(items[fast], items[slow])
+    negative = pair_order(users - 2**40, items)  # outside the key's range: lexsort
+    assert negative is not None
+    assert np.array_equal(negative, slow)
+    assert pair_order(np.array([1, 1, 2]), np.array([3, 4, 1])) is None  # already sorted
 
 
-def test_a_file_not_sorted_by_user_is_refused() -> None:
-    rows = seen_rows([1, 3, 2], [1, 1, 1])
-    with pytest.raises(ValueError, match="not sorted by user"):
-        list(user_histories([rows], RowTally()))
-    # the disorder across a batch boundary is caught too
-    with pytest.raises(ValueError, match="not sorted by user"):
-        list(user_histories([rows.slice(0, 2), rows.slice(2)], RowTally()))
+def test_an_item_id_a_history_cannot_store_is_refused() -> None:
+    with pytest.raises(ValueError, match="item ids must be within"):
+        history_values(seen_rows([1], [2**32]))

@@ -1,4 +1,4 @@
-"""The features step's seen pairs are clustered by user, and the log proves it to their readers."""
+"""The features step's commits name their files to readers outside Spark, each with whole users."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tiny_lake import TINY_DAY
 pytestmark = pytest.mark.spark
 
 
-def test_each_seen_file_of_the_features_commit_holds_whole_users_in_order(
+def test_each_seen_file_of_the_features_commit_holds_whole_users(
     spark: Any, lake: Settings, feature_versions: dict[str, int]
 ) -> None:
     from rankflow.lake.tables import feature_files, read_partition
@@ -26,8 +26,6 @@ def test_each_seen_file_of_the_features_commit_holds_whole_users_in_order(
         location = file.location
         table = pq.read_table(location, columns=["user_id", "item_id"]).to_pandas()
         assert len(table) == file.rows
-        pairs = list(zip(table.user_id, table.item_id, strict=True))
-        assert pairs == sorted(pairs), f"{location} is not sorted by user and item"
         for user in set(table.user_id):
             assert owners.setdefault(int(user), location) == location, f"user {user} in 2 files"
     assert len(owners) == seen.user_id.nunique()
@@ -38,15 +36,8 @@ def test_a_commit_the_features_step_did_not_write_is_refused_with_the_fix(
 ) -> None:
     from pyspark.sql import functions as F
 
-    from rankflow.days import days_where
     from rankflow.lake.delta_log import DeltaLogError
-    from rankflow.lake.tables import (
-        FEATURES_COMMIT,
-        feature_files,
-        replace_partition,
-        table_version,
-        write_partition,
-    )
+    from rankflow.lake.tables import feature_files, table_version, write_partition
 
     path = lake_settings.paths.table("silver/seen_pairs")
     rows = spark.range(40).select(
@@ -54,13 +45,6 @@ def test_a_commit_the_features_step_did_not_write_is_refused_with_the_fix(
         F.col("id").alias("item_id"),
         F.lit(TINY_DAY).alias("ds"),
     )
-    write_partition(rows.repartition(3), path, TINY_DAY)  # not clustered, not tagged
+    write_partition(rows.repartition(3), path, TINY_DAY)  # not tagged
     with pytest.raises(DeltaLogError, match="not the features step's write"):
-        feature_files(lake_settings, "seen", TINY_DAY, table_version(spark, path))
-    # tagged as the features step's but written before clustering: users span files
-    token = f"{FEATURES_COMMIT}:{TINY_DAY.isoformat()}:seen:old"
-    replace_partition(
-        rows.repartition(3), path, days_where(TINY_DAY), ["ds"], {"userMetadata": token}
-    )
-    with pytest.raises(DeltaLogError, match=r"share users.*re-run the features step"):
         feature_files(lake_settings, "seen", TINY_DAY, table_version(spark, path))
