@@ -122,7 +122,7 @@ def build_lake(
         face: frame.drop("copy").withColumn("ds", F.lit(ds))
         for face, frame in (("items", item_rows), ("users", user_rows), ("seen", seen))
     }
-    # the features step's own write: seen pairs clustered by user, one tagged commit per face
+    # the features step's own write: one tagged commit per face
     written = write_features(built, bench, ds)
     sizes = {"users": demo_users * user_copies, "items": demo_items * item_copies}
     return ds, written, sizes
