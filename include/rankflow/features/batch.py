@@ -283,7 +283,8 @@ def seen_pairs(
         F.sum((F.col("event_type") == "click").cast("long")).alias("clicks"),
     )
     # hash-partitioned by user (this shuffle replaces the aggregation's own): each written
-    # file holds whole users, so the materialisation reads histories from files directly
+    # file holds whole users (sorted by lake.tables.write_features), so the materialisation
+    # reads histories from the files directly
     return (
         history_for(daily, days, history_days)
         .repartition("user_id")

@@ -141,11 +141,24 @@ def write_features(built: Mapping[str, DataFrame], settings: Settings, ds: date)
     """
     versions = {}
     for face, name in FEATURE_TABLES.items():
+        frame = by_user_and_item(built[face], ds) if face == "seen" else built[face]
         path = settings.paths.table(name)
         token = f"{FEATURES_COMMIT}:{ds.isoformat()}:{face}:{uuid.uuid4().hex}"
-        replace_partition(built[face], path, days_where(ds), ["ds"], {"userMetadata": token})
+        replace_partition(frame, path, days_where(ds), ["ds"], {"userMetadata": token})
         versions[face] = find_commit(path, token).version
     return versions
+
+
+def by_user_and_item(seen: DataFrame, ds: date) -> DataFrame:
+    """The seen pairs of ``ds`` sorted by user and item within their partitions (no shuffle).
+
+    One long key (user in the high bits) lets Spark radix-sort; ``ds`` as a literal lets the
+    write keep the order (it would otherwise sort by its partition column). Readers check the
+    order and sort themselves when it is not there (e.g. user ids of 2^31 or more).
+    """
+    pair = F.shiftleft(F.col("user_id"), 32).bitwiseOR(F.col("item_id"))
+    ordered = seen.withColumn("ds", day(ds)).withColumn("_pair", pair)
+    return ordered.sortWithinPartitions("_pair").drop("_pair")
 
 
 @dataclass(frozen=True)

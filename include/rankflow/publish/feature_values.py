@@ -142,8 +142,8 @@ class RowTally:
 def file_histories(batches: Iterable[pa.RecordBatch], tally: RowTally) -> Iterator[pa.RecordBatch]:
     """The ``user_id, value`` histories of one seen file's rows, read whole first.
 
-    A file holds whole users in any order (the features step hash-partitions the seen pairs by
-    user; the materialisation checks it): memory grows with the file, not the table.
+    A file holds whole users (the features step hash-partitions the seen pairs by user and
+    sorts them; unsorted ones are sorted here): memory grows with the file, not the table.
     """
     import pyarrow as pa
 

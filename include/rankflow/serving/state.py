@@ -119,12 +119,18 @@ def load_feature_version(client: redis.Redis, prefix: str, version: str) -> Feat
     """Read a feature version's schema from Redis and load its item snapshot."""
     from rankflow.store.commands import _text
     from rankflow.store.keys import FEATURES, schema_key
+    from rankflow.store.vectors import FEATURE_ENCODING
     from rankflow.store.versions import version_meta
 
     meta = version_meta(client, prefix, FEATURES, version)
     schema = json.loads(_text(client.get(schema_key(prefix, version))) or "{}")
     if not meta or not schema:
         raise LookupError(f"feature version {version} has no meta or schema in Redis")
+    if schema.get("encoding") != FEATURE_ENCODING:
+        raise ValueError(
+            f"feature version {version} is encoded {schema.get('encoding')!r}; this service "
+            f"decodes {FEATURE_ENCODING!r} (materialise the features again with this release)"
+        )
     dims = schema["groups"]["p"]["affinity_dimensions"]
     if list(dims) != list(AFFINITY_DIMENSIONS):
         raise ValueError(f"feature version {version} has affinity dimensions {dims}")

@@ -13,7 +13,7 @@ from tiny_lake import TINY_DAY
 pytestmark = pytest.mark.spark
 
 
-def test_each_seen_file_of_the_features_commit_holds_whole_users(
+def test_each_seen_file_of_the_features_commit_holds_whole_users_in_order(
     spark: Any, lake: Settings, feature_versions: dict[str, int]
 ) -> None:
     from rankflow.lake.tables import feature_files, read_partition
@@ -26,6 +26,8 @@ def test_each_seen_file_of_the_features_commit_holds_whole_users(
         location = file.location
         table = pq.read_table(location, columns=["user_id", "item_id"]).to_pandas()
         assert len(table) == file.rows
+        pairs = list(zip(table.user_id, table.item_id, strict=True))
+        assert pairs == sorted(pairs), f"{location} is not sorted by user and item"
         for user in set(table.user_id):
             assert owners.setdefault(int(user), location) == location, f"user {user} in 2 files"
     assert len(owners) == seen.user_id.nunique()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -100,3 +101,24 @@ def test_a_refused_champion_is_remembered_when_its_features_arrive(
     assert serving.refresh() is True
     assert (serving.served.model.version, serving.served.features.version) == ("2", "f2")
     assert pointers["mlflow_reads"] == 2
+
+
+class _Store:
+    """A feature version's meta and schema as Redis returns them (bytes)."""
+
+    def __init__(self, encoding: str) -> None:
+        schema = {"encoding": encoding, "schema_hash": "h", "groups": {"p": {}}}
+        self.schema = json.dumps(schema).encode()
+
+    def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return {b"snapshot": b"/nowhere/items.arrow", b"state": b"published"}
+
+    def get(self, key: str) -> bytes:
+        return self.schema
+
+
+def test_a_feature_version_of_another_encoding_is_refused_before_anything_is_read() -> None:
+    from rankflow.serving.state import load_feature_version
+
+    with pytest.raises(ValueError, match="is encoded 'f32le-v1'; this service decodes"):
+        load_feature_version(_Store("f32le-v1"), "rf", "20261204-abc")  # type: ignore[arg-type]
