@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import replace
 from datetime import date
 
@@ -16,7 +17,9 @@ pytestmark = [pytest.mark.spark, pytest.mark.services]
 
 @pytest.fixture
 def s3(settings):
-    return replace(settings.s3, bucket=settings.s3.bucket[:50] + "-s3")
+    # a bucket of its own per run: the local endpoint keeps objects until `make down`, and
+    # a second run would find this test's pointer and complete exports already there
+    return replace(settings.s3, bucket=f"{settings.s3.bucket[:40]}-{uuid.uuid4().hex[:8]}-s3")
 
 
 def ranked_frame(spark, users: int, fail_user: int | None = None):
