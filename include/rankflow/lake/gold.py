@@ -72,7 +72,7 @@ def snapshot_of(table: str, commit: Commit, ds: date, surface: str) -> GoldSnaps
     """
     added = partition_files(table, commit, partition_values(ds, surface), "gold")
     files = [(f.path, int(f.rows or 0)) for f in added]
-    return GoldSnapshot(table, commit.version, tuple(sorted(files)))
+    return GoldSnapshot(table, commit.version, tuple(files))  # in path order
 
 
 def write_gold(ranked: DataFrame, table: str, ds: date, surface: str) -> GoldSnapshot:

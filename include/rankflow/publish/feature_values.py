@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 HISTORY_COLUMNS = ("user_id", "item_id", "seen_before", "clicked_before")
-MAX_ITEM_ID = 2**32 - 1  # histories store item ids as uint32
 
 
 def vector_values(batch: pa.RecordBatch, names: list[str]) -> pa.Array:
@@ -88,8 +87,8 @@ def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
 
     users = np.asarray(rows.column("user_id").to_numpy(), np.int64)
     items = np.asarray(rows.column("item_id").to_numpy(), np.int64)
-    if len(items) and (items.min() < 0 or items.max() > MAX_ITEM_ID):
-        raise ValueError(f"item ids must be within 0..{MAX_ITEM_ID} to be stored in a history")
+    if len(items) and (items.min() < 0 or items.max() >= NO_CODE):  # encode_history's bound
+        raise ValueError(f"item ids must be within 0..{NO_CODE - 1} to be stored in a history")
     order = pair_order(users, items)
     if order is not None:
         users, items = users[order], items[order]
