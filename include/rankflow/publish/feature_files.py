@@ -95,26 +95,29 @@ def run_tasks(
 
 
 def read_file_columns(
-    location: str, columns: tuple[str, ...], batch_rows: int = 262_144
+    location: str, columns: tuple[str, ...], batch_rows: int | None = 262_144
 ) -> Iterator[pa.RecordBatch]:
-    """Yield ``columns`` of one Parquet data file in batches, read with pyarrow."""
+    """Yield ``columns`` of one Parquet data file in batches (``None``: one), read with pyarrow."""
     import pyarrow.parquet as pq
 
     from rankflow.lake.delta_log import arrow_filesystem
 
     fs, path = arrow_filesystem(location)
     with fs.open_input_file(path) as source, pq.ParquetFile(source) as parquet:
-        yield from parquet.iter_batches(batch_size=batch_rows, columns=list(columns))
+        if batch_rows is None:  # a whole file in one batch: a copy-free read of one row group
+            yield from parquet.read(columns=list(columns)).combine_chunks().to_batches()
+        else:
+            yield from parquet.iter_batches(batch_size=batch_rows, columns=list(columns))
 
 
 def encoded_values(unit: WriteUnit, vocab: pa.Array, tally: RowTally) -> Iterator[pa.RecordBatch]:
     """The ``user_id, value`` batches of a unit's file (``user_id`` is the item id for items)."""
     import pyarrow as pa
 
-    batches = read_file_columns(unit.location, GROUP_COLUMNS[unit.group])
-    if unit.group == GROUPS["history"]:
-        yield from file_histories(batches, tally)
+    if unit.group == GROUPS["history"]:  # a file holds whole users: read it whole
+        yield from file_histories(read_file_columns(unit.location, HISTORY_COLUMNS, None), tally)
         return
+    batches = read_file_columns(unit.location, GROUP_COLUMNS[unit.group])
     for batch in batches:
         tally.rows += batch.num_rows
         if unit.group == GROUPS["item"]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rankflow.features.on_demand import MAP_COLUMNS, map_entries
-from rankflow.store.vectors import NO_CODE, pack_rows, within_row_index
+from rankflow.store.vectors import NO_CODE, pack_rows, pack_runs, within_row_index
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -92,26 +92,20 @@ def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
     order = pair_order(users, items)
     if order is not None:
         users, items = users[order], items[order]
-    first = np.r_[True, users[1:] != users[:-1]] if len(users) else np.zeros(0, bool)
-    owner = np.cumsum(first) - 1
-    index = within_row_index(owner)
 
     def floats(name: str) -> np.ndarray:
         values = rows.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
         values = np.asarray(values, "<f4")
         return values if order is None else values[order]
 
-    fields = [
-        (owner, index, items.astype("<u4")),
-        (owner, index, floats("seen_before")),
-        (owner, index, floats("clicked_before")),
-    ]
-    count = int(first.sum())
-    offsets, data = pack_rows(count, fields)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else users
+    lengths = np.diff(np.r_[starts, len(users)])
+    columns = [items.astype("<u4"), floats("seen_before"), floats("clicked_before")]
+    offsets, data = pack_runs(lengths, columns)
     values = pa.Array.from_buffers(
-        pa.large_binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        pa.large_binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
-    return pa.array(users[first]), values
+    return pa.array(users[starts]), values
 
 
 def pair_order(users: np.ndarray, items: np.ndarray) -> np.ndarray | None:
@@ -152,6 +146,6 @@ def file_histories(batches: Iterable[pa.RecordBatch], tally: RowTally) -> Iterat
         if batch.num_rows:
             rows.append(batch)
     if rows:
-        whole = pa.Table.from_batches(rows).combine_chunks().to_batches()[0]
+        whole = rows[0] if len(rows) == 1 else pa.concat_batches(rows)
         users, values = history_values(whole)
         yield pa.RecordBatch.from_arrays([users, values], names=["user_id", "value"])

@@ -182,6 +182,35 @@ def pack_rows(
     return row_start * 4, out.tobytes()
 
 
+def pack_runs(
+    lengths: npt.NDArray[np.int64], columns: Sequence[np.ndarray]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32]]:
+    """Concatenate, per row, each column's run of that row: one value per row, in bulk.
+
+    Row ``r`` owns the ``lengths[r]`` elements after the previous rows' in every column (the
+    elements are grouped by row in order), so its value is its run of the first column, then
+    of the second, and so on. One scatter per column: several times faster than
+    :func:`pack_rows` for the histories' 20 M pairs. Returns the values' byte offsets
+    (``rows + 1``) and their 4-byte words, for an Arrow binary column.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    starts = np.cumsum(lengths) - lengths
+    width = len(columns)
+    at = np.arange(total, dtype=np.int64)
+    at += np.repeat(starts * (width - 1), lengths)  # where the row's first column run begins
+    step = np.repeat(lengths, lengths)
+    out = np.empty(total * width, dtype=_U32)
+    for f, words in enumerate(columns):
+        if words.dtype.itemsize != 4 or len(words) != total:
+            raise ValueError(f"column {f} must hold {total} 4-byte words")
+        if f:
+            at += step
+        out[at] = np.ascontiguousarray(words).view(_U32)
+    offsets = np.r_[0, np.cumsum(lengths)] * (4 * width)
+    return offsets, out
+
+
 def within_row_index(owner: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """The position of each element within its row, for elements grouped by row in order."""
     if not len(owner):

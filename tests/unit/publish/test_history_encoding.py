@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from rankflow.publish.feature_values import RowTally, file_histories, history_values, pair_order
-from rankflow.store.vectors import decode_history
+from rankflow.store.vectors import decode_history, pack_rows, pack_runs, within_row_index
 
 
 def seen_rows(users: list[int], items: list[int]) -> pa.RecordBatch:
@@ -71,3 +71,33 @@ def test_the_fast_sort_key_and_lexsort_order_pairs_alike() -> None:
 def test_an_item_id_a_history_cannot_store_is_refused() -> None:
     with pytest.raises(ValueError, match="item ids must be within"):
         history_values(seen_rows([1], [2**32]))
+
+
+def test_packing_runs_equals_packing_rows_word_by_word() -> None:
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(0, 6, 300)  # rows of no words too
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    index = within_row_index(owner)
+    columns = [rng.integers(0, 2**32, len(owner)).astype("<u4") for _ in range(3)]
+    columns[1] = columns[1].view("<f4")  # any 4-byte dtype
+    offsets, words = pack_runs(lengths, columns)
+    expected_offsets, expected = pack_rows(len(lengths), [(owner, index, c) for c in columns])
+    assert np.array_equal(offsets, expected_offsets)
+    assert words.tobytes() == expected
+    with pytest.raises(ValueError, match="4-byte words"):
+        pack_runs(lengths, [columns[0].astype(np.int64)])
+
+
+def test_every_history_of_a_large_random_file_decodes_to_its_pairs() -> None:
+    rng = np.random.default_rng(11)
+    users = np.sort(rng.integers(0, 50, 2000))
+    items = rng.permutation(10_000)[:2000]  # distinct, so each (user, item) pair is once
+    users_out, values = history_values(seen_rows(users.tolist(), items.tolist()))
+    assert users_out.to_pylist() == sorted(set(users.tolist()))
+    seen = np.arange(1, 2001, dtype=np.float32)
+    for user, value in zip(users_out.to_pylist(), values.to_pylist(), strict=True):
+        history = decode_history(value)
+        mine = users == user
+        order = np.argsort(items[mine])
+        assert history.item_ids.tolist() == items[mine][order].tolist()
+        assert history.seen.tolist() == seen[mine][order].tolist()
