@@ -55,6 +55,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the scaled lake for a rerun")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return parser.parse_args(argv)
 
 
@@ -295,7 +296,28 @@ def main(argv: Sequence[str]) -> int:
         f"{'met' if met else 'NOT MET'} (judged on write + switch)"
     )
     print("=" * 100)
+    if options.json is not None:
+        figures = {
+            "users": sizes["users"],
+            "items": sizes["items"],
+            "entities": entities,
+            "value_bytes": value_bytes,
+            "runs": options.runs,
+            "phase_seconds": [d.phase_seconds for d, _, _ in runs],
+            "write_and_switch_per_s": summary_of(switch),
+            "whole_per_s": summary_of(whole),
+            "redis_writes_per_s": summary_of(writing),
+            "redis_benchmark_per_s": summary_of(references),
+            "target_per_s": TARGET_ENTITIES_PER_S,
+            "met": met,
+        }
+        options.json.write_text(json.dumps(figures, indent=2))
     return 0
+
+
+def summary_of(values: list[float]) -> dict[str, float]:
+    """Median, min and max of a figure's runs (for ``--json``)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def timed(fn: Any) -> tuple[Any, float]:

@@ -26,7 +26,9 @@ version and champion model in Redis and the registry (``make demo`` first):
 (2) bytes per item vector in Redis (``STRLEN`` and ``MEMORY USAGE`` of a sample of item keys).
 (3) one run of the ``materialise_features`` step (Spark Connect, as ``rankflow demo`` runs
     steps) on the latest features day: entities/s overall and while it wrote to Redis (first
-    to last ``MSET``), with its timeline polled from Redis.
+    to last ``MSET``), with its timeline polled from Redis; then the target judged at scale:
+    ``bench_materialise.py`` in its own process (the demo's day copied to ``--scale-users``
+    users, ``--runs`` measured runs, write + switch against ``redis-benchmark``).
 
 It is a benchmark, not a test: it prints ``met`` / ``NOT MET`` per target and exits 0 once it
 has measured (1 when it cannot start: nothing published, no champion). The serving-log entries
@@ -112,6 +114,7 @@ class Options:
     seed: int
     workdir: Path
     materialise: bool
+    scale_users: int
     keep_log: bool
 
 
@@ -141,6 +144,12 @@ def parse_args(argv: Sequence[str], home: Path) -> Options:
         "--skip-materialise", action="store_true", help="do not run the materialise step"
     )
     parser.add_argument(
+        "--scale-users",
+        type=int,
+        default=env_int("BENCH_USERS", 500_000),
+        help="users of the scaled materialisation (bench_materialise.py; 0 skips it)",
+    )
+    parser.add_argument(
         "--keep-log", action="store_true", help="keep the benchmark's serving-log entries"
     )
     args = parser.parse_args(argv)
@@ -159,6 +168,7 @@ def parse_args(argv: Sequence[str], home: Path) -> Options:
         seed=args.seed,
         workdir=args.workdir.resolve(),
         materialise=not args.skip_materialise,
+        scale_users=args.scale_users,
         keep_log=args.keep_log,
     )
 
@@ -1116,6 +1126,26 @@ class Bench:
         }
 
 
+def materialise_at_scale(options: Options) -> dict[str, Any]:
+    """``bench_materialise.py`` in its own process: the target judged at a scale that shows it.
+
+    The demo's feature day is Spark's per-job cost, not Redis's (the row above); the scaled
+    day (the demo's copied to ``--scale-users`` users) is where writers dominate.
+    """
+    out = options.workdir / "materialise-at-scale.json"
+    out.unlink(missing_ok=True)
+    command = [
+        sys.executable, str(Path(__file__).with_name("bench_materialise.py")),
+        "--users", str(options.scale_users), "--runs", str(options.runs), "--json", str(out),
+    ]  # fmt: skip
+    say(f"(5b) materialisation at scale: {' '.join(command[1:])} ...")
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0 or not out.exists():
+        raise BenchError(f"bench_materialise.py exited with {done.returncode}")
+    figures: dict[str, Any] = json.loads(out.read_text())
+    return figures
+
+
 def latest_features_day(settings: Settings) -> date | None:
     """The latest day with a ``features`` run record (what materialise_features reads)."""
     days = []
@@ -1491,6 +1521,10 @@ def measure(bench: Bench, services: list[Service], started: float) -> int:
         phases = materialised.get("phase_seconds") or {}
         say("    phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
 
+    at_scale = None
+    if options.materialise and options.scale_users > 0:
+        at_scale = materialise_at_scale(options)
+
     say("(6) the Redis memory of the item vectors (the current feature version) ...")
     memory = bench.item_bytes(bench.current_feature_version())
     if memory["buckets"]:
@@ -1550,6 +1584,7 @@ def measure(bench: Bench, services: list[Service], started: float) -> int:
             "log_cost": p50_on / p50_off,
             "item_bytes": memory,
             "materialise": materialised,
+            "materialise_at_scale": at_scale,
         }
     )
     result["seconds"] = time.perf_counter() - started
@@ -1729,12 +1764,25 @@ def summary(
             text += f"; Redis writing {done['entities'] / writing:,.0f}/s ({writing:.1f} s)"
         row(
             "materialisation (demo scale)",
-            text + "; at scale: make bench-materialise",
-            f">= {TARGET_ENTITIES_PER_S / 1e6:.1f} M/s",
-            rate_all >= TARGET_ENTITIES_PER_S,
+            text + "; Spark's per-job cost at this size: judged at scale",
+            "(reported)",
+            None,
         )
     else:
         row("materialisation entities/s", "skipped (--skip-materialise)", "", None)
+    scaled = result["materialise_at_scale"]
+    if scaled:
+        rate = scaled["write_and_switch_per_s"]
+        reference = scaled["redis_benchmark_per_s"]["median"]
+        row(
+            "materialisation at scale",
+            f"{rate['median']:,.0f}/s [{rate['min']:,.0f} .. {rate['max']:,.0f}] write + switch "
+            f"({scaled['entities']:,} entities: {scaled['users']:,} users, {scaled['items']:,} "
+            f"items; {scaled['runs']} runs); {rate['median'] / reference:.2f} x "
+            f"redis-benchmark ({reference:,.0f}/s)",
+            f">= {TARGET_ENTITIES_PER_S / 1e6:.1f} M/s",
+            bool(scaled["met"]),
+        )
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
     lines = [
