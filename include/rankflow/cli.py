@@ -9,10 +9,13 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rankflow.config import Settings, load_settings
 from rankflow.store.client import redis_client
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -66,13 +69,23 @@ def cmd_lookup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def record(settings: Settings, event: str, **values: Any) -> None:
-    """Append a manual event to the promotion ledger (opens a local Spark session)."""
-    from rankflow.lake.ledger import LedgerEvent, append_events, now
+def command_session(settings: Settings, app_name: str) -> SparkSession:
+    """A command's Spark: the Connect server ``make up`` starts when configured, else local.
+
+    ``RANKFLOW_SPARK_CONNECT`` is where ``make demo`` runs its steps; a command that shares
+    that warm server starts in seconds instead of paying a JVM and Delta's start-up.
+    """
     from rankflow.lake.session import get_session
+
+    return get_session(settings, app_name, remote=settings.spark.connect_url)
+
+
+def record(settings: Settings, event: str, **values: Any) -> None:
+    """Append a manual event to the promotion ledger (through a Spark session of its own)."""
+    from rankflow.lake.ledger import LedgerEvent, append_events, now
     from rankflow.ops.lifecycle import actor
 
-    spark = get_session(settings, "rankflow-ledger")
+    spark = command_session(settings, "rankflow-ledger")
     try:
         append_events(spark, settings, [LedgerEvent(event, now(), actor=actor(), **values)])
     finally:
@@ -134,12 +147,11 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from rankflow.lake.ledger import list_of_user, read_ledger, served_at
-    from rankflow.lake.session import get_session
 
     at = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
     at = at if at.tzinfo else at.replace(tzinfo=UTC)
     surface = args.surface or settings.default_surface
-    spark = get_session(settings, "rankflow-ledger")
+    spark = command_session(settings, "rankflow-ledger")
     try:
         served = served_at(read_ledger(spark, settings), surface, at)
         answer = served.as_dict()
@@ -250,12 +262,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     """Train and register a model for --ds, or rebuild a registered one from its lineage."""
-    from rankflow.lake.session import get_session
     from rankflow.steps.train import run_reproduce, run_train
 
     if (args.ds is None) == (args.reproduce is None):
         raise ValueError("give exactly one of --ds (train) and --reproduce VERSION")
-    spark = get_session(settings, "rankflow-train")
+    spark = command_session(settings, "rankflow-train")
     try:
         if args.reproduce:
             result = run_reproduce(spark, settings, args.reproduce)

@@ -59,8 +59,8 @@ def is_connect(spark: SparkSession) -> bool:
     return bool(is_remote()) or type(spark).__module__.startswith("pyspark.sql.connect")
 
 
-def get_session(settings: Settings, app_name: str) -> SparkSession:
-    """Open a Delta-enabled session: a client of ``SPARK_REMOTE``'s Connect server, or local.
+def get_session(settings: Settings, app_name: str, remote: str | None = None) -> SparkSession:
+    """Open a Delta-enabled session: a Connect client (``remote`` or ``SPARK_REMOTE``), or local.
 
     A Connect server holds the static conf (Delta's extension and catalog, memory); a client
     only sets the runtime SQL conf of its own session. Under spark-submit the submit-time conf
@@ -68,7 +68,7 @@ def get_session(settings: Settings, app_name: str) -> SparkSession:
     """
     from pyspark.sql import SparkSession
 
-    remote = connect_url()
+    remote = remote or connect_url()
     if remote:
         builder = SparkSession.builder.remote(remote).appName(app_name)
         for key, value in spark_submit_conf(settings).items():

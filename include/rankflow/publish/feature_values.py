@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rankflow.features.on_demand import MAP_COLUMNS, map_entries
-from rankflow.store.vectors import NO_CODE, pack_rows, pack_runs, within_row_index
+from rankflow.store.vectors import NO_CODE, pack_runs
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -50,27 +50,31 @@ def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
     rows = batch.num_rows
     sizes = codes_of(batch.column("declared_size"), vocab)
     sizes = np.where(sizes < 0, NO_CODE, sizes).astype("<u4")
-    every_row = np.arange(rows, dtype=np.int64)
-    fields: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
-        (every_row, np.zeros(rows, dtype=np.int64), sizes)
-    ]
+    one = np.ones(rows, dtype=np.int64)
+    parts: list[tuple[np.ndarray, np.ndarray]] = [(one, sizes)]
     for name in MAP_COLUMNS:
         entries, counts = map_entries(batch.column(name))
-        owner = np.repeat(every_row, counts)
         codes = codes_of(entries.field("key"), vocab)
         if (codes < 0).any():
             raise ValueError(f"{name} holds values missing from the vocabulary")
         shares = np.asarray(entries.field("value").to_numpy(zero_copy_only=False), "<f4")
-        order = np.lexsort((codes, owner))
-        owner, codes, shares = owner[order], codes[order], shares[order]
-        index = within_row_index(owner)
-        fields.append((every_row, np.zeros(rows, np.int64), counts.astype("<u4")))
-        fields.append((owner, index, codes.astype("<u4")))
-        fields.append((owner, index, shares))
-    offsets, data = pack_rows(rows, fields)
+        order = codes_within_rows(codes, counts)
+        if order is not None:
+            codes, shares = codes[order], shares[order]
+        parts += [(one, counts.astype("<u4")), (counts, codes.astype("<u4")), (counts, shares)]
+    offsets, data = pack_runs(rows, parts)
     return pa.Array.from_buffers(
         pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
+
+
+def codes_within_rows(codes: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+    """The permutation sorting each row's codes (rows own ``counts`` each), ``None`` if sorted."""
+    owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    same_row = owner[1:] == owner[:-1]
+    if bool(np.all(~same_row | (codes[1:] >= codes[:-1]))):
+        return None
+    return np.argsort((owner << 32) | codes)  # codes < 2**32, rows < 2**31
 
 
 def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
@@ -94,14 +98,13 @@ def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
         users, items = users[order], items[order]
 
     def floats(name: str) -> np.ndarray:
-        values = rows.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
-        values = np.asarray(values, "<f4")
+        values = np.asarray(rows.column(name).to_numpy(zero_copy_only=False), "<f4")  # null: NaN
         return values if order is None else values[order]
 
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else users
     lengths = np.diff(np.r_[starts, len(users)])
     columns = [items.astype("<u4"), floats("seen_before"), floats("clicked_before")]
-    offsets, data = pack_runs(lengths, columns)
+    offsets, data = pack_runs(len(starts), [(lengths, words) for words in columns])
     values = pa.Array.from_buffers(
         pa.large_binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from rankflow.publish.feature_values import RowTally, file_histories, history_values, pair_order
-from rankflow.store.vectors import decode_history, pack_rows, pack_runs, within_row_index
+from rankflow.store.vectors import decode_history, pack_runs
 
 
 def seen_rows(users: list[int], items: list[int]) -> pa.RecordBatch:
@@ -73,19 +73,25 @@ def test_an_item_id_a_history_cannot_store_is_refused() -> None:
         history_values(seen_rows([1], [2**32]))
 
 
-def test_packing_runs_equals_packing_rows_word_by_word() -> None:
+def test_packed_runs_are_each_rows_runs_part_after_part() -> None:
     rng = np.random.default_rng(7)
-    lengths = rng.integers(0, 6, 300)  # rows of no words too
-    owner = np.repeat(np.arange(len(lengths)), lengths)
-    index = within_row_index(owner)
-    columns = [rng.integers(0, 2**32, len(owner)).astype("<u4") for _ in range(3)]
-    columns[1] = columns[1].view("<f4")  # any 4-byte dtype
-    offsets, words = pack_runs(lengths, columns)
-    expected_offsets, expected = pack_rows(len(lengths), [(owner, index, c) for c in columns])
-    assert np.array_equal(offsets, expected_offsets)
-    assert words.tobytes() == expected
+    rows = 300
+    lengths = [rng.integers(0, 6, rows), np.ones(rows, np.int64), rng.integers(0, 3, rows)]
+    words = [rng.integers(0, 2**32, int(n.sum())).astype("<u4") for n in lengths]
+    words[1] = words[1].view("<f4")  # any 4-byte dtype
+    offsets, packed = pack_runs(rows, list(zip(lengths, words, strict=True)))
+    expected, taken = [], [0, 0, 0]
+    for r in range(rows):  # one row at a time, part after part
+        value = b""
+        for p in range(3):
+            n = int(lengths[p][r])
+            value += words[p][taken[p] : taken[p] + n].tobytes()
+            taken[p] += n
+        expected.append(value)
+    data = packed.tobytes()
+    assert [data[offsets[r] : offsets[r + 1]] for r in range(rows)] == expected
     with pytest.raises(ValueError, match="4-byte words"):
-        pack_runs(lengths, [columns[0].astype(np.int64)])
+        pack_runs(rows, [(lengths[0], words[0].astype(np.int64))])
 
 
 def test_every_history_of_a_large_random_file_decodes_to_its_pairs() -> None:
