@@ -1499,9 +1499,13 @@ def measure(bench: Bench, services: list[Service], started: float) -> int:
         f"({'kept' if options.keep_log else 'deleted'})"
     )
 
-    materialised = None
-    if options.materialise:
-        materialised = bench.materialise()
+    materialised: dict[str, Any] | None = None
+    try:
+        materialised = bench.materialise() if options.materialise else None
+    except RuntimeError as failed:  # the figures above are kept; the summary says why
+        materialised = {"error": str(failed).splitlines()[0][-400:]}
+        say(f"    FAILED: {materialised['error']}")
+    if materialised and "error" not in materialised:
         marks = materialised["timeline_s"]
 
         def at(name: str) -> str:
@@ -1521,9 +1525,13 @@ def measure(bench: Bench, services: list[Service], started: float) -> int:
         phases = materialised.get("phase_seconds") or {}
         say("    phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
 
-    at_scale = None
+    at_scale: dict[str, Any] | None = None
     if options.materialise and options.scale_users > 0:
-        at_scale = materialise_at_scale(options)
+        try:
+            at_scale = materialise_at_scale(options)
+        except BenchError as failed:
+            at_scale = {"error": str(failed)}
+            say(f"    FAILED: {failed}")
 
     say("(6) the Redis memory of the item vectors (the current feature version) ...")
     memory = bench.item_bytes(bench.current_feature_version())
@@ -1756,7 +1764,9 @@ def summary(
         memory["memory_usage"] <= TARGET_ITEM_BYTES if memory["buckets"] else None,
     )
     done = result["materialise"]
-    if done:
+    if done and "error" in done:
+        row("materialisation (demo scale)", f"failed: {done['error']}", "(reported)", None)
+    elif done:
         rate_all = done["entities"] / done["step_seconds"]
         writing = done["writing_seconds"]
         text = f"{rate_all:,.0f}/s ({done['entities']:,} in {done['step_seconds']:.1f} s)"
@@ -1771,7 +1781,9 @@ def summary(
     else:
         row("materialisation entities/s", "skipped (--skip-materialise)", "", None)
     scaled = result["materialise_at_scale"]
-    if scaled:
+    if scaled and "error" in scaled:
+        row("materialisation at scale", f"failed: {scaled['error']}", "", False)
+    elif scaled:
         rate = scaled["write_and_switch_per_s"]
         reference = scaled["redis_benchmark_per_s"]["median"]
         row(

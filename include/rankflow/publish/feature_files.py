@@ -48,6 +48,14 @@ GROUP_FACES = {
 }
 
 
+# what writing one row of a group's file costs a task, in microseconds of wall time (encoding,
+# sending, and waiting for Redis; `make bench-materialise`, 514,500 users, 2026-12-06): dealing
+# by these, not by file size, balances the tasks (a seen file is large but cheap per byte, a
+# profile small and dear)
+ROW_MICROSECONDS = {GROUPS["item"]: 2.3, GROUPS["user"]: 1.5, GROUPS["profile"]: 3.0}
+HISTORY_PAIR_MICROSECONDS = 0.11
+
+
 @dataclass(frozen=True)
 class WriteUnit:
     """One file of the features commit encoded as one group: a Spark task's unit of work."""
@@ -56,27 +64,31 @@ class WriteUnit:
     group: str
     location: str
     rows: int
-    size: int
+
+    @property
+    def cost(self) -> float:
+        """The unit's estimated wall time in microseconds (rows by the group's cost per row)."""
+        return self.rows * ROW_MICROSECONDS.get(self.group, HISTORY_PAIR_MICROSECONDS)
 
 
 def write_units(files: dict[str, list[DataFile]]) -> list[WriteUnit]:
     """Every (group, file) pair of the commit: item vectors, user vectors, profiles, histories."""
     return [
-        WriteUnit(f"{group}-{i}", group, file.location, file.rows, file.size)
+        WriteUnit(f"{group}-{i}", group, file.location, file.rows)
         for group, face in GROUP_FACES.items()
         for i, file in enumerate(files[face])
     ]
 
 
 def deal_units(units: list[WriteUnit], slots: int) -> list[list[WriteUnit]]:
-    """Write units dealt to ``slots`` tasks by file size."""
-    return deal(units, slots, size=lambda unit: unit.size)
+    """Write units dealt to ``slots`` tasks by their estimated cost."""
+    return deal(units, slots, size=lambda unit: unit.cost)
 
 
-def deal(units: Sequence[Unit], slots: int, size: Callable[[Unit], int]) -> list[list[Unit]]:
+def deal(units: Sequence[Unit], slots: int, size: Callable[[Unit], float]) -> list[list[Unit]]:
     """Units dealt to at most ``slots`` tasks, largest first to the least loaded task."""
     tasks: list[list[Unit]] = [[] for _ in range(max(slots, 1))]
-    loads = [0] * len(tasks)
+    loads = [0.0] * len(tasks)
     for unit in sorted(units, key=size, reverse=True):
         least = loads.index(min(loads))
         tasks[least].append(unit)

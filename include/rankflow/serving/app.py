@@ -263,6 +263,7 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
             served_log_key(prefix),
             max_queue=int(config["log_queue"]),
             max_stream_length=int(config["log_max_stream_length"]),
+            flush_seconds=float(config["log_flush_seconds"]),
             on_count=metrics.count_log,
         )
 

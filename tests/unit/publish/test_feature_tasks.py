@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rankflow.publish.feature_files import deal, file_vocabulary
+from rankflow.publish.feature_files import WriteUnit, deal, deal_units, file_vocabulary
 
 
 def test_the_largest_files_are_dealt_first_to_the_least_loaded_task() -> None:
@@ -27,3 +27,16 @@ def test_a_file_vocabulary_holds_its_strings_and_map_keys_without_nulls(tmp_path
     pq.write_table(table, tmp_path / "users.parquet", row_group_size=2)
     found = file_vocabulary(str(tmp_path / "users.parquet"), ("declared_size", "category_affinity"))
     assert sorted(found.to_pylist()) == ["M", "bags", "shoes", "tops"]
+
+
+def test_units_are_dealt_by_their_cost_not_their_bytes() -> None:
+    # three large seen files and the small but dear user files of a 500k-user day: by bytes,
+    # one task got two seen files and the other every user unit
+    users = [WriteUnit(f"{g}-{i}", g, f"users-{i}", 260_000) for g in "up" for i in range(2)]
+    seen = [WriteUnit(f"h-{i}", "h", f"seen-{i}", n) for i, n in enumerate((7_000_000, 7_000_000, 4_700_000))]
+    items = [WriteUnit("i-0", "i", "items-0", 285_000)]
+    tasks = deal_units([*users, *seen, *items], 2)
+    loads = [sum(unit.cost for unit in task) for task in tasks]
+    assert max(loads) / min(loads) < 1.15
+    assert sorted(len(task) for task in tasks) == [4, 4]
+    assert WriteUnit("p-0", "p", "x", 1000).cost > WriteUnit("h-0", "h", "x", 20_000).cost
