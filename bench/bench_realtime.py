@@ -1393,13 +1393,17 @@ def measure(bench: Bench, services: list[Service], started: float) -> int:
     say(
         f"(2) {options.fixed_rate:.0f} requests/s, {options.fixed_seconds:.0f} s a run, "
         f"open-loop constant-rate client ({options.connections} keep-alive connections), the "
-        f"three services in turn, {options.runs} rounds (load {os.getloadavg()[0]:.2f}) ..."
+        f"three services in turn (each round starting with the next), {options.runs} rounds "
+        f"(load {os.getloadavg()[0]:.2f}) ..."
     )
     fixed: dict[str, list[RunStats]] = {name: [] for name in variants}
     deltas: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     served_requests: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(started_services.items())
     for run in range(options.runs):
-        for name, service in started_services.items():
+        # each round starts with another service: the first run of a round meets the colder
+        # machine, which must not always count against the same service
+        for name, service in order[run % len(order) :] + order[: run % len(order)]:
             label = f"fixed-{name}-{run + 1}"
             stats, delta, metrics = bench.measured(
                 service, label, options.fixed_rate, options.fixed_seconds
