@@ -47,7 +47,8 @@ def test_records_wait_for_the_flush_interval_then_go_in_one_pipeline(redis_clien
         assert time.monotonic() - first < 0.9
     finally:
         served.stop()
-    assert served.logged == 8 and served.dropped == 0
+    assert served.logged == 8
+    assert served.dropped == 0
 
 
 def test_stop_sends_what_is_queued_at_once(redis_client) -> None:
