@@ -73,11 +73,20 @@ def command_session(settings: Settings, app_name: str) -> SparkSession:
     """A command's Spark: the Connect server ``make up`` starts when configured, else local.
 
     ``RANKFLOW_SPARK_CONNECT`` is where ``make demo`` runs its steps; a command that shares
-    that warm server starts in seconds instead of paying a JVM and Delta's start-up.
+    that warm server starts in seconds instead of paying a JVM and Delta's start-up. A server
+    that is not listening (``make down``) is said on stderr and a local session is opened.
     """
-    from rankflow.lake.session import get_session
+    from urllib.parse import urlparse
 
-    return get_session(settings, app_name, remote=settings.spark.connect_url)
+    from rankflow.lake.session import get_session, listening
+
+    remote = settings.spark.connect_url
+    if remote and not listening(remote):
+        where = urlparse(remote)  # the URL may carry a token: name only the address
+        print(f"Spark Connect {where.hostname}:{where.port} is not listening: a local session",
+              file=sys.stderr)  # fmt: skip
+        remote = None
+    return get_session(settings, app_name, remote=remote)
 
 
 def record(settings: Settings, event: str, **values: Any) -> None:

@@ -52,6 +52,20 @@ def connect_url() -> str | None:
     return os.environ.get("SPARK_REMOTE") or None
 
 
+def listening(url: str, timeout: float = 1.0) -> bool:
+    """Whether a Spark Connect URL's (``sc://host:port/...``) server accepts a TCP connection."""
+    import socket
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    address = (where.hostname or "localhost", where.port or 15002)
+    try:
+        with socket.create_connection(address, timeout):
+            return True
+    except OSError:
+        return False
+
+
 def is_connect(spark: SparkSession) -> bool:
     """Tell whether a session is a Spark Connect client (no SparkContext, no JVM here)."""
     from pyspark.sql.utils import is_remote
