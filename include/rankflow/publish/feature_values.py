@@ -98,7 +98,9 @@ def history_values(rows: pa.RecordBatch) -> tuple[pa.Array, pa.Array]:
         users, items = users[order], items[order]
 
     def floats(name: str) -> np.ndarray:
-        values = np.asarray(rows.column(name).to_numpy(zero_copy_only=False), "<f4")  # null: NaN
+        # through double, as the on-demand function and the audit convert counts (null: NaN)
+        values = rows.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        values = np.asarray(values, "<f4")
         return values if order is None else values[order]
 
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else users
