@@ -91,7 +91,7 @@ def audit(
     from rankflow.serving.snapshot import load_snapshot
     from rankflow.store.client import checked_client
     from rankflow.store.keys import feature_key, schema_key
-    from rankflow.store.vectors import decode_history, decode_profile, decode_vector
+    from rankflow.store.vectors import decode_history, decode_user, decode_vector
 
     prefix = settings.redis.key_prefix
     client = checked_client(settings.redis.url, "The audit could not read Redis.")
@@ -107,19 +107,19 @@ def audit(
     ids = [int(r["user_id"]) for r in user_rows]
     fetched = _fetch(
         client,
-        [feature_key(prefix, version, g, i) for i in ids for g in ("u", "p", "h")],
+        [feature_key(prefix, version, g, i) for i in ids for g in ("u", "h")],
     )
     for n, row in enumerate(user_rows):
-        vector, profile, history = fetched[3 * n : 3 * n + 3]
+        value, history = fetched[2 * n : 2 * n + 2]
         uid = row["user_id"]
-        if vector is None or not _same(
-            decode_vector(vector, len(USER_FEATURES)), [row[f] for f in USER_FEATURES]
-        ):
-            wrong.append(f"user vector {uid}")
-        if profile is None or not same_profile(
-            decode_profile(profile, AFFINITY_DIMENSIONS), row, vocab
-        ):
-            wrong.append(f"user profile {uid}")
+        if value is None:
+            wrong.append(f"user value {uid}")
+        else:
+            vector, profile = decode_user(value, len(USER_FEATURES), AFFINITY_DIMENSIONS)
+            if not _same(vector, [row[f] for f in USER_FEATURES]):
+                wrong.append(f"user vector {uid}")
+            if not same_profile(profile, row, vocab):
+                wrong.append(f"user profile {uid}")
         pairs = sorted(shown.get(uid, []))
         if (history is None) != (not pairs):
             wrong.append(f"user history {uid}")

@@ -18,7 +18,7 @@ from rankflow.publish.feature_values import (
     HISTORY_COLUMNS,
     RowTally,
     file_histories,
-    profile_values,
+    user_values,
     vector_values,
 )
 from rankflow.store.vectors import GROUPS
@@ -33,26 +33,21 @@ ACK_SCHEMA = "part string, entities long, bytes long, rows long"  # rows: read f
 Unit = TypeVar("Unit")
 TaskFunction = Callable[[Iterator["pa.RecordBatch"]], Iterator["pa.RecordBatch"]]
 
-# the columns each group's values are encoded from
+# the columns each key group's values are encoded from (a user's value: vector, then profile)
 GROUP_COLUMNS = {
     GROUPS["item"]: ("item_id", *ITEM_FEATURES),
-    GROUPS["user"]: ("user_id", *USER_FEATURES),
-    GROUPS["profile"]: ("user_id", "declared_size", *MAP_COLUMNS),
+    GROUPS["user"]: ("user_id", *USER_FEATURES, "declared_size", *MAP_COLUMNS),
     GROUPS["history"]: HISTORY_COLUMNS,
 }
-GROUP_FACES = {
-    GROUPS["item"]: "items",
-    GROUPS["user"]: "users",
-    GROUPS["profile"]: "users",
-    GROUPS["history"]: "seen",
-}
+GROUP_FACES = {GROUPS["item"]: "items", GROUPS["user"]: "users", GROUPS["history"]: "seen"}
 
 
 # what writing one row of a group's file costs a task, in microseconds of wall time (encoding,
-# sending, and waiting for Redis; `make bench-materialise`, 514,500 users, 2026-12-06): dealing
-# by these, not by file size, balances the tasks (a seen file is large but cheap per byte, a
-# profile small and dear)
-ROW_MICROSECONDS = {GROUPS["item"]: 2.3, GROUPS["user"]: 1.5, GROUPS["profile"]: 3.0}
+# sending, and waiting for Redis; `make bench-materialise`, 514,500 users, 2026-12-06; a user's
+# value: a little under the 1.5 + 3.0 its vector and profile cost as two keys): dealing by
+# these, not by file size, balances the tasks (a seen file is large but cheap per byte, a
+# user's profile small and dear)
+ROW_MICROSECONDS = {GROUPS["item"]: 2.3, GROUPS["user"]: 4.0}
 HISTORY_PAIR_MICROSECONDS = 0.11
 
 
@@ -72,7 +67,7 @@ class WriteUnit:
 
 
 def write_units(files: dict[str, list[DataFile]]) -> list[WriteUnit]:
-    """Every (group, file) pair of the commit: item vectors, user vectors, profiles, histories."""
+    """Every (key group, file) pair of the commit: item vectors, user values, histories."""
     return [
         WriteUnit(f"{group}-{i}", group, file.location, file.rows)
         for group, face in GROUP_FACES.items()
@@ -134,10 +129,8 @@ def encoded_values(unit: WriteUnit, vocab: pa.Array, tally: RowTally) -> Iterato
         tally.rows += batch.num_rows
         if unit.group == GROUPS["item"]:
             ids, values = batch.column("item_id"), vector_values(batch, ITEM_FEATURES)
-        elif unit.group == GROUPS["user"]:
-            ids, values = batch.column("user_id"), vector_values(batch, USER_FEATURES)
         else:
-            ids, values = batch.column("user_id"), profile_values(batch, vocab)
+            ids, values = batch.column("user_id"), user_values(batch, USER_FEATURES, vocab)
         yield pa.RecordBatch.from_arrays([ids, values], names=["user_id", "value"])
 
 

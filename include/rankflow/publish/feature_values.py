@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 HISTORY_COLUMNS = ("user_id", "item_id", "seen_before", "clicked_before")
 
 
-def vector_values(batch: pa.RecordBatch, names: list[str]) -> pa.Array:
-    """One float32 little-endian vector per row of ``names`` (nulls become NaN), in bulk."""
+def feature_matrix(batch: pa.RecordBatch, names: list[str]) -> np.ndarray:
+    """The (rows x features) little-endian float32 matrix of ``names`` (nulls become NaN)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -30,6 +30,14 @@ def vector_values(batch: pa.RecordBatch, names: list[str]) -> pa.Array:
     for j, name in enumerate(names):
         column = pc.fill_null(batch.column(name).cast(pa.float64()), np.nan)
         matrix[:, j] = column.to_numpy()
+    return matrix
+
+
+def vector_values(batch: pa.RecordBatch, names: list[str]) -> pa.Array:
+    """One float32 little-endian vector per row of ``names`` (nulls become NaN), in bulk."""
+    import pyarrow as pa
+
+    matrix = feature_matrix(batch, names)
     width = 4 * len(names)
     offsets = np.arange(batch.num_rows + 1, dtype=np.int64) * width
     buffers = [None, pa.py_buffer(offsets), pa.py_buffer(matrix.tobytes())]
@@ -43,10 +51,21 @@ def codes_of(strings: pa.Array, vocab: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(pc.index_in(strings, vocab), -1).to_numpy(), dtype=np.int64)
 
 
-def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
-    """Each user's profile (``store.vectors``): declared size, then sorted affinity entries."""
+def user_values(batch: pa.RecordBatch, names: list[str], vocab: pa.Array) -> pa.Array:
+    """Each user's value (``store.vectors``): the vector of ``names``, then the profile."""
     import pyarrow as pa
 
+    rows = batch.num_rows
+    vector = feature_matrix(batch, names)
+    widths = np.full(rows, len(names), dtype=np.int64)
+    offsets, data = pack_runs(rows, [(widths, vector.ravel()), *profile_parts(batch, vocab)])
+    return pa.Array.from_buffers(
+        pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def profile_parts(batch: pa.RecordBatch, vocab: pa.Array) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The profile's runs of words per row (``pack_runs`` parts): size, sorted affinities."""
     rows = batch.num_rows
     sizes = codes_of(batch.column("declared_size"), vocab)
     sizes = np.where(sizes < 0, NO_CODE, sizes).astype("<u4")
@@ -62,10 +81,7 @@ def profile_values(batch: pa.RecordBatch, vocab: pa.Array) -> pa.Array:
         if order is not None:
             codes, shares = codes[order], shares[order]
         parts += [(one, counts.astype("<u4")), (counts, codes.astype("<u4")), (counts, shares)]
-    offsets, data = pack_runs(rows, parts)
-    return pa.Array.from_buffers(
-        pa.large_binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    )
+    return parts
 
 
 def codes_within_rows(codes: np.ndarray, counts: np.ndarray) -> np.ndarray | None:

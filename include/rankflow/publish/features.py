@@ -30,7 +30,7 @@ from rankflow.publish.feature_files import (
     write_feature_files,
     write_units,
 )
-from rankflow.store.vectors import FEATURE_ENCODING, GROUPS, item_buckets
+from rankflow.store.vectors import FEATURE_ENCODING, GROUPS, KEY_GROUPS, item_buckets
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -62,7 +62,7 @@ class Materialised:
     """What one materialisation wrote, what its audit compared, and the switch."""
 
     version: str
-    entities: dict[str, int]  # group -> entities written
+    entities: dict[str, int]  # group -> entities written (profiles: in the users' values)
     value_bytes: int
     snapshot: str
     snapshot_bytes: int
@@ -89,6 +89,7 @@ def schema_document(vocabulary: list[str], snapshot: str, item_buckets: int) -> 
         "groups": {
             GROUPS["user"]: USER_FEATURES,
             GROUPS["item"]: ITEM_FEATURES,
+            # the profile follows the vector in a user's ``u`` value
             GROUPS["profile"]: {"affinity_dimensions": list(AFFINITY_DIMENSIONS)},
             GROUPS["history"]: ["item_id", "seen_before", "clicked_before"],
         },
@@ -148,7 +149,7 @@ def materialise(
     }
     vocab = vocabulary(spark, files, task_slots(spark))
     users, items = (sum(f.rows for f in files[face]) for face in ("users", "items"))
-    expected = {GROUPS["item"]: items, GROUPS["user"]: users, GROUPS["profile"]: users}
+    expected = {GROUPS["item"]: items, GROUPS["user"]: users}
     # each seen file's writer counts its users: the sum equals this only if no user's pairs
     # span two files (a file holds whole users, see rankflow.features.batch.seen_pairs)
     expected[GROUPS["history"]] = frames.seen.select("user_id").distinct().count()
@@ -207,7 +208,7 @@ def materialise(
             prefix,
             FEATURES,
             version,
-            sum(written.values()),
+            sum(written.values()),  # keys, and item vectors in buckets
             expected_parts={part: n for part, (n, _) in acks.items()},
             required_key=schema_key(prefix, version),
             key_pattern=feature_key_pattern(prefix, version),
@@ -220,7 +221,7 @@ def materialise(
     lap("commit")
     return Materialised(
         version=version,
-        entities=written,
+        entities={**written, GROUPS["profile"]: written[GROUPS["user"]]},  # in the user's value
         value_bytes=sum(b for _, b in acks.values()),
         snapshot=location,
         snapshot_bytes=snapshot_bytes,
@@ -270,8 +271,8 @@ def bucket_encoding(client: Any, prefix: str, version: str, items: pa.Table, buc
 
 
 def written_entities(acks: dict[str, tuple[int, int]]) -> dict[str, int]:
-    """Entities per group the writers acknowledged (parts are ``<group>-<partition>``)."""
-    totals = dict.fromkeys(GROUPS.values(), 0)
+    """Entities per key group the writers acknowledged (parts are ``<group>-<partition>``)."""
+    totals = dict.fromkeys(KEY_GROUPS, 0)
     for part, (entities, _) in acks.items():
         group = part.split("-", 1)[0]
         totals[group] = totals.get(group, 0) + entities

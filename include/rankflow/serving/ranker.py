@@ -1,6 +1,7 @@
 """Re-rank one user's candidates: one Redis round trip, the snapshot, the shared function.
 
-The user's vector, profile and history of the served feature version come in one ``MGET``;
+The user's value (vector and profile) and history of the served feature version come in one
+``MGET``;
 item features come from the in-process snapshot; the user x item features from the same
 function the Spark jobs call; the scores from one ``inplace_predict``. Sold items are removed;
 candidates the snapshot does not know are returned after the ranked ones, in request order.
@@ -17,15 +18,12 @@ from rankflow.features.on_demand import Affinity, ItemSide, UserSide, cross_feat
 from rankflow.features.registry import AFFINITY_DIMENSIONS, USER_FEATURES
 from rankflow.serving.state import Served, model_matrix
 from rankflow.store.commands import _bytes
-from rankflow.store.vectors import (
-    EMPTY_HISTORY,
-    decode_history,
-    decode_profile,
-    decode_vector,
-)
+from rankflow.store.vectors import EMPTY_HISTORY, Profile, decode_history, decode_user
 
 if TYPE_CHECKING:
     import redis
+
+Fetched = tuple[bytes | None, bytes | None]  # a user's value (vector, profile) and history
 
 
 @dataclass(frozen=True)
@@ -49,32 +47,29 @@ class Ranked:
     inputs: ModelInputs | None = None  # kept for the serving log's sampled users
 
 
-def user_side(profile: bytes | None, log_price_mean: float) -> UserSide:
+def user_side(profile: Profile | None, log_price_mean: float) -> UserSide:
     """One user's affinities, declared size and price band (an unknown user: none, NaN)."""
     if profile is None:
         empty = Affinity(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
         affinity = dict.fromkeys(AFFINITY_DIMENSIONS, empty)
         size = -1
     else:
-        decoded = decode_profile(profile, AFFINITY_DIMENSIONS)
         affinity = {
-            d: Affinity(np.zeros(len(decoded.codes[d]), np.int64), decoded.codes[d],
-                        decoded.shares[d])
+            d: Affinity(np.zeros(len(profile.codes[d]), np.int64), profile.codes[d],
+                        profile.shares[d])
             for d in AFFINITY_DIMENSIONS
         }  # fmt: skip
-        size = decoded.declared_size
+        size = profile.declared_size
     return UserSide(affinity, np.array([size], np.int64), np.array([log_price_mean], np.float32))
 
 
-def fetch_user(
-    client: redis.Redis, prefix: str, version: str, user_id: int
-) -> tuple[bytes | None, bytes | None, bytes | None]:
-    """The user's vector, profile and history of a feature version: one MGET, one round trip."""
+def fetch_user(client: redis.Redis, prefix: str, version: str, user_id: int) -> Fetched:
+    """The user's value and history of a feature version: one MGET, one round trip."""
     from rankflow.store.keys import feature_key
 
-    keys = [feature_key(prefix, version, group, user_id) for group in ("u", "p", "h")]
-    vector, profile, history = (_bytes(v) for v in client.mget(keys))
-    return vector, profile, history
+    keys = [feature_key(prefix, version, group, user_id) for group in ("u", "h")]
+    value, history = (_bytes(v) for v in client.mget(keys))
+    return value, history
 
 
 @dataclass(frozen=True)
@@ -106,16 +101,13 @@ def candidate_rows(served: Served, candidates: np.ndarray) -> CandidateRows:
     return CandidateRows(known, sold, candidates[scored], rows[scored])
 
 
-def user_inputs(
-    fetched: tuple[bytes | None, bytes | None, bytes | None], ids: np.ndarray
-) -> UserInputs:
+def user_inputs(fetched: Fetched, ids: np.ndarray) -> UserInputs:
     """Decode the user's vector, profile and history (an unknown user: NaN, none, none)."""
-    vector, profile, history = fetched
-    user_vector = (
-        decode_vector(vector, len(USER_FEATURES))
-        if vector is not None
-        else np.full(len(USER_FEATURES), np.nan, np.float32)
-    )
+    value, history = fetched
+    if value is None:
+        user_vector, profile = np.full(len(USER_FEATURES), np.nan, np.float32), None
+    else:
+        user_vector, profile = decode_user(value, len(USER_FEATURES), AFFINITY_DIMENSIONS)
     price_band = float(user_vector[USER_FEATURES.index("user_log_price_mean")])
     shown = decode_history(history) if history is not None else EMPTY_HISTORY
     seen, clicked = shown.lookup(ids)
@@ -163,7 +155,7 @@ def ranked_answer(
 
 def rank(
     served: Served,
-    fetched: tuple[bytes | None, bytes | None, bytes | None],
+    fetched: Fetched,
     candidates: np.ndarray,
     k: int,
     keep_inputs: bool = False,

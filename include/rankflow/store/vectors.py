@@ -7,7 +7,8 @@ Every value is a sequence of 4-byte little-endian words, readable from any langu
   (item vectors live in hash buckets: field = item id in decimal, bucket = item id mod the
   version's ``buckets``, about ``ITEMS_PER_BUCKET`` items each, so a vector costs its bytes plus
   a few, not a key of its own);
-* ``p`` user profile: ``declared_size`` (uint32 code, 0xFFFFFFFF = unknown), then for each
+* ``p`` user profile, stored in the user's ``u`` value right after its vector (one key per
+  user, not two): ``declared_size`` (uint32 code, 0xFFFFFFFF = unknown), then for each
   affinity dimension (in the order the schema lists them) ``n`` (uint32), ``n`` value codes
   (uint32, ascending) and ``n`` shares (float32);
 * ``h`` history: ``n`` item ids (uint32, ascending), then ``n`` times shown and ``n`` clicks
@@ -25,11 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-FEATURE_ENCODING = "f32le-v2"  # v2: item vectors in hash buckets (v1: one key per item)
+# v3: a user's profile follows its vector in one value; v2: item vectors in hash buckets
+FEATURE_ENCODING = "f32le-v3"
 NO_CODE = 0xFFFFFFFF
 _U32 = np.dtype("<u4")
 _F32 = np.dtype("<f4")
-GROUPS = {"user": "u", "profile": "p", "history": "h", "item": "i"}
+GROUPS = {"user": "u", "profile": "p", "history": "h", "item": "i"}  # what a version holds
+KEY_GROUPS = (GROUPS["user"], GROUPS["history"], GROUPS["item"])  # the keys it is stored under
 # items per hash bucket on average: well under Redis's hash-max-listpack-entries (128), so a
 # bucket stays a compact listpack (values also need hash-max-listpack-value >= the vector bytes)
 ITEMS_PER_BUCKET = 64
@@ -103,6 +106,21 @@ def decode_profile(value: bytes, dimensions: Sequence[str]) -> Profile:
     if at != len(words):
         raise ValueError(f"profile has {len(words) - at} trailing words")
     return Profile(-1 if size == NO_CODE else size, codes, shares)
+
+
+def encode_user(vector: npt.NDArray[np.floating], profile: Profile, dims: Sequence[str]) -> bytes:
+    """Encode a user's value: the float32 vector, then the profile."""
+    return np.asarray(vector, dtype=_F32).tobytes() + encode_profile(profile, dims)
+
+
+def decode_user(
+    value: bytes, width: int, dimensions: Sequence[str]
+) -> tuple[npt.NDArray[np.float32], Profile]:
+    """Decode a user's value into its vector of ``width`` features and its profile."""
+    if len(value) < 4 * width:
+        raise ValueError(f"a user value starts with {4 * width} bytes of vector, got {len(value)}")
+    vector = np.frombuffer(value, dtype=_F32, count=width).astype(np.float32)
+    return vector, decode_profile(value[4 * width :], dimensions)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rankflow.config import Settings
-from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES
+from rankflow.features.registry import AFFINITY_DIMENSIONS, ITEM_FEATURES, USER_FEATURES
 from tiny_lake import TINY_DAY
 
 pytestmark = [pytest.mark.spark, pytest.mark.services]
@@ -33,7 +33,7 @@ def test_the_features_of_the_day_become_the_current_audited_version(
     from rankflow.serving.snapshot import load_snapshot
     from rankflow.steps.materialise_features import run_materialise_features
     from rankflow.store.keys import feature_key, item_bucket_key, schema_key
-    from rankflow.store.vectors import decode_vector, item_buckets
+    from rankflow.store.vectors import decode_user, decode_vector, item_buckets
 
     record = run_materialise_features(spark, lake, TINY_DAY, "run-1")
     version = record["version"]
@@ -50,8 +50,12 @@ def test_the_features_of_the_day_become_the_current_audited_version(
     row = users.iloc[len(users) // 2]
     stored = redis_client.get(feature_key(lake.redis.key_prefix, version, "u", int(row.user_id)))
     expected = row[USER_FEATURES].to_numpy(dtype="float64").astype("float32")
-    assert np.array_equal(decode_vector(stored, len(USER_FEATURES)), expected, equal_nan=True)
-    assert len(stored) == 4 * len(USER_FEATURES)
+    vector, profile = decode_user(stored, len(USER_FEATURES), AFFINITY_DIMENSIONS)
+    assert np.array_equal(vector, expected, equal_nan=True)
+    # the profile follows the vector in the same value (codes into the version's vocabulary)
+    vocabulary = json.loads(redis_client.get(schema_key(lake.redis.key_prefix, version)))
+    categories = [vocabulary["vocabulary"][c] for c in profile.codes["category"].tolist()]
+    assert categories == sorted(dict(row.category_affinity or {}))
     # item vectors share hash buckets, compact listpacks, as readers find them from the schema
     schema = json.loads(redis_client.get(schema_key(lake.redis.key_prefix, version)))
     assert record["item_buckets"] == schema["item_buckets"] == item_buckets(len(items))
