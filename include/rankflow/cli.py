@@ -20,7 +20,12 @@ if TYPE_CHECKING:
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     """Write raw drops of the simulated marketplace."""
-    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace, yesterday
+    from rankflow.sim.marketplace import (
+        GeneratorConfig,
+        check_room,
+        generate_marketplace,
+        yesterday,
+    )
 
     overrides = {
         k: v
@@ -28,8 +33,13 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         if v is not None
     }
     end = args.end or (None if args.start else yesterday())  # by default: ends yesterday
-    config = GeneratorConfig.preset(args.preset, end=end, **overrides)
+    if args.users is not None:
+        config = GeneratorConfig.for_users(args.users, **overrides)
+        config = config if end is None else config.ending(end)
+    else:
+        config = GeneratorConfig.preset(args.preset, end=end, **overrides)
     raw = Path(args.raw) if args.raw else settings.paths.raw
+    check_room(config, raw)
     summary = generate_marketplace(config, raw)
     print(json.dumps({"raw": str(raw), **summary.as_dict()}, default=str))
     return 0
@@ -345,7 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     generate = sub.add_parser("generate", help="write raw drops of a simulated marketplace")
-    generate.add_argument("--preset", choices=["tiny", "demo"], default="demo")
+    generate.add_argument(
+        "--preset",
+        choices=["tiny", "demo", "100k", "300k", "1m"],
+        default="demo",
+        help="a size: the demo (24,500 users by the last day) or the demo grown in proportion",
+    )
+    generate.add_argument(
+        "--users", type=int, help="grow the demo to this many users by its last day (any size)"
+    )
     generate.add_argument("--seed", type=int)
     generate.add_argument("--days", type=int)
     calendar = generate.add_mutually_exclusive_group()

@@ -12,17 +12,24 @@ available at the slot's start, and a purchase only stands if no list showed the 
 an item is never shown after it sold. Everything is drawn from NumPy generators seeded by
 ``(seed, purpose, block)``: the same configuration writes byte-identical files, and the first days
 do not depend on how many days follow.
+
+Sizes: the ``demo`` preset has 24,500 users by its last day; ``GeneratorConfig.for_users`` (the
+``100k``, ``300k`` and ``1m`` presets, ``rankflow generate --users N``) grows users, listings,
+sellers and sessions in proportion. Memory grows with the world (users and listings), not with
+the events: a day is simulated and written in blocks of whole slots (``BLOCK_IMPRESSIONS``).
 """
 
 from __future__ import annotations
 
+import resource
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -84,6 +91,21 @@ BRAND_SUFFIXES: tuple[str, ...] = ("", " Studio", " & Co", " Atelier", " Label",
 BRAND_SUFFIXES += (" House", " Supply", " Collective", " Works")
 
 STREAM_CATALOGUE, STREAM_USERS, STREAM_ITEMS, STREAM_EVENTS = 0, 1, 2, 3
+# a day's impressions are simulated and written in blocks of whole slots of about this many,
+# so the generator's memory does not grow with the events of a day
+BLOCK_IMPRESSIONS = 250_000
+# users of one block are drawn in chunks of at most this many (each with its own generator past
+# the first), bounding the (users x brands) temporaries; the demo's blocks fit in one chunk
+USER_CHUNK = 65_536
+# what grows with the number of users when a preset is scaled (everything else is behaviour)
+SCALED_WITH_USERS = (
+    "new_users_per_day",
+    "initial_items",
+    "new_items_per_day",
+    "sellers",
+    "sessions_per_day",
+)
+SCALE_PRESETS = {"100k": 100_000, "300k": 300_000, "1m": 1_000_000}
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,27 @@ class GeneratorConfig:
             raise ValueError(f"invalid GeneratorConfig: {', '.join(failed)}")
 
     @property
+    def total_users(self) -> int:
+        """Users signed up by the last day (the initial ones and every day's new ones)."""
+        return self.initial_users + self.new_users_per_day * self.days
+
+    @classmethod
+    def for_users(cls, users: int, **overrides: Any) -> GeneratorConfig:
+        """The demo marketplace grown to ``users`` users by its last day.
+
+        Listings, sellers, new users and sessions grow in proportion, so each active user sees
+        about as many lists a month as in the demo (about 75 impressions) and the behaviour
+        model is the same; only the sizes change.
+        """
+        demo = cls()
+        factor = users / demo.total_users
+        sized = {name: max(1, round(getattr(demo, name) * factor)) for name in SCALED_WITH_USERS}
+        sized["initial_users"] = users - sized["new_users_per_day"] * demo.days
+        if sized["initial_users"] < 1:
+            raise ValueError(f"--users {users} is too small to scale the demo marketplace to")
+        return cls(**{**sized, **overrides})
+
+    @property
     def last_day(self) -> date:
         """The last simulated day (``start + days - 1``)."""
         return self.start + timedelta(days=self.days - 1)
@@ -183,11 +226,15 @@ class GeneratorConfig:
 
     @classmethod
     def preset(cls, name: str, *, end: date | None = None, **overrides: Any) -> GeneratorConfig:
-        """Return a named configuration (``tiny`` for end-to-end tests, ``demo``) with overrides.
+        """Return a named configuration with overrides: ``tiny`` (tests), ``demo``, or a size.
 
+        The sizes ``100k``, ``300k`` and ``1m`` are the demo grown by :meth:`for_users`.
         ``end`` moves the calendar so that its last day is ``end`` (see :meth:`ending`); without
         it the calendar starts on ``start`` (2026-10-01 unless overridden).
         """
+        if name in SCALE_PRESETS:
+            config = cls.for_users(SCALE_PRESETS[name], **overrides)
+            return config if end is None else config.ending(end)
         presets: dict[str, dict[str, Any]] = {
             "demo": {},
             "tiny": {
@@ -206,7 +253,8 @@ class GeneratorConfig:
             },
         }
         if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+            choices = sorted([*presets, *SCALE_PRESETS])
+            raise ValueError(f"unknown preset {name!r}; choose one of {choices}")
         config = cls(**{**presets[name], **overrides})
         return config if end is None else config.ending(end)
 
@@ -228,6 +276,9 @@ class GenerationSummary:
     impressions: int
     sold_items: int
     seconds: float
+    events: int = 0  # every event of every type
+    events_per_second: float = 0.0
+    peak_memory_bytes: int = 0  # the process's peak resident memory (ru_maxrss)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the summary as a JSON-serialisable dictionary."""
@@ -338,9 +389,9 @@ class ImpressionLog:
     purchase_sec: IntArray
 
 
-def stream(seed: int, purpose: int, block: int = 0) -> np.random.Generator:
+def stream(seed: int, purpose: int, block: int = 0, chunk: int = 0) -> np.random.Generator:
     """Return the random generator of one purpose and block, independent of all the others."""
-    return np.random.default_rng([seed, purpose, block])
+    return np.random.default_rng([seed, purpose, block] + ([chunk] if chunk else []))
 
 
 def brand_names() -> StrArray:
@@ -489,6 +540,17 @@ def block_times(
     return (block - 1) * DAY_SECONDS + times_of_day(rng, n, slots)
 
 
+def user_chunks(
+    rng: np.random.Generator, seed: int, block: int, users: int
+) -> list[tuple[np.random.Generator, int]]:
+    """The generator and first index of each chunk of a block's users (the block's own first)."""
+    starts = range(0, max(users, 1), USER_CHUNK)
+    return [
+        (rng if chunk == 0 else stream(seed, STREAM_USERS, block, chunk), at)
+        for chunk, at in enumerate(starts)
+    ]
+
+
 def concat_records(records: Sequence[Record], kind: type[Record]) -> Record:
     """Concatenate dataclasses of equal-length arrays field by field."""
     columns = {f.name: np.concatenate([getattr(r, f.name) for r in records]) for f in fields(kind)}
@@ -498,14 +560,19 @@ def concat_records(records: Sequence[Record], kind: type[Record]) -> Record:
 def build_world(config: GeneratorConfig) -> World:
     """Draw the catalogue, every user and every listing of the run (initial ones, then per day)."""
     catalogue = build_catalogue(config)
-    user_parts: list[Users] = []
+    user_parts: list[Users] = []  # chunks of each block's users
+    user_counts: list[int] = []
     item_parts: list[Items] = []
     slots = config.slots_per_day
     for block in range(config.days + 1):  # block 0: before start; block d + 1: day d
         n_users = config.initial_users if block == 0 else config.new_users_per_day
         rng = stream(config.seed, STREAM_USERS, block)
         signup = block_times(rng, block, n_users, config.signup_history_days, 1.0, slots)
-        user_parts.append(draw_users(rng, signup, catalogue, config))
+        user_parts += [
+            draw_users(chunk_rng, signup[at : at + USER_CHUNK], catalogue, config)
+            for chunk_rng, at in user_chunks(rng, config.seed, block, n_users)
+        ]
+        user_counts.append(n_users)
         n_items = config.initial_items if block == 0 else config.new_items_per_day
         rng = stream(config.seed, STREAM_ITEMS, block)
         listed = block_times(rng, block, n_items, config.listing_history_days, 2.0, slots)
@@ -521,7 +588,7 @@ def build_world(config: GeneratorConfig) -> World:
         catalogue=catalogue,
         users=users,
         items=items,
-        user_blocks=np.cumsum([0] + [len(p.signup_sec) for p in user_parts]).astype(np.int64),
+        user_blocks=np.cumsum([0, *user_counts]).astype(np.int64),
         item_blocks=np.cumsum([0] + [len(p.listed_sec) for p in item_parts]).astype(np.int64),
         items_by_category=by_category.astype(np.int64),
         category_bounds=np.searchsorted(
@@ -766,23 +833,35 @@ def advance_state(state: SimulationState, world: World, log: ImpressionLog) -> N
 
 
 def simulate_day(
-    world: World, state: SimulationState, config: GeneratorConfig, day: int
-) -> ImpressionLog:
-    """Simulate one day slot by slot; sessions are numbered in slot order."""
+    world: World,
+    state: SimulationState,
+    config: GeneratorConfig,
+    day: int,
+    block_impressions: int = BLOCK_IMPRESSIONS,
+) -> Iterator[ImpressionLog]:
+    """Simulate one day slot by slot, yielding blocks of whole slots.
+
+    A block holds ``block_impressions`` or more impressions (the last one fewer); sessions are
+    numbered across the day, and a day without sessions yields one empty log.
+    """
     rng = stream(config.seed, STREAM_EVENTS, day)
     per_slot = rng.multinomial(config.sessions_per_day, diurnal_profile(config.slots_per_day))
-    logs: list[ImpressionLog] = []
-    opened = 0
+    pending: list[ImpressionLog] = []
+    opened = yielded = 0
     for slot, n_sessions in enumerate(per_slot.tolist()):
-        if n_sessions == 0 and (logs or slot < len(per_slot) - 1):
+        if n_sessions == 0 and (pending or yielded or slot < len(per_slot) - 1):
             continue  # an empty day still yields one (empty) log
         t0 = day * DAY_SECONDS + slot * DAY_SECONDS // config.slots_per_day
         t1 = day * DAY_SECONDS + (slot + 1) * DAY_SECONDS // config.slots_per_day
         log = simulate_slot(rng, world, state, config, day, (t0, t1), n_sessions)
         advance_state(state, world, log)
-        logs.append(replace_sessions(log, log.session + opened))
+        pending.append(replace_sessions(log, log.session + opened))
         opened += n_sessions
-    return concat_records(logs, ImpressionLog)
+        if sum(len(p.item) for p in pending) >= block_impressions:
+            yield concat_records(pending, ImpressionLog)
+            pending, yielded = [], yielded + 1
+    if pending:
+        yield concat_records(pending, ImpressionLog)
 
 
 def replace_sessions(log: ImpressionLog, session: IntArray) -> ImpressionLog:
@@ -890,37 +969,55 @@ def events_frame(log: ImpressionLog, config: GeneratorConfig, ds: date) -> pd.Da
     )
 
 
+TRUTH_SCHEMA = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("user_id", pa.int64()),
+        ("item_id", pa.int64()),
+        ("attractiveness", pa.float64()),
+    ]
+)
+
+
 def truth_table(log: ImpressionLog, config: GeneratorConfig, ds: date) -> pa.Table:
     """Return the day's truth: every impression's attractiveness, known only to the simulator."""
-    return pa.table(
-        {
-            "session_id": pa.array(session_ids(ds, log.session, config), type=pa.string()),
-            "user_id": pa.array(USER_ID_BASE + log.user, type=pa.int64()),
-            "item_id": pa.array(ITEM_ID_BASE + log.item, type=pa.int64()),
-            "attractiveness": pa.array(log.attractiveness, type=pa.float64()),
-        }
+    columns = [
+        session_ids(ds, log.session, config),
+        USER_ID_BASE + log.user,
+        ITEM_ID_BASE + log.item,
+        log.attractiveness,
+    ]
+    return pa.Table.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, TRUTH_SCHEMA, strict=True)],
+        schema=TRUTH_SCHEMA,
     )
 
 
 def write_jsonl(frame: pd.DataFrame, path: Path) -> None:
     """Write a frame as JSON Lines (an empty frame gives an empty file)."""
-    if frame.empty:
-        path.write_text("")
-    else:
-        frame.to_json(path, orient="records", lines=True)
+    with path.open("w") as out:
+        append_jsonl(frame, out)
 
 
-def replace_folder(final: Path, fill: Callable[[Path], None]) -> None:
-    """Write a day folder under a hidden name, add ``_SUCCESS`` last, then swap it into place.
+def append_jsonl(frame: pd.DataFrame, out: IO[str]) -> None:
+    """Append a frame's rows to an open JSON Lines file, one object a line."""
+    if not frame.empty:
+        frame.to_json(out, orient="records", lines=True)
 
-    Readers never see a half-written day: the folder appears complete or keeps its old content.
+
+@contextmanager
+def swapped_folder(final: Path) -> Iterator[Path]:
+    """Yield a hidden folder to write a day into; on success add ``_SUCCESS`` and swap it in.
+
+    Readers never see a half-written day: the folder appears complete or keeps its old content
+    (a failure leaves the hidden folder, cleared by the next attempt).
     """
     temporary = final.with_name(f".{final.name}.tmp")
     previous = final.with_name(f".{final.name}.old")
     for stale in (temporary, previous):
         shutil.rmtree(stale, ignore_errors=True)
     temporary.mkdir(parents=True)
-    fill(temporary)
+    yield temporary
     (temporary / "_SUCCESS").touch()
     if final.exists():
         final.rename(previous)
@@ -929,24 +1026,32 @@ def replace_folder(final: Path, fill: Callable[[Path], None]) -> None:
 
 
 def write_day(
-    raw_dir: Path,
-    ds: date,
-    users: pd.DataFrame,
-    items: pd.DataFrame,
-    events: pd.DataFrame,
-    truth: pa.Table,
-) -> None:
-    """Replace one day's users, items, events and truth folders (events after users and items)."""
+    raw_dir: Path, ds: date, world: World, state: SimulationState, config: GeneratorConfig, day: int
+) -> npt.NDArray[np.int64]:
+    """Simulate and write one day's drops (users, items, then events and truth block by block).
+
+    Returns the day's count of each event type.
+    """
     folder = f"ds={ds.isoformat()}"
-
-    def jsonl_writer(frame: pd.DataFrame) -> Callable[[Path], None]:
-        return lambda d: write_jsonl(frame, d / "part-00000.jsonl")
-
-    for kind, frame in (("users", users), ("items", items), ("events", events)):
-        replace_folder(raw_dir / kind / folder, jsonl_writer(frame))
-    replace_folder(
-        raw_dir / "truth" / folder, lambda d: pq.write_table(truth, d / "attractiveness.parquet")
-    )
+    for kind, frame in (
+        ("users", users_frame(world, config, day)),
+        ("items", items_frame(world, config, day)),
+    ):
+        with swapped_folder(raw_dir / kind / folder) as out:
+            write_jsonl(frame, out / "part-00000.jsonl")
+    counts = np.zeros(len(EVENT_TYPES), dtype=np.int64)
+    with (
+        swapped_folder(raw_dir / "events" / folder) as events_dir,
+        swapped_folder(raw_dir / "truth" / folder) as truth_dir,
+        (events_dir / "part-00000.jsonl").open("w") as events,
+        pq.ParquetWriter(truth_dir / "attractiveness.parquet", TRUTH_SCHEMA) as truth,
+    ):
+        for log in simulate_day(world, state, config, day, BLOCK_IMPRESSIONS):
+            append_jsonl(events_frame(log, config, ds), events)
+            truth.write_table(truth_table(log, config, ds))
+            flags = (log.click, log.like, log.save, log.add_to_bag, log.purchase)
+            counts += np.array([len(log.item)] + [int(f.sum()) for f in flags], dtype=np.int64)
+    return counts
 
 
 def generate_marketplace(
@@ -966,20 +1071,11 @@ def generate_marketplace(
     days: list[str] = []
     for day in range(config.days):
         ds = config.start + timedelta(days=day)
-        log = simulate_day(world, state, config, day)
-        write_day(
-            Path(raw_dir),
-            ds,
-            users_frame(world, config, day),
-            items_frame(world, config, day),
-            events_frame(log, config, ds),
-            truth_table(log, config, ds),
-        )
-        flags = (log.click, log.like, log.save, log.add_to_bag, log.purchase)
-        counts += np.array([len(log.item)] + [int(f.sum()) for f in flags], dtype=np.int64)
+        counts += write_day(Path(raw_dir), ds, world, state, config, day)
         days.append(ds.isoformat())
         if on_day is not None:
             on_day(day + 1, config.days)
+    seconds = time.perf_counter() - started
     return GenerationSummary(
         days=days,
         users=len(world.users.signup_sec),
@@ -988,5 +1084,84 @@ def generate_marketplace(
         events_by_type={name: int(n) for name, n in zip(EVENT_TYPES, counts, strict=True)},
         impressions=int(counts[0]),
         sold_items=int(state.sold.sum()),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=round(seconds, 3),
+        events=int(counts.sum()),
+        events_per_second=round(float(counts.sum()) / max(seconds, 1e-9), 1),
+        peak_memory_bytes=peak_memory_bytes(),
     )
+
+
+# what a generation costs (measured with `rankflow generate`, see docs/scale.md): memory per user
+# and per listing of the world (with the copies made while it is built), per block, and disk per
+# impression of the raw drops (events, truth, users and items)
+MEMORY_PER_USER = 4_600
+MEMORY_PER_ITEM = 256
+MEMORY_FIXED = 300 * 2**20
+DISK_PER_IMPRESSION = 260
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What generating a configuration needs: memory and disk, in bytes."""
+
+    memory_bytes: int
+    disk_bytes: int
+
+
+def generation_needs(config: GeneratorConfig) -> Needs:
+    """Estimate the memory and disk a generation of ``config`` needs."""
+    items = config.initial_items + config.new_items_per_day * config.days
+    memory = MEMORY_PER_USER * config.total_users + MEMORY_PER_ITEM * items + MEMORY_FIXED
+    impressions = config.sessions_per_day * config.list_length * config.days
+    return Needs(memory, DISK_PER_IMPRESSION * impressions)
+
+
+def available_memory_bytes() -> int | None:
+    """The memory the kernel says new work can use (``MemAvailable``), if it says."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_room(config: GeneratorConfig, raw_dir: Path) -> Needs:
+    """Fail before generating when this machine lacks the memory or disk ``config`` needs.
+
+    Raises:
+        GenerationTooLarge: the estimate exceeds the available memory or the free disk.
+    """
+    needs = generation_needs(config)
+    probe = Path(raw_dir)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free_disk = shutil.disk_usage(probe).free
+    memory = available_memory_bytes()
+    short = []
+    if memory is not None and needs.memory_bytes > memory:
+        short.append(f"about {gib(needs.memory_bytes)} of memory ({gib(memory)} available)")
+    if needs.disk_bytes > free_disk:
+        free = gib(free_disk)
+        short.append(f"about {gib(needs.disk_bytes)} of disk under {raw_dir} ({free} free)")
+    if short:
+        raise GenerationTooLarge(
+            f"a marketplace of {config.total_users:,} users over {config.days} days needs "
+            f"{' and '.join(short)}: choose fewer users or days, or free some room"
+        )
+    return needs
+
+
+class GenerationTooLarge(RuntimeError):
+    """The machine cannot hold the marketplace asked for (raised before anything is written)."""
+
+
+def gib(size: int) -> str:
+    """A byte count in GiB, one decimal."""
+    return f"{size / 2**30:.1f} GiB"
+
+
+def peak_memory_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
