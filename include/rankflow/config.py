@@ -145,6 +145,24 @@ class SparkSettings:
     master: str
     shuffle_partitions: int
     connect_url: str | None = None  # a Spark Connect server `make up` runs locally, if set
+    conf: dict[str, str] = field(default_factory=dict)  # more --conf for every step
+
+
+def spark_conf(text: str) -> dict[str, str]:
+    """Parse ``RANKFLOW_SPARK_CONF``: a JSON object of Spark settings (``{"spark.x": "1g"}``).
+
+    Raises:
+        ValueError: the text is not a JSON object of ``spark.*`` names.
+    """
+    if not text.strip():
+        return {}
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"RANKFLOW_SPARK_CONF is not JSON: {error.msg}") from None
+    if not isinstance(parsed, dict) or not all(str(k).startswith("spark.") for k in parsed):
+        raise ValueError("RANKFLOW_SPARK_CONF must be a JSON object of spark.* settings")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in parsed.items()}
 
 
 @dataclass(frozen=True)
@@ -206,6 +224,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             master=env.get("RANKFLOW_SPARK_MASTER", "local[*]"),
             shuffle_partitions=int(env.get("RANKFLOW_SHUFFLE_PARTITIONS", "8")),
             connect_url=env.get("RANKFLOW_SPARK_CONNECT") or None,
+            conf=spark_conf(env.get("RANKFLOW_SPARK_CONF", "")),
         ),
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_dir / 'mlflow.db'}"),
         model_name=env.get("RANKFLOW_MODEL_NAME", "rankflow-ranker"),

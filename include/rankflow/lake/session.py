@@ -33,13 +33,18 @@ def delta_package() -> str:
 
 
 def spark_submit_conf(settings: Settings) -> dict[str, str]:
-    """Return the ``--conf`` pairs every spark-submit of a rankflow job needs."""
+    """Return the ``--conf`` pairs every spark-submit of a rankflow job needs.
+
+    ``RANKFLOW_SPARK_CONF`` (``settings.spark.conf``) adds to them and wins: memory for a bigger
+    night, event logs for a benchmark, a cluster's settings.
+    """
     partitions = str(settings.spark.shuffle_partitions)
     # Delta replays its log with 50 tasks by default; size that like the shuffles
     return {
         **SESSION_CONF,
         "spark.sql.shuffle.partitions": partitions,
         "spark.databricks.delta.snapshotPartitions": partitions,
+        **settings.spark.conf,
     }
 
 
@@ -90,10 +95,10 @@ def get_session(settings: Settings, app_name: str, remote: str | None = None) ->
                 builder = builder.config(key, value)
         return builder.getOrCreate()
     builder = SparkSession.builder.appName(app_name).master(settings.spark.master)
+    builder = builder.config("spark.driver.memory", "4g").config("spark.ui.enabled", "false")
     for key, value in spark_submit_conf(settings).items():
         builder = builder.config(key, value)
     builder = builder.config("spark.jars.packages", delta_package())
-    builder = builder.config("spark.driver.memory", "4g").config("spark.ui.enabled", "false")
     # Python workers must import rankflow: unless told otherwise, use this interpreter
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = builder.getOrCreate()
@@ -141,9 +146,9 @@ def connect_server_command(settings: Settings, port: int) -> list[str]:
         delta_package(),
     ]
     server = {
-        **spark_submit_conf(settings),
         "spark.driver.memory": "4g",
         "spark.ui.enabled": "false",
+        **spark_submit_conf(settings),
         "spark.log.level": "WARN",
         "spark.connect.grpc.binding.address": "127.0.0.1",
         "spark.connect.grpc.binding.port": str(port),
