@@ -38,7 +38,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise lock clean
+.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise bench-nightly lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -168,6 +168,9 @@ bench-realtime: setup up $(STAMP)/wrk ## Benchmark the ranking service (latency,
 
 bench-materialise: setup up ## Benchmark materialise_features at scale (the demo's feature day scaled up; ARGS="--users N --items N"); after `make demo`
 	$(PY) bench/bench_materialise.py $(ARGS)
+
+bench-nightly: setup up ## The nightly DAG at marketplace scale, per step (USERS=100k|300k|1m or a list; ARGS="--report-only"); docs/scale.md
+	$(PY) bench/bench_nightly.py --users $(or $(USERS),100k) $(ARGS)
 
 lock: $(VENV)/.installed ## Re-resolve requirements.lock from requirements.txt
 	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 -o requirements.lock
