@@ -126,9 +126,10 @@ def local_services(settings: Settings) -> list[Service]:
                     settings.redis.embedded_maxmemory,
                     "--maxmemory-policy",
                     "noeviction",  # an evicted list would be a lost user
-                    # item vectors (76 B) in hash buckets stay compact listpacks (default 64 B)
+                    # users' lists (4 x K bytes: K <= 256) and item vectors (76 B) in hash
+                    # buckets stay compact listpacks (the default allows 64 B)
                     "--hash-max-listpack-value",
-                    "128",
+                    "1024",
                     "--protected-mode",
                     "yes",
                     *(["--aclfile", str(acl_path)] if acl else []),

@@ -1,9 +1,10 @@
 """Publish the gold lists of one scoring run to Redis: Spark tasks write files, the driver commits.
 
 Spark tasks read the gold Parquet files with pyarrow and stream them into the new version
-(:func:`~rankflow.store.writer.write_arrow`); no list passes through the JVM or pandas. The
-driver then checks every file's acknowledgement against the row counts recorded at scoring
-time, stores the fallback list and switches readers atomically.
+(:func:`~rankflow.store.writer.write_user_lists`: hash buckets of about 32 users); no list
+passes through the JVM or pandas. The driver then checks every file's acknowledgement against
+the row counts recorded at scoring time, stores the fallback list and switches readers
+atomically.
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ def make_file_writer(
     def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
-        from rankflow.store.writer import write_arrow
+        from rankflow.store.writer import write_user_lists
 
         for batch in batches:
             for part, location in zip(batch["part"], batch["location"], strict=True):
-                stats = write_arrow(
+                stats = write_user_lists(
                     redis_url,
                     prefix,
                     surface,
@@ -147,6 +148,7 @@ def publish_snapshot(
         VersionNotWritableError: the version is already published (the caller treats a retry).
         VersionCheckError: the written version failed its checks; readers still see the old one.
     """
+    from rankflow.store.keys import USERS_PER_BUCKET, bucket_count
     from rankflow.store.memory import check_room, discard_version, reclaim_abandoned
     from rankflow.store.versions import commit_version
     from rankflow.store.writer import begin_version, record_written, write_fallback
@@ -157,7 +159,15 @@ def publish_snapshot(
     check_room(client, prefix, surface, snapshot.users)
     source = {"gold_table": snapshot.table, "gold_commit": str(snapshot.commit)}
     begin_version(
-        client, prefix, surface, version, ds=ds, model_version=model_version, k=k, source=source
+        client,
+        prefix,
+        surface,
+        version,
+        ds=ds,
+        model_version=model_version,
+        k=k,
+        source=source,
+        user_buckets=bucket_count(snapshot.users, USERS_PER_BUCKET),
     )
     try:
         written = write_files(spark, snapshot, redis_url, prefix, surface, version, mset_batch)

@@ -188,22 +188,29 @@ def repair_version(
     than an empty one. Returns (users repaired, entries removed, fallback entries removed,
     lists emptied).
     """
+    from rankflow.store.commands import lua_source
     from rankflow.store.encoding import decode_items, encode_items
-    from rankflow.store.keys import fallback_key, user_key
+    from rankflow.store.keys import fallback_key, user_bucket_key, user_key
 
+    buckets = int(meta["user_buckets"]) if meta.get("user_buckets") else None
+    relist = client.register_script(lua_source("relist"))
     users_repaired = entries_removed = emptied = 0
     for batch in gold_batches(meta, surface):
         users, offsets, flat = list_arrays(batch)
         touched, new_offsets, kept, removed = drop_sold(offsets, flat, sold)
         pipe = client.pipeline(transaction=False)
         for n, row in enumerate(touched):
-            list_key = user_key(prefix, surface, version, int(users[row]))
-            if new_offsets[n + 1] == new_offsets[n]:
-                pipe.delete(list_key)  # nothing left: the reader serves the fallback list
-                emptied += 1
+            user = int(users[row])
+            left = kept[new_offsets[n] : new_offsets[n + 1]]
+            value = encode_items(left) if len(left) else b""  # nothing left: the fallback
+            emptied += not len(left)
+            if buckets is not None:
+                bucket = user_bucket_key(prefix, surface, version, user, buckets)
+                relist(keys=[bucket], args=[str(user), value], client=pipe)
+            elif value:
+                pipe.set(user_key(prefix, surface, version, user), value, xx=True, keepttl=True)
             else:
-                value = encode_items(kept[new_offsets[n] : new_offsets[n + 1]])
-                pipe.set(list_key, value, xx=True, keepttl=True)
+                pipe.delete(user_key(prefix, surface, version, user))
             if len(pipe) >= batch_size:
                 pipe.execute()
         pipe.execute()

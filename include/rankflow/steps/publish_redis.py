@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,11 @@ from rankflow.store.versions import (
     bytes_per_user,
     earlier_outcome,
     expire_old_versions,
+    user_bucket_encoding,
     version_meta,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -76,6 +80,13 @@ def run_publish_redis(
             redis_version=version,
             gold_version=snapshot.commit,
         )
+    bucket_encoding = user_bucket_encoding(client, prefix, surface, version)
+    if bucket_encoding not in ("", "listpack"):
+        log.warning(
+            "the lists' hash buckets are %s-encoded, about twice the memory of a listpack: set "
+            "Redis's hash-max-listpack-value to at least 4 x K bytes (docs/redis-layout.md)",
+            bucket_encoding,
+        )
     record = {
         "ds": ds.isoformat(),
         "surface": surface,
@@ -87,6 +98,8 @@ def run_publish_redis(
         "value_bytes": int(meta.get("value_bytes") or 0),
         "gold_files": int(meta.get("gold_files") or len(snapshot.files)),
         "bytes_per_user": bytes_per_user(client, prefix, surface, version),
+        "user_buckets": int(meta.get("user_buckets") or 0),
+        "user_bucket_encoding": bucket_encoding,
         "expired_versions": expired.versions,
         "sample_user": sample_user(snapshot),
         "model_version": scored["model_version"],

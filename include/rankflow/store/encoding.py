@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from rankflow.store.keys import check_name, version_base
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: lists in hash buckets of about 32 users (1: a key per user)
 ENCODING = "u32le"
 MAX_ITEM_ID = 2**32 - 1
 _ITEM_DTYPE = np.dtype("<u4")

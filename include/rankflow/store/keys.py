@@ -82,8 +82,54 @@ def user_key(prefix: str, surface: str, version: str, user_id: int | str) -> str
 
 
 def user_key_pattern(prefix: str, surface: str, version: str) -> str:
-    """Return the SCAN pattern matching every user key of one version."""
+    """Return the SCAN pattern matching every user key of one version (layout 1)."""
     return f"{version_base(prefix, surface, version)}:u:*"
+
+
+# lists of layout 2 live in hash buckets: ``{version}:b:{user id mod buckets}``, field = user id
+USERS_PER_BUCKET = 32
+MAX_BUCKETED_USER_ID = 2**53 - 1  # ids a Lua script (double precision) takes modulo exactly
+
+
+def bucket_count(entities: int, per_bucket: int) -> int:
+    """How many hash buckets ``entities`` values go into: the first prime >= entities / per_bucket.
+
+    A prime spreads ids that share a stride (all multiples of 10 or 1,000, say) evenly over
+    ``id mod buckets``, where a round count would put them all in a few buckets.
+    """
+    wanted = max(2, -(-entities // per_bucket))
+    while any(wanted % d == 0 for d in range(2, int(wanted**0.5) + 1)):
+        wanted += 1
+    return wanted
+
+
+def bucket_key(prefix: str, surface: str, version: str, group: str, bucket: int) -> str:
+    """Return the key of one hash bucket of a version (``b``: users' lists; ``i``: items)."""
+    return f"{version_base(prefix, surface, version)}:{check_name(group, 'group')}:{int(bucket)}"
+
+
+def bucketed_user_id(user_id: int | str | np.integer[Any]) -> int:
+    """Return a user id of a bucketed list version: an integer in ``0 .. 2**53 - 1``."""
+    if isinstance(user_id, bool) or not isinstance(user_id, int | np.integer):
+        raise TypeError(f"list versions keep integer user ids only: {user_id!r}")
+    if not 0 <= int(user_id) <= MAX_BUCKETED_USER_ID:
+        raise ValueError(f"user ids must be within 0 .. 2**53 - 1: {user_id}")
+    return int(user_id)
+
+
+def user_bucket_key(prefix: str, surface: str, version: str, user_id: int, buckets: int) -> str:
+    """Return the hash holding a user's list in a bucketed version (field: the id in decimal)."""
+    return bucket_key(prefix, surface, version, "b", bucketed_user_id(user_id) % buckets)
+
+
+def user_bucket_pattern(prefix: str, surface: str, version: str) -> str:
+    """Return the SCAN pattern of a version's user buckets."""
+    return f"{version_base(prefix, surface, version)}:b:*"
+
+
+def user_entries_pattern(prefix: str, surface: str, version: str) -> str:
+    """Return the SCAN pattern of the keys holding a version's lists, in either layout."""
+    return f"{version_base(prefix, surface, version)}:[ub]:*"
 
 
 def new_version_id(ds: date, run_id: str | None = None) -> str:
@@ -131,7 +177,7 @@ def feature_key(prefix: str, version: str, group: str, entity_id: int | str) -> 
 
 def item_bucket_key(prefix: str, version: str, item_id: int, buckets: int) -> str:
     """Return the hash holding an item's vector (field: the item id in decimal)."""
-    return feature_key(prefix, version, "i", int(item_id) % buckets)
+    return bucket_key(prefix, FEATURES, version, "i", int(item_id) % buckets)
 
 
 def schema_key(prefix: str, version: str) -> str:

@@ -15,7 +15,9 @@ from rankflow.store.keys import (
     check_name,
     current_key,
     fallback_key,
+    meta_key,
     namespace,
+    user_bucket_key,
     user_id_text,
     user_key,
 )
@@ -43,9 +45,10 @@ class RankingReader:
     """Reads users' lists for the recommendation service.
 
     ``lookup`` is one EVALSHA_RO round trip that reads the current pointer and the user's list (or
-    the fallback) atomically. ``lookup_cached`` caches the version id for a few seconds and then
-    reads the user's key and the fallback in one pipelined round trip — also the path for
-    Redis Cluster, where the script cannot reach keys in other slots.
+    the fallback) atomically. ``lookup_cached`` caches the version id and its layout for a few
+    seconds and then reads the user's bucket field (or key) and the fallback in one pipelined
+    round trip — also the path for Redis Cluster, where the script cannot reach keys in other
+    slots.
     """
 
     def __init__(
@@ -63,7 +66,8 @@ class RankingReader:
             raise ValueError("RankingReader needs a client with decode_responses=False (binary)")
         self._prefix = check_name(prefix, "prefix")
         self._cache_seconds = version_cache_seconds
-        self._versions: dict[str, tuple[str, float]] = {}
+        # surface -> (version, its user bucket count or None for a key per user, read at)
+        self._versions: dict[str, tuple[str, int | None, float]] = {}
 
     @classmethod
     def from_url(
@@ -99,16 +103,22 @@ class RankingReader:
 
     def current_version(self, surface: str) -> str:
         """Return the current version id of a surface, read now (no cache)."""
+        return self._read_version(surface)[0]
+
+    def _read_version(self, surface: str) -> tuple[str, int | None]:
+        """Read and cache the current version and its layout (the user bucket count, if any)."""
         version = _text(self._client.get(current_key(self._prefix, surface)))
         if version is None:
             raise self._no_version(surface)
-        self._versions[surface] = (version, time.monotonic())
-        return version
+        buckets = _text(self._client.hget(meta_key(self._prefix, surface, version), "user_buckets"))
+        layout = int(buckets) if buckets else None
+        self._versions[surface] = (version, layout, time.monotonic())
+        return version, layout
 
     def lookup_cached(self, user_id: int | str, surface: str) -> Lookup:
         """Return a user's list with a cached version id: one round trip per lookup.
 
-        The user's key and the version's fallback are read together (a pipeline of two GETs,
+        The user's bucket field (or key) and the version's fallback are read together (a pipeline,
         which a cluster client splits by slot); the fallback is never cached, so a version whose
         keys have expired is noticed at once and the pointer re-read, instead of known users
         being served a stale fallback. After a switch, answers come from the old (still
@@ -116,21 +126,26 @@ class RankingReader:
         """
         user = user_id_text(user_id)
         cached = self._versions.get(surface)
-        if cached is None or time.monotonic() - cached[1] > self._cache_seconds:
-            version = self.current_version(surface)
+        if cached is None or time.monotonic() - cached[2] > self._cache_seconds:
+            version, buckets = self._read_version(surface)
         else:
-            version = cached[0]
+            version, buckets = cached[0], cached[1]
         for attempt in range(2):
             pipe = self._client.pipeline(transaction=False)
-            pipe.get(user_key(self._prefix, surface, version, user))
+            if buckets is None:
+                pipe.get(user_key(self._prefix, surface, version, user))
+            elif user.isdigit():  # a bucketed version holds integer ids only
+                bucket = user_bucket_key(self._prefix, surface, version, int(user), buckets)
+                pipe.hget(bucket, user)
             pipe.get(fallback_key(self._prefix, surface, version))
-            value, fallback = (_bytes(v) for v in pipe.execute())
+            replies = [_bytes(v) for v in pipe.execute()]
+            value, fallback = (None, replies[0]) if len(replies) == 1 else replies
             if value is not None:
                 return Lookup(user, surface, version, decode_items(value), False)
             if fallback is not None:
                 return Lookup(user, surface, version, decode_items(fallback), True)
             if attempt == 0:
-                version = self.current_version(surface)  # the cached version is gone
+                version, buckets = self._read_version(surface)  # the cached version is gone
         raise RedisStoreError(f"version {version!r} of {surface!r} has no fallback")
 
     def _no_version(self, surface: str) -> NoCurrentVersionError:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from rankflow.store.keys import bucket_count
+
 # v3: a user's profile follows its vector in one value; v2: item vectors in hash buckets
 FEATURE_ENCODING = "f32le-v3"
 NO_CODE = 0xFFFFFFFF
@@ -39,15 +41,8 @@ ITEMS_PER_BUCKET = 64
 
 
 def item_buckets(items: int) -> int:
-    """How many hash buckets a feature version's item vectors go into: the next prime.
-
-    A prime spreads ids that share a stride (all multiples of 10 or 1,000, say) evenly over
-    ``id mod buckets``, where a round count would put them all in a few buckets.
-    """
-    wanted = max(2, -(-items // ITEMS_PER_BUCKET))
-    while any(wanted % d == 0 for d in range(2, int(wanted**0.5) + 1)):
-        wanted += 1
-    return wanted
+    """How many hash buckets a feature version's item vectors go into (a prime, see keys)."""
+    return bucket_count(items, ITEMS_PER_BUCKET)
 
 
 def encode_vectors(matrix: npt.NDArray[np.floating]) -> list[bytes]:

@@ -27,6 +27,8 @@ from rankflow.store.keys import (
     namespace,
     parts_key,
     previous_key,
+    user_bucket_pattern,
+    user_entries_pattern,
     user_key_pattern,
     versions_key,
 )
@@ -97,8 +99,9 @@ def count_users(
     scan_count: int = 1000,
     pattern: str | None = None,
 ) -> int:
-    """Count a version's distinct user keys (or keys matching ``pattern``) with SCAN.
+    """Count a version's users (or the keys matching ``pattern``) with SCAN.
 
+    A list version's users are its user keys (layout 1) plus its buckets' fields (layout 2).
     SCAN may return a key twice.
 
     Keys are de-duplicated by their 64-bit hash in a numpy array (8 bytes per key, so 10 M users
@@ -107,7 +110,10 @@ def count_users(
     wanted = pattern or user_key_pattern(prefix, surface, version)
     keys = scan_keys(client, wanted, count=scan_count)
     hashes = np.fromiter((hash(key) for key in keys), dtype=np.int64)
-    return int(np.unique(hashes).size)
+    found = int(np.unique(hashes).size)
+    if pattern is None:
+        found += count_fields(client, user_bucket_pattern(prefix, surface, version))
+    return found
 
 
 def _evicts(client: redis.Redis) -> bool:
@@ -254,8 +260,8 @@ def commit_version(
 
 
 def _has_ttl_sample(client: redis.Redis, prefix: str, surface: str, version: str, n: int) -> bool:
-    """Return whether any of a sample of the version's user keys carries a TTL."""
-    keys = list(scan_keys(client, user_key_pattern(prefix, surface, version), limit=n))
+    """Return whether any of a sample of the version's user keys or buckets carries a TTL."""
+    keys = list(scan_keys(client, user_entries_pattern(prefix, surface, version), limit=n))
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.pttl(key)
@@ -382,15 +388,40 @@ def expire_old_versions(
 def bytes_per_user(
     client: redis.Redis, prefix: str, surface: str, version: str, *, sample: int = 1000
 ) -> float | None:
-    """Return the mean ``MEMORY USAGE`` of a sample of the version's user keys (key + value)."""
-    keys = list(scan_keys(client, user_key_pattern(prefix, surface, version), limit=sample))
+    """Return the mean ``MEMORY USAGE`` per user of a sample of the version's lists.
+
+    A bucket's memory is shared by its users: the sample's bytes over the users it holds.
+    """
+    keys = list(scan_keys(client, user_entries_pattern(prefix, surface, version), limit=sample))
     if not keys:
         return None
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.memory_usage(key)
-    sizes = [int(s) for s in pipe.execute() if s is not None]
-    return sum(sizes) / len(sizes) if sizes else None
+        pipe.memory_usage(key, samples=0)  # every field of a bucket, not a sample of five
+        if _is_bucket(key):
+            pipe.hlen(key)
+        else:
+            pipe.exists(key)
+    replies = pipe.execute()
+    sizes = [int(s or 0) for s in replies[0::2]]
+    users = [int(n or 0) for n in replies[1::2]]
+    return sum(sizes) / sum(users) if sum(users) else None
+
+
+def user_bucket_encoding(client: redis.Redis, prefix: str, surface: str, version: str) -> str:
+    """Redis's encoding of one of a version's user buckets ('' for a key per user).
+
+    ``listpack`` unless a list outgrew the server's ``hash-max-listpack-value`` (4 x K bytes
+    are needed), which makes every bucket a hash table of about twice the memory.
+    """
+    for key in scan_keys(client, user_bucket_pattern(prefix, surface, version), limit=1):
+        return _text(client.object("encoding", key)) or ""
+    return ""
+
+
+def _is_bucket(key: bytes) -> bool:
+    """Whether a key of a list version is a user bucket (``...:b:<n>``) or a user's key."""
+    return key.rsplit(b":", 2)[-2] == b"b"
 
 
 def version_meta(client: redis.Redis, prefix: str, surface: str, version: str) -> dict[str, str]:

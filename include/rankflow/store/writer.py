@@ -88,6 +88,7 @@ def begin_version(
     k: int | None = None,
     source: Mapping[str, str] | None = None,
     encoding: str = ENCODING,
+    user_buckets: int | None = None,
 ) -> None:
     """Register a new version for writing: its meta hash and its entry in the versions set.
 
@@ -95,9 +96,14 @@ def begin_version(
     already published or retired, so a visible version is never modified. ``source`` names
     where the values come from (gold table and commit, or the feature tables' commits): the
     sold-item repair and the feature audit read them there. A list version names its model and
-    ``k``; a feature version its ``encoding``.
+    ``k`` and, for lists kept in hash buckets (layout 2), ``user_buckets``; a feature version
+    its ``encoding``.
     """
-    listed = {"model_version": model_version, "k": None if k is None else str(int(k))}
+    listed = {
+        "model_version": model_version,
+        "k": None if k is None else str(int(k)),
+        "user_buckets": None if user_buckets is None else str(int(user_buckets)),
+    }
     fields = {
         **(source or {}),
         "ds": ds.isoformat(),
@@ -272,19 +278,20 @@ def write_buckets(
     batches: Iterable[pa.RecordBatch],
     buckets: int,
     *,
-    part: str,
+    part: str | None,
     group: str,
 ) -> WriteStats:
     """Write entities' values into hash buckets (``HSET {group}:{id mod buckets} id value``).
 
-    The feature version's item vectors: a bucket of a few dozen vectors is one compact listpack,
-    where a key per vector costs more than the vector itself. The fields and values are built
-    in bulk as for :func:`write_arrow` (one HSET per bucket, a header plus a slice of one
-    buffer); writes are idempotent and acknowledged per ``part`` the same way.
+    Users' lists (group ``b``) and a feature version's item vectors (``i``): a bucket of a few
+    dozen values is one compact listpack, where a key per value costs about 130 bytes more.
+    The fields and values are built in bulk as for :func:`write_arrow` (one HSET per bucket,
+    a header plus a slice of one buffer); writes are idempotent and acknowledged per ``part``
+    the same way. Ids must be integers (``user_id``: the user, or the item for items).
     """
     import numpy as np
 
-    from rankflow.store.keys import feature_key
+    from rankflow.store.keys import MAX_BUCKETED_USER_ID, bucket_key
 
     if buckets < 1:
         raise ValueError("buckets must be at least 1")
@@ -293,20 +300,61 @@ def write_buckets(
     stats = WriteStats()
     with _version_stream(redis_url, prefix, surface, version) as stream:
         if table is not None:
-            ids = np.asarray(table.column("user_id").to_numpy(), dtype=np.int64)
+            column = table.column("user_id")
+            if not pa.types.is_integer(column.type) or column.null_count:
+                raise ValueError(f"bucketed ids must be non-null integers, got {column.type}")
+            ids = np.asarray(column.to_numpy(), dtype=np.int64)
+            if len(ids) and (ids.min() < 0 or ids.max() > MAX_BUCKETED_USER_ID):
+                raise ValueError("bucketed ids must be within 0 .. 2**53 - 1")
             bucket = ids % buckets
             order = np.argsort(bucket, kind="stable")
             fields = pc.cast(pa.array(ids[order]), pa.string()).cast(pa.binary())
             values = batch_values(table.take(pa.array(order)).combine_chunks().to_batches()[0])
             arguments = mset_arguments(fields, values)
             used, starts = np.unique(bucket[order], return_index=True)
-            keys = [feature_key(prefix, version, group, int(b)).encode() for b in used]
+            keys = [bucket_key(prefix, surface, version, group, int(b)).encode() for b in used]
             for command in hset_commands(arguments, keys, np.append(starts, len(ids))):
                 stream.send(command)
             value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)
             stats = WriteStats(len(ids), value_bytes, len(keys))
-        _acknowledge(stream, prefix, surface, version, part, stats.users)
+        if part is not None:
+            _acknowledge(stream, prefix, surface, version, part, stats.users)
     return stats
+
+
+def user_buckets_of(client: redis.Redis, prefix: str, surface: str, version: str) -> int | None:
+    """The number of user buckets a list version was begun with (``None``: one key per user)."""
+    value = _text(client.hget(meta_key(prefix, surface, version), "user_buckets"))
+    return int(value) if value else None
+
+
+def write_user_lists(
+    redis_url: str,
+    prefix: str,
+    surface: str,
+    version: str,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    part: str | None = None,
+    mset_batch: int = 500,
+) -> WriteStats:
+    """Write users' lists into a version in its layout: hash buckets (2), or a key each (1).
+
+    The bucket count is the one :func:`begin_version` recorded in the version's meta hash, so
+    every writer of a version puts a user in the same bucket.
+    """
+    client = _client(redis_url)
+    try:
+        buckets = user_buckets_of(client, prefix, surface, version)
+    finally:
+        client.close()
+    if buckets is None:
+        return write_arrow(
+            redis_url, prefix, surface, version, batches, mset_batch=mset_batch, part=part
+        )
+    return write_buckets(
+        redis_url, prefix, surface, version, batches, buckets, part=part, group="b"
+    )
 
 
 def write_lists(
@@ -320,8 +368,8 @@ def write_lists(
     mset_batch: int = 500,
     part: str | None = None,
 ) -> WriteStats:
-    """Write one batch of users' lists given as numpy arrays or lists (see :func:`write_arrow`)."""
+    """Write one batch of users' lists given as numpy arrays or lists, in the version's layout."""
     batch = list_batch(user_ids, item_lists)
-    return write_arrow(
-        redis_url, prefix, surface, version, [batch], mset_batch=mset_batch, part=part
+    return write_user_lists(
+        redis_url, prefix, surface, version, [batch], part=part, mset_batch=mset_batch
     )

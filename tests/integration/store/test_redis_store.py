@@ -19,12 +19,15 @@ import redis
 from rankflow.store.encoding import list_batch
 from rankflow.store.errors import NoCurrentVersionError, VersionCheckError, VersionNotWritableError
 from rankflow.store.keys import (
+    USERS_PER_BUCKET,
+    bucket_count,
     current_key,
     fallback_key,
     meta_key,
     new_version_id,
     parts_key,
     previous_key,
+    user_bucket_key,
     user_key,
     versions_key,
 )
@@ -71,13 +74,41 @@ def publish(
     *,
     run_id: str | None = None,
     mset_batch: int = 500,
+    layout: int = 2,
 ) -> tuple[str, Any]:
-    """Run the whole publication the way the Spark job does; return (version, switch result)."""
+    """Run the whole publication the way the Spark job does; return (version, switch result).
+
+    ``layout`` 2 keeps the lists in hash buckets (what ``publish_redis`` writes), 1 a key per
+    user (what releases before it wrote, and readers still read).
+    """
     version = new_version_id(ds, run_id)
-    begin_version(client, PREFIX, SURFACE, version, ds=ds, model_version="7", k=10)
+    buckets = bucket_count(len(user_ids), USERS_PER_BUCKET) if layout == 2 else None
+    begin_version(
+        client, PREFIX, SURFACE, version, ds=ds, model_version="7", k=10, user_buckets=buckets
+    )
     stats = write_lists(url, PREFIX, SURFACE, version, user_ids, items, mset_batch=mset_batch)
     write_fallback(client, PREFIX, SURFACE, version, fallback)
     return version, commit_version(client, PREFIX, SURFACE, version, stats.users)
+
+
+def list_home(client: redis.Redis, version: str, user: int) -> tuple[str, str | None]:
+    """Where a user's list lives, as any reader finds it: (bucket, field), or (key, None)."""
+    buckets = client.hget(meta_key(PREFIX, SURFACE, version), "user_buckets")
+    if buckets is None:
+        return user_key(PREFIX, SURFACE, version, user), None
+    return user_bucket_key(PREFIX, SURFACE, version, user, int(buckets)), str(user)
+
+
+def stored_list(client: redis.Redis, version: str, user: int) -> bytes | None:
+    """A user's stored value, read with plain commands."""
+    key, field = list_home(client, version, user)
+    return client.get(key) if field is None else client.hget(key, field)
+
+
+def remove_list(client: redis.Redis, version: str, user: int) -> None:
+    """Delete a user's list behind the store's back (an eviction, a tampering)."""
+    key, field = list_home(client, version, user)
+    assert (client.delete(key) if field is None else client.hdel(key, field)) == 1
 
 
 def pointers(client: redis.Redis) -> tuple[bytes | None, bytes | None]:
@@ -119,9 +150,14 @@ def test_publish_then_read_every_user_back(
     assert meta[b"k"] == b"10"
     assert meta[b"model_version"] == b"7"
     assert meta[b"encoding"] == b"u32le"
-    assert meta[b"schema_version"] == b"1"
+    assert meta[b"schema_version"] == b"2"
+    assert meta[b"user_buckets"] == b"11"  # the first prime >= 300 / 32
     assert meta[b"state"] == b"published"
-    assert redis_client.ttl(user_key(PREFIX, SURFACE, version, 1000)) == -1
+    assert redis_client.ttl(list_home(redis_client, version, 1000)[0]) == -1
+    assert redis_client.object("encoding", list_home(redis_client, version, 1000)[0]) in (
+        b"listpack",
+        "listpack",
+    )
 
 
 def test_values_are_plain_uint32le_for_any_language(
@@ -130,7 +166,9 @@ def test_values_are_plain_uint32le_for_any_language(
     users, items = make_lists(2, users=3, k=4)
     version, _ = publish(redis_client, redis_url, date(2024, 1, 5), users, items, [7])
 
-    raw = redis_client.get(f"rf:home:v:{version}:u:1001")
+    # 3 users: 2 buckets (the smallest prime count); user 1001 is in bucket 1001 mod 2
+    assert redis_client.hget(f"rf:home:v:{version}:meta", "user_buckets") == b"2"
+    raw = redis_client.hget(f"rf:home:v:{version}:b:1", "1001")
     assert raw == b"".join(int(i).to_bytes(4, "little") for i in items[1])
     assert redis_client.get("rf:home:current") == version.encode()
     assert redis_client.get(f"rf:home:v:{version}:fallback") == b"\x07\x00\x00\x00"
@@ -276,7 +314,7 @@ def test_commit_refuses_when_counts_differ_and_nothing_becomes_visible(
         VersionCheckError, match="has 300 user keys in Redis but the writers reported 301"
     ):
         commit_version(redis_client, PREFIX, SURFACE, v2, stats.users + 1)
-    redis_client.delete(user_key(PREFIX, SURFACE, v2, 1005))
+    remove_list(redis_client, v2, 1005)
     with pytest.raises(VersionCheckError, match="has 299 user keys"):
         commit_version(redis_client, PREFIX, SURFACE, v2, stats.users)
 
@@ -368,7 +406,7 @@ def test_published_versions_cannot_be_written_into(
         )
     with pytest.raises(VersionNotWritableError, match="state=None"):
         write_lists(redis_url, PREFIX, SURFACE, "20240105-never", users, items)
-    assert redis_client.get(user_key(PREFIX, SURFACE, v1, 1000)) == items[0].astype("<u4").tobytes()
+    assert stored_list(redis_client, v1, 1000) == items[0].astype("<u4").tobytes()
     assert redis_client.keys("rf:home:v:20240105-never:*") == []
 
 
@@ -416,7 +454,7 @@ def test_rollback_refuses_when_previous_keys_carry_a_ttl(
     v1, _ = publish(redis_client, redis_url, date(2024, 1, 5), users, items, [1])
     v2, _ = publish(redis_client, redis_url, date(2024, 1, 6), users, items, [1])
     key = {
-        "user": user_key(PREFIX, SURFACE, v1, 1100),
+        "user": list_home(redis_client, v1, 1100)[0],
         "meta": meta_key(PREFIX, SURFACE, v1),
         "fallback": fallback_key(PREFIX, SURFACE, v1),
     }[expiring]
@@ -456,7 +494,8 @@ def test_versions_older_than_previous_get_a_ttl(redis_client: redis.Redis, redis
     stats = expire_old_versions(redis_client, PREFIX, SURFACE, ttl_seconds=3600)
 
     assert stats.versions == [v1]
-    assert stats.keys == len(users) + 2  # users, meta and fallback
+    buckets = int(redis_client.hget(meta_key(PREFIX, SURFACE, v1), "user_buckets") or 0)
+    assert stats.keys == buckets + 2  # the users' buckets, meta and fallback
     assert all(3590 <= ttl <= 3600 for ttl in version_ttls(redis_client, v1))
     assert version_ttls(redis_client, v2) == {-1}
     assert version_ttls(redis_client, v3) == {-1}
@@ -471,7 +510,7 @@ def test_expiry_is_recorded_once_and_never_postponed(
     v1, _ = publish(redis_client, redis_url, date(2024, 1, 4), users, items, [1])
     publish(redis_client, redis_url, date(2024, 1, 5), users, items, [1])
     publish(redis_client, redis_url, date(2024, 1, 6), users, items, [1])
-    key = user_key(PREFIX, SURFACE, v1, 1000)
+    key = list_home(redis_client, v1, 1000)[0]
 
     expire_old_versions(redis_client, PREFIX, SURFACE, ttl_seconds=100)
     first = redis_client.expiretime(key)
@@ -602,19 +641,6 @@ def test_status_reports_versions_meta_and_memory(redis_client: redis.Redis, redi
     assert surface_status(redis_client, PREFIX, "other").current is None
 
 
-def test_bytes_per_user_for_k100_stays_close_to_the_payload(
-    redis_client: redis.Redis, redis_url: str
-) -> None:
-    users = np.arange(10_000_000, 10_002_000, dtype=np.int64)
-    items = np.random.default_rng(26).integers(0, 2**32, size=(2000, 100), dtype=np.uint64)
-    version, _ = publish(redis_client, redis_url, date(2024, 1, 5), users, items, [1])
-
-    per_user = bytes_per_user(redis_client, PREFIX, SURFACE, version, sample=500)
-
-    assert per_user is not None
-    assert 400 < per_user <= 1.4 * 400
-
-
 def test_count_users_counts_one_version_only(redis_client: redis.Redis, redis_url: str) -> None:
     users, items = make_lists(27, users=1234)
     v1, _ = publish(redis_client, redis_url, date(2024, 1, 5), users, items, [1])
@@ -642,7 +668,11 @@ def written_in_parts(
 ) -> tuple[str, dict[str, int]]:
     """Begin a 2024-01-05 version, write it in acknowledged parts, add the fallback."""
     version = new_version_id(date(2024, 1, 5))
-    begin_version(client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10)
+    buckets = bucket_count(len(users), USERS_PER_BUCKET)
+    begin_version(
+        client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10,
+        user_buckets=buckets,
+    )  # fmt: skip
     expected = write_parts(url, version, users, items, parts)
     write_fallback(client, PREFIX, SURFACE, version, [1])
     return version, expected
@@ -703,7 +733,7 @@ def test_the_writer_user_trusts_the_acknowledgements_of_a_noeviction_server(
     # the writer may not run CONFIG (dangerous), but INFO memory names the policy: no key scan
     users, items = make_lists(43, users=600)
     version, parts = written_in_parts(redis_client, redis_url, users, items, 2)
-    redis_client.delete(user_key(PREFIX, SURFACE, version, int(users[0])))  # a scan would see it
+    remove_list(redis_client, version, int(users[0]))  # a scan would see it
     writer = redis.Redis.from_url(redis_url)
     try:
         with pytest.raises(redis.ResponseError):
@@ -719,7 +749,7 @@ def test_an_evicting_server_is_checked_by_scanning_keys(
 ) -> None:
     users, items = make_lists(42, users=600)
     version, parts = written_in_parts(redis_client, redis_url, users, items, 2)
-    redis_client.delete(user_key(PREFIX, SURFACE, version, int(users[0])))  # "evicted"
+    remove_list(redis_client, version, int(users[0]))  # "evicted"
     policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
     redis_client.config_set("maxmemory-policy", "allkeys-lru")
     try:
@@ -728,3 +758,66 @@ def test_an_evicting_server_is_checked_by_scanning_keys(
     finally:
         redis_client.config_set("maxmemory-policy", policy)
     assert redis_client.get(current_key(PREFIX, SURFACE)) is None
+
+
+def test_a_version_with_a_key_per_user_is_still_read_and_rolled_back_to(
+    redis_client: redis.Redis, redis_url: str, reader: RankingReader
+) -> None:
+    # a version an older release wrote (layout 1) stays readable beside bucketed ones, so a
+    # rollback right after an upgrade serves it
+    users, old = make_lists(50, users=40)
+    _, new = make_lists(51, users=40)
+    v1, _ = publish(redis_client, redis_url, date(2024, 1, 5), users, old, [1], layout=1)
+    assert redis_client.hget(meta_key(PREFIX, SURFACE, v1), "user_buckets") is None
+    assert stored_list(redis_client, v1, 1003) == redis_client.get(f"rf:home:v:{v1}:u:1003")
+    v2, _ = publish(redis_client, redis_url, date(2024, 1, 6), users, new, [2])
+    assert reader.lookup(1003, SURFACE) == Lookup("1003", SURFACE, v2, new[3].tolist(), False)
+
+    assert rollback(redis_client, PREFIX, SURFACE).status == "rolled_back"
+    time.sleep(0.06)  # past the reader's version cache
+    for user, row in ((1003, old[3]), (1039, old[39])):
+        expected = Lookup(str(user), SURFACE, v1, row.tolist(), False)
+        assert reader.lookup(user, SURFACE) == expected
+        assert reader.lookup_cached(user, SURFACE) == expected
+    assert count_users(redis_client, PREFIX, SURFACE, v1) == 40
+    assert count_users(redis_client, PREFIX, SURFACE, v2) == 40
+
+
+def test_a_bucketed_version_gives_other_ids_the_fallback_and_refuses_to_store_them(
+    redis_client: redis.Redis, redis_url: str, reader: RankingReader
+) -> None:
+    users, items = make_lists(52, users=10)
+    version, _ = publish(redis_client, redis_url, date(2024, 1, 5), users, items, [9])
+    fallback = Lookup("u-7", SURFACE, version, [9], True)
+    assert reader.lookup("u-7", SURFACE) == fallback
+    assert reader.lookup_cached("u-7", SURFACE) == fallback
+    assert reader.lookup(10**9, SURFACE).fallback  # an integer id that has no list
+
+    other = new_version_id(date(2024, 1, 6))
+    begin_version(redis_client, PREFIX, SURFACE, other, ds=date(2024, 1, 6), k=10, user_buckets=3)
+    with pytest.raises(ValueError, match="bucketed ids must be non-null integers"):
+        write_lists(redis_url, PREFIX, SURFACE, other, ["u-7"], [[1]])
+    with pytest.raises(ValueError, match=r"0 \.\. 2\*\*53 - 1"):
+        write_lists(redis_url, PREFIX, SURFACE, other, [-5], [[1]])
+
+
+def test_bytes_per_user_at_k100_is_within_15_percent_of_the_payload(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    # the lists' memory as Redis counts it (used_memory), not only MEMORY USAGE, which leaves
+    # out the key table: 536 B by MEMORY USAGE but 586 B by used_memory with a key per user
+    users = np.arange(20_000_000, 20_020_000, dtype=np.int64)
+    items = np.random.default_rng(53).integers(0, 2**32, size=(len(users), 100), dtype=np.uint64)
+    version = new_version_id(date(2024, 1, 5))
+    begin_version(
+        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), k=100,
+        user_buckets=bucket_count(len(users), USERS_PER_BUCKET),
+    )  # fmt: skip
+    before = int(redis_client.info("memory")["used_memory"])
+    write_lists(redis_url, PREFIX, SURFACE, version, users, items)
+    grown = (int(redis_client.info("memory")["used_memory"]) - before) / len(users)
+    sampled = bytes_per_user(redis_client, PREFIX, SURFACE, version, sample=200)
+
+    assert 400 < grown <= 1.15 * 400
+    assert sampled is not None
+    assert abs(sampled - grown) < 0.02 * grown

@@ -32,6 +32,7 @@ from rankflow.store.encoding import (
     mset_commands,
     user_key_array,
 )
+from rankflow.store.keys import USERS_PER_BUCKET, bucket_count, user_bucket_key
 
 RANGE = "item ids must fit in uint32 [0, 4294967295]"
 
@@ -50,8 +51,20 @@ def framed(commands: object) -> list[bytes]:
 
 
 def test_the_layout_constants_are_the_documented_ones() -> None:
-    assert (ENCODING, SCHEMA_VERSION, VALUE_COLUMN) == ("u32le", "1", "items_u32le")
+    assert (ENCODING, SCHEMA_VERSION, VALUE_COLUMN) == ("u32le", "2", "items_u32le")
     assert MAX_ITEM_ID == 4_294_967_295
+
+
+def test_a_users_bucket_is_its_id_modulo_the_versions_bucket_count() -> None:
+    # docs/redis-layout.md: user 42 of a version with 31 buckets -> rf:home:v:<v>:b:11, field 42
+    version = "20240105-792c6b90c3"
+    assert user_bucket_key("rf", "home", version, 42, 31) == f"rf:home:v:{version}:b:11"
+    assert bucket_count(15_189, USERS_PER_BUCKET) == 479  # the first prime >= 15,189 / 32
+    assert bucket_count(1, USERS_PER_BUCKET) == 2
+    with pytest.raises(TypeError, match="integer user ids"):
+        user_bucket_key("rf", "home", version, "u-7", 31)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        user_bucket_key("rf", "home", version, 2**53, 31)
 
 
 def test_the_documented_example_values() -> None:
