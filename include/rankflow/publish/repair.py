@@ -315,7 +315,8 @@ def served_sold_share(
     Reads the lists readers get now from Redis (every user of the published gold files), so it
     measures what is served, not what the repair believes it wrote. Returns (share, entries).
     """
-    from rankflow.store.encoding import decode_item_array, user_key_array
+    from rankflow.store.encoding import decode_item_array
+    from rankflow.store.reader import stored_lists
 
     at = at or datetime.now(UTC)
     client = redis_client(settings.redis.url)
@@ -327,13 +328,11 @@ def served_sold_share(
     sold = np.fromiter(sales, dtype=np.int64, count=len(sales))
     served = stale = 0
     for batch in gold_batches(meta, surface):
-        keys = user_key_array(prefix, surface, version, batch.column(0)).to_pylist()
-        for start in range(0, len(keys), 1000):
-            values: Any = client.mget(keys[start : start + 1000])
-            joined = b"".join(bytes(v) for v in values if v)
-            flat = decode_item_array(joined)
-            served += len(flat)
-            stale += int(np.isin(flat, sold).sum())
+        users = [int(user) for user in batch.column(0).to_pylist()]
+        values = stored_lists(client, prefix, surface, version, users)
+        flat = decode_item_array(b"".join(v for v in values if v))
+        served += len(flat)
+        stale += int(np.isin(flat, sold).sum())
     return (stale / served if served else 0.0), served
 
 

@@ -154,3 +154,33 @@ class RankingReader:
             f"no published version for surface {surface!r} under prefix {self._prefix!r} "
             f"(key {current_key(self._prefix, surface)!r} is missing)"
         )
+
+
+def stored_lists(
+    client: redis.Redis,
+    prefix: str,
+    surface: str,
+    version: str,
+    user_ids: list[int],
+    *,
+    chunk: int = 1000,
+) -> list[bytes | None]:
+    """Many users' stored lists of one version, in order (``None``: no list), either layout.
+
+    One round trip per ``chunk`` users: ``HGET`` of each user's bucket field in a pipeline, or
+    ``MGET`` of their keys (layout 1). For checks that read what is served, not for serving.
+    """
+    raw = _text(client.hget(meta_key(prefix, surface, version), "user_buckets"))
+    buckets = int(raw) if raw else None
+    found: list[bytes | None] = []
+    for start in range(0, len(user_ids), chunk):
+        part = user_ids[start : start + chunk]
+        if buckets is None:
+            keys = [user_key(prefix, surface, version, user) for user in part]
+            found += [_bytes(v) for v in client.mget(keys)]
+            continue
+        pipe = client.pipeline(transaction=False)
+        for user in part:
+            pipe.hget(user_bucket_key(prefix, surface, version, user, buckets), str(user))
+        found += [_bytes(v) for v in pipe.execute()]
+    return found

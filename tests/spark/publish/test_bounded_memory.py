@@ -49,7 +49,7 @@ def test_a_version_that_cannot_fit_is_refused_before_its_first_write(
     )
     with redis_client(server.url) as client:
         keys = client.dbsize()
-    limit_memory(server.url, 500_000)  # about a quarter of what 20,000 more lists take
+    limit_memory(server.url, 150_000)  # about a third of what 20,000 more lists take
     again = write_gold(gold_frame(spark, 20_000, "home", offset=1), table, DS, "home")
     with pytest.raises(VersionWontFitError, match=r"needs about [\d,]+ bytes .* raise maxmemory"):
         publish(spark, server.url, again)
@@ -64,8 +64,9 @@ def test_a_publication_that_runs_out_of_memory_gives_it_back_and_the_next_night_
     spark, server, tmp_path
 ) -> None:
     table = str(tmp_path / "gold")
-    big = write_gold(gold_frame(spark, 30_000, "home"), table, DS, "home")  # ~3.3 MB in Redis
-    limit_memory(server.url, 2_000_000)  # no current version to estimate from: the writes hit OOM
+    # two-item lists in buckets of 32: about 19 B a user, 1.9 MB for these 100,000
+    big = write_gold(gold_frame(spark, 100_000, "home"), table, DS, "home")
+    limit_memory(server.url, 1_000_000)  # no current version to estimate from: the writes hit OOM
     with pytest.raises(Exception, match="maxmemory") as failure:
         publish(spark, server.url, big)
     assert "user_script" not in str(failure.value)  # the lists' writes failed, not begin

@@ -22,7 +22,7 @@ from rankflow.publish.repair import (
 )
 from rankflow.quality.raw import sales_quarantine_path
 from rankflow.sim.sales import write_sales_hour
-from rankflow.store.keys import current_key, user_key
+from rankflow.store.keys import current_key, meta_key, user_bucket_key
 from rankflow.store.reader import RankingReader
 
 pytestmark = [pytest.mark.spark, pytest.mark.services]
@@ -100,7 +100,8 @@ def test_repair_removes_sold_items_in_place_and_is_idempotent(
     assert reader.lookup(3, "home").items == [30, 31]  # sold after the repair time: kept for now
     assert reader.lookup(999, "home").items == [8]  # the fallback lost its sold item too
     assert redis_client.get(current_key("rf", "home")).decode() == version
-    assert redis_client.ttl(user_key("rf", "home", version, 1)) == -1
+    buckets = int(redis_client.hget(meta_key("rf", "home", version), "user_buckets"))
+    assert redis_client.ttl(user_bucket_key("rf", "home", version, 1, buckets)) == -1
 
     after, _ = served_sold_share(settings, "home", MORNING + timedelta(hours=4))
     assert after == 0.0
