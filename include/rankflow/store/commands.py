@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from rankflow.store.client import redis_client
+from rankflow.store.keys import meta_key
 
 # --------------------------------------------------------------------------- helpers
 
@@ -62,6 +63,12 @@ def _text(value: Any) -> str | None:
 def _client(url: str) -> redis.Redis:
     """Open a binary-safe client of its own (one per writer call; never shared)."""
     return redis_client(url)
+
+
+def user_buckets_of(client: redis.Redis, prefix: str, surface: str, version: str) -> int | None:
+    """The number of user buckets a list version was begun with (``None``: a key per user)."""
+    value = _text(client.hget(meta_key(prefix, surface, version), "user_buckets"))
+    return int(value) if value else None
 
 
 def _utc_now() -> str:

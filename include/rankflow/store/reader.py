@@ -8,14 +8,13 @@ from typing import Any
 
 import redis
 
-from rankflow.store.commands import _bytes, _client, _text, run_read_only
+from rankflow.store.commands import _bytes, _client, _text, run_read_only, user_buckets_of
 from rankflow.store.encoding import decode_items
 from rankflow.store.errors import NoCurrentVersionError, RedisStoreError
 from rankflow.store.keys import (
     check_name,
     current_key,
     fallback_key,
-    meta_key,
     namespace,
     user_bucket_key,
     user_id_text,
@@ -110,8 +109,7 @@ class RankingReader:
         version = _text(self._client.get(current_key(self._prefix, surface)))
         if version is None:
             raise self._no_version(surface)
-        buckets = _text(self._client.hget(meta_key(self._prefix, surface, version), "user_buckets"))
-        layout = int(buckets) if buckets else None
+        layout = user_buckets_of(self._client, self._prefix, surface, version)
         self._versions[surface] = (version, layout, time.monotonic())
         return version, layout
 
@@ -170,8 +168,7 @@ def stored_lists(
     One round trip per ``chunk`` users: ``HGET`` of each user's bucket field in a pipeline, or
     ``MGET`` of their keys (layout 1). For checks that read what is served, not for serving.
     """
-    raw = _text(client.hget(meta_key(prefix, surface, version), "user_buckets"))
-    buckets = int(raw) if raw else None
+    buckets = user_buckets_of(client, prefix, surface, version)
     found: list[bytes | None] = []
     for start in range(0, len(user_ids), chunk):
         part = user_ids[start : start + chunk]

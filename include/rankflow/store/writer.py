@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 
-from rankflow.store.commands import _client, _run, _text, _utc_now
+from rankflow.store.commands import _client, _run, _text, _utc_now, user_buckets_of
 from rankflow.store.encoding import (
     ENCODING,
     SCHEMA_VERSION,
@@ -320,12 +320,6 @@ def write_buckets(
         if part is not None:
             _acknowledge(stream, prefix, surface, version, part, stats.users)
     return stats
-
-
-def user_buckets_of(client: redis.Redis, prefix: str, surface: str, version: str) -> int | None:
-    """The number of user buckets a list version was begun with (``None``: one key per user)."""
-    value = _text(client.hget(meta_key(prefix, surface, version), "user_buckets"))
-    return int(value) if value else None
 
 
 def write_user_lists(
