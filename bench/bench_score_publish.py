@@ -351,7 +351,7 @@ def bench_publish(
     from rankflow.store.client import checked_client
     from rankflow.store.versions import bytes_per_user
 
-    url = settings.redis.url
+    url = settings.redis.url  # the admin user's (as_admin)
     client = checked_client(url, "the publish bench did not run")
     stray = b"key:__rand_int__"  # the one key redis-benchmark SETs without -r
     had_stray = bool(client.exists(stray))
@@ -362,7 +362,7 @@ def bench_publish(
     try:
         say(
             f"(b) publishing {len(snapshot.files)} gold files: begin_version, Spark tasks "
-            "(pyarrow -> write_arrow), write_fallback, commit_version ..."
+            "(pyarrow -> write_user_lists), write_fallback, commit_version ..."
         )
         warm_up_publish(spark, client, settings, gold_path, k)
         runs = []
@@ -450,7 +450,17 @@ def describe(scale: Scale, settings: Settings) -> None:
         f"({settings.spark.master}), XGBoost {xgboost.__version__}, load "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
-    say(f"redis: {settings.redis.url}; data: {scale.workdir}")
+    where = urlparse(settings.redis.url)  # host and port only: the URL carries a password
+    say(f"redis: {where.hostname}:{where.port}; data: {scale.workdir}")
+
+
+def as_admin(settings: Settings) -> Settings:
+    """The settings with Redis as the admin user: the writer may only write ``rf:*`` keys, and
+    the benchmark publishes under its own prefix (``rfbench``) and runs redis-benchmark."""
+    import dataclasses
+
+    admin = settings.redis.admin_url or settings.redis.url
+    return dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=admin))
 
 
 def main(argv: Sequence[str], profiler: Profiler | None = None) -> int:
@@ -458,7 +468,7 @@ def main(argv: Sequence[str], profiler: Profiler | None = None) -> int:
     from rankflow.lake.session import get_session
 
     started = time.perf_counter()
-    settings = load_settings()
+    settings = as_admin(load_settings())
     scale = parse_args(argv, settings)
     describe(scale, settings)
     scale.workdir.mkdir(parents=True, exist_ok=True)
