@@ -136,11 +136,9 @@ def run_size(name: str, users: int, options: argparse.Namespace, workdir: Path) 
 
     home = workdir / name
     (home / "spark-events").mkdir(parents=True, exist_ok=True)
-    os.environ.update(
-        bench_environment(dict(os.environ), home, options.redis_port, options.driver_memory)
-    )
-    for variable in ("RANKFLOW_SPARK_CONNECT", "SPARK_REMOTE"):
-        os.environ.pop(variable, None)
+    env = bench_environment(dict(os.environ), home, options.redis_port, options.driver_memory)
+    os.environ.clear()  # the jobs and the DAG run inherit it; main() restores the original
+    os.environ.update(env)
     settings = load_settings()
     config = GeneratorConfig.for_users(users).ending(options.end)
     say(f"== {name}: {users:,} users, days {config.start} .. {config.last_day}, home {home}")

@@ -80,7 +80,8 @@ def run_publish_redis(
             redis_version=version,
             gold_version=snapshot.commit,
         )
-    bucket_encoding = user_bucket_encoding(client, prefix, surface, version)
+    user = sample_user(snapshot)
+    bucket_encoding = user_bucket_encoding(client, prefix, surface, version, user)
     if bucket_encoding not in ("", "listpack"):
         log.warning(
             "the lists' hash buckets are %s-encoded, about twice the memory of a listpack: set "
@@ -101,7 +102,7 @@ def run_publish_redis(
         "user_buckets": int(meta.get("user_buckets") or 0),
         "user_bucket_encoding": bucket_encoding,
         "expired_versions": expired.versions,
-        "sample_user": sample_user(snapshot),
+        "sample_user": user,
         "model_version": scored["model_version"],
         "seconds": round(time.monotonic() - started, 3),
     }

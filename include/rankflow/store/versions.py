@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeAlias, cast
 import numpy as np
 import redis
 
-from rankflow.store.commands import _bytes, _run, _text, _utc_now, scan_keys
+from rankflow.store.commands import _bytes, _run, _text, _utc_now, scan_keys, user_buckets_of
 from rankflow.store.errors import NoCurrentVersionError, VersionCheckError
 from rankflow.store.keys import (
     FEATURES,
@@ -27,6 +27,7 @@ from rankflow.store.keys import (
     namespace,
     parts_key,
     previous_key,
+    user_bucket_key,
     user_bucket_pattern,
     user_entries_pattern,
     user_key_pattern,
@@ -408,15 +409,19 @@ def bytes_per_user(
     return sum(sizes) / sum(users) if sum(users) else None
 
 
-def user_bucket_encoding(client: redis.Redis, prefix: str, surface: str, version: str) -> str:
-    """Redis's encoding of one of a version's user buckets ('' for a key per user).
+def user_bucket_encoding(
+    client: redis.Redis, prefix: str, surface: str, version: str, user_id: int | None
+) -> str:
+    """Redis's encoding of the bucket holding ``user_id``'s list ('' for a key per user).
 
     ``listpack`` unless a list outgrew the server's ``hash-max-listpack-value`` (4 x K bytes
     are needed), which makes every bucket a hash table of about twice the memory.
     """
-    for key in scan_keys(client, user_bucket_pattern(prefix, surface, version), limit=1):
-        return _text(client.object("encoding", key)) or ""
-    return ""
+    buckets = user_buckets_of(client, prefix, surface, version)
+    if buckets is None or user_id is None:
+        return ""
+    key = user_bucket_key(prefix, surface, version, user_id, buckets)
+    return _text(client.object("encoding", key)) or ""
 
 
 def _is_bucket(key: bytes) -> bool:

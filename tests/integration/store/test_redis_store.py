@@ -40,6 +40,7 @@ from rankflow.store.versions import (
     rollback,
     status,
     surface_status,
+    user_bucket_encoding,
 )
 from rankflow.store.writer import (
     WriteStats,
@@ -154,10 +155,7 @@ def test_publish_then_read_every_user_back(
     assert meta[b"user_buckets"] == b"11"  # the first prime >= 300 / 32
     assert meta[b"state"] == b"published"
     assert redis_client.ttl(list_home(redis_client, version, 1000)[0]) == -1
-    assert redis_client.object("encoding", list_home(redis_client, version, 1000)[0]) in (
-        b"listpack",
-        "listpack",
-    )
+    assert user_bucket_encoding(redis_client, PREFIX, SURFACE, version, 1000) == "listpack"
 
 
 def test_values_are_plain_uint32le_for_any_language(
@@ -773,6 +771,7 @@ def test_a_version_with_a_key_per_user_is_still_read_and_rolled_back_to(
     v2, _ = publish(redis_client, redis_url, date(2024, 1, 6), users, new, [2])
     assert reader.lookup(1003, SURFACE) == Lookup("1003", SURFACE, v2, new[3].tolist(), False)
 
+    assert user_bucket_encoding(redis_client, PREFIX, SURFACE, v1, 1003) == ""  # no buckets
     assert rollback(redis_client, PREFIX, SURFACE).status == "rolled_back"
     time.sleep(0.06)  # past the reader's version cache
     for user, row in ((1003, old[3]), (1039, old[39])):
