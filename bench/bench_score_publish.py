@@ -308,7 +308,6 @@ def publish(
         model_version="bench",
         k=k,
         fallback=list(range(k)),
-        mset_batch=settings.redis.mset_batch,
     )
     seconds = time.perf_counter() - start
     if done.result.status != "switched":

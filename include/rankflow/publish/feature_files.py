@@ -8,9 +8,9 @@ no shuffle. Work is dealt to one task per core by file size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from rankflow.features.on_demand import ITEM_ATTRIBUTES, MAP_COLUMNS, map_entries
 from rankflow.features.registry import ITEM_FEATURES, USER_FEATURES
@@ -21,6 +21,7 @@ from rankflow.publish.feature_values import (
     user_values,
     vector_values,
 )
+from rankflow.publish.tasks import TaskFunction, deal, run_tasks
 from rankflow.store.vectors import GROUPS
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from rankflow.lake.tables import DataFile
 
 ACK_SCHEMA = "part string, entities long, bytes long, rows long"  # rows: read from the file
-Unit = TypeVar("Unit")
-TaskFunction = Callable[[Iterator["pa.RecordBatch"]], Iterator["pa.RecordBatch"]]
 
 # the columns each key group's values are encoded from (a user's value: vector, then profile)
 GROUP_COLUMNS = {
@@ -78,27 +77,6 @@ def write_units(files: dict[str, list[DataFile]]) -> list[WriteUnit]:
 def deal_units(units: list[WriteUnit], slots: int) -> list[list[WriteUnit]]:
     """Write units dealt to ``slots`` tasks by their estimated cost."""
     return deal(units, slots, size=lambda unit: unit.cost)
-
-
-def deal(units: Sequence[Unit], slots: int, size: Callable[[Unit], float]) -> list[list[Unit]]:
-    """Units dealt to at most ``slots`` tasks, largest first to the least loaded task."""
-    tasks: list[list[Unit]] = [[] for _ in range(max(slots, 1))]
-    loads = [0.0] * len(tasks)
-    for unit in sorted(units, key=size, reverse=True):
-        least = loads.index(min(loads))
-        tasks[least].append(unit)
-        loads[least] += max(size(unit), 1)
-    return [task for task in tasks if task]
-
-
-def run_tasks(
-    spark: SparkSession, tasks: list[Any], function: TaskFunction, schema: str
-) -> list[Any]:
-    """Run ``function`` once per task (it gets the task's index as ``id``); collect its rows."""
-    if not tasks:
-        return []
-    ids = spark.range(0, len(tasks), 1, len(tasks))  # one id, so one task, per partition
-    return ids.mapInArrow(function, schema).collect()
 
 
 def read_file_columns(

@@ -10,16 +10,16 @@ atomically.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from rankflow.lake.delta_log import arrow_filesystem, table_file
 from rankflow.lake.gold import GoldSnapshot
+from rankflow.publish.tasks import TaskFunction, deal, run_tasks
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
     import redis
     from pyspark.sql import SparkSession
@@ -59,27 +59,23 @@ def read_list_file(location: str, batch_rows: int = _BATCH_ROWS) -> Iterator[pa.
 
 
 def make_file_writer(
-    redis_url: str, prefix: str, surface: str, version: str, mset_batch: int
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """Build the ``mapInPandas`` task function: write each (part, location) file, acknowledge it."""
+    redis_url: str, prefix: str, surface: str, version: str, tasks: list[list[tuple[str, str]]]
+) -> TaskFunction:
+    """Build the ``mapInArrow`` task over ``range(len(tasks))``: write its files, ack each."""
 
-    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import pandas as pd
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
 
         from rankflow.store.writer import write_user_lists
 
         for batch in batches:
-            for part, location in zip(batch["part"], batch["location"], strict=True):
-                stats = write_user_lists(
-                    redis_url,
-                    prefix,
-                    surface,
-                    version,
-                    read_list_file(location),
-                    mset_batch=mset_batch,
-                    part=part,
-                )
-                yield pd.DataFrame({"part": [part], "users": [stats.users], "bytes": [stats.bytes]})
+            for task in batch.column("id").to_pylist():
+                for part, location in tasks[task]:
+                    stats = write_user_lists(
+                        redis_url, prefix, surface, version, read_list_file(location), part=part
+                    )
+                    written = {"part": [part], "users": [stats.users], "bytes": [stats.bytes]}
+                    yield pa.RecordBatch.from_pydict(written)  # WRITTEN_SCHEMA
 
     return write
 
@@ -91,33 +87,28 @@ def write_files(
     prefix: str,
     surface: str,
     version: str,
-    mset_batch: int,
 ) -> list[tuple[str, int, int]]:
     """Write every file of the snapshot from Spark tasks; return (file, users, bytes) per file.
 
-    One task per core, each writing its share of the files: the Redis server is one more
-    process on the same cores, and a task per file only adds scheduling.
+    Files are dealt by rows to one task per core: the Redis server is one more process on the
+    same cores, and a task per file only adds scheduling.
 
     Raises:
         VersionCheckError: a file held another number of rows than its Delta statistics say.
     """
+    from rankflow.lake.session import task_slots
     from rankflow.store.errors import VersionCheckError
 
-    work = [(part, table_file(snapshot.table, part)) for part, _ in snapshot.files]
-    if not work:
-        return []
-    from rankflow.lake.session import task_slots
-
-    writer = make_file_writer(redis_url, prefix, surface, version, mset_batch)
-    slices = min(len(work), task_slots(spark))
-    files = spark.createDataFrame(work, "part string, location string").repartition(slices)
-    results = [tuple(row) for row in files.mapInPandas(writer, WRITTEN_SCHEMA).collect()]
-    expected = dict(snapshot.files)
-    wrong = [(part, users, expected[part]) for part, users, _ in results if users != expected[part]]
-    if wrong or len(results) != len(work):
+    rows = dict(snapshot.files)
+    units = [(part, table_file(snapshot.table, part)) for part in rows]
+    tasks = deal(units, task_slots(spark), size=lambda unit: rows[unit[0]])
+    writer = make_file_writer(redis_url, prefix, surface, version, tasks)
+    results = [tuple(row) for row in run_tasks(spark, tasks, writer, WRITTEN_SCHEMA)]
+    wrong = [(part, users, rows[part]) for part, users, _ in results if users != rows[part]]
+    if wrong or len(results) != len(units):
         raise VersionCheckError(
             f"gold files read back other row counts than recorded (file, read, recorded): "
-            f"{wrong[:3]}; {len(results)} of {len(work)} files reported; not switching"
+            f"{wrong[:3]}; {len(results)} of {len(units)} files reported; not switching"
         )
     return [(str(p), int(u), int(b)) for p, u, b in results]
 
@@ -135,7 +126,6 @@ def publish_snapshot(
     model_version: str,
     k: int,
     fallback: Sequence[int],
-    mset_batch: int,
     abandoned_after_seconds: float = 3600,
 ) -> RedisPublication:
     """Write a scored snapshot as a new version, check it and switch readers to it.
@@ -170,7 +160,7 @@ def publish_snapshot(
         user_buckets=bucket_count(snapshot.users, USERS_PER_BUCKET),
     )
     try:
-        written = write_files(spark, snapshot, redis_url, prefix, surface, version, mset_batch)
+        written = write_files(spark, snapshot, redis_url, prefix, surface, version)
         write_fallback(client, prefix, surface, version, list(fallback))
         value_bytes = sum(b for _, _, b in written)
         record_written(

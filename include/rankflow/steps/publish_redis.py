@@ -61,7 +61,6 @@ def run_publish_redis(
             model_version=str(scored["model_version"]),
             k=int(scored["top_k"]),
             fallback=scored["fallback"],
-            mset_batch=settings.redis.mset_batch,
             abandoned_after_seconds=settings.redis.abandoned_after_seconds,
         ).result
     meta = version_meta(client, prefix, surface, version)

@@ -38,7 +38,8 @@ from rankflow.store.keys import (
     versions_key,
 )
 
-_WINDOW = 16  # MSET commands in flight per connection: keeps the server busy while we pack
+_WINDOW = 64  # commands in flight per connection: keeps the server busy while we pack
+_FLUSH_BYTES = 256 * 1024  # commands gathered into one socket write
 
 
 # --------------------------------------------------------------------------- results
@@ -149,20 +150,39 @@ def record_written(
 
 
 class _CommandStream:
-    """Sends packed commands on one connection with a bounded window of pending replies."""
+    """Sends packed commands on one connection, coalesced, with a bounded window of replies.
+
+    Commands are gathered into one ``sendall`` of about ``_FLUSH_BYTES`` (a bucket's HSET is a
+    few kB: one system call each would cost more than Redis spends on it), and at most
+    ``window`` commands are sent before their replies are read.
+    """
 
     def __init__(self, client: redis.Redis, window: int) -> None:
         self._pool = client.connection_pool
         self._conn = self._pool.get_connection()
         self._window = window
         self._pending = 0
+        self._buffer: list[Any] = []
+        self._buffered = 0
+        self._buffered_bytes = 0
 
     def send(self, chunks: list[Any]) -> None:
-        """Send one command, first reading replies so at most ``window`` stay in flight."""
-        while self._pending >= self._window:
+        """Queue one command; send the queue once it holds enough bytes or commands."""
+        self._buffer += chunks
+        self._buffered += 1
+        self._buffered_bytes += sum(len(chunk) for chunk in chunks)
+        if self._buffered_bytes >= _FLUSH_BYTES or self._buffered >= self._window // 2:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the queued commands in one write, first reading replies to stay in the window."""
+        if not self._buffered:
+            return
+        while self._pending and self._pending + self._buffered > self._window:
             self._read_one()
-        self._conn.send_packed_command(chunks, check_health=False)
-        self._pending += 1
+        self._conn.send_packed_command([b"".join(self._buffer)], check_health=False)
+        self._pending += self._buffered
+        self._buffer, self._buffered, self._buffered_bytes = [], 0, 0
 
     def _read_one(self) -> None:
         """Read one reply (redis-py raises on an error reply, e.g. OOM)."""
@@ -170,7 +190,8 @@ class _CommandStream:
         self._pending -= 1
 
     def drain(self) -> None:
-        """Read every pending reply (raising on the first error reply)."""
+        """Send what is queued and read every pending reply (raising on the first error)."""
+        self._flush()
         while self._pending:
             self._read_one()
 

@@ -59,7 +59,6 @@ def publish(spark, client, url: str, snapshot: GoldSnapshot, surface: str, **opt
         model_version="3",
         k=2,
         fallback=[7, 8],
-        mset_batch=64,
         **options,
     )
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rankflow.publish.feature_files import WriteUnit, deal, deal_units, file_vocabulary
+from rankflow.publish.feature_files import WriteUnit, deal_units, file_vocabulary
+from rankflow.publish.tasks import deal
 
 
 def test_the_largest_files_are_dealt_first_to_the_least_loaded_task() -> None:
