@@ -7,6 +7,12 @@ PY            := $(VENV)/bin/python
 UV_VERSION    := 0.13.9
 export RANKFLOW_HOME ?= $(CURDIR)/.rankflow
 export RANKFLOW_ROOT := $(CURDIR)
+# `make cluster-up` writes this: the Spark steps then run on a local standalone cluster and the
+# lake is on S3 (it sets the variables below before their defaults); `make cluster-down` removes
+# it. The tests set up their own cluster where they need one.
+ifeq ($(filter test test-fast chaos mutation,$(MAKECMDGOALS)),)
+-include $(RANKFLOW_HOME)/cluster.mk
+endif
 export AIRFLOW_HOME ?= $(RANKFLOW_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
@@ -19,6 +25,8 @@ export AIRFLOW_CONN_SPARK_RANKFLOW ?= {"conn_type": "spark", "host": "local[*]"}
 # to its warm JVM instead of paying a cold spark-submit each (see README, "Spark Connect").
 export RANKFLOW_SPARK_CONNECT ?= sc://127.0.0.1:15002
 CONNECT_CONN := {"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": 15002}
+# the demo's steps attach to the Connect server, unless the cluster (no Connect server) is up
+DEMO_SPARK_CONN := $(if $(RANKFLOW_SPARK_CONNECT),$(CONNECT_CONN),$(AIRFLOW_CONN_SPARK_RANKFLOW))
 export AWS_ACCESS_KEY_ID ?= rankflow-local
 export AWS_SECRET_ACCESS_KEY ?= rankflow-local
 export AWS_DEFAULT_REGION ?= us-east-1
@@ -38,7 +46,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise bench-nightly lock clean
+.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise bench-nightly cluster-up cluster-down lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -107,7 +115,7 @@ down: ## Stop the local services
 	@test -x $(PY) && $(PY) -m rankflow.cli services down || true
 
 demo: setup up ## Generate the demo marketplace and run the nightly DAG once, end to end
-	AIRFLOW_CONN_SPARK_RANKFLOW='$(CONNECT_CONN)' $(PY) -m rankflow.cli demo
+	AIRFLOW_CONN_SPARK_RANKFLOW='$(DEMO_SPARK_CONN)' $(PY) -m rankflow.cli demo
 
 serve: setup up ## Run the ranking service on 127.0.0.1:8800 (POST /v1/rank; key in .rankflow/api-key)
 	$(PY) -m rankflow.cli serve $(ARGS)
@@ -159,6 +167,12 @@ airflow: setup up ## Start Airflow (scheduler, API server on http://127.0.0.1:80
 
 screenshot: setup up $(STAMP)/chromium ## Screenshot the Ranking page of the current data into docs/ranking-page.png
 	$(PY) tests/ui/screenshot.py --out docs/ranking-page.png --height 2900 $(if $(RANKING_USER),--user $(RANKING_USER))
+
+cluster-up: setup up ## Start a Spark standalone master and 2 workers on 127.0.0.1 (UI :8090) and put the lake on s3a://; later targets run there
+	$(PY) -m rankflow.cli cluster up
+
+cluster-down: ## Stop the local Spark cluster; targets run on local Spark and the local lake again
+	$(PY) -m rankflow.cli cluster down
 
 bench: setup up ## Benchmark scoring and publishing (BENCH_USERS, BENCH_CANDIDATES)
 	$(PY) bench/bench_score_publish.py

@@ -66,7 +66,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def bench_settings(settings: Settings, workdir: Path) -> Settings:
     """The settings of the benchmark's lake and Redis prefix (the admin user may write it)."""
     home = workdir / "home"
-    paths = dataclasses.replace(settings.paths, home=home, lake=workdir / "lake")
+    paths = dataclasses.replace(settings.paths, home=home, lake=str(workdir / "lake"))
     redis = dataclasses.replace(
         settings.redis,
         key_prefix=PREFIX,

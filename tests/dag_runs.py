@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, date, datetime
 from typing import Any
 
 
@@ -23,3 +24,14 @@ def deadline_suspended(dag: Any) -> Iterator[Any]:
         yield dag
     finally:
         dag.deadline = saved
+
+
+def nightly_run(dag: Any, day: date, hour: int) -> Any:
+    """One retraining night of ``day`` on the home surface through ``dag.test()``; must succeed."""
+    with deadline_suspended(dag):  # Airflow 3.3.2: see the module docstring
+        run = dag.test(
+            logical_date=datetime(day.year, day.month, day.day, hour, tzinfo=UTC),
+            run_conf={"ds": day.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
+        )
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    return run

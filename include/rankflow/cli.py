@@ -68,6 +68,15 @@ def cmd_services(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
+    """Start or stop the local Spark standalone cluster (master, two workers, lake on S3)."""
+    from rankflow.ops import cluster
+
+    lines = cluster.up(settings) if args.action == "up" else cluster.down(settings)
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_lookup(settings: Settings, args: argparse.Namespace) -> int:
     """Print one user's published list as a JSON object (fallback list for unknown users)."""
     from rankflow.store.reader import RankingReader
@@ -310,9 +319,10 @@ def cmd_benchmark(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_warm(settings: Settings, args: argparse.Namespace) -> int:
-    """Download Delta Lake's jars into the local Ivy cache once, and check Delta works."""
-    from rankflow.lake.session import warm_spark
+    """Download Delta Lake's and hadoop-aws's jars once, and check Delta works."""
+    from rankflow.lake.session import fetch_s3a_jars, warm_spark
 
+    print(fetch_s3a_jars(settings))  # for a lake on s3a:// (make cluster-up)
     print(warm_spark(settings))
     return 0
 
@@ -381,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="secrets: write the local Redis users' passwords once ($RANKFLOW_HOME)",
     )
     services.set_defaults(func=cmd_services)
+
+    spark_cluster = sub.add_parser(
+        "cluster", help="start or stop a Spark standalone master and two workers on 127.0.0.1"
+    )
+    spark_cluster.add_argument("action", choices=["up", "down"])
+    spark_cluster.set_defaults(func=cmd_cluster)
 
     lookup = sub.add_parser("lookup", help="print a user's ranked list from Redis as JSON")
     lookup.add_argument("--user", type=int, required=True)

@@ -81,16 +81,51 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Paths:
-    """Where the embedded deployment keeps its state (all under ``home``)."""
+    """Where the deployment keeps its state: under ``home``, the lake wherever it is told.
+
+    ``lake`` is an absolute local path or an ``s3a://bucket/prefix`` URI (``RANKFLOW_LAKE``):
+    on a cluster the executors read and write it there, never the driver's disk.
+    """
 
     home: Path
     raw: Path
-    lake: Path
+    lake: str
     mlflow: Path
+    jars: Path  # jars rankflow fetched once (hadoop-aws for an S3 lake): RANKFLOW_JARS
 
     def table(self, name: str) -> str:
         """Return the location of a Delta table such as ``bronze/events``."""
-        return str(self.lake / name)
+        return f"{self.lake.rstrip('/')}/{name}"
+
+    @property
+    def lake_on_s3(self) -> bool:
+        """Whether the lake is on S3 (Spark reads it through ``s3a``, pyarrow through ``s3``)."""
+        return self.lake.startswith("s3a://")
+
+
+LAKE_SCHEMES = ("s3a://", "file://")
+
+
+def lake_location(text: str) -> str:
+    """Normalise ``RANKFLOW_LAKE``: an ``s3a://bucket/prefix`` URI or an absolute local path.
+
+    Raises:
+        ValueError: another scheme (``s3://`` is not Hadoop's name for S3: use ``s3a://``), or
+            an S3 URI without a bucket.
+    """
+    if "://" not in text:
+        return str(Path(text).expanduser().resolve())
+    if not text.startswith(LAKE_SCHEMES):
+        raise ValueError(
+            f"RANKFLOW_LAKE={text!r}: use a local path, file:///path or s3a://bucket/prefix "
+            "(Spark's Hadoop file system names S3 s3a)"
+        )
+    if text.startswith("file://"):
+        return str(Path(text.removeprefix("file://")).resolve())
+    bucket = text.removeprefix("s3a://").split("/", 1)[0]
+    if not bucket:
+        raise ValueError(f"RANKFLOW_LAKE={text!r} names no bucket")
+    return text.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -193,6 +228,11 @@ class Settings:
         return int(self.pipeline["scoring"]["top_k"])
 
 
+def s3_endpoint(env: Mapping[str, str]) -> str | None:
+    """The S3 endpoint (``RANKFLOW_S3_ENDPOINT``): unset means the local one, empty AWS's."""
+    return env.get("RANKFLOW_S3_ENDPOINT", DEFAULT_S3_ENDPOINT) or None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from environment variables and the pipeline YAML."""
     env = os.environ if env is None else env
@@ -202,7 +242,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     publish = pipeline["publish"]
     mlflow_dir = home / "mlflow"
     return Settings(
-        paths=Paths(home=home, raw=data / "raw", lake=data / "lake", mlflow=mlflow_dir),
+        paths=Paths(
+            home=home,
+            raw=data / "raw",
+            lake=lake_location(env.get("RANKFLOW_LAKE") or str(data / "lake")),
+            mlflow=mlflow_dir,
+            jars=Path(env.get("RANKFLOW_JARS") or home / "jars").resolve(),
+        ),
         redis=RedisSettings(
             url=env.get("RANKFLOW_REDIS_URL", DEFAULT_REDIS_URL),
             key_prefix=publish["redis_key_prefix"],
@@ -215,7 +261,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             logger_url=env.get("RANKFLOW_REDIS_LOGGER_URL", ""),
         ),
         s3=S3Settings(
-            endpoint_url=env.get("RANKFLOW_S3_ENDPOINT", DEFAULT_S3_ENDPOINT) or None,
+            endpoint_url=s3_endpoint(env),
             bucket=env.get("RANKFLOW_S3_BUCKET", "rankflow"),
             region=env.get("AWS_DEFAULT_REGION", "us-east-1"),
             prefix=publish["s3_prefix"],

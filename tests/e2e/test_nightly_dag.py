@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from dag_runs import deadline_suspended  # Airflow 3.3.2's dag.test() and deadlines
+from dag_runs import nightly_run
 from rankflow.config import load_settings
 from rankflow.monitoring.history import history_rows
 from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
@@ -165,17 +165,6 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(
         [settings.paths.home, airflow_home],
         captured.out + captured.err,
     )
-
-
-def nightly_run(dag, day, hour: int):
-    """One retraining night of ``day`` on the home surface through ``dag.test()``; must succeed."""
-    with deadline_suspended(dag):  # Airflow 3.3.2: see tests/dag_runs.py
-        run = dag.test(
-            logical_date=datetime(day.year, day.month, day.day, hour, tzinfo=UTC),
-            run_conf={"ds": day.isoformat(), "surface": "home", "top_k": 50, "retrain": True},
-        )
-    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
-    return run
 
 
 def nightly_monitoring(settings, day, run_id: str, published: dict) -> list[dict]:

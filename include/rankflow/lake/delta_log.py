@@ -97,8 +97,10 @@ def parse_commit(version: int, lines: Iterable[str]) -> Commit:
 def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return the pyarrow filesystem and path of a local path or a ``file:``/``s3:``/``s3a:`` URI.
 
-    ``s3a://`` (Hadoop's scheme, as Spark writes it) is read as ``s3://``; S3 credentials and
-    endpoint come from the standard AWS environment variables.
+    ``s3a://`` (Hadoop's scheme, as Spark writes it) is read as ``s3://``. The endpoint is
+    rankflow's (``RANKFLOW_S3_ENDPOINT``, as :func:`rankflow.config.s3_endpoint` reads it: the
+    driver's and, through ``spark.executorEnv``, the executors'); credentials come from the
+    standard AWS chain (environment, profile, instance role).
     """
     import pyarrow.fs as pafs
 
@@ -108,9 +110,30 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
             unquote(urlparse(uri).path) if scheme else uri
         )
     if scheme in ("s3", "s3a"):
-        fs, path = pafs.FileSystem.from_uri("s3://" + uri.split("://", 1)[1])
-        return fs, path
+        return s3_filesystem(), uri.split("://", 1)[1]
     raise DeltaLogError(f"unsupported table location {uri!r}: use a local path, file:, s3: or s3a:")
+
+
+def delete_location(uri: str) -> None:
+    """Delete everything under a folder or S3 prefix (a missing one is already deleted)."""
+    fs, path = arrow_filesystem(uri)
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """The pyarrow S3 file system of rankflow's endpoint (path-style for a custom one)."""
+    import pyarrow.fs as pafs
+
+    from rankflow.config import s3_endpoint
+
+    endpoint = s3_endpoint(os.environ)
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    if endpoint is None:
+        return pafs.S3FileSystem(region=region)
+    where = urlparse(endpoint)
+    return pafs.S3FileSystem(
+        endpoint_override=where.netloc, scheme=where.scheme or "https", region=region
+    )
 
 
 def commit_versions(table: str) -> list[int]:

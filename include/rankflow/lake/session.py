@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rankflow.config import Settings
@@ -44,8 +45,61 @@ def spark_submit_conf(settings: Settings) -> dict[str, str]:
         **SESSION_CONF,
         "spark.sql.shuffle.partitions": partitions,
         "spark.databricks.delta.snapshotPartitions": partitions,
+        **s3a_conf(settings),
         **settings.spark.conf,
     }
+
+
+def spark_home() -> Path:
+    """Spark's home: ``SPARK_HOME`` (spark-submit sets it), else the pinned pyspark's folder."""
+    if os.environ.get("SPARK_HOME"):
+        return Path(os.environ["SPARK_HOME"])
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+def hadoop_version() -> str:
+    """The Hadoop version pyspark bundles (its ``hadoop-client-api`` jar): hadoop-aws must match."""
+    jars = spark_home() / "jars"
+    for jar in jars.glob("hadoop-client-api-*.jar"):
+        return jar.stem.removeprefix("hadoop-client-api-")
+    raise RuntimeError(f"no hadoop-client-api jar in {jars}: is pyspark installed whole?")
+
+
+def s3a_jars(settings: Settings) -> Path:
+    """The folder of hadoop-aws and its AWS SDK jars (``make setup`` fetches them from Maven).
+
+    They go on the driver's and executors' class path from this local folder, as a cluster's
+    image would hold them, rather than through ``--packages``, which would copy the SDK's
+    700 MB bundle to every executor of every step.
+    """
+    return settings.paths.jars / f"hadoop-aws-{hadoop_version()}"
+
+
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """Spark settings for a lake on ``s3a://``: endpoint, region, class path; none otherwise.
+
+    Credentials are not settings: hadoop-aws reads the standard AWS chain (environment, profile,
+    instance role) on the driver and on every executor.
+    """
+    if not settings.paths.lake_on_s3:
+        return {}
+    classpath = f"{s3a_jars(settings)}/*"
+    conf = {
+        "spark.driver.extraClassPath": classpath,
+        "spark.executor.extraClassPath": classpath,
+        "spark.hadoop.fs.s3a.endpoint.region": settings.s3.region,
+        "spark.executorEnv.AWS_DEFAULT_REGION": settings.s3.region,
+        # executors' pyarrow reads the lake's files at rankflow's endpoint too (empty: AWS)
+        "spark.executorEnv.RANKFLOW_S3_ENDPOINT": settings.s3.endpoint_url or "",
+    }
+    if settings.s3.endpoint_url:
+        conf["spark.hadoop.fs.s3a.endpoint"] = settings.s3.endpoint_url
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        secure = settings.s3.endpoint_url.startswith("https://")
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(secure).lower()
+    return conf
 
 
 # what a Connect client may set for its own session (the rest is the server's, fixed at start)
@@ -94,7 +148,9 @@ def get_session(settings: Settings, app_name: str, remote: str | None = None) ->
             if key not in DELTA_CONF and key.startswith(RUNTIME_CONF_PREFIXES):
                 builder = builder.config(key, value)
         return builder.getOrCreate()
-    builder = SparkSession.builder.appName(app_name).master(settings.spark.master)
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # under spark-submit its --master wins
+        builder = builder.master(settings.spark.master)
     builder = builder.config("spark.driver.memory", "4g").config("spark.ui.enabled", "false")
     for key, value in spark_submit_conf(settings).items():
         builder = builder.config(key, value)
@@ -112,6 +168,36 @@ def task_slots(spark: SparkSession) -> int:
         return max(int(spark.sparkContext.defaultParallelism), 1)
     conf = spark.conf.get("spark.default.parallelism", None)
     return max(int(conf or spark.conf.get("spark.sql.shuffle.partitions") or 1), 1)
+
+
+def fetch_s3a_jars(settings: Settings) -> str:
+    """Fetch hadoop-aws and the AWS SDK it names from Maven Central into :func:`s3a_jars`, once.
+
+    Ivy resolves them (``--packages`` of an empty application, with an Ivy home of its own);
+    the jars land in a temporary folder renamed into place, so a half fetch is never used.
+    """
+    import shutil
+    import subprocess
+
+    target = s3a_jars(settings)
+    if any(target.glob("*hadoop-aws-*.jar")):
+        return f"hadoop-aws jars: {target} (already fetched)"
+    work = settings.paths.home / "tmp" / "fetch-s3a"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "empty.py").write_text("")
+    package = f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"
+    command = [shutil.which("spark-submit") or "spark-submit", "--master", "local[1]"]
+    command += ["--conf", f"spark.jars.ivy={work / 'ivy'}", "--packages", package]
+    done = subprocess.run([*command, str(work / "empty.py")], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not fetch {package}: {done.stderr.strip()[-2000:]}")
+    fetched = work / "ivy" / "jars"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fetched.rename(target)
+    shutil.rmtree(work, ignore_errors=True)
+    names = sorted(jar.name for jar in target.glob("*.jar"))
+    return f"hadoop-aws jars: {target} ({', '.join(names)})"
 
 
 def warm_spark(settings: Settings) -> str:

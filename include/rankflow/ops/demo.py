@@ -57,6 +57,7 @@ def ensure_generated(
     settings: Settings, config: GeneratorConfig, state: dict[str, Any]
 ) -> dict[str, Any]:
     """Generate the raw drops unless the same configuration was generated already."""
+    from rankflow.lake.delta_log import delete_location
     from rankflow.sim.marketplace import generate_marketplace
 
     wanted = config_hash({k: str(v) for k, v in asdict(config).items()})
@@ -66,6 +67,8 @@ def ensure_generated(
         return state
     if settings.paths.home.joinpath("data").exists():
         shutil.rmtree(settings.paths.home / "data")
+    if settings.paths.lake_on_s3:
+        delete_location(settings.paths.lake)  # new drops, new lake
     summary = generate_marketplace(
         config, settings.paths.raw, on_day=lambda done, total: bar.update(done, total, "days")
     )
@@ -89,7 +92,8 @@ def ensure_history(
 
     first, end = history_window(last, settings)
     bar = Bar("history")
-    if state.get("history") == [start.isoformat(), end.isoformat()]:
+    same_lake = state.get("lake", settings.paths.lake) == settings.paths.lake  # none: older
+    if state.get("history") == [start.isoformat(), end.isoformat()] and same_lake:
         bar.finish(f"already built ({start} .. {end})")
         return state
     began = time.monotonic()
@@ -114,7 +118,7 @@ def ensure_history(
     bar.finish(
         f"ingested {start} .. {end}, training sets from {first} in {time.monotonic() - began:.0f}s"
     )
-    return {**state, "history": [start.isoformat(), end.isoformat()]}
+    return {**state, "history": [start.isoformat(), end.isoformat()], "lake": settings.paths.lake}
 
 
 def run_nightly_dag(

@@ -281,12 +281,12 @@ def create_database(url: str) -> None:
     raise ServiceError(f"could not create database {name!r}: {done.stderr.strip()[-500:]}")
 
 
-def spark_connect_service(settings: Settings, port: int) -> Service:
-    """A local Spark Connect server with Delta: the Spark steps attach to its warm JVM."""
+def spark_connect_service(settings: Settings, port: int, name: str = "spark-connect") -> Service:
+    """A Spark Connect server with Delta on the settings' master: steps attach to its warm JVM."""
     from rankflow.lake.session import connect_server_command
 
     return Service(
-        "spark-connect",
+        name,
         "127.0.0.1",
         port,
         connect_server_command(settings, port),

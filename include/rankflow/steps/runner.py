@@ -52,12 +52,14 @@ def main(run: StepRun, argv: Sequence[str] | None = None) -> int:
     """Run one step's ``run`` in a Spark session and print its result as one JSON line."""
     step = run.__module__.rpartition(".")[2]  # rankflow.steps.<step>: the task id
     from rankflow.lake.session import get_session
+    from rankflow.lake.storage import check_lake_access
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = parse_args(step, sys.argv[1:] if argv is None else argv)
     settings = load_settings()
+    check_lake_access(settings)  # an unreachable S3 lake says which setting is missing
     spark = get_session(settings, f"rankflow-{step}")
     from rankflow.evaluation.gate import GateRejectedError
     from rankflow.quality.gates import DataQualityError

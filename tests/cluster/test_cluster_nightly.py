@@ -1,0 +1,232 @@
+"""The tiny nightly DAG on a real Spark standalone cluster, with the lake on S3.
+
+A master and two workers from the pinned pyspark (``rankflow.ops.cluster``, what ``make
+cluster-up`` runs), executors in JVMs of their own, the lake at ``s3a://`` on the local S3
+endpoint and no lake on the local disk. The history is backfilled by spark-submit to the master;
+the DAG's steps attach to the cluster's Spark Connect server (a warm driver whose executors run on
+the workers); the night ends with a lookup. Then a worker is killed while the score step runs and
+the lists it writes are the same, and a step whose S3 credentials are half set fails at once,
+naming the missing variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from rankflow.config import load_settings
+from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.services, pytest.mark.cluster]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_endpoint):
+    """The master, two workers and the cluster's Connect server, stopped after the module."""
+    from rankflow.ops import cluster as spark_cluster
+
+    home = tmp_path_factory.mktemp("cluster")
+    jars = load_settings().paths.jars  # fetched once by `make setup`
+    env = {**os.environ, "RANKFLOW_HOME": str(home), "RANKFLOW_JARS": str(jars)}
+    env["RANKFLOW_S3_ENDPOINT"] = s3_endpoint
+    settings = load_settings(env)
+    try:
+        print("\n".join(spark_cluster.up(settings)))
+        yield settings
+    finally:
+        print("\n".join(spark_cluster.down(settings)))
+
+
+@pytest.fixture(scope="module")
+def night_env(cluster, tmp_path_factory, redis_url, redis_admin_url, s3_endpoint):
+    """Rankflow pointed at the cluster, a lake of its own on S3 and the tests' Redis DB."""
+    import redis
+
+    from rankflow.ops.cluster import CONNECT_PORT, HOST, ClusterShape, cluster_environment
+    from rankflow.publish.s3 import ensure_bucket, s3_client
+
+    bucket = f"cluster-lake-{secrets.token_hex(4)}"
+    env = {
+        **cluster_environment(ClusterShape()),
+        "RANKFLOW_HOME": str(tmp_path_factory.mktemp("night") / "home"),
+        "RANKFLOW_JARS": str(cluster.paths.jars),
+        "RANKFLOW_LAKE": f"s3a://{bucket}/lake",
+        "RANKFLOW_REDIS_URL": redis_url,
+        "RANKFLOW_S3_ENDPOINT": s3_endpoint,
+        "RANKFLOW_S3_BUCKET": bucket,
+        "RANKFLOW_SHUFFLE_PARTITIONS": "4",
+        # the DAG's steps attach to the cluster's Connect server; the backfill spark-submits
+        "AIRFLOW_CONN_SPARK_RANKFLOW": json.dumps(
+            {"conn_type": "spark_connect", "host": f"sc://{HOST}", "port": CONNECT_PORT}
+        ),
+    }
+    patch = pytest.MonkeyPatch()
+    for name, value in env.items():
+        patch.setenv(name, value)
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("AIRFLOW_CONN_S3_RANKFLOW", "AIRFLOW_CONN_REDIS_RANKFLOW"):
+        patch.delenv(name, raising=False)
+    settings = load_settings()
+    ensure_bucket(s3_client(settings.s3), bucket)
+    redis.Redis.from_url(redis_admin_url).flushdb()
+    yield settings
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def night(night_env):
+    """The tiny marketplace's history backfilled on the cluster, then one nightly DAG run."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from dag_runs import nightly_run
+    from rankflow.lake.session import spark_submit_command
+    from rankflow.ops.demo import history_window
+
+    settings = night_env
+    config = GeneratorConfig.preset("tiny")
+    generate_marketplace(config, settings.paths.raw)
+    last = config.start + timedelta(days=config.days - 1)
+    first, end = history_window(last, settings)
+    for job, start in (("ingest", config.start), ("training_set", first)):
+        command = spark_submit_command(settings, job, ["--start", str(start), "--ds", str(end)])
+        assert "spark://127.0.0.1:7077" in command
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-4000:]
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["rankflow_nightly"]
+    nightly_run(dag, last, hour=2)
+    return settings, last
+
+
+def test_the_tiny_night_runs_on_the_cluster_and_ends_with_a_lookup(night) -> None:
+    from rankflow.store.reader import RankingReader
+
+    settings, last = night
+    runs = settings.paths.home / "runs" / f"ds={last.isoformat()}"
+    published = json.loads((runs / "publish-redis-home.json").read_text())
+    exported = json.loads((runs / "publish-s3-home.json").read_text())
+    assert published["status"] == "switched"
+    assert published["users"] == exported["users"] > 100
+
+    reader = RankingReader.from_url(settings.redis.lookup_url, prefix=settings.redis.key_prefix)
+    found = reader.lookup(int(published["sample_user"]), "home")
+    assert found.version == published["version"]
+    assert not found.fallback
+    assert 0 < len(found.items) <= 50
+
+    # the lake is on S3 only, and the executors that wrote it ran in the workers' JVMs
+    assert not (settings.paths.home / "data" / "lake").exists()
+    assert lake_objects(settings, "gold/rankings/_delta_log/")
+    assert lake_objects(settings, "silver/training_set/_delta_log/")
+    status = master_status()
+    assert len(status["completedapps"]) >= 2  # the history's spark-submits
+    assert any(app["name"] == "rankflow-connect" for app in status["activeapps"])
+
+
+def test_a_worker_killed_while_scoring_leaves_the_lists_exact(night, cluster) -> None:
+    from rankflow.lake.session import job_command
+    from rankflow.ops.cluster import ClusterShape, cluster_services, wait_for_workers
+    from rankflow.ops.services import run_dir, start
+
+    settings, last = night
+    before = gold_lists(settings, last)
+    worker = cluster_services(cluster, ClusterShape())[2]  # spark-worker-2
+    folder = run_dir(cluster)
+    tasks_before = tasks_started(folder / worker.name)
+    args = ["--ds", last.isoformat(), "--surface", "home", "--top-k", "50", "--model", "champion"]
+    command, extra = job_command(settings, "score", args)
+    job = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **extra}, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while tasks_started(folder / worker.name) < tasks_before + 3:
+            assert job.poll() is None, "the score step ended before the worker ran its tasks"
+            assert time.monotonic() < deadline, "no task of the score step reached the worker"
+            time.sleep(0.05)
+        os.killpg(int((folder / f"{worker.name}.pid").read_text()), signal.SIGKILL)
+        output, _ = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        (folder / f"{worker.name}.pid").unlink(missing_ok=True)
+        start(worker, folder)  # the next tests see two workers again
+        wait_for_workers(2)
+    assert job.returncode == 0, output[-3000:]
+    scored = json.loads(output.strip().splitlines()[-1])["result"]
+    after = gold_lists(settings, last)
+    assert scored["users"] == len(after) == len(before) > 100
+    assert after == before  # retried tasks rewrote exactly the same lists
+
+
+def test_a_step_without_the_s3_secret_fails_naming_it(night_env, monkeypatch) -> None:
+    from rankflow.lake.session import spark_submit_command
+
+    env = {k: v for k, v in os.environ.items() if k != "AWS_SECRET_ACCESS_KEY"}
+    command = spark_submit_command(night_env, "ingest", ["--ds", "2026-01-01"])
+    began = time.monotonic()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "AWS_SECRET_ACCESS_KEY is not set" in done.stderr
+    assert "s3a://" in done.stderr
+    assert time.monotonic() - began < 60  # before any Spark work
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def lake_objects(settings, prefix: str) -> list[str]:
+    """The keys under a lake folder in its bucket."""
+    from rankflow.publish.s3 import s3_client
+
+    bucket, _, root = settings.paths.lake.removeprefix("s3a://").partition("/")
+    listed = s3_client(settings.s3).list_objects_v2(Bucket=bucket, Prefix=f"{root}/{prefix}")
+    return [item["Key"] for item in listed.get("Contents", [])]
+
+
+def gold_lists(settings, day) -> dict[int, list[int]]:
+    """Every user's list in the gold files the day's last score run wrote (its run record)."""
+    import pyarrow.parquet as pq
+
+    from rankflow.lake.delta_log import arrow_filesystem
+    from rankflow.lake.gold import GoldSnapshot
+
+    record = settings.paths.home / "runs" / f"ds={day.isoformat()}" / "score-home.json"
+    snapshot = GoldSnapshot.from_record(json.loads(record.read_text())["gold"])
+    lists: dict[int, list[int]] = {}
+    for location, rows in snapshot.locations():
+        fs, path = arrow_filesystem(location)
+        with fs.open_input_file(path) as source:
+            table = pq.read_table(source, columns=["user_id", "item_ids"])
+        assert table.num_rows == rows
+        users, items = table["user_id"].to_pylist(), table["item_ids"].to_pylist()
+        lists.update(zip(map(int, users), items, strict=True))
+    return lists
+
+
+def tasks_started(worker_home: Path) -> int:
+    """How many tasks the worker's executors have started (their stderr logs say)."""
+    pattern = re.compile(r"Running task ")
+    total = 0
+    for log in (worker_home / "work").glob("app-*/*/stderr"):
+        total += len(pattern.findall(log.read_text(errors="replace")))
+    return total
+
+
+def master_status() -> dict:
+    """The standalone master's JSON status page (workers, active and completed applications)."""
+    import urllib.request
+
+    from rankflow.ops.cluster import HOST, MASTER_UI_PORT
+
+    with urllib.request.urlopen(f"http://{HOST}:{MASTER_UI_PORT}/json/", timeout=10) as page:
+        return json.load(page)
