@@ -76,6 +76,7 @@ TARGET_PUBLISH = 0.5
 WARM_UP_SURFACE = "warmup"
 BENCHMARK_RUNS = 3  # redis-benchmark runs before and after the publication (median of all)
 PUBLISH_RUNS = 3  # publications of the same snapshot, each into a fresh version (median)
+SCORING_RUNS = 3  # runs of each scoring path over the same rows (median, with the range)
 
 
 def parse_args(argv: Sequence[str], settings: Settings) -> Scale:
@@ -115,17 +116,22 @@ def parse_args(argv: Sequence[str], settings: Settings) -> Scale:
 
 @dataclass(frozen=True)
 class ScoringResult:
-    """Rows/s of both scoring paths."""
+    """Seconds of each run of both scoring paths over the same rows."""
 
-    spark_seconds: float
-    reference_seconds: float
+    spark_seconds: list[float]
+    reference_seconds: list[float]
     convert_seconds: float
     rows: int
 
     @property
     def ratio(self) -> float:
-        """Return Spark rows/s over reference rows/s."""
-        return self.reference_seconds / self.spark_seconds
+        """Return the median Spark rows/s over the median reference rows/s."""
+        return statistics.median(self.reference_seconds) / statistics.median(self.spark_seconds)
+
+    def rates(self, seconds: list[float]) -> str:
+        """Return ``median rows/s [slowest .. fastest]`` of a path's runs."""
+        rates = sorted(self.rows / s for s in seconds)
+        return f"{statistics.median(rates):,.0f} rows/s [{rates[0]:,.0f} .. {rates[-1]:,.0f}]"
 
 
 def score_with_spark(spark: SparkSession, path: str, out: str, model_raw: bytes, k: int) -> float:
@@ -198,19 +204,27 @@ def check_same_lists(spark: SparkSession, out: str, reference: pd.DataFrame) -> 
 def bench_scoring(
     spark: SparkSession, path: str, out: str, model_raw: bytes, scale: Scale
 ) -> ScoringResult:
-    """Measure (a): Spark scoring and in-process ``inplace_predict`` over the same rows."""
+    """Measure (a): Spark scoring and in-process ``inplace_predict`` over the same rows, 3 x."""
     warm_up(spark, path, model_raw, scale.top_k)
-    say("(a) scoring through Spark: score_candidates -> Parquet ...")
-    spark_seconds = score_with_spark(spark, path, out, model_raw, scale.top_k)
-    say(f"    {scale.rows / spark_seconds:,.0f} rows/s ({spark_seconds:.1f} s)")
-    say("(a) reference: inplace_predict, all cores, float32 matrices from the same Parquet ...")
-    predict, convert, check = score_in_process(path, model_raw, scale.top_k)
+    say(f"(a) scoring through Spark: score_candidates -> Parquet, {SCORING_RUNS} runs ...")
+    spark_seconds = []
+    for _ in range(SCORING_RUNS):
+        spark_seconds.append(score_with_spark(spark, path, out, model_raw, scale.top_k))
+        say(f"    {scale.rows / spark_seconds[-1]:,.0f} rows/s ({spark_seconds[-1]:.1f} s)")
     say(
-        f"    {scale.rows / predict:,.0f} rows/s ({predict:.1f} s predicting; "
-        f"Parquet -> float32 took another {convert:.1f} s, not counted)"
+        "(a) reference: inplace_predict, all cores, float32 matrices from the same Parquet, "
+        f"{SCORING_RUNS} runs ..."
     )
+    reference_seconds = []
+    for _ in range(SCORING_RUNS):
+        predict, convert, check = score_in_process(path, model_raw, scale.top_k)
+        reference_seconds.append(predict)
+        say(
+            f"    {scale.rows / predict:,.0f} rows/s ({predict:.1f} s predicting; "
+            f"Parquet -> float32 took another {convert:.1f} s, not counted)"
+        )
     say(f"    check: {check_same_lists(spark, out, check)}")
-    return ScoringResult(spark_seconds, predict, convert, scale.rows)
+    return ScoringResult(spark_seconds, reference_seconds, convert, scale.rows)
 
 
 # --------------------------------------------------------------------------- (b) publishing
@@ -221,9 +235,15 @@ class PublishResult:
     """Users/s of the real publication and of redis-benchmark, plus memory per user."""
 
     users: int
-    seconds: float
+    seconds: float  # the median run's
     benchmark_rates: list[float]
     bytes_per_user: float | None
+    run_seconds: tuple[float, ...] = ()  # every publication's
+
+    def rate_range(self) -> str:
+        """Return ``[slowest .. fastest]`` users/s over the publications."""
+        rates = sorted(self.users / s for s in self.run_seconds or (self.seconds,))
+        return f"[{rates[0]:,.0f} .. {rates[-1]:,.0f}]"
 
     @property
     def rate(self) -> float:
@@ -387,7 +407,7 @@ def bench_publish(
         if not had_stray:
             client.delete(stray)
         say(f"    cleanup: deleted {removed:,} keys under {PREFIX}:")
-    return PublishResult(done.users, done.seconds, rates, per_user)
+    return PublishResult(done.users, done.seconds, rates, per_user, tuple(r.seconds for r in runs))
 
 
 # --------------------------------------------------------------------------- report
@@ -415,15 +435,16 @@ def summary(
         f"SUMMARY  {scale.users:,} users x {scale.candidates} candidates, K={scale.top_k}, "
         f"{os.cpu_count()} cores, run {total / 60:.1f} min, load {os.getloadavg()[1]:.1f} (5 min)",
         (
-            f"(a) scoring  Spark {scoring.rows / scoring.spark_seconds:>12,.0f} rows/s  "
-            f"reference {scoring.rows / scoring.reference_seconds:>12,.0f} rows/s  "
+            f"(a) scoring  Spark {scoring.rates(scoring.spark_seconds)}  "
+            f"reference {scoring.rates(scoring.reference_seconds)}  "
             f"ratio {scoring.ratio:.3f}  target >= {TARGET_SCORING}  "
             f"{verdict(scoring.ratio, TARGET_SCORING)}"
             if scoring
             else "(a) scoring  skipped (--publish-only)"
         ),
-        f"(b) publish  Redis {published.rate:>12,.0f} users/s  "
-        f"benchmark {bench_rate:>12,.0f} SET/s   "
+        f"(b) publish  Redis {published.rate:,.0f} users/s {published.rate_range()}  "
+        f"benchmark {bench_rate:,.0f} SET/s [{min(published.benchmark_rates):,.0f} .. "
+        f"{max(published.benchmark_rates):,.0f}]  "
         f"ratio {published.ratio:.3f}  target >= {TARGET_PUBLISH}  "
         f"{verdict(published.ratio, TARGET_PUBLISH)}",
         f"(c) memory   {memory_text}",

@@ -31,12 +31,18 @@ CLUSTER_FILE = "cluster.mk"
 
 @dataclass(frozen=True)
 class ClusterShape:
-    """How big each worker is: cores and memory it offers its executors."""
+    """How big the workers are and how much of them one application takes.
+
+    Each worker offers two task slots, and an application takes one executor of one core on each
+    worker: the Connect server's application holds its executors for as long as it runs, and a
+    step's spark-submit must still find a slot and the memory for its own on every worker.
+    """
 
     workers: int = 2
-    cores: int = 1
-    memory: str = "6g"
-    executor_memory: str = "4g"
+    cores: int = 2  # task slots a worker offers (more than the machine's cores is fine)
+    memory: str = "5g"  # what a worker offers its executors: two of executor_memory
+    executor_cores: int = 1
+    executor_memory: str = "2g"
 
 
 def master_url() -> str:
@@ -120,10 +126,10 @@ def cluster_spark_conf(shape: ClusterShape) -> dict[str, str]:
     return {
         "spark.driver.host": HOST,  # everything on the loopback interface
         "spark.driver.bindAddress": HOST,
-        "spark.executor.cores": str(shape.cores),
+        "spark.executor.cores": str(shape.executor_cores),
         "spark.executor.memory": shape.executor_memory,
-        "spark.cores.max": str(shape.cores * shape.workers),
-        "spark.default.parallelism": str(shape.cores * shape.workers),
+        "spark.cores.max": str(shape.executor_cores * shape.workers),
+        "spark.default.parallelism": str(shape.executor_cores * shape.workers),
         "spark.scheduler.minRegisteredResourcesRatio": "1.0",
         "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
     }
