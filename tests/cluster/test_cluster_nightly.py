@@ -153,6 +153,7 @@ def test_a_worker_killed_while_scoring_leaves_the_lists_exact(night, cluster) ->
             assert job.poll() is None, "the score step ended before the worker ran its tasks"
             assert time.monotonic() < deadline, "no task of the score step reached the worker"
             time.sleep(0.05)
+        assert job.poll() is None, "the score step ended before the worker was killed"
         os.killpg(int((folder / f"{worker.name}.pid").read_text()), signal.SIGKILL)
         output, _ = job.communicate(timeout=600)
     finally:
