@@ -52,8 +52,8 @@ def night_env(cluster, tmp_path_factory, redis_url, redis_admin_url, s3_endpoint
     """Rankflow pointed at the cluster, a lake of its own on S3 and the tests' Redis DB."""
     import redis
 
+    from rankflow.lake.storage import ensure_bucket, s3_client
     from rankflow.ops.cluster import CONNECT_PORT, HOST, ClusterShape, cluster_environment
-    from rankflow.publish.s3 import ensure_bucket, s3_client
 
     bucket = f"cluster-lake-{secrets.token_hex(4)}"
     env = {
@@ -188,7 +188,7 @@ def test_a_step_without_the_s3_secret_fails_naming_it(night_env) -> None:
 
 def lake_objects(settings, prefix: str) -> list[str]:
     """The keys under a lake folder in its bucket."""
-    from rankflow.publish.s3 import s3_client
+    from rankflow.lake.storage import s3_client
 
     bucket, _, root = settings.paths.lake.removeprefix("s3a://").partition("/")
     listed = s3_client(settings.s3).list_objects_v2(Bucket=bucket, Prefix=f"{root}/{prefix}")

@@ -1,4 +1,4 @@
-"""Where the lake lives: a check, before a step opens Spark, that an S3 lake can be reached.
+"""Where the lake lives: the S3 client factory, and a check before a step opens Spark.
 
 Without it a step on an ``s3a://`` lake with no credentials fails deep inside hadoop-aws, after
 a JVM start and a walk through every credential provider, with a message about providers rather
@@ -8,10 +8,36 @@ than about the setting to fix.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from rankflow.config import Settings
+from rankflow.config import S3Settings, Settings
 
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def s3_client(s3: S3Settings) -> Any:
+    """Return a boto3 S3 client for the configured endpoint (credentials from the environment)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5),
+    )
+
+
+def ensure_bucket(client: Any, bucket: str) -> None:
+    """Create the bucket if it does not exist (embedded endpoint and first runs)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+        client.create_bucket(Bucket=bucket)
 
 
 class LakeAccessError(RuntimeError):
@@ -33,8 +59,6 @@ def check_lake_access(settings: Settings) -> None:
         return
     import boto3
     from botocore.exceptions import ClientError, EndpointConnectionError
-
-    from rankflow.publish.s3 import s3_client
 
     lake, bucket = settings.paths.lake, lake_bucket(settings)
     missing = [name for name in CREDENTIAL_VARIABLES if not os.environ.get(name)]

@@ -172,7 +172,7 @@ def connect_service(settings: Settings, shape: ClusterShape) -> Service:
 
 def create_lake_bucket(settings: Settings, lake: str) -> str:
     """Create the lake's bucket on the S3 endpoint unless it exists (S3A never creates one)."""
-    from rankflow.publish.s3 import ensure_bucket, s3_client
+    from rankflow.lake.storage import ensure_bucket, s3_client
 
     bucket = lake.removeprefix("s3a://").split("/", 1)[0]
     ensure_bucket(s3_client(settings.s3), bucket)

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from rankflow.config import S3Settings
+from rankflow.lake.storage import ensure_bucket, s3_client
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,31 +43,6 @@ class ExportResult:
     bytes: int
     pointer_updated: bool
     resumed: bool = False  # an earlier attempt had written the whole export
-
-
-def s3_client(s3: S3Settings) -> Any:
-    """Return a boto3 S3 client for the configured endpoint (credentials from the environment)."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint_url,
-        region_name=s3.region,
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5),
-    )
-
-
-def ensure_bucket(client: Any, bucket: str) -> None:
-    """Create the bucket if it does not exist (embedded endpoint and first runs)."""
-    from botocore.exceptions import ClientError
-
-    try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-            raise
-        client.create_bucket(Bucket=bucket)
 
 
 def export_prefix(s3: S3Settings, surface: str, ds: date, version: str) -> str:

@@ -118,7 +118,7 @@ def write_report(
     """Write the run report beside the run record, into the model's MLflow run, and to S3."""
     import mlflow
 
-    from rankflow.publish.s3 import ensure_bucket, s3_client
+    from rankflow.lake.storage import ensure_bucket, s3_client
     from rankflow.runs import run_record_path
     from rankflow.ui.report import render_report
 
