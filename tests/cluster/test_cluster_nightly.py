@@ -2,11 +2,12 @@
 
 A master and two workers from the pinned pyspark (``rankflow.ops.cluster``, what ``make
 cluster-up`` runs), executors in JVMs of their own, the lake at ``s3a://`` on the local S3
-endpoint and no lake on the local disk. The history is backfilled by spark-submit to the master;
-the DAG's steps attach to the cluster's Spark Connect server (a warm driver whose executors run on
-the workers); the night ends with a lookup. Then a worker is killed while the score step runs and
-the lists it writes are the same, and a step whose S3 credentials are half set fails at once,
-naming the missing variable.
+endpoint and no lake on the local disk. The history and the DAG's steps attach to the cluster's
+Spark Connect server (a warm driver whose executors run on the workers); the night ends with a
+lookup. Then the score step runs again as a spark-submit in client mode (what the
+``spark_rankflow`` connection runs for every step of a scheduled night), a worker is killed while
+it runs and the lists it writes are the same; and a step whose S3 credentials are half set fails
+at once, naming the missing variable.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def night(night_env):
     from airflow.dag_processing.dagbag import DagBag
 
     from dag_runs import nightly_run
-    from rankflow.lake.session import spark_submit_command
+    from rankflow.lake.session import job_command
     from rankflow.ops.demo import history_window
 
     settings = night_env
@@ -98,10 +99,12 @@ def night(night_env):
     last = config.start + timedelta(days=config.days - 1)
     first, end = history_window(last, settings)
     for job, start in (("ingest", config.start), ("training_set", first)):
-        command = spark_submit_command(settings, job, ["--start", str(start), "--ds", str(end)])
-        assert "spark://127.0.0.1:7077" in command
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr[-4000:]
+        command, extra = job_command(settings, job, ["--start", str(start), "--ds", str(end)])
+        assert extra == {"SPARK_REMOTE": "sc://127.0.0.1:15003"}  # the cluster's Connect server
+        done = subprocess.run(
+            command, cwd=ROOT, env={**os.environ, **extra}, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout[-4000:]
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["rankflow_nightly"]
     nightly_run(dag, last, hour=2)
     return settings, last
@@ -128,12 +131,12 @@ def test_the_tiny_night_runs_on_the_cluster_and_ends_with_a_lookup(night) -> Non
     assert lake_objects(settings, "gold/rankings/_delta_log/")
     assert lake_objects(settings, "silver/training_set/_delta_log/")
     status = master_status()
-    assert len(status["completedapps"]) >= 2  # the history's spark-submits
-    assert any(app["name"] == "rankflow-connect" for app in status["activeapps"])
+    (connect,) = [app for app in status["activeapps"] if app["name"] == "rankflow-connect"]
+    assert connect["cores"] == 2  # one executor on each worker
 
 
 def test_a_worker_killed_while_scoring_leaves_the_lists_exact(night, cluster) -> None:
-    from rankflow.lake.session import job_command
+    from rankflow.lake.session import spark_submit_command
     from rankflow.ops.cluster import ClusterShape, cluster_services, wait_for_workers
     from rankflow.ops.services import run_dir, start
 
@@ -143,10 +146,10 @@ def test_a_worker_killed_while_scoring_leaves_the_lists_exact(night, cluster) ->
     folder = run_dir(cluster)
     tasks_before = tasks_started(folder / worker.name)
     args = ["--ds", last.isoformat(), "--surface", "home", "--top-k", "50", "--model", "champion"]
-    command, extra = job_command(settings, "score", args)
-    job = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **extra}, stdout=subprocess.PIPE, text=True
-    )
+    # a spark-submit in client mode, as the spark_rankflow connection runs every step
+    command = spark_submit_command(settings, "score", args)
+    assert "spark://127.0.0.1:7077" in command
+    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while tasks_started(folder / worker.name) < tasks_before + 3:
@@ -163,10 +166,13 @@ def test_a_worker_killed_while_scoring_leaves_the_lists_exact(night, cluster) ->
         start(worker, folder)  # the next tests see two workers again
         wait_for_workers(2)
     assert job.returncode == 0, output[-3000:]
-    scored = json.loads(output.strip().splitlines()[-1])["result"]
+    # spark-submit prints the Python driver's log lines and its result line on stdout
+    (result,) = [line for line in output.splitlines() if line.startswith('{"step": "score"')]
+    scored = json.loads(result)["result"]
     after = gold_lists(settings, last)
     assert scored["users"] == len(after) == len(before) > 100
     assert after == before  # retried tasks rewrote exactly the same lists
+    assert "rankflow-score" in {app["name"] for app in master_status()["completedapps"]}
 
 
 def test_a_step_without_the_s3_secret_fails_naming_it(night_env) -> None:
