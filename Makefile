@@ -24,8 +24,9 @@ export AIRFLOW_CONN_SPARK_RANKFLOW ?= {"conn_type": "spark", "host": "local[*]"}
 # `make up` also runs a local Spark Connect server (Delta enabled) here; the demo's steps attach
 # to its warm JVM instead of paying a cold spark-submit each (see README, "Spark Connect").
 export RANKFLOW_SPARK_CONNECT ?= sc://127.0.0.1:15002
-CONNECT_CONN := {"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": 15002}
-# the demo's steps attach to the Connect server, unless the cluster (no Connect server) is up
+# the demo's steps attach to the Connect server of RANKFLOW_SPARK_CONNECT (`make up`'s, or the
+# cluster's after `make cluster-up`); with none, they run on the spark_rankflow connection
+CONNECT_CONN := {"conn_type": "spark_connect", "host": "sc://127.0.0.1", "port": $(lastword $(subst :, ,$(RANKFLOW_SPARK_CONNECT)))}
 DEMO_SPARK_CONN := $(if $(RANKFLOW_SPARK_CONNECT),$(CONNECT_CONN),$(AIRFLOW_CONN_SPARK_RANKFLOW))
 export AWS_ACCESS_KEY_ID ?= rankflow-local
 export AWS_SECRET_ACCESS_KEY ?= rankflow-local
