@@ -9,10 +9,13 @@ with ``RANKFLOW_PUBLICATION_DEADLINE=off`` instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -35,3 +38,31 @@ def nightly_run(dag: Any, day: date, hour: int) -> Any:
         )
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
     return run
+
+
+def tiny_history(
+    settings: Any, launch: Callable[[str, list[str]], tuple[list[str], dict[str, str]]]
+) -> date:
+    """Generate the tiny marketplace and backfill the history its first night needs; its last day.
+
+    ``launch(job, args)`` returns the command and extra environment of a job (spark-submit, or a
+    Connect client), so the history goes through the same jobs the DAG runs.
+    """
+    import os
+    import subprocess
+
+    from rankflow.ops.demo import history_window
+    from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
+
+    config = GeneratorConfig.preset("tiny")
+    generate_marketplace(config, settings.paths.raw)
+    last: date = config.start + timedelta(days=config.days - 1)
+    first, end = history_window(last, settings)
+    for job, start in (("ingest", config.start), ("training_set", first)):
+        command, extra = launch(job, ["--start", str(start), "--ds", str(end)])
+        done = subprocess.run(
+            command, cwd=ROOT, env={**os.environ, **extra}, capture_output=True, text=True
+        )
+        # spark-submit merges the Python driver's stderr into stdout
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return last

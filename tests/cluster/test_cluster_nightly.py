@@ -19,13 +19,11 @@ import secrets
 import signal
 import subprocess
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from rankflow.config import load_settings
-from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.services, pytest.mark.cluster]
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,22 +87,17 @@ def night(night_env):
     """The tiny marketplace's history backfilled on the cluster, then one nightly DAG run."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from dag_runs import nightly_run
+    from dag_runs import nightly_run, tiny_history
     from rankflow.lake.session import job_command
-    from rankflow.ops.demo import history_window
 
     settings = night_env
-    config = GeneratorConfig.preset("tiny")
-    generate_marketplace(config, settings.paths.raw)
-    last = config.start + timedelta(days=config.days - 1)
-    first, end = history_window(last, settings)
-    for job, start in (("ingest", config.start), ("training_set", first)):
-        command, extra = job_command(settings, job, ["--start", str(start), "--ds", str(end)])
+
+    def on_cluster_connect(job: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+        command, extra = job_command(settings, job, args)
         assert extra == {"SPARK_REMOTE": "sc://127.0.0.1:15003"}  # the cluster's Connect server
-        done = subprocess.run(
-            command, cwd=ROOT, env={**os.environ, **extra}, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stdout[-4000:]
+        return command, extra
+
+    last = tiny_history(settings, on_cluster_connect)
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["rankflow_nightly"]
     nightly_run(dag, last, hour=2)
     return settings, last

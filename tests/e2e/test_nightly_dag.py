@@ -16,10 +16,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from dag_runs import nightly_run
+from dag_runs import nightly_run, tiny_history
 from rankflow.config import load_settings
 from rankflow.monitoring.history import history_rows
-from rankflow.sim.marketplace import GeneratorConfig, generate_marketplace
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.services]
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,19 +100,11 @@ def test_nightly_dag_publishes_lists_readers_can_look_up(
     from airflow.dag_processing.dagbag import DagBag
 
     from rankflow.lake.session import spark_submit_command
-    from rankflow.ops.demo import history_window
     from rankflow.store.reader import RankingReader
 
     settings = tiny_env
-    config = GeneratorConfig.preset("tiny")
-    generate_marketplace(config, settings.paths.raw)
-    last = config.start + timedelta(days=config.days - 1)
-    first, end = history_window(last, settings)
     # the history a first nightly run needs, backfilled through the same jobs the DAG runs
-    for job, start in (("ingest", config.start), ("training_set", first)):
-        command = spark_submit_command(settings, job, ["--start", str(start), "--ds", str(end)])
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr[-4000:]
+    last = tiny_history(settings, lambda job, args: (spark_submit_command(settings, job, args), {}))
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["rankflow_nightly"]
     run = nightly_run(dag, last, hour=2)

@@ -44,9 +44,9 @@ class LakeAccessError(RuntimeError):
     """The lake's storage cannot be used: missing or refused credentials, no bucket."""
 
 
-def lake_bucket(settings: Settings) -> str:
+def lake_bucket(lake: str) -> str:
     """The bucket of an ``s3a://bucket/prefix`` lake."""
-    return settings.paths.lake.removeprefix("s3a://").split("/", 1)[0]
+    return lake.removeprefix("s3a://").split("/", 1)[0]
 
 
 def check_lake_access(settings: Settings) -> None:
@@ -60,7 +60,7 @@ def check_lake_access(settings: Settings) -> None:
     import boto3
     from botocore.exceptions import ClientError, EndpointConnectionError
 
-    lake, bucket = settings.paths.lake, lake_bucket(settings)
+    lake, bucket = settings.paths.lake, lake_bucket(settings.paths.lake)
     missing = [name for name in CREDENTIAL_VARIABLES if not os.environ.get(name)]
     if len(missing) == 1:
         raise LakeAccessError(

@@ -172,9 +172,9 @@ def connect_service(settings: Settings, shape: ClusterShape) -> Service:
 
 def create_lake_bucket(settings: Settings, lake: str) -> str:
     """Create the lake's bucket on the S3 endpoint unless it exists (S3A never creates one)."""
-    from rankflow.lake.storage import ensure_bucket, s3_client
+    from rankflow.lake.storage import ensure_bucket, lake_bucket, s3_client
 
-    bucket = lake.removeprefix("s3a://").split("/", 1)[0]
+    bucket = lake_bucket(lake)
     ensure_bucket(s3_client(settings.s3), bucket)
     return f"lake: {lake} (bucket {bucket} on {settings.s3.endpoint_url or 'AWS'})"
 
