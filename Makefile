@@ -47,7 +47,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise bench-nightly cluster-up cluster-down lock clean
+.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise bench-nightly bench-engines cluster-up cluster-down lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -186,6 +186,9 @@ bench-materialise: setup up ## Benchmark materialise_features at scale (the demo
 
 bench-nightly: setup up ## The nightly DAG at marketplace scale, per step (USERS=100k|300k|1m or a list; ARGS="--report-only"); docs/scale.md
 	$(PY) bench/bench_nightly.py --users $(or $(USERS),100k) $(ARGS)
+
+bench-engines: setup up ## The local and spark training engines on the demo's rows: NDCG@10 and IPW NDCG@10 differences, rerun bytes, seconds (PRESET=demo)
+	$(PY) bench/bench_engines.py --preset $(or $(PRESET),demo) $(ARGS)
 
 lock: $(VENV)/.installed ## Re-resolve requirements.lock from requirements.txt
 	$(VENV)/bin/uv pip compile requirements.txt --universal --python-version 3.11 -o requirements.lock

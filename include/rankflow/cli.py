@@ -88,17 +88,20 @@ def cmd_lookup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def command_session(settings: Settings, app_name: str) -> SparkSession:
+def command_session(settings: Settings, app_name: str, *, classic: bool = False) -> SparkSession:
     """A command's Spark: the Connect server ``make up`` starts when configured, else local.
 
     ``RANKFLOW_SPARK_CONNECT`` is where ``make demo`` runs its steps; a command that shares
     that warm server starts in seconds instead of paying a JVM and Delta's start-up. A server
     that is not listening (``make down``) is said on stderr and a local session is opened.
+    ``classic`` (the spark training engine) always opens a session on ``RANKFLOW_SPARK_MASTER``.
     """
     from urllib.parse import urlparse
 
     from rankflow.lake.session import get_session, listening
 
+    if classic:
+        return get_session(settings, app_name, classic=True)
     remote = settings.spark.connect_url
     if remote and not listening(remote):
         where = urlparse(remote)  # the URL may carry a token: name only the address
@@ -290,11 +293,18 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     """Train and register a model for --ds, or rebuild a registered one from its lineage."""
+    from rankflow.model.registry import load_lineage
+    from rankflow.model.spark_engine import training_engine
     from rankflow.steps.train import run_reproduce, run_train
 
     if (args.ds is None) == (args.reproduce is None):
         raise ValueError("give exactly one of --ds (train) and --reproduce VERSION")
-    spark = command_session(settings, "rankflow-train")
+    if args.reproduce:
+        engine = load_lineage(settings, args.reproduce).get("training_engine", {})
+        on_spark = engine.get("engine") == "spark"
+    else:
+        on_spark = training_engine(settings.pipeline["training"]) == "spark"
+    spark = command_session(settings, "rankflow-train", classic=on_spark)
     try:
         if args.reproduce:
             result = run_reproduce(spark, settings, args.reproduce)
@@ -310,10 +320,25 @@ def cmd_benchmark(settings: Settings, args: argparse.Namespace) -> int:
     """Run the trainer and evaluator on a public benchmark's folds and print the figures."""
     import os
 
-    from rankflow.evaluation.benchmark import default_data_dir, format_report, run_mq2008
+    from rankflow.evaluation.benchmark import (
+        default_data_dir,
+        format_report,
+        run_mq2008,
+        spark_trainer,
+    )
+    from rankflow.model.spark_engine import worker_count
 
     folder = Path(args.data or os.environ.get("RANKFLOW_MQ2008") or default_data_dir())
-    result = run_mq2008(folder, settings, convention=args.convention)
+    if args.engine == "local":
+        result = run_mq2008(folder, settings, convention=args.convention)
+    else:
+        spark = command_session(settings, "rankflow-benchmark", classic=True)
+        try:
+            workers = worker_count(spark, int(settings.pipeline["training"]["spark_workers"]))
+            trainer = spark_trainer(spark, workers)
+            result = run_mq2008(folder, settings, args.convention, trainer, f"spark ({workers})")
+        finally:
+            spark.stop()
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 
@@ -477,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--convention",
         choices=["one", "zero", "skip"],
         help="NDCG/MAP of queries without a relevant document (default: one, XGBoost's)",
+    )
+    benchmark.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="fit every model in this process, or with SparkXGBRanker on RANKFLOW_SPARK_MASTER",
     )
     benchmark.set_defaults(func=cmd_benchmark)
 

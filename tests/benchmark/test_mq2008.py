@@ -33,27 +33,27 @@ def mq2008_data() -> Path:
     return DATA
 
 
-@pytest.fixture(scope="module")
-def result() -> dict[str, Any]:
+def benchmark(*options: str) -> dict[str, Any]:
     """One run of `rankflow benchmark mq2008 --json`, the command the README documents."""
+    command = [sys.executable, "-m", "rankflow.cli", "benchmark", "mq2008", "--data", str(DATA)]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rankflow.cli",
-            "benchmark",
-            "mq2008",
-            "--data",
-            str(DATA),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
+        [*command, "--json", *options], capture_output=True, text=True, timeout=900
     )
+    assert done.returncode == 0, done.stderr[-4000:]
     parsed: dict[str, Any] = json.loads(done.stdout)
     return parsed
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, Any]:
+    """The benchmark through the local training engine (the default)."""
+    return benchmark()
+
+
+@pytest.fixture(scope="module")
+def on_spark() -> dict[str, Any]:
+    """The benchmark through the spark training engine: every fit a SparkXGBRanker job."""
+    return benchmark("--engine", "spark")
 
 
 def test_honest_five_fold_mean_ndcg10_reaches_the_published_level(result: dict[str, Any]) -> None:
@@ -71,3 +71,14 @@ def test_fold1_under_the_optimistic_protocol_matches_the_catboost_benchmark(
 def test_conventions_span_the_published_range(result: dict[str, Any]) -> None:
     by_convention = result["mean_ndcg@10_by_convention"]
     assert by_convention["zero"] < 0.55 < by_convention["skip"] < 0.75 < by_convention["one"]
+
+
+@pytest.mark.spark
+def test_the_spark_engine_reaches_the_local_engines_five_fold_mean(
+    result: dict[str, Any], on_spark: dict[str, Any]
+) -> None:
+    assert result["engine"] == "local"
+    assert on_spark["engine"].startswith("spark (")
+    assert on_spark["engine"] != "spark (1)"  # distributed: the workers sum their histograms
+    assert [fold["test_queries"] for fold in on_spark["folds"]] == [156, 157, 157, 157, 157]
+    assert abs(on_spark["mean"]["ndcg@10"] - result["mean"]["ndcg@10"]) <= 0.01

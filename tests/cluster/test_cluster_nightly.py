@@ -182,6 +182,64 @@ def test_a_step_without_the_s3_secret_fails_naming_it(night_env) -> None:
     assert time.monotonic() - began < 60  # before any Spark work
 
 
+def test_the_spark_engine_trains_on_the_cluster_reproducibly_for_the_gate(
+    night, tmp_path, monkeypatch
+) -> None:
+    from rankflow.lake.session import job_command, spark_submit_command
+
+    settings, last = night
+    config = tmp_path / "spark-engine.yaml"
+    config.write_text("training:\n  engine: spark\n  spark_workers: 2\n")
+    monkeypatch.setenv("RANKFLOW_CONFIG", str(config))
+    args = ["--ds", last.isoformat(), "--run-id", "cluster-spark-engine"]
+    # the train step as the spark_rankflow connection runs it: a spark-submit on the master
+    done = subprocess.run(
+        spark_submit_command(settings, "train", args), cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith('{"step": "train"')]
+    trained = json.loads(line)["result"]
+    assert trained["training_engine"] == {"engine": "spark", "workers": 2}
+    assert trained["training_config"]["engine"] == "spark"
+    assert "rankflow-train" in {app["name"] for app in master_status()["completedapps"]}
+
+    # the same rows, partitioning and seed give the same bytes (a classic session on the master)
+    rebuilt = cli("train", "--reproduce", trained["model_version"])
+    assert rebuilt["identical"], rebuilt
+    assert rebuilt["sha256"] == trained["model_sha256"]
+    assert (rebuilt["train_rows"], rebuilt["validation_rows"]) == (
+        trained["train_rows"],
+        trained["validation_rows"],
+    )
+
+    # the gate judges it like any model: the evaluate step on the night's champion
+    command, extra = job_command(settings, "evaluate", [*args, "--promote", "no"])
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **extra}, capture_output=True, text=True
+    )
+    assert done.returncode in (0, 4), (done.stdout + done.stderr)[-4000:]  # 4: rejected
+    runs = settings.paths.home / "runs" / f"ds={last.isoformat()}"
+    evaluation = json.loads((runs / "evaluation.json").read_text())
+    assert evaluation["model_version"] == trained["model_version"]
+    assert evaluation["previous_champion"] not in (None, trained["model_version"])
+    assert {"challenger", "champion"} <= set(evaluation["gate"]["lists"])
+
+
+def test_the_spark_engine_refuses_a_connect_session_naming_the_fix(night, tmp_path) -> None:
+    from rankflow.lake.session import job_command
+
+    settings, last = night
+    config = tmp_path / "spark-engine.yaml"
+    config.write_text("training:\n  engine: spark\n")
+    command, extra = job_command(settings, "train", ["--ds", last.isoformat()])
+    assert "SPARK_REMOTE" in extra  # through the cluster's Connect server
+    env = {**os.environ, **extra, "RANKFLOW_CONFIG": str(config)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "EngineError" in done.stderr
+    assert "run the train step with spark-submit" in done.stderr
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -231,3 +289,14 @@ def master_status() -> dict:
 
     with urllib.request.urlopen(f"http://{HOST}:{MASTER_UI_PORT}/json/", timeout=10) as page:
         return json.load(page)
+
+
+def cli(*args: str) -> dict:
+    """Run a ``rankflow`` command as a user would; return its JSON output."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "rankflow.cli", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode in (0, 1), (args, done.stdout[-2000:], done.stderr[-4000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from rankflow.evaluation.metrics import (
     mean_over_groups,
     ndcg_at_k_per_group,
 )
+from rankflow.model.fit import FittedRanker
 
 CUTOFFS = (1, 3, 5, 10)
 OPTIMISTIC_FOLD = "Fold1"
@@ -96,15 +98,86 @@ def ndcg10_by_convention(data: RankingData, scores: np.ndarray) -> dict[str, flo
     }
 
 
-def matrix(data: RankingData) -> Any:
-    """The ranking DMatrix of a subset."""
+def matrix(data: RankingData, names: list[str] | None = None) -> Any:
+    """The ranking DMatrix of a subset (with the feature names a model was fitted with)."""
     from rankflow.model.fit import ranking_matrix
 
-    return ranking_matrix(data.features, data.labels, data.groups)
+    return ranking_matrix(data.features, data.labels, data.groups, names)
+
+
+def predict(booster: Any, data: RankingData) -> np.ndarray:
+    """A model's scores of a subset's rows."""
+    scores: np.ndarray = booster.predict(matrix(data, booster.feature_names))
+    return scores
+
+
+# fit a ranker on a train subset, early-stopped on a validation subset (or for num_boost_round
+# trees without one): the engine a benchmark runs the nightly trainer through
+Trainer = Callable[[RankingData, RankingData | None, dict[str, Any]], FittedRanker]
+
+
+def local_trainer(
+    train: RankingData, validation: RankingData | None, config: dict[str, Any]
+) -> FittedRanker:
+    """The ``local`` engine: ``xgb.train`` in this process."""
+    import xgboost as xgb
+
+    from rankflow.model.fit import fit_ranker
+
+    if validation is not None:
+        return fit_ranker(matrix(train), matrix(validation), config)
+    rounds = int(config["num_boost_round"])
+    params = {**config["params"], "seed": int(config["seed"])}
+    return FittedRanker(xgb.train(params, matrix(train), rounds), rounds - 1, float("nan"), [])
+
+
+def spark_trainer(spark: Any, workers: int) -> Trainer:
+    """The ``spark`` engine: SparkXGBRanker on ``workers`` barrier tasks of a classic session."""
+    from rankflow.model.spark_engine import fit_on_spark, ranking_partitions
+
+    def fit(
+        train: RankingData, validation: RankingData | None, config: dict[str, Any]
+    ) -> FittedRanker:
+        frame = ranking_partitions(letor_frame(spark, train, validation), workers, ["row"])
+        names = [f"f{i}" for i in range(train.features.shape[1])]
+        try:
+            return fit_on_spark(
+                frame, names, config, workers, early_stopping=validation is not None
+            )
+        finally:
+            frame.unpersist()
+
+    return fit
+
+
+def letor_frame(spark: Any, train: RankingData, validation: RankingData | None) -> Any:
+    """A Spark frame of a train (and validation) subset: features, label, group, row order."""
+    import pandas as pd
+
+    from rankflow.model.spark_engine import QUERY_INDEX, VALIDATION
+
+    parts, offset = [], 0
+    for data, is_validation in ((train, False), (validation, True)):
+        if data is None:
+            continue
+        names = [f"f{i}" for i in range(data.features.shape[1])]
+        part = pd.DataFrame(data.features, columns=names)
+        part["label"] = data.labels
+        part[QUERY_INDEX] = np.repeat(np.arange(data.n_queries) + offset, data.groups)
+        part[VALIDATION] = is_validation
+        parts.append(part)
+        offset += data.n_queries
+    frame = pd.concat(parts, ignore_index=True)
+    frame["row"] = np.arange(len(frame))
+    return spark.createDataFrame(frame)
 
 
 def fold_scores(
-    train: RankingData, validation: RankingData, test: RankingData, config: dict[str, Any]
+    train: RankingData,
+    validation: RankingData,
+    test: RankingData,
+    config: dict[str, Any],
+    trainer: Trainer = local_trainer,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Score the test subset with a bag of seeds, each refit on train + validation.
 
@@ -113,12 +186,8 @@ def fold_scores(
     subset chooses nothing. Returns the bag's scores, the first seed's early-stopped model's
     scores alone, and each seed's best iteration.
     """
-    import xgboost as xgb
-
     from rankflow.evaluation.letor import concatenate
-    from rankflow.model.fit import fit_ranker
 
-    test_matrix = matrix(test)
     combined = concatenate([train, validation])
     growth = len(combined.labels) / len(train.labels)
     seeds = [int(config["seed"]) + i for i in range(int(config["seeds"]))]
@@ -127,25 +196,29 @@ def fold_scores(
     best: list[int] = []
     for seed in seeds:
         seeded = {**config, "seed": seed}
-        fitted = fit_ranker(matrix(train), matrix(validation), seeded)
+        fitted = trainer(train, validation, seeded)
         best.append(fitted.best_iteration)
         if single is None:
-            single = fitted.booster.predict(test_matrix)
+            single = predict(fitted.booster, test)
         model = fitted.booster
         if config["refit"]:
             rounds = max(1, round((fitted.best_iteration + 1) * growth))
-            model = xgb.train({**config["params"], "seed": seed}, matrix(combined), rounds)
-        bag.append(model.predict(test_matrix))
+            model = trainer(combined, None, {**seeded, "num_boost_round": rounds}).booster
+        bag.append(predict(model, test))
     assert single is not None
     return np.mean(bag, axis=0), single, best
 
 
 def run_fold(
-    partitions: dict[str, RankingData], fold: str, config: dict[str, Any], convention: Empty
+    partitions: dict[str, RankingData],
+    fold: str,
+    config: dict[str, Any],
+    convention: Empty,
+    trainer: Trainer = local_trainer,
 ) -> dict[str, Any]:
     """Train on a fold's three subsets, early-stop on its validation subset, score its test."""
     train, validation, test = fold_split(partitions, fold)
-    scores, single, best = fold_scores(train, validation, test, config)
+    scores, single, best = fold_scores(train, validation, test, config, trainer)
     subsets = LETOR_FOLDS[fold]
     return {
         "fold": fold,
@@ -164,7 +237,10 @@ def run_fold(
 
 
 def run_optimistic(
-    partitions: dict[str, RankingData], config: dict[str, Any], convention: Empty
+    partitions: dict[str, RankingData],
+    config: dict[str, Any],
+    convention: Empty,
+    trainer: Trainer = local_trainer,
 ) -> dict[str, Any]:
     """Fold1 with the best iteration chosen on the test set: the published benchmarks' protocol.
 
@@ -172,17 +248,15 @@ def run_optimistic(
     ``empty="one"``, so the iteration it picks on the test subset is the one our evaluator would
     pick.
     """
-    from rankflow.model.fit import fit_ranker
-
     train, _, test = fold_split(partitions, OPTIMISTIC_FOLD)
     rounds = int(config["optimistic_rounds"])
     params = {**config["params"], **config["optimistic_params"]}
-    fitted = fit_ranker(
-        matrix(train),
-        matrix(test),
+    fitted = trainer(
+        train,
+        test,
         {**config, "params": params, "num_boost_round": rounds, "early_stopping_rounds": rounds},
     )
-    metrics = fold_metrics(test, fitted.booster.predict(matrix(test)), convention)
+    metrics = fold_metrics(test, predict(fitted.booster, test), convention)
     reference = PUBLISHED_MQ2008[0].metrics["ndcg@10"]
     return {
         "fold": OPTIMISTIC_FOLD,
@@ -195,8 +269,18 @@ def run_optimistic(
     }
 
 
-def run_mq2008(folder: Path, settings: Settings, convention: Empty | None = None) -> dict[str, Any]:
-    """Run the five LETOR folds (honest) and Fold1 (optimistic); return every figure."""
+def run_mq2008(
+    folder: Path,
+    settings: Settings,
+    convention: Empty | None = None,
+    trainer: Trainer = local_trainer,
+    engine: str = "local",
+) -> dict[str, Any]:
+    """Run the five LETOR folds (honest) and Fold1 (optimistic); return every figure.
+
+    ``trainer`` fits every model (``engine`` names it in the result): the local engine, or the
+    spark engine's SparkXGBRanker (:func:`spark_trainer`).
+    """
     started = time.perf_counter()
     options = settings.pipeline["benchmark"]["mq2008"]
     convention = convention or options["ndcg_empty"]
@@ -210,7 +294,7 @@ def run_mq2008(folder: Path, settings: Settings, convention: Empty | None = None
         },
     }
     partitions = read_partitions(folder)
-    folds = [run_fold(partitions, fold, config, convention) for fold in LETOR_FOLDS]
+    folds = [run_fold(partitions, fold, config, convention, trainer) for fold in LETOR_FOLDS]
     keys = [f"ndcg@{k}" for k in CUTOFFS] + ["map"]
     return {
         "dataset": "MQ2008",
@@ -228,7 +312,8 @@ def run_mq2008(folder: Path, settings: Settings, convention: Empty | None = None
             name: float(np.mean([fold["ndcg@10_by_convention"][name] for fold in folds]))
             for name in EMPTY_CONVENTIONS
         },
-        "optimistic": run_optimistic(partitions, config, convention),
+        "optimistic": run_optimistic(partitions, config, convention, trainer),
+        "engine": engine,
         "published": [vars(figure) for figure in PUBLISHED_MQ2008],
         "params": {
             **config["params"],
@@ -254,7 +339,8 @@ def format_report(result: dict[str, Any]) -> str:
     keys = [f"ndcg@{k}" for k in CUTOFFS] + ["map"]
     header = f"{'fold':<8}{'test':>6}{'best its':>18}" + "".join(f"{k:>9}" for k in keys)
     lines = [
-        f"{result['dataset']}, LETOR 4.0 five folds: {result['protocol']}.",
+        f"{result['dataset']}, LETOR 4.0 five folds: {result['protocol']}; "
+        f"the {result['engine']} training engine.",
         f"Queries without a relevant document {CONVENTION_TEXT[result['convention']]}.",
         "",
         header,

@@ -132,16 +132,19 @@ def is_connect(spark: SparkSession) -> bool:
     return bool(is_remote()) or type(spark).__module__.startswith("pyspark.sql.connect")
 
 
-def get_session(settings: Settings, app_name: str, remote: str | None = None) -> SparkSession:
+def get_session(
+    settings: Settings, app_name: str, remote: str | None = None, *, classic: bool = False
+) -> SparkSession:
     """Open a Delta-enabled session: a Connect client (``remote`` or ``SPARK_REMOTE``), or local.
 
     A Connect server holds the static conf (Delta's extension and catalog, memory); a client
     only sets the runtime SQL conf of its own session. Under spark-submit the submit-time conf
-    wins.
+    wins. ``classic`` opens a session with a SparkContext on ``RANKFLOW_SPARK_MASTER`` whatever
+    Connect server is configured (what xgboost.spark's barrier jobs need).
     """
     from pyspark.sql import SparkSession
 
-    remote = remote or connect_url()
+    remote = None if classic else remote or connect_url()
     if remote:
         builder = SparkSession.builder.remote(remote).appName(app_name)
         for key, value in spark_submit_conf(settings).items():

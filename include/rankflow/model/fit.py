@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rankflow.features.registry import MODEL_FEATURES
 
@@ -171,6 +171,63 @@ def fit_variant(
     """Fit one debiasing variant of the configured ranker on training rows."""
     variant = variant_params(config, debiasing)
     return fit_ranker(frame_matrix(train, debiasing), frame_matrix(validation, debiasing), variant)
+
+
+class TrainingData(Protocol):
+    """The rows of a training window as an engine holds them, and how it fits a ranker on them."""
+
+    @property
+    def train_rows(self) -> int:
+        """Rows fitted on."""
+        ...
+
+    @property
+    def validation_rows(self) -> int:
+        """Rows early stopping watches."""
+        ...
+
+    @property
+    def engine(self) -> dict[str, Any]:
+        """The engine and what fixes its result (the lineage records it)."""
+        ...
+
+    def fit(self, config: dict[str, Any], debiasing: str) -> FittedRanker:
+        """Fit one debiasing variant of the configured ranker."""
+        ...
+
+    def release(self) -> None:
+        """Free what the rows hold (an executor cache)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalRows:
+    """Training and validation rows collected to this process (the ``local`` engine)."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+
+    @property
+    def train_rows(self) -> int:
+        """Rows fitted on."""
+        return len(self.train)
+
+    @property
+    def validation_rows(self) -> int:
+        """Rows early stopping watches."""
+        return len(self.validation)
+
+    @property
+    def engine(self) -> dict[str, Any]:
+        """The local engine: one process, ``params.nthread`` threads."""
+        return {"engine": "local"}
+
+    def fit(self, config: dict[str, Any], debiasing: str) -> FittedRanker:
+        """Fit one debiasing variant with ``xgb.train`` in this process."""
+        return fit_variant(self.train, self.validation, config, debiasing)
+
+    def release(self) -> None:
+        """Nothing to free: the frames go with the object."""
 
 
 def model_bytes(booster: xgb.Booster) -> bytes:

@@ -198,6 +198,43 @@ def query_groups_outcome(qids: Any) -> CheckOutcome:
     return CheckOutcome("query_groups_contiguous_and_sorted", "qid", CRITICAL, ok, seen)
 
 
+def partition_query_groups_outcome(frame: Any, column: str) -> CheckOutcome:
+    """Check on a Spark frame that each partition holds whole query groups, contiguous, sorted.
+
+    Each XGBoost worker reads one partition: a group split between partitions would be two
+    lists, a group split inside one would be two as well. ``column`` holds integer group ids.
+    """
+    summaries = (
+        frame.select(column)
+        .mapInArrow(_partition_groups, "runs long, groups long, ordered boolean")
+        .collect()
+    )
+    runs = sum(int(row["runs"]) for row in summaries)
+    groups = sum(int(row["groups"]) for row in summaries)
+    distinct = int(frame.select(column).distinct().count())
+    ordered = all(bool(row["ordered"]) for row in summaries)
+    ok = runs == groups == distinct and ordered
+    seen = (
+        f"{distinct} groups in {runs} runs of rows over {len(summaries)} partitions, "
+        f"{'sorted' if ordered else 'not sorted'} within them"
+    )
+    return CheckOutcome("query_groups_whole_in_partitions", column, CRITICAL, ok, seen)
+
+
+def _partition_groups(batches: Any) -> Any:
+    """Runs of equal ids, distinct ids and sortedness of one partition (``mapInArrow``)."""
+    import numpy as np
+    import pyarrow as pa
+
+    parts = [batch.column(0).to_numpy(zero_copy_only=False) for batch in batches]
+    ids = np.concatenate(parts) if parts else np.array([], dtype=np.int64)
+    runs = int(np.count_nonzero(ids[1:] != ids[:-1])) + 1 if len(ids) else 0
+    ordered = bool(np.all(ids[1:] >= ids[:-1]))
+    yield pa.RecordBatch.from_pydict(
+        {"runs": [runs], "groups": [len(np.unique(ids))], "ordered": [ordered]}
+    )
+
+
 def leaking_columns(features: list[str]) -> list[str]:
     """Return the model inputs that are the label or derived from what followed an impression."""
     return sorted(set(features) & LABEL_COLUMNS)

@@ -14,6 +14,9 @@ from rankflow.lake.tables import read_table, table_versions
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from rankflow.model.fit import LocalRows, TrainingData, TrainingWindow
+    from rankflow.model.spark_engine import PartitionedRows
+
 
 def training_rows(
     spark: SparkSession, settings: Settings, start: date, end: date, version: int | None = None
@@ -25,25 +28,122 @@ def training_rows(
     """
     from rankflow.model.fit import sort_by_query
 
-    table = read_table(spark, settings, "silver/training_set")
-    if version is not None:
-        path = settings.paths.table("silver/training_set")
-        table = spark.read.format("delta").option("versionAsOf", version).load(path)
-    frame = (
-        table.where(in_days(start, end))
-        .select("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
-        .toPandas()
-    )
+    table = read_table(spark, settings, "silver/training_set", version)
+    frame = table.where(in_days(start, end)).select(*TRAINING_COLUMNS).toPandas()
     return sort_by_query(frame)
+
+
+TRAINING_COLUMNS = ("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
+
+
+def local_rows(
+    spark: SparkSession, settings: Settings, ds: date | None, window: TrainingWindow, version: int
+) -> LocalRows:
+    """The window's rows collected to this process (``local`` engine), gated when ``ds``."""
+    from rankflow.model.fit import LocalRows
+
+    train = training_rows(spark, settings, window.train_start, window.train_end, version)
+    validation = training_rows(
+        spark, settings, window.validation_start, window.validation_end, version
+    )
+    if train.empty or validation.empty:
+        raise no_rows_error(window)
+    if ds is not None:
+        training_set_gate(settings, ds, train)
+    return LocalRows(train, validation)
+
+
+def spark_rows(
+    spark: SparkSession,
+    settings: Settings,
+    ds: date | None,
+    window: TrainingWindow,
+    version: int,
+    workers: int,
+) -> PartitionedRows:
+    """The window's rows left on the executors (``spark`` engine), partitioned by query group.
+
+    Groups are ``(ds, qid)``, numbered in that order; a group's rows keep the shown order. The
+    rows stay persisted (``release`` frees them): the gate and every fit read them. With ``ds``
+    the gate runs (a reproduction reads rows that passed it when the model was trained).
+    """
+    from pyspark.sql import functions as F
+
+    from rankflow.days import day
+    from rankflow.model.spark_engine import (
+        QUERY_INDEX,
+        VALIDATION,
+        PartitionedRows,
+        ranking_partitions,
+        with_query_index,
+    )
+
+    table = read_table(spark, settings, "silver/training_set", version)
+    rows = (
+        table.where(in_days(window.train_start, window.validation_end))
+        .select(*TRAINING_COLUMNS)
+        .withColumn(VALIDATION, F.col("ds") >= day(window.validation_start))
+    )
+    frame = ranking_partitions(
+        with_query_index(rows, ["ds", "qid"]), workers, ["position", "item_id"]
+    )
+    counts = frame.groupBy(VALIDATION).agg(
+        F.count(F.lit(1)).alias("rows"), F.max(QUERY_INDEX).alias("last_group")
+    )
+    by_flag = {bool(row[VALIDATION]): row for row in counts.collect()}
+    if set(by_flag) != {False, True}:
+        frame.unpersist()
+        raise no_rows_error(window)
+    partitioned = PartitionedRows(
+        frame, workers, int(by_flag[False]["rows"]), int(by_flag[True]["rows"])
+    )
+    if ds is not None:
+        try:
+            spark_training_set_gate(settings, ds, partitioned)
+        except Exception:
+            frame.unpersist()
+            raise
+    return partitioned
+
+
+def training_data(
+    spark: SparkSession,
+    settings: Settings,
+    ds: date | None,
+    window: TrainingWindow,
+    version: int,
+    config: dict[str, Any],
+    workers: int | None = None,
+) -> TrainingData:
+    """The window's rows for the configured engine (``training.engine``), gated when ``ds``.
+
+    ``workers`` fixes the spark engine's worker count (a reproduction uses the model's); by
+    default it is ``training.spark_workers`` (0: every task slot of the cluster).
+    """
+    from rankflow.model.spark_engine import training_engine, worker_count
+
+    if training_engine(config) == "local":
+        return local_rows(spark, settings, ds, window, version)
+    requested = int(config.get("spark_workers", 0)) if workers is None else workers
+    return spark_rows(spark, settings, ds, window, version, worker_count(spark, requested))
+
+
+def no_rows_error(window: TrainingWindow) -> ValueError:
+    """The error of a training window without rows."""
+    return ValueError(
+        f"no training rows between {window.train_start} and {window.validation_end}: "
+        "build the training set for those days first (rankflow demo does it)"
+    )
 
 
 def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, Any]:
     """Train on the days before ``ds`` (early stopping on the last of them) and register.
 
     The input tables' Delta versions are read first and the training set is read at its
-    version, so the lineage names exactly the rows the model was fitted on.
+    version, so the lineage names exactly the rows the model was fitted on. The configured
+    engine fits the model and every debiasing variant compared with it.
     """
-    from rankflow.model.fit import fit_variant, model_bytes, training_window
+    from rankflow.model.fit import model_bytes, training_window
     from rankflow.model.lineage import lineage_of
     from rankflow.model.registry import log_and_register
     from rankflow.runs import write_run_record
@@ -52,24 +152,21 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
     window = training_window(ds, config)
     versions = table_versions(spark, settings)
     pinned = versions["silver/training_set"]
-    train = training_rows(spark, settings, window.train_start, window.train_end, pinned)
-    validation = training_rows(
-        spark, settings, window.validation_start, window.validation_end, pinned
-    )
-    if train.empty or validation.empty:
-        raise ValueError(
-            f"no training rows between {window.train_start} and {window.validation_end}: "
-            "build the training set for those days first (rankflow demo does it)"
-        )
-    training_set_gate(settings, ds, train)
-    debiasing = str(config["debiasing"])
-    fitted = fit_variant(train, validation, config, debiasing)
-    lineage = lineage_of(settings, fitted, versions, window, len(train), len(validation))
-    variants = {
-        name: model_bytes(fit_variant(train, validation, config, name).booster)
-        for name in config["compare_debiasing"]
-        if name != debiasing
-    }
+    data = training_data(spark, settings, ds, window, pinned, config)
+    try:
+        debiasing = str(config["debiasing"])
+        fitted = data.fit(config, debiasing)
+        lineage = {
+            **lineage_of(settings, fitted, versions, window, data.train_rows, data.validation_rows),
+            "training_engine": data.engine,
+        }
+        variants = {
+            name: model_bytes(data.fit(config, name).booster)
+            for name in config["compare_debiasing"]
+            if name != debiasing
+        }
+    finally:
+        data.release()
     record = {**log_and_register(settings, fitted, lineage, ds, variants), **lineage}
     write_run_record(settings, ds, "train", record)
     return record
@@ -92,23 +189,62 @@ def training_set_gate(settings: Settings, ds: date, train: Any) -> None:
     gate(settings, ds, train, "training_set", suite, extra)
 
 
+def spark_training_set_gate(settings: Settings, ds: date, rows: PartitionedRows) -> None:
+    """The training-set gate on rows left on the executors (``spark`` engine).
+
+    The contract's expectations run on the training rows through Spark; each partition must
+    hold whole query groups, sorted; the leakage check reads a sample of whole query groups
+    (a feature that separates clicks perfectly does so in any sample).
+
+    Raises:
+        DataQualityError: a critical check failed; no model is fitted.
+    """
+    from pyspark.sql import functions as F
+
+    from rankflow.model.spark_engine import QUERY_INDEX, VALIDATION
+    from rankflow.quality.gates import gate
+    from rankflow.quality.suites import (
+        leakage_outcome,
+        partition_query_groups_outcome,
+        training_set_suite,
+    )
+
+    max_label = max(int(g) for g in settings.pipeline["labels"]["gains"].values())
+    features = list(MODEL_FEATURES)
+    train = rows.frame.where(~F.col(VALIDATION))
+    modulus = max(1, -(-rows.train_rows // LEAKAGE_SAMPLE_ROWS))
+    sample = train.where(F.pmod(F.col(QUERY_INDEX), F.lit(modulus)) == 0)
+    extra = [
+        partition_query_groups_outcome(rows.frame, QUERY_INDEX),
+        leakage_outcome(sample.select("label", *features).toPandas(), features),
+    ]
+    suite = training_set_suite(features, max_label)
+    gate(settings, ds, train.drop(QUERY_INDEX, VALIDATION), "training_set", suite, extra)
+
+
+# rows of whole query groups the spark engine's leakage check reads on the driver
+LEAKAGE_SAMPLE_ROWS = 1_000_000
+
+
 def run_reproduce(spark: SparkSession, settings: Settings, model_version: str) -> dict[str, Any]:
     """Retrain a registered model from its lineage (Delta time travel) and compare the bytes."""
     import hashlib
 
-    from rankflow.model.fit import fit_variant, model_bytes
+    from rankflow.model.fit import TrainingWindow, model_bytes
     from rankflow.model.lineage import code_version, lock_hash
     from rankflow.model.registry import load_lineage, load_model
 
     lineage = load_lineage(settings, model_version)
-    window = {k: date.fromisoformat(v) for k, v in lineage["window"].items()}
+    window = TrainingWindow(**{k: date.fromisoformat(v) for k, v in lineage["window"].items()})
     pinned = int(lineage["table_versions"]["silver/training_set"])
-    train = training_rows(spark, settings, window["train_start"], window["train_end"], pinned)
-    validation = training_rows(
-        spark, settings, window["validation_start"], window["validation_end"], pinned
-    )
     config = lineage["training_config"]
-    fitted = fit_variant(train, validation, config, str(config.get("debiasing", "none")))
+    engine = lineage.get("training_engine", {"engine": "local"})
+    config = {**config, "engine": engine["engine"]}
+    data = training_data(spark, settings, None, window, pinned, config, engine.get("workers"))
+    try:
+        fitted = data.fit(config, str(config.get("debiasing", "none")))
+    finally:
+        data.release()
     rebuilt = model_bytes(fitted.booster)
     registered, _ = load_model(settings, model_version)
     warnings = []
@@ -124,8 +260,8 @@ def run_reproduce(spark: SparkSession, settings: Settings, model_version: str) -
         "sha256": hashlib.sha256(rebuilt).hexdigest(),
         "registered_sha256": hashlib.sha256(registered).hexdigest(),
         "lineage_sha256": lineage["model_sha256"],
-        "train_rows": len(train),
-        "validation_rows": len(validation),
+        "train_rows": data.train_rows,
+        "validation_rows": data.validation_rows,
         "training_set_version": pinned,
         "warnings": warnings,
     }

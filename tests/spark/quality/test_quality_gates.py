@@ -290,3 +290,22 @@ def test_warnings_are_recorded_without_blocking(spark: Any, lake_settings: Setti
     record = json.loads((results_dir(lake_settings, DS) / "items_features.json").read_text())
     assert record["failed_warning"] == 1
     assert not record["blocked"]
+
+
+def test_partitions_of_whole_sorted_query_groups_pass_and_a_split_group_fails(spark) -> None:
+    from rankflow.quality.suites import partition_query_groups_outcome
+
+    rows = spark.createDataFrame(
+        [(group, position) for group in range(40) for position in range(5)], "g long, p int"
+    )
+    whole = rows.repartition(3, "g").sortWithinPartitions("g", "p")
+    outcome = partition_query_groups_outcome(whole, "g")
+    assert outcome.success, outcome.observed
+    assert "40 groups in 40 runs of rows over 3 partitions, sorted" in outcome.observed
+
+    # round-robin rows: a group's rows land in several partitions
+    split = rows.repartition(3).sortWithinPartitions("g", "p")
+    assert not partition_query_groups_outcome(split, "g").success
+    # whole groups, but not sorted by their id within a partition
+    unsorted = rows.repartition(3, "g").sortWithinPartitions(F.col("g").desc(), "p")
+    assert not partition_query_groups_outcome(unsorted, "g").success
