@@ -19,7 +19,8 @@ Spark Connect client has no SparkContext.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,10 +86,17 @@ def worker_count(spark: SparkSession, requested: int) -> int:
 
 
 def with_query_index(frame: DataFrame, keys: Sequence[str]) -> DataFrame:
-    """Number the query groups ``0 .. G-1`` in the order of ``keys`` (deterministic)."""
+    """Number the query groups ``0 .. G-1`` in a fixed order that mixes the days.
+
+    The order is a hash of ``keys`` (then the keys): numbered by day, every validation group
+    would sort after every training group of its partition, and an Arrow batch of training rows
+    alone makes xgboost.spark 3.2 fail (``KeyError: 'values'``, see
+    :func:`whole_partition_batches`); mixed, each batch holds both.
+    """
+    from pyspark.sql import functions as F
     from pyspark.sql.types import LongType, StructField, StructType
 
-    groups = frame.select(*keys).distinct().orderBy(*keys)
+    groups = frame.select(*keys).distinct().orderBy(F.xxhash64(*keys), *keys)
     numbered = groups.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1]))
     fields = [frame.schema[key] for key in keys]
     schema = StructType([*fields, StructField(QUERY_INDEX, LongType(), False)])
@@ -111,6 +119,27 @@ def ranking_partitions(frame: DataFrame, workers: int, order: Sequence[str]) -> 
         .sortWithinPartitions(QUERY_INDEX, *order)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+
+
+@contextmanager
+def whole_partition_batches(spark: SparkSession) -> Iterator[None]:
+    """Hand each XGBoost worker its partition in as few Arrow batches as the byte limit allows.
+
+    xgboost.spark 3.2 splits every batch into training and validation rows and fails with
+    ``KeyError: 'values'`` on a batch holding none of one kind (with feature columns, not a
+    vector). Fewer, bigger batches (``spark.sql.execution.arrow.maxBytesPerBatch`` still splits
+    them) and groups numbered in mixed order (:func:`with_query_index`) make that unlikely.
+    """
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    saved = spark.conf.get(key, None)
+    spark.conf.set(key, "0")  # no limit
+    try:
+        yield
+    finally:
+        if saved is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, saved)
 
 
 def ranker_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +178,9 @@ def fit_on_spark(
     if early_stopping:
         options["validation_indicator_col"] = VALIDATION
         options["early_stopping_rounds"] = int(config["early_stopping_rounds"])
-    model = SparkXGBRanker(**options, **ranker_params(config)).fit(frame)
+    ranker = SparkXGBRanker(**options, **ranker_params(config))
+    with whole_partition_batches(frame.sparkSession):
+        model = ranker.fit(frame)
     booster = model.get_booster()
     if not early_stopping:
         return FittedRanker(booster, rounds - 1, math.nan, [])
