@@ -8,7 +8,7 @@ collective (Rabit), so every tree is grown from all the rows. What it needs from
 * every row of a query group in one partition, the groups sorted by their integer id and the
   rows of a group in shown order (unbiased LambdaMART reads positions from the row order);
 * integer query ids that fit in 32 bits (XGBoost keeps qids as ``uint32``): groups are numbered
-  ``0 .. G-1`` in the order of their keys;
+  ``0 .. G-1`` in a fixed order that mixes the days (see :func:`with_query_index`);
 * a fixed partitioning (hash of the query id into ``workers`` partitions) and seed, so that a
   rerun sees the same rows in the same order on the same worker and fits the same bytes.
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from rankflow.model.fit import LocalRows, TrainingData, TrainingWindow
     from rankflow.model.spark_engine import PartitionedRows
 
+TRAINING_COLUMNS = ("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
+
 
 def training_rows(
     spark: SparkSession, settings: Settings, start: date, end: date, version: int | None = None
@@ -31,9 +33,6 @@ def training_rows(
     table = read_table(spark, settings, "silver/training_set", version)
     frame = table.where(in_days(start, end)).select(*TRAINING_COLUMNS).toPandas()
     return sort_by_query(frame)
-
-
-TRAINING_COLUMNS = ("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
 
 
 def local_rows(
@@ -63,15 +62,15 @@ def spark_rows(
 ) -> PartitionedRows:
     """The window's rows left on the executors (``spark`` engine), partitioned by query group.
 
-    Groups are ``(ds, qid)``, numbered in that order; a group's rows keep the shown order. The
-    rows stay persisted (``release`` frees them): the gate and every fit read them. With ``ds``
-    the gate runs (a reproduction reads rows that passed it when the model was trained).
+    Groups are ``(ds, qid)``, numbered in a fixed hashed order; a group's rows keep the shown
+    order (``spark_engine.with_query_index``, ``ranking_partitions``). The rows stay persisted
+    (``release`` frees them): the gate and every fit read them. With ``ds`` the gate runs (a
+    reproduction reads rows that passed it when the model was trained).
     """
     from pyspark.sql import functions as F
 
     from rankflow.days import day
     from rankflow.model.spark_engine import (
-        QUERY_INDEX,
         VALIDATION,
         PartitionedRows,
         ranking_partitions,
@@ -87,9 +86,7 @@ def spark_rows(
     frame = ranking_partitions(
         with_query_index(rows, ["ds", "qid"]), workers, ["position", "item_id"]
     )
-    counts = frame.groupBy(VALIDATION).agg(
-        F.count(F.lit(1)).alias("rows"), F.max(QUERY_INDEX).alias("last_group")
-    )
+    counts = frame.groupBy(VALIDATION).agg(F.count(F.lit(1)).alias("rows"))
     by_flag = {bool(row[VALIDATION]): row for row in counts.collect()}
     if set(by_flag) != {False, True}:
         frame.unpersist()
