@@ -8,11 +8,9 @@ moved to the end of the run, it overlaps the other tests instead.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from mq2008_runs import BACKGROUND, DATA, benchmark_command
+from mq2008_runs import BACKGROUND, DATA, BenchmarkRun
 
 SPARK_TEST = "test_the_spark_engine_reaches_the_local_engines_five_fold_mean"
 
@@ -25,17 +23,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in chosen:
         items.remove(item)
         items.append(item)
-    BACKGROUND["spark"] = subprocess.Popen(
-        benchmark_command("--engine", "spark"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    BACKGROUND["spark"] = BenchmarkRun(("--engine", "spark")).start()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop a background run the session did not wait for (-x, interrupted)."""
-    process = BACKGROUND.pop("spark", None)
-    if process is not None and process.poll() is None:
-        process.kill()
-        process.communicate()
+    run = BACKGROUND.pop("spark", None)
+    if run is not None:
+        run.stop()

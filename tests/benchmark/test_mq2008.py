@@ -6,15 +6,13 @@ generated groups in tests/unit/evaluation/test_metrics.py, without the data.)"""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mq2008_runs import BACKGROUND, DATA, benchmark_command
+from mq2008_runs import BACKGROUND, DATA, BenchmarkRun
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +28,10 @@ def mq2008_data() -> Path:
     return DATA
 
 
-def finished(process: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    """The JSON result of a benchmark run; its stderr when it failed."""
-    stdout, stderr = process.communicate(timeout=timeout)
-    assert process.returncode == 0, stderr[-4000:]
-    parsed: dict[str, Any] = json.loads(stdout)
-    return parsed
-
-
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
     """The benchmark through the local training engine (the default)."""
-    return finished(subprocess.Popen(benchmark_command(), **PIPES), timeout=900)
+    return BenchmarkRun(()).start().result(timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +40,8 @@ def on_spark() -> dict[str, Any]:
 
     Started when the test was collected (conftest.py); started here when it was not.
     """
-    process = BACKGROUND.pop("spark", None)
-    if process is None:
-        process = subprocess.Popen(benchmark_command("--engine", "spark"), **PIPES)
-    return finished(process, timeout=1800)
-
-
-PIPES: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    run = BACKGROUND.pop("spark", None) or BenchmarkRun(("--engine", "spark")).start()
+    return run.result(timeout=1800)
 
 
 def test_honest_five_fold_mean_ndcg10_reaches_the_published_level(result: dict[str, Any]) -> None:
