@@ -24,6 +24,9 @@ SESSION_CONF = {
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
+    # the local training engine collects the training window to the driver by design (2.5 GB
+    # at 300k users); the driver's memory bounds it, not Spark's 1 GB default for results
+    "spark.driver.maxResultSize": "0",
 }
 
 

@@ -69,6 +69,7 @@ def ranking_matrix(
 
 
 DEBIASING = ("none", "lambdarank_unbiased", "position_feature")
+GROUP_HASH_BUCKETS = 1 << 20  # a sample of query groups keeps the hash buckets below a cut
 POSITION_FEATURE = "shown_position"
 
 
@@ -195,6 +196,10 @@ class TrainingData(Protocol):
         """Fit one debiasing variant of the configured ranker."""
         ...
 
+    def groups_sample(self, max_rows: int) -> TrainingData:
+        """About ``max_rows`` training rows in whole query groups (itself when it has fewer)."""
+        ...
+
     def release(self) -> None:
         """Free what the rows hold (an executor cache)."""
         ...
@@ -225,6 +230,21 @@ class LocalRows:
     def fit(self, config: dict[str, Any], debiasing: str) -> FittedRanker:
         """Fit one debiasing variant with ``xgb.train`` in this process."""
         return fit_variant(self.train, self.validation, config, debiasing)
+
+    def groups_sample(self, max_rows: int) -> LocalRows:
+        """About ``max_rows`` training rows in whole query groups, the validation rows whole.
+
+        A group is kept when the hash of its ``(ds, qid)`` falls below a cut, so a rerun keeps
+        the same groups and the rows stay in query order.
+        """
+        import pandas as pd
+
+        if len(self.train) <= max_rows:
+            return self
+        hashes = pd.util.hash_pandas_object(self.train[["ds", "qid"]], index=False).to_numpy()
+        cut = GROUP_HASH_BUCKETS * max_rows // len(self.train)
+        kept = self.train[hashes % GROUP_HASH_BUCKETS < cut].reset_index(drop=True)
+        return LocalRows(kept, self.validation)
 
     def release(self) -> None:
         """Nothing to free: the frames go with the object."""

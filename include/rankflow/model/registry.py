@@ -286,11 +286,18 @@ def announce_move(settings: Settings, version: str) -> None:
 
 
 def debiasing_variants(settings: Settings, run_id: str) -> dict[str, bytes]:
-    """The other debiasing variants the train step fitted beside the challenger (by name)."""
+    """The debiasing variants the train step fitted for the comparison (by name).
+
+    The model's own method is among them when the comparison ran on a sample of query groups.
+    """
     import mlflow
 
-    training = settings.pipeline["training"]
-    names = [n for n in training["compare_debiasing"] if n != training["debiasing"]]
+    order = list(settings.pipeline["training"]["compare_debiasing"])
+    listed = mlflow_client(settings).list_artifacts(run_id, "variants")
+    names = sorted(
+        (Path(item.path).stem for item in listed if item.path.endswith(".json")),
+        key=lambda name: (order.index(name) if name in order else len(order), name),
+    )
     return {
         name: mlflow.artifacts.load_text(f"runs:/{run_id}/variants/{name}.json").encode()
         for name in names

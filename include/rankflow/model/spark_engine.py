@@ -24,7 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rankflow.model.fit import POSITION_FEATURE, FittedRanker, model_features, variant_params
+from rankflow.model.fit import (
+    GROUP_HASH_BUCKETS,
+    POSITION_FEATURE,
+    FittedRanker,
+    model_features,
+    variant_params,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -214,6 +220,22 @@ class PartitionedRows:
         if POSITION_FEATURE in features:
             frame = frame.withColumn(POSITION_FEATURE, F.col("position").cast("float"))
         return fit_on_spark(frame, features, variant_params(config, debiasing), self.workers)
+
+    def groups_sample(self, max_rows: int) -> PartitionedRows:
+        """About ``max_rows`` training rows in whole query groups, the validation rows whole.
+
+        A group is kept when the hash of its ``(ds, qid)`` falls below a cut. The filter runs
+        over the persisted rows, so each partition keeps its order (and its cache).
+        """
+        from pyspark.sql import functions as F
+
+        if self.train_rows <= max_rows:
+            return self
+        cut = GROUP_HASH_BUCKETS * max_rows // self.train_rows
+        bucket = F.pmod(F.xxhash64("ds", "qid"), F.lit(GROUP_HASH_BUCKETS))
+        frame = self.frame.where(F.col(VALIDATION) | (bucket < cut))
+        train_rows = frame.where(~F.col(VALIDATION)).count()
+        return PartitionedRows(frame, self.workers, train_rows, self.validation_rows)
 
     def release(self) -> None:
         """Drop the rows from the executors' cache."""

@@ -21,29 +21,99 @@ TRAINING_COLUMNS = ("ds", "qid", "user_id", "item_id", "position", "label", *MOD
 
 
 def training_rows(
-    spark: SparkSession, settings: Settings, start: date, end: date, version: int | None = None
+    spark: SparkSession,
+    settings: Settings,
+    start: date,
+    end: date,
+    version: int | None = None,
+    clicked_only: bool = False,
 ) -> Any:
     """Collect the training rows of ``[start, end]`` as pandas, sorted by query group.
 
     ``version`` pins the Delta version of the training set (time travel): the lineage of a model
-    records it, and reproducing the model reads exactly those rows again.
+    records it, and reproducing the model reads exactly those rows again. ``clicked_only``
+    keeps the query groups with a click (:func:`groups_with_clicks`).
     """
     from rankflow.model.fit import sort_by_query
 
+    rows = window_rows(spark, settings, start, end, version, clicked_only)
+    return sort_by_query(rows.select(*collected_columns()).toPandas())
+
+
+def window_rows(
+    spark: SparkSession,
+    settings: Settings,
+    start: date,
+    end: date,
+    version: int | None,
+    clicked_only: bool,
+) -> Any:
+    """The training set's rows of ``[start, end]`` at ``version``, as a Spark frame."""
     table = read_table(spark, settings, "silver/training_set", version)
-    frame = table.where(in_days(start, end)).select(*TRAINING_COLUMNS).toPandas()
-    return sort_by_query(frame)
+    rows = table.where(in_days(start, end))
+    return groups_with_clicks(rows) if clicked_only else rows
+
+
+def groups_with_clicks(rows: Any) -> Any:
+    """Keep the query groups in which something was clicked (a positive label).
+
+    LambdaMART learns from pairs of differently labelled items: a group whose labels are all 0
+    gives no pair, hence no gradient, to any of the debiasing variants. Such groups (about 40%
+    in the simulated marketplace) only cost fitting time, and in the validation rows they flatten
+    early stopping's curve (XGBoost's ``ndcg@k`` scores them 1). The held-out evaluation leaves
+    them out as well (``evaluation.ndcg_empty: skip``). The groups with a click are few enough
+    to broadcast, so the rows are not shuffled.
+    """
+    from pyspark.sql import functions as F
+
+    clicked = (
+        rows.groupBy("ds", "qid")
+        .agg(F.max("label").alias("top_label"))
+        .where(F.col("top_label") > 0)
+        .select("ds", "qid")
+    )
+    return rows.join(F.broadcast(clicked), ["ds", "qid"], "left_semi")
+
+
+def clicked_groups_only(config: dict[str, Any]) -> bool:
+    """Whether training skips the groups without a click (``training.groups_without_clicks``).
+
+    A lineage from before the setting existed trained on every group: its reproduction must too.
+    """
+    setting = str(config.get("groups_without_clicks", "keep"))
+    if setting not in ("skip", "keep"):
+        raise ValueError(f"training.groups_without_clicks must be skip or keep, got {setting!r}")
+    return setting == "skip"
+
+
+def collected_columns() -> list[Any]:
+    """The training columns with features and labels as float32, as XGBoost stores them.
+
+    Casting before the collection halves what reaches the driver (the table holds doubles and
+    longs) and gives the same values XGBoost's own float32 conversion would.
+    """
+    from pyspark.sql import functions as F
+
+    floats = {"label", *MODEL_FEATURES}
+    return [F.col(c).cast("float").alias(c) if c in floats else F.col(c) for c in TRAINING_COLUMNS]
 
 
 def local_rows(
-    spark: SparkSession, settings: Settings, ds: date | None, window: TrainingWindow, version: int
+    spark: SparkSession,
+    settings: Settings,
+    ds: date | None,
+    window: TrainingWindow,
+    version: int,
+    clicked_only: bool,
 ) -> LocalRows:
     """The window's rows collected to this process (``local`` engine), gated when ``ds``."""
     from rankflow.model.fit import LocalRows
 
-    train = training_rows(spark, settings, window.train_start, window.train_end, version)
+    train = training_rows(
+        spark, settings, window.train_start, window.train_end, version, clicked_only
+    )
     validation = training_rows(
-        spark, settings, window.validation_start, window.validation_end, version
+        spark, settings, window.validation_start, window.validation_end, version, clicked_only
     )
     if train.empty or validation.empty:
         raise no_rows_error(window)
@@ -59,6 +129,7 @@ def spark_rows(
     window: TrainingWindow,
     version: int,
     workers: int,
+    clicked_only: bool,
 ) -> PartitionedRows:
     """The window's rows left on the executors (``spark`` engine), partitioned by query group.
 
@@ -77,9 +148,10 @@ def spark_rows(
         with_query_index,
     )
 
-    table = read_table(spark, settings, "silver/training_set", version)
     rows = (
-        table.where(in_days(window.train_start, window.validation_end))
+        window_rows(
+            spark, settings, window.train_start, window.validation_end, version, clicked_only
+        )
         .select(*TRAINING_COLUMNS)
         .withColumn(VALIDATION, F.col("ds") >= day(window.validation_start))
     )
@@ -119,10 +191,12 @@ def training_data(
     """
     from rankflow.model.spark_engine import training_engine, worker_count
 
+    clicked_only = clicked_groups_only(config)
     if training_engine(config) == "local":
-        return local_rows(spark, settings, ds, window, version)
+        return local_rows(spark, settings, ds, window, version, clicked_only)
     requested = int(config.get("spark_workers", 0)) if workers is None else workers
-    return spark_rows(spark, settings, ds, window, version, worker_count(spark, requested))
+    count = worker_count(spark, requested)
+    return spark_rows(spark, settings, ds, window, version, count, clicked_only)
 
 
 def no_rows_error(window: TrainingWindow) -> ValueError:
@@ -138,7 +212,9 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
 
     The input tables' Delta versions are read first and the training set is read at its
     version, so the lineage names exactly the rows the model was fitted on. The configured
-    engine fits the model and every debiasing variant compared with it.
+    engine fits the model and the debiasing variants compared with it: on the same rows, or,
+    past ``training.compare_debiasing_max_rows``, every compared variant (the model's own
+    method too) on one sample of whole query groups, so the comparison stays even.
     """
     from rankflow.model.fit import model_bytes, training_window
     from rankflow.model.lineage import lineage_of
@@ -157,14 +233,21 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
             **lineage_of(settings, fitted, versions, window, data.train_rows, data.validation_rows),
             "training_engine": data.engine,
         }
+        comparison = data.groups_sample(int(config["compare_debiasing_max_rows"]))
+        sampled = comparison is not data
         variants = {
-            name: model_bytes(data.fit(config, name).booster)
+            name: model_bytes(comparison.fit(config, name).booster)
             for name in config["compare_debiasing"]
-            if name != debiasing
+            if sampled or name != debiasing
         }
     finally:
         data.release()
-    record = {**log_and_register(settings, fitted, lineage, ds, variants), **lineage}
+    compared = {"train_rows": comparison.train_rows, "sampled": sampled}
+    record = {
+        **log_and_register(settings, fitted, lineage, ds, variants),
+        **lineage,
+        "debiasing_comparison": compared,
+    }
     write_run_record(settings, ds, "train", record)
     return record
 
