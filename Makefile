@@ -121,8 +121,8 @@ demo: setup up ## Generate the demo marketplace and run the nightly DAG once, en
 serve: setup up ## Run the ranking service on 127.0.0.1:8800 (POST /v1/rank; key in .rankflow/api-key)
 	$(PY) -m rankflow.cli serve $(ARGS)
 
-test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end) in two lanes at once; ARGS="tests/ui -k lookup" narrows it to one pytest
-	$(PY) tests/lanes.py $(ARGS)
+test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end); ARGS="tests/ui -k lookup" narrows it
+	$(PY) -m pytest $(ARGS)
 
 chaos: setup up ## Kill Redis and the publish steps at seeded points (RANKFLOW_CHAOS_SEED, _KILLS)
 	$(PY) -m pytest -m chaos -s

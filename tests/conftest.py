@@ -31,12 +31,12 @@ REDIS_URL_VARIABLES = (
 
 
 def on_test_db(url: str) -> str:
-    """The same server and user on the tests' own database (15; the side lane's 14)."""
-    return url.rsplit("/", 1)[0] + "/" + os.environ.get("RANKFLOW_TEST_REDIS_DB", "15")
+    """The same server and user on DB 15, the tests' own database."""
+    return url.rsplit("/", 1)[0] + "/15"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Point every Redis user of this process and its children at the tests' DB of the server."""
+    """Point every Redis user of this process and its children at DB 15 of the same server."""
     os.environ.setdefault("RANKFLOW_REDIS_URL", DEFAULT_REDIS_URL)
     for variable in REDIS_URL_VARIABLES:
         if os.environ.get(variable):
@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """The writer's URL of the real local Redis server started by `make up`, on the tests' DB."""
+    """The writer's URL of the real local Redis server started by `make up`, on DB 15."""
     url = os.environ["RANKFLOW_REDIS_URL"]
     if not _reachable(url):
         pytest.fail(f"Redis is not reachable at {url}: start the services with `make up`")
@@ -54,7 +54,7 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def redis_admin_url(redis_url: str) -> str:
-    """The admin's URL on the tests' DB (the writer's when the server has no ACL users)."""
+    """The admin's URL on DB 15 (the writer's when the server has no ACL users)."""
     return os.environ.get("RANKFLOW_REDIS_ADMIN_URL") or redis_url
 
 
