@@ -202,13 +202,41 @@ def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
     The features are float32 values carried as doubles (exact) and counts as longs, the
     types the lake's tables have always had.
     """
-    from pyspark.sql.types import DoubleType, LongType, StructField, StructType
-
     joined = (
         pairs.join(features.items, on=["as_of", "item_id"], how="left")
         .join(features.users, on=["as_of", "user_id"], how="left")
         .join(features.seen, on=["as_of", "user_id", "item_id"], how="left")
     )
+    return add_cross_features(joined)
+
+
+def with_cross_features_by_user(
+    pairs: DataFrame, features: FeatureFrames, partitions: int
+) -> DataFrame:
+    """:func:`with_cross_features` for pairs with few distinct items, its rows placed by user.
+
+    Every row of a user lands in one of ``partitions`` partitions (hashed by ``user_id``), so a
+    per-user reducer needs no shuffle of the wide rows. Only narrow rows move: the pairs meet
+    their seen flags, are repartitioned by user (a ``repartition``, which adaptive execution
+    never splits or merges), meet the user features there (only the user side is shuffled), and
+    the item features of the pairs' items (candidates share a few thousand) are broadcast.
+    """
+    from pyspark.sql import functions as F
+
+    items = features.items.join(pairs.select("item_id").distinct(), "item_id", "left_semi")
+    joined = (
+        pairs.join(features.seen, on=["as_of", "user_id", "item_id"], how="left")
+        .repartition(partitions, "user_id")
+        .join(features.users, on=["as_of", "user_id"], how="left")
+        .join(F.broadcast(items), on=["as_of", "item_id"], how="left")
+    )
+    return add_cross_features(joined)
+
+
+def add_cross_features(joined: DataFrame) -> DataFrame:
+    """Add the user x item features to joined rows (``mapInArrow``), dropping the maps."""
+    from pyspark.sql.types import DoubleType, LongType, StructField, StructType
+
     kept = [f for f in joined.schema.fields if f.name not in MAP_COLUMNS + tuple(CROSS_FEATURES)]
     types = {n: LongType() if n in COUNT_FEATURES else DoubleType() for n in CROSS_FEATURES}
     schema = StructType([*kept, *[StructField(n, types[n]) for n in CROSS_FEATURES]])

@@ -99,16 +99,27 @@ def rank_frame(booster: xgb.Booster, frame: pd.DataFrame, k: int) -> pd.DataFram
 
 
 def score_candidates(
-    scored_input: DataFrame, model_raw: bytes, model_key: str, k: int
+    scored_input: DataFrame,
+    model_raw: bytes,
+    model_key: str,
+    k: int,
+    *,
+    placed_by_user: bool = False,
 ) -> DataFrame:
-    """Apply the model to ``user_id, item_id, <features>`` rows; return top-``k`` per user."""
+    """Apply the model to ``user_id, item_id, <features>`` rows; return top-``k`` per user.
+
+    ``placed_by_user``: every row of a user is already in one partition (``scoring_input``
+    places them), so the rows are only sorted; otherwise they are first shuffled by user. A
+    user whose rows were spread would get several lists, which the ranked-lists gate refuses
+    (``user_id`` unique).
+    """
     from rankflow.lake.session import task_slots
 
-    partitions = max(task_slots(scored_input.sparkSession) * 2, 2)
-    return (
-        scored_input.repartition(partitions, "user_id")
-        .sortWithinPartitions("user_id")
-        .mapInPandas(make_scorer(model_raw, model_key, k), RANKED_SCHEMA)
+    if not placed_by_user:
+        partitions = max(task_slots(scored_input.sparkSession) * 2, 2)
+        scored_input = scored_input.repartition(partitions, "user_id")
+    return scored_input.sortWithinPartitions("user_id").mapInPandas(
+        make_scorer(model_raw, model_key, k), RANKED_SCHEMA
     )
 
 

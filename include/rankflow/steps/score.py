@@ -29,7 +29,11 @@ def run_score(
 
     model_raw, model_version = load_model(settings, model)
     ranked = score_candidates(
-        scoring_input(spark, settings, ds), model_raw, f"v{model_version}", top_k
+        scoring_input(spark, settings, ds),
+        model_raw,
+        f"v{model_version}",
+        top_k,
+        placed_by_user=True,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         ranked_lists_gate(spark, settings, ds, ranked, top_k)
