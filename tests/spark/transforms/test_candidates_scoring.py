@@ -241,3 +241,34 @@ def test_scoring_survives_empty_partitions_and_long_users(
     assert len(ranked) == 1
     assert len(ranked["item_ids"].iat[0]) == 40
     assert_matches_reference(ranked, reference_top_k(booster, rows, 100))
+
+
+def test_the_scoring_input_is_placed_by_user_and_equals_the_plain_join(
+    spark: Any, lake: Settings, candidates: Any
+) -> None:
+    from pyspark.sql import functions as F
+    from pyspark.testing import assertDataFrameEqual
+
+    from rankflow.days import day
+    from rankflow.features.on_demand import with_cross_features
+    from rankflow.features.registry import feature_vector
+    from rankflow.lake.tables import read_features, read_partition, scoring_input
+
+    placed = scoring_input(spark, lake, D)
+    partitions = (
+        placed.withColumn("partition", F.spark_partition_id())
+        .groupBy("user_id")
+        .agg(F.countDistinct("partition").alias("partitions"))
+    )
+    assert partitions.where("partitions > 1").count() == 0  # each user's rows in one partition
+    assert partitions.count() == candidates["user_id"].nunique()
+
+    # the same rows and values as the features joined in the plain order
+    pairs = read_partition(spark, lake, "silver/candidates", D).select(
+        day(D).alias("as_of"), "user_id", "item_id"
+    )
+    plain = with_cross_features(pairs, read_features(spark, lake, D)).select(
+        "user_id", "item_id", *feature_vector()
+    )
+    assert placed.count() == len(candidates)
+    assertDataFrameEqual(placed, plain, rtol=0.0, atol=0.0)
