@@ -176,6 +176,11 @@ def task_slots(spark: SparkSession) -> int:
     return max(int(conf or spark.conf.get("spark.sql.shuffle.partitions") or 1), 1)
 
 
+def user_partitions(spark: SparkSession) -> int:
+    """How many partitions rows hashed by user go to for scoring: two per task slot."""
+    return max(task_slots(spark) * 2, 2)
+
+
 def fetch_s3a_jars(settings: Settings) -> str:
     """Fetch hadoop-aws and the AWS SDK it names from Maven Central into :func:`s3a_jars`, once.
 

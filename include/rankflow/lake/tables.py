@@ -207,7 +207,7 @@ def scoring_input(
     """
     from rankflow.features.on_demand import with_cross_features_by_user
     from rankflow.features.registry import feature_vector
-    from rankflow.lake.session import task_slots
+    from rankflow.lake.session import user_partitions
 
     features = read_features(spark, settings, ds)
     candidates = read_partition(spark, settings, "silver/candidates", ds).select(
@@ -215,8 +215,7 @@ def scoring_input(
     )
     if users is not None:
         candidates = candidates.join(F.broadcast(users), "user_id")
-    partitions = max(task_slots(spark) * 2, 2)
-    joined = with_cross_features_by_user(candidates, features, partitions)
+    joined = with_cross_features_by_user(candidates, features, user_partitions(spark))
     return joined.select("user_id", "item_id", *feature_vector())
 
 

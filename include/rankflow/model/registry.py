@@ -292,12 +292,11 @@ def debiasing_variants(settings: Settings, run_id: str) -> dict[str, bytes]:
     """
     import mlflow
 
-    order = list(settings.pipeline["training"]["compare_debiasing"])
-    listed = mlflow_client(settings).list_artifacts(run_id, "variants")
-    names = sorted(
-        (Path(item.path).stem for item in listed if item.path.endswith(".json")),
-        key=lambda name: (order.index(name) if name in order else len(order), name),
-    )
+    listed = {
+        Path(item.path).name for item in mlflow_client(settings).list_artifacts(run_id, "variants")
+    }
+    compared = settings.pipeline["training"]["compare_debiasing"]
+    names = [name for name in compared if f"{name}.json" in listed]
     return {
         name: mlflow.artifacts.load_text(f"runs:/{run_id}/variants/{name}.json").encode()
         for name in names

@@ -113,10 +113,10 @@ def score_candidates(
     user whose rows were spread would get several lists, which the ranked-lists gate refuses
     (``user_id`` unique).
     """
-    from rankflow.lake.session import task_slots
+    from rankflow.lake.session import user_partitions
 
     if not placed_by_user:
-        partitions = max(task_slots(scored_input.sparkSession) * 2, 2)
+        partitions = user_partitions(scored_input.sparkSession)
         scored_input = scored_input.repartition(partitions, "user_id")
     return scored_input.sortWithinPartitions("user_id").mapInPandas(
         make_scorer(model_raw, model_key, k), RANKED_SCHEMA
