@@ -21,7 +21,6 @@ the events: a day is simulated and written in blocks of whole slots (``BLOCK_IMP
 
 from __future__ import annotations
 
-import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rankflow import host
 from rankflow.config import SURFACES
+from rankflow.host import gib, peak_memory_bytes
 from rankflow.quality.raw import EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -1116,17 +1117,6 @@ def generation_needs(config: GeneratorConfig) -> Needs:
     return Needs(memory, DISK_PER_IMPRESSION * impressions)
 
 
-def available_memory_bytes() -> int | None:
-    """The memory the kernel says new work can use (``MemAvailable``), if it says."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def check_room(config: GeneratorConfig, raw_dir: Path) -> Needs:
     """Fail before generating when this machine lacks the memory or disk ``config`` needs.
 
@@ -1138,7 +1128,7 @@ def check_room(config: GeneratorConfig, raw_dir: Path) -> Needs:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free_disk = shutil.disk_usage(probe).free
-    memory = available_memory_bytes()
+    memory = host.available_memory_bytes()
     short = []
     if memory is not None and needs.memory_bytes > memory:
         short.append(f"about {gib(needs.memory_bytes)} of memory ({gib(memory)} available)")
@@ -1155,13 +1145,3 @@ def check_room(config: GeneratorConfig, raw_dir: Path) -> Needs:
 
 class GenerationTooLarge(RuntimeError):
     """The machine cannot hold the marketplace asked for (raised before anything is written)."""
-
-
-def gib(size: int) -> str:
-    """A byte count in GiB, one decimal."""
-    return f"{size / 2**30:.1f} GiB"
-
-
-def peak_memory_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -6,6 +6,7 @@ import argparse
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from rankflow import host
 from rankflow.config import Settings
 from rankflow.days import in_days
 from rankflow.features.registry import MODEL_FEATURES
@@ -18,6 +19,15 @@ if TYPE_CHECKING:
     from rankflow.model.spark_engine import PartitionedRows
 
 TRAINING_COLUMNS = ("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
+
+# The local engine's driver memory per training row: the collected frame, its sorted copy and
+# XGBoost's matrix. Measured 976 B at 100k users (the train days' 922,860 clicked rows, peak RSS
+# of the collection and the DMatrix over the RSS before them); rounded up.
+LOCAL_ENGINE_BYTES_PER_ROW = 1024
+
+
+class TrainingTooLarge(RuntimeError):
+    """The local engine's rows would not fit in this machine's memory (raised before collecting)."""
 
 
 def training_rows(
@@ -109,6 +119,7 @@ def local_rows(
     """The window's rows collected to this process (``local`` engine), gated when ``ds``."""
     from rankflow.model.fit import LocalRows
 
+    check_driver_room(spark, settings, window, version, clicked_only)
     train = training_rows(
         spark, settings, window.train_start, window.train_end, version, clicked_only
     )
@@ -120,6 +131,46 @@ def local_rows(
     if ds is not None:
         training_set_gate(settings, ds, train)
     return LocalRows(train, validation)
+
+
+def check_driver_room(
+    spark: SparkSession,
+    settings: Settings,
+    window: TrainingWindow,
+    version: int,
+    clicked_only: bool,
+) -> None:
+    """Refuse to collect a window the driver cannot hold, saying how much memory it needs.
+
+    The window's row count without the click filter is cheap (Parquet footers) and bounds what
+    is collected; only when that bound does not fit are the clicked groups' rows counted.
+
+    Raises:
+        TrainingTooLarge: the rows need more than the memory available to new work.
+    """
+    available = host.available_memory_bytes()
+    if available is None:
+        return
+    start, end = window.train_start, window.validation_end
+    table = read_table(spark, settings, "silver/training_set", version)
+    rows = table.where(in_days(start, end)).count()
+    if clicked_only and rows * LOCAL_ENGINE_BYTES_PER_ROW > available:
+        rows = window_rows(spark, settings, start, end, version, clicked_only).count()
+    message = driver_shortfall(rows, available)
+    if message:
+        raise TrainingTooLarge(f"{message} (training window {start} to {end})")
+
+
+def driver_shortfall(rows: int, available: int) -> str | None:
+    """Why the local engine cannot hold ``rows`` in ``available`` bytes, or None when it can."""
+    needed = rows * LOCAL_ENGINE_BYTES_PER_ROW
+    if needed <= available:
+        return None
+    return (
+        f"the local training engine collects {rows:,} rows to this process and needs about "
+        f"{host.gib(needed)} of memory, {host.gib(available)} available: set "
+        "training.engine: spark to fit on the executors, or shorten training.train_days"
+    )
 
 
 def spark_rows(
@@ -247,6 +298,7 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
         **log_and_register(settings, fitted, lineage, ds, variants),
         **lineage,
         "debiasing_comparison": compared,
+        "driver_peak_memory_bytes": host.peak_memory_bytes(),
     }
     write_run_record(settings, ds, "train", record)
     return record

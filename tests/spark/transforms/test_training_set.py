@@ -282,3 +282,39 @@ def test_training_set_rewrite_is_idempotent(
         rtol=1e-9,
         atol=0.0,
     )
+
+
+def test_the_local_engine_refuses_a_window_it_cannot_hold_before_collecting(
+    spark: Any, lake: Settings, written: tuple[dict[str, int], int], monkeypatch: Any
+) -> None:
+    from rankflow import host
+    from rankflow.model.fit import TrainingWindow
+    from rankflow.steps.train import (
+        LOCAL_ENGINE_BYTES_PER_ROW,
+        TrainingTooLarge,
+        check_driver_room,
+        groups_with_clicks,
+    )
+
+    window = TrainingWindow(D, D, D, D, D + timedelta(days=1))
+    table = training_table(spark, lake, written[1])
+    every, clicked = table.count(), groups_with_clicks(table).count()
+    assert 0 < clicked < every
+
+    def room(rows: int) -> None:
+        monkeypatch.setattr(
+            host, "available_memory_bytes", lambda: rows * LOCAL_ENGINE_BYTES_PER_ROW
+        )
+
+    room(every)
+    check_driver_room(spark, lake, window, written[1], clicked_only=False)
+    room(every - 1)
+    with pytest.raises(TrainingTooLarge, match=rf"collects {every:,} rows .* set training.engine"):
+        check_driver_room(spark, lake, window, written[1], clicked_only=False)
+    room(clicked)  # the bound does not fit; the clicked groups' exact count does
+    check_driver_room(spark, lake, window, written[1], clicked_only=True)
+    room(clicked - 1)
+    with pytest.raises(TrainingTooLarge, match=rf"collects {clicked:,} rows"):
+        check_driver_room(spark, lake, window, written[1], clicked_only=True)
+    monkeypatch.setattr(host, "available_memory_bytes", lambda: None)  # no /proc/meminfo
+    check_driver_room(spark, lake, window, written[1], clicked_only=False)

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from rankflow import host
 from rankflow.sim import marketplace
 from rankflow.sim.marketplace import (
     SCALE_PRESETS,
@@ -107,10 +108,10 @@ def test_a_size_the_machine_cannot_hold_fails_before_writing(
     needs = generation_needs(config)
     assert needs.memory_bytes > 2**30
     assert needs.disk_bytes > 2**30
-    monkeypatch.setattr(marketplace, "available_memory_bytes", lambda: needs.memory_bytes - 1)
+    monkeypatch.setattr(host, "available_memory_bytes", lambda: needs.memory_bytes - 1)
     with pytest.raises(GenerationTooLarge, match=r"needs about [\d.]+ GiB of memory"):
         check_room(config, tmp_path / "raw")
-    monkeypatch.setattr(marketplace, "available_memory_bytes", lambda: needs.memory_bytes)
+    monkeypatch.setattr(host, "available_memory_bytes", lambda: needs.memory_bytes)
     monkeypatch.setattr(marketplace, "DISK_PER_IMPRESSION", 10**12)
     with pytest.raises(GenerationTooLarge, match=r"of disk under"):
         check_room(config, tmp_path / "raw")
