@@ -2,8 +2,9 @@
 
 Measured in one run, on the same rows and the same model:
 
-(a) scoring rows/s through ``model.scoring.score_candidates`` (Spark, ``mapInPandas``) and its
-    ratio to ``Booster.inplace_predict`` over the same rows in this process (all cores);
+(a) scoring rows/s through ``model.scoring.score_candidates`` (Spark, ``mapInPandas``) as the
+    score step calls it, on rows placed by user (read from Parquet, the lists written back), and
+    its ratio to ``Booster.inplace_predict`` over the same rows in this process (all cores);
 (b) Redis publish users/s through ``rankflow.publish.redis.publish_snapshot`` (the nightly
     task's code: ``begin_version``, Spark tasks reading gold files into ``write_arrow``,
     ``write_fallback``, ``commit_version``) and its ratio to ``redis-benchmark -P 16 -t set``
@@ -31,7 +32,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -134,14 +136,34 @@ class ScoringResult:
         return f"{statistics.median(rates):,.0f} rows/s [{rates[0]:,.0f} .. {rates[-1]:,.0f}]"
 
 
+@contextmanager
+def whole_files(spark: SparkSession, path: str) -> Iterator[None]:
+    """Plan the reads inside the block so that no candidate file is read in pieces.
+
+    The files hold whole users (``synthetic.candidate_frame``), as the score step's input holds
+    them after ``scoring_input`` placed each user's rows in one partition (a shuffle of narrow
+    pairs, measured by the nightly benchmark); a file read whole keeps its users whole.
+    """
+    largest = max(f.stat().st_size for f in Path(path).glob("*.parquet"))
+    key = "spark.sql.files.maxPartitionBytes"
+    before = spark.conf.get(key)
+    spark.conf.set(key, str(largest + 1))
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
+
+
 def score_with_spark(spark: SparkSession, path: str, out: str, model_raw: bytes, k: int) -> float:
-    """Score every row through ``score_candidates`` and write the lists; return seconds."""
+    """Score every row as the score step does (placed by user) and write the lists; seconds."""
     from rankflow.model.scoring import score_candidates
 
     def run() -> None:
         """Score the candidate table and write the ranked lists to ``out``."""
-        ranked = score_candidates(spark.read.parquet(path), model_raw, "bench-model", k)
-        ranked.write.mode("overwrite").parquet(out)
+        with whole_files(spark, path):
+            rows = spark.read.parquet(path)
+            ranked = score_candidates(rows, model_raw, "bench-model", k, placed_by_user=True)
+            ranked.write.mode("overwrite").parquet(out)
 
     return timed(run)[1]
 
@@ -152,8 +174,9 @@ def warm_up(spark: SparkSession, path: str, model_raw: bytes, k: int) -> None:
 
     from rankflow.model.scoring import score_candidates
 
-    few = spark.read.parquet(path).where(F.col("user_id") < FIRST_USER + 100)
-    noop_write(score_candidates(few, model_raw, "bench-model", k))
+    with whole_files(spark, path):
+        few = spark.read.parquet(path).where(F.col("user_id") < FIRST_USER + 100)
+        noop_write(score_candidates(few, model_raw, "bench-model", k, placed_by_user=True))
 
 
 def score_in_process(path: str, model_raw: bytes, k: int) -> tuple[float, float, pd.DataFrame]:
@@ -224,6 +247,10 @@ def bench_scoring(
             f"Parquet -> float32 took another {convert:.1f} s, not counted)"
         )
     say(f"    check: {check_same_lists(spark, out, check)}")
+    lists = spark.read.parquet(out).count()
+    if lists != scale.users:  # a user split over two partitions would get two lists
+        raise RuntimeError(f"{lists:,} lists for {scale.users:,} users: rows were not placed")
+    say(f"    check: {lists:,} lists, one per user")
     return ScoringResult(spark_seconds, reference_seconds, convert, scale.rows)
 
 

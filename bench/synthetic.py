@@ -59,7 +59,7 @@ class Scale:
     @property
     def data_dir(self) -> Path:
         """Return the folder of this scale's candidate table (reused while it exists)."""
-        return self.workdir / f"candidates-{self.users}x{self.candidates}-s{self.seed}"
+        return self.workdir / f"candidates-{self.users}x{self.candidates}-s{self.seed}-by-user"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -190,7 +190,7 @@ def cross_columns(seed: int) -> dict[str, Column]:
 
 
 def candidate_frame(spark: SparkSession, scale: Scale) -> DataFrame:
-    """Return ``user_id, item_id, <MODEL_FEATURES as double>``, one user's rows together.
+    """Return ``user_id, item_id, <MODEL_FEATURES as double>``, each user's rows in one partition.
 
     Built in projections (hashes, draws, item and user features, cross features) so that no
     hash is computed twice and the generated code stays small.
@@ -198,7 +198,12 @@ def candidate_frame(spark: SparkSession, scale: Scale) -> DataFrame:
     from pyspark.sql import functions as F
 
     c = scale.candidates
-    ids = spark.range(0, scale.rows, numPartitions=spark.sparkContext.defaultParallelism * 8)
+    users = spark.range(0, scale.users, numPartitions=spark.sparkContext.defaultParallelism * 8)
+    # a user's rows in its partition (explode is narrow): files hold whole users, as the
+    # score step's input holds them (scoring_input places each user's rows in one partition)
+    ids = users.select(
+        F.col("id").alias("user"), F.explode(F.sequence(F.lit(0), F.lit(c - 1))).alias("rank")
+    ).select((F.col("user") * c + F.col("rank")).alias("id"))
     user = F.floor(F.col("id") / c)
     keys = ids.select(
         (F.lit(FIRST_USER) + user).cast("long").alias("user_id"),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, cast
 
+import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +23,7 @@ from rankflow.store.encoding import (
     UserIds,
     batch_values,
     encode_items,
-    hset_commands,
+    hset_stream,
     list_batch,
     mset_arguments,
     mset_commands,
@@ -38,8 +39,9 @@ from rankflow.store.keys import (
     versions_key,
 )
 
-_WINDOW = 64  # commands in flight per connection: keeps the server busy while we pack
+_WINDOW = 1024  # commands in flight per connection: keeps the server busy while we pack
 _FLUSH_BYTES = 256 * 1024  # commands gathered into one socket write
+_READ_BYTES = 64 * 1024  # reply bytes read from the socket at once
 
 
 # --------------------------------------------------------------------------- results
@@ -154,12 +156,17 @@ class _CommandStream:
 
     Commands are gathered into one ``sendall`` of about ``_FLUSH_BYTES`` (a bucket's HSET is a
     few kB: one system call each would cost more than Redis spends on it), and at most
-    ``window`` commands are sent before their replies are read.
+    ``window`` commands are sent before their replies are read. Replies are read in bulk: the
+    socket's bytes go through one hiredis reader, so a reply costs no Python call of its own.
     """
 
     def __init__(self, client: redis.Redis, window: int) -> None:
+        import hiredis
+
         self._pool = client.connection_pool
         self._conn = self._pool.get_connection()
+        self._conn.connect()  # authenticated, with every handshake reply read
+        self._replies = hiredis.Reader()
         self._window = window
         self._pending = 0
         self._buffer: list[Any] = []
@@ -174,26 +181,60 @@ class _CommandStream:
         if self._buffered_bytes >= _FLUSH_BYTES or self._buffered >= self._window // 2:
             self._flush()
 
+    def send_run(self, data: pa.Buffer, ends: npt.NDArray[np.int64]) -> None:
+        """Send contiguous packed commands (command ``n`` ends at ``ends[n]`` in ``data``).
+
+        Each write holds whole commands, about ``_FLUSH_BYTES`` of them (at least one).
+        """
+        self._flush()
+        view = memoryview(data)
+        sent = done = 0
+        while done < len(ends):
+            last = max(int(np.searchsorted(ends, sent + _FLUSH_BYTES, side="right")), done + 1)
+            self._make_room(last - done)
+            end = int(ends[last - 1])
+            self._conn.send_packed_command([view[sent:end]], check_health=False)
+            self._pending += last - done
+            sent, done = end, last
+
     def _flush(self) -> None:
         """Send the queued commands in one write, first reading replies to stay in the window."""
         if not self._buffered:
             return
-        while self._pending and self._pending + self._buffered > self._window:
-            self._read_one()
+        self._make_room(self._buffered)
         self._conn.send_packed_command([b"".join(self._buffer)], check_health=False)
         self._pending += self._buffered
         self._buffer, self._buffered, self._buffered_bytes = [], 0, 0
 
-    def _read_one(self) -> None:
-        """Read one reply (redis-py raises on an error reply, e.g. OOM)."""
-        self._conn.read_response()
-        self._pending -= 1
+    def _make_room(self, commands: int) -> None:
+        """Read replies until ``commands`` more fit in the window."""
+        while self._pending and self._pending + commands > self._window:
+            self._read_replies()
+
+    def _read_replies(self) -> None:
+        """Read what the socket holds (at least one reply); raise on the first error reply.
+
+        The error is redis-py's exception for it (``OutOfMemoryError`` for OOM, and so on).
+        """
+        from redis._parsers import BaseParser
+
+        sock = self._conn._sock  # redis-py connects and authenticates; the replies are ours
+        if sock is None:
+            raise redis.ConnectionError("the write connection closed")
+        chunk = sock.recv(_READ_BYTES)
+        if not chunk:
+            raise redis.ConnectionError("Redis closed the connection while replies were pending")
+        self._replies.feed(chunk)
+        while (reply := self._replies.gets()) is not False:
+            self._pending -= 1
+            if isinstance(reply, Exception):
+                raise BaseParser.parse_error(str(reply))
 
     def drain(self) -> None:
         """Send what is queued and read every pending reply (raising on the first error)."""
         self._flush()
         while self._pending:
-            self._read_one()
+            self._read_replies()
 
     def pack(self, *args: Any) -> list[Any]:
         """Return the RESP chunks of one command."""
@@ -306,12 +347,11 @@ def write_buckets(
 
     Users' lists (group ``b``) and a feature version's item vectors (``i``): a bucket of a few
     dozen values is one compact listpack, where a key per value costs about 130 bytes more.
-    The fields and values are built in bulk as for :func:`write_arrow` (one HSET per bucket,
-    a header plus a slice of one buffer); writes are idempotent and acknowledged per ``part``
-    the same way. Ids must be integers (``user_id``: the user, or the item for items).
+    The fields, values and whole commands are built in bulk (:func:`hset_stream`: one HSET per
+    bucket, all of them one buffer sent in large writes); writes are idempotent and
+    acknowledged per ``part`` as in :func:`write_arrow`. Ids must be integers (``user_id``:
+    the user, or the item for items).
     """
-    import numpy as np
-
     from rankflow.store.keys import MAX_BUCKETED_USER_ID, bucket_key
 
     if buckets < 1:
@@ -333,11 +373,11 @@ def write_buckets(
             values = batch_values(table.take(pa.array(order)).combine_chunks().to_batches()[0])
             arguments = mset_arguments(fields, values)
             used, starts = np.unique(bucket[order], return_index=True)
-            keys = [bucket_key(prefix, surface, version, group, int(b)).encode() for b in used]
-            for command in hset_commands(arguments, keys, np.append(starts, len(ids))):
-                stream.send(command)
+            key_base = bucket_key(prefix, surface, version, group, 0)[:-1].encode()
+            data, ends = hset_stream(arguments, key_base, used, np.append(starts, len(ids)))
+            stream.send_run(data, ends)
             value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)
-            stats = WriteStats(len(ids), value_bytes, len(keys))
+            stats = WriteStats(len(ids), value_bytes, len(used))
         if part is not None:
             _acknowledge(stream, prefix, surface, version, part, stats.users)
     return stats

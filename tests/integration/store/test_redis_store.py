@@ -820,3 +820,22 @@ def test_bytes_per_user_at_k100_is_within_15_percent_of_the_payload(
     assert 400 < grown <= 1.15 * 400
     assert sampled is not None
     assert abs(sampled - grown) < 0.02 * grown
+
+
+def test_an_error_reply_mid_run_raises_it_and_the_part_is_not_acknowledged(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    # thousands of bucket HSETs go out in a few large writes and their replies are read in bulk:
+    # one refused in the middle (a bucket key of the wrong type) must still fail the part
+    users, items = make_lists(44, users=60_000)  # 1,877 buckets: more than a window of replies
+    version = new_version_id(date(2024, 1, 6))
+    buckets = bucket_count(len(users), USERS_PER_BUCKET)
+    begin_version(
+        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 6), model_version="7", k=10,
+        user_buckets=buckets,
+    )  # fmt: skip
+    middle = user_bucket_key(PREFIX, SURFACE, version, int(users[len(users) // 2]), buckets)
+    redis_client.set(middle, b"not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        write_lists(redis_url, PREFIX, SURFACE, version, users, items, part="part-0")
+    assert not redis_client.hexists(parts_key(PREFIX, SURFACE, version), "part-0")

@@ -16,7 +16,7 @@ from rankflow.store.encoding import (
     encode_items,
     encode_list_array,
     encode_runs,
-    hset_commands,
+    hset_stream,
     list_batch,
     mset_arguments,
     mset_commands,
@@ -228,18 +228,31 @@ def test_mset_commands_are_exact_resp() -> None:
     ]
 
 
-def test_hset_commands_give_each_bucket_its_run_of_pairs_as_exact_resp() -> None:
+def test_hset_stream_gives_each_bucket_its_run_of_pairs_as_exact_resp() -> None:
     fields = pa.array([b"7", b"15", b"4"], type=pa.binary())
     values = pa.array([b"\x00\x01", b"ab", b"xyz"], type=pa.binary())
     arguments = mset_arguments(fields, values)
-    commands = [
-        b"".join(bytes(c) for c in cmd)
-        for cmd in hset_commands(arguments, [b"b:7", b"b:4"], np.array([0, 2, 3]))
-    ]
-    assert commands == [
-        b"*6\r\n$4\r\nHSET\r\n$3\r\nb:7\r\n$1\r\n7\r\n$2\r\n\x00\x01\r\n$2\r\n15\r\n$2\r\nab\r\n",
-        b"*4\r\n$4\r\nHSET\r\n$3\r\nb:4\r\n$1\r\n4\r\n$3\r\nxyz\r\n",
-    ]
+    data, ends = hset_stream(arguments, b"b:", np.array([7, 4]), np.array([0, 2, 3]))
+    first = (
+        b"*6\r\n$4\r\nHSET\r\n$3\r\nb:7\r\n$1\r\n7\r\n$2\r\n\x00\x01\r\n$2\r\n15\r\n$2\r\nab\r\n"
+    )
+    second = b"*4\r\n$4\r\nHSET\r\n$3\r\nb:4\r\n$1\r\n4\r\n$3\r\nxyz\r\n"
+    assert data.to_pybytes() == first + second
+    assert ends.tolist() == [len(first), len(first) + len(second)]
+
+
+def test_hset_stream_takes_sliced_arguments_and_refuses_empty_runs() -> None:
+    fields = pa.array([b"0", b"1", b"2", b"3"], type=pa.binary())
+    values = pa.array([b"a", b"bb", b"ccc", b"dddd"], type=pa.binary())
+    whole = mset_arguments(fields, values)
+    data, ends = hset_stream(whole.slice(1), b"k:", np.array([1, 2]), np.array([0, 1, 3]))
+    assert data.to_pybytes() == (
+        b"*4\r\n$4\r\nHSET\r\n$3\r\nk:1\r\n$1\r\n1\r\n$2\r\nbb\r\n"
+        b"*6\r\n$4\r\nHSET\r\n$3\r\nk:2\r\n$1\r\n2\r\n$3\r\nccc\r\n$1\r\n3\r\n$4\r\ndddd\r\n"
+    )
+    assert int(ends[-1]) == data.size
+    with pytest.raises(ValueError, match="non-empty run"):
+        hset_stream(whole, b"k:", np.array([1, 2]), np.array([0, 0, 4]))
 
 
 def test_mset_arguments_need_pairs() -> None:
