@@ -202,7 +202,6 @@ def scoring_input(
     ds: date,
     users: DataFrame | None = None,
     buckets: int | None = None,
-    rows: int = 0,
 ) -> DataFrame:
     """Join the candidates of ``ds`` (of ``users`` only, if given) with the features as of ``ds``.
 
@@ -210,8 +209,7 @@ def scoring_input(
     The rows come out placed by user (:func:`with_cross_features_by_user`): the scorer sorts
     them within their partitions instead of shuffling 33 features a row once more. With
     ``buckets`` (the Redis version's hash buckets), the users of a bucket share a partition, so
-    each gold file holds whole buckets and its publisher sends one HSET per bucket. ``rows``
-    (the candidates', when known) sizes the partitions (:func:`user_partitions`).
+    each gold file holds whole buckets and its publisher sends one HSET per bucket.
     """
     from rankflow.features.on_demand import with_cross_features_by_user
     from rankflow.features.registry import feature_vector
@@ -223,8 +221,7 @@ def scoring_input(
     )
     if users is not None:
         candidates = candidates.join(F.broadcast(users), "user_id")
-    partitions = user_partitions(spark, rows)
-    joined = with_cross_features_by_user(candidates, features, partitions, buckets)
+    joined = with_cross_features_by_user(candidates, features, user_partitions(spark), buckets)
     return joined.select("user_id", "item_id", *feature_vector())
 
 

@@ -29,10 +29,10 @@ def run_score(
     from rankflow.store.keys import USERS_PER_BUCKET, bucket_count
 
     model_raw, model_version = load_model(settings, model)
-    users, rows = candidate_counts(spark, settings, ds)
+    users = candidate_users(spark, settings, ds)
     buckets = bucket_count(users, USERS_PER_BUCKET)  # the publisher's, for as many lists
     ranked = score_candidates(
-        scoring_input(spark, settings, ds, buckets=buckets, rows=rows),
+        scoring_input(spark, settings, ds, buckets=buckets),
         model_raw,
         f"v{model_version}",
         top_k,
@@ -82,14 +82,14 @@ def list_statistics(ranked: DataFrame, items: DataFrame) -> DataFrame:
     return lengths.join(per_list, "user_id", "left").fillna(0, ["sold_items", "unknown_items"])
 
 
-def candidate_counts(spark: SparkSession, settings: Settings, ds: date) -> tuple[int, int]:
-    """How many users have candidates on ``ds`` (each gets a list), and how many candidates."""
-    counts = (
+def candidate_users(spark: SparkSession, settings: Settings, ds: date) -> int:
+    """How many users have candidates on ``ds``: each gets a list."""
+    return int(
         read_partition(spark, settings, "silver/candidates", ds)
-        .agg(F.countDistinct("user_id").alias("users"), F.count(F.lit(1)).alias("rows"))
-        .first()
+        .select("user_id")
+        .distinct()
+        .count()
     )
-    return (int(counts["users"]), int(counts["rows"])) if counts else (0, 0)
 
 
 def ranked_lists_gate(

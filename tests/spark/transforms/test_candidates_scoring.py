@@ -298,12 +298,3 @@ def test_with_buckets_the_users_of_a_bucket_share_a_partition(
     assert spread["users"].min() > 1
     assert spread["partitions"].max() == 1  # a bucket's users in one partition: whole buckets
     assert placed.count() == len(candidates)
-
-
-def test_many_candidate_rows_get_more_partitions_so_the_scorer_sorts_in_memory(spark) -> None:
-    from rankflow.lake.session import ROWS_PER_USER_PARTITION, task_slots, user_partitions
-
-    few = max(task_slots(spark) * 2, 2)
-    assert user_partitions(spark) == user_partitions(spark, ROWS_PER_USER_PARTITION) == few
-    assert user_partitions(spark, 47 * ROWS_PER_USER_PARTITION - 1) == max(few, 47)
-    assert user_partitions(spark, 47 * ROWS_PER_USER_PARTITION + 1) == max(few, 48)
