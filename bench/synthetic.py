@@ -360,24 +360,16 @@ def write_synthetic_lists(spark: SparkSession, scale: Scale, out: str) -> None:
 
 
 def make_gold(spark: SparkSession, ranked_path: str, gold_path: str) -> GoldSnapshot:
-    """Store the ranked lists as a gold Delta partition, the way the score step does.
-
-    Like the score step's, each file holds whole Redis hash buckets (the score step places the
-    users of a bucket in one partition before scoring; here the lists are placed after).
-    """
+    """Store the ranked lists as a gold Delta partition, the way the score step does."""
     from pyspark.sql import functions as F
 
     from rankflow.lake.gold import write_gold
-    from rankflow.lake.session import user_partitions
     from rankflow.model.scoring import RANKED_SCHEMA
-    from rankflow.store.keys import USERS_PER_BUCKET, bucket_count
 
     ranked = spark.read.parquet(ranked_path)
     if "items_u32le" not in ranked.columns:  # the synthetic lists of --publish-only
         ranked = ranked.mapInArrow(with_encoded_lists, RANKED_SCHEMA)
-    buckets = bucket_count(ranked.count(), USERS_PER_BUCKET)
-    placed = ranked.repartition(user_partitions(spark), F.pmod("user_id", F.lit(buckets)))
-    gold = placed.select("*", F.lit(BENCH_DS).alias("ds"), F.lit(SURFACE).alias("surface"))
+    gold = ranked.select("*", F.lit(BENCH_DS).alias("ds"), F.lit(SURFACE).alias("surface"))
     return write_gold(gold, gold_path, BENCH_DS, SURFACE)
 
 

@@ -211,25 +211,22 @@ def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
 
 
 def with_cross_features_by_user(
-    pairs: DataFrame, features: FeatureFrames, partitions: int, user_groups: int | None = None
+    pairs: DataFrame, features: FeatureFrames, partitions: int
 ) -> DataFrame:
     """:func:`with_cross_features` for pairs with few distinct items, its rows placed by user.
 
-    Every row of a user lands in one of ``partitions`` partitions (hashed by ``user_id``, or by
-    ``user_id mod user_groups`` to keep such groups of users together), so a per-user reducer
-    needs no shuffle of the wide rows. Only narrow rows move: the pairs meet their seen flags,
-    are repartitioned by user (a ``repartition``, which adaptive execution never splits or
-    merges), meet the user features there (only the user side is shuffled), and the item
-    features of the pairs' items (candidates share a few thousand) are broadcast.
+    Every row of a user lands in one of ``partitions`` partitions (hashed by ``user_id``), so a
+    per-user reducer needs no shuffle of the wide rows. Only narrow rows move: the pairs meet
+    their seen flags, are repartitioned by user (a ``repartition``, which adaptive execution
+    never splits or merges), meet the user features there (only the user side is shuffled), and
+    the item features of the pairs' items (candidates share a few thousand) are broadcast.
     """
     from pyspark.sql import functions as F
 
     items = features.items.join(pairs.select("item_id").distinct(), "item_id", "left_semi")
-    user = F.col("user_id")
-    placement = user if user_groups is None else F.pmod(user, F.lit(user_groups))
     joined = (
         pairs.join(features.seen, on=["as_of", "user_id", "item_id"], how="left")
-        .repartition(partitions, placement)
+        .repartition(partitions, "user_id")
         .join(features.users, on=["as_of", "user_id"], how="left")
         .join(F.broadcast(items), on=["as_of", "item_id"], how="left")
     )

@@ -197,19 +197,13 @@ def table_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
 
 
 def scoring_input(
-    spark: SparkSession,
-    settings: Settings,
-    ds: date,
-    users: DataFrame | None = None,
-    buckets: int | None = None,
+    spark: SparkSession, settings: Settings, ds: date, users: DataFrame | None = None
 ) -> DataFrame:
     """Join the candidates of ``ds`` (of ``users`` only, if given) with the features as of ``ds``.
 
     This is the serving face of the features; restricting the users first keeps a sample cheap.
     The rows come out placed by user (:func:`with_cross_features_by_user`): the scorer sorts
-    them within their partitions instead of shuffling 33 features a row once more. With
-    ``buckets`` (the Redis version's hash buckets), the users of a bucket share a partition, so
-    each gold file holds whole buckets and its publisher sends one HSET per bucket.
+    them within their partitions instead of shuffling 33 features a row once more.
     """
     from rankflow.features.on_demand import with_cross_features_by_user
     from rankflow.features.registry import feature_vector
@@ -221,7 +215,7 @@ def scoring_input(
     )
     if users is not None:
         candidates = candidates.join(F.broadcast(users), "user_id")
-    joined = with_cross_features_by_user(candidates, features, user_partitions(spark), buckets)
+    joined = with_cross_features_by_user(candidates, features, user_partitions(spark))
     return joined.select("user_id", "item_id", *feature_vector())
 
 

@@ -26,20 +26,17 @@ def run_score(
     from rankflow.model.registry import load_model
     from rankflow.model.scoring import fallback_list, score_candidates
     from rankflow.runs import write_run_record
-    from rankflow.store.keys import USERS_PER_BUCKET, bucket_count
 
     model_raw, model_version = load_model(settings, model)
-    users = candidate_users(spark, settings, ds)
-    buckets = bucket_count(users, USERS_PER_BUCKET)  # the publisher's, for as many lists
     ranked = score_candidates(
-        scoring_input(spark, settings, ds, buckets=buckets),
+        scoring_input(spark, settings, ds),
         model_raw,
         f"v{model_version}",
         top_k,
         placed_by_user=True,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        ranked_lists_gate(spark, settings, ds, ranked, top_k, users)
+        ranked_lists_gate(spark, settings, ds, ranked, top_k)
         gold = (
             ranked.withColumn("model_version", F.lit(model_version))
             .withColumn("surface", F.lit(surface))
@@ -82,23 +79,8 @@ def list_statistics(ranked: DataFrame, items: DataFrame) -> DataFrame:
     return lengths.join(per_list, "user_id", "left").fillna(0, ["sold_items", "unknown_items"])
 
 
-def candidate_users(spark: SparkSession, settings: Settings, ds: date) -> int:
-    """How many users have candidates on ``ds``: each gets a list."""
-    return int(
-        read_partition(spark, settings, "silver/candidates", ds)
-        .select("user_id")
-        .distinct()
-        .count()
-    )
-
-
 def ranked_lists_gate(
-    spark: SparkSession,
-    settings: Settings,
-    ds: date,
-    ranked: DataFrame,
-    top_k: int,
-    users_with_candidates: int,
+    spark: SparkSession, settings: Settings, ds: date, ranked: DataFrame, top_k: int
 ) -> None:
     """Refuse lists that are short, repeat an item, hold sold or unknown items, or miss users.
 
@@ -111,7 +93,8 @@ def ranked_lists_gate(
     from rankflow.quality.suites import ranked_lists_suite
 
     quality = settings.pipeline["quality"]
-    min_users = math.ceil(float(quality["min_list_coverage"]) * users_with_candidates)
+    users = read_partition(spark, settings, "silver/candidates", ds).select("user_id").distinct()
+    min_users = math.ceil(float(quality["min_list_coverage"]) * users.count())
     statistics = list_statistics(ranked, read_features(spark, settings, ds).items)
     suite = ranked_lists_suite(top_k, min_users, float(quality["lists_full_share"]))
     gate(settings, ds, statistics, "ranked_lists", suite)

@@ -272,29 +272,3 @@ def test_the_scoring_input_is_placed_by_user_and_equals_the_plain_join(
     )
     assert placed.count() == len(candidates)
     assertDataFrameEqual(placed, plain, rtol=0.0, atol=0.0)
-
-
-def test_with_buckets_the_users_of_a_bucket_share_a_partition(
-    spark: Any, lake: Settings, candidates: Any
-) -> None:
-    from pyspark.sql import functions as F
-
-    from rankflow.lake.tables import scoring_input
-
-    buckets = 7  # few buckets, so most hold several users
-    placed = scoring_input(spark, lake, D, buckets=buckets).withColumn(
-        "partition", F.spark_partition_id()
-    )
-    spread = (
-        placed.withColumn("bucket", F.pmod("user_id", F.lit(buckets)))
-        .groupBy("bucket")
-        .agg(
-            F.countDistinct("partition").alias("partitions"),
-            F.countDistinct("user_id").alias("users"),
-        )
-        .toPandas()
-    )
-    assert len(spread) == buckets
-    assert spread["users"].min() > 1
-    assert spread["partitions"].max() == 1  # a bucket's users in one partition: whole buckets
-    assert placed.count() == len(candidates)
