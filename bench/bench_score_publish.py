@@ -145,13 +145,18 @@ def whole_files(spark: SparkSession, path: str) -> Iterator[None]:
     pairs, measured by the nightly benchmark); a file read whole keeps its users whole.
     """
     largest = max(f.stat().st_size for f in Path(path).glob("*.parquet"))
-    key = "spark.sql.files.maxPartitionBytes"
-    before = spark.conf.get(key)
-    spark.conf.set(key, str(largest + 1))
+    # a split as large as the largest file, and a file costing a whole split to open: one file
+    # a partition (a few million rows, which the scorer's sort holds in memory, as the score
+    # step's partitions of at most ROWS_PER_USER_PARTITION)
+    keys = ("spark.sql.files.maxPartitionBytes", "spark.sql.files.openCostInBytes")
+    before = {key: spark.conf.get(key) for key in keys}
+    for key in keys:
+        spark.conf.set(key, str(largest + 1))
     try:
         yield
     finally:
-        spark.conf.set(key, before)
+        for key, value in before.items():
+            spark.conf.set(key, value)
 
 
 def score_with_spark(spark: SparkSession, path: str, out: str, model_raw: bytes, k: int) -> float:

@@ -197,13 +197,19 @@ def table_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
 
 
 def scoring_input(
-    spark: SparkSession, settings: Settings, ds: date, users: DataFrame | None = None
+    spark: SparkSession,
+    settings: Settings,
+    ds: date,
+    users: DataFrame | None = None,
+    rows: int = 0,
 ) -> DataFrame:
     """Join the candidates of ``ds`` (of ``users`` only, if given) with the features as of ``ds``.
 
     This is the serving face of the features; restricting the users first keeps a sample cheap.
     The rows come out placed by user (:func:`with_cross_features_by_user`): the scorer sorts
-    them within their partitions instead of shuffling 33 features a row once more.
+    them within their partitions instead of shuffling 33 features a row once more. ``rows``
+    (the candidates', when known) sizes the partitions (:func:`user_partitions`), so that the
+    scorer's sort of a partition stays in memory.
     """
     from rankflow.features.on_demand import with_cross_features_by_user
     from rankflow.features.registry import feature_vector
@@ -215,7 +221,8 @@ def scoring_input(
     )
     if users is not None:
         candidates = candidates.join(F.broadcast(users), "user_id")
-    joined = with_cross_features_by_user(candidates, features, user_partitions(spark))
+    partitions = user_partitions(spark, rows)
+    joined = with_cross_features_by_user(candidates, features, partitions)
     return joined.select("user_id", "item_id", *feature_vector())
 
 

@@ -28,15 +28,16 @@ def run_score(
     from rankflow.runs import write_run_record
 
     model_raw, model_version = load_model(settings, model)
+    users, rows = candidate_counts(spark, settings, ds)
     ranked = score_candidates(
-        scoring_input(spark, settings, ds),
+        scoring_input(spark, settings, ds, rows=rows),
         model_raw,
         f"v{model_version}",
         top_k,
         placed_by_user=True,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        ranked_lists_gate(spark, settings, ds, ranked, top_k)
+        ranked_lists_gate(spark, settings, ds, ranked, top_k, users)
         gold = (
             ranked.withColumn("model_version", F.lit(model_version))
             .withColumn("surface", F.lit(surface))
@@ -79,8 +80,23 @@ def list_statistics(ranked: DataFrame, items: DataFrame) -> DataFrame:
     return lengths.join(per_list, "user_id", "left").fillna(0, ["sold_items", "unknown_items"])
 
 
+def candidate_counts(spark: SparkSession, settings: Settings, ds: date) -> tuple[int, int]:
+    """How many users have candidates on ``ds`` (each gets a list), and how many candidates."""
+    counts = (
+        read_partition(spark, settings, "silver/candidates", ds)
+        .agg(F.countDistinct("user_id").alias("users"), F.count(F.lit(1)).alias("rows"))
+        .first()
+    )
+    return (int(counts["users"]), int(counts["rows"])) if counts else (0, 0)
+
+
 def ranked_lists_gate(
-    spark: SparkSession, settings: Settings, ds: date, ranked: DataFrame, top_k: int
+    spark: SparkSession,
+    settings: Settings,
+    ds: date,
+    ranked: DataFrame,
+    top_k: int,
+    users_with_candidates: int,
 ) -> None:
     """Refuse lists that are short, repeat an item, hold sold or unknown items, or miss users.
 
@@ -93,8 +109,7 @@ def ranked_lists_gate(
     from rankflow.quality.suites import ranked_lists_suite
 
     quality = settings.pipeline["quality"]
-    users = read_partition(spark, settings, "silver/candidates", ds).select("user_id").distinct()
-    min_users = math.ceil(float(quality["min_list_coverage"]) * users.count())
+    min_users = math.ceil(float(quality["min_list_coverage"]) * users_with_candidates)
     statistics = list_statistics(ranked, read_features(spark, settings, ds).items)
     suite = ranked_lists_suite(top_k, min_users, float(quality["lists_full_share"]))
     gate(settings, ds, statistics, "ranked_lists", suite)

@@ -272,3 +272,12 @@ def test_the_scoring_input_is_placed_by_user_and_equals_the_plain_join(
     )
     assert placed.count() == len(candidates)
     assertDataFrameEqual(placed, plain, rtol=0.0, atol=0.0)
+
+
+def test_many_candidate_rows_get_more_partitions_so_the_scorer_sorts_in_memory(spark) -> None:
+    from rankflow.lake.session import ROWS_PER_USER_PARTITION, task_slots, user_partitions
+
+    few = max(task_slots(spark) * 2, 2)
+    assert user_partitions(spark) == user_partitions(spark, ROWS_PER_USER_PARTITION) == few
+    assert user_partitions(spark, 47 * ROWS_PER_USER_PARTITION - 1) == max(few, 47)
+    assert user_partitions(spark, 47 * ROWS_PER_USER_PARTITION + 1) == max(few, 48)
