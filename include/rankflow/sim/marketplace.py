@@ -38,7 +38,6 @@ import pyarrow.parquet as pq
 
 from rankflow import host
 from rankflow.config import SURFACES
-from rankflow.host import gib, peak_memory_bytes
 from rankflow.quality.raw import EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -1088,7 +1087,7 @@ def generate_marketplace(
         seconds=round(seconds, 3),
         events=int(counts.sum()),
         events_per_second=round(float(counts.sum()) / max(seconds, 1e-9), 1),
-        peak_memory_bytes=peak_memory_bytes(),
+        peak_memory_bytes=host.peak_memory_bytes(),
     )
 
 
@@ -1131,10 +1130,12 @@ def check_room(config: GeneratorConfig, raw_dir: Path) -> Needs:
     memory = host.available_memory_bytes()
     short = []
     if memory is not None and needs.memory_bytes > memory:
-        short.append(f"about {gib(needs.memory_bytes)} of memory ({gib(memory)} available)")
+        short.append(
+            f"about {host.gib(needs.memory_bytes)} of memory ({host.gib(memory)} available)"
+        )
     if needs.disk_bytes > free_disk:
-        free = gib(free_disk)
-        short.append(f"about {gib(needs.disk_bytes)} of disk under {raw_dir} ({free} free)")
+        free = host.gib(free_disk)
+        short.append(f"about {host.gib(needs.disk_bytes)} of disk under {raw_dir} ({free} free)")
     if short:
         raise GenerationTooLarge(
             f"a marketplace of {config.total_users:,} users over {config.days} days needs "

@@ -152,10 +152,9 @@ def check_driver_room(
     if available is None:
         return
     start, end = window.train_start, window.validation_end
-    table = read_table(spark, settings, "silver/training_set", version)
-    rows = table.where(in_days(start, end)).count()
+    rows = window_rows(spark, settings, start, end, version, clicked_only=False).count()
     if clicked_only and rows * LOCAL_ENGINE_BYTES_PER_ROW > available:
-        rows = window_rows(spark, settings, start, end, version, clicked_only).count()
+        rows = window_rows(spark, settings, start, end, version, clicked_only=True).count()
     message = driver_shortfall(rows, available)
     if message:
         raise TrainingTooLarge(f"{message} (training window {start} to {end})")

@@ -103,9 +103,14 @@ def bucket_count(entities: int, per_bucket: int) -> int:
     return wanted
 
 
+def bucket_key_prefix(prefix: str, surface: str, version: str, group: str) -> str:
+    """Return what every bucket key of a version's ``group`` starts with (the number follows)."""
+    return f"{version_base(prefix, surface, version)}:{check_name(group, 'group')}:"
+
+
 def bucket_key(prefix: str, surface: str, version: str, group: str, bucket: int) -> str:
     """Return the key of one hash bucket of a version (``b``: users' lists; ``i``: items)."""
-    return f"{version_base(prefix, surface, version)}:{check_name(group, 'group')}:{int(bucket)}"
+    return f"{bucket_key_prefix(prefix, surface, version, group)}{int(bucket)}"
 
 
 def bucketed_user_id(user_id: int | str | np.integer[Any]) -> int:

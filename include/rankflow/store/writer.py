@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import redis
+from redis._parsers import BaseParser
 
 from rankflow.store.commands import _client, _run, _text, _utc_now, user_buckets_of
 from rankflow.store.encoding import (
@@ -216,8 +217,6 @@ class _CommandStream:
 
         The error is redis-py's exception for it (``OutOfMemoryError`` for OOM, and so on).
         """
-        from redis._parsers import BaseParser
-
         sock = self._conn._sock  # redis-py connects and authenticates; the replies are ours
         if sock is None:
             raise redis.ConnectionError("the write connection closed")
@@ -352,7 +351,7 @@ def write_buckets(
     acknowledged per ``part`` as in :func:`write_arrow`. Ids must be integers (``user_id``:
     the user, or the item for items).
     """
-    from rankflow.store.keys import MAX_BUCKETED_USER_ID, bucket_key
+    from rankflow.store.keys import MAX_BUCKETED_USER_ID, bucket_key_prefix
 
     if buckets < 1:
         raise ValueError("buckets must be at least 1")
@@ -373,7 +372,7 @@ def write_buckets(
             values = batch_values(table.take(pa.array(order)).combine_chunks().to_batches()[0])
             arguments = mset_arguments(fields, values)
             used, starts = np.unique(bucket[order], return_index=True)
-            key_base = bucket_key(prefix, surface, version, group, 0)[:-1].encode()
+            key_base = bucket_key_prefix(prefix, surface, version, group).encode()
             data, ends = hset_stream(arguments, key_base, used, np.append(starts, len(ids)))
             stream.send_run(data, ends)
             value_bytes = int(pc.sum(pc.binary_length(values)).as_py() or 0)

@@ -661,16 +661,21 @@ def write_parts(
     return expected
 
 
+def begun_version(client: redis.Redis, ds: date, users: int) -> str:
+    """Begin a bucketed version of ``ds`` for ``users`` lists of 10; return its id."""
+    version = new_version_id(ds)
+    buckets = bucket_count(users, USERS_PER_BUCKET)
+    begin_version(
+        client, PREFIX, SURFACE, version, ds=ds, model_version="7", k=10, user_buckets=buckets
+    )
+    return version
+
+
 def written_in_parts(
     client: redis.Redis, url: str, users: np.ndarray, items: np.ndarray, parts: int
 ) -> tuple[str, dict[str, int]]:
     """Begin a 2024-01-05 version, write it in acknowledged parts, add the fallback."""
-    version = new_version_id(date(2024, 1, 5))
-    buckets = bucket_count(len(users), USERS_PER_BUCKET)
-    begin_version(
-        client, PREFIX, SURFACE, version, ds=date(2024, 1, 5), model_version="7", k=10,
-        user_buckets=buckets,
-    )  # fmt: skip
+    version = begun_version(client, date(2024, 1, 5), len(users))
     expected = write_parts(url, version, users, items, parts)
     write_fallback(client, PREFIX, SURFACE, version, [1])
     return version, expected
@@ -828,12 +833,8 @@ def test_an_error_reply_mid_run_raises_it_and_the_part_is_not_acknowledged(
     # thousands of bucket HSETs go out in a few large writes and their replies are read in bulk:
     # one refused in the middle (a bucket key of the wrong type) must still fail the part
     users, items = make_lists(44, users=60_000)  # 1,877 buckets: more than a window of replies
-    version = new_version_id(date(2024, 1, 6))
+    version = begun_version(redis_client, date(2024, 1, 6), len(users))
     buckets = bucket_count(len(users), USERS_PER_BUCKET)
-    begin_version(
-        redis_client, PREFIX, SURFACE, version, ds=date(2024, 1, 6), model_version="7", k=10,
-        user_buckets=buckets,
-    )  # fmt: skip
     middle = user_bucket_key(PREFIX, SURFACE, version, int(users[len(users) // 2]), buckets)
     redis_client.set(middle, b"not a hash")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
