@@ -2,7 +2,7 @@
 
 Measured in one run, on the same rows and the same model:
 
-(a) scoring rows/s through ``model.scoring.score_candidates`` (Spark, ``mapInPandas``) as the
+(a) scoring rows/s through ``model.scoring.score_candidates`` (Spark, ``mapInArrow``) as the
     score step calls it, on rows placed by user (read from Parquet, the lists written back), and
     its ratio to ``Booster.inplace_predict`` over the same rows in this process (all cores);
 (b) Redis publish users/s through ``rankflow.publish.redis.publish_snapshot`` (the nightly
@@ -146,8 +146,8 @@ def whole_files(spark: SparkSession, path: str) -> Iterator[None]:
     """
     largest = max(f.stat().st_size for f in Path(path).glob("*.parquet"))
     # a split as large as the largest file, and a file costing a whole split to open: one file
-    # a partition (a few million rows, which the scorer's sort holds in memory, as the score
-    # step's partitions of at most ROWS_PER_USER_PARTITION)
+    # a partition (a few million rows, as the score step's partitions of at most
+    # ROWS_PER_USER_PARTITION)
     keys = ("spark.sql.files.maxPartitionBytes", "spark.sql.files.openCostInBytes")
     before = {key: spark.conf.get(key) for key in keys}
     for key in keys:
@@ -206,6 +206,7 @@ def score_in_process(path: str, model_raw: bytes, k: int) -> tuple[float, float,
             users = batch.column("user_id").to_numpy()
             items = batch.column("item_id").to_numpy()
             check = top_k_per_user(users, items, np.asarray(scores, dtype=np.float32), k)
+            check = check.to_pandas()
     assert check is not None
     return predict, convert, check
 

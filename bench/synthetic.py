@@ -360,16 +360,19 @@ def write_synthetic_lists(spark: SparkSession, scale: Scale, out: str) -> None:
 
 
 def make_gold(spark: SparkSession, ranked_path: str, gold_path: str) -> GoldSnapshot:
-    """Store the ranked lists as a gold Delta partition, the way the score step does."""
+    """Store the ranked lists as a gold Delta partition, placed by bucket as the score step does."""
     from pyspark.sql import functions as F
 
     from rankflow.lake.gold import write_gold
+    from rankflow.lake.session import user_partitions
     from rankflow.model.scoring import RANKED_SCHEMA
+    from rankflow.publish.redis import placed_by_bucket
 
     ranked = spark.read.parquet(ranked_path)
     if "items_u32le" not in ranked.columns:  # the synthetic lists of --publish-only
         ranked = ranked.mapInArrow(with_encoded_lists, RANKED_SCHEMA)
-    gold = ranked.select("*", F.lit(BENCH_DS).alias("ds"), F.lit(SURFACE).alias("surface"))
+    placed = placed_by_bucket(ranked, ranked.count(), user_partitions(spark))
+    gold = placed.select("*", F.lit(BENCH_DS).alias("ds"), F.lit(SURFACE).alias("surface"))
     return write_gold(gold, gold_path, BENCH_DS, SURFACE)
 
 

@@ -1,8 +1,9 @@
 """User x item features, computed when a user meets a candidate: one function, two callers.
 
 :func:`cross_features` is plain numpy over integer codes. Spark calls it through
-:func:`cross_feature_batches` (``mapInArrow``) for the training set and batch scoring; the
-ranking service calls it in-process with the codes of its feature version. Both feed it float32
+:func:`cross_feature_batches` (``mapInArrow``) for the training set, batch scoring calls it in
+the scorer's own pass (:func:`cross_feature_columns`), and the ranking service calls it
+in-process with the codes of its feature version. Both feed it float32
 inputs, so both get the same float32 outputs, bit for bit (``docs/feature-store.md``).
 """
 
@@ -126,6 +127,9 @@ MAP_COLUMNS = tuple(f"{d}_affinity" for d in AFFINITY_DIMENSIONS)
 ITEM_ATTRIBUTES = list(AFFINITY_DIMENSIONS)  # the item strings the on-demand function reads
 # counts keep the integer type the lake's tables have always had (float32 would be the same)
 COUNT_FEATURES = ("seen_before", "clicked_before")
+# the joined columns the cross features are computed from (besides the user and as_of keys)
+CROSS_INPUTS = (*MAP_COLUMNS, *ITEM_ATTRIBUTES, "declared_size", "user_log_price_mean",
+                "item_price", *COUNT_FEATURES)  # fmt: skip
 
 
 def _floats(column: pa.Array, fill: float = np.nan) -> Floats:
@@ -146,20 +150,39 @@ def map_entries(affinity: pa.Array) -> tuple[pa.StructArray, npt.NDArray[np.int6
     return lists.flatten(), sizes
 
 
-def batch_inputs(batch: pa.RecordBatch) -> tuple[ItemSide, UserSide, Floats, Floats, int]:
+def user_runs(batch: pa.RecordBatch) -> tuple[Codes, Codes]:
+    """Where each run of rows of one user (and ``as_of``, when present) starts, and each row's run.
+
+    Joined rows arrive grouped by user (the join sorts by it), so the user side -- affinity maps,
+    declared size, price band -- is read once a run instead of once a row. Rows not grouped
+    are still right: each row is then its own run.
+    """
+    keys = ["as_of", "user_id"] if "as_of" in batch.schema.names else ["user_id"]
+    new_run = np.zeros(batch.num_rows, dtype=bool)
+    if batch.num_rows:
+        new_run[0] = True
+    for name in keys:
+        values = batch.column(name).to_numpy(zero_copy_only=False)
+        new_run[1:] |= values[1:] != values[:-1]
+    starts = np.flatnonzero(new_run)
+    return starts, np.cumsum(new_run, dtype=np.int64) - 1
+
+
+def batch_inputs(batch: pa.RecordBatch) -> tuple[Codes, ItemSide, UserSide, Floats, Floats, int]:
     """Read one joined batch (a row = a user x item pair) into the function's inputs.
 
-    Strings become codes of one vocabulary local to the batch (only equality matters); every row
-    is its own user, so ``user_of_row`` is ``arange(rows)``.
+    Strings become codes of one vocabulary local to the batch (only equality matters); the
+    users are the batch's runs of one user (:func:`user_runs`), the first output each row's run.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    rows = batch.num_rows
-    maps = [batch.column(name) for name in MAP_COLUMNS]
+    starts, user_of_row = user_runs(batch)
+    first_rows = pa.array(starts)
+    maps = [batch.column(name).take(first_rows) for name in MAP_COLUMNS]
     flat, sizes = zip(*[map_entries(m) for m in maps], strict=True)
     strings = [batch.column(d) for d in AFFINITY_DIMENSIONS]
-    strings += [batch.column("declared_size"), pa.array([ONE_SIZE])]
+    strings += [batch.column("declared_size").take(first_rows), pa.array([ONE_SIZE])]
     strings += [f.field("key") for f in flat]
     pieces = [s.cast(pa.string()) for s in strings]
     encoded = pc.dictionary_encode(pa.concat_arrays(pieces)).indices
@@ -169,14 +192,20 @@ def batch_inputs(batch: pa.RecordBatch) -> tuple[ItemSide, UserSide, Floats, Flo
     dims = len(AFFINITY_DIMENSIONS)
     affinity = {}
     for i, dim in enumerate(AFFINITY_DIMENSIONS):
-        owner = np.repeat(np.arange(rows, dtype=np.int64), sizes[i])
+        owner = np.repeat(np.arange(len(starts), dtype=np.int64), sizes[i])
         affinity[dim] = Affinity(owner, part[dims + 2 + i], _floats(flat[i].field("value")))
-    users = UserSide(affinity, part[dims], _floats(batch.column("user_log_price_mean")))
+    price_band = _floats(batch.column("user_log_price_mean").take(first_rows))
+    users = UserSide(affinity, part[dims], price_band)
     items = ItemSide(dict(zip(AFFINITY_DIMENSIONS, part[:dims], strict=True)),
                      _floats(batch.column("item_price")))  # fmt: skip
     seen = _floats(batch.column("seen_before"), 0.0)
     clicked = _floats(batch.column("clicked_before"), 0.0)
-    return items, users, seen, clicked, int(part[dims + 1][0])
+    return user_of_row, items, users, seen, clicked, int(part[dims + 1][0])
+
+
+def cross_feature_columns(batch: pa.RecordBatch) -> dict[str, Floats]:
+    """The user x item features of one joined batch, as float32 arrays in registry order."""
+    return cross_features(*batch_inputs(batch))
 
 
 def cross_feature_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -184,9 +213,7 @@ def cross_feature_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Reco
     import pyarrow as pa
 
     for batch in batches:
-        items, users, seen, clicked, one_size = batch_inputs(batch)
-        rows = np.arange(batch.num_rows, dtype=np.int64)
-        computed = cross_features(rows, items, users, seen, clicked, one_size)
+        computed = cross_feature_columns(batch)
         kept = [n for n in batch.schema.names if n not in MAP_COLUMNS and n not in computed]
         columns = [batch.column(n) for n in kept]
         columns += [
@@ -210,27 +237,25 @@ def with_cross_features(pairs: DataFrame, features: FeatureFrames) -> DataFrame:
     return add_cross_features(joined)
 
 
-def with_cross_features_by_user(
-    pairs: DataFrame, features: FeatureFrames, partitions: int
-) -> DataFrame:
-    """:func:`with_cross_features` for pairs with few distinct items, its rows placed by user.
+def join_features_by_user(pairs: DataFrame, features: FeatureFrames, partitions: int) -> DataFrame:
+    """Join features to pairs with few distinct items, placing the rows by user.
 
     Every row of a user lands in one of ``partitions`` partitions (hashed by ``user_id``), so a
     per-user reducer needs no shuffle of the wide rows. Only narrow rows move: the pairs meet
     their seen flags, are repartitioned by user (a ``repartition``, which adaptive execution
     never splits or merges), meet the user features there (only the user side is shuffled), and
-    the item features of the pairs' items (candidates share a few thousand) are broadcast.
+    the item features of the pairs' items (candidates share a few thousand) are broadcast. The
+    rows keep the affinity maps: :func:`cross_feature_columns` turns them into features.
     """
     from pyspark.sql import functions as F
 
     items = features.items.join(pairs.select("item_id").distinct(), "item_id", "left_semi")
-    joined = (
+    return (
         pairs.join(features.seen, on=["as_of", "user_id", "item_id"], how="left")
         .repartition(partitions, "user_id")
         .join(features.users, on=["as_of", "user_id"], how="left")
         .join(F.broadcast(items), on=["as_of", "item_id"], how="left")
     )
-    return add_cross_features(joined)
 
 
 def add_cross_features(joined: DataFrame) -> DataFrame:

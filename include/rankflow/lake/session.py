@@ -176,9 +176,9 @@ def task_slots(spark: SparkSession) -> int:
     return max(int(conf or spark.conf.get("spark.sql.shuffle.partitions") or 1), 1)
 
 
-# Wide scoring rows (33 features) a partition placed by user holds at most: about 0.7 GB as
-# Spark's rows, so the scorer's sort stays in memory (at 1M users, 4 partitions of 23 M rows
-# spilled 8 GB to disk and took 902 of the step's 1,059 seconds)
+# Candidate rows a partition placed by user holds at most, so the sort of the join with the
+# user features stays in memory and the scorer's lists of a partition stay small (at 1M users,
+# 4 partitions of 23 M rows spilled 8 GB to disk and took 902 of the step's 1,059 seconds)
 ROWS_PER_USER_PARTITION = 2_000_000
 
 

@@ -202,17 +202,20 @@ def scoring_input(
     ds: date,
     users: DataFrame | None = None,
     rows: int = 0,
+    *,
+    user_item_features: bool = True,
 ) -> DataFrame:
     """Join the candidates of ``ds`` (of ``users`` only, if given) with the features as of ``ds``.
 
     This is the serving face of the features; restricting the users first keeps a sample cheap.
-    The rows come out placed by user (:func:`with_cross_features_by_user`): the scorer sorts
-    them within their partitions instead of shuffling 33 features a row once more. ``rows``
-    (the candidates', when known) sizes the partitions (:func:`user_partitions`), so that the
-    scorer's sort of a partition stays in memory.
+    The rows come out placed by user (:func:`join_features_by_user`): a per-user reducer needs
+    no other shuffle. ``rows`` (the candidates', when known) sizes the partitions
+    (:func:`user_partitions`). With ``user_item_features=False`` the user x item features are
+    left to the caller (the scorer computes them in its own pass): the rows then hold the other
+    model features and what the user x item ones are computed from.
     """
-    from rankflow.features.on_demand import with_cross_features_by_user
-    from rankflow.features.registry import feature_vector
+    from rankflow.features.on_demand import CROSS_INPUTS, add_cross_features, join_features_by_user
+    from rankflow.features.registry import CROSS_FEATURES, MODEL_FEATURES, feature_vector
     from rankflow.lake.session import user_partitions
 
     features = read_features(spark, settings, ds)
@@ -221,9 +224,13 @@ def scoring_input(
     )
     if users is not None:
         candidates = candidates.join(F.broadcast(users), "user_id")
-    partitions = user_partitions(spark, rows)
-    joined = with_cross_features_by_user(candidates, features, partitions)
-    return joined.select("user_id", "item_id", *feature_vector())
+    joined = join_features_by_user(candidates, features, user_partitions(spark, rows))
+    if not user_item_features:
+        others = [name for name in MODEL_FEATURES if name not in CROSS_FEATURES]
+        return joined.select(
+            "as_of", "user_id", "item_id", *dict.fromkeys([*others, *CROSS_INPUTS])
+        )
+    return add_cross_features(joined).select("user_id", "item_id", *feature_vector())
 
 
 def read_ranked(spark: SparkSession, settings: Settings, ds: date, surface: str) -> DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -11,6 +12,7 @@ from rankflow.features.registry import MODEL_FEATURES
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
     import xgboost as xgb
 
 
@@ -129,6 +131,33 @@ def model_inputs(booster: xgb.Booster, frame: pd.DataFrame, position: float = 1.
     if POSITION_FEATURE in names:
         frame = frame.assign(**{POSITION_FEATURE: position})
     matrix: np.ndarray = frame[names].to_numpy(dtype="float32")
+    return matrix
+
+
+def arrow_model_inputs(
+    booster: xgb.Booster,
+    batch: pa.RecordBatch,
+    computed: Mapping[str, np.ndarray],
+    position: float = 1.0,
+) -> np.ndarray:
+    """:func:`model_inputs` of an Arrow batch, the features in ``computed`` taken from there.
+
+    Columns are read as doubles (nulls become NaN) and stored as float32, as Spark's cast and
+    :func:`model_inputs` do, so both give the same matrix bit for bit.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    names = booster.feature_names or list(MODEL_FEATURES)
+    matrix = np.empty((batch.num_rows, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        if name == POSITION_FEATURE:
+            matrix[:, j] = position
+        elif name in computed:
+            matrix[:, j] = computed[name]
+        else:
+            column = batch.column(name).cast(pa.float64())
+            matrix[:, j] = column.to_numpy(zero_copy_only=False)
     return matrix
 
 

@@ -9,42 +9,110 @@ from rankflow.features.registry import by_popularity
 
 if TYPE_CHECKING:
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
     import xgboost as xgb
     from pyspark.sql import DataFrame
 
 RANKED_SCHEMA = "user_id long, item_ids array<long>, scores array<float>, items_u32le binary"
+CUT_AFTER_ROWS = 1 << 20  # scored rows held before they are cut down to each user's best k
 _BOOSTERS: dict[str, xgb.Booster] = {}
 
 
-def top_k_per_user(
+def run_starts(values: np.ndarray) -> np.ndarray:
+    """Where each run of equal consecutive values begins."""
+    import numpy as np
+
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+
+
+def best_positions(
     user_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray, k: int
-) -> pd.DataFrame:
-    """Return one row per user with its ``k`` best items by score (ties: smaller item id first).
+) -> np.ndarray:
+    """Positions of each user's ``k`` best rows, by user, best first (ties: smaller item id)."""
+    import numpy as np
+
+    order = np.lexsort((item_ids, -scores, user_ids))
+    starts = run_starts(user_ids[order])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    best: np.ndarray = order[rank < k]
+    return best
+
+
+def ranked_batch(user_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray) -> pa.RecordBatch:
+    """Rows sorted by user, best first, as one list a user (``RANKED_SCHEMA``).
 
     ``items_u32le`` holds each list already encoded as the Redis value, so publishing is a copy.
     """
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
 
     from rankflow.store.encoding import encode_runs
 
-    order = np.lexsort((item_ids, -scores, user_ids))
-    users, items, ranked = user_ids[order], item_ids[order], scores[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    ends = np.r_[starts[1:], len(users)]
-    rank = np.arange(len(users)) - np.repeat(starts, ends - starts)
-    keep = rank < k
-    kept_users, kept_items, kept_scores = users[keep], items[keep], ranked[keep]
-    bounds = np.flatnonzero(np.r_[True, kept_users[1:] != kept_users[:-1]])
-    return pd.DataFrame(
-        {
-            "user_id": kept_users[bounds],
-            "item_ids": np.split(kept_items, bounds[1:]),
-            "scores": np.split(kept_scores.astype("float32"), bounds[1:]),
-            "items_u32le": encode_runs(kept_items, bounds),
-        }
-    )
+    starts = run_starts(user_ids)
+    offsets = pa.array(np.r_[starts, len(user_ids)].astype(np.int32))
+    columns = [
+        pa.array(user_ids[starts], pa.int64()),
+        pa.ListArray.from_arrays(offsets, pa.array(item_ids, pa.int64())),
+        pa.ListArray.from_arrays(offsets, pa.array(scores, pa.float32())),
+        encode_runs(item_ids, starts),
+    ]
+    return pa.RecordBatch.from_arrays(columns, ["user_id", "item_ids", "scores", "items_u32le"])
+
+
+def top_k_per_user(
+    user_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray, k: int
+) -> pa.RecordBatch:
+    """Return one list per user of its ``k`` best items by score (ties: smaller item id first)."""
+    import numpy as np
+
+    keep = best_positions(user_ids, item_ids, scores, k)
+    return ranked_batch(user_ids[keep], item_ids[keep], np.asarray(scores[keep], np.float32))
+
+
+class BestPerUser:
+    """Each user's ``k`` best (item, score) pairs among the rows seen so far.
+
+    Rows come in any order; they are cut down to each user's best ``k`` whenever more rows wait
+    than are kept (at least ``CUT_AFTER_ROWS``), so memory stays near users x ``k`` while the
+    sorting work stays linear in the rows. The best ``k`` of a union are the best ``k`` of its
+    parts' best ``k``: the lists are exact.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.kept = 0
+        self.waiting = 0
+
+    def add(self, user_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray) -> None:
+        """Take a batch of scored rows."""
+        self.parts.append((user_ids, item_ids, scores))
+        self.waiting += len(user_ids)
+        if self.waiting >= max(CUT_AFTER_ROWS, self.kept):
+            self._cut()
+
+    def _cut(self) -> None:
+        """Keep only each user's best ``k`` rows, sorted by user and rank."""
+        import numpy as np
+
+        users, items, scores = (np.concatenate(column) for column in zip(*self.parts, strict=True))
+        keep = best_positions(users, items, scores, self.k)
+        self.parts = [(users[keep], items[keep], scores[keep])]
+        self.kept, self.waiting = len(keep), 0
+
+    def ranked(self) -> pa.RecordBatch:
+        """The lists: one row per user seen (``RANKED_SCHEMA``)."""
+        import numpy as np
+
+        if not self.parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return ranked_batch(empty, empty, np.zeros(0, dtype=np.float32))
+        if self.waiting or len(self.parts) > 1:
+            self._cut()
+        users, items, scores = self.parts[0]
+        return ranked_batch(users, items, scores)
 
 
 def cached_booster(model_key: str, raw: bytes) -> xgb.Booster:
@@ -58,44 +126,38 @@ def cached_booster(model_key: str, raw: bytes) -> xgb.Booster:
 
 
 def make_scorer(
-    model_raw: bytes, model_key: str, k: int
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """Build the ``mapInPandas`` function: predict, then keep the top ``k`` per user.
+    model_raw: bytes, model_key: str, k: int, *, cross_features: bool = False
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """Build the ``mapInArrow`` function: features, predict, then keep the top ``k`` per user.
 
     The model's bytes travel inside the function, which Spark ships to each executor once (a
     pickled function over 1 MB goes out as a broadcast), in local, cluster and Connect mode
-    alike; each Python worker then parses the model once (``cached_booster``). Rows arrive
-    sorted by user within the partition; a user's rows may straddle two Arrow batches, so the
-    last user of each batch is carried over to the next one.
+    alike; each Python worker then parses the model once (``cached_booster``). Every row of a
+    user is in the partition; the rows need no order (:class:`BestPerUser`). With
+    ``cross_features`` the rows are joined rows still holding the affinity maps, and the user x
+    item features are computed here (``cross_feature_columns``), in the same pass as the model.
     """
 
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import pandas as pd
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import numpy as np
+
+        from rankflow.features.on_demand import cross_feature_columns
+        from rankflow.model.fit import arrow_model_inputs
 
         booster = cached_booster(model_key, model_raw)
-        carry: pd.DataFrame | None = None
+        best = BestPerUser(k)
         for batch in batches:
-            if batch.empty:
+            if not batch.num_rows:
                 continue
-            frame = batch if carry is None else pd.concat([carry, batch], ignore_index=True)
-            last_user = frame["user_id"].iat[-1]
-            done = frame["user_id"].to_numpy() != last_user
-            carry = frame[~done]
-            ready = frame[done]
-            if len(ready):
-                yield rank_frame(booster, ready, k)
-        if carry is not None and len(carry):
-            yield rank_frame(booster, carry, k)
+            computed = cross_feature_columns(batch) if cross_features else {}
+            scores = booster.inplace_predict(arrow_model_inputs(booster, batch, computed))
+            users = np.asarray(batch.column("user_id").to_numpy(), dtype=np.int64)
+            items = np.asarray(batch.column("item_id").to_numpy(), dtype=np.int64)
+            best.add(users, items, np.asarray(scores, dtype=np.float32))
+        if best.parts:
+            yield best.ranked()
 
     return score
-
-
-def rank_frame(booster: xgb.Booster, frame: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Score a frame of candidate rows and reduce it to top-``k`` lists."""
-    from rankflow.model.fit import model_inputs
-
-    scores = booster.inplace_predict(model_inputs(booster, frame))
-    return top_k_per_user(frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), scores, k)
 
 
 def score_candidates(
@@ -105,22 +167,23 @@ def score_candidates(
     k: int,
     *,
     placed_by_user: bool = False,
+    cross_features: bool = False,
 ) -> DataFrame:
     """Apply the model to ``user_id, item_id, <features>`` rows; return top-``k`` per user.
 
     ``placed_by_user``: every row of a user is already in one partition (``scoring_input``
-    places them), so the rows are only sorted; otherwise they are first shuffled by user. A
-    user whose rows were spread would get several lists, which the ranked-lists gate refuses
-    (``user_id`` unique).
+    places them); otherwise they are first shuffled by user. A user whose rows were spread
+    would get several lists, which the ranked-lists gate refuses (``user_id`` unique).
+    ``cross_features``: the rows are joined rows with the affinity maps
+    (``join_features_by_user``); the user x item features are computed in the scorer.
     """
     from rankflow.lake.session import user_partitions
 
     if not placed_by_user:
         partitions = user_partitions(scored_input.sparkSession)
         scored_input = scored_input.repartition(partitions, "user_id")
-    return scored_input.sortWithinPartitions("user_id").mapInPandas(
-        make_scorer(model_raw, model_key, k), RANKED_SCHEMA
-    )
+    scorer = make_scorer(model_raw, model_key, k, cross_features=cross_features)
+    return scored_input.mapInArrow(scorer, RANKED_SCHEMA)
 
 
 def fallback_list(items: DataFrame, k: int) -> list[int]:

@@ -23,23 +23,27 @@ def run_score(
     from pyspark import StorageLevel
 
     from rankflow.lake.gold import write_gold
+    from rankflow.lake.session import user_partitions
     from rankflow.model.registry import load_model
     from rankflow.model.scoring import fallback_list, score_candidates
+    from rankflow.publish.redis import placed_by_bucket
     from rankflow.runs import write_run_record
 
     model_raw, model_version = load_model(settings, model)
     users, rows = candidate_counts(spark, settings, ds)
     ranked = score_candidates(
-        scoring_input(spark, settings, ds, rows=rows),
+        scoring_input(spark, settings, ds, rows=rows, user_item_features=False),
         model_raw,
         f"v{model_version}",
         top_k,
         placed_by_user=True,
+        cross_features=True,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         ranked_lists_gate(spark, settings, ds, ranked, top_k, users)
+        placed = placed_by_bucket(ranked, ranked.count(), user_partitions(spark, rows))
         gold = (
-            ranked.withColumn("model_version", F.lit(model_version))
+            placed.withColumn("model_version", F.lit(model_version))
             .withColumn("surface", F.lit(surface))
             .withColumn("ds", day(ds))
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
-from itertools import pairwise
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -51,21 +50,23 @@ def encode_items(item_ids: npt.ArrayLike) -> bytes:
     return arr.tobytes()
 
 
-def encode_runs(item_ids: npt.ArrayLike, starts: npt.ArrayLike) -> list[bytes]:
+def encode_runs(item_ids: npt.ArrayLike, starts: npt.ArrayLike) -> pa.BinaryArray:
     """Encode consecutive runs of one flat id array (run ``i`` begins at ``starts[i]``) in bulk.
 
     The scorer's lists come out as one flat array per batch; this validates and converts it
-    once, so the cost per user is one bytes slice.
+    once and returns one Arrow binary value a run over the converted buffer (no copy per run).
     """
     data = _as_item_array(item_ids)
     if data.ndim != 1:
         raise ValueError(f"item ids must be one flat array, got shape {data.shape}")
+    if data.nbytes > np.iinfo(np.int32).max:
+        raise ValueError(f"{data.size} item ids exceed one Arrow binary array; encode fewer")
     first = np.asarray(starts, dtype=np.int64)
     if first.size and (first[0] != 0 or np.any(np.diff(first) < 0) or first[-1] > data.size):
         raise ValueError("run starts must begin at 0, be sorted and lie inside the array")
-    raw = data.tobytes()
-    bounds = (np.r_[first, data.size] * _ITEM_DTYPE.itemsize).tolist()
-    return [raw[a:b] for a, b in pairwise(bounds)]
+    offsets = (np.r_[first, data.size] * _ITEM_DTYPE.itemsize).astype(np.int32)
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    return pa.Array.from_buffers(pa.binary(), int(first.size), buffers)
 
 
 def decode_item_array(value: bytes) -> npt.NDArray[np.int64]:

@@ -274,10 +274,65 @@ def test_the_scoring_input_is_placed_by_user_and_equals_the_plain_join(
     assertDataFrameEqual(placed, plain, rtol=0.0, atol=0.0)
 
 
-def test_many_candidate_rows_get_more_partitions_so_the_scorer_sorts_in_memory(spark) -> None:
+def test_many_candidate_rows_get_more_partitions_so_each_stays_small(spark) -> None:
     from rankflow.lake.session import ROWS_PER_USER_PARTITION, task_slots, user_partitions
 
     few = max(task_slots(spark) * 2, 2)
     assert user_partitions(spark) == user_partitions(spark, ROWS_PER_USER_PARTITION) == few
     assert user_partitions(spark, 47 * ROWS_PER_USER_PARTITION - 1) == max(few, 47)
     assert user_partitions(spark, 47 * ROWS_PER_USER_PARTITION + 1) == max(few, 48)
+
+
+def test_user_item_features_computed_in_the_scorer_give_the_lists_of_the_joined_features(
+    spark: Any, lake: Settings, candidates: Any, model: tuple[Any, bytes], small_arrow_batches: int
+) -> None:
+    """The score step's one pass (features, predict, best k) equals scoring the joined rows."""
+    from rankflow.lake.tables import scoring_input
+    from rankflow.model.scoring import score_candidates
+
+    booster, raw = model
+    k = 7
+    features = scoring_input(spark, lake, D)
+    reference = reference_top_k(booster, features.toPandas(), k)
+    one_pass = score_candidates(
+        scoring_input(spark, lake, D, user_item_features=False),
+        raw,
+        MODEL_KEY,
+        k,
+        placed_by_user=True,
+        cross_features=True,
+    ).toPandas()
+    assert len(one_pass) == candidates["user_id"].nunique()
+    assert_matches_reference(one_pass, reference)  # users straddle 16-row Arrow batches
+
+
+def test_gold_files_written_from_lists_placed_by_bucket_hold_whole_buckets(
+    spark: Any, lake: Settings, candidates: Any, model: tuple[Any, bytes], tmp_path: Any
+) -> None:
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from rankflow.days import day
+    from rankflow.lake.gold import write_gold
+    from rankflow.lake.tables import scoring_input
+    from rankflow.model.scoring import score_candidates
+    from rankflow.publish.redis import placed_by_bucket
+    from rankflow.store.keys import USERS_PER_BUCKET, bucket_count
+
+    _, raw = model
+    ranked = score_candidates(scoring_input(spark, lake, D), raw, MODEL_KEY, 5, placed_by_user=True)
+    users = candidates["user_id"].nunique()
+    gold = placed_by_bucket(ranked, users, 3).select(
+        "*", day(D).alias("ds"), F.lit("home").alias("surface")
+    )
+    snapshot = write_gold(gold, str(tmp_path / "gold"), D, "home")
+
+    buckets = bucket_count(users, USERS_PER_BUCKET)
+    assert snapshot.users == users
+    assert buckets > 3
+    per_file = [
+        set((pq.read_table(location, columns=["user_id"])["user_id"].to_numpy() % buckets).tolist())
+        for location, _ in snapshot.locations()
+    ]
+    assert len(per_file) == 3
+    assert sum(len(b) for b in per_file) == len(set().union(*per_file))  # no bucket in two files

@@ -118,3 +118,53 @@ def test_the_arrow_face_drops_the_maps_and_handles_null_maps_and_strings() -> No
     assert rows["clicked_before"] == [1, 0, 0]
     assert out.schema.field("seen_before").type == pa.int64()
     assert math.isnan(rows["price_distance"][2])
+
+
+def joined_rows(rng: np.random.Generator, rows: int) -> pa.RecordBatch:
+    """Joined rows of a few users over two days, grouped by (as_of, user) as the join leaves them.
+
+    The same user has other maps on the other day, so a run must end where the day changes.
+    """
+    import datetime as dt
+
+    affinity = pa.map_(pa.string(), pa.float64())
+    values = ["a", "b", "c", None]
+    keys = sorted(zip(rng.integers(0, 2, rows), rng.integers(0, 4, rows), strict=True))
+    maps = {
+        (day, user): [(v, float(rng.random())) for v in rng.choice(["a", "b", "c"], 2, False)]
+        for day in range(2)
+        for user in range(4)
+    }
+    columns: dict[str, object] = {
+        "as_of": [dt.date(2026, 1, 1 + day) for day, _ in keys],
+        "user_id": [int(user) for _, user in keys],
+        "item_id": list(range(rows)),
+        "item_price": rng.choice([0.0, 5.0, 20.0], rows).tolist(),
+        "declared_size": [values[(day + user) % 4] for day, user in keys],
+        "user_log_price_mean": [float(day + user) for day, user in keys],
+        "seen_before": rng.integers(0, 3, rows).tolist(),
+        "clicked_before": rng.integers(0, 2, rows).tolist(),
+    }
+    for name in ("category", "brand", "style", "size"):
+        columns[name] = rng.choice(values, rows).tolist()
+        columns[f"{name}_affinity"] = pa.array([maps[day, user] for day, user in keys], affinity)
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def test_the_user_side_is_read_once_a_run_and_equals_reading_it_every_row() -> None:
+    from rankflow.features.on_demand import cross_feature_columns, user_runs
+
+    batch = joined_rows(np.random.default_rng(3), 60)
+    starts, _ = user_runs(batch)
+    assert 1 < len(starts) <= 8  # at most 2 days x 4 users, far fewer than the rows
+    once_a_run = cross_feature_columns(batch)
+    every_row = [cross_feature_columns(batch.slice(i, 1)) for i in range(batch.num_rows)]
+    for name in CROSS_FEATURES:
+        expected = np.concatenate([row[name] for row in every_row])
+        np.testing.assert_array_equal(once_a_run[name], expected, err_msg=name)
+    # rows out of order are each their own run, and still right
+    shuffled = batch.take(pa.array(np.random.default_rng(4).permutation(batch.num_rows)))
+    assert len(user_runs(shuffled)[0]) > len(starts)
+    order = np.argsort(shuffled.column("item_id").to_numpy())
+    for name, values in cross_feature_columns(shuffled).items():
+        np.testing.assert_array_equal(values[order], once_a_run[name], err_msg=name)

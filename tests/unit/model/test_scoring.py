@@ -11,7 +11,7 @@ def test_top_k_keeps_best_items_per_user_in_order() -> None:
     users = np.array([2, 1, 2, 1, 2, 1, 3])
     items = np.array([20, 10, 21, 11, 22, 12, 30])
     scores = np.array([0.1, 0.9, 0.5, 0.2, 0.5, 0.3, 1.0])
-    ranked = top_k_per_user(users, items, scores, k=2)
+    ranked = top_k_per_user(users, items, scores, k=2).to_pandas()
     as_lists = {
         int(u): list(map(int, i)) for u, i in zip(ranked.user_id, ranked.item_ids, strict=True)
     }
@@ -22,4 +22,35 @@ def test_top_k_keeps_best_items_per_user_in_order() -> None:
 
 def test_top_k_handles_short_lists_and_k_larger_than_candidates() -> None:
     ranked = top_k_per_user(np.array([5, 5]), np.array([1, 2]), np.array([0.0, 1.0]), k=100)
+    ranked = ranked.to_pandas()
     assert list(ranked.item_ids[0]) == [2, 1]
+
+
+def test_the_best_k_kept_while_rows_arrive_equal_the_best_k_of_all_rows(monkeypatch) -> None:
+    import pyarrow as pa
+
+    from rankflow.model import scoring
+    from rankflow.model.scoring import RANKED_SCHEMA, BestPerUser
+
+    monkeypatch.setattr(scoring, "CUT_AFTER_ROWS", 50)  # cut many times
+    rng = np.random.default_rng(11)
+    rows = 2_000
+    users = rng.integers(0, 40, rows)
+    items = rng.permutation(rows) % 700  # some users hold an item twice: ties on equal ids
+    scores = rng.integers(0, 20, rows).astype(np.float32)  # many ties on score
+    best = BestPerUser(k=7)
+    for part in np.array_split(np.arange(rows), 37):
+        best.add(users[part], items[part], scores[part])
+    assert best.kept <= 40 * 7
+    ranked = best.ranked()
+    expected = top_k_per_user(users, items, scores, k=7)
+    assert ranked.equals(expected)
+    assert ranked.num_rows == len(np.unique(users))
+    assert pa.types.is_binary(ranked.schema.field("items_u32le").type)
+    assert ranked.schema.names == [f.split()[0] for f in RANKED_SCHEMA.split(", ")]
+
+
+def test_no_rows_give_no_lists() -> None:
+    from rankflow.model.scoring import BestPerUser
+
+    assert BestPerUser(k=3).ranked().num_rows == 0

@@ -88,7 +88,7 @@ def test_every_integer_dtype_encodes_to_the_same_four_bytes_per_id() -> None:
 @pytest.mark.parametrize("ids", [[0], [MAX_ITEM_ID], [0, MAX_ITEM_ID]])
 def test_both_ends_of_the_uint32_range_are_valid_ids(ids: list[int]) -> None:
     assert decode_items(encode_items(ids)) == ids
-    assert encode_runs(np.array(ids), [0]) == [encode_items(ids)]
+    assert encode_runs(np.array(ids), [0]).to_pylist() == [encode_items(ids)]
     column = pa.array([ids], type=pa.list_(pa.int64()))
     assert encode_list_array(column).to_pylist() == [encode_items(ids)]
 
@@ -119,7 +119,7 @@ def test_non_integer_ids_are_refused_naming_their_dtype() -> None:
 def test_an_empty_list_of_any_dtype_is_an_empty_value() -> None:
     assert encode_items(np.array([], dtype=np.float64)) == b""
     assert encode_items(np.array([], dtype=">i8")) == b""
-    assert encode_runs(np.array([], dtype=np.float64), [0]) == [b""]
+    assert encode_runs(np.array([], dtype=np.float64), [0]).to_pylist() == [b""]
 
 
 def test_one_list_must_be_one_dimensional_even_when_empty() -> None:
@@ -148,14 +148,14 @@ def test_decoding_gives_int64_ids_and_names_a_bad_length() -> None:
 
 def test_runs_split_a_flat_array_at_their_starts() -> None:
     flat = np.array([1, 2, 3, 4, 5, 6], dtype=np.uint32)
-    assert encode_runs(flat, np.array([0, 1, 4], dtype=np.int32)) == [
+    assert encode_runs(flat, np.array([0, 1, 4], dtype=np.int32)).to_pylist() == [
         b"\x01\x00\x00\x00",
         b"\x02\x00\x00\x00\x03\x00\x00\x00\x04\x00\x00\x00",
         b"\x05\x00\x00\x00\x06\x00\x00\x00",
     ]
-    assert encode_runs(flat, (0,)) == [encode_items(flat)]
-    assert encode_runs(flat, [0, 6, 6]) == [encode_items(flat), b"", b""]
-    assert encode_runs(flat, []) == []
+    assert encode_runs(flat, (0,)).to_pylist() == [encode_items(flat)]
+    assert encode_runs(flat, [0, 6, 6]).to_pylist() == [encode_items(flat), b"", b""]
+    assert encode_runs(flat, []).to_pylist() == []
 
 
 @pytest.mark.parametrize("starts", [[1], [2, 4], [0, 3, 1], [0, 7], [0, 0, 7]])
@@ -168,7 +168,7 @@ def test_run_starts_outside_the_array_or_out_of_order_are_refused(starts: list[i
 @pytest.mark.parametrize("dtype", [np.uint64, np.uint32, np.int32, np.float64])
 def test_run_starts_of_any_numeric_dtype_are_checked_alike(dtype: type) -> None:
     flat = np.arange(6)
-    assert encode_runs(flat, np.array([0, 2], dtype=dtype)) == [
+    assert encode_runs(flat, np.array([0, 2], dtype=dtype)).to_pylist() == [
         encode_items([0, 1]),
         encode_items([2, 3, 4, 5]),
     ]
