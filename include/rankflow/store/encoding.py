@@ -233,9 +233,10 @@ def hset_stream(
 
     Bucket ``buckets[n]`` (key ``key_base`` + its number in decimal) gets the pairs
     ``starts[n]`` to ``starts[n+1]`` of ``arguments``, :func:`mset_arguments` of (field, value)
-    pairs sorted by bucket (``starts`` ends with ``len(arguments)``). Each command's header is
-    joined in front of its first pair by one compute kernel, so no Python runs per bucket and
-    the whole run goes to the socket in a few large writes.
+    pairs sorted by bucket (``starts`` ends with ``len(arguments)``). The headers are built by
+    compute kernels over the buckets; a bucket's pairs are already one slice of the arguments'
+    buffer, so the run is one join of header and pair slices (a copy, no work per pair), and
+    goes to the socket in a few large writes.
     """
     starts = np.asarray(starts, dtype=np.int64)
     pairs = np.diff(starts)
@@ -254,16 +255,32 @@ def hset_stream(
     headers = pc.binary_join_element_wise(
         *[pa.scalar(p, big) if isinstance(p, bytes) else p for p in parts], pa.scalar(b"", big)
     )
-    lengths = np.zeros(len(arguments), dtype=np.int64)
-    lengths[starts[:-1]] = _lengths(headers)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    header_data = headers.buffers()[2] or pa.py_buffer(b"")
-    prefixes = pa.Array.from_buffers(
-        big, len(arguments), [None, pa.py_buffer(offsets), header_data]
-    )
-    joined = pc.binary_join_element_wise(prefixes, pc.cast(arguments, big), pa.scalar(b"", big))
-    joined_offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[: len(arguments) + 1]
-    return joined.buffers()[2] or pa.py_buffer(b""), joined_offsets[starts[1:]]
+    head_at = _offsets(headers)
+    body_at = _offsets(arguments)[starts]
+    head, body = memoryview(_data(headers)), memoryview(_data(arguments))
+    pieces = []
+    for h0, h1, b0, b1 in zip(
+        head_at[:-1].tolist(),
+        head_at[1:].tolist(),
+        body_at[:-1].tolist(),
+        body_at[1:].tolist(),
+        strict=True,
+    ):
+        pieces += [head[h0:h1], body[b0:b1]]
+    ends = np.cumsum(np.diff(head_at) + np.diff(body_at))
+    return pa.py_buffer(b"".join(pieces)), ends
+
+
+def _offsets(column: pa.Array) -> npt.NDArray[np.int64]:
+    """The ``len + 1`` value offsets of a (sliced) binary column into its data buffer."""
+    width = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    raw = np.frombuffer(column.buffers()[1], dtype=width)
+    return raw[column.offset : column.offset + len(column) + 1].astype(np.int64)
+
+
+def _data(column: pa.Array) -> pa.Buffer:
+    """The data buffer of a binary column (an empty one when it has none)."""
+    return column.buffers()[2] or pa.py_buffer(b"")
 
 
 def _lengths(column: pa.Array) -> npt.NDArray[np.int64]:
