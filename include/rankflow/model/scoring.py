@@ -74,45 +74,76 @@ def top_k_per_user(
 class BestPerUser:
     """Each user's ``k`` best (item, score) pairs among the rows seen so far.
 
-    Rows come in any order; they are cut down to each user's best ``k`` whenever more rows wait
-    than are kept (at least ``CUT_AFTER_ROWS``), so memory stays near users x ``k`` while the
-    sorting work stays linear in the rows. The best ``k`` of a union are the best ``k`` of its
-    parts' best ``k``: the lists are exact.
+    Rows usually arrive grouped by user (the join with the user features sorts them), so each
+    batch is cut to its users' best ``k`` on its own (a sort of one batch), and the last user
+    of a batch is held back until the next one shows whether it goes on. Rows in any other
+    order are still right: once a user turns up in two cut batches, the kept rows are merged
+    and cut again whenever more wait than are kept (at least ``CUT_AFTER_ROWS``). Memory stays
+    near users x ``k``; the best ``k`` of a union are the best ``k`` of its parts' best ``k``.
     """
 
     def __init__(self, k: int) -> None:
         self.k = k
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.carry: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.seen: set[int] = set()
+        self.mixed = False  # some user is in two parts: the parts need a merge
         self.kept = 0
         self.waiting = 0
 
     def add(self, user_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray) -> None:
         """Take a batch of scored rows."""
-        self.parts.append((user_ids, item_ids, scores))
-        self.waiting += len(user_ids)
-        if self.waiting >= max(CUT_AFTER_ROWS, self.kept):
-            self._cut()
-
-    def _cut(self) -> None:
-        """Keep only each user's best ``k`` rows, sorted by user and rank."""
         import numpy as np
 
-        users, items, scores = (np.concatenate(column) for column in zip(*self.parts, strict=True))
-        keep = best_positions(users, items, scores, self.k)
-        self.parts = [(users[keep], items[keep], scores[keep])]
-        self.kept, self.waiting = len(keep), 0
+        rows = [user_ids, item_ids, scores]
+        if self.carry is not None:
+            rows = [np.concatenate(pair) for pair in zip(self.carry, rows, strict=True)]
+        last = rows[0] == rows[0][-1]
+        self.carry = self._best(*(column[last] for column in rows))
+        if not last.all():
+            self._keep(*(column[~last] for column in rows))
 
     def ranked(self) -> pa.RecordBatch:
         """The lists: one row per user seen (``RANKED_SCHEMA``)."""
         import numpy as np
 
+        if self.carry is not None:
+            self._keep(*self.carry)
+            self.carry = None
+        if self.mixed and len(self.parts) > 1:
+            self._cut()
         if not self.parts:
             empty = np.zeros(0, dtype=np.int64)
             return ranked_batch(empty, empty, np.zeros(0, dtype=np.float32))
-        if self.waiting or len(self.parts) > 1:
-            self._cut()
-        users, items, scores = self.parts[0]
+        users, items, scores = (np.concatenate(c) for c in zip(*self.parts, strict=True))
         return ranked_batch(users, items, scores)
+
+    def _best(
+        self, users: np.ndarray, items: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows cut to each user's best ``k``, by user, best first."""
+        keep = best_positions(users, items, scores, self.k)
+        return users[keep], items[keep], scores[keep]
+
+    def _keep(self, users: np.ndarray, items: np.ndarray, scores: np.ndarray) -> None:
+        """Cut rows to their users' best ``k`` and keep them as a part."""
+        part = self._best(users, items, scores)
+        if not self.mixed:
+            present = part[0][run_starts(part[0])].tolist()
+            self.mixed = not self.seen.isdisjoint(present)
+            self.seen.update(present)
+        self.parts.append(part)
+        self.waiting += len(part[0])
+        if self.mixed and self.waiting >= max(CUT_AFTER_ROWS, self.kept):
+            self._cut()
+
+    def _cut(self) -> None:
+        """Merge the parts into one, each user's best ``k`` rows sorted by user and rank."""
+        import numpy as np
+
+        merged = self._best(*(np.concatenate(c) for c in zip(*self.parts, strict=True)))
+        self.parts = [merged]
+        self.kept, self.waiting = len(merged[0]), 0
 
 
 def cached_booster(model_key: str, raw: bytes) -> xgb.Booster:

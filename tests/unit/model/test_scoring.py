@@ -54,3 +54,24 @@ def test_no_rows_give_no_lists() -> None:
     from rankflow.model.scoring import BestPerUser
 
     assert BestPerUser(k=3).ranked().num_rows == 0
+
+
+def test_rows_grouped_by_user_are_cut_batch_by_batch_and_give_the_same_lists(monkeypatch) -> None:
+    from rankflow.model import scoring
+    from rankflow.model.scoring import BestPerUser
+
+    monkeypatch.setattr(scoring, "CUT_AFTER_ROWS", 50)
+    rng = np.random.default_rng(12)
+    users = np.repeat(rng.permutation(60) * 7, rng.integers(1, 30, 60))  # grouped, not sorted
+    items = rng.permutation(len(users))
+    scores = rng.integers(0, 10, len(users)).astype(np.float32)
+    best = BestPerUser(k=5)
+    for part in np.array_split(np.arange(len(users)), 23):  # users straddle the batches
+        best.add(users[part], items[part], scores[part])
+    assert not best.mixed  # no merge was needed: each user's rows came in one run
+    ranked = best.ranked().to_pandas().set_index("user_id")
+    expected = top_k_per_user(users, items, scores, k=5).to_pandas().set_index("user_id")
+    assert sorted(ranked.index) == sorted(expected.index)
+    for user, row in expected.iterrows():
+        assert list(ranked.loc[user, "item_ids"]) == list(row["item_ids"])
+        assert list(ranked.loc[user, "scores"]) == list(row["scores"])
