@@ -185,8 +185,9 @@ def make_scorer(
             users = np.asarray(batch.column("user_id").to_numpy(), dtype=np.int64)
             items = np.asarray(batch.column("item_id").to_numpy(), dtype=np.int64)
             best.add(users, items, np.asarray(scores, dtype=np.float32))
-        if best.parts:
-            yield best.ranked()
+        ranked = best.ranked()
+        if ranked.num_rows:
+            yield ranked
 
     return score
 

@@ -75,3 +75,15 @@ def test_rows_grouped_by_user_are_cut_batch_by_batch_and_give_the_same_lists(mon
     for user, row in expected.iterrows():
         assert list(ranked.loc[user, "item_ids"]) == list(row["item_ids"])
         assert list(ranked.loc[user, "scores"]) == list(row["scores"])
+
+
+def test_one_user_over_every_batch_is_held_back_to_the_end_and_still_listed() -> None:
+    from rankflow.model.scoring import BestPerUser
+
+    best = BestPerUser(k=3)
+    for start in range(0, 12, 4):
+        rows = np.arange(start, start + 4)
+        best.add(np.full(4, 9), rows, rows.astype(np.float32))
+    assert best.parts == []  # every row so far belongs to the held-back user
+    ranked = best.ranked().to_pylist()
+    assert [(r["user_id"], r["item_ids"]) for r in ranked] == [(9, [11, 10, 9])]
