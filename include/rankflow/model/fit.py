@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -10,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rankflow.features.registry import MODEL_FEATURES
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import numpy as np
     import pandas as pd
     import pyarrow as pa

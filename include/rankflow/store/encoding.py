@@ -212,11 +212,8 @@ def mset_commands(arguments: pa.Array, pairs_per_command: int) -> Iterator[list[
     """Yield MSET commands of ``pairs_per_command`` pairs as ``[header, buffer slice]`` chunks."""
     if pairs_per_command < 1:
         raise ValueError("pairs_per_command must be at least 1")
-    width = np.int64 if pa.types.is_large_binary(arguments.type) else np.int32
-    offsets = np.frombuffer(arguments.buffers()[1], dtype=width)[
-        arguments.offset : arguments.offset + len(arguments) + 1
-    ]
-    data = memoryview(arguments.buffers()[2])
+    offsets = _offsets(arguments)
+    data = memoryview(_data(arguments))
     for start in range(0, len(arguments), pairs_per_command):
         end = min(start + pairs_per_command, len(arguments))
         header = b"*%d\r\n$4\r\nMSET\r\n" % (2 * (end - start) + 1)
