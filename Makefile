@@ -47,7 +47,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(RANKFLOW_HOME)/stamps
 LOGS := $(RANKFLOW_HOME)/logs
 
-.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise bench-nightly bench-engines cluster-up cluster-down lock clean
+.PHONY: help setup up down demo serve test chaos test-fast mutation lint secrets-baseline audit format typecheck check airflow screenshot bench bench-realtime bench-materialise bench-nightly bench-stream bench-engines cluster-up cluster-down kafka-up kafka-down lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -112,8 +112,9 @@ setup: $(VENV)/.installed $(STAMP)/redis-server $(STAMP)/spark $(STAMP)/airflow-
 up: $(VENV)/.installed $(STAMP)/redis-server $(STAMP)/postgresql ## Start the local Redis, S3 endpoint, Spark Connect and Postgres servers
 	$(PY) -m rankflow.cli services up
 
-down: ## Stop the local services
+down: ## Stop the local services (and the Kafka broker of `make kafka-up`)
 	@test -x $(PY) && $(PY) -m rankflow.cli services down || true
+	@test -x $(PY) && $(PY) -m rankflow.cli kafka down || true
 
 demo: setup up ## Generate the demo marketplace and run the nightly DAG once, end to end
 	AIRFLOW_CONN_SPARK_RANKFLOW='$(DEMO_SPARK_CONN)' $(PY) -m rankflow.cli demo
@@ -121,13 +122,13 @@ demo: setup up ## Generate the demo marketplace and run the nightly DAG once, en
 serve: setup up ## Run the ranking service on 127.0.0.1:8800 (POST /v1/rank; key in .rankflow/api-key)
 	$(PY) -m rankflow.cli serve $(ARGS)
 
-test: setup up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end); ARGS="tests/ui -k lookup" narrows it
+test: setup up kafka-up $(STAMP)/chromium ## Run every test (unit, Spark, services, DAG, UI, end-to-end); ARGS="tests/ui -k lookup" narrows it
 	$(PY) -m pytest $(ARGS)
 
 chaos: setup up ## Kill Redis and the publish steps at seeded points (RANKFLOW_CHAOS_SEED, _KILLS)
 	$(PY) -m pytest -m chaos -s
 
-test-fast: setup up ## Run the tests that take seconds (no Spark, no end-to-end)
+test-fast: setup up kafka-up ## Run the tests that take seconds (no Spark, no end-to-end)
 	$(PY) -m pytest -m "not spark and not slow"
 
 lint: $(VENV)/.installed ## Lint, formatting (ruff), the library's layers (import-linter), secrets (detect-secrets)
@@ -175,6 +176,12 @@ cluster-up: setup up ## Start a Spark standalone master and 2 workers on 127.0.0
 cluster-down: ## Stop the local Spark cluster; targets run on local Spark and the local lake again
 	$(PY) -m rankflow.cli cluster down
 
+kafka-up: setup ## Start a single-node Kafka broker (KRaft) on 127.0.0.1:9092 from Maven Central's jars, with the event topic
+	$(PY) -m rankflow.cli kafka up
+
+kafka-down: ## Stop the local Kafka broker
+	$(PY) -m rankflow.cli kafka down
+
 bench: setup up ## Benchmark scoring and publishing (BENCH_USERS, BENCH_CANDIDATES)
 	$(PY) bench/bench_score_publish.py
 
@@ -186,6 +193,9 @@ bench-materialise: setup up ## Benchmark materialise_features at scale (the demo
 
 bench-nightly: setup up ## The nightly DAG at marketplace scale, per step (USERS=100k|300k|1m or a list; ARGS="--report-only"); docs/scale.md
 	$(PY) bench/bench_nightly.py --users $(or $(USERS),100k) $(ARGS)
+
+bench-stream: setup up ## The stream updater: events/s per process and event-to-feature p50/p99 on Redis Streams and Kafka (make kafka-up first for Kafka)
+	$(PY) bench/bench_stream.py $(ARGS)
 
 bench-engines: setup up ## The local and spark training engines on the demo's rows: NDCG@10 and IPW NDCG@10 differences, rerun bytes, seconds (PRESET=demo)
 	$(PY) bench/bench_engines.py --preset $(or $(PRESET),demo) $(ARGS)

@@ -77,6 +77,15 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
+    """Start or stop the local single-node Kafka broker (the event log's production backend)."""
+    from rankflow.ops.kafka import kafka_down, kafka_up
+
+    lines = kafka_up(settings) if args.action == "up" else kafka_down(settings)
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_lookup(settings: Settings, args: argparse.Namespace) -> int:
     """Print one user's published list as a JSON object (fallback list for unknown users)."""
     from rankflow.store.reader import RankingReader
@@ -371,7 +380,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         folder.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     uvicorn.run(
-        "rankflow.serving.app:create_app",
+        "rankflow.ops.service:create_service",
         factory=True,
         host=args.host,
         port=args.port,
@@ -380,6 +389,43 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         http="httptools",
         access_log=False,
         log_level="warning",
+    )
+    return 0
+
+
+def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the stream updater over some partitions of the event log until interrupted."""
+    import signal
+
+    from rankflow.store.client import checked_client
+    from rankflow.stream.log import partition_reader
+    from rankflow.stream.updater import Updater, UpdaterConfig
+
+    config = settings.pipeline["stream"]
+    count = int(config["partitions"])
+    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
+    wrong = [p for p in partitions or [] if not 0 <= p < count]
+    if wrong:
+        raise ValueError(f"partitions {wrong} are outside 0..{count - 1} (stream.partitions)")
+    held = ",".join(map(str, partitions)) if partitions else "all"
+    client = checked_client(settings.redis.url, "The stream updater did not start.")
+    updater = Updater(
+        client,
+        partition_reader(settings, partitions, args.consumer),
+        UpdaterConfig.of(settings.redis.key_prefix, config),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: updater.stop())
+    name = args.consumer or "a name of this process"
+    print(f"rankflow stream: {config['backend']} partitions {held} as {name}", flush=True)
+    try:
+        totals = updater.run()
+    except KeyboardInterrupt:
+        totals = updater.totals
+    print(
+        f"rankflow stream: applied {totals.applied}, duplicates {totals.duplicates}, "
+        f"replayed {totals.replayed}, listings {totals.listings}, "
+        f"quarantined {totals.quarantined}, sold {len(totals.sold)}",
+        flush=True,
     )
     return 0
 
@@ -422,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spark_cluster.add_argument("action", choices=["up", "down"])
     spark_cluster.set_defaults(func=cmd_cluster)
+
+    kafka = sub.add_parser("kafka", help="start or stop a single-node Kafka broker on 127.0.0.1")
+    kafka.add_argument("action", choices=["up", "down"])
+    kafka.set_defaults(func=cmd_kafka)
 
     lookup = sub.add_parser("lookup", help="print a user's ranked list from Redis as JSON")
     lookup.add_argument("--user", type=int, required=True)
@@ -516,6 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8800)
     serve.add_argument("--workers", type=int, default=1, help="processes (one per core)")
     serve.set_defaults(func=cmd_serve)
+
+    stream = sub.add_parser("stream", help="run the stream updater (event log -> fresh features)")
+    stream.add_argument("--partitions", help="comma-separated partitions (default: all)")
+    stream.add_argument("--consumer", help="a stable name a restart reuses (default: host-pid)")
+    stream.set_defaults(func=cmd_stream)
 
     warm = sub.add_parser("warm-spark", help="fetch the Delta jars once and check Spark works")
     warm.set_defaults(func=cmd_warm)

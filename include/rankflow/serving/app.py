@@ -4,6 +4,9 @@
 deadline, or when Redis or the model fails, the answer is the user's nightly list (or the
 fallback list held in memory when Redis is down) with ``fallback: true`` and a reason — a valid
 request never gets a 5xx. ``GET /v1/lists/{surface}/{user_id}`` serves the nightly list.
+``POST /v1/events`` takes the app's events and new listings (``{"events": [...], "items":
+[...]}``, up to ``stream.max_events_per_call``), checks each with ingest's rules and appends them
+to the event log (202), or refuses the whole call with every refused record's reason (400).
 ``/healthz``, ``/readyz`` and ``/metrics`` need no key; everything else a bearer API key from
 ``RANKFLOW_API_KEYS`` (comma-separated).
 """
@@ -15,7 +18,8 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import msgspec
 import numpy as np
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from rankflow.quality.live import LogRecord
     from rankflow.serving.log import ServedRecord
     from rankflow.serving.ranker import Ranked
     from rankflow.serving.state import ServingState
@@ -107,6 +112,10 @@ class Metrics:
         )  # fmt: skip
         self.log_records = Counter(
             "rankflow_serving_log_records", "Serving log records by outcome (logged, dropped)",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.events = Counter(
+            "rankflow_events_received", "Records of POST /v1/events by outcome",
             ["outcome"], registry=self.registry,
         )  # fmt: skip
         self.log_queued = Gauge(
@@ -222,11 +231,30 @@ def served_record(
     )
 
 
-def create_app(settings: Settings | None = None, state: ServingState | None = None) -> Starlette:
-    """Build the ASGI app (``uvicorn --factory rankflow.serving.app:create_app``)."""
+class EventSink(Protocol):
+    """Where ``POST /v1/events`` appends checked records: the event log (``rankflow.stream``)."""
+
+    def append(self, records: Sequence[LogRecord]) -> None:
+        """Append records; return once the log holds them."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def create_app(
+    settings: Settings | None = None,
+    state: ServingState | None = None,
+    event_log: Callable[[], EventSink] | None = None,
+) -> Starlette:
+    """Build the ASGI app (``rankflow.ops.service.create_service`` wires it for uvicorn).
+
+    ``event_log`` opens the event log at the first ``POST /v1/events``; without one that
+    endpoint answers 503.
+    """
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
     from starlette.routing import Route
 
@@ -266,6 +294,25 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
             flush_seconds=float(config["log_flush_seconds"]),
             on_count=metrics.count_log,
         )
+
+    from rankflow.quality.live import Batch, Window, check_batch
+
+    stream_config = settings.pipeline["stream"]
+    opened_logs: list[EventSink] = []  # the event log, opened at the first POST /v1/events
+
+    def events_log() -> EventSink:
+        if event_log is None:
+            raise LookupError("this service was started without an event log")
+        if not opened_logs:
+            opened_logs.append(event_log())
+        return opened_logs[0]
+
+    max_events = int(stream_config["max_events_per_call"])
+    max_line = int(settings.pipeline["ingest"]["max_line_bytes"])
+    batch_decoder = msgspec.json.Decoder(Batch)
+    from rankflow.serving.live import LiveSales
+
+    live_sales = LiveSales(client, prefix, float(stream_config["poll_seconds"]))
 
     def record_refusal(refusal: dict[str, str]) -> None:
         metrics.refused.inc()
@@ -318,11 +365,15 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         thread.start()
         if serving_log is not None:
             serving_log.start()
+        live_sales.start()
         yield
+        live_sales.stop()
         stop.set()
         if serving_log is not None:
             serving_log.stop()
         gc.callbacks.remove(metrics.watch_gc)
+        for opened in opened_logs:
+            opened.close()
         log_client.close()
         client.close()
         metrics.close()
@@ -344,7 +395,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         except Exception:  # Redis is away: the fallback list held in memory
             nightly = fallbacks.get(req.surface, [])
             reason = f"{reason}+redis_unavailable" if "redis" not in reason else reason
-        items = [RankedItem(i, None) for i in nightly_order(nightly, candidates, k)]
+        unsold = live_sales.remove_sold(np.asarray(nightly, np.int64)).tolist()
+        items = [RankedItem(i, None) for i in nightly_order(unsold, candidates, k)]
         return RankResponse(
             request_id,
             items,
@@ -388,7 +440,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         keep_inputs = serving_log is not None and vectors_sampled(
             req.user_id, sample_percent, sample_seed
         )
-        result, ranked = answer_rank(request_id, req, candidates, k, started, keep_inputs)
+        unsold = live_sales.remove_sold(candidates) if candidates is not None else None
+        result, ranked = answer_rank(request_id, req, unsold, k, started, keep_inputs)
         metrics.requests.labels("200").inc()
         metrics.latency.observe(time.perf_counter() - started)
         if serving_log is not None:
@@ -430,6 +483,49 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         )
         return result, ranked
 
+    async def events_endpoint(request: Request) -> Response:
+        if not authorised(request, keys):
+            return error(401, "missing or unknown API key (Authorization: Bearer <key>)")
+        body = await request.body()
+        limit = max_events * max_line
+        if len(body) > limit:
+            return error(400, f"body of {len(body)} bytes is over the {limit}-byte limit")
+        try:
+            batch = batch_decoder.decode(body)
+        except msgspec.DecodeError as problem:
+            return error(400, f"malformed request: {problem}")
+        received = len(batch.events) + len(batch.items)
+        if received > max_events:
+            return error(400, f"{received} records: at most {max_events} per call")
+        window = Window.around(
+            time.time_ns() // 1_000_000,
+            float(stream_config["max_event_age_seconds"]),
+            float(stream_config["max_clock_skew_seconds"]),
+        )
+        checked = check_batch(
+            [bytes(r) for r in batch.events], [bytes(r) for r in batch.items], max_line, window
+        )
+        if checked.rejected:
+            metrics.events.labels("rejected").inc(received)
+            refused = [{"kind": r.kind, "index": r.index, "reason": r.reason}
+                       for r in checked.rejected[:100]]  # fmt: skip
+            return Response(
+                encoder.encode({"error": f"{len(checked.rejected)} of {received} records "
+                                         "refused; none was logged", "rejected": refused}),
+                status_code=400, media_type="application/json",
+            )  # fmt: skip
+        try:  # a pipeline or a broker's acknowledgement: off the event loop
+            await run_in_threadpool(events_log().append, checked.records)
+        except LookupError as problem:
+            return error(503, str(problem))
+        except Exception as problem:  # the caller retries; event ids make a retry harmless
+            log.warning("event log append failed: %s", problem)
+            metrics.events.labels("unavailable").inc(received)
+            return error(503, "the event log is unreachable: retry (event ids deduplicate)")
+        metrics.events.labels("logged").inc(received)
+        return Response(encoder.encode({"logged": received}), status_code=202,
+                        media_type="application/json")  # fmt: skip
+
     async def list_endpoint(request: Request) -> Response:
         if not authorised(request, keys):
             return error(401, "missing or unknown API key (Authorization: Bearer <key>)")
@@ -451,7 +547,9 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
                                 "fallback": True, "reason": "redis_unavailable"}),
                 media_type="application/json",
             )  # fmt: skip
-        return Response(encoder.encode(found.as_dict()), media_type="application/json")
+        answer_body = found.as_dict()
+        answer_body["items"] = live_sales.remove_sold(np.asarray(found.items, np.int64)).tolist()
+        return Response(encoder.encode(answer_body), media_type="application/json")
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
@@ -475,6 +573,7 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
 
     routes = [
         Route("/v1/rank", rank_endpoint, methods=["POST"]),
+        Route("/v1/events", events_endpoint, methods=["POST"]),
         Route("/v1/lists/{surface}/{user_id}", list_endpoint, methods=["GET"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

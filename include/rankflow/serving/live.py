@@ -1,0 +1,78 @@
+"""What the stream updater knows that the nightly snapshot does not: items sold since.
+
+A background thread asks Redis, a few times a second, for the items sold since its last look
+(``ZRANGEBYSCORE`` on the arrival sequence of ``{prefix}:fresh:sold``: only what is new) and
+swaps in a sorted array; every answer of the service leaves those items out, so a sale is gone
+from the answers within a poll interval of the updater applying it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rankflow.store.fresh import sold_key
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger("rankflow.serving")
+
+
+class LiveSales:
+    """The items sold live, polled from Redis into a sorted array."""
+
+    def __init__(self, client: redis.Redis, prefix: str, poll_seconds: float) -> None:
+        self.client = client
+        self.key = sold_key(prefix)
+        self.poll_seconds = poll_seconds
+        self.sold = np.zeros(0, np.int64)
+        self.seen_up_to = 0.0  # the highest arrival sequence read
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rankflow-live-sales", daemon=True)
+
+    def poll(self) -> int:
+        """Read the sales that arrived since the last poll; return how many were new."""
+        reply: list[tuple[bytes, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            self.key, f"({self.seen_up_to}", "+inf", withscores=True
+        )
+        if not reply:
+            return 0
+        ids = np.array([int(member) for member, _ in reply], np.int64)
+        self.seen_up_to = max(float(score) for _, score in reply)
+        self.sold = np.union1d(self.sold, ids)
+        return len(ids)
+
+    def remove_sold(self, items: np.ndarray) -> np.ndarray:
+        """The items that have not sold live (order kept)."""
+        sold = self.sold
+        if not len(sold) or not len(items):
+            return items
+        return items[~np.isin(items, sold, assume_unique=False)]
+
+    def start(self) -> None:
+        """Poll once, then every ``poll_seconds`` in the background."""
+        self._poll_quietly()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        self._thread.join(2.0)
+
+    def _poll_quietly(self) -> None:
+        try:
+            self.poll()
+            self.failures = 0
+        except Exception as problem:  # Redis away: keep what we know, say so once a minute
+            self.failures += 1
+            if self.failures == 1 or self.failures % 120 == 0:
+                log.warning("could not read the live sales: %s", problem)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            self._poll_quietly()
