@@ -215,7 +215,11 @@ def run_backend(name: str, args: argparse.Namespace) -> None:
         if name in TARGET_RATE:
             verdict = "met" if rate >= TARGET_RATE[name] else "NOT MET"
             say(f"    target >= {TARGET_RATE[name]:,.0f} events/s per process: {verdict}")
-        stamps = latency(backend, args.seconds)
+        quiet = Backend(name, settings, client)  # a log of its own: only the paced events
+        try:
+            stamps = latency(quiet, args.seconds)
+        finally:
+            quiet.cleanup()
         p50, p99 = np.percentile(stamps, [50, 99])
         say(f"(2) event to feature, {len(stamps):,} events one every 2 ms: p50 {p50:.1f} ms, "
             f"p99 {p99:.1f} ms, max {stamps.max():.1f} ms")  # fmt: skip
