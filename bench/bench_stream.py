@@ -139,17 +139,29 @@ def apply_all(updater: Updater, n: int) -> float:
     return time.perf_counter() - started
 
 
-def throughput(backend: Backend, events: int, runs: int) -> tuple[list[float], list[float]]:
-    """Events/s of the updater and of the bare log reader, ``runs`` runs each (interleaved)."""
-    config = config_for(backend.prefix, backend.settings)
+def throughput(
+    name: str, settings: Any, client: Any, events: int, runs: int
+) -> tuple[list[float], list[float]]:
+    """Events/s of the updater and of the bare log reader, ``runs`` runs each (interleaved).
+
+    Each run has a log and a fresh state of its own (a new prefix): a run on an earlier run's
+    state would find its entries' positions applied and skip them.
+    """
     applied, bare = [], []
     for run in range(runs):
-        drawn = drawn_events(events, run, 1_765_000_000_000)
-        backend.log().append(drawn)
-        reference = backend.reader(f"bare-{run}")
-        bare.append(events / read_all(reference, events, config.batch))
-        updater = Updater(backend.client, backend.reader(f"apply-{run}"), config)
-        applied.append(events / apply_all(updater, events))
+        backend = Backend(name, settings, client)
+        try:
+            config = config_for(backend.prefix, settings)
+            drawn = drawn_events(events, run, 1_765_000_000_000)
+            backend.log().append(drawn)
+            reference = backend.reader(f"bare-{run}")
+            bare.append(events / read_all(reference, events, config.batch))
+            updater = Updater(backend.client, backend.reader(f"apply-{run}"), config)
+            applied.append(events / apply_all(updater, events))
+            if updater.totals.applied + updater.totals.duplicates != events:
+                raise RuntimeError(f"the updater applied {updater.totals} of {events} events")
+        finally:
+            backend.cleanup()
         say(f"    run {run + 1}: updater {applied[-1]:,.0f} events/s, log alone "
             f"{bare[-1]:,.0f} events/s")  # fmt: skip
     return applied, bare
@@ -204,10 +216,9 @@ def run_backend(name: str, args: argparse.Namespace) -> None:
     """Measure one backend and print its figures against the targets."""
     settings = load_settings()
     client = redis_client(settings.redis.admin_url or settings.redis.url)
-    backend = Backend(name, settings, client)
     try:
         say(f"== {name}: {args.events:,} events x {args.runs} runs, one updater process")
-        applied, bare = throughput(backend, args.events, args.runs)
+        applied, bare = throughput(name, settings, client, args.events, args.runs)
         rate, reference = statistics.median(applied), statistics.median(bare)
         say(f"(1) updater {rate:,.0f} events/s [{min(applied):,.0f} .. {max(applied):,.0f}]; "
             f"the log alone {reference:,.0f} events/s [{min(bare):,.0f} .. {max(bare):,.0f}]; "
@@ -226,7 +237,6 @@ def run_backend(name: str, args: argparse.Namespace) -> None:
         verdict = "met" if p99 <= TARGET_P99_MS[name] else "NOT MET"
         say(f"    target p99 <= {TARGET_P99_MS[name]:,.0f} ms: {verdict}")
     finally:
-        backend.cleanup()
         client.close()
 
 

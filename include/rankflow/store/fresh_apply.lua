@@ -46,17 +46,27 @@ local function our_value(key, multiple)
   return value
 end
 
+-- a user's recent events grow by APPEND (amortised O(1)); the value is rewritten only when its
+-- oldest entry is more than PRUNE_SLACK_MS past keeping, or it holds twice the most kept: then
+-- the entries older than the window and beyond the most kept are dropped at once
+local PRUNE_SLACK_MS = 60000
 local function remember_user_event(user, item, kind, ts)
   local key = base .. ':u:' .. user
   local entry = struct.pack('<i8I4B', ts, item, kind) .. '\0\0\0'
-  local value = our_value(key, ENTRY)
-  if not value then
+  local ok, size = pcall(redis.call, 'STRLEN', key)
+  if not ok or size == 0 or size % ENTRY ~= 0 then -- none yet, or not ours: start afresh
     redis.call('SET', key, entry, 'PX', user_ttl)
     return
   end
   -- an event stamped ahead of the clock must not push out events still in the window
   local keep_from = math.min(ts, now_ms) - keep_ms
-  local size = string.len(value)
+  local oldest = struct.unpack('<i8', redis.call('GETRANGE', key, 0, 7))
+  if oldest >= keep_from - PRUNE_SLACK_MS and size / ENTRY < 2 * max_entries then
+    redis.call('APPEND', key, entry)
+    redis.call('PEXPIRE', key, user_ttl)
+    return
+  end
+  local value = redis.call('GET', key)
   local offset = 0
   while offset < size and struct.unpack('<i8', value, offset + 1) < keep_from do
     offset = offset + ENTRY
@@ -65,12 +75,7 @@ local function remember_user_event(user, item, kind, ts)
   if entries > max_entries then
     offset = offset + (entries - max_entries) * ENTRY
   end
-  if offset > 0 then
-    redis.call('SET', key, string.sub(value, offset + 1) .. entry, 'PX', user_ttl)
-  else
-    redis.call('APPEND', key, entry)
-    redis.call('PEXPIRE', key, user_ttl)
-  end
+  redis.call('SET', key, string.sub(value, offset + 1) .. entry, 'PX', user_ttl)
 end
 
 -- counter index of an event type: impression 1, click 2, like and save 3 (bags, purchases: none)
