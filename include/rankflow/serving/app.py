@@ -343,8 +343,14 @@ def create_app(
                 continue
 
     def refresh() -> None:
+        before = serving.served.features.version if serving.served else None
         serving.refresh_quietly()
         remember_fallbacks()
+        if serving.served is not None and serving.served.features.version != before:
+            try:
+                live_sales.resync()
+            except Exception as problem:  # Redis away: the next poll catches up
+                log.warning("could not read the live sales again: %s", problem)
         if serving.served is not None:
             metrics.show_served(serving.served.model.version, serving.served.features.version)
 

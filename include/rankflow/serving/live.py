@@ -3,7 +3,9 @@
 A background thread asks Redis, a few times a second, for the items sold since its last look
 (``ZRANGEBYSCORE`` on the arrival sequence of ``{prefix}:fresh:sold``: only what is new) and
 swaps in a sorted array; every answer of the service leaves those items out, so a sale is gone
-from the answers within a poll interval of the updater applying it.
+from the answers within a poll interval of the updater applying it. The updater keeps the latest
+``stream.max_live_sales``; the service reads the set whole again when it loads a new feature
+version (whose snapshot marks the older sales), so its copy stays as small.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class LiveSales:
         self.seen_up_to = max(float(score) for _, score in reply)
         self.sold = np.union1d(self.sold, ids)
         return len(ids)
+
+    def resync(self) -> None:
+        """Read the whole set again (a new feature version: older sales may have left it)."""
+        self.sold, self.seen_up_to = np.zeros(0, np.int64), 0.0
+        self.poll()
 
     def remove_sold(self, items: np.ndarray) -> np.ndarray:
         """The items that have not sold live (order kept)."""

@@ -3,8 +3,9 @@
 -- ARGV[1] prefix, ARGV[2] partition, ARGV[3] now (ms, wall clock), ARGV[4] how far back a
 -- user's recent events are kept (ms), ARGV[5] a user's recent events' TTL (ms), ARGV[6] the item
 -- counters' and applied ids' TTL (ms), ARGV[7] the most recent events kept per user, ARGV[8]
--- '1' when the batch reaches the end of the log (the partition is caught up at ARGV[3]), then
--- one record of 11 arguments per log entry, in log order:
+-- '1' when the batch reaches the end of the log (the partition is caught up at ARGV[3]),
+-- ARGV[9] the most live sales kept (older ones are in the next nightly snapshot), then one
+-- record of 11 arguments per log entry, in log order:
 --   'e', position hi, position lo, event id, id bucket, user id, item id, event type, ts ms,
 --        day (yyyymmdd), second of the day
 --   'l', position hi, position lo, item id, listing record, then six empty arguments
@@ -17,6 +18,7 @@ local prefix, partition = ARGV[1], ARGV[2]
 local keep_ms, user_ttl, day_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_entries = tonumber(ARGV[7])
 local caught_up = ARGV[8] == '1'
+local max_sales = tonumber(ARGV[9])
 local base = prefix .. ':fresh'
 local ENTRY = 16
 local SLOTS = 4
@@ -139,7 +141,7 @@ end
 local applied, duplicates, replayed, listings = 0, 0, 0, 0
 local sold = {}
 local last_position, last_event_ts = nil, nil
-for i = 9, #ARGV, 11 do
+for i = 10, #ARGV, 11 do
   local kind = ARGV[i]
   local hi, lo = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if not after_applied(hi, lo) then
@@ -166,6 +168,12 @@ for i = 9, #ARGV, 11 do
           local seq = redis.call('INCR', base .. ':seq')
           if redis.call('ZADD', base .. ':sold', 'NX', seq, item) == 1 then
             sold[#sold + 1] = item
+            if seq % 1000 == 0 then -- now and then: keep the latest max_sales
+              local kept = redis.call('ZCARD', base .. ':sold')
+              if kept > max_sales then
+                redis.call('ZREMRANGEBYRANK', base .. ':sold', 0, kept - max_sales - 1)
+              end
+            end
           end
         end
         applied = applied + 1

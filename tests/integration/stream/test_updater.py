@@ -231,3 +231,13 @@ def day_total(value: bytes) -> tuple[int, ...]:
     counts = decode_item_day(value).as_of(86_400)
     assert counts is not None
     return counts
+
+
+def test_live_sales_keep_the_latest_ones_only(redis_client) -> None:
+    small = replace(CONFIG, max_live_sales=500)
+    purchases = [click(n, 7, 10_000 + n, DAY0 + n, kind=5) for n in range(2_000)]
+    entries = [Entry(0, (n + 1, 0), _payload(e)) for n, e in enumerate(purchases)]
+    done = apply_entries(redis_client, entries, small, partition="redis:0", caught_up=True)
+    assert len(done.sold) == 2_000
+    kept = [int(i) for i in redis_client.zrange(sold_key("rft"), 0, -1)]
+    assert kept == list(range(10_000 + 1_500, 10_000 + 2_000))  # the latest 500, in sale order
