@@ -77,6 +77,36 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def land_stream(
+    settings: Settings, client: Any, partitions: list[int] | None, consumer: str | None
+) -> int:
+    """Run the landing (event log -> raw drops) until interrupted."""
+    import signal
+
+    from rankflow.stream.landing import LANDING_GROUP, Lander, close_after_ms
+    from rankflow.stream.log import partition_reader
+
+    config = settings.pipeline["stream"]
+    lander = Lander(
+        client,
+        partition_reader(settings, partitions, consumer, group=LANDING_GROUP),
+        settings.paths.raw,
+        settings.redis.key_prefix,
+        partitions=int(config["partitions"]),
+        close_after_ms=close_after_ms(config),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: lander.stop())
+    print(f"rankflow stream --land: into {settings.paths.raw}", flush=True)
+    try:
+        done = lander.run()
+    except KeyboardInterrupt:
+        done = lander.totals
+    closed = ", ".join(done.closed) or "none"
+    print(f"rankflow stream --land: {done.lines} lines in {done.files} files, "
+          f"{done.skipped} skipped, days closed: {closed}", flush=True)  # fmt: skip
+    return 0
+
+
 def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
     """Start or stop the local single-node Kafka broker (the event log's production backend)."""
     from rankflow.ops.kafka import kafka_down, kafka_up
@@ -409,6 +439,8 @@ def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
         raise ValueError(f"partitions {wrong} are outside 0..{count - 1} (stream.partitions)")
     held = ",".join(map(str, partitions)) if partitions else "all"
     client = checked_client(settings.redis.url, "The stream updater did not start.")
+    if args.land:
+        return land_stream(settings, client, partitions, args.consumer)
     updater = Updater(
         client,
         partition_reader(settings, partitions, args.consumer),
@@ -570,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream = sub.add_parser("stream", help="run the stream updater (event log -> fresh features)")
     stream.add_argument("--partitions", help="comma-separated partitions (default: all)")
     stream.add_argument("--consumer", help="a stable name a restart reuses (default: host-pid)")
+    stream.add_argument(
+        "--land", action="store_true", help="land the log as raw drops instead (docs/stream.md)"
+    )
     stream.set_defaults(func=cmd_stream)
 
     warm = sub.add_parser("warm-spark", help="fetch the Delta jars once and check Spark works")

@@ -138,13 +138,17 @@ class KafkaReader:
 
     @classmethod
     def of(
-        cls, settings: Settings, partitions: Sequence[int] | None, consumer: str | None
+        cls,
+        settings: Settings,
+        partitions: Sequence[int] | None,
+        consumer: str | None,
+        group: str | None = None,
     ) -> KafkaReader:
-        """A reader in the settings' group (``stream.group``) of their topic."""
+        """A reader of the settings' topic in ``group`` (default: ``stream.group``)."""
         stream = settings.pipeline["stream"]
         kafka = stream["kafka"]
         return cls(
-            str(kafka["bootstrap_servers"]), str(kafka["topic"]), str(stream["group"]),
+            str(kafka["bootstrap_servers"]), str(kafka["topic"]), group or str(stream["group"]),
             partitions, consumer,
         )  # fmt: skip
 

@@ -278,13 +278,17 @@ def event_log(settings: Settings, url: str | None = None) -> EventLog:
 
 
 def partition_reader(
-    settings: Settings, partitions: Sequence[int] | None, consumer: str | None = None
+    settings: Settings,
+    partitions: Sequence[int] | None,
+    consumer: str | None = None,
+    group: str | None = None,
 ) -> PartitionReader:
     """A reader in the updaters' group: of ``partitions``, or (None) of all.
 
     ``consumer`` is a stable name a restart reuses (Redis: the leases' holder, taken back at
     once; Kafka: static membership); without one a name of this process is made up. On Kafka,
-    None partitions lets the group share them among its consumers.
+    None partitions lets the group share them among its consumers. ``group`` defaults to the
+    updaters' (``stream.group``).
     """
     from rankflow.store.client import redis_client
 
@@ -292,12 +296,13 @@ def partition_reader(
     if config["backend"] == "kafka":
         from rankflow.stream.kafka import KafkaReader
 
-        return KafkaReader.of(settings, partitions, consumer)
+        return KafkaReader.of(settings, partitions, consumer, group)
     check_backend(config["backend"])
     client = redis_client(settings.redis.url, socket_timeout=10.0)
     every = range(int(config["partitions"]))
     holder = consumer or f"{socket.gethostname()}-{os.getpid()}"
     return RedisStreamsReader(
-        client, settings.redis.key_prefix, partitions or every, str(config["group"]), holder,
+        client, settings.redis.key_prefix, partitions or every, group or str(config["group"]),
+        holder,
         lease_ms=int(float(config["lease_seconds"]) * 1000),
     )  # fmt: skip

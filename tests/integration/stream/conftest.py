@@ -44,6 +44,26 @@ class Backend:
         topic = self.topic_of(prefix)
         return KafkaReader(KAFKA_BOOTSTRAP, topic, f"group-{topic}", None)
 
+    def append_at(self, prefix: str, records: list[Any], appended_ms: list[int]) -> None:
+        """Append records as if the log had taken them at ``appended_ms`` (increasing)."""
+        from rankflow.quality.live import encode_record
+        from rankflow.stream.log import record_key
+
+        if self.name == "redis":
+            from rankflow.store.fresh import events_log_key
+
+            for record, at in zip(records, appended_ms, strict=True):
+                stream = events_log_key(prefix, record_key(record) % PARTITIONS)
+                self.client.xadd(stream, {b"r": encode_record(record)}, id=f"{at}-*")
+            return
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": KAFKA_BOOTSTRAP, "partitioner": "murmur2_random"})
+        for record, at in zip(records, appended_ms, strict=True):
+            producer.produce(self.topic_of(prefix), key=str(record_key(record)).encode(),
+                             value=encode_record(record), timestamp=at)  # fmt: skip
+        producer.flush(10)
+
     def append_raw(self, prefix: str, payload: bytes) -> None:
         """Append bytes that are not a record (a broken producer)."""
         if self.name == "redis":
