@@ -646,14 +646,14 @@ class Bench:
         for body in bodies[:samples]:
             req = decoder.decode(body)
             candidates = np.asarray(req["candidates"], dtype=np.int64)
-            fetched = fetch_user(self.reader, self.prefix, features.version, req["user_id"])
+            fetched, _ = fetch_user(self.reader, self.prefix, features.version, req["user_id"])
             started = time.perf_counter()
             rank(served, fetched, candidates, int(self.settings.pipeline["serving"]["default_k"]))
             whole.append((time.perf_counter() - started) * 1000.0)
         if matrix is None:  # the replica failed: build the rows through rank() itself
             req = decoder.decode(bodies[0])
             candidates = np.asarray(req["candidates"], dtype=np.int64)
-            fetched = fetch_user(self.reader, self.prefix, features.version, req["user_id"])
+            fetched, _ = fetch_user(self.reader, self.prefix, features.version, req["user_id"])
             kept = rank(served, fetched, candidates, 10, keep_inputs=True)
             assert kept.inputs is not None
             matrix = kept.inputs.matrix
@@ -714,7 +714,9 @@ class Bench:
             raise ValueError("repeated candidates")
         k = int(self.settings.pipeline["serving"]["default_k"])
         t1 = clock()
-        value, history = fetch_user(self.reader, self.prefix, served.features.version, req.user_id)
+        (value, history), _ = fetch_user(
+            self.reader, self.prefix, served.features.version, req.user_id
+        )
         t2 = clock()
         rows = candidate_rows(served, candidates)
         t3 = clock()

@@ -47,6 +47,7 @@ class Feature:
     dtype: str = "float32"
     window_days: int | None = None
     description: str = ""
+    lag_seconds: int | None = None  # stream features: events of the last lag seconds left out
 
 
 def _item(name: str, description: str, window: int | None = None) -> Feature:
@@ -67,6 +68,14 @@ def _cross(name: str, missing: Missing, description: str) -> Feature:
                    missing, "float32", None, description)  # fmt: skip
 
 
+def _stream(name: str, entity: Entity, missing: Missing, description: str) -> Feature:
+    """A stream feature: kept fresh by the stream updater, rebuilt offline by the backfill."""
+    return Feature(name, entity, "stream", "rankflow.features.stream", missing, "float32",
+                   None, description, STREAM_LAG_SECONDS)  # fmt: skip
+
+
+# stream features count the events before the request's second minus this (the declared lag)
+STREAM_LAG_SECONDS = 1
 _COUNTED = {"impressions": "times shown", "clicks": "clicks", "saves": "likes and saves"}
 
 REGISTRY: tuple[Feature, ...] = (
@@ -100,7 +109,17 @@ REGISTRY: tuple[Feature, ...] = (
     _cross("price_distance", "nan", "|log price - the user's mean log price|"),
     _cross("seen_before", "zero", "times the item was shown to the user over 28 days"),
     _cross("clicked_before", "zero", "times the user clicked the item over 28 days"),
-)
+    _stream("sess_pos_category", "user_item", "zero",
+            "the user's positive events in the last 30 minutes on the item's category"),
+    _stream("sess_pos_brand", "user_item", "zero",
+            "the user's positive events in the last 30 minutes on the item's brand"),
+    _stream("sess_seen", "user_item", "zero", "times the item was shown to the user in 30 minutes"),
+    _stream("sess_secs_since_pos", "user_item", "nan",
+            "seconds since the user's last positive event in 30 minutes (none: missing)"),
+    _stream("today_impressions", "item", "zero", "times the item was shown today so far (UTC)"),
+    _stream("today_clicks", "item", "zero", "clicks on the item today so far"),
+    _stream("today_saves", "item", "zero", "likes and saves of the item today so far"),
+)  # fmt: skip
 
 
 def names(entity: Entity | None = None, kind: Kind | None = None) -> list[str]:
@@ -115,7 +134,9 @@ def names(entity: Entity | None = None, kind: Kind | None = None) -> list[str]:
 ITEM_FEATURES = names("item", "batch")
 USER_FEATURES = names("user", "batch")
 CROSS_FEATURES = names("user_item", "on_demand")
-MODEL_FEATURES = names()
+STREAM_FEATURES = names(kind="stream")
+# what the nightly models are trained on; stream features join when training asks for them
+MODEL_FEATURES = [f.name for f in REGISTRY if f.kind != "stream"]
 
 
 def schema_document() -> dict[str, Any]:

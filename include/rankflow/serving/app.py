@@ -259,8 +259,10 @@ def create_app(
     from starlette.routing import Route
 
     from rankflow.config import load_settings
+    from rankflow.features.registry import STREAM_LAG_SECONDS
+    from rankflow.features.stream import cutoff_ms
     from rankflow.serving.log import ServingLog, append_refusal, vectors_sampled
-    from rankflow.serving.ranker import fetch_user, nightly_order, rank
+    from rankflow.serving.ranker import FreshInputs, fetch_user, fresh_keys, nightly_order, rank
     from rankflow.serving.state import ServingState, describe
     from rankflow.store import RankingReader
     from rankflow.store.client import redis_client
@@ -312,7 +314,12 @@ def create_app(
     batch_decoder = msgspec.json.Decoder(Batch)
     from rankflow.serving.live import LiveSales
 
-    live_sales = LiveSales(client, prefix, float(stream_config["poll_seconds"]))
+    live_sales = LiveSales(
+        client, prefix, float(stream_config["poll_seconds"]),
+        stale_after_ms=int(float(stream_config["stale_after_seconds"]) * 1000),
+        partitions=int(stream_config["partitions"]), backend=str(stream_config["backend"]),
+    )  # fmt: skip
+    window_ms = int(stream_config["session_window_seconds"]) * 1000
 
     def record_refusal(refusal: dict[str, str]) -> None:
         metrics.refused.inc()
@@ -468,15 +475,26 @@ def create_app(
             return fallback_answer(request_id, req, candidates, "not_ready", k), None
         if candidates is None:
             return fallback_answer(request_id, req, None, "no_candidates", k), None
+        fresh_at = None
+        extra: list[str] = []
+        if served.model.reads_stream:  # the request's time, less the declared lag
+            fresh_at = cutoff_ms(time.time_ns() // 1_000_000, STREAM_LAG_SECONDS)
+            extra = fresh_keys(prefix, req.user_id, candidates, fresh_at)
         try:
-            fetched = fetch_user(client, prefix, served.features.version, req.user_id)
+            fetched, fresh_values = fetch_user(
+                client, prefix, served.features.version, req.user_id, extra
+            )
         except Exception as problem:
             log.warning("redis failed for a rank request: %s", problem)
             return fallback_answer(request_id, req, candidates, "redis_unavailable", k), None
         if time.perf_counter() - started > deadline:
             return fallback_answer(request_id, req, candidates, "deadline", k), None
+        fresh = None
+        if fresh_at is not None:
+            fresh = FreshInputs(fresh_at, window_ms, fresh_values[0], fresh_values[1:],
+                                live_sales.stale(fresh_at))  # fmt: skip
         try:
-            ranked = rank(served, fetched, candidates, k, keep_inputs)
+            ranked = rank(served, fetched, candidates, k, keep_inputs, fresh)
         except Exception as problem:
             log.exception("the model failed: %s", problem)
             return fallback_answer(request_id, req, candidates, "model_error", k), None

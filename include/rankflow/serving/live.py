@@ -1,4 +1,4 @@
-"""What the stream updater knows that the nightly snapshot does not: items sold since.
+"""What the stream updater knows that the nightly snapshot does not: sales, and how fresh it is.
 
 A background thread asks Redis, a few times a second, for the items sold since its last look
 (``ZRANGEBYSCORE`` on the arrival sequence of ``{prefix}:fresh:sold``: only what is new) and
@@ -6,6 +6,11 @@ swaps in a sorted array; every answer of the service leaves those items out, so 
 from the answers within a poll interval of the updater applying it. The updater keeps the latest
 ``stream.max_live_sales``; the service reads the set whole again when it loads a new feature
 version (whose snapshot marks the older sales), so its copy stays as small.
+
+The same poll reads the updaters' progress (``{prefix}:fresh:progress``): when a partition has
+not been caught up with its log for ``stale_after_ms``, or none ever reported, the fresh state is
+stale and the service gives the model NaN for every stream feature (missing, as training saw
+for sessions it had no events of) instead of silently old values.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rankflow.store.fresh import sold_key
+from rankflow.store.fresh import progress_key, sold_key
 
 if TYPE_CHECKING:
     import redis
@@ -27,15 +32,43 @@ log = logging.getLogger("rankflow.serving")
 class LiveSales:
     """The items sold live, polled from Redis into a sorted array."""
 
-    def __init__(self, client: redis.Redis, prefix: str, poll_seconds: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        poll_seconds: float,
+        *,
+        stale_after_ms: int = 5_000,
+        partitions: int = 1,
+        backend: str = "redis",
+    ) -> None:
         self.client = client
         self.key = sold_key(prefix)
+        self.progress = progress_key(prefix)
+        self.stale_after_ms = stale_after_ms
+        self.partitions = partitions
+        self.backend = backend
+        self.caught_up_ms: int | None = None  # the least recent partition's, at the last poll
         self.poll_seconds = poll_seconds
         self.sold = np.zeros(0, np.int64)
         self.seen_up_to = 0.0  # the highest arrival sequence read
         self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rankflow-live-sales", daemon=True)
+
+    def stale(self, now_ms: int | None = None) -> bool:
+        """Whether the fresh state may be missing events (an updater behind, or none running)."""
+        import time
+
+        now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+        return self.caught_up_ms is None or now - self.caught_up_ms > self.stale_after_ms
+
+    def poll_progress(self) -> None:
+        """Read when each partition was last caught up; keep the least recent."""
+        marks: dict[bytes, bytes] = self.client.hgetall(self.progress)  # type: ignore[assignment]
+        ours = f"{self.backend}:".encode()
+        caught = [int(v.split(b",")[0]) for k, v in marks.items() if k.startswith(ours)]
+        self.caught_up_ms = min(caught) if len(caught) >= self.partitions else None
 
     def poll(self) -> int:
         """Read the sales that arrived since the last poll; return how many were new."""
@@ -74,6 +107,7 @@ class LiveSales:
     def _poll_quietly(self) -> None:
         try:
             self.poll()
+            self.poll_progress()
             self.failures = 0
         except Exception as problem:  # Redis away: keep what we know, say so once a minute
             self.failures += 1

@@ -1,14 +1,18 @@
 """Re-rank one user's candidates: one Redis round trip, the snapshot, the shared function.
 
 The user's value (vector and profile) and history of the served feature version come in one
-``MGET``;
-item features come from the in-process snapshot; the user x item features from the same
-function the Spark jobs call; the scores from one ``inplace_predict``. Sold items are removed;
-candidates the snapshot does not know are returned after the ranked ones, in request order.
+``MGET`` — with, when the model takes stream features, the user's recent events and the
+candidates' day counters from the stream updater's fresh state; item features come from the
+in-process snapshot; the user x item features from the same function the Spark jobs call; the
+stream features from the reduction the offline backfill is proven equal to
+(``rankflow.features.stream``), NaN when the updater is stale; the scores from one
+``inplace_predict``. Sold items are removed; candidates the snapshot does not know are returned
+after the ranked ones, in request order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +28,28 @@ if TYPE_CHECKING:
     import redis
 
 Fetched = tuple[bytes | None, bytes | None]  # a user's value (vector, profile) and history
+
+
+@dataclass(frozen=True)
+class FreshInputs:
+    """What the stream features of one request are computed from."""
+
+    cutoff_ms: int
+    window_ms: int
+    recent: bytes | None  # the user's recent events
+    item_days: list[bytes | None]  # each request candidate's day counters, in request order
+    stale: bool  # the updater is behind: every stream feature is missing (NaN)
+
+
+def fresh_keys(prefix: str, user_id: int, candidates: np.ndarray, cutoff: int) -> list[str]:
+    """The fresh-state keys a request's stream features read: the user's, then each candidate's."""
+    from rankflow.store.fresh import day_as_of, item_day_key, user_recent_key
+
+    day, _ = day_as_of(cutoff)
+    return [
+        user_recent_key(prefix, user_id),
+        *(item_day_key(prefix, day, int(i)) for i in candidates),
+    ]
 
 
 @dataclass(frozen=True)
@@ -63,13 +89,15 @@ def user_side(profile: Profile | None, log_price_mean: float) -> UserSide:
     return UserSide(affinity, np.array([size], np.int64), np.array([log_price_mean], np.float32))
 
 
-def fetch_user(client: redis.Redis, prefix: str, version: str, user_id: int) -> Fetched:
-    """The user's value and history of a feature version: one MGET, one round trip."""
+def fetch_user(
+    client: redis.Redis, prefix: str, version: str, user_id: int, extra: Sequence[str] = ()
+) -> tuple[Fetched, list[bytes | None]]:
+    """The user's value and history of a feature version and ``extra`` keys: one ``MGET``."""
     from rankflow.store.keys import feature_key
 
     keys = [feature_key(prefix, version, group, user_id) for group in ("u", "h")]
-    value, history = (_bytes(v) for v in client.mget(keys))
-    return value, history
+    values = [_bytes(v) for v in client.mget([*keys, *extra])]
+    return (values[0], values[1]), values[2:]
 
 
 @dataclass(frozen=True)
@@ -153,18 +181,50 @@ def ranked_answer(
     )
 
 
+def stream_inputs(served: Served, rows: CandidateRows, fresh: FreshInputs) -> dict[str, np.ndarray]:
+    """The stream features of the scored candidates (all NaN when the updater is stale)."""
+    from rankflow.features.registry import STREAM_FEATURES
+    from rankflow.features.stream import session_features, today_features
+    from rankflow.store.fresh import day_as_of, decode_item_day, decode_recent
+
+    n = len(rows.ids)
+    if fresh.stale:
+        return {name: np.full(n, np.nan, np.float32) for name in STREAM_FEATURES}
+    snapshot = served.features.snapshot
+
+    def attributes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        at, known = snapshot.positions(ids)
+        category = np.where(known, snapshot.codes["category"][at], -1)
+        return category, np.where(known, snapshot.codes["brand"][at], -1)
+
+    recent = decode_recent(fresh.recent)
+    session = session_features(
+        recent["ts_ms"], recent["item_id"].astype(np.int64), recent["event_type"],
+        fresh.cutoff_ms, fresh.window_ms, rows.ids,
+        snapshot.codes["category"][rows.item_rows], snapshot.codes["brand"][rows.item_rows],
+        attributes,
+    )  # fmt: skip
+    _, second = day_as_of(fresh.cutoff_ms)
+    scored = rows.known & ~rows.sold
+    days = [fresh.item_days[i] for i in np.flatnonzero(scored)]
+    today = today_features([decode_item_day(v).as_of(second) for v in days])
+    return {**session, **today}
+
+
 def rank(
     served: Served,
     fetched: Fetched,
     candidates: np.ndarray,
     k: int,
     keep_inputs: bool = False,
+    fresh: FreshInputs | None = None,
 ) -> Ranked:
     """Score the known, unsold candidates and order them (ties: smaller item id first)."""
     rows = candidate_rows(served, candidates)
     user = user_inputs(fetched, rows.ids)
     cross = user_item_features(served, rows, user)
-    matrix = model_matrix(served, rows.item_rows, user.vector, cross)
+    stream = stream_inputs(served, rows, fresh) if fresh is not None else None
+    matrix = model_matrix(served, rows.item_rows, user.vector, cross, stream)
     scores = served.model.booster.inplace_predict(matrix)
     inputs = ModelInputs(rows.ids, matrix, np.asarray(scores, np.float32)) if keep_inputs else None
     return ranked_answer(candidates, rows, scores, k, fetched[0] is not None, inputs)

@@ -20,6 +20,7 @@ from rankflow.features.registry import (
     AFFINITY_DIMENSIONS,
     CROSS_FEATURES,
     ITEM_FEATURES,
+    STREAM_FEATURES,
     USER_FEATURES,
 )
 from rankflow.model.fit import POSITION_FEATURE
@@ -55,6 +56,8 @@ class MatrixPlan:
     cross_columns: list[int]
     cross_names: list[str]
     position_columns: np.ndarray
+    stream_columns: list[int]
+    stream_names: list[str]
 
     @classmethod
     def of(cls, layout: list[tuple[str, int]]) -> MatrixPlan:
@@ -67,6 +70,7 @@ class MatrixPlan:
             return np.array([i for s, i in layout if s == source], np.intp)
 
         cross = [(j, CROSS_FEATURES[i]) for j, (s, i) in enumerate(layout) if s == "cross"]
+        stream = [(j, STREAM_FEATURES[i]) for j, (s, i) in enumerate(layout) if s == "stream"]
         return cls(
             columns("item"),
             sources("item"),
@@ -75,6 +79,8 @@ class MatrixPlan:
             [j for j, _ in cross],
             [name for _, name in cross],
             columns("position"),
+            [j for j, _ in stream],
+            [name for _, name in stream],
         )
 
 
@@ -92,6 +98,11 @@ class ServedModel:
         """Build the matrix plan of the layout (frozen: set through object.__setattr__)."""
         object.__setattr__(self, "plan", MatrixPlan.of(self.layout))
 
+    @property
+    def reads_stream(self) -> bool:
+        """Whether the model takes stream features (read from the fresh state per request)."""
+        return bool(self.plan.stream_columns)
+
 
 @dataclass(frozen=True)
 class Served:
@@ -107,6 +118,7 @@ def input_layout(names: list[str]) -> list[tuple[str, int]]:
         **{n: ("item", i) for i, n in enumerate(ITEM_FEATURES)},
         **{n: ("user", i) for i, n in enumerate(USER_FEATURES)},
         **{n: ("cross", i) for i, n in enumerate(CROSS_FEATURES)},
+        **{n: ("stream", i) for i, n in enumerate(STREAM_FEATURES)},
         POSITION_FEATURE: ("position", 0),
     }
     unknown = [n for n in names if n not in sources]
@@ -283,8 +295,12 @@ def model_matrix(
     item_rows: np.ndarray,
     user_vector: np.ndarray,
     cross: dict[str, np.ndarray],
+    stream: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The float32 matrix the model predicts from, in its own input order."""
+    """The float32 matrix the model predicts from, in its own input order.
+
+    Stream features the model takes but the request has none of (``stream`` None) are NaN.
+    """
     plan = served.model.plan
     matrix = np.empty((len(item_rows), len(served.model.layout)), dtype=np.float32)
     items = served.features.snapshot.vectors[item_rows]
@@ -292,6 +308,8 @@ def model_matrix(
     matrix[:, plan.user_columns] = user_vector[plan.user_sources]
     for column, name in zip(plan.cross_columns, plan.cross_names, strict=True):
         matrix[:, column] = cross[name]
+    for column, name in zip(plan.stream_columns, plan.stream_names, strict=True):
+        matrix[:, column] = stream[name] if stream is not None else np.nan
     matrix[:, plan.position_columns] = 1.0
     return matrix
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from rankflow.features.registry import STREAM_LAG_SECONDS
 from rankflow.quality.live import Listing, LiveEvent, decode_record, encode_record
 from rankflow.quality.raw import EVENT_TYPES, MAX_ID
 from rankflow.store.fresh import (
@@ -57,7 +58,7 @@ class UpdaterConfig:
         return cls(
             prefix=prefix,
             session_window_seconds=int(config["session_window_seconds"]),
-            lag_seconds=int(config["lag_seconds"]),
+            lag_seconds=STREAM_LAG_SECONDS,
             max_recent_events=int(config["max_recent_events"]),
             day_ttl_seconds=int(config["day_ttl_seconds"]),
             id_buckets=int(config["id_buckets"]),
