@@ -65,10 +65,12 @@ class LiveSales:
 
     def poll_progress(self) -> None:
         """Read when each partition was last caught up; keep the least recent."""
-        marks: dict[bytes, bytes] = self.client.hgetall(self.progress)  # type: ignore[assignment]
-        ours = f"{self.backend}:".encode()
-        caught = [int(v.split(b",")[0]) for k, v in marks.items() if k.startswith(ours)]
-        self.caught_up_ms = min(caught) if len(caught) >= self.partitions else None
+        fields = [f"{self.backend}:{p}" for p in range(self.partitions)]
+        marks: list[bytes | None] = self.client.hmget(self.progress, fields)  # type: ignore[assignment]
+        if any(mark is None for mark in marks):
+            self.caught_up_ms = None  # a partition no updater ever reported
+            return
+        self.caught_up_ms = min(int(mark.split(b",")[0]) for mark in marks if mark is not None)
 
     def poll(self) -> int:
         """Read the sales that arrived since the last poll; return how many were new."""

@@ -176,6 +176,24 @@ class KafkaReader:
             entries.append(Entry(partition, (offset, 0), message.value() or b"", appended))
         return entries
 
+    def at_end(self, short: bool) -> bool:
+        """A short read, and every assigned partition's position at its high watermark."""
+        from confluent_kafka import TopicPartition
+
+        if not short:
+            return False
+        held = self.partitions
+        if not held:
+            return False
+        positions = self.consumer.position([TopicPartition(self.topic, p) for p in held])
+        for position in positions:
+            _, high = self.consumer.get_watermark_offsets(position, timeout=2.0)
+            if position.offset < 0 and high > 0:
+                return False  # nothing consumed yet from a partition that holds entries
+            if 0 <= position.offset < high:
+                return False
+        return True
+
     def ack(self, entries: Sequence[Entry]) -> None:
         """Commit each partition's offset after its last applied entry (synchronously)."""
         from confluent_kafka import TopicPartition

@@ -85,15 +85,10 @@ def part_prefix(source: str) -> str:
     return f"stream-{source}-"
 
 
-def landed_position(raw: Path, source: str) -> tuple[int, int] | None:
-    """The highest position a partition landed, from its part files' names (None: none)."""
-    best: tuple[int, int] | None = None
-    for path in raw.glob(f"*/ds=*/{part_prefix(source)}*.jsonl"):
-        last = path.name[len(part_prefix(source)) : -len(".jsonl")].rsplit("-", 1)[-1]
-        hi, _, lo = last.partition(".")
-        found = (int(hi), int(lo))
-        best = found if best is None or found > best else best
-    return best
+def parse_position(text: str) -> tuple[int, int]:
+    """A position written by :func:`position_text`."""
+    hi, _, lo = text.partition(".")
+    return int(hi), int(lo)
 
 
 def write_atomically(path: Path, lines: Iterable[str]) -> None:
@@ -119,29 +114,43 @@ class Landed:
     closed: list[str] = field(default_factory=list)
 
 
+def part_order(path: Path) -> tuple[str, int, int]:
+    """A part's place in log order: its source, then its first position (numerically)."""
+    if path.name == COMPACTED:
+        return ("", -1, -1)  # what an interrupted compaction already merged comes first
+    source, _, positions = path.name[len("stream-") : -len(".jsonl")].partition("-")
+    hi, _, lo = positions.split("-", 1)[0].partition(".")
+    return (source, int(hi), int(lo))
+
+
 def compact_day(folder: Path, key: str) -> int:
     """Merge a day's part files into ``stream.jsonl``, one line per ``key``; return its lines.
 
-    Idempotent: a retry after a crash merges what the last run left (the compacted file and
-    any parts not yet deleted) into the same result.
+    Lines are streamed (only the keys seen are held); the first line of a key in log order is
+    kept. Idempotent: a retry after a crash merges what the last run left — the compacted file
+    and the parts not yet deleted — into the same result, then deletes the parts and writes
+    ``_SUCCESS``.
     """
-    sources = sorted(folder.glob("stream-*.jsonl"))
+    sources = sorted([*folder.glob("stream-*.jsonl"), *folder.glob(COMPACTED)], key=part_order)
     seen: set[Any] = set()
-    lines: list[str] = []
-    for path in sources:
-        for text in path.read_text(encoding="utf-8").splitlines():
-            if not text:
-                continue
-            identity = json.loads(text)[key]
-            if identity not in seen:
-                seen.add(identity)
-                lines.append(text)
-    write_atomically(folder / COMPACTED, lines)
+    hidden = folder / f".{COMPACTED}.tmp"
+    with hidden.open("w", encoding="utf-8") as out:
+        for path in sources:
+            with path.open(encoding="utf-8") as lines:
+                for text in lines:
+                    text = text.rstrip("\n")
+                    if not text:
+                        continue
+                    identity = json.loads(text)[key]
+                    if identity not in seen:
+                        seen.add(identity)
+                        out.write(text + "\n")
+    hidden.replace(folder / COMPACTED)
     for path in sources:
         if path.name != COMPACTED:
             path.unlink(missing_ok=True)
     (folder / "_SUCCESS").touch()
-    return len(lines)
+    return len(seen)
 
 
 class Lander:
@@ -177,10 +186,16 @@ class Lander:
         """A partition's name in file names (``redis0``)."""
         return f"{self.reader.backend}{partition}"
 
+    def positions_key(self) -> str:
+        """Per source, the position of the last batch whose every file was renamed in."""
+        return f"{fresh_base(self.prefix)}:land:position"
+
     def landed(self, partition: int) -> tuple[int, int] | None:
-        """The partition's last landed position (read from the files once)."""
+        """The partition's last landed position (read from Redis once)."""
         if partition not in self.positions:
-            self.positions[partition] = landed_position(self.raw, self.source(partition))
+            stored = self.client.hget(self.positions_key(), self.source(partition))
+            text = stored.decode() if isinstance(stored, bytes) else stored
+            self.positions[partition] = parse_position(text) if text else None
         return self.positions[partition]
 
     def watermark_key(self) -> str:
@@ -197,7 +212,7 @@ class Lander:
             self.land(partition, part)
             self.reader.ack(part)
         now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
-        caught_up = len(entries) < self.batch
+        caught_up = self.reader.at_end(len(entries) < self.batch)
         marks = {}
         for partition in self.reader.partitions:
             seen = [e.appended_ms for e in by_partition.get(partition, [])]
@@ -227,7 +242,7 @@ class Lander:
             files.setdefault((kind, day), []).append(json.dumps(line, separators=(",", ":")))
         first, last = position_text(fresh[0].position), position_text(fresh[-1].position)
         name = f"{part_prefix(self.source(partition))}{first}-{last}.jsonl"
-        for (kind, day), lines in files.items():
+        for (kind, day), lines in sorted(files.items()):
             folder = self.raw / kind / f"ds={day.isoformat()}"
             if (folder / "_SUCCESS").exists():  # a producer past the contract: kept aside
                 write_atomically(self.late / kind / folder.name / name, lines)
@@ -238,38 +253,67 @@ class Lander:
             write_atomically(folder / name, lines)
             self.totals.files += 1
             self.totals.lines += len(lines)
+        # only now is the whole batch landed: a crash before this re-lands it (the same lines,
+        # merged away at compaction), a crash after skips it
+        self.client.hset(self.positions_key(), self.source(partition), last)
         self.positions[partition] = fresh[-1].position
 
     def complete_before_ms(self) -> int | None:
         """The log time every partition's landing has read past (None: one never reported)."""
-        marks = self.client.hgetall(self.watermark_key())
-        if len(marks) < self.partitions:
+        fields = [str(p) for p in range(self.partitions)]
+        marks = self.client.hmget(self.watermark_key(), fields)
+        missing = [f for f, mark in zip(fields, marks, strict=True) if mark is None]
+        if missing:
+            log.info("stream landing: partitions %s have not reported; no day closes", missing)
             return None
-        return min(int(v) for v in marks.values())
+        return min(int(mark) for mark in marks if mark is not None)
 
     def close_days(self) -> None:
-        """Compact and mark complete every open day whose events can no longer arrive."""
+        """Compact and mark complete every open day whose events can no longer arrive.
+
+        A closed day of events gets its items drop too (empty when nothing was listed), as
+        ingest needs every kind of a day complete.
+        """
         complete = self.complete_before_ms()
         if complete is None:
             return
-        for kind, key in KEYS.items():
-            for folder in sorted((self.raw / kind).glob("ds=*")):
-                if (folder / "_SUCCESS").exists() or not any(folder.glob("stream-*.jsonl")):
-                    continue
-                day = date.fromisoformat(folder.name[3:])
-                end_ms = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
-                             * 1000) + DAY_MS  # fmt: skip
-                if complete < end_ms + self.close_after_ms:
-                    continue
-                lock = f"{fresh_base(self.prefix)}:land:closing:{kind}:{day.isoformat()}"
-                if not self.client.set(lock, "1", nx=True, px=60_000):
-                    continue  # another lander is closing it
-                try:
-                    lines = compact_day(folder, key)
-                finally:
-                    self.client.delete(lock)
-                self.totals.closed.append(f"{kind}/{folder.name}")
-                log.info("landed %s %s: %d lines", kind, folder.name, lines)
+        days = {
+            folder.name
+            for kind in KEYS
+            for folder in (self.raw / kind).glob("ds=*")
+            if not (folder / "_SUCCESS").exists()
+            and (any(folder.glob("stream-*.jsonl")) or (folder / COMPACTED).exists())
+        }
+        for name in sorted(days):
+            try:
+                day = date.fromisoformat(name[3:])
+            except ValueError:
+                continue  # not a day folder of ours
+            start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+            if complete < start + DAY_MS + self.close_after_ms:
+                continue
+            for kind, key in KEYS.items():
+                self.close(kind, key, self.raw / kind / name)
+
+    def close(self, kind: str, key: str, folder: Path) -> None:
+        """Compact one day folder under a lock only this lander may release."""
+        import uuid
+
+        from rankflow.store.commands import _run
+
+        lock = f"{fresh_base(self.prefix)}:land:closing:{kind}:{folder.name}"
+        token = uuid.uuid4().hex
+        if not self.client.set(lock, token, nx=True, px=600_000):
+            return  # another lander is closing it
+        try:
+            if (folder / "_SUCCESS").exists():
+                return  # closed while we waited for the lock
+            folder.mkdir(parents=True, exist_ok=True)
+            lines = compact_day(folder, key)
+        finally:
+            _run(self.client, "release", [lock], [token])
+        self.totals.closed.append(f"{kind}/{folder.name}")
+        log.info("landed %s %s: %d lines", kind, folder.name, lines)
 
     def run(self) -> Landed:
         """Loop until :meth:`stop` (an outage of Redis or the broker is retried every second)."""

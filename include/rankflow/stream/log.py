@@ -69,6 +69,12 @@ class PartitionReader(Protocol):
     def ack(self, entries: Sequence[Entry]) -> None:
         """Mark entries applied (they are not delivered again)."""
 
+    def at_end(self, short: bool) -> bool:
+        """Whether the last read reached the end of every partition held.
+
+        ``short``: it returned fewer entries than asked (necessary, not sufficient).
+        """
+
     def close(self) -> None:
         """Release connections."""
 
@@ -149,6 +155,7 @@ class RedisStreamsReader:
             self.create_group(stream)
             self.claim_all(stream)
         self.pending = True  # replay the partitions' unacknowledged entries first
+        self.read_new = False  # whether the last read was of new entries (not a replay)
 
     def lease_key(self, partition: int) -> str:
         """The key of a partition's lease."""
@@ -217,13 +224,19 @@ class RedisStreamsReader:
             ids: dict[Any, Any] = dict.fromkeys(self.streams, "0")
             reply: Any = self.client.xreadgroup(self.group, self.holder, ids, count=count)
             entries = self._entries(reply)
+            self.read_new = False
             if entries:
                 return entries
             self.pending = False
+        self.read_new = True
         new: dict[Any, Any] = dict.fromkeys(self.streams, ">")
         fresh: Any = self.client.xreadgroup(self.group, self.holder, new, count=count,
                                             block=block_ms)  # fmt: skip
         return self._entries(fresh)
+
+    def at_end(self, short: bool) -> bool:
+        """A short read of new entries (``>``) found every stream's end; a replay never does."""
+        return short and self.read_new
 
     def ack(self, entries: Sequence[Entry]) -> None:
         """``XACK`` the entries, one call per stream, in one round trip."""

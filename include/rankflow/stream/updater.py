@@ -216,7 +216,7 @@ class Updater:
         by_partition: dict[int, list[Entry]] = {}
         for entry in entries:
             by_partition.setdefault(entry.partition, []).append(entry)
-        caught_up = len(entries) < self.config.batch
+        caught_up = self.reader.at_end(len(entries) < self.config.batch)
         for partition, part in by_partition.items():
             done = apply_entries(
                 self.client, part, self.config, partition=self.label(partition),

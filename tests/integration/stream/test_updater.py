@@ -241,3 +241,17 @@ def test_live_sales_keep_the_latest_ones_only(redis_client) -> None:
     assert len(done.sold) == 2_000
     kept = [int(i) for i in redis_client.zrange(sold_key("rft"), 0, -1)]
     assert kept == list(range(10_000 + 1_500, 10_000 + 2_000))  # the latest 500, in sale order
+
+
+def test_the_service_sees_a_stale_updater_as_stale(redis_client) -> None:
+    from rankflow.serving.live import LiveSales
+
+    live = LiveSales(redis_client, "rft", 0.5, stale_after_ms=5_000, partitions=2)
+    live.poll_progress()
+    assert live.stale()  # no updater ever reported
+    now = int(time.time() * 1000)
+    for partition in ("redis:0", "redis:1"):
+        apply_entries(redis_client, [], CONFIG, partition=partition, caught_up=True, now_ms=now)
+    live.poll_progress()
+    assert not live.stale(now + 1_000)
+    assert live.stale(now + 6_000)  # not caught up for longer than stale_after
