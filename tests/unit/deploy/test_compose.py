@@ -896,19 +896,21 @@ def test_the_ranking_port_binds_to_loopback_unless_configured(
         assert ports == [f"{address}:8800:8800"]
 
 
-def test_the_stream_updater_runs_rankflow_stream_as_the_writer_only(
-    raw_compose: dict[str, Any], services: dict[str, Any], example_env: dict[str, str]
+@pytest.mark.parametrize("name", ["stream", "stream-landing"])
+def test_the_stream_services_run_rankflow_stream_as_the_writer_only(
+    raw_compose: dict[str, Any], services: dict[str, Any], example_env: dict[str, str], name: str
 ) -> None:
-    """`rankflow stream` from the Airflow image, with Redis's writer and no other secret."""
+    """`rankflow stream` (and `--land`) from the Airflow image, Redis's writer, no other secret."""
     from rankflow.store.acl import Credentials, url_credentials
 
-    stream = services["stream"]
+    stream = services[name]
     assert stream["image"] == services[RANKING]["image"]
     assert stream["command"][-1].split()[:3] == ["exec", "rankflow", "stream"]
+    assert ("--land" in stream["command"][-1]) == (name == "stream-landing")
     env = environment_of(stream)
     writer = url_credentials(env["RANKFLOW_REDIS_URL"])
     assert writer == Credentials("rankflow-writer", example_env["REDIS_WRITER_PASSWORD"])
-    raw = raw_compose["services"]["stream"]
+    raw = raw_compose["services"][name]
     referenced = {name for text in iter_strings(raw) for name, _ in variable_references(text)}
     assert {name for name in referenced if SECRET_NAME.search(name)} == {"REDIS_WRITER_PASSWORD"}
     assert "redis" in stream["depends_on"]
