@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,33 +189,45 @@ def user_partitions(spark: SparkSession, rows: int = 0) -> int:
 
 
 def fetch_s3a_jars(settings: Settings) -> str:
-    """Fetch hadoop-aws and the AWS SDK it names from Maven Central into :func:`s3a_jars`, once.
+    """Fetch hadoop-aws and the AWS SDK it names from Maven Central into :func:`s3a_jars`, once."""
+    target = s3a_jars(settings)
+    if any(target.glob("*hadoop-aws-*.jar")):
+        return f"hadoop-aws jars: {target} (already fetched)"
+    fetch_packages(settings, [f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"], target)
+    names = sorted(jar.name for jar in target.glob("*.jar"))
+    return f"hadoop-aws jars: {target} ({', '.join(names)})"
+
+
+def fetch_packages(
+    settings: Settings,
+    packages: list[str],
+    target: Path,
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Resolve Maven ``packages`` and their dependencies with Ivy into the folder ``target``.
 
     Ivy resolves them (``--packages`` of an empty application, with an Ivy home of its own);
-    the jars land in a temporary folder renamed into place, so a half fetch is never used.
+    the jars land in a temporary folder (``extra`` may add to it) renamed into place, so a half
+    fetch is never used.
     """
     import shutil
     import subprocess
 
-    target = s3a_jars(settings)
-    if any(target.glob("*hadoop-aws-*.jar")):
-        return f"hadoop-aws jars: {target} (already fetched)"
-    work = settings.paths.home / "tmp" / "fetch-s3a"
+    work = settings.paths.home / "tmp" / f"fetch-{target.name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work / "empty.py").write_text("")
-    package = f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"
-    command = [shutil.which("spark-submit") or "spark-submit", "--master", "local[1]"]
-    command += ["--conf", f"spark.jars.ivy={work / 'ivy'}", "--packages", package]
+    command = [str(spark_home() / "bin" / "spark-submit"), "--master", "local[1]"]
+    command += ["--conf", f"spark.jars.ivy={work / 'ivy'}", "--packages", ",".join(packages)]
     done = subprocess.run([*command, str(work / "empty.py")], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"could not fetch {package}: {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"could not fetch {packages[0]}: {done.stderr.strip()[-2000:]}")
     fetched = work / "ivy" / "jars"
+    if extra is not None:
+        extra(fetched)
     target.parent.mkdir(parents=True, exist_ok=True)
     fetched.rename(target)
     shutil.rmtree(work, ignore_errors=True)
-    names = sorted(jar.name for jar in target.glob("*.jar"))
-    return f"hadoop-aws jars: {target} ({', '.join(names)})"
 
 
 def warm_spark(settings: Settings) -> str:

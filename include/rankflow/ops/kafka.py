@@ -44,30 +44,21 @@ def kafka_jars(settings: Settings) -> Path:
 
 def fetch_kafka_jars(settings: Settings) -> str:
     """Fetch the broker and its dependencies with Ivy into :func:`kafka_jars`, once."""
+    from rankflow.lake.session import fetch_packages, spark_home
+
     target = kafka_jars(settings)
     if any(target.glob(f"*kafka_{SCALA}-{KAFKA_VERSION}.jar")):
         return f"kafka jars: {target} (already fetched)"
-    work = settings.paths.home / "tmp" / "fetch-kafka"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    (work / "empty.py").write_text("")
-    from rankflow.lake.session import spark_home
 
-    command = [str(spark_home() / "bin" / "spark-submit"), "--master", "local[1]"]
-    command += ["--conf", f"spark.jars.ivy={work / 'ivy'}", "--packages", ",".join(PACKAGES)]
-    done = subprocess.run([*command, str(work / "empty.py")], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"could not fetch {PACKAGES[0]}: {done.stderr.strip()[-2000:]}")
-    fetched = work / "ivy" / "jars"
-    # Spark's Ivy leaves out the Scala library Spark ships itself: take that one (the pinned
-    # pyspark's is the 2.13 line Kafka is built for; the fetched scala-reflect names the version)
-    library = sorted((spark_home() / "jars").glob("scala-library-2.13.*.jar"))
-    if not library:
-        raise RuntimeError(f"no scala-library-2.13 jar in {spark_home() / 'jars'}")
-    shutil.copy2(library[-1], fetched / library[-1].name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fetched.rename(target)
-    shutil.rmtree(work, ignore_errors=True)
+    def add_scala_library(fetched: Path) -> None:
+        # Spark's Ivy leaves out the Scala library Spark ships itself: take that one (the
+        # pinned pyspark's is the 2.13 line Kafka is built for)
+        library = sorted((spark_home() / "jars").glob("scala-library-2.13.*.jar"))
+        if not library:
+            raise RuntimeError(f"no scala-library-2.13 jar in {spark_home() / 'jars'}")
+        shutil.copy2(library[-1], fetched / library[-1].name)
+
+    fetch_packages(settings, list(PACKAGES), target, add_scala_library)
     return f"kafka jars: {target} ({len(list(target.glob('*.jar')))} jars)"
 
 

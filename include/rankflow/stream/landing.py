@@ -20,6 +20,7 @@ kept aside in ``<home>/data/quarantine/stream/`` and counted, never landed into 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -296,14 +297,13 @@ class Lander:
                 self.close(kind, key, self.raw / kind / name)
 
     def close(self, kind: str, key: str, folder: Path) -> None:
-        """Compact one day folder under a lock only this lander may release."""
-        import uuid
+        """Compact one day folder under a Redis lock (as the sold-item repair takes its own)."""
+        from redis.exceptions import LockError
 
-        from rankflow.store.commands import _run
-
-        lock = f"{fresh_base(self.prefix)}:land:closing:{kind}:{folder.name}"
-        token = uuid.uuid4().hex
-        if not self.client.set(lock, token, nx=True, px=600_000):
+        lock = self.client.lock(
+            f"{fresh_base(self.prefix)}:land:closing:{kind}:{folder.name}", timeout=600
+        )
+        if not lock.acquire(blocking=False):
             return  # another lander is closing it
         try:
             if (folder / "_SUCCESS").exists():
@@ -311,7 +311,8 @@ class Lander:
             folder.mkdir(parents=True, exist_ok=True)
             lines = compact_day(folder, key)
         finally:
-            _run(self.client, "release", [lock], [token])
+            with contextlib.suppress(LockError):  # expired and taken: theirs to release
+                lock.release()
         self.totals.closed.append(f"{kind}/{folder.name}")
         log.info("landed %s %s: %d lines", kind, folder.name, lines)
 
