@@ -77,36 +77,6 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def land_stream(
-    settings: Settings, client: Any, partitions: list[int] | None, consumer: str | None
-) -> int:
-    """Run the landing (event log -> raw drops) until interrupted."""
-    import signal
-
-    from rankflow.stream.landing import LANDING_GROUP, Lander, close_after_ms
-    from rankflow.stream.log import partition_reader
-
-    config = settings.pipeline["stream"]
-    lander = Lander(
-        client,
-        partition_reader(settings, partitions, consumer, group=LANDING_GROUP),
-        settings.paths.raw,
-        settings.redis.key_prefix,
-        partitions=int(config["partitions"]),
-        close_after_ms=close_after_ms(config),
-    )
-    signal.signal(signal.SIGTERM, lambda *_: lander.stop())
-    print(f"rankflow stream --land: into {settings.paths.raw}", flush=True)
-    try:
-        done = lander.run()
-    except KeyboardInterrupt:
-        done = lander.totals
-    closed = ", ".join(done.closed) or "none"
-    print(f"rankflow stream --land: {done.lines} lines in {done.files} files, "
-          f"{done.skipped} skipped, days closed: {closed}", flush=True)  # fmt: skip
-    return 0
-
-
 def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
     """Start or stop the local single-node Kafka broker (the event log's production backend)."""
     from rankflow.ops.kafka import kafka_down, kafka_up
@@ -424,41 +394,25 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the stream updater over some partitions of the event log until interrupted."""
-    import signal
+    """Run the stream updater (or with --land the landing) over the event log until stopped."""
+    from rankflow.ops.stream import checked_partitions, run_until_stopped, stream_worker
+    from rankflow.stream.landing import Landed
 
-    from rankflow.store.client import checked_client
-    from rankflow.stream.log import partition_reader
-    from rankflow.stream.updater import Updater, UpdaterConfig
-
-    config = settings.pipeline["stream"]
-    count = int(config["partitions"])
-    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
-    wrong = [p for p in partitions or [] if not 0 <= p < count]
-    if wrong:
-        raise ValueError(f"partitions {wrong} are outside 0..{count - 1} (stream.partitions)")
+    partitions = checked_partitions(settings, args.partitions)
+    worker = stream_worker(settings, partitions, args.consumer, land=args.land)
     held = ",".join(map(str, partitions)) if partitions else "all"
-    client = checked_client(settings.redis.url, "The stream updater did not start.")
-    if args.land:
-        return land_stream(settings, client, partitions, args.consumer)
-    updater = Updater(
-        client,
-        partition_reader(settings, partitions, args.consumer),
-        UpdaterConfig.of(settings.redis.key_prefix, config),
-    )
-    signal.signal(signal.SIGTERM, lambda *_: updater.stop())
+    what = "landing into " + str(settings.paths.raw) if args.land else "updating"
     name = args.consumer or "a name of this process"
-    print(f"rankflow stream: {config['backend']} partitions {held} as {name}", flush=True)
-    try:
-        totals = updater.run()
-    except KeyboardInterrupt:
-        totals = updater.totals
-    print(
-        f"rankflow stream: applied {totals.applied}, duplicates {totals.duplicates}, "
-        f"replayed {totals.replayed}, listings {totals.listings}, "
-        f"quarantined {totals.quarantined}, sold {len(totals.sold)}",
-        flush=True,
-    )
+    print(f"rankflow stream: partitions {held} as {name}, {what}", flush=True)
+    done = run_until_stopped(worker)
+    if isinstance(done, Landed):
+        closed = ", ".join(done.closed) or "none"
+        print(f"rankflow stream: {done.lines} lines in {done.files} files, {done.skipped} "
+              f"skipped, {done.late} late, days closed: {closed}", flush=True)  # fmt: skip
+    else:
+        print(f"rankflow stream: applied {done.applied}, duplicates {done.duplicates}, "
+              f"replayed {done.replayed}, listings {done.listings}, quarantined "
+              f"{done.quarantined}, sold {len(done.sold)}", flush=True)  # fmt: skip
     return 0
 
 

@@ -19,9 +19,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rankflow.features.on_demand import Affinity, ItemSide, UserSide, cross_features
-from rankflow.features.registry import AFFINITY_DIMENSIONS, USER_FEATURES
+from rankflow.features.registry import AFFINITY_DIMENSIONS, STREAM_FEATURES, USER_FEATURES
+from rankflow.features.stream import session_features, today_features
 from rankflow.serving.state import Served, model_matrix
 from rankflow.store.commands import _bytes
+from rankflow.store.fresh import (
+    day_as_of,
+    decode_item_day,
+    decode_recent,
+    item_day_key,
+    user_recent_key,
+)
 from rankflow.store.vectors import EMPTY_HISTORY, Profile, decode_history, decode_user
 
 if TYPE_CHECKING:
@@ -43,8 +51,6 @@ class FreshInputs:
 
 def fresh_keys(prefix: str, user_id: int, candidates: np.ndarray, cutoff: int) -> list[str]:
     """The fresh-state keys a request's stream features read: the user's, then each candidate's."""
-    from rankflow.store.fresh import day_as_of, item_day_key, user_recent_key
-
     day, _ = day_as_of(cutoff)
     return [
         user_recent_key(prefix, user_id),
@@ -183,10 +189,6 @@ def ranked_answer(
 
 def stream_inputs(served: Served, rows: CandidateRows, fresh: FreshInputs) -> dict[str, np.ndarray]:
     """The stream features of the scored candidates (all NaN when the updater is stale)."""
-    from rankflow.features.registry import STREAM_FEATURES
-    from rankflow.features.stream import session_features, today_features
-    from rankflow.store.fresh import day_as_of, decode_item_day, decode_recent
-
     n = len(rows.ids)
     if fresh.stale:
         return {name: np.full(n, np.nan, np.float32) for name in STREAM_FEATURES}

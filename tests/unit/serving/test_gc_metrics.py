@@ -8,7 +8,7 @@ import pytest
 
 
 def test_every_garbage_collection_is_timed_by_generation(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rankflow.serving.app import Metrics
+    from rankflow.serving.metrics import Metrics
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     metrics = Metrics()

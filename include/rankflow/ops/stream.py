@@ -1,0 +1,56 @@
+"""The stream processes ``rankflow stream`` runs: the updater, or the landing, until stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rankflow.config import Settings
+    from rankflow.stream.landing import Landed, Lander
+    from rankflow.stream.updater import Applied, Updater
+
+
+def checked_partitions(settings: Settings, text: str | None) -> list[int] | None:
+    """The partitions named on the command line (None: all), each within ``stream.partitions``."""
+    count = int(settings.pipeline["stream"]["partitions"])
+    partitions = [int(p) for p in text.split(",")] if text else None
+    wrong = [p for p in partitions or [] if not 0 <= p < count]
+    if wrong:
+        raise ValueError(f"partitions {wrong} are outside 0..{count - 1} (stream.partitions)")
+    return partitions
+
+
+def stream_worker(
+    settings: Settings, partitions: Sequence[int] | None, consumer: str | None, *, land: bool
+) -> Updater | Lander:
+    """The updater (event log -> fresh state), or with ``land`` the landing (-> raw drops)."""
+    from rankflow.store.client import checked_client
+    from rankflow.stream.landing import LANDING_GROUP, Lander, close_after_ms
+    from rankflow.stream.log import partition_reader
+    from rankflow.stream.updater import Updater, UpdaterConfig
+
+    config = settings.pipeline["stream"]
+    client = checked_client(settings.redis.url, "The stream process did not start.")
+    if land:
+        return Lander(
+            client,
+            partition_reader(settings, partitions, consumer, group=LANDING_GROUP),
+            settings.paths.raw,
+            settings.redis.key_prefix,
+            partitions=int(config["partitions"]),
+            close_after_ms=close_after_ms(config),
+        )
+    reader = partition_reader(settings, partitions, consumer)
+    return Updater(client, reader, UpdaterConfig.of(settings.redis.key_prefix, config))
+
+
+def run_until_stopped(worker: Updater | Lander) -> Applied | Landed:
+    """Run a stream process until SIGTERM or Ctrl-C; return what it did."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    try:
+        return worker.run()
+    except KeyboardInterrupt:
+        return worker.totals
