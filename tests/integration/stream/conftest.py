@@ -36,13 +36,14 @@ class Backend:
 
         return KafkaLog(KAFKA_BOOTSTRAP, self.topic_of(prefix))
 
-    def reader(self, prefix: str, consumer: str = "t") -> PartitionReader:
+    def reader(self, prefix: str, consumer: str = "t", group: str = "rankflow") -> PartitionReader:
+        """A reader of every partition in ``group`` (Kafka: a group of its own per topic)."""
         if self.name == "redis":
-            return RedisStreamsReader(self.client, prefix, range(PARTITIONS), "rankflow", consumer)
+            return RedisStreamsReader(self.client, prefix, range(PARTITIONS), group, consumer)
         from rankflow.stream.kafka import KafkaReader
 
         topic = self.topic_of(prefix)
-        return KafkaReader(KAFKA_BOOTSTRAP, topic, f"group-{topic}", None)
+        return KafkaReader(KAFKA_BOOTSTRAP, topic, f"{group}-{topic}", None)
 
     def append_at(self, prefix: str, records: list[Any], appended_ms: list[int]) -> None:
         """Append records as if the log had taken them at ``appended_ms`` (increasing)."""
@@ -87,7 +88,7 @@ class Backend:
         if self.name == "kafka":
             text += f"  kafka:\n    bootstrap_servers: {KAFKA_BOOTSTRAP}\n"
             text += f"    topic: {self.topic_of(prefix)}\n"
-            text += f"  group: group-{self.topic_of(prefix)}\n"
+            text += f"  group: rankflow-{self.topic_of(prefix)}\n"
         return text
 
 

@@ -11,7 +11,6 @@ import pytest
 from rankflow.quality.live import Listing, LiveEvent, Window, rejection
 from rankflow.stream import landing
 from rankflow.stream.landing import COMPACTED, LANDING_GROUP, Lander
-from rankflow.stream.log import RedisStreamsReader
 
 pytestmark = pytest.mark.services
 
@@ -22,14 +21,7 @@ CLOSE_AFTER = 3_900_000  # one hour of late events plus five minutes
 
 
 def lander_over(backend, redis_client, raw: Path, holder: str = "t") -> Lander:
-    if backend.name == "redis":
-        reader = RedisStreamsReader(redis_client, "rft", range(2), LANDING_GROUP, holder)
-    else:
-        from conftest import KAFKA_BOOTSTRAP
-        from rankflow.stream.kafka import KafkaReader
-
-        topic = backend.topic_of("rft")
-        reader = KafkaReader(KAFKA_BOOTSTRAP, topic, f"landing-{topic}", None)
+    reader = backend.reader("rft", consumer=holder, group=LANDING_GROUP)
     return Lander(redis_client, reader, raw, "rft", partitions=2, close_after_ms=CLOSE_AFTER,
                   batch=50, block_ms=50)  # fmt: skip
 
