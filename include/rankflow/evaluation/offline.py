@@ -42,6 +42,14 @@ def predict(booster_raw: bytes, frame: pd.DataFrame) -> np.ndarray:
     if frame.empty:
         return np.empty(0, dtype=np.float32)
     booster = booster_from_bytes(booster_raw, nthread=0)
+    if (
+        "today_impressions" in (booster.feature_names or ())
+        and frame["today_impressions"].isna().all()
+    ):
+        raise ValueError(
+            "the model uses stream features but these rows were built without them (a day of "
+            "the training set built with training.stream_features off): rebuild it"
+        )
     return booster.inplace_predict(model_inputs(booster, frame))
 
 

@@ -104,6 +104,18 @@ def today_features(counts: list[tuple[int, int, int] | None]) -> dict[str, np.nd
     return {name: values[:, j] for j, name in enumerate(TODAY_FEATURES)}
 
 
+def quiet_values(n: int) -> dict[str, np.ndarray]:
+    """The stream features of ``n`` candidates when nothing happened lately (float32).
+
+    No positive event and no impression in the user's window, no event on the item today: what
+    a user opening the app at midnight gets. The nightly lists are scored with these values
+    (they are read from the start of the day, before the user's first event of it).
+    """
+    values = {name: np.zeros(n, np.float32) for name in (*SESSION_FEATURES, *TODAY_FEATURES)}
+    values["sess_secs_since_pos"] = np.full(n, np.nan, np.float32)
+    return values
+
+
 # --------------------------------------------------------------------------- offline (Spark)
 
 

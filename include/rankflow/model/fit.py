@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rankflow.features.registry import MODEL_FEATURES
+from rankflow.features.registry import MODEL_FEATURES, STREAM_FEATURES
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -76,20 +76,48 @@ GROUP_HASH_BUCKETS = 1 << 20  # a sample of query groups keeps the hash buckets 
 POSITION_FEATURE = "shown_position"
 
 
-def model_features(debiasing: str) -> list[str]:
+def model_features(debiasing: str, stream: bool = False) -> list[str]:
     """The feature columns of a model trained with a debiasing variant, in order.
 
     ``position_feature`` adds the position the item was shown at: the model explains the
     position's share of the clicks with it, and every prediction fixes it to one value, so the
-    ranking comes from the other features alone.
+    ranking comes from the other features alone. ``stream`` adds the stream features
+    (``training.stream_features``).
     """
     if debiasing not in DEBIASING:
         raise ValueError(f"training.debiasing must be one of {DEBIASING}, got {debiasing!r}")
-    return (
-        [*MODEL_FEATURES, POSITION_FEATURE]
-        if debiasing == "position_feature"
-        else [*MODEL_FEATURES]
-    )
+    features = [*MODEL_FEATURES, *(STREAM_FEATURES if stream else ())]
+    return [*features, POSITION_FEATURE] if debiasing == "position_feature" else features
+
+
+def uses_stream_features(config: Mapping[str, Any]) -> bool:
+    """Whether a training config fits the stream features too (a lineage from before: no)."""
+    return bool(config.get("stream_features", False))
+
+
+def stale_stream_share(config: Mapping[str, Any]) -> float:
+    """The share of training query groups fitted with their stream features missing.
+
+    A stale updater makes the ranking service send the stream features as missing (NaN); a
+    model that never saw them missing would send such rows down an arbitrary branch. Blanking
+    them in a fixed hash sample of groups teaches it what to do then: rank by the rest.
+    """
+    share = float(config.get("stream_stale_share", 0.0)) if uses_stream_features(config) else 0.0
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"training.stream_stale_share must be in [0, 1), got {share}")
+    return share
+
+
+def stale_groups(qids: pd.Series, share: float) -> np.ndarray:
+    """Mark the rows of a fixed hash sample of about ``share`` of the query groups."""
+    import numpy as np
+    import pandas as pd
+
+    if share <= 0.0:
+        return np.zeros(len(qids), np.bool_)
+    hashes = pd.util.hash_array(qids.to_numpy(dtype=object))
+    marked: np.ndarray = hashes % GROUP_HASH_BUCKETS < int(share * GROUP_HASH_BUCKETS)
+    return marked
 
 
 def variant_params(config: dict[str, Any], debiasing: str) -> dict[str, Any]:
@@ -106,19 +134,29 @@ def variant_params(config: dict[str, Any], debiasing: str) -> dict[str, Any]:
     return {**config, "debiasing": debiasing, "params": params}
 
 
-def frame_matrix(frame: pd.DataFrame, debiasing: str = "none") -> xgb.DMatrix:
-    """Build the ranking DMatrix of training rows sorted by query group and shown position."""
-    features = model_features(debiasing)
+def frame_matrix(
+    frame: pd.DataFrame, debiasing: str = "none", stream: bool = False, stale_share: float = 0.0
+) -> xgb.DMatrix:
+    """Build the ranking DMatrix of training rows sorted by query group and shown position.
+
+    With ``stale_share`` the stream features of that share of the query groups are missing
+    (:func:`stale_stream_share`).
+    """
+    import numpy as np
+
+    features = model_features(debiasing, stream)
     values = (
         frame.assign(**{POSITION_FEATURE: frame["position"]})
         if (POSITION_FEATURE in features)
         else frame
     )
+    matrix = values[features].to_numpy(dtype="float32")
+    stale = stale_groups(frame["qid"], stale_share)
+    if stale.any():
+        columns = np.array([features.index(name) for name in STREAM_FEATURES])
+        matrix[np.ix_(stale, columns)] = np.nan
     return ranking_matrix(
-        values[features].to_numpy(dtype="float32"),
-        frame["label"].to_numpy(dtype="float32"),
-        group_sizes(frame["qid"]),
-        features,
+        matrix, frame["label"].to_numpy(dtype="float32"), group_sizes(frame["qid"]), features
     )
 
 
@@ -201,7 +239,12 @@ def fit_variant(
 ) -> FittedRanker:
     """Fit one debiasing variant of the configured ranker on training rows."""
     variant = variant_params(config, debiasing)
-    return fit_ranker(frame_matrix(train, debiasing), frame_matrix(validation, debiasing), variant)
+    stream = uses_stream_features(config)
+    return fit_ranker(
+        frame_matrix(train, debiasing, stream, stale_stream_share(config)),
+        frame_matrix(validation, debiasing, stream),
+        variant,
+    )
 
 
 class TrainingData(Protocol):

@@ -173,14 +173,19 @@ def make_scorer(
         import numpy as np
 
         from rankflow.features.on_demand import cross_feature_columns
+        from rankflow.features.registry import STREAM_FEATURES
+        from rankflow.features.stream import quiet_values
         from rankflow.model.fit import arrow_model_inputs
 
         booster = cached_booster(model_key, model_raw)
+        quiet = bool(set(booster.feature_names or ()) & set(STREAM_FEATURES))
         best = BestPerUser(k)
         for batch in batches:
             if not batch.num_rows:
                 continue
             computed = cross_feature_columns(batch) if cross_features else {}
+            if quiet:  # a nightly list is read from the day's start: nothing happened yet
+                computed = {**quiet_values(batch.num_rows), **computed}
             scores = booster.inplace_predict(arrow_model_inputs(booster, batch, computed))
             users = np.asarray(batch.column("user_id").to_numpy(), dtype=np.int64)
             items = np.asarray(batch.column("item_id").to_numpy(), dtype=np.int64)

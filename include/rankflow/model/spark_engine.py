@@ -29,6 +29,8 @@ from rankflow.model.fit import (
     POSITION_FEATURE,
     FittedRanker,
     model_features,
+    stale_stream_share,
+    uses_stream_features,
     variant_params,
 )
 
@@ -215,10 +217,19 @@ class PartitionedRows:
         """Fit one debiasing variant with SparkXGBRanker (the shown position as a feature too)."""
         from pyspark.sql import functions as F
 
-        features = model_features(debiasing)
+        from rankflow.features.registry import STREAM_FEATURES
+
+        features = model_features(debiasing, uses_stream_features(config))
         frame = self.frame
         if POSITION_FEATURE in features:
             frame = frame.withColumn(POSITION_FEATURE, F.col("position").cast("float"))
+        share = stale_stream_share(config)
+        if share > 0:  # the local engine's rule, over a hash of its own
+            bucket = F.pmod(F.xxhash64("ds", "qid"), F.lit(GROUP_HASH_BUCKETS))
+            stale = ~F.col(VALIDATION) & (bucket < int(share * GROUP_HASH_BUCKETS))
+            missing = F.lit(float("nan")).cast("float")
+            for name in STREAM_FEATURES:
+                frame = frame.withColumn(name, F.when(stale, missing).otherwise(F.col(name)))
         return fit_on_spark(frame, features, variant_params(config, debiasing), self.workers)
 
     def groups_sample(self, max_rows: int) -> PartitionedRows:

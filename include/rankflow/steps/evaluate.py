@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 from rankflow.config import Settings
 from rankflow.days import day, in_days
 from rankflow.evaluation.gate import gate_evidence, metric_intervals
-from rankflow.features.registry import MODEL_FEATURES
+from rankflow.features.registry import MODEL_FEATURES, STREAM_FEATURES
+from rankflow.features.stream import quiet_values
 from rankflow.lake.ledger import LedgerEvent, append_events, now
 from rankflow.lake.tables import read_features, read_partition, read_table, scoring_input
 from rankflow.model.registry import debiasing_variants
@@ -39,7 +40,7 @@ def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
     features = read_features(spark, settings, ds)
     frame: Any = (
         read_partition(spark, settings, "silver/training_set", ds)
-        .select("qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
+        .select("qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES, *STREAM_FEATURES)
         .join(
             features.items.select(
                 "item_id", "category", "seller_id", F.col("item_price").alias("price")
@@ -81,11 +82,13 @@ def shadow_candidates(spark: SparkSession, settings: Settings, ds: date) -> tupl
     attributes = items.select(
         "item_id", "category", "brand", "seller_id", F.col("item_price").alias("price")
     )
-    shadow = (
+    shadow: Any = (
         scoring_input(spark, settings, ds, users=sample)
         .join(attributes, "item_id", "left")
         .toPandas()
     )
+    # the shadow lists stand for the nightly lists, scored as they are (nothing happened yet)
+    shadow = shadow.assign(**quiet_values(len(shadow)))
     return shadow, int(items.where(~F.col("is_sold")).count())
 
 

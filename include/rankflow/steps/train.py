@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from rankflow.model.fit import LocalRows, TrainingData, TrainingWindow
     from rankflow.model.spark_engine import PartitionedRows
 
-TRAINING_COLUMNS = ("ds", "qid", "user_id", "item_id", "position", "label", *MODEL_FEATURES)
+KEY_COLUMNS = ("ds", "qid", "user_id", "item_id", "position", "label")
 
 # The local engine's driver memory per training row: the collected frame, its sorted copy and
 # XGBoost's matrix. Measured 976 B at 100k users (the train days' 922,860 clicked rows, peak RSS
@@ -37,17 +38,19 @@ def training_rows(
     end: date,
     version: int | None = None,
     clicked_only: bool = False,
+    features: Sequence[str] = MODEL_FEATURES,
 ) -> Any:
     """Collect the training rows of ``[start, end]`` as pandas, sorted by query group.
 
     ``version`` pins the Delta version of the training set (time travel): the lineage of a model
     records it, and reproducing the model reads exactly those rows again. ``clicked_only``
-    keeps the query groups with a click (:func:`groups_with_clicks`).
+    keeps the query groups with a click (:func:`groups_with_clicks`); ``features`` are the
+    feature columns read.
     """
     from rankflow.model.fit import sort_by_query
 
     rows = window_rows(spark, settings, start, end, version, clicked_only)
-    return sort_by_query(rows.select(*collected_columns()).toPandas())
+    return sort_by_query(rows.select(*collected_columns(features)).toPandas())
 
 
 def window_rows(
@@ -96,7 +99,7 @@ def clicked_groups_only(config: dict[str, Any]) -> bool:
     return setting == "skip"
 
 
-def collected_columns() -> list[Any]:
+def collected_columns(features: Sequence[str]) -> list[Any]:
     """The training columns with features and labels as float32, as XGBoost stores them.
 
     Casting before the collection halves what reaches the driver (the table holds doubles and
@@ -104,8 +107,38 @@ def collected_columns() -> list[Any]:
     """
     from pyspark.sql import functions as F
 
-    floats = {"label", *MODEL_FEATURES}
-    return [F.col(c).cast("float").alias(c) if c in floats else F.col(c) for c in TRAINING_COLUMNS]
+    floats = {"label", *features}
+    return [
+        F.col(c).cast("float").alias(c) if c in floats else F.col(c)
+        for c in (*KEY_COLUMNS, *features)
+    ]
+
+
+def trained_features(config: dict[str, Any]) -> list[str]:
+    """The feature columns a training config fits on (before any debiasing column)."""
+    from rankflow.model.fit import model_features, uses_stream_features
+
+    return model_features("none", uses_stream_features(config))
+
+
+def require_stream_features(
+    spark: SparkSession, settings: Settings, window: TrainingWindow, version: int
+) -> None:
+    """Refuse to fit stream features on training rows built without them (null columns).
+
+    Raises:
+        ValueError: a day of the window was built with ``training.stream_features`` off.
+    """
+    from pyspark.sql import functions as F
+
+    rows = window_rows(spark, settings, window.train_start, window.validation_end, version, False)
+    missing = rows.where(F.col("today_impressions").isNull()).select("ds").distinct().collect()
+    if missing:
+        days = ", ".join(sorted(row["ds"].isoformat() for row in missing))
+        raise ValueError(
+            f"training.stream_features is on but the training set of {days} was built without "
+            "them: rebuild those days (rankflow run training_set --start ... --ds ...)"
+        )
 
 
 def local_rows(
@@ -115,21 +148,23 @@ def local_rows(
     window: TrainingWindow,
     version: int,
     clicked_only: bool,
+    features: Sequence[str] = MODEL_FEATURES,
 ) -> LocalRows:
     """The window's rows collected to this process (``local`` engine), gated when ``ds``."""
     from rankflow.model.fit import LocalRows
 
     check_driver_room(spark, settings, window, version, clicked_only)
     train = training_rows(
-        spark, settings, window.train_start, window.train_end, version, clicked_only
+        spark, settings, window.train_start, window.train_end, version, clicked_only, features
     )
     validation = training_rows(
-        spark, settings, window.validation_start, window.validation_end, version, clicked_only
-    )
+        spark, settings, window.validation_start, window.validation_end, version, clicked_only,
+        features,
+    )  # fmt: skip
     if train.empty or validation.empty:
         raise no_rows_error(window)
     if ds is not None:
-        training_set_gate(settings, ds, train)
+        training_set_gate(settings, ds, train, features)
     return LocalRows(train, validation)
 
 
@@ -180,6 +215,7 @@ def spark_rows(
     version: int,
     workers: int,
     clicked_only: bool,
+    features: Sequence[str] = MODEL_FEATURES,
 ) -> PartitionedRows:
     """The window's rows left on the executors (``spark`` engine), partitioned by query group.
 
@@ -202,7 +238,7 @@ def spark_rows(
         window_rows(
             spark, settings, window.train_start, window.validation_end, version, clicked_only
         )
-        .select(*TRAINING_COLUMNS)
+        .select(*KEY_COLUMNS, *features)
         .withColumn(VALIDATION, F.col("ds") >= day(window.validation_start))
     )
     frame = ranking_partitions(
@@ -218,7 +254,7 @@ def spark_rows(
     )
     if ds is not None:
         try:
-            spark_training_set_gate(settings, ds, partitioned)
+            spark_training_set_gate(settings, ds, partitioned, features)
         except Exception:
             frame.unpersist()
             raise
@@ -242,11 +278,14 @@ def training_data(
     from rankflow.model.spark_engine import training_engine, worker_count
 
     clicked_only = clicked_groups_only(config)
+    features = trained_features(config)
+    if len(features) > len(MODEL_FEATURES):
+        require_stream_features(spark, settings, window, version)
     if training_engine(config) == "local":
-        return local_rows(spark, settings, ds, window, version, clicked_only)
+        return local_rows(spark, settings, ds, window, version, clicked_only, features)
     requested = int(config.get("spark_workers", 0)) if workers is None else workers
     count = worker_count(spark, requested)
-    return spark_rows(spark, settings, ds, window, version, count, clicked_only)
+    return spark_rows(spark, settings, ds, window, version, count, clicked_only, features)
 
 
 def no_rows_error(window: TrainingWindow) -> ValueError:
@@ -303,24 +342,27 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
     return record
 
 
-def training_set_gate(settings: Settings, ds: date, train: Any) -> None:
+def training_set_gate(
+    settings: Settings, ds: date, train: Any, features: Sequence[str] = MODEL_FEATURES
+) -> None:
     """Refuse training rows with labels out of range, mixed query groups or a leaking input.
 
     Raises:
         DataQualityError: a critical check failed; no model is fitted.
     """
-    from rankflow.features.registry import MODEL_FEATURES
     from rankflow.quality.gates import gate
     from rankflow.quality.suites import leakage_outcome, query_groups_outcome, training_set_suite
 
     max_label = max(int(g) for g in settings.pipeline["labels"]["gains"].values())
-    features = list(MODEL_FEATURES)
+    features = list(features)
     suite = training_set_suite(features, max_label)
     extra = [query_groups_outcome(train["qid"]), leakage_outcome(train, features)]
     gate(settings, ds, train, "training_set", suite, extra)
 
 
-def spark_training_set_gate(settings: Settings, ds: date, rows: PartitionedRows) -> None:
+def spark_training_set_gate(
+    settings: Settings, ds: date, rows: PartitionedRows, features: Sequence[str] = MODEL_FEATURES
+) -> None:
     """The training-set gate on rows left on the executors (``spark`` engine).
 
     The contract's expectations run on the training rows through Spark; each partition must
@@ -341,7 +383,7 @@ def spark_training_set_gate(settings: Settings, ds: date, rows: PartitionedRows)
     )
 
     max_label = max(int(g) for g in settings.pipeline["labels"]["gains"].values())
-    features = list(MODEL_FEATURES)
+    features = list(features)
     train = rows.frame.where(~F.col(VALIDATION))
     modulus = max(1, -(-rows.train_rows // LEAKAGE_SAMPLE_ROWS))
     sample = train.where(F.pmod(F.col(QUERY_INDEX), F.lit(modulus)) == 0)

@@ -18,13 +18,15 @@ def run_training_set(
     spark: SparkSession, settings: Settings, start: date, end: date
 ) -> dict[str, int]:
     """Build the labelled training rows of each day in ``[start, end]``."""
-    from rankflow.lake.tables import write_partitions
+    from rankflow.days import days_where
+    from rankflow.lake.tables import replace_partition
     from rankflow.transforms.training_set import build_training_set
 
     events, items, users = bronze(spark, settings)
     path = settings.paths.table("silver/training_set")
     built = build_training_set(events, items, users, days(start, end), settings.pipeline)
-    write_partitions(built, path, start, end)
+    # a table from before the stream features gains their columns (null in its older days)
+    replace_partition(built, path, days_where(start, end), options={"mergeSchema": "true"})
     written = read_table(spark, settings, "silver/training_set").where(in_days(start, end))
     return {
         row["ds"].isoformat(): int(row["count"]) for row in written.groupBy("ds").count().collect()

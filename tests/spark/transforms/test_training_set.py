@@ -318,3 +318,64 @@ def test_the_local_engine_refuses_a_window_it_cannot_hold_before_collecting(
         check_driver_room(spark, lake, window, written[1], clicked_only=True)
     monkeypatch.setattr(host, "available_memory_bytes", lambda: None)  # no /proc/meminfo
     check_driver_room(spark, lake, window, written[1], clicked_only=False)
+
+
+def test_stream_features_are_those_of_each_lists_request_less_the_lag(
+    spark: Any, lake_settings: Settings
+) -> None:
+    """``training.stream_features``: every row of a list gets the features as of its request.
+
+    The list was requested when its first item was shown; a click on that list's first item,
+    before its later items were shown, must not reach their features (the service ranked the
+    whole list at once). Events of the day before count when inside the session window.
+    """
+    from rankflow.transforms.training_set import build_training_set
+
+    noon = datetime(2026, 10, 5, 12)
+    assert noon.date() == D
+    rows: list[tuple[Any, ...]] = []
+
+    def add(session: str, event_type: str, item: int, position: int, at: datetime) -> None:
+        rows.append((f"e{len(rows)}", event_type, at, 7, item, "home", session, position,
+                     at.date()))  # fmt: skip
+
+    second = timedelta(seconds=1)
+    add("s0", "impression", 1, 1, noon - 10 * 60 * second)  # 11:50, shoes of brand x
+    add("s0", "click", 1, 1, noon - 9 * 60 * second)  # 11:51: a positive in the window
+    add("s1", "impression", 2, 1, noon)  # the request: 12:00:00
+    add("s1", "impression", 3, 2, noon)
+    add("s1", "click", 2, 1, noon + second)  # after the request: must not count
+    add("s1", "impression", 1, 3, noon + 2 * second)  # shown later in the same list
+    add("s9", "impression", 2, 1, noon - 12 * 3600 * second - 3600 * second)  # 23:00 the day before
+    add("s8", "impression", 3, 1, noon - 3 * 3600 * second)  # 09:00: earlier today
+    events = spark.createDataFrame(rows, EVENTS_SCHEMA)
+    listed = datetime(2026, 9, 1)
+    items = spark.createDataFrame(
+        [(1, 1, listed, "shoes", "x", None, None, "good", 10.0, None, listed.date()),
+         (2, 1, listed, "shoes", "y", None, None, "good", 10.0, None, listed.date()),
+         (3, 1, listed, "bags", "x", None, None, "good", 10.0, None, listed.date())],
+        ITEMS_SCHEMA,
+    )  # fmt: skip
+    users = spark.createDataFrame([], USERS_SCHEMA)
+    config = {**lake_settings.pipeline}
+    config["training"] = {**config["training"], "stream_features": True}
+
+    built = build_training_set(events, items, users, [D], config)
+    got = {r["item_id"]: r.asDict() for r in built.where("qid = 's1'").collect()}
+
+    cutoff = noon - second  # floor(request) - 1 s of declared lag
+    since = (cutoff - (noon - 9 * 60 * second)).total_seconds()
+    assert {i: (got[i]["sess_pos_category"], got[i]["sess_pos_brand"]) for i in got} == {
+        1: (1.0, 1.0), 2: (1.0, 0.0), 3: (0.0, 1.0)
+    }  # fmt: skip
+    assert {i: got[i]["sess_secs_since_pos"] for i in got} == {1: since, 2: since, 3: since}
+    assert {i: got[i]["sess_seen"] for i in got} == {1: 1.0, 2: 0.0, 3: 0.0}
+    # today so far: item 3 shown at 09:00, item 2 only yesterday, item 1 at 11:50
+    assert {i: got[i]["today_impressions"] for i in got} == {1: 1.0, 2: 0.0, 3: 1.0}
+    assert {i: got[i]["today_clicks"] for i in got} == {1: 1.0, 2: 0.0, 3: 0.0}
+    assert {i: got[i]["today_saves"] for i in got} == {1: 0.0, 2: 0.0, 3: 0.0}
+
+    default = build_training_set(events, items, users, [D], lake_settings.pipeline)
+    assert lake_settings.pipeline["training"]["stream_features"] is False
+    off = default.where("qid = 's1'").select("today_impressions", "sess_seen").collect()
+    assert len(off) == 3 and all(v is None for r in off for v in r)  # null: not computed
