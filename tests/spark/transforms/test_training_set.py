@@ -378,4 +378,5 @@ def test_stream_features_are_those_of_each_lists_request_less_the_lag(
     default = build_training_set(events, items, users, [D], lake_settings.pipeline)
     assert lake_settings.pipeline["training"]["stream_features"] is False
     off = default.where("qid = 's1'").select("today_impressions", "sess_seen").collect()
-    assert len(off) == 3 and all(v is None for r in off for v in r)  # null: not computed
+    assert len(off) == 3
+    assert all(v is None for r in off for v in r)  # null: not computed
