@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -25,19 +25,22 @@ KEY = "test-api-key"  # pragma: allowlist secret (a throw-away key of the tests'
 
 
 def register_champion(
-    settings: Settings, ds: date, *, seed: int = 7, feature_schema: str | None = None
+    settings: Settings,
+    ds: date,
+    *,
+    seed: int = 7,
+    feature_schema: str | None = None,
+    names: Sequence[str] = MODEL_FEATURES,
 ) -> str:
-    """Register a small real LambdaMART model over the registry's inputs as champion."""
+    """Register a small real LambdaMART model over ``names`` (the batch inputs) as champion."""
     import xgboost as xgb
 
     from rankflow.model.fit import FittedRanker
     from rankflow.model.registry import log_and_register, mlflow_client, move_champion
 
     rng = np.random.default_rng(seed)
-    features = rng.normal(size=(2000, len(MODEL_FEATURES))).astype("float32")
-    matrix = xgb.DMatrix(
-        features, label=rng.integers(0, 4, 2000), feature_names=list(MODEL_FEATURES)
-    )
+    features = rng.normal(size=(2000, len(names))).astype("float32")
+    matrix = xgb.DMatrix(features, label=rng.integers(0, 4, 2000), feature_names=list(names))
     matrix.set_group([20] * 100)
     booster = xgb.train({"objective": "rank:ndcg", "max_depth": 4, "seed": seed}, matrix, 30)
     lineage = {

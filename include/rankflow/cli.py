@@ -78,9 +78,13 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
-    """Start or stop the local single-node Kafka broker (the event log's production backend)."""
-    from rankflow.ops.kafka import kafka_down, kafka_up
+    """Start or stop the local Kafka broker, or create the event topic on the configured one."""
+    from rankflow.ops.kafka import create_topic, kafka_down, kafka_up
 
+    if args.action == "topic":  # any broker (stream.kafka.bootstrap_servers): compose's init
+        create_topic(settings)
+        print(f"kafka: topic {settings.pipeline['stream']['kafka']['topic']} ready")
+        return 0
     lines = kafka_up(settings) if args.action == "up" else kafka_down(settings)
     print("\n".join(lines))
     return 0
@@ -455,8 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     spark_cluster.add_argument("action", choices=["up", "down"])
     spark_cluster.set_defaults(func=cmd_cluster)
 
-    kafka = sub.add_parser("kafka", help="start or stop a single-node Kafka broker on 127.0.0.1")
-    kafka.add_argument("action", choices=["up", "down"])
+    kafka = sub.add_parser(
+        "kafka",
+        help="start or stop a single-node Kafka broker on 127.0.0.1 (up, down), or create the "
+        "event topic with stream.partitions partitions on the configured broker (topic)",
+    )
+    kafka.add_argument("action", choices=["up", "down", "topic"])
     kafka.set_defaults(func=cmd_kafka)
 
     lookup = sub.add_parser("lookup", help="print a user's ranked list from Redis as JSON")

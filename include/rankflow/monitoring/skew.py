@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rankflow.features.registry import MODEL_FEATURES
+from rankflow.features.registry import MODEL_FEATURES, STREAM_FEATURES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from rankflow.config import Settings
 
+# the features compared, in the order of the replayed status arrays
+COMPARED = (*MODEL_FEATURES, *STREAM_FEATURES)
 # per registry feature and replayed row: how the served value compares with the rebuilt one
 EQUAL, MISMATCH, MISSING, EXTRA, UNUSED = 0, 1, 2, 3, 4
 REPLAY_SCHEMA = (
@@ -63,8 +65,8 @@ def replay_frame(booster: Any, part: pd.DataFrame) -> pd.DataFrame:
     online = np.frombuffer(b"".join(raw), "<f4").reshape(len(raw), len(names))
     scores = np.asarray(booster.inplace_predict(offline), np.float32)
     served = part["online_score"].to_numpy(np.float32)
-    used = [(j, names.index(name)) for j, name in enumerate(MODEL_FEATURES) if name in names]
-    status = np.full((len(part), len(MODEL_FEATURES)), UNUSED, np.int8)
+    used = [(j, names.index(name)) for j, name in enumerate(COMPARED) if name in names]
+    status = np.full((len(part), len(COMPARED)), UNUSED, np.int8)
     smape = np.full(status.shape, np.nan, np.float32)
     if used:
         registry_at, model_at = (list(t) for t in zip(*used, strict=True))
@@ -153,11 +155,51 @@ def rebuilt_rows(
         "model_version",
         F.element_at("scored_scores", F.col("at") + 1).alias("online_score"),
         F.expr("substring(inputs, at * width + 1, width)").alias("online"),
+        "stream_cutoff_ms",
     )
-    joined = with_cross_features(rows, frames)
+    joined = with_replayed_stream(spark, settings, with_cross_features(rows, frames))
     return joined.select(
-        "request_id", "item_id", "model_version", "online_score", "online", *feature_vector()
+        "request_id", "item_id", "model_version", "online_score", "online", *feature_vector(),
+        *STREAM_FEATURES,
+    )  # fmt: skip
+
+
+def with_replayed_stream(spark: SparkSession, settings: Settings, rows: DataFrame) -> DataFrame:
+    """Add each row's stream features as of its logged cutoff, rebuilt from bronze events.
+
+    The point-in-time backfill the training set uses (:mod:`rankflow.features.stream`), over
+    the events of the cutoffs' days and the day before, asked at the request time the cutoff
+    was derived from. Rows of models without stream features (no cutoff) get NaN.
+    """
+    from datetime import UTC, datetime
+
+    from pyspark.sql import functions as F
+
+    from rankflow.days import in_days
+    from rankflow.features.registry import STREAM_LAG_SECONDS
+    from rankflow.features.stream import backfill
+    from rankflow.lake.tables import bronze
+
+    missing = [F.lit(float("nan")).cast("float").alias(n) for n in STREAM_FEATURES]
+    span = rows.agg(F.min("stream_cutoff_ms"), F.max("stream_cutoff_ms")).first()
+    if span is None or span[0] is None:
+        return rows.select("*", *missing)
+    window_ms = int(settings.pipeline["stream"]["session_window_seconds"]) * 1000
+    first, last = (
+        datetime.fromtimestamp(ms / 1000, UTC).date() for ms in (span[0] - window_ms, span[1])
     )
+    events, items, _ = bronze(spark, settings)
+    asked = rows.where(F.col("stream_cutoff_ms").isNotNull()).withColumn(
+        "request_ms", F.col("stream_cutoff_ms") + STREAM_LAG_SECONDS * 1000
+    )
+    rebuilt = backfill(
+        events.where(in_days(first, last)),
+        items,
+        asked,
+        lag_seconds=STREAM_LAG_SECONDS,
+        window_ms=window_ms,
+    ).drop("request_ms")
+    return rebuilt.unionByName(rows.where(F.col("stream_cutoff_ms").isNull()).select("*", *missing))
 
 
 def check_skew(spark: SparkSession, settings: Settings, served: DataFrame) -> SkewReport:
@@ -250,7 +292,7 @@ def feature_figures(replayed: DataFrame) -> dict[str, dict[str, float]]:
     figures = {}
     for row in per_feature:
         rows = int(row["rows"])
-        figures[MODEL_FEATURES[int(row["j"])]] = {
+        figures[COMPARED[int(row["j"])]] = {
             "rows": rows,
             "mismatch_rate": int(row["mismatch"]) / rows,
             "missing_rate": int(row["missing"]) / rows,

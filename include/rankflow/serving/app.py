@@ -125,6 +125,7 @@ def served_record(
         scored_ids=ids_bytes(inputs.item_ids) if inputs is not None else b"",
         scored_scores=floats_bytes(inputs.scores) if inputs is not None else b"",
         inputs=floats_bytes(inputs.matrix) if inputs is not None else b"",
+        stream_cutoff_ms=(inputs.stream_cutoff_ms or 0) if inputs is not None else 0,
     )
 
 

@@ -51,6 +51,7 @@ class ServedRecord(msgspec.Struct, array_like=True, frozen=True):
     scored_ids: bytes = b""  # sampled users: every scored candidate, in model input row order
     scored_scores: bytes = b""  # ... its score
     inputs: bytes = b""  # ... its model input row (rows x model inputs, the model's order)
+    stream_cutoff_ms: int = 0  # ... its stream features as of this time (0: none were read)
 
 
 def ids_bytes(ids: np.ndarray | list[int]) -> bytes:

@@ -65,6 +65,7 @@ class ModelInputs:
     item_ids: np.ndarray
     matrix: np.ndarray
     scores: np.ndarray
+    stream_cutoff_ms: int | None = None  # the stream features were as of this (None: not read)
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,10 @@ def rank(
     stream = stream_inputs(served, rows, fresh) if fresh is not None else None
     matrix = model_matrix(served, rows.item_rows, user.vector, cross, stream)
     scores = served.model.booster.inplace_predict(matrix)
-    inputs = ModelInputs(rows.ids, matrix, np.asarray(scores, np.float32)) if keep_inputs else None
+    inputs = None
+    if keep_inputs:
+        cutoff = fresh.cutoff_ms if fresh is not None else None
+        inputs = ModelInputs(rows.ids, matrix, np.asarray(scores, np.float32), cutoff)
     return ranked_answer(candidates, rows, scores, k, fetched[0] is not None, inputs)
 
 

@@ -58,7 +58,8 @@ def run_drain_served(spark: SparkSession, settings: Settings, ds: date) -> dict[
         good = entries.where(F.col("error").isNull()).drop("error", "payload")
         bad = entries.where(F.col("error").isNotNull()).select("stream_id", "ts", "error",
                                                                 "payload", "ds")  # fmt: skip
-        replace_partition(good, path, days_where(ds))
+        # a table drained before the log recorded stream cutoffs gains the column (null there)
+        replace_partition(good, path, days_where(ds), options={"mergeSchema": "true"})
         replace_partition(bad, settings.paths.table(QUARANTINE_TABLE), days_where(ds))
         counts = entries.agg(
             F.count(F.when(F.col("error").isNull(), 1)).alias("rows"),

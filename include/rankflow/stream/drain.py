@@ -29,7 +29,8 @@ SERVED_SCHEMA = (
     "stream_id string, ts timestamp, request_id string, user_id long, surface string, k int, "
     "candidate_ids array<long>, item_ids array<long>, scores array<float>, "
     "model_version string, feature_version string, fallback boolean, reason string, "
-    "scored_ids array<long>, scored_scores array<float>, inputs binary, error string, "
+    "scored_ids array<long>, scored_scores array<float>, inputs binary, "
+    "stream_cutoff_ms long, error string, "
     "payload binary"
 )
 PAGE = 2000  # entries per XRANGE call
@@ -107,6 +108,7 @@ def entries_batch(entries: list[Any]) -> pa.RecordBatch:
                 "scored_ids": ids(record.scored_ids) if width else None,
                 "scored_scores": floats(record.scored_scores) if width else None,
                 "inputs": record.inputs or None,
+                "stream_cutoff_ms": record.stream_cutoff_ms or None,
                 "payload": None,
             }
         except Exception as problem:  # quarantined with the reason, never dropped
@@ -138,6 +140,7 @@ def served_arrow_schema() -> pa.Schema:
             ("scored_ids", ids),
             ("scored_scores", floats),
             ("inputs", pa.binary()),
+            ("stream_cutoff_ms", pa.int64()),
             ("error", pa.string()),
             ("payload", pa.binary()),
         ]

@@ -874,6 +874,7 @@ def test_the_ranking_service_has_a_health_check_and_waits_for_its_stores(
         "secrets-check": "service_completed_successfully",
         "redis": "service_healthy",
         "mlflow-users": "service_completed_successfully",  # the MLflow reader exists
+        "kafka-init": "service_completed_successfully",  # with the kafka profile only
     }
 
 
@@ -914,3 +915,35 @@ def test_the_stream_services_run_rankflow_stream_as_the_writer_only(
     referenced = {name for text in iter_strings(raw) for name, _ in variable_references(text)}
     assert {name for name in referenced if SECRET_NAME.search(name)} == {"REDIS_WRITER_PASSWORD"}
     assert "redis" in stream["depends_on"]
+
+
+def test_kafka_is_a_profile_whose_topic_an_init_creates_before_the_log_users_start(
+    raw_compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    """`--profile kafka`: one KRaft node, its topic made once; the default stays Redis Streams."""
+    raw = raw_compose["services"]
+    kafka, init = raw["kafka"], raw["kafka-init"]
+    assert kafka["profiles"] == init["profiles"] == ["kafka"]
+    assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", kafka["image"])  # pinned
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"  # kafka-init makes it
+    assert "ports" not in kafka  # inside the compose network only
+    assert "kafka-data" in raw_compose["volumes"]
+    assert init["command"][-1] == "exec rankflow kafka topic"
+    assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in (RANKING, "stream", "stream-landing"):
+        environment = raw[name]["environment"]
+        assert environment["RANKFLOW_STREAM_BACKEND"] == "${RANKFLOW_STREAM_BACKEND:-redis}"
+        assert environment["RANKFLOW_KAFKA_BOOTSTRAP"] == "${RANKFLOW_KAFKA_BOOTSTRAP:-kafka:9092}"
+        needs = raw[name]["depends_on"]["kafka-init"]
+        assert needs == {**needs, "condition": "service_completed_successfully", "required": False}
+    assert environment_of(services["stream"])["RANKFLOW_STREAM_BACKEND"] == "redis"
+
+
+def test_the_stream_backend_setting_follows_its_environment_variable() -> None:
+    from rankflow.config import load_pipeline_config
+
+    assert load_pipeline_config(None, {})["stream"]["backend"] == "redis"
+    kafka = load_pipeline_config(None, {"RANKFLOW_STREAM_BACKEND": "kafka"})["stream"]
+    assert kafka["backend"] == "kafka"
