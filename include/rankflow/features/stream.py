@@ -184,35 +184,37 @@ def backfill(
 
     positive = logged.where(F.col("event_type").isin(*positives))
     one = F.lit(1.0)
+    # what the window functions need of a query (the query's own columns may share names)
+    keys = asked.select("_q", "user_id", "item_id", "_cutoff", "_category", "_brand")
     by_category = as_of(
         ["user_id", "category"],
         positive.where(F.col("category").isNotNull()),
-        asked.where(F.col("_category").isNotNull()).withColumnRenamed("_category", "category"),
+        keys.where(F.col("_category").isNotNull()).withColumnRenamed("_category", "category"),
         {"sess_pos_category": one},
         window_ms,
     )
     by_brand = as_of(
         ["user_id", "brand"],
         positive.where(F.col("brand").isNotNull()),
-        asked.where(F.col("_brand").isNotNull()).withColumnRenamed("_brand", "brand"),
+        keys.where(F.col("_brand").isNotNull()).withColumnRenamed("_brand", "brand"),
         {"sess_pos_brand": one},
         window_ms,
     )
     seen = as_of(
         ["user_id", "item_id"],
         logged.where(F.col("event_type") == "impression"),
-        asked,
+        keys,
         {"sess_seen": one},
         window_ms,
     )
     last_positive = as_of(
-        ["user_id"], positive, asked, {"_last": F.col("t").cast("double")}, window_ms, "max"
+        ["user_id"], positive, keys, {"_last": F.col("t").cast("double")}, window_ms, "max"
     )
     counted = logged.where(F.col("event_type").isin("impression", "click", "like", "save"))
     today = as_of(
         ["item_id", "_day"],
         counted.withColumn("_day", F.floor(F.col("t") / day_ms)),
-        asked.withColumn("_day", F.floor((F.col("_cutoff") - 1) / day_ms)),
+        keys.withColumn("_day", F.floor((F.col("_cutoff") - 1) / day_ms)),
         {
             "today_impressions": (F.col("event_type") == "impression").cast("double"),
             "today_clicks": (F.col("event_type") == "click").cast("double"),

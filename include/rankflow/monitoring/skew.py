@@ -147,6 +147,7 @@ def rebuilt_rows(
         "scored_scores",
         "inputs",
         (F.length("inputs") / F.size("scored_ids")).cast("int").alias("width"),  # bytes per row
+        "stream_cutoff_ms",
     ).select(
         F.lit(features_day.isoformat()).cast("date").alias("as_of"),
         "request_id",

@@ -87,7 +87,7 @@ def morning(
     from rankflow.steps.candidates import run_candidates
     from rankflow.steps.ingest import run_ingest
     from rankflow.steps.materialise_features import run_materialise_features
-    from rankflow.store.client import open_client
+    from rankflow.store.client import redis_client as open_client
     from rankflow.stream.landing import LANDING_GROUP, Lander, close_after_ms
     from rankflow.stream.log import partition_reader
     from rankflow.stream.updater import Updater, UpdaterConfig
@@ -169,6 +169,9 @@ def test_the_replayed_morning_served_the_stream_features_it_rebuilds(
     assert report["score_parity"] == 1.0
     assert report["topk_parity"] == 1.0
     assert set(report["features"]) == {*MODEL_FEATURES, *STREAM_FEATURES}
+    print(
+        json.dumps({"rows": report["rows"], **{n: report["features"][n] for n in STREAM_FEATURES}})
+    )
     for name in STREAM_FEATURES:
         figures = report["features"][name]
         assert figures["missing_rate"] == 0.0, name

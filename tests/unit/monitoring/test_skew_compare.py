@@ -44,3 +44,38 @@ def test_fixed_thresholds_are_never_calibrated_away() -> None:
     assert fixed["breached"] is True
     assert calibrated["threshold_source"].startswith("calibrated")
     assert calibrated["breached"] is False
+
+
+def test_a_stream_models_replay_compares_its_stream_features_by_name() -> None:
+    """The status columns follow COMPARED: a served stream value that differs is named."""
+    import pandas as pd
+    import xgboost as xgb
+
+    from rankflow.features.registry import MODEL_FEATURES, STREAM_FEATURES
+    from rankflow.monitoring.skew import COMPARED, UNUSED, replay_frame
+
+    names = [*MODEL_FEATURES, *STREAM_FEATURES]
+    rng = np.random.default_rng(5)
+    train = xgb.DMatrix(rng.normal(size=(200, len(names))), label=rng.integers(0, 3, 200),
+                        feature_names=names)  # fmt: skip
+    train.set_group([20] * 10)
+    booster = xgb.train({"objective": "rank:ndcg", "max_depth": 3, "nthread": 1}, train, 5)
+    rebuilt = pd.DataFrame(rng.normal(size=(3, len(names))).astype(np.float32), columns=names)
+    online = rebuilt[names].to_numpy(np.float32).copy()
+    online[1, names.index("today_clicks")] += 1.0  # the service saw one click more
+    online[2, names.index("sess_secs_since_pos")] = np.nan  # ... and no positive at all
+    part = rebuilt.assign(
+        request_id="r",
+        item_id=[1, 2, 3],
+        online=[row.tobytes() for row in online],
+        online_score=booster.inplace_predict(online).astype(np.float32),
+    )
+    out = replay_frame(booster, part)
+    status = np.stack(out["status"].to_list())
+    assert status.shape == (3, len(COMPARED))
+    at = {name: COMPARED.index(name) for name in ("today_clicks", "sess_secs_since_pos")}
+    assert status[1, at["today_clicks"]] == MISMATCH
+    assert status[2, at["sess_secs_since_pos"]] == MISSING
+    assert (status[0] == EQUAL).all()
+    assert UNUSED not in status  # the model reads every compared feature
+    assert (np.count_nonzero(status != EQUAL, axis=1) == [0, 1, 1]).all()
