@@ -120,6 +120,8 @@ class TasteWeights:
     price: float = 1.5  # times (price sensitivity - 0.3) * log(price / category median)
     quality: float = 0.4  # times the item's latent quality (standard normal)
     seller: float = 0.3  # times the seller's latent quality (standard normal)
+    visit_category: float = 2.5  # when the item is of the category the user came for this visit
+    visit_brand: float = 1.5  # ... of the brand the user came for
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class GeneratorConfig:
     sellers: int = 6_000
     sessions_per_day: int = 1_900  # lists shown per day, across surfaces
     list_length: int = 20  # impressions per session, positions 1..list_length
+    lists_per_visit: float = 3.0  # a visit opens 1 + Poisson(this - 1) lists, one intent for all
+    visit_gap_seconds: float = 60.0  # mean time between the lists of a visit (exponential)
     slots_per_day: int = 24  # availability is refreshed at the start of every slot
     candidate_factor: int = 3  # the policy draws candidate_factor * list_length candidates
     surface_shares: tuple[float, float, float] = (0.60, 0.25, 0.15)  # home, search, similar
@@ -167,6 +171,7 @@ class GeneratorConfig:
             "initial_users >= 1": self.initial_users >= 1,
             "sellers >= 1": self.sellers >= 1,
             "list_length >= 1": self.list_length >= 1,
+            "lists_per_visit >= 1": self.lists_per_visit >= 1.0,
             "candidate_factor >= 1": self.candidate_factor >= 1,
             "sessions_per_day >= 0": self.sessions_per_day >= 0,
             "new_users_per_day >= 0": self.new_users_per_day >= 0,
@@ -599,11 +604,24 @@ def build_world(config: GeneratorConfig) -> World:
 
 
 def true_attractiveness(
-    world: World, user: IntArray, item: IntArray, taste: TasteWeights
+    world: World,
+    user: IntArray,
+    item: IntArray,
+    taste: TasteWeights,
+    visit: tuple[IntArray, IntArray] | None = None,
 ) -> FloatArray:
-    """Return P(click | examined) of user-item pairs: personal taste first, then item and seller."""
+    """Return P(click | examined) of user-item pairs: personal taste first, then item and seller.
+
+    ``visit`` (the category and brand each pair's visit came for, broadcast like ``user``) adds
+    today's intent: what a session's first clicks reveal and yesterday's features cannot know.
+    """
     users, items = world.users, world.items
     category = items.category[item]
+    intent = 0.0
+    if visit is not None:
+        intent = taste.visit_category * (category == visit[0]) + taste.visit_brand * (
+            items.brand[item] == visit[1]
+        )
     distance = np.minimum(np.abs(users.size[user] - items.size[item]), len(SIZE_FIT) - 1)
     fit = np.where(items.size[item] == ONE_SIZE, 1.0, np.asarray(SIZE_FIT)[distance])
     price_gap = np.log(items.price[item]) - np.log(np.asarray(CATEGORY_PRICE))[category]
@@ -617,6 +635,7 @@ def true_attractiveness(
         + taste.quality * items.quality[item]
         + taste.seller * world.catalogue.seller_quality[items.seller[item]]
         + np.asarray(CONDITION_APPEAL)[items.condition[item]]
+        + intent
     )
     return np.asarray(1.0 / (1.0 + np.exp(-logit)), dtype=np.float64)
 
@@ -650,18 +669,18 @@ def draw_session_users(
 
 
 def target_categories(
-    rng: np.random.Generator,
     world: World,
     state: SimulationState,
     user: IntArray,
     surface: IntArray,
+    intent: IntArray,
 ) -> IntArray:
     """Return each session's target category (-1 = none), the policy's weak personal signal.
 
-    Search: the category the user searches for (drawn from their taste). Similar: the category of
-    the user's last click, else their intent. Home: the user's most clicked category, if any.
+    Search: the category the user came for (the visit's ``intent``). Similar: the category of
+    the user's last click (before this slot), else the intent. Home: the user's most clicked
+    category, if any.
     """
-    intent = sample_rows(rng, world.users.category_pref[user])
     clicks = state.user_category_clicks[user]
     top_clicked = np.where(clicks.sum(axis=1) > 0, clicks.argmax(axis=1), -1)
     last = state.user_last_category[user]
@@ -758,6 +777,30 @@ def resolve_purchases(
     return sells
 
 
+def visits_of_lists(rng: np.random.Generator, lists: int, mean: float) -> IntArray:
+    """Number each of a slot's ``lists`` by its visit: runs of 1 + Poisson(mean - 1) lists."""
+    sizes = 1 + rng.poisson(mean - 1.0, size=lists)  # at most ``lists`` visits are needed
+    visit = np.repeat(np.arange(lists, dtype=np.int64), sizes)[:lists]
+    return np.asarray(visit, dtype=np.int64)
+
+
+def list_starts(
+    rng: np.random.Generator, visit: IntArray, t0: int, t1: int, mean_gap: float
+) -> IntArray:
+    """When each list opens: its visit starts in ``[t0, t1)``, later lists follow by gaps."""
+    if not len(visit):
+        return np.zeros(0, dtype=np.int64)
+    visits = int(visit[-1]) + 1
+    begins = t0 + np.floor(rng.random(visits) * (t1 - t0)).astype(np.int64)
+    gap = np.floor(rng.exponential(mean_gap, size=len(visit))).astype(np.int64) + 1
+    first = np.r_[True, visit[1:] != visit[:-1]]
+    gap[first] = 0
+    elapsed = np.cumsum(gap)
+    elapsed -= np.maximum.accumulate(np.where(first, elapsed, 0))  # restart at each visit
+    # a visit's lists stay in its slot: a later slot's sales must not precede their impressions
+    return np.asarray(np.minimum(begins[visit] + elapsed, t1 - 1), dtype=np.int64)
+
+
 def later(rng: np.random.Generator, sec: IntArray, minimum: int, mean: float, end: int) -> IntArray:
     """Return times seconds to minutes after ``sec`` (exponential delays), capped at ``end``."""
     delay = minimum + np.floor(rng.exponential(mean, size=sec.shape)).astype(np.int64)
@@ -777,14 +820,26 @@ def simulate_slot(
     t0, t1 = slot
     length = config.list_length
     day_end = (day + 1) * DAY_SECONDS - 1
-    user = draw_session_users(rng, world, config, day, t0, n_sessions)
+    visit = visits_of_lists(rng, n_sessions, config.lists_per_visit)
+    visitor = draw_session_users(
+        rng, world, config, day, t0, int(visit[-1]) + 1 if n_sessions else 0
+    )
+    user = visitor[visit]
+    # a visit's category: often one of the user's usual ones, as often anything the market has
+    exploring = 0.5 * world.users.category_pref[visitor] + 0.5 * np.asarray(CATEGORY_SHARE)
+    came_for = (
+        sample_rows(rng, exploring)[visit],
+        sample_rows(rng, world.users.brand_affinity[visitor])[visit],
+    )
     surface = rng.choice(len(SURFACES), size=n_sessions, p=config.surface_shares).astype(np.int64)
-    target = target_categories(rng, world, state, user, surface)
+    target = target_categories(world, state, user, surface, came_for[0])
     weight = policy_weights(world, state, config, t0)
     candidates, score = draw_candidates(rng, world, config, weight, target, surface)
     shown = top_of_lists(candidates, score, length)
     users = np.repeat(user[:, None], length, axis=1)
-    attract = true_attractiveness(world, users, shown, config.taste)
+    attract = true_attractiveness(
+        world, users, shown, config.taste, (came_for[0][:, None], came_for[1][:, None])
+    )
     position = np.broadcast_to(np.arange(1, length + 1), shown.shape)
     examine = position.astype(np.float64) ** -config.position_bias_exponent
     click = rng.random(shown.shape) < examine * attract
@@ -792,7 +847,7 @@ def simulate_slot(
     save = click & (rng.random(shown.shape) < config.save_rate * attract)
     bag = click & (rng.random(shown.shape) < config.add_to_bag_rate * attract)
     buy = bag & (rng.random(shown.shape) < config.purchase_given_bag)
-    start = t0 + np.floor(rng.random(n_sessions) * (t1 - t0)).astype(np.int64)
+    start = list_starts(rng, visit, t0, t1, config.visit_gap_seconds)
     impression_sec = np.minimum(start[:, None] + (position - 1) // 3, day_end)
     click_sec = later(rng, impression_sec, 1, 15.0, day_end)
     bag_sec = later(rng, click_sec, 5, 60.0, day_end)

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 KEY_COLUMNS = ("ds", "qid", "user_id", "item_id", "position", "label")
 
+# the variant fitted like the model but without the stream features (training.stream_features)
+WITHOUT_STREAM = "without_stream_features"
+
 # The local engine's driver memory per training row: the collected frame, its sorted copy and
 # XGBoost's matrix. Measured 976 B at 100k users (the train days' 922,860 clicked rows, peak RSS
 # of the collection and the DMatrix over the RSS before them); rounded up.
@@ -305,7 +308,7 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
     past ``training.compare_debiasing_max_rows``, every compared variant (the model's own
     method too) on one sample of whole query groups, so the comparison stays even.
     """
-    from rankflow.model.fit import model_bytes, training_window
+    from rankflow.model.fit import model_bytes, training_window, uses_stream_features
     from rankflow.model.lineage import lineage_of
     from rankflow.model.registry import log_and_register
     from rankflow.runs import write_run_record
@@ -329,6 +332,9 @@ def run_train(spark: SparkSession, settings: Settings, ds: date) -> dict[str, An
             for name in config["compare_debiasing"]
             if sampled or name != debiasing
         }
+        if uses_stream_features(config):  # the ablation the report shows: do they help?
+            without = {**config, "stream_features": False}
+            variants[WITHOUT_STREAM] = model_bytes(comparison.fit(without, debiasing).booster)
     finally:
         data.release()
     compared = {"train_rows": comparison.train_rows, "sampled": sampled}

@@ -205,7 +205,8 @@ def render_report(inputs: ReportInputs) -> str:
         table_html(metric_rows(inputs.table, inputs.intervals)),
         "<h2>NDCG@k</h2>",
         figure_html(ndcg_curve(inputs.frame, inputs.rankers), "NDCG@k curve"),
-        "<h2>Debiasing variants (same data; truth = the simulator's attractiveness)</h2>",
+        "<h2>Variants: debiasing methods, and the model without its stream features when it "
+        "has them (same data; truth = the simulator's attractiveness)</h2>",
         table_html(variants),
         "<h2>Segments (gate metric, challenger vs champion)</h2>",
         table_html(segments),

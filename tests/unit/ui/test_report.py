@@ -60,7 +60,7 @@ def test_report_is_one_page_with_embedded_plots_and_every_section() -> None:
     for heading in (
         "Gate: NOT PROMOTED",
         "NDCG@k",
-        "Debiasing variants",
+        "Variants: debiasing methods",
         "Segments",
         "Lists of the same users",
         "Score distribution",
