@@ -142,6 +142,7 @@ def create_app() -> FastAPI:
         read_lookup,
         read_report,
         read_status,
+        read_stream,
     )
     from rankflow.ui.ranking_page import LOOKUP_NOT_ALLOWED, PageData, message_page, render_page
 
@@ -202,6 +203,7 @@ def create_app() -> FastAPI:
             history=read_history(settings, chosen),
             status=read_status(settings, chosen),
             champion=read_champion(settings),
+            stream=read_stream(settings),
             user=asked,
             lookup=read_lookup(settings, chosen, asked) if asked else None,
             lookup_allowed=allowed,

@@ -403,7 +403,9 @@ def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
     from rankflow.stream.landing import Landed
 
     partitions = checked_partitions(settings, args.partitions)
-    worker = stream_worker(settings, partitions, args.consumer, land=args.land)
+    worker = stream_worker(
+        settings, partitions, args.consumer, land=args.land, metrics_port=args.metrics_port
+    )
     held = ",".join(map(str, partitions)) if partitions else "all"
     what = "landing into " + str(settings.paths.raw) if args.land else "updating"
     name = args.consumer or "a name of this process"
@@ -566,6 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--consumer", help="a stable name a restart reuses (default: host-pid)")
     stream.add_argument(
         "--land", action="store_true", help="land the log as raw drops instead (docs/stream.md)"
+    )
+    stream.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics (event-to-visible lag per partition) on this port",
     )
     stream.set_defaults(func=cmd_stream)
 

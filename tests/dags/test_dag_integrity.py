@@ -189,3 +189,29 @@ print("HEAVY", sorted(m for m in set(sys.modules) - before if m.split(".")[0] in
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     assert "HEAVY []" in out, out
+
+
+def test_the_stream_watch_checks_every_five_minutes_and_alerts_after_one_retry(dagbag) -> None:
+    watch = dagbag.dags["rankflow_stream_watch"]
+    assert watch.timetable.expression == "*/5 * * * *"
+    assert not watch.catchup
+    assert watch.max_active_runs == 1
+    assert set(watch.task_dict) == {"check_freshness"}
+    check = watch.task_dict["check_freshness"]
+    assert check.retries == 1
+    assert check.on_failure_callback  # the alerting notifier
+    assert check.execution_timeout == timedelta(minutes=1)
+
+
+def test_parsing_the_stream_watch_does_no_heavy_imports() -> None:
+    probe = f"""
+import sys
+before = set(sys.modules)
+import runpy
+runpy.run_path({str(DAGS / "rankflow_stream_watch.py")!r})
+print("HEAVY", sorted(m for m in set(sys.modules) - before if m.split(".")[0] in {HEAVY!r}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert "HEAVY []" in out, out

@@ -22,13 +22,21 @@ def checked_partitions(settings: Settings, text: str | None) -> list[int] | None
 
 
 def stream_worker(
-    settings: Settings, partitions: Sequence[int] | None, consumer: str | None, *, land: bool
+    settings: Settings,
+    partitions: Sequence[int] | None,
+    consumer: str | None,
+    *,
+    land: bool,
+    metrics_port: int | None = None,
 ) -> Updater | Lander:
-    """The updater (event log -> fresh state), or with ``land`` the landing (-> raw drops)."""
+    """The updater (event log -> fresh state), or with ``land`` the landing (-> raw drops).
+
+    With ``metrics_port`` the updater serves Prometheus metrics there (``/metrics``).
+    """
     from rankflow.store.client import checked_client
     from rankflow.stream.landing import LANDING_GROUP, Lander, close_after_ms
     from rankflow.stream.log import partition_reader
-    from rankflow.stream.updater import Updater, UpdaterConfig
+    from rankflow.stream.updater import FreshnessMeter, Updater, UpdaterConfig
 
     config = settings.pipeline["stream"]
     client = checked_client(settings.redis.url, "The stream process did not start.")
@@ -42,7 +50,24 @@ def stream_worker(
             close_after_ms=close_after_ms(config),
         )
     reader = partition_reader(settings, partitions, consumer)
-    return Updater(client, reader, UpdaterConfig.of(settings.redis.key_prefix, config))
+    prefix = settings.redis.key_prefix
+    meter = FreshnessMeter(prefix, histogram=lag_histogram(metrics_port))
+    return Updater(client, reader, UpdaterConfig.of(prefix, config), freshness=meter)
+
+
+def lag_histogram(port: int | None) -> object | None:
+    """The updater's freshness histogram, served on ``port`` (None: no metrics server)."""
+    if port is None:
+        return None
+    from prometheus_client import Histogram, start_http_server
+
+    start_http_server(port)
+    return Histogram(
+        "rankflow_stream_event_visible_seconds",
+        "Event time to the event being visible in the fresh online state (the app's clock)",
+        ["partition"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    )
 
 
 def run_until_stopped(worker: Updater | Lander) -> Applied | Landed:

@@ -23,6 +23,8 @@ Not versioned like the nightly lists and vectors: each key is updated in place, 
 ``{prefix}:fresh:progress``  per partition (``redis:0``, ``kafka:3``): ``caught_up_ms,event_ms``,
     the wall time the updater last reached the end of the partition and the time of the last
     event it applied; the service reads it to tell a stale updater.
+``{prefix}:fresh:freshness``  per partition, the updater's last summary of event-to-visible lags
+    (JSON ``at_ms, events, p50_ms, p99_ms, max_ms``, every 10 s while events arrive).
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def event_id_bucket(event_id: str, buckets: int) -> int:
 def applied_key(prefix: str) -> str:
     """Return the hash of the last applied log position per partition."""
     return f"{fresh_base(prefix)}:applied"
+
+
+def freshness_key(prefix: str) -> str:
+    """Per partition, the updater's latest summary of event-to-visible lags (JSON)."""
+    return f"{fresh_base(prefix)}:freshness"
 
 
 def progress_key(prefix: str) -> str:

@@ -26,6 +26,7 @@ from rankflow.store.fresh import (
     day_text,
     event_id_bucket,
     events_quarantine_key,
+    freshness_key,
 )
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class Applied:
     quarantined: int = 0
     sold: list[int] = field(default_factory=list)
     latest_event_ms: int | None = None
+    event_ms: list[int] = field(default_factory=list)  # the applied batch's event times
 
 
 def _position(entry: Entry) -> tuple[str, str]:
@@ -97,11 +99,11 @@ def _position(entry: Entry) -> tuple[str, str]:
 
 def script_arguments(
     entries: Sequence[Entry], config: UpdaterConfig
-) -> tuple[list[str | bytes], list[tuple[Entry, str]], int | None]:
-    """The per-entry arguments of ``fresh_apply.lua``, the entries refused and the latest time."""
+) -> tuple[list[str | bytes], list[tuple[Entry, str]], list[int]]:
+    """The per-entry arguments of ``fresh_apply.lua``, the entries refused, the event times."""
     args: list[str | bytes] = []
     refused: list[tuple[Entry, str]] = []
-    latest: int | None = None
+    times: list[int] = []
     for entry in entries:
         hi, lo = _position(entry)
         try:
@@ -124,10 +126,10 @@ def script_arguments(
                 str(record.user_id), str(record.item_id), str(record.event_type),
                 str(record.ts_ms), day, str(second),
             ]  # fmt: skip
-            latest = record.ts_ms if latest is None else max(latest, record.ts_ms)
+            times.append(record.ts_ms)
         elif isinstance(record, Listing):
             args += ["l", hi, lo, str(record.item_id), encode_record(record), *_BLANK]
-    return args, refused, latest
+    return args, refused, times
 
 
 def out_of_range(record: LiveEvent | Listing) -> str | None:
@@ -156,7 +158,7 @@ def apply_entries(
     """Quarantine what does not decode, then apply the batch in one atomic script call."""
     from rankflow.store.commands import _run
 
-    records, refused, latest = script_arguments(entries, config)
+    records, refused, times = script_arguments(entries, config)
     if refused:
         pipe = client.pipeline(transaction=False)
         for entry, reason in refused:
@@ -175,7 +177,8 @@ def apply_entries(
     ]  # fmt: skip
     reply = _run(client, "fresh_apply", [], [*head, *records])
     applied, duplicates, replayed, listings, *sold = (int(v) for v in reply)
-    return Applied(applied, duplicates, replayed, listings, len(refused), sold, latest)
+    latest = max(times) if times else None
+    return Applied(applied, duplicates, replayed, listings, len(refused), sold, latest, times)
 
 
 def retried_errors() -> tuple[type[Exception], ...]:
@@ -201,11 +204,13 @@ class Updater:
         reader: PartitionReader,
         config: UpdaterConfig,
         on_batch: Callable[[Applied, int], None] | None = None,
+        freshness: FreshnessMeter | None = None,
     ) -> None:
         self.client = client
         self.reader = reader
         self.config = config
         self.on_batch = on_batch  # (what a batch did, its entries): metrics, the sold repair
+        self.freshness = freshness or FreshnessMeter(config.prefix)
         self.stop_event = threading.Event()
         self.totals = Applied()
         self.beaten_at = float("-inf")
@@ -224,8 +229,10 @@ class Updater:
             )  # fmt: skip
             self.reader.ack(part)
             self.count(done, len(part))
+            self.freshness.observe(self.label(partition), done.event_ms)
         if caught_up:
             self.heartbeat(set(by_partition))
+        self.freshness.flush_due(self.client)
         return len(entries)
 
     def heartbeat(self, applied: set[int]) -> None:
@@ -276,3 +283,61 @@ class Updater:
     def stop(self) -> None:
         """Finish the batch in hand and stop."""
         self.stop_event.set()
+
+
+class FreshnessMeter:
+    """Event time to visible online feature, per partition: the updater's freshness metric.
+
+    Each applied event's lag is its apply time less its event time (the app's clock to the
+    fresh state: the log's delay, the updater's and any backlog). Every ``every_seconds`` the
+    lags since the last summary become one record per partition in ``{prefix}:fresh:freshness``
+    (JSON: when, how many events, p50/p99/max in ms), which the stream watch checks against
+    ``stream.max_freshness_seconds`` and the Ranking page shows; with ``histogram`` (a
+    Prometheus metric of ``rankflow stream --metrics-port``) every lag is observed there too.
+    """
+
+    def __init__(self, prefix: str, every_seconds: float = 10.0, histogram: Any = None) -> None:
+        self.key = freshness_key(prefix)
+        self.every_seconds = every_seconds
+        self.histogram = histogram
+        self.lags: dict[str, list[float]] = {}
+        self.flushed_at = time.monotonic()
+
+    def observe(self, partition: str, event_ms: Sequence[int]) -> None:
+        """Record the lags of a partition's events applied just now."""
+        if not event_ms:
+            return
+        now = time.time_ns() // 1_000_000
+        lags = [(now - ms) / 1000.0 for ms in event_ms]
+        self.lags.setdefault(partition, []).extend(lags)
+        if self.histogram is not None:
+            child = self.histogram.labels(partition=partition)
+            for lag in lags:
+                child.observe(max(lag, 0.0))
+
+    def flush_due(self, client: redis.Redis) -> None:
+        """Write the summaries when ``every_seconds`` have passed (nothing new: nothing written)."""
+        if time.monotonic() - self.flushed_at < self.every_seconds:
+            return
+        self.flushed_at = time.monotonic()
+        if not self.lags:
+            return
+        import json
+
+        import numpy as np
+
+        now = time.time_ns() // 1_000_000
+        summaries = {}
+        for partition, lags in self.lags.items():
+            values = np.asarray(lags) * 1000.0
+            p50, p99 = np.percentile(values, [50, 99])
+            summary = {
+                "at_ms": now,
+                "events": len(lags),
+                "p50_ms": round(float(p50), 1),
+                "p99_ms": round(float(p99), 1),
+                "max_ms": round(float(values.max()), 1),
+            }
+            summaries[partition] = json.dumps(summary)
+        self.lags = {}
+        client.hset(self.key, mapping=summaries)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from rankflow.model.registry import (
     find_model_version,
     mlflow_client,
 )
+from rankflow.monitoring.freshness import StreamFreshness, read_freshness
 from rankflow.monitoring.history import history_rows
 from rankflow.quality.raw import MAX_ID
 from rankflow.store.client import redact_url, redis_client
@@ -66,6 +67,20 @@ def read_status(settings: Settings, surface: str) -> Any:
             client.close()
     except Exception as error:
         return failure(f"Redis at {redact_url(settings.redis.lookup_url)}", error)
+
+
+def read_stream(settings: Settings) -> StreamFreshness | Notice:
+    """The event stream's freshness per partition (the updaters' progress in Redis)."""
+    try:
+        client = redis_client(settings.redis.lookup_url, socket_timeout=READ_TIMEOUT_SECONDS)
+        try:
+            return read_freshness(client, settings)
+        finally:
+            client.close()
+    except Exception as error:
+        return failure(
+            f"the stream's progress in Redis at {redact_url(settings.redis.lookup_url)}", error
+        )
 
 
 def read_champion(settings: Settings) -> Champion | Notice:

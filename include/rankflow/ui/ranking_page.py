@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from rankflow.monitoring.freshness import StreamFreshness
 from rankflow.store.versions import SurfaceStatus, VersionInfo
 from rankflow.ui.charts import chart_html
 from rankflow.ui.history_charts import BASELINES, history_charts, latest_rows, recent_days
@@ -93,6 +94,7 @@ class PageData:
     user: str | None = None
     lookup: UserList | Notice | None = None
     lookup_allowed: bool = True  # False: the viewer's role may not look users up (no form)
+    stream: StreamFreshness | Notice | None = None  # None: not read (the section is left out)
     days: int = 90
     sources: Mapping[str, str] = field(default_factory=dict)
     generated_at: str | None = None
@@ -228,6 +230,47 @@ def versions_section(status: SurfaceStatus | Notice, surface: str) -> str:
         head + f'<table id="versions-table"><thead><tr><th></th>{header}</tr></thead>'
         f'<tbody>{rows}</tbody></table><p class="caption">{note}. Size: MEMORY USAGE of a '
         "sample of user keys x users, plus the meta and fallback keys.</p></section>"
+    )
+
+
+def _seconds_cell(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f} s"
+
+
+def stream_section(stream: StreamFreshness | Notice) -> str:
+    """The event stream's freshness per partition, against the watch's bounds."""
+    head = '<section id="stream"><h2>Live event stream</h2>'
+    if isinstance(stream, Notice):
+        return head + _notice(stream) + "</section>"
+    if not stream.reported:
+        message = (
+            f"No stream updater has reported yet ({stream.backend}): run `rankflow stream`. "
+            "Until one does, the ranking service treats stream features as missing."
+        )
+        return head + _notice(Notice(message)) + "</section>"
+    problems = stream.faults()
+    rows = "".join(
+        f'<tr data-partition="{esc(p.partition)}"><th><code>{esc(p.partition)}</code></th>'
+        f"<td>{esc(_seconds_cell(p.behind_seconds))}</td>"
+        f"<td>{esc(_seconds_cell(p.p50_seconds, 3))}</td>"
+        f"<td>{esc(_seconds_cell(p.p99_seconds, 3))}</td>"
+        f"<td>{esc(_seconds_cell(p.max_seconds, 3))}</td>"
+        f"<td>{esc(p.events if p.events is not None else '–')}</td>"
+        f"<td>{esc(_seconds_cell(p.summary_age_seconds, 0))}</td>"
+        f'<td class="{"bad" if p.partition in problems else "ok"}" '
+        f'title="{esc(problems.get(p.partition, ""))}">'
+        f"{esc('behind' if p.partition in problems else 'fresh')}</td></tr>"
+        for p in stream.partitions
+    )
+    return (
+        head + '<table id="stream-table"><thead><tr><th>partition</th><th>caught up</th>'
+        "<th>p50 event to visible</th><th>p99</th><th>max</th><th>events</th>"
+        f"<th>summary age</th><th>status</th></tr></thead><tbody>{rows}</tbody></table>"
+        f'<p class="caption">caught up: how long ago an updater last reached the end of the '
+        f"partition (alert past {stream.alert_behind_seconds:.0f} s); event to visible: the "
+        f"updater's last summary of its events' lags (alert when p99 is over "
+        f"{stream.alert_freshness_seconds:.0f} s). Checked every five minutes by the "
+        "rankflow_stream_watch DAG.</p></section>"
     )
 
 
@@ -464,6 +507,7 @@ tr.breach-row td{background:#fdf0f0}tr.sold td{background:#fff6e5}
 color:#475266}.notice.error{background:#fdf0f0;color:#8f1d1d}.notice.ok{background:#effaef;
 color:#1e6b1e}
 .summary b.bad{color:#d62728}.summary b.good{color:#2f7d2f}
+#stream-table td.ok{color:#1e6b1e}#stream-table td.bad{color:#d62728;font-weight:600}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;margin-left:6px}
 .badge.ok{background:#effaef;color:#1e6b1e}.badge.warn{background:#fff3d6;color:#7a5200}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:3px 14px;margin:6px 0}
@@ -496,6 +540,7 @@ def render_page(data: PageData) -> str:
         champion_section(data.champion),
         "</div>",
         history_section(data.history, data.surface, data.days),
+        stream_section(data.stream) if data.stream is not None else "",
         lookup_section(data.surface, data.user, data.lookup, allowed=data.lookup_allowed),
         f'<footer class="sources"><p>Sources</p><ul>{sources}</ul></footer>' if sources else "",
     ]

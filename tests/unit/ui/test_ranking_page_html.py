@@ -281,3 +281,36 @@ def test_the_skew_panel_charts_parity_and_names_the_skewed_feature() -> None:
     assert charts["skew_topk_parity"] == "0"
     assert "user_clicks_28d" in text
     assert {"skew-missing", "skew_answers_replayed", "serving_model_refusals"} <= set(charts)
+
+
+def stream_freshness(behind: float | None, p99: float | None) -> Any:
+    from rankflow.monitoring.freshness import PartitionFreshness, StreamFreshness
+
+    fresh = PartitionFreshness("redis:0", 0.4, 1, 120, 0.002, 0.004, 0.02, 3.0)
+    other = PartitionFreshness("redis:1", behind, 1 if behind else None, 7, 0.01, p99, p99, 4.0)
+    return StreamFreshness("redis", 0, 60.0, 30.0, [fresh, other])
+
+
+def test_the_stream_section_shows_each_partition_and_marks_the_one_behind() -> None:
+    text = page(stream=stream_freshness(behind=95.0, p99=0.5))
+    section = re.search(r'<section id="stream">.*?</section>', text, flags=re.S).group(0)
+    rows = dict(re.findall(r'data-partition="([^"]+)".*?<td class="(ok|bad)"', section, re.S))
+    assert rows == {"redis:0": "ok", "redis:1": "bad"}
+    assert "95.0 s" in section
+    assert "alert past 60 s" in section
+    slow = page(stream=stream_freshness(behind=1.0, p99=45.0))
+    assert 'data-partition="redis:1"' in slow
+    assert re.search(r'data-partition="redis:1".*?<td class="bad"[^>]*>behind', slow, re.S)
+    quiet = page(stream=stream_freshness(behind=None, p99=None))
+    assert re.search(r'data-partition="redis:1".*?<td class="bad"', quiet, re.S)  # never ran
+
+
+def test_the_stream_section_says_when_no_updater_ran_or_redis_failed() -> None:
+    from rankflow.monitoring.freshness import PartitionFreshness, StreamFreshness
+
+    never = PartitionFreshness("kafka:0", None, None, None, None, None, None, None)
+    text = page(stream=StreamFreshness("kafka", 0, 60.0, 30.0, [never]))
+    assert "No stream updater has reported yet (kafka)" in text
+    failed = page(stream=Notice("Could not read the stream", error=True))
+    assert re.search(r'<section id="stream">.*Could not read the stream', failed, re.S)
+    assert '<section id="stream">' not in page()  # not read: no section
