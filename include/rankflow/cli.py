@@ -77,6 +77,17 @@ def cmd_cluster(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Replay a generated day's morning into the event log, now, at --speed."""
+    from dataclasses import asdict
+
+    from rankflow.sim.replay import replay_morning
+
+    done = replay_morning(settings, args.day, args.hours, args.speed)
+    print(json.dumps({"day": args.day.isoformat(), "speed": args.speed, **asdict(done)}))
+    return 0
+
+
 def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
     """Start or stop the local Kafka broker, or create the event topic on the configured one."""
     from rankflow.ops.kafka import create_topic, kafka_down, kafka_up
@@ -399,26 +410,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
     """Run the stream updater (or with --land the landing) over the event log until stopped."""
-    from rankflow.ops.stream import checked_partitions, run_until_stopped, stream_worker
-    from rankflow.stream.landing import Landed
+    from rankflow.ops.stream import run_stream
 
-    partitions = checked_partitions(settings, args.partitions)
-    worker = stream_worker(
-        settings, partitions, args.consumer, land=args.land, metrics_port=args.metrics_port
-    )
-    held = ",".join(map(str, partitions)) if partitions else "all"
-    what = "landing into " + str(settings.paths.raw) if args.land else "updating"
-    name = args.consumer or "a name of this process"
-    print(f"rankflow stream: partitions {held} as {name}, {what}", flush=True)
-    done = run_until_stopped(worker)
-    if isinstance(done, Landed):
-        closed = ", ".join(done.closed) or "none"
-        print(f"rankflow stream: {done.lines} lines in {done.files} files, {done.skipped} "
-              f"skipped, {done.late} late, days closed: {closed}", flush=True)  # fmt: skip
-    else:
-        print(f"rankflow stream: applied {done.applied}, duplicates {done.duplicates}, "
-              f"replayed {done.replayed}, listings {done.listings}, quarantined "
-              f"{done.quarantined}, sold {len(done.sold)}", flush=True)  # fmt: skip
+    run_stream(settings, args.partitions, args.consumer, args.land, args.metrics_port)
     return 0
 
 
@@ -444,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     calendar.add_argument("--end", type=date.fromisoformat, help="last day (default: yesterday)")
     generate.add_argument("--raw", help="output folder (default: $RANKFLOW_HOME/data/raw)")
     generate.set_defaults(func=cmd_generate)
+
+    replay = sub.add_parser("replay", help="replay a generated day's morning into the event log")
+    replay.add_argument("--day", type=date.fromisoformat, required=True, help="a generated day")
+    replay.add_argument("--hours", type=float, default=6.0, help="from midnight (default 6)")
+    replay.add_argument("--speed", type=float, default=600.0, help="times real time (600)")
+    replay.set_defaults(func=cmd_replay)
 
     services = sub.add_parser(
         "services", help="start or stop the local Redis, S3 endpoint and Spark Connect server"

@@ -7,6 +7,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import IO, Any
 import numpy as np
 
 from rankflow.config import Settings, config_hash, repo_root
+from rankflow.ops.live_demo import live_morning
 from rankflow.ops.progress import Bar, TaskLines, run_logged
 from rankflow.sim.marketplace import GeneratorConfig, yesterday
 from rankflow.store.client import redact_url, redis_client
@@ -284,35 +287,26 @@ def search_like_candidates(settings: Settings, ds: date, user_id: int, size: int
     return [int(i) for i in picked[::step][:size]]
 
 
-def ranking_service_demo(settings: Settings, ds: date) -> dict[str, Any]:
-    """Start `rankflow serve`, re-rank a search-like candidate set for a demo user, stop it."""
-    import statistics
-    import subprocess
+@contextmanager
+def live_services(settings: Settings) -> Iterator[str]:
+    """Run `rankflow serve` (on a free port) and `rankflow stream` for the block; yield the URL."""
     import urllib.request
 
-    from rankflow.runs import read_run_record
-    from rankflow.serving.app import api_keys
+    from rankflow.ops.live_demo import running
 
-    keys = api_keys()
-    if not keys:
-        print("\n== ranking service: skipped (RANKFLOW_API_KEYS is not set; `make setup` sets it)")
-        return {}
-    key = keys[0].decode()
-    user = int(read_run_record(settings, ds, f"publish-redis-{settings.default_surface}")
-               ["sample_user"])  # fmt: skip
-    candidates = search_like_candidates(settings, ds, user, 300)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "rankflow.cli", "serve", "--port", str(port)]
-    print(f"\n== ranking service: rankflow serve --port {port} (make serve runs it on 8800)")
-    service = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+    print(f"\n== ranking service: rankflow serve --port {port} (make serve runs it on 8800), "
+          "with rankflow stream beside it")  # fmt: skip
+    with (
+        running(["stream", "--consumer", "demo"], "rankflow stream"),
+        running(["serve", "--port", str(port)], "rankflow serve") as service,
+    ):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if service.poll() is not None:
                 problem = service.stderr.read().decode()[-800:] if service.stderr else ""
-                raise DemoError(f"rankflow serve exited: {problem}",
-                                demo_log(settings))  # fmt: skip
+                raise DemoError(f"rankflow serve exited: {problem}", demo_log(settings))
             try:
                 with urllib.request.urlopen(f"{base}/readyz", timeout=2) as ready:
                     if ready.status == 200:
@@ -321,12 +315,26 @@ def ranking_service_demo(settings: Settings, ds: date) -> dict[str, Any]:
                 time.sleep(0.5)
         else:
             raise DemoError("rankflow serve was not ready within 120 s", demo_log(settings))
-        body = {"user_id": user, "surface": "search", "candidates": candidates, "k": 10}
-        latencies = [post_json(f"{base}/v1/rank", body, key)[1] for _ in range(30)]
-        answer, latency = post_json(f"{base}/v1/rank", body, key)
-    finally:
-        service.terminate()
-        service.wait(timeout=20)
+        yield base
+
+
+def demo_user(settings: Settings, ds: date) -> int:
+    """The user the publish step looked up after publishing (the demo's example user)."""
+    from rankflow.runs import read_run_record
+
+    record = read_run_record(settings, ds, f"publish-redis-{settings.default_surface}")
+    return int(record["sample_user"])
+
+
+def ranking_service_demo(settings: Settings, ds: date, base: str, key: str) -> dict[str, Any]:
+    """Re-rank a search-like candidate set for the demo user through the running service."""
+    import statistics
+
+    user = demo_user(settings, ds)
+    candidates = search_like_candidates(settings, ds, user, 300)
+    body = {"user_id": user, "surface": "search", "candidates": candidates, "k": 10}
+    latencies = [post_json(f"{base}/v1/rank", body, key)[1] for _ in range(30)]
+    answer, latency = post_json(f"{base}/v1/rank", body, key)
     print(
         f"POST /v1/rank: user {user}, {len(candidates)} candidates of one category "
         "(a search results page), k=10"
@@ -372,6 +380,7 @@ def demo_log(settings: Settings) -> Path:
 def run_demo(settings: Settings, preset: str = "demo", verbose: bool = False) -> int:
     """Run the whole demo; every stage is skipped when its result already exists."""
     from rankflow.ops import services
+    from rankflow.serving.app import api_keys
 
     began = time.monotonic()
     print("\n".join(services.up(settings)))
@@ -400,11 +409,19 @@ def run_demo(settings: Settings, preset: str = "demo", verbose: bool = False) ->
             return 1
     figures = report(settings, last, surface)
     figures["sold_item_repair"] = morning_of_sales(settings, surface)
-    try:
-        figures["ranking_service"] = ranking_service_demo(settings, last)
-    except DemoError as error:
-        print(f"\ndemo stopped: {error}", file=sys.stderr)
-        return 1
+    keys = api_keys()
+    if not keys:
+        print("\n== ranking service: skipped (RANKFLOW_API_KEYS is not set; `make setup` sets it)")
+    else:
+        try:
+            with live_services(settings) as base:
+                key = keys[0].decode()
+                figures["ranking_service"] = ranking_service_demo(settings, last, base, key)
+                user = demo_user(settings, last)
+                figures["live_morning"] = live_morning(settings, last, base, key, user)
+        except (DemoError, RuntimeError) as error:
+            print(f"\ndemo stopped: {error}", file=sys.stderr)
+            return 1
     figures["seconds"] = round(time.monotonic() - began, 1)
     print("\n== demo figures\n" + json.dumps(figures, indent=2))
     return 0

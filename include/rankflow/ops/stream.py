@@ -79,3 +79,30 @@ def run_until_stopped(worker: Updater | Lander) -> Applied | Landed:
         return worker.run()
     except KeyboardInterrupt:
         return worker.totals
+
+
+def run_stream(
+    settings: Settings,
+    partitions_text: str | None,
+    consumer: str | None,
+    land: bool,
+    metrics_port: int | None,
+) -> None:
+    """``rankflow stream``: say what it holds, run until stopped, print what it did."""
+    from rankflow.stream.landing import Landed
+
+    partitions = checked_partitions(settings, partitions_text)
+    worker = stream_worker(settings, partitions, consumer, land=land, metrics_port=metrics_port)
+    held = ",".join(map(str, partitions)) if partitions else "all"
+    what = "landing into " + str(settings.paths.raw) if land else "updating"
+    name = consumer or "a name of this process"
+    print(f"rankflow stream: partitions {held} as {name}, {what}", flush=True)
+    done = run_until_stopped(worker)
+    if isinstance(done, Landed):
+        closed = ", ".join(done.closed) or "none"
+        print(f"rankflow stream: {done.lines} lines in {done.files} files, {done.skipped} "
+              f"skipped, {done.late} late, days closed: {closed}", flush=True)  # fmt: skip
+    else:
+        print(f"rankflow stream: applied {done.applied}, duplicates {done.duplicates}, "
+              f"replayed {done.replayed}, listings {done.listings}, quarantined "
+              f"{done.quarantined}, sold {len(done.sold)}", flush=True)  # fmt: skip
