@@ -210,11 +210,43 @@ class FittedRanker:
     validation_curve: list[float]
 
 
+def early_stopping(config: Mapping[str, Any]) -> Any:
+    """XGBoost's early stopping on the validation set, from ``training.min_boost_rounds`` on.
+
+    One validation day is a noisy judge: its NDCG@10 can spike in the first rounds (a model of
+    two trees, scoring most candidates of a page alike) and stop training there. The best
+    iteration is chosen among rounds ``min_boost_rounds`` and later; patience is
+    ``early_stopping_rounds`` from there. A lineage from before the setting used 0 (none).
+    """
+    from xgboost.callback import EarlyStopping
+
+    class EarlyStoppingAfter(EarlyStopping):  # type: ignore[misc]
+        """Early stopping that neither judges nor stops before ``min_rounds`` rounds."""
+
+        def __init__(self, min_rounds: int, **options: Any) -> None:
+            super().__init__(**options)
+            self.min_rounds = min_rounds
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            if epoch + 1 < self.min_rounds:
+                return False
+            return bool(super().after_iteration(model, epoch, evals_log))
+
+    return EarlyStoppingAfter(
+        int(config.get("min_boost_rounds", 0)),
+        rounds=int(config["early_stopping_rounds"]),
+        metric_name=str(config["params"]["eval_metric"]),
+        data_name="validation",
+        maximize=True,
+    )
+
+
 def fit_ranker(train: xgb.DMatrix, validation: xgb.DMatrix, config: dict[str, Any]) -> FittedRanker:
     """Fit LambdaMART, early-stopped on the validation groups, keeping only the best trees.
 
     ``xgb.train`` returns every tree it grew, up to ``early_stopping_rounds`` past the best
-    iteration; the model is sliced so that scoring, serving and the gate all see the same one.
+    iteration (:func:`early_stopping`); the model is sliced so that scoring, serving and the
+    gate all see the same one.
     """
     import xgboost as xgb
 
@@ -225,7 +257,7 @@ def fit_ranker(train: xgb.DMatrix, validation: xgb.DMatrix, config: dict[str, An
         train,
         num_boost_round=int(config["num_boost_round"]),
         evals=[(validation, "validation")],
-        early_stopping_rounds=int(config["early_stopping_rounds"]),
+        callbacks=[early_stopping(config)],
         evals_result=history,
         verbose_eval=False,
     )

@@ -286,9 +286,11 @@ def announce_move(settings: Settings, version: str) -> None:
 
 
 def debiasing_variants(settings: Settings, run_id: str) -> dict[str, bytes]:
-    """The debiasing variants the train step fitted for the comparison (by name).
+    """The variants the train step fitted for the comparison (by name), in a stable order.
 
-    The model's own method is among them when the comparison ran on a sample of query groups.
+    The configured debiasing methods (the model's own among them when the comparison ran on a
+    sample of query groups), then any other variant logged (the model without its stream
+    features).
     """
     import mlflow
 
@@ -297,6 +299,7 @@ def debiasing_variants(settings: Settings, run_id: str) -> dict[str, bytes]:
     }
     compared = settings.pipeline["training"]["compare_debiasing"]
     names = [name for name in compared if f"{name}.json" in listed]
+    names += sorted(n.removesuffix(".json") for n in listed if n.removesuffix(".json") not in names)
     return {
         name: mlflow.artifacts.load_text(f"runs:/{run_id}/variants/{name}.json").encode()
         for name in names

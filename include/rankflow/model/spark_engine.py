@@ -33,6 +33,7 @@ from rankflow.model.fit import (
     uses_stream_features,
     variant_params,
 )
+from rankflow.model.fit import early_stopping as stopping_callback
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -185,7 +186,7 @@ def fit_on_spark(
     }
     if early_stopping:
         options["validation_indicator_col"] = VALIDATION
-        options["early_stopping_rounds"] = int(config["early_stopping_rounds"])
+        options["callbacks"] = [stopping_callback(config)]  # fit_ranker's: min_boost_rounds
     ranker = SparkXGBRanker(**options, **ranker_params(config))
     with whole_partition_batches(frame.sparkSession):
         model = ranker.fit(frame)

@@ -96,7 +96,9 @@ def ensure_history(
     first, end = history_window(last, settings)
     bar = Bar("history")
     same_lake = state.get("lake", settings.paths.lake) == settings.paths.lake  # none: older
-    if state.get("history") == [start.isoformat(), end.isoformat()] and same_lake:
+    stream = bool(settings.pipeline["training"].get("stream_features", False))
+    same_columns = state.get("stream_features", False) == stream  # the training sets' columns
+    if state.get("history") == [start.isoformat(), end.isoformat()] and same_lake and same_columns:
         bar.finish(f"already built ({start} .. {end})")
         return state
     began = time.monotonic()
@@ -121,7 +123,8 @@ def ensure_history(
     bar.finish(
         f"ingested {start} .. {end}, training sets from {first} in {time.monotonic() - began:.0f}s"
     )
-    return {**state, "history": [start.isoformat(), end.isoformat()], "lake": settings.paths.lake}
+    return {**state, "history": [start.isoformat(), end.isoformat()], "lake": settings.paths.lake,
+            "stream_features": stream}  # fmt: skip
 
 
 def run_nightly_dag(
@@ -377,11 +380,29 @@ def demo_log(settings: Settings) -> Path:
     return settings.paths.home / "logs" / f"demo-{stamp}.log"
 
 
+def with_stream_features(settings: Settings) -> Settings:
+    """The demo's settings: the model takes the stream features, as the live morning shows.
+
+    The nightly default leaves them off (``training.stream_features``); the demo turns them on
+    with a config overlay its jobs and DAG run read, unless ``RANKFLOW_CONFIG`` names one.
+    """
+    from rankflow.config import load_settings
+
+    if os.environ.get("RANKFLOW_CONFIG"):
+        return settings
+    overlay = settings.paths.home / "demo" / "config.yaml"
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    overlay.write_text("# written by rankflow demo\ntraining:\n  stream_features: true\n")
+    os.environ["RANKFLOW_CONFIG"] = str(overlay)
+    return load_settings()
+
+
 def run_demo(settings: Settings, preset: str = "demo", verbose: bool = False) -> int:
     """Run the whole demo; every stage is skipped when its result already exists."""
     from rankflow.ops import services
     from rankflow.serving.app import api_keys
 
+    settings = with_stream_features(settings)
     began = time.monotonic()
     print("\n".join(services.up(settings)))
     log_path = demo_log(settings)
