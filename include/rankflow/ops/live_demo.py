@@ -123,6 +123,9 @@ def burst_of_intent(
         "clicked_and_saved": chosen,
         "intent_items_in_top10_before": int(in_top[intent]),
         "intent_items_in_top10_after": sum(category_of[i] == intent for i in after_top),
+        "untouched_intent_items_in_top10_after": sum(
+            category_of[i] == intent and i not in chosen for i in after_top
+        ),
         "top10_before": top,
         "top10_after": after_top,
     }
@@ -170,7 +173,8 @@ def live_morning(settings: Settings, ds: date, base: str, key: str, user: int) -
         f"user {user}, a page of {len(page)} items of every category: before the burst "
         f"{burst['intent_items_in_top10_before']} of the top 10 are {burst['intent_category']}; "
         f"the user clicks and saves {len(burst['clicked_and_saved'])} of them (POST /v1/events); "
-        f"after it {burst['intent_items_in_top10_after']} are"
+        f"after it {burst['intent_items_in_top10_after']} are "
+        f"({burst['untouched_intent_items_in_top10_after']} of them items the user had not touched)"
     )
     print(f"  top 10 before: {burst['top10_before']}\n  top 10 after:  {burst['top10_after']}")
     sale = sale_disappears(base, key, user, page)
