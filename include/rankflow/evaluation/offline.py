@@ -33,6 +33,16 @@ def baseline_scores(frame: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
     return scores
 
 
+def lacks_stream_features(booster_raw: bytes, frame: pd.DataFrame) -> bool:
+    """Whether a model takes stream features that these rows were built without (null)."""
+    from rankflow.model.fit import booster_from_bytes
+
+    names = booster_from_bytes(booster_raw).feature_names or ()
+    return "today_impressions" in names and (
+        "today_impressions" not in frame or bool(frame["today_impressions"].isna().all())
+    )
+
+
 def predict(booster_raw: bytes, frame: pd.DataFrame) -> np.ndarray:
     """Score rows with a serialized model, using every core (offline evaluation)."""
     import numpy as np
@@ -41,15 +51,12 @@ def predict(booster_raw: bytes, frame: pd.DataFrame) -> np.ndarray:
 
     if frame.empty:
         return np.empty(0, dtype=np.float32)
-    booster = booster_from_bytes(booster_raw, nthread=0)
-    if (
-        "today_impressions" in (booster.feature_names or ())
-        and frame["today_impressions"].isna().all()
-    ):
+    if lacks_stream_features(booster_raw, frame):
         raise ValueError(
             "the model uses stream features but these rows were built without them (a day of "
             "the training set built with training.stream_features off): rebuild it"
         )
+    booster = booster_from_bytes(booster_raw, nthread=0)
     return booster.inplace_predict(model_inputs(booster, frame))
 
 

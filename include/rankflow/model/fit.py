@@ -233,7 +233,7 @@ def early_stopping(config: Mapping[str, Any]) -> Any:
             return bool(super().after_iteration(model, epoch, evals_log))
 
     return EarlyStoppingAfter(
-        int(config.get("min_boost_rounds", 0)),
+        min(int(config.get("min_boost_rounds", 0)), int(config["num_boost_round"])),
         rounds=int(config["early_stopping_rounds"]),
         metric_name=str(config["params"]["eval_metric"]),
         data_name="validation",

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from rankflow.config import Settings
 
 
+SUMMARY_MAX_AGE_SECONDS = 300  # older lag summaries (a quiet partition's) are shown, not judged
+
+
 class StreamBehind(RuntimeError):
     """A partition of the event log is behind its bound (the message says which and by how much)."""
 
@@ -69,7 +72,11 @@ class StreamFreshness:
                     f"last caught up {p.behind_seconds:.0f} s ago "
                     f"(bound {self.alert_behind_seconds:.0f} s)"
                 )
-            elif p.p99_seconds is not None and p.p99_seconds > self.alert_freshness_seconds:
+            elif (
+                p.p99_seconds is not None
+                and p.p99_seconds > self.alert_freshness_seconds
+                and (p.summary_age_seconds or 0.0) <= SUMMARY_MAX_AGE_SECONDS
+            ):
                 faults[p.partition] = (
                     f"p99 event-to-visible {p.p99_seconds:.1f} s over its last {p.events} "
                     f"events (bound {self.alert_freshness_seconds:.0f} s)"

@@ -102,6 +102,8 @@ def burst_of_intent(
     counts = np.bincount([category_of[i] for i in page], minlength=len(names))
     in_top = np.bincount([category_of[i] for i in top], minlength=len(names))
     eligible = np.flatnonzero(counts >= 2 * BURST_ITEMS)
+    if not len(eligible):
+        raise RuntimeError(f"no category has {2 * BURST_ITEMS} items on the demo page")
     intent = int(eligible[np.argmin(in_top[eligible])])
     chosen = [i for i in page if category_of[i] == intent and i not in top][:BURST_ITEMS]
     at = time.time_ns() // 1_000_000 - 2_500  # before the request's cutoff (its second - 1 s)

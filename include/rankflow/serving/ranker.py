@@ -231,7 +231,8 @@ def rank(
     scores = served.model.booster.inplace_predict(matrix)
     inputs = None
     if keep_inputs:
-        cutoff = fresh.cutoff_ms if fresh is not None else None
+        # a stale updater's answers took no stream values: nothing to rebuild (NaN both sides)
+        cutoff = fresh.cutoff_ms if fresh is not None and not fresh.stale else None
         inputs = ModelInputs(rows.ids, matrix, np.asarray(scores, np.float32), cutoff)
     return ranked_answer(candidates, rows, scores, k, fetched[0] is not None, inputs)
 

@@ -109,18 +109,21 @@ def schedule(
 
 
 def replay(
-    log: EventLog, timed: Sequence[Timed], speed: float, *, prefix: str = "replay-"
+    log: EventLog, timed: Sequence[Timed], speed: float, *, prefix: str | None = None
 ) -> Replayed:
     """Append the records to the log, each re-stamped, when its compressed moment comes.
 
     A group that falls behind (the log slower than the replay) is sent at once, stamped with
-    its due moment: the replay never drops or reorders records to keep up.
+    its due moment: the replay never drops or reorders records to keep up. Event ids get
+    ``prefix`` (by default ``replay-<start ms>-``: a second replay the same day is new events,
+    not duplicates of the first).
     """
     if speed <= 0:
         raise ValueError(f"the replay speed must be positive, got {speed}")
     done = Replayed(refused=sum(1 for t in timed if t.offset_ms < 0))
     began = time.monotonic()
     start_ms = time.time_ns() // 1_000_000
+    prefix = prefix if prefix is not None else f"replay-{start_ms}-"
     for due, group in schedule(timed, start_ms, speed):
         wait = (due - time.time_ns() // 1_000_000) / 1000.0
         if wait > 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from rankflow.ui.report import report_inputs
 if TYPE_CHECKING:
     import numpy as np
     from pyspark.sql import SparkSession
+
+log = logging.getLogger("rankflow.evaluate")
 
 
 def held_out_rows(spark: SparkSession, settings: Settings, ds: date) -> Any:
@@ -160,7 +163,13 @@ def run_evaluate(
     import mlflow
 
     from rankflow.evaluation.gate import GateRejectedError
-    from rankflow.evaluation.offline import baseline_scores, evaluation_table, format_table, predict
+    from rankflow.evaluation.offline import (
+        baseline_scores,
+        evaluation_table,
+        format_table,
+        lacks_stream_features,
+        predict,
+    )
     from rankflow.evaluation.propensity import as_record, inverse_propensity
     from rankflow.model.registry import (
         CHAMPION,
@@ -185,6 +194,11 @@ def run_evaluate(
             models["champion"] = champion_raw
     except ModelNotFoundError:
         pass
+    if "champion" in models and len(frame) and lacks_stream_features(models["champion"], frame):
+        # stream features switched off since the champion was trained: it cannot be scored on
+        # these rows, so the challenger is judged against the baselines, as a first model is
+        log.warning("the champion takes stream features this day's rows lack: not compared")
+        del models["champion"]
     rankers = {name: predict(raw, frame) for name, raw in models.items()}
     for name, raw in debiasing_variants(settings, trained["run_id"]).items():
         rankers[f"variant:{name}"] = predict(raw, frame)

@@ -156,7 +156,7 @@ def local_rows(
     """The window's rows collected to this process (``local`` engine), gated when ``ds``."""
     from rankflow.model.fit import LocalRows
 
-    check_driver_room(spark, settings, window, version, clicked_only)
+    check_driver_room(spark, settings, window, version, clicked_only, len(features))
     train = training_rows(
         spark, settings, window.train_start, window.train_end, version, clicked_only, features
     )
@@ -177,11 +177,13 @@ def check_driver_room(
     window: TrainingWindow,
     version: int,
     clicked_only: bool,
+    features: int = len(MODEL_FEATURES),
 ) -> None:
     """Refuse to collect a window the driver cannot hold, saying how much memory it needs.
 
     The window's row count without the click filter is cheap (Parquet footers) and bounds what
     is collected; only when that bound does not fit are the clicked groups' rows counted.
+    ``features`` (the columns fitted on) scales the measured bytes per row.
 
     Raises:
         TrainingTooLarge: the rows need more than the memory available to new work.
@@ -191,16 +193,31 @@ def check_driver_room(
         return
     start, end = window.train_start, window.validation_end
     rows = window_rows(spark, settings, start, end, version, clicked_only=False).count()
-    if clicked_only and rows * LOCAL_ENGINE_BYTES_PER_ROW > available:
+    per_row = bytes_per_row(features)
+    if clicked_only and rows * per_row > available:
         rows = window_rows(spark, settings, start, end, version, clicked_only=True).count()
-    message = driver_shortfall(rows, available)
+    message = driver_shortfall(rows, available, per_row)
     if message:
         raise TrainingTooLarge(f"{message} (training window {start} to {end})")
 
 
-def driver_shortfall(rows: int, available: int) -> str | None:
+def bytes_per_row(features: int) -> int:
+    """The local engine's driver memory per row with ``features`` feature columns.
+
+    Measured with the batch features; scaled by the columns held.
+    """
+    return (
+        LOCAL_ENGINE_BYTES_PER_ROW
+        * (features + len(KEY_COLUMNS))
+        // (len(MODEL_FEATURES) + len(KEY_COLUMNS))
+    )
+
+
+def driver_shortfall(
+    rows: int, available: int, per_row: int = LOCAL_ENGINE_BYTES_PER_ROW
+) -> str | None:
     """Why the local engine cannot hold ``rows`` in ``available`` bytes, or None when it can."""
-    needed = rows * LOCAL_ENGINE_BYTES_PER_ROW
+    needed = rows * per_row
     if needed <= available:
         return None
     return (

@@ -78,6 +78,8 @@ def served_stream_columns(redis_client, served: Served, request_ms: int, stale: 
     fresh = FreshInputs(cutoff, CONFIG.session_window_seconds * 1000, values[0], values[1:], stale)
     ranked = rank(served, fetched, ITEMS, 6, keep_inputs=True, fresh=fresh)
     assert ranked.inputs is not None
+    # the serving log records the cutoff the skew check rebuilds at; none when nothing was read
+    assert ranked.inputs.stream_cutoff_ms == (None if stale else cutoff)
     order = np.argsort(ranked.inputs.item_ids)  # back to item order 1..6
     columns = [served.model.plan.stream_columns[served.model.plan.stream_names.index(name)]
                for name in STREAM_FEATURES]  # fmt: skip

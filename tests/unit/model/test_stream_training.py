@@ -87,3 +87,11 @@ def test_a_stream_model_uses_the_session_and_ranks_by_the_rest_when_it_is_missin
     assert np.corrcoef(blind, test[MODEL_FEATURES[0]])[0, 1] > 0.3  # ranked by the rest
     quiet = test.assign(**quiet_values(len(test)))
     assert np.isfinite(fitted.booster.inplace_predict(model_inputs(fitted.booster, quiet))).all()
+
+
+def test_a_minimum_above_the_rounds_grown_is_held_to_the_rounds() -> None:
+    few = {**CONFIG, "num_boost_round": 5, "early_stopping_rounds": 2, "min_boost_rounds": 20}
+    fitted = fit_variant(rows(1, groups=40), rows(2, groups=40), few, "none")
+    assert fitted.best_iteration == 4  # judged at the last round grown, not never
+    judged = {**CONFIG, "num_boost_round": 40, "min_boost_rounds": 25}
+    assert fit_variant(rows(1), rows(2), judged, "none").best_iteration >= 24

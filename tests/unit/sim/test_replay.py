@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,12 @@ def test_a_broken_line_is_counted_not_sent(tiny, tmp_path: Path) -> None:
     assert done.purchases == sum(
         isinstance(r, LiveEvent) and r.type_name == "purchase" for r in sent
     )
+    first_ids = {r.event_id for r in sent if isinstance(r, LiveEvent)}
+    assert all(i.startswith("replay-") for i in first_ids)
+    again = len(sent)
+    time.sleep(0.002)  # another run: another start
+    replay(Recorder(), timed, speed=1e9)  # a second replay the same day: new event ids
+    assert first_ids.isdisjoint(r.event_id for r in sent[again:] if isinstance(r, LiveEvent))
 
 
 def test_records_are_restamped_to_their_compressed_moment_in_groups() -> None:
