@@ -77,10 +77,13 @@ def iso(ms: int) -> str:
 
 def model_reads_stream(settings: Settings) -> bool:
     """Whether the champion takes stream features (trained with ``training.stream_features``)."""
+    import os
+
     from rankflow.features.registry import STREAM_FEATURES
     from rankflow.model.fit import booster_from_bytes
     from rankflow.model.registry import load_model
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a clean transcript
     names = booster_from_bytes(load_model(settings)[0]).feature_names or []
     return bool(set(names) & set(STREAM_FEATURES))
 
