@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rankflow.evaluation.metrics import evaluate_ranking, ndcg_at_k
@@ -37,7 +38,11 @@ def lacks_stream_features(booster_raw: bytes, frame: pd.DataFrame) -> bool:
     """Whether a model takes stream features that these rows were built without (null)."""
     from rankflow.model.fit import booster_from_bytes
 
-    names = booster_from_bytes(booster_raw).feature_names or ()
+    return stream_columns_missing(booster_from_bytes(booster_raw).feature_names or (), frame)
+
+
+def stream_columns_missing(names: Sequence[str], frame: pd.DataFrame) -> bool:
+    """Whether a model of these inputs takes stream features the rows hold no value of."""
     return "today_impressions" in names and (
         "today_impressions" not in frame or bool(frame["today_impressions"].isna().all())
     )
@@ -51,12 +56,12 @@ def predict(booster_raw: bytes, frame: pd.DataFrame) -> np.ndarray:
 
     if frame.empty:
         return np.empty(0, dtype=np.float32)
-    if lacks_stream_features(booster_raw, frame):
+    booster = booster_from_bytes(booster_raw, nthread=0)
+    if stream_columns_missing(booster.feature_names or (), frame):
         raise ValueError(
             "the model uses stream features but these rows were built without them (a day of "
             "the training set built with training.stream_features off): rebuild it"
         )
-    booster = booster_from_bytes(booster_raw, nthread=0)
     return booster.inplace_predict(model_inputs(booster, frame))
 
 

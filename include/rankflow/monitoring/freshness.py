@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from rankflow.store.fresh import freshness_key, progress_key
+from rankflow.store.fresh import decode_progress, freshness_key, progress_key
 
 if TYPE_CHECKING:
     import redis
@@ -105,7 +105,7 @@ def read_freshness(
     summaries: list[bytes | None] = client.hmget(freshness_key(prefix), fields)  # type: ignore[assignment]
     partitions = []
     for field, mark, summary in zip(fields, progress, summaries, strict=True):
-        caught_up, event_ms = (int(v) for v in mark.split(b",")) if mark else (0, 0)
+        caught_up, event_ms = decode_progress(mark) if mark else (0, 0)
         lags = json.loads(summary) if summary else {}
         partitions.append(
             PartitionFreshness(

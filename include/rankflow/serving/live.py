@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rankflow.store.fresh import progress_key, sold_key
+from rankflow.store.fresh import decode_progress, progress_key, sold_key
 
 if TYPE_CHECKING:
     import redis
@@ -70,7 +70,7 @@ class LiveSales:
         if any(mark is None for mark in marks):
             self.caught_up_ms = None  # a partition no updater ever reported
             return
-        self.caught_up_ms = min(int(mark.split(b",")[0]) for mark in marks if mark is not None)
+        self.caught_up_ms = min(decode_progress(mark)[0] for mark in marks if mark is not None)
 
     def poll(self) -> int:
         """Read the sales that arrived since the last poll; return how many were new."""

@@ -98,6 +98,12 @@ def freshness_key(prefix: str) -> str:
     return f"{fresh_base(prefix)}:freshness"
 
 
+def decode_progress(mark: bytes) -> tuple[int, int]:
+    """A partition's progress value: when it was last caught up, its last event's time (ms)."""
+    caught_up, event_ms = mark.split(b",")
+    return int(caught_up), int(event_ms)
+
+
 def progress_key(prefix: str) -> str:
     """Return the hash of each partition's last event time and the time it was applied."""
     return f"{fresh_base(prefix)}:progress"
