@@ -724,7 +724,7 @@ class Bench:
         t4 = clock()
         cross = user_item_features(served, rows, user)
         t5 = clock()
-        matrix = model_matrix(served, rows.item_rows, user.vector, cross)
+        matrix = model_matrix(served, rows.vectors, user.vector, cross)
         t6 = clock()
         scores = served.model.booster.inplace_predict(matrix)
         t7 = clock()

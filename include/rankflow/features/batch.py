@@ -17,6 +17,8 @@ from pyspark.sql import functions as F
 
 from rankflow.features.registry import (
     AFFINITY_DIMENSIONS,
+    CONDITION_RANK,
+    COUNTED_TYPES,
     ITEM_FEATURES,
     USER_FEATURES,
     WINDOWS,
@@ -27,14 +29,6 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 POSITIVE_TYPES = ("like", "save", "add_to_bag", "purchase")
-COUNTED_TYPES = {
-    "impressions": ("impression",),
-    "clicks": ("click",),
-    "saves": ("like", "save"),
-    "bags": ("add_to_bag",),
-    "purchases": ("purchase",),
-}
-CONDITION_RANK = {"new_with_tags": 4, "very_good": 3, "good": 2, "satisfactory": 1}
 
 
 @dataclass(frozen=True)
@@ -91,17 +85,46 @@ def item_window_counts(daily: DataFrame, days: DataFrame) -> DataFrame:
     return history_for(daily, days, max(WINDOWS)).groupBy("as_of", "item_id").agg(*aggs)
 
 
-def with_smoothed_ctr(items: DataFrame, prior_weight: float) -> DataFrame:
-    """Add click-through rates shrunk towards that day's catalogue rate (stable for new items)."""
-    per_day = Window.partitionBy("as_of")
-    out = items
-    for w in WINDOWS:
-        impressions, clicks = F.col(f"item_impressions_{w}d"), F.col(f"item_clicks_{w}d")
-        prior = F.sum(clicks).over(per_day) / F.greatest(F.sum(impressions).over(per_day), F.lit(1))
-        out = out.withColumn(
-            f"item_ctr_{w}d", (clicks + prior * prior_weight) / (impressions + prior_weight)
-        )
-    return out
+def catalogue_rates(counted: DataFrame) -> DataFrame:
+    """Per ``as_of``, the click-through rate of the whole catalogue over each window."""
+    return counted.groupBy("as_of").agg(
+        *[
+            (
+                F.sum(f"item_clicks_{w}d") / F.greatest(F.sum(f"item_impressions_{w}d"), F.lit(1))
+            ).alias(f"prior_ctr_{w}d")
+            for w in WINDOWS
+        ]
+    )
+
+
+def catalogue_context(counted: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """The day's catalogue click-through rate per window, and each category's median price.
+
+    Taken over the items listed by ``as_of`` (``counted``: their window counts), so a listing
+    shown the next day (the training set's listing lag) is priced against the catalogue the
+    day's feature version holds, as the ranking service prices a live listing
+    (:func:`context_of_features` reads the same values back from the feature rows).
+    """
+    rates = catalogue_rates(counted)
+    medians = counted.groupBy("as_of", "category").agg(
+        F.percentile_approx("price", 0.5).alias("category_median_price")
+    )
+    return rates, medians
+
+
+def context_of_features(items: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """The catalogue context of a day's item feature rows, read back exactly.
+
+    The rates are the same sums; each category's median is the price of its items whose
+    relative price is exactly 1 (the median is one of the category's prices).
+    """
+    rates = catalogue_rates(items)
+    medians = (
+        items.where(F.col("item_price_rel_category") == 1.0)
+        .groupBy("as_of", "category")
+        .agg(F.min("item_price").alias("category_median_price"))
+    )
+    return rates, medians
 
 
 def sold_at(events: DataFrame) -> DataFrame:
@@ -127,17 +150,56 @@ def item_features(
     """
     listed = items.join(
         F.broadcast(days), F.col("ds") <= F.date_add(F.col("as_of"), listing_lag_days), how="inner"
-    ).drop("ds")
+    ).withColumn("_by_as_of", F.col("ds") <= F.col("as_of"))
     counts = item_window_counts(daily_item_counts(events), days)
     count_cols = [c for c in counts.columns if c not in ("as_of", "item_id")]
-    condition_rank = F.create_map(*[F.lit(x) for kv in CONDITION_RANK.items() for x in kv])
-    sold_ts = F.col("sold_ts")
-    return (
+    counted = (
         listed.join(counts, on=["as_of", "item_id"], how="left")
         .fillna(0, subset=count_cols)
         .join(sold_at(events), on="item_id", how="left")
-        .transform(lambda df: with_smoothed_ctr(df, float(config["ctr_prior_weight"])))
-        .withColumn(
+    )
+    rates, medians = catalogue_context(counted.where(F.col("_by_as_of")))
+    return feature_rows(counted, rates, medians, float(config["ctr_prior_weight"]))
+
+
+def listing_features(
+    listings: DataFrame, rates: DataFrame, medians: DataFrame, prior_weight: float
+) -> DataFrame:
+    """The item features of listings a day's feature version does not hold (``as_of`` given).
+
+    What the training set gives a listing shown the day after ``as_of``: nothing counted,
+    the catalogue's rates, priced against the day's catalogue; the skew check rebuilds the
+    ranking service's live listings with it.
+    """
+    zero = F.lit(0).cast("long")
+    counted = listings.select(
+        "*",
+        *[zero.alias(f"item_{name}_{w}d") for w in WINDOWS for name in COUNTED_TYPES],
+        F.lit(None).cast("timestamp").alias("sold_ts"),
+    )
+    return feature_rows(counted, rates, medians, prior_weight)
+
+
+def feature_rows(
+    counted: DataFrame, rates: DataFrame, medians: DataFrame, prior_weight: float
+) -> DataFrame:
+    """Item feature rows from listed items' window counts and their day's catalogue context.
+
+    Click-through rates are shrunk towards the catalogue's rate (stable for new items).
+    """
+    condition_rank = F.create_map(*[F.lit(x) for kv in CONDITION_RANK.items() for x in kv])
+    sold_ts = F.col("sold_ts")
+    out = counted.join(F.broadcast(rates), on="as_of", how="left").join(
+        F.broadcast(medians), on=["as_of", "category"], how="left"
+    )
+    for w in WINDOWS:
+        impressions, clicks = F.col(f"item_impressions_{w}d"), F.col(f"item_clicks_{w}d")
+        prior = F.col(f"prior_ctr_{w}d")
+        out = out.withColumn(
+            f"item_ctr_{w}d", (clicks + prior * prior_weight) / (impressions + prior_weight)
+        )
+    return (
+        out.withColumn(
             "item_age_days",
             F.greatest(
                 F.lit(0.0),
@@ -146,11 +208,7 @@ def item_features(
             ),
         )
         .withColumn("item_price", F.col("price"))
-        .withColumn(
-            "item_price_rel_category",
-            F.col("price")
-            / F.percentile_approx("price", 0.5).over(Window.partitionBy("as_of", "category")),
-        )
+        .withColumn("item_price_rel_category", F.col("price") / F.col("category_median_price"))
         .withColumn("item_condition_rank", F.element_at(condition_rank, F.col("condition")))
         .withColumn("is_sold", sold_ts.isNotNull() & (sold_ts < day_end(F.col("as_of"))))
         .withColumn(

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 
 # the windows, in days, of the item and user counts
 WINDOWS = (1, 7, 28)
+# the item counts per window: each count's event types
+COUNTED_TYPES = {
+    "impressions": ("impression",),
+    "clicks": ("click",),
+    "saves": ("like", "save"),
+    "bags": ("add_to_bag",),
+    "purchases": ("purchase",),
+}
+# an item's condition as a rank (``item_condition_rank``); another condition is missing
+CONDITION_RANK = {"new_with_tags": 4, "very_good": 3, "good": 2, "satisfactory": 1}
 # the item attributes a user's affinities are shares of (``aff_<dimension>``)
 AFFINITY_DIMENSIONS = ("category", "brand", "style", "size")
 

@@ -13,7 +13,7 @@ must hold the same items in the same order. Only aggregates reach the driver.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -158,11 +158,36 @@ def rebuilt_rows(
         F.expr("substring(inputs, at * width + 1, width)").alias("online"),
         "stream_cutoff_ms",
     )
+    frames = replace(frames, items=with_live_listings(spark, settings, frames.items, rows))
     joined = with_replayed_stream(spark, settings, with_cross_features(rows, frames))
     return joined.select(
         "request_id", "item_id", "model_version", "online_score", "online", *feature_vector(),
         *STREAM_FEATURES,
     )  # fmt: skip
+
+
+def with_live_listings(
+    spark: SparkSession, settings: Settings, items: DataFrame, rows: DataFrame
+) -> DataFrame:
+    """The feature day's item rows, and the served listings it lacks as training gives them.
+
+    The ranking service scores a listing its snapshot lacks from the listing record and the
+    snapshot's context; offline, the listing is read from bronze (where the stream landed it)
+    and given the training set's row of a listing newer than its feature day
+    (:func:`rankflow.features.batch.listing_features`, against the day's catalogue).
+    """
+    from rankflow.features.batch import context_of_features, listing_features
+    from rankflow.lake.tables import bronze
+
+    _, listed, _ = bronze(spark, settings)
+    lacking = (
+        rows.select("as_of", "item_id").distinct().join(items, ["as_of", "item_id"], "left_anti")
+    )
+    listings = listed.drop("ds").join(lacking, "item_id")
+    rates, medians = context_of_features(items)
+    weight = float(settings.pipeline["features"]["ctr_prior_weight"])
+    rebuilt = listing_features(listings, rates, medians, weight)
+    return items.unionByName(rebuilt, allowMissingColumns=True)
 
 
 def with_replayed_stream(spark: SparkSession, settings: Settings, rows: DataFrame) -> DataFrame:

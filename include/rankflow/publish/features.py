@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rankflow.features.on_demand import ITEM_ATTRIBUTES
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from rankflow.config import Settings
+    from rankflow.features.listings import ListingContext
     from rankflow.lake.tables import DataFile
 
 log = logging.getLogger(__name__)
@@ -164,14 +165,16 @@ def materialise(
         schema = schema_document(vocab, location, buckets)
         client.set(schema_key(prefix, version), json.dumps(schema))
         origin = {"ds": commit.ds.isoformat(), "delta_versions": commit.versions}
+        items_read = read_items(files["items"])
         table = snapshot_table(
-            read_items(files["items"]),
+            items_read,
             ITEM_FEATURES,
             ITEM_ATTRIBUTES,
             vocab,
             version,
             schema_hash(),
             origin,
+            listing_context(items_read, commit.ds, settings),
         )
         snapshot_bytes = write_snapshot(table, location)
         lap("snapshot")
@@ -232,6 +235,15 @@ def materialise(
         item_bucket_encoding=encoding,
         phase_seconds=seconds,
     )
+
+
+def listing_context(items: pa.Table, ds: date, settings: Settings) -> ListingContext:
+    """What live listings' features need of the day's catalogue (kept in the snapshot)."""
+    from rankflow.features.listings import context_of_items
+
+    day_end = datetime.combine(ds + timedelta(days=1), datetime.min.time(), UTC)
+    weight = float(settings.pipeline["features"]["ctr_prior_weight"])
+    return context_of_items(items, int(day_end.timestamp() * 1000), weight)
 
 
 def read_items(files: list[DataFile]) -> pa.Table:

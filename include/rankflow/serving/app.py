@@ -210,9 +210,9 @@ def create_app(
     max_events = int(stream_config["max_events_per_call"])
     max_line = int(settings.pipeline["ingest"]["max_line_bytes"])
     batch_decoder = msgspec.json.Decoder(Batch)
-    from rankflow.serving.live import LiveSales
+    from rankflow.serving.live import LiveCatalogue
 
-    live_sales = LiveSales(
+    live = LiveCatalogue(
         client, prefix, float(stream_config["poll_seconds"]),
         stale_after_ms=int(float(stream_config["stale_after_seconds"]) * 1000),
         partitions=int(stream_config["partitions"]), backend=str(stream_config["backend"]),
@@ -253,11 +253,13 @@ def create_app(
         remember_fallbacks()
         if serving.served is not None and serving.served.features.version != before:
             try:
-                live_sales.resync()
+                live.follow(serving.served.features.snapshot)
             except Exception as problem:  # Redis away: the next poll catches up
-                log.warning("could not read the live sales again: %s", problem)
+                log.warning("could not read the live sales and listings again: %s", problem)
         if serving.served is not None:
             metrics.show_served(serving.served.model.version, serving.served.features.version)
+            listed = live.listed_for(serving.served.features.snapshot)
+            metrics.live_listings.set(len(listed.item_ids) if listed is not None else 0)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -276,9 +278,9 @@ def create_app(
         thread.start()
         if serving_log is not None:
             serving_log.start()
-        live_sales.start()
+        live.start()
         yield
-        live_sales.stop()
+        live.stop()
         stop.set()
         if serving_log is not None:
             serving_log.stop()
@@ -306,7 +308,7 @@ def create_app(
         except Exception:  # Redis is away: the fallback list held in memory
             nightly = fallbacks.get(req.surface, [])
             reason = f"{reason}+redis_unavailable" if "redis" not in reason else reason
-        unsold = live_sales.remove_sold(np.asarray(nightly, np.int64)).tolist()
+        unsold = live.remove_sold(np.asarray(nightly, np.int64)).tolist()
         items = [RankedItem(i, None) for i in nightly_order(unsold, candidates, k)]
         return RankResponse(
             request_id,
@@ -351,7 +353,7 @@ def create_app(
         keep_inputs = serving_log is not None and vectors_sampled(
             req.user_id, sample_percent, sample_seed
         )
-        unsold = live_sales.remove_sold(candidates) if candidates is not None else None
+        unsold = live.remove_sold(candidates) if candidates is not None else None
         result, ranked = answer_rank(request_id, req, unsold, k, started, keep_inputs)
         metrics.requests.labels("200").inc()
         metrics.latency.observe(time.perf_counter() - started)
@@ -391,9 +393,10 @@ def create_app(
         fresh = None
         if fresh_at is not None:
             fresh = FreshInputs(fresh_at, window_ms, fresh_values[0], fresh_values[1:],
-                                live_sales.stale(now_ms))  # fmt: skip
+                                live.stale(now_ms))  # fmt: skip
         try:
-            ranked = rank(served, fetched, candidates, k, keep_inputs, fresh)
+            listed = live.listed_for(served.features.snapshot)
+            ranked = rank(served, fetched, candidates, k, keep_inputs, fresh, listed)
         except Exception as problem:
             log.exception("the model failed: %s", problem)
             return fallback_answer(request_id, req, candidates, "model_error", k), None
@@ -471,7 +474,7 @@ def create_app(
                 media_type="application/json",
             )  # fmt: skip
         answer_body = found.as_dict()
-        answer_body["items"] = live_sales.remove_sold(np.asarray(found.items, np.int64)).tolist()
+        answer_body["items"] = live.remove_sold(np.asarray(found.items, np.int64)).tolist()
         return Response(encoder.encode(answer_body), media_type="application/json")
 
     async def healthz(request: Request) -> Response:

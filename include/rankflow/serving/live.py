@@ -1,4 +1,4 @@
-"""What the stream updater knows that the nightly snapshot does not: sales, and how fresh it is.
+"""What the stream updater knows that the nightly snapshot does not: sales, listings, freshness.
 
 A background thread asks Redis, a few times a second, for the items sold since its last look
 (``ZRANGEBYSCORE`` on the arrival sequence of ``{prefix}:fresh:sold``: only what is new) and
@@ -6,6 +6,12 @@ swaps in a sorted array; every answer of the service leaves those items out, so 
 from the answers within a poll interval of the updater applying it. The updater keeps the latest
 ``stream.max_live_sales``; the service reads the set whole again when it loads a new feature
 version (whose snapshot marks the older sales), so its copy stays as small.
+
+The same poll reads the listings that arrived (``{prefix}:fresh:listed``, then their records):
+each one the served snapshot does not hold gets the item features training gives a listing its
+feature day lacks (:mod:`rankflow.features.listings`), computed once on arrival, in a side table
+shaped like the snapshot (:attr:`LiveCatalogue.listed`) that the ranker looks in after the
+snapshot; a new feature version rebuilds it against its own context and drops what it holds.
 
 The same poll reads the updaters' progress (``{prefix}:fresh:progress``): when a partition has
 not been caught up with its log for ``stale_after_ms``, or none ever reported, the fresh state is
@@ -21,16 +27,28 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rankflow.store.fresh import decode_progress, progress_key, sold_key
+from rankflow.store.fresh import (
+    decode_progress,
+    listed_key,
+    listing_key,
+    progress_key,
+    sold_key,
+)
 
 if TYPE_CHECKING:
     import redis
 
+    from rankflow.quality.live import Listing
+    from rankflow.serving.snapshot import ItemSnapshot
+
 log = logging.getLogger("rankflow.serving")
 
 
-class LiveSales:
-    """The items sold live, polled from Redis into a sorted array."""
+RECORDS_PER_CALL = 1_000  # listing records per MGET when the whole set is read again
+
+
+class LiveCatalogue:
+    """The items sold and listed live, polled from Redis; the updaters' progress."""
 
     def __init__(
         self,
@@ -52,7 +70,13 @@ class LiveSales:
         self.poll_seconds = poll_seconds
         self.sold = np.zeros(0, np.int64)
         self.seen_up_to = 0.0  # the highest arrival sequence read
+        self.listed_key = listed_key(prefix)
+        self.prefix = prefix
+        self.listed_up_to = 0.0
+        self.snapshot: ItemSnapshot | None = None  # what the listings are ranked against
+        self.listed: ItemSnapshot | None = None  # live listings the snapshot lacks
         self.failures = 0
+        self._lock = threading.Lock()  # one poll or resync at a time
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rankflow-live-sales", daemon=True)
 
@@ -84,10 +108,63 @@ class LiveSales:
         self.sold = np.union1d(self.sold, ids)
         return len(ids)
 
+    def poll_listings(self) -> int:
+        """Read the listings that arrived since the last poll into the side table."""
+        reply: list[tuple[bytes, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            self.listed_key, f"({self.listed_up_to}", "+inf", withscores=True
+        )
+        if not reply:
+            return 0
+        self.listed_up_to = max(float(score) for _, score in reply)
+        found = self.read_listings([int(member) for member, _ in reply])
+        self.add_listings(found)
+        return len(found)
+
+    def read_listings(self, item_ids: list[int]) -> list[Listing]:
+        """The listing records of ``item_ids`` (expired or unreadable ones are left out)."""
+        from rankflow.quality.live import Listing, decode_record
+        from rankflow.store.commands import _bytes
+
+        found: list[Listing] = []
+        for start in range(0, len(item_ids), RECORDS_PER_CALL):
+            chunk = item_ids[start : start + RECORDS_PER_CALL]
+            keys = [listing_key(self.prefix, i) for i in chunk]
+            for value in self.client.mget(keys):  # type: ignore[union-attr]
+                raw = _bytes(value)
+                try:
+                    record = decode_record(raw) if raw is not None else None
+                except ValueError:  # the updater checked it; a hand-written key is skipped
+                    continue
+                if isinstance(record, Listing):
+                    found.append(record)
+        return found
+
+    def add_listings(self, listings: list[Listing]) -> None:
+        """Give new listings their features against the snapshot and swap the side table in."""
+        from rankflow.serving.snapshot import with_listings
+
+        snapshot = self.snapshot
+        if snapshot is None or snapshot.context is None:
+            return  # read again by follow() once a snapshot with a listing context is served
+        self.listed = with_listings(self.listed_for(snapshot), snapshot, listings)
+
+    def follow(self, snapshot: ItemSnapshot) -> None:
+        """Rank live listings against a new feature version; read both sets whole again."""
+        with self._lock:
+            self.snapshot = snapshot
+            self.resync()
+
     def resync(self) -> None:
-        """Read the whole set again (a new feature version: older sales may have left it)."""
+        """Read both sets whole again (a new feature version: older items may have left them)."""
         self.sold, self.seen_up_to = np.zeros(0, np.int64), 0.0
         self.poll()
+        self.listed, self.listed_up_to = None, 0.0
+        self.poll_listings()
+
+    def listed_for(self, snapshot: ItemSnapshot) -> ItemSnapshot | None:
+        """The live listings ranked against ``snapshot`` (None: none, or another version's)."""
+        listed = self.listed
+        return listed if listed is not None and listed.version == snapshot.version else None
 
     def remove_sold(self, items: np.ndarray) -> np.ndarray:
         """The items that have not sold live (order kept)."""
@@ -108,8 +185,10 @@ class LiveSales:
 
     def _poll_quietly(self) -> None:
         try:
-            self.poll()
-            self.poll_progress()
+            with self._lock:
+                self.poll()
+                self.poll_listings()
+                self.poll_progress()
             self.failures = 0
         except Exception as problem:  # Redis away: keep what we know, say so once a minute
             self.failures += 1

@@ -33,7 +33,8 @@ class Metrics:
             registry=self.registry,
         )
         self.unknown = Counter(
-            "rankflow_rank_unknown_candidates", "Candidates the item snapshot does not know",
+            "rankflow_rank_unknown_candidates",
+            "Candidates neither the item snapshot nor the live listings know",
             registry=self.registry,
         )  # fmt: skip
         self.served = Gauge(
@@ -42,6 +43,10 @@ class Metrics:
             multiprocess_mode="livemax",
         )  # fmt: skip
         self.serving: tuple[str, str] | None = None
+        self.live_listings = Gauge(
+            "rankflow_live_listings", "Live listings the served snapshot lacks, ranked as new",
+            registry=self.registry, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.refused = Counter(
             "rankflow_model_refusals", "Models refused (trained on another feature schema)",
             registry=self.registry,

@@ -6,8 +6,10 @@ candidates' day counters from the stream updater's fresh state; item features co
 in-process snapshot; the user x item features from the same function the Spark jobs call; the
 stream features from the reduction the offline backfill is proven equal to
 (``rankflow.features.stream``), NaN when the updater is stale; the scores from one
-``inplace_predict``. Sold items are removed; candidates the snapshot does not know are returned
-after the ranked ones, in request order.
+``inplace_predict``. Live listings the snapshot lacks are found in the side table of
+:class:`rankflow.serving.live.LiveCatalogue` (the features training gives new listings). Sold
+items are removed; candidates neither knows are returned after the ranked ones, in request
+order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from rankflow.features.on_demand import Affinity, ItemSide, UserSide, cross_features
 from rankflow.features.registry import AFFINITY_DIMENSIONS, STREAM_FEATURES, USER_FEATURES
 from rankflow.features.stream import session_features, today_features
+from rankflow.serving.snapshot import ItemSnapshot
 from rankflow.serving.state import Served, model_matrix
 from rankflow.store.commands import _bytes
 from rankflow.store.fresh import (
@@ -109,12 +112,13 @@ def fetch_user(
 
 @dataclass(frozen=True)
 class CandidateRows:
-    """The candidates' snapshot rows: which are known, sold, and scored."""
+    """The candidates found in the snapshot or among live listings: known, sold, and scored."""
 
     known: np.ndarray
     sold: np.ndarray
     ids: np.ndarray  # the scored candidates (known, unsold), in request order
-    item_rows: np.ndarray
+    vectors: np.ndarray  # their item vectors (scored x item features)
+    codes: dict[str, np.ndarray]  # their attribute codes
 
 
 @dataclass(frozen=True)
@@ -127,13 +131,33 @@ class UserInputs:
     clicked: np.ndarray
 
 
-def candidate_rows(served: Served, candidates: np.ndarray) -> CandidateRows:
-    """Find the candidates in the snapshot; the known, unsold ones get scored."""
+def candidate_rows(
+    served: Served, candidates: np.ndarray, listed: ItemSnapshot | None = None
+) -> CandidateRows:
+    """Find the candidates in the snapshot, then among live listings; the unsold get scored."""
     snapshot = served.features.snapshot
     rows, known = snapshot.positions(candidates)
     sold = known & snapshot.is_sold[rows]
     scored = known & ~sold
-    return CandidateRows(known, sold, candidates[scored], rows[scored])
+    vectors = snapshot.vectors[rows[scored]]
+    codes = {name: values[rows[scored]] for name, values in snapshot.codes.items()}
+    if listed is not None and len(listed.item_ids):
+        at, new = listed.positions(candidates)
+        new &= ~known
+        if new.any():
+            known, scored = known | new, scored | new
+            from_listings = new[scored]
+            vectors = _merged(vectors, listed.vectors[at[new]], from_listings)
+            codes = {n: _merged(v, listed.codes[n][at[new]], from_listings)
+                     for n, v in codes.items()}  # fmt: skip
+    return CandidateRows(known, sold, candidates[scored], vectors, codes)
+
+
+def _merged(old: np.ndarray, new: np.ndarray, is_new: np.ndarray) -> np.ndarray:
+    """Rows of ``old`` and ``new`` interleaved in request order (``is_new`` per row)."""
+    out = np.empty((len(is_new), *old.shape[1:]), old.dtype)
+    out[~is_new], out[is_new] = old, new
+    return out
 
 
 def user_inputs(fetched: Fetched, ids: np.ndarray) -> UserInputs:
@@ -154,8 +178,8 @@ def user_item_features(
 ) -> dict[str, np.ndarray]:
     """The user x item features of the scored candidates (the Spark jobs' function)."""
     snapshot = served.features.snapshot
-    price = snapshot.vectors[rows.item_rows, snapshot.feature_names.index("item_price")]
-    codes = {d: snapshot.codes[d][rows.item_rows] for d in AFFINITY_DIMENSIONS}
+    price = rows.vectors[:, snapshot.feature_names.index("item_price")]
+    codes = {d: rows.codes[d] for d in AFFINITY_DIMENSIONS}
     return cross_features(
         np.zeros(len(rows.ids), np.int64),
         ItemSide(codes, price),
@@ -188,7 +212,9 @@ def ranked_answer(
     )
 
 
-def stream_inputs(served: Served, rows: CandidateRows, fresh: FreshInputs) -> dict[str, np.ndarray]:
+def stream_inputs(
+    served: Served, rows: CandidateRows, fresh: FreshInputs, listed: ItemSnapshot | None = None
+) -> dict[str, np.ndarray]:
     """The stream features of the scored candidates (all NaN when the updater is stale)."""
     n = len(rows.ids)
     if fresh.stale:
@@ -196,16 +222,20 @@ def stream_inputs(served: Served, rows: CandidateRows, fresh: FreshInputs) -> di
     snapshot = served.features.snapshot
 
     def attributes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        at, known = snapshot.positions(ids)
-        category = np.where(known, snapshot.codes["category"][at], -1)
-        return category, np.where(known, snapshot.codes["brand"][at], -1)
+        """The category and brand codes of the user's event items (a live listing's too)."""
+        category, brand = np.full(len(ids), -1, np.int64), np.full(len(ids), -1, np.int64)
+        for table in (listed, snapshot):
+            if table is not None and len(table.item_ids):
+                at, known = table.positions(ids)
+                category = np.where(known, table.codes["category"][at], category)
+                brand = np.where(known, table.codes["brand"][at], brand)
+        return category, brand
 
     recent = decode_recent(fresh.recent)
     session = session_features(
         recent["ts_ms"], recent["item_id"].astype(np.int64), recent["event_type"],
         fresh.cutoff_ms, fresh.window_ms, rows.ids,
-        snapshot.codes["category"][rows.item_rows], snapshot.codes["brand"][rows.item_rows],
-        attributes,
+        rows.codes["category"], rows.codes["brand"], attributes,
     )  # fmt: skip
     _, second = day_as_of(fresh.cutoff_ms)
     scored = rows.known & ~rows.sold
@@ -221,13 +251,17 @@ def rank(
     k: int,
     keep_inputs: bool = False,
     fresh: FreshInputs | None = None,
+    listed: ItemSnapshot | None = None,
 ) -> Ranked:
-    """Score the known, unsold candidates and order them (ties: smaller item id first)."""
-    rows = candidate_rows(served, candidates)
+    """Score the known, unsold candidates and order them (ties: smaller item id first).
+
+    ``listed``: the live listings the served snapshot lacks (its version's side table).
+    """
+    rows = candidate_rows(served, candidates, listed)
     user = user_inputs(fetched, rows.ids)
     cross = user_item_features(served, rows, user)
-    stream = stream_inputs(served, rows, fresh) if fresh is not None else None
-    matrix = model_matrix(served, rows.item_rows, user.vector, cross, stream)
+    stream = stream_inputs(served, rows, fresh, listed) if fresh is not None else None
+    matrix = model_matrix(served, rows.vectors, user.vector, cross, stream)
     scores = served.model.booster.inplace_predict(matrix)
     inputs = None
     if keep_inputs:

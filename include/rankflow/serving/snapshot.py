@@ -3,20 +3,27 @@
 The file holds one row per item of the feature version, sorted by id: the item vector in
 registry order (float32), the codes of the attributes the on-demand features read (-1 =
 missing) and whether the item was sold by the end of the day. Its schema metadata names the
-feature version, the schema hash and the vocabulary of the codes.
+feature version, the schema hash, the vocabulary of the codes and the listing context (the
+catalogue's rates and median prices a live listing's features are computed from).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from rankflow.features.listings import ListingContext
+
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from rankflow.quality.live import Listing
 
 SNAPSHOT_FILE = "items.arrow"
 
@@ -33,6 +40,7 @@ class ItemSnapshot:
     is_sold: npt.NDArray[np.bool_]
     vocabulary: list[str]
     feature_names: list[str]
+    context: ListingContext | None = None  # None: a snapshot from before live listings
 
     def positions(self, item_ids: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray]:
         """Each id's row in the snapshot and whether it is known there."""
@@ -42,8 +50,70 @@ class ItemSnapshot:
 
     def code(self, value: str) -> int:
         """The vocabulary code of a value (-1 if the version never saw it)."""
-        at = int(np.searchsorted(np.asarray(self.vocabulary, dtype=object), value))
-        return at if at < len(self.vocabulary) and self.vocabulary[at] == value else -1
+        return int(self.codes_of([value])[0])
+
+    @cached_property
+    def _sorted_vocabulary(self) -> np.ndarray:
+        return np.asarray(self.vocabulary, dtype=object)
+
+    def codes_of(self, values: Sequence[str | None]) -> npt.NDArray[np.int64]:
+        """The vocabulary codes of values (-1: missing, or a value the version never saw)."""
+        vocabulary = self._sorted_vocabulary
+        codes = np.full(len(values), -1, np.int64)
+        for row, value in enumerate(values):
+            if value is None or not len(vocabulary):
+                continue
+            at = int(np.searchsorted(vocabulary, value))
+            if at < len(vocabulary) and vocabulary[at] == value:
+                codes[row] = at
+        return codes
+
+
+def with_listings(
+    listed: ItemSnapshot | None, snapshot: ItemSnapshot, listings: Sequence[Listing]
+) -> ItemSnapshot | None:
+    """The live listings ``snapshot`` lacks, as a table shaped like it, with ``listings`` added.
+
+    Each listing's vector is what training gives a listing its feature day lacks
+    (:func:`rankflow.features.listings.listing_vectors`, from the snapshot's context); its
+    attributes are coded with the snapshot's vocabulary. A listing already held is kept as it
+    was first read (an item is listed once).
+    """
+    from rankflow.features.listings import listing_vectors
+
+    if snapshot.context is None:
+        return listed
+    held = listed.item_ids if listed is not None else np.zeros(0, np.int64)
+    ids = np.array([listing.item_id for listing in listings], np.int64)
+    _, first = np.unique(ids, return_index=True)
+    once = np.zeros(len(ids), bool)
+    once[first] = True
+    _, in_snapshot = snapshot.positions(ids)
+    new = np.flatnonzero(once & ~in_snapshot & ~np.isin(ids, held))
+    if not len(new):
+        return listed
+    added = [listings[int(i)] for i in new]
+    vectors = listing_vectors(added, snapshot.context, snapshot.feature_names)
+    codes = {
+        name: snapshot.codes_of([getattr(listing, name) for listing in added])
+        for name in snapshot.codes
+    }
+    if listed is not None:
+        vectors = np.concatenate([listed.vectors, vectors])
+        codes = {name: np.concatenate([listed.codes[name], codes[name]]) for name in codes}
+    all_ids = np.concatenate([held, ids[new]])
+    order = np.argsort(all_ids, kind="stable")
+    return ItemSnapshot(
+        version=snapshot.version,
+        schema_hash=snapshot.schema_hash,
+        item_ids=all_ids[order],
+        vectors=vectors[order],
+        codes={name: values[order] for name, values in codes.items()},
+        is_sold=np.zeros(len(order), bool),
+        vocabulary=snapshot.vocabulary,
+        feature_names=snapshot.feature_names,
+        context=snapshot.context,
+    )
 
 
 def snapshot_table(
@@ -54,11 +124,13 @@ def snapshot_table(
     version: str,
     schema_hash: str,
     source: dict[str, Any] | None = None,
+    context: ListingContext | None = None,
 ) -> pa.Table:
     """Build the snapshot's table from the item feature rows (sorted, float32, coded).
 
     ``source`` (the features day and the Delta versions read) lets the skew check rebuild the
-    version's values offline long after Redis expired it.
+    version's values offline long after Redis expired it; ``context`` lets the service give
+    live listings the features training gives them.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -82,6 +154,8 @@ def snapshot_table(
         "rankflow.attributes": json.dumps(attributes),
         "rankflow.source": json.dumps(source or {}),
     }
+    if context is not None:
+        metadata["rankflow.listing_context"] = context.to_json()
     return pa.table(columns).replace_schema_metadata(metadata)
 
 
@@ -137,4 +211,9 @@ def load_snapshot(location: str) -> ItemSnapshot:
         is_sold=np.asarray(table.column("is_sold").to_numpy(zero_copy_only=False), dtype=bool),
         vocabulary=json.loads(meta["rankflow.vocabulary"]),
         feature_names=names,
+        context=(
+            ListingContext.from_json(meta["rankflow.listing_context"])
+            if "rankflow.listing_context" in meta
+            else None
+        ),
     )

@@ -292,18 +292,18 @@ def freeze_heap() -> None:
 
 def model_matrix(
     served: Served,
-    item_rows: np.ndarray,
+    items: np.ndarray,
     user_vector: np.ndarray,
     cross: dict[str, np.ndarray],
     stream: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The float32 matrix the model predicts from, in its own input order.
 
-    Stream features the model takes but the request has none of (``stream`` None) are NaN.
+    ``items``: the candidates' item vectors. Stream features the model takes but the request
+    has none of (``stream`` None) are NaN.
     """
     plan = served.model.plan
-    matrix = np.empty((len(item_rows), len(served.model.layout)), dtype=np.float32)
-    items = served.features.snapshot.vectors[item_rows]
+    matrix = np.empty((len(items), len(served.model.layout)), dtype=np.float32)
     matrix[:, plan.item_columns] = items[:, plan.item_sources]
     matrix[:, plan.user_columns] = user_vector[plan.user_sources]
     for column, name in zip(plan.cross_columns, plan.cross_names, strict=True):

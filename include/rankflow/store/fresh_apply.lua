@@ -4,8 +4,9 @@
 -- user's recent events are kept (ms), ARGV[5] a user's recent events' TTL (ms), ARGV[6] the item
 -- counters' and applied ids' TTL (ms), ARGV[7] the most recent events kept per user, ARGV[8]
 -- '1' when the batch reaches the end of the log (the partition is caught up at ARGV[3]),
--- ARGV[9] the most live sales kept (older ones are in the next nightly snapshot), then one
--- record of 11 arguments per log entry, in log order:
+-- ARGV[9] the most live sales kept (older ones are in the next nightly snapshot), ARGV[10] the
+-- most live listings kept (likewise), then one record of 11 arguments per log entry, in log
+-- order:
 --   'e', position hi, position lo, event id, id bucket, user id, item id, event type, ts ms,
 --        day (yyyymmdd), second of the day
 --   'l', position hi, position lo, item id, listing record, then six empty arguments
@@ -19,6 +20,7 @@ local keep_ms, user_ttl, day_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumbe
 local max_entries = tonumber(ARGV[7])
 local caught_up = ARGV[8] == '1'
 local max_sales = tonumber(ARGV[9])
+local max_listings = tonumber(ARGV[10])
 local base = prefix .. ':fresh'
 local ENTRY = 16
 local SLOTS = 4
@@ -141,7 +143,7 @@ end
 local applied, duplicates, replayed, listings = 0, 0, 0, 0
 local sold = {}
 local last_position, last_event_ts = nil, nil
-for i = 10, #ARGV, 11 do
+for i = 11, #ARGV, 11 do
   local kind = ARGV[i]
   local hi, lo = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if not after_applied(hi, lo) then
@@ -184,6 +186,12 @@ for i = 10, #ARGV, 11 do
       redis.call('SET', base .. ':listing:' .. item, ARGV[i + 4], 'PX', day_ttl)
       local seq = redis.call('INCR', base .. ':seq')
       redis.call('ZADD', base .. ':listed', 'NX', seq, item)
+      if seq % 1000 == 0 then -- now and then: keep the latest max_listings
+        local kept = redis.call('ZCARD', base .. ':listed')
+        if kept > max_listings then
+          redis.call('ZREMRANGEBYRANK', base .. ':listed', 0, kept - max_listings - 1)
+        end
+      end
       listings = listings + 1
     end
   end

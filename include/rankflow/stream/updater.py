@@ -52,6 +52,7 @@ class UpdaterConfig:
     batch: int
     block_ms: int
     max_live_sales: int = 1_000_000
+    max_live_listings: int = 500_000
 
     @classmethod
     def of(cls, prefix: str, config: dict[str, Any]) -> UpdaterConfig:
@@ -66,6 +67,7 @@ class UpdaterConfig:
             batch=int(config["batch"]),
             block_ms=int(config["block_ms"]),
             max_live_sales=int(config["max_live_sales"]),
+            max_live_listings=int(config["max_live_listings"]),
         )
 
     @property
@@ -173,7 +175,7 @@ def apply_entries(
     head = [
         config.prefix, partition, str(now), str(config.keep_ms), str(config.user_ttl_ms),
         str(config.day_ttl_seconds * 1000), str(config.max_recent_events),
-        "1" if caught_up else "0", str(config.max_live_sales),
+        "1" if caught_up else "0", str(config.max_live_sales), str(config.max_live_listings),
     ]  # fmt: skip
     reply = _run(client, "fresh_apply", [], [*head, *records])
     applied, duplicates, replayed, listings, *sold = (int(v) for v in reply)

@@ -117,3 +117,56 @@ def test_a_stale_updater_makes_every_stream_feature_missing(redis_client) -> Non
     apply(redis_client, [event(1, "click", T - 50_000, item=1)])
     got = served_stream_columns(redis_client, served, T, stale=True)
     assert all(np.isnan(values).all() for values in got.values())
+
+
+def test_a_live_listing_is_ranked_with_its_features_and_its_session_clicks(redis_client) -> None:
+    """Listed through the updater, polled by the service: scored like training sees new items."""
+    from dataclasses import replace
+
+    from rankflow.features.listings import ListingContext, listing_vectors
+    from rankflow.quality.live import Listing
+    from rankflow.serving.live import LiveCatalogue
+
+    base = served_pair()
+    context = ListingContext(T - 9 * 3_600_000, 20.0, {1: 0.1, 7: 0.08, 28: 0.05}, {"v2": 40.0})
+    snapshot = replace(base.features.snapshot, context=context)
+    served = Served(base.model, replace(base.features, snapshot=snapshot))
+    listing = Listing(99, 5, T - 120_000, "v2", "v6", "very_good", 30.0, None, "v7", 4.5)
+    click = event(1, "click", T - 50_000, item=99)  # category 2, brand 6
+    entries = [Entry(0, (1, 0), encode_record(listing)), Entry(0, (2, 0), encode_record(click))]
+    apply_entries(redis_client, entries, CONFIG, partition="redis:0", caught_up=True)
+    live = LiveCatalogue(redis_client, PREFIX, 0.5)
+    live.follow(snapshot)
+    listed = live.listed_for(snapshot)
+    assert listed is not None
+    assert listed.item_ids.tolist() == [99]
+    np.testing.assert_array_equal(listed.codes["category"], [2])
+    np.testing.assert_array_equal(listed.codes["style"], [-1])  # not given: missing
+
+    candidates = np.array([3, 99, 5], np.int64)
+    cutoff = cutoff_ms(T, STREAM_LAG_SECONDS)
+    fetched, values = fetch_user(
+        redis_client, PREFIX, "fv1", 7, fresh_keys(PREFIX, 7, candidates, cutoff)
+    )
+    fresh = FreshInputs(cutoff, CONFIG.session_window_seconds * 1000, values[0], values[1:], False)
+    ranked = rank(served, fetched, candidates, 3, True, fresh, listed)
+    assert ranked.unknown == 0
+    assert None not in ranked.scores
+    assert ranked.inputs is not None
+    assert ranked.inputs.item_ids.tolist() == [3, 99, 5]  # request order, the listing in place
+    plan = served.model.plan
+    row = ranked.inputs.matrix[1]
+    expected = listing_vectors([listing], context, list(ITEM_FEATURES))[0]
+    np.testing.assert_array_equal(row[plan.item_columns], expected[plan.item_sources])
+    snapshot_rows = snapshot.vectors[[2, 4]][:, plan.item_sources]
+    np.testing.assert_array_equal(ranked.inputs.matrix[[0, 2]][:, plan.item_columns], snapshot_rows)
+    category = plan.stream_columns[plan.stream_names.index("sess_pos_category")]
+    brand = plan.stream_columns[plan.stream_names.index("sess_pos_brand")]
+    # the click on the listing counts for the candidates of its category (2) and brand (6)
+    np.testing.assert_array_equal(ranked.inputs.matrix[:, category], [0, 1, 1])
+    np.testing.assert_array_equal(ranked.inputs.matrix[:, brand], [0, 1, 0])
+
+    without = rank(served, fetched, candidates, 3, True, fresh)  # no side table: unknown
+    assert without.unknown == 1
+    assert without.item_ids[-1] == 99
+    assert without.scores[-1] is None

@@ -244,9 +244,9 @@ def test_live_sales_keep_the_latest_ones_only(redis_client) -> None:
 
 
 def test_the_service_sees_a_stale_updater_as_stale(redis_client) -> None:
-    from rankflow.serving.live import LiveSales
+    from rankflow.serving.live import LiveCatalogue
 
-    live = LiveSales(redis_client, "rft", 0.5, stale_after_ms=5_000, partitions=2)
+    live = LiveCatalogue(redis_client, "rft", 0.5, stale_after_ms=5_000, partitions=2)
     live.poll_progress()
     assert live.stale()  # no updater ever reported
     now = int(time.time() * 1000)

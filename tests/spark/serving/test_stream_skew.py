@@ -2,10 +2,13 @@
 
 The tiny marketplace's features are materialised into the real Redis, a model over the batch
 and the stream features is champion, ``rankflow serve`` runs as its own process and the stream
-updater beside it. Sessions of the tiny day are replayed now, list after list: the app asks
-``/v1/rank`` for the list, then sends what the user did with it to ``/v1/events``. The stream is
-landed as raw drops, ingested, the serving log drained, and the nightly skew check rebuilds
-every served row's stream features with the training set's point-in-time backfill.
+updater beside it. A few listings go up first (``/v1/events`` items: the snapshot lacks them).
+Sessions of the tiny day are replayed now, list after list: the app asks ``/v1/rank`` for the
+list with the new listings among the candidates, then sends what the user did with it to
+``/v1/events`` (a click on a new listing too, for the first lists). The stream is landed as raw
+drops, ingested, the serving log drained, and the nightly skew check rebuilds every served row's
+stream features with the training set's point-in-time backfill and the new listings' item
+features as the training set gives a listing its feature day lacks.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ pytestmark = [pytest.mark.spark, pytest.mark.services]
 
 LISTS = 36  # lists replayed
 GAP_SECONDS = 0.35  # between one list's events and the next list's request
+NEW_LISTINGS = 4  # listed live before the replay
+CLICKED_LISTS = 8  # the first lists' users also click a new listing
 
 
 def morning_sessions(lake: Settings) -> list[Any]:
@@ -43,11 +48,37 @@ def morning_sessions(lake: Settings) -> list[Any]:
     return [chosen[chosen["session_id"] == session] for session in order]
 
 
-def ask_for_list(base: str, session: Any, previous: dict[int, list[int]]) -> dict[str, Any]:
-    """The app asks for the list: its shown items and the user's previous list's, re-ranked."""
+def new_listings(lake: Settings) -> list[dict[str, Any]]:
+    """Listings of the tiny day's kinds under new ids, listed now (no snapshot holds them)."""
+    import pandas as pd
+
+    folder = lake.paths.raw / "items" / f"ds={TINY_DAY.isoformat()}"
+    items = pd.concat(pd.read_json(path, lines=True) for path in sorted(folder.glob("*.jsonl")))
+    now = datetime.now(UTC).isoformat()
+    first_id = int(items["item_id"].max()) + 1_000
+    chosen = items.sort_values("item_id").head(NEW_LISTINGS)
+    listings = []
+    for n, (_, row) in enumerate(chosen.iterrows()):
+        listing = json.loads(row.to_json())
+        listing |= {"item_id": first_id + n, "listed_ts": now, "price": 10.0 + 7.5 * n}
+        listings.append(listing)
+    return listings
+
+
+def post_listings(base: str, listings: list[dict[str, Any]]) -> None:
+    """List the new items and wait until the service scores them (the updater applied them)."""
+    status, body = call(f"{base}/v1/events", {"items": listings})
+    assert status == 202, body
+    wait_for(lambda: metric(base, "rankflow_live_listings") >= len(listings), 10)
+
+
+def ask_for_list(
+    base: str, session: Any, previous: dict[int, list[int]], listed: list[int]
+) -> dict[str, Any]:
+    """The app asks for the list: its shown items, the user's previous list's and the new ones."""
     user = int(session["user_id"].iloc[0])
     shown = [int(i) for i in session[session["event_type"] == "impression"]["item_id"]]
-    candidates = list(dict.fromkeys([*shown, *previous.get(user, [])]))
+    candidates = list(dict.fromkeys([*shown, *previous.get(user, []), *listed]))
     previous[user] = shown
     request = {"user_id": user, "surface": "home", "candidates": candidates, "k": 10}
     status, body = call(f"{base}/v1/rank", request)
@@ -55,10 +86,22 @@ def ask_for_list(base: str, session: Any, previous: dict[int, list[int]]) -> dic
     return dict(body)
 
 
-def send_what_happened(base: str, n: int, session: Any) -> int:
-    """The app sends the list's events, stamped now (a few ms apart, in their order)."""
+def send_what_happened(base: str, n: int, session: Any, listed: list[int]) -> int:
+    """The app sends the list's events, stamped now (a few ms apart, in their order).
+
+    The first lists' users also click a new listing: their session features then count a
+    listing the snapshot lacks.
+    """
     at = int(time.time() * 1000)
     events = []
+    if n < CLICKED_LISTS:
+        first = session.iloc[0]
+        events.append({
+            "event_type": "click", "user_id": int(first["user_id"]),
+            "item_id": listed[n % len(listed)], "surface": str(first["surface"]), "position": 1,
+            "event_id": f"replay-{n}-new", "session_id": f"replay-{first['session_id']}",
+            "ts": datetime.fromtimestamp((at - 5) / 1000, UTC).isoformat(),
+        })  # fmt: skip
     for i, (_, row) in enumerate(session.iterrows()):
         event = {key: row[key] for key in ("event_type", "user_id", "item_id", "surface")}
         event |= {
@@ -110,12 +153,15 @@ def morning(
     config = tmp_path_factory.mktemp("stream-skew") / "serve.yaml"
     config.write_text("serving:\n  log_vectors_percent: 100\n")
     answers, posted = [], 0
+    listings = new_listings(lake)
+    listed = [int(listing["item_id"]) for listing in listings]
     try:
         with running_service(lake, config) as base:
+            post_listings(base, listings)
             previous: dict[int, list[int]] = {}
             for n, session in enumerate(morning_sessions(lake)):
-                answers.append(ask_for_list(base, session, previous))
-                posted += send_what_happened(base, n, session)
+                answers.append(ask_for_list(base, session, previous, listed))
+                posted += send_what_happened(base, n, session, listed)
                 time.sleep(GAP_SECONDS)
             logged = 'outcome="logged"'
             wait_for(lambda: metric(base, "rankflow_serving_log_records_total", logged)
@@ -140,7 +186,7 @@ def morning(
     run_ingest(spark, lake, today, today)
     try:
         yield {"today": today, "answers": answers, "posted": posted, "model": model_version,
-               "updater": updater.totals, "lander": lander.totals}  # fmt: skip
+               "updater": updater.totals, "lander": lander.totals, "listed": listed}  # fmt: skip
     finally:
         admin.flushdb()
         admin.close()
@@ -200,3 +246,18 @@ def test_the_replay_exercised_every_stream_feature(
     for name in STREAM_FEATURES:
         column = matrix[:, names.index(name)]
         assert np.nanmax(column) > 0, name
+
+
+def test_the_new_listings_were_scored_in_every_answer(
+    spark: Any, lake: Settings, morning: dict[str, Any]
+) -> None:
+    """Every served list scored the listings no snapshot held (checked above with the rest)."""
+    from pyspark.sql import functions as F
+
+    from rankflow.lake.tables import read_partition
+
+    served = read_partition(spark, lake, "bronze/served", morning["today"])
+    answers = served.where(F.col("inputs").isNotNull()).select("scored_ids").collect()
+    assert len(answers) == len(morning["answers"])
+    for answer in answers:
+        assert set(morning["listed"]) <= set(answer["scored_ids"])

@@ -1,0 +1,114 @@
+"""Live listings' item features: what the training set gives a listing its feature day lacks.
+
+The training set joins each impression to item features as of the day before, with a listing
+lag of one day (:func:`rankflow.features.batch.item_features`): a listing created on the
+impression day has its attributes, nothing counted, the catalogue's click-through rate per
+window, age 0 and its price over its category's median price of the feature day. The ranking
+service meets such listings live, before any nightly run knows them, and computes the same
+vector from the listing record and the feature version's :class:`ListingContext` (the rates and
+medians, read back exactly from the day's item rows). ``tests/spark/features/
+test_listing_features.py`` proves the two equal; the skew check rebuilds served listings with
+:func:`rankflow.features.batch.listing_features`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rankflow.features.registry import CONDITION_RANK, COUNTED_TYPES, WINDOWS
+from rankflow.quality.live import Listing
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+DAY_SECONDS = 86_400
+
+
+@dataclass(frozen=True)
+class ListingContext:
+    """What a feature day knows of its catalogue that a new listing's features need."""
+
+    day_end_ms: int  # the end of the feature day (00:00 UTC of the next day)
+    prior_weight: float  # pseudo-impressions of the smoothed click-through rate
+    rates: dict[int, float]  # window (days) -> the catalogue's click-through rate
+    medians: dict[str, float]  # category -> median price
+
+    def to_json(self) -> str:
+        """The context as JSON (the snapshot file's metadata)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ListingContext:
+        """The context a snapshot recorded."""
+        found = json.loads(text)
+        return cls(
+            int(found["day_end_ms"]),
+            float(found["prior_weight"]),
+            {int(w): float(r) for w, r in found["rates"].items()},
+            {str(c): float(m) for c, m in found["medians"].items()},
+        )
+
+
+def context_of_items(items: pa.Table, day_end_ms: int, prior_weight: float) -> ListingContext:
+    """The context of a feature day's item rows (doubles, before the snapshot's float32).
+
+    The rates are the sums the features job divided; a category's median is the price of its
+    items whose relative price is exactly 1 (``batch.context_of_features``, in Spark).
+    """
+    import pyarrow.compute as pc
+
+    rates = {}
+    for w in WINDOWS:
+        clicks = pc.sum(items.column(f"item_clicks_{w}d")).as_py() or 0
+        impressions = pc.sum(items.column(f"item_impressions_{w}d")).as_py() or 0
+        rates[w] = float(clicks) / float(max(impressions, 1))
+    at_median = items.filter(pc.equal(items.column("item_price_rel_category"), 1.0))
+    grouped = at_median.group_by("category").aggregate([("item_price", "min")])
+    medians = {
+        str(c): float(m)
+        for c, m in zip(
+            grouped.column("category").to_pylist(),
+            grouped.column("item_price_min").to_pylist(),
+            strict=True,
+        )
+        if c is not None and m is not None
+    }
+    return ListingContext(day_end_ms, prior_weight, rates, medians)
+
+
+def listing_values(listing: Listing, context: ListingContext) -> dict[str, float]:
+    """One listing's item features, computed as Spark's ``feature_rows`` does (float64)."""
+    values = {f"item_{name}_{w}d": 0.0 for w in WINDOWS for name in COUNTED_TYPES}
+    for w in WINDOWS:
+        # (clicks + prior * weight) / (impressions + weight), with nothing counted
+        values[f"item_ctr_{w}d"] = (0.0 + context.rates[w] * context.prior_weight) / (
+            0.0 + context.prior_weight
+        )
+    seconds = (context.day_end_ms / 1000.0 - listing.listed_ts_ms / 1000.0) / DAY_SECONDS
+    values["item_age_days"] = max(0.0, seconds)
+    values["item_price"] = listing.price
+    median = context.medians.get(listing.category)
+    values["item_price_rel_category"] = (
+        listing.price / median if median is not None and median != 0 else math.nan
+    )
+    values["item_condition_rank"] = float(CONDITION_RANK.get(listing.condition, math.nan))
+    rating = listing.seller_rating
+    values["seller_rating"] = math.nan if rating is None else rating
+    return values
+
+
+def listing_vectors(
+    listings: Sequence[Listing], context: ListingContext, feature_names: Sequence[str]
+) -> np.ndarray:
+    """The float32 item vectors of live listings, in ``feature_names`` order (NaN: unknown)."""
+    vectors = np.full((len(listings), len(feature_names)), np.nan, np.float32)
+    for row, listing in enumerate(listings):
+        values = listing_values(listing, context)
+        vectors[row] = [values.get(name, math.nan) for name in feature_names]
+    return vectors
