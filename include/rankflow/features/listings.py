@@ -82,33 +82,41 @@ def context_of_items(items: pa.Table, day_end_ms: int, prior_weight: float) -> L
     return ListingContext(day_end_ms, prior_weight, rates, medians)
 
 
-def listing_values(listing: Listing, context: ListingContext) -> dict[str, float]:
-    """One listing's item features, computed as Spark's ``feature_rows`` does (float64)."""
-    values = {f"item_{name}_{w}d": 0.0 for w in WINDOWS for name in COUNTED_TYPES}
+def listing_columns(listings: Sequence[Listing], context: ListingContext) -> dict[str, np.ndarray]:
+    """Live listings' item features, computed as Spark's ``feature_rows`` does (float64)."""
+    n = len(listings)
+    price = np.array([listing.price for listing in listings], np.float64)
+    listed_seconds = np.array([listing.listed_ts_ms for listing in listings], np.float64) / 1000.0
+    median = np.array(
+        [context.medians.get(listing.category, math.nan) for listing in listings], np.float64
+    )
+    columns = {f"item_{name}_{w}d": np.zeros(n) for w in WINDOWS for name in COUNTED_TYPES}
     for w in WINDOWS:
         # (clicks + prior * weight) / (impressions + weight), with nothing counted
-        values[f"item_ctr_{w}d"] = (0.0 + context.rates[w] * context.prior_weight) / (
-            0.0 + context.prior_weight
-        )
-    seconds = (context.day_end_ms / 1000.0 - listing.listed_ts_ms / 1000.0) / DAY_SECONDS
-    values["item_age_days"] = max(0.0, seconds)
-    values["item_price"] = listing.price
-    median = context.medians.get(listing.category)
-    values["item_price_rel_category"] = (
-        listing.price / median if median is not None and median != 0 else math.nan
+        rate = (0.0 + context.rates[w] * context.prior_weight) / (0.0 + context.prior_weight)
+        columns[f"item_ctr_{w}d"] = np.full(n, rate)
+    age = (context.day_end_ms / 1000.0 - listed_seconds) / DAY_SECONDS
+    columns["item_age_days"] = np.maximum(0.0, age)
+    columns["item_price"] = price
+    with np.errstate(divide="ignore", invalid="ignore"):
+        columns["item_price_rel_category"] = np.where(median != 0, price / median, math.nan)
+    columns["item_condition_rank"] = np.array(
+        [CONDITION_RANK.get(listing.condition, math.nan) for listing in listings], np.float64
     )
-    values["item_condition_rank"] = float(CONDITION_RANK.get(listing.condition, math.nan))
-    rating = listing.seller_rating
-    values["seller_rating"] = math.nan if rating is None else rating
-    return values
+    columns["seller_rating"] = np.array(
+        [math.nan if (r := listing.seller_rating) is None else r for listing in listings],
+        np.float64,
+    )
+    return columns
 
 
 def listing_vectors(
     listings: Sequence[Listing], context: ListingContext, feature_names: Sequence[str]
 ) -> np.ndarray:
     """The float32 item vectors of live listings, in ``feature_names`` order (NaN: unknown)."""
+    columns = listing_columns(listings, context)
     vectors = np.full((len(listings), len(feature_names)), np.nan, np.float32)
-    for row, listing in enumerate(listings):
-        values = listing_values(listing, context)
-        vectors[row] = [values.get(name, math.nan) for name in feature_names]
+    for j, name in enumerate(feature_names):
+        if name in columns:
+            vectors[:, j] = columns[name]
     return vectors

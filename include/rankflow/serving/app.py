@@ -259,7 +259,7 @@ def create_app(
         if serving.served is not None:
             metrics.show_served(serving.served.model.version, serving.served.features.version)
             listed = live.listed_for(serving.served.features.snapshot)
-            metrics.live_listings.set(len(listed.item_ids) if listed is not None else 0)
+            metrics.live_listings.set(sum(len(table.item_ids) for table in listed))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:

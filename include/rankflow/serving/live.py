@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import redis
 
     from rankflow.quality.live import Listing
-    from rankflow.serving.snapshot import ItemSnapshot
+    from rankflow.serving.snapshot import ItemSnapshot, Listed
 
 log = logging.getLogger("rankflow.serving")
 
@@ -74,7 +74,7 @@ class LiveCatalogue:
         self.prefix = prefix
         self.listed_up_to = 0.0
         self.snapshot: ItemSnapshot | None = None  # what the listings are ranked against
-        self.listed: ItemSnapshot | None = None  # live listings the snapshot lacks
+        self.listed: Listed = ()  # live listings the snapshot lacks
         self.failures = 0
         self._lock = threading.Lock()  # one poll or resync at a time
         self._stop = threading.Event()
@@ -158,13 +158,13 @@ class LiveCatalogue:
         """Read both sets whole again (a new feature version: older items may have left them)."""
         self.sold, self.seen_up_to = np.zeros(0, np.int64), 0.0
         self.poll()
-        self.listed, self.listed_up_to = None, 0.0
+        self.listed, self.listed_up_to = (), 0.0
         self.poll_listings()
 
-    def listed_for(self, snapshot: ItemSnapshot) -> ItemSnapshot | None:
-        """The live listings ranked against ``snapshot`` (None: none, or another version's)."""
+    def listed_for(self, snapshot: ItemSnapshot) -> Listed:
+        """The live listings ranked against ``snapshot`` (none: another version's, or none yet)."""
         listed = self.listed
-        return listed if listed is not None and listed.version == snapshot.version else None
+        return listed if listed and listed[0].version == snapshot.version else ()
 
     def remove_sold(self, items: np.ndarray) -> np.ndarray:
         """The items that have not sold live (order kept)."""

@@ -23,7 +23,7 @@ import numpy as np
 from rankflow.features.on_demand import Affinity, ItemSide, UserSide, cross_features
 from rankflow.features.registry import AFFINITY_DIMENSIONS, STREAM_FEATURES, USER_FEATURES
 from rankflow.features.stream import session_features, today_features
-from rankflow.serving.snapshot import ItemSnapshot
+from rankflow.serving.snapshot import Listed
 from rankflow.serving.state import Served, model_matrix
 from rankflow.store.commands import _bytes
 from rankflow.store.fresh import (
@@ -131,33 +131,32 @@ class UserInputs:
     clicked: np.ndarray
 
 
-def candidate_rows(
-    served: Served, candidates: np.ndarray, listed: ItemSnapshot | None = None
-) -> CandidateRows:
+def candidate_rows(served: Served, candidates: np.ndarray, listed: Listed = ()) -> CandidateRows:
     """Find the candidates in the snapshot, then among live listings; the unsold get scored."""
     snapshot = served.features.snapshot
-    rows, known = snapshot.positions(candidates)
-    sold = known & snapshot.is_sold[rows]
+    at, known = snapshot.positions(candidates)
+    sold = known & snapshot.is_sold[at]
+    source = np.zeros(len(candidates), np.int64)  # 0: the snapshot, t: listed[t - 1]
+    for t, table in enumerate(listed, start=1):
+        rows, found = table.positions(candidates)
+        found &= ~known
+        source[found], at[found] = t, rows[found]
+        known |= found
     scored = known & ~sold
-    vectors = snapshot.vectors[rows[scored]]
-    codes = {name: values[rows[scored]] for name, values in snapshot.codes.items()}
-    if listed is not None and len(listed.item_ids):
-        at, new = listed.positions(candidates)
-        new &= ~known
-        if new.any():
-            known, scored = known | new, scored | new
-            from_listings = new[scored]
-            vectors = _merged(vectors, listed.vectors[at[new]], from_listings)
-            codes = {n: _merged(v, listed.codes[n][at[new]], from_listings)
-                     for n, v in codes.items()}  # fmt: skip
+    if not listed:  # the usual case: every row from the snapshot
+        rows = at[scored]
+        codes = {name: values[rows] for name, values in snapshot.codes.items()}
+        return CandidateRows(known, sold, candidates[scored], snapshot.vectors[rows], codes)
+    where, rows = source[scored], at[scored]
+    vectors = np.empty((len(rows), snapshot.vectors.shape[1]), np.float32)
+    codes = {name: np.empty(len(rows), np.int64) for name in snapshot.codes}
+    for t, table in enumerate((snapshot, *listed)):
+        mine = where == t
+        if mine.any():
+            vectors[mine] = table.vectors[rows[mine]]
+            for name in codes:
+                codes[name][mine] = table.codes[name][rows[mine]]
     return CandidateRows(known, sold, candidates[scored], vectors, codes)
-
-
-def _merged(old: np.ndarray, new: np.ndarray, is_new: np.ndarray) -> np.ndarray:
-    """Rows of ``old`` and ``new`` interleaved in request order (``is_new`` per row)."""
-    out = np.empty((len(is_new), *old.shape[1:]), old.dtype)
-    out[~is_new], out[is_new] = old, new
-    return out
 
 
 def user_inputs(fetched: Fetched, ids: np.ndarray) -> UserInputs:
@@ -213,7 +212,7 @@ def ranked_answer(
 
 
 def stream_inputs(
-    served: Served, rows: CandidateRows, fresh: FreshInputs, listed: ItemSnapshot | None = None
+    served: Served, rows: CandidateRows, fresh: FreshInputs, listed: Listed = ()
 ) -> dict[str, np.ndarray]:
     """The stream features of the scored candidates (all NaN when the updater is stale)."""
     n = len(rows.ids)
@@ -224,8 +223,8 @@ def stream_inputs(
     def attributes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The category and brand codes of the user's event items (a live listing's too)."""
         category, brand = np.full(len(ids), -1, np.int64), np.full(len(ids), -1, np.int64)
-        for table in (listed, snapshot):
-            if table is not None and len(table.item_ids):
+        for table in (*listed, snapshot):
+            if len(table.item_ids):
                 at, known = table.positions(ids)
                 category = np.where(known, table.codes["category"][at], category)
                 brand = np.where(known, table.codes["brand"][at], brand)
@@ -251,11 +250,11 @@ def rank(
     k: int,
     keep_inputs: bool = False,
     fresh: FreshInputs | None = None,
-    listed: ItemSnapshot | None = None,
+    listed: Listed = (),
 ) -> Ranked:
     """Score the known, unsold candidates and order them (ties: smaller item id first).
 
-    ``listed``: the live listings the served snapshot lacks (its version's side table).
+    ``listed``: the live listings the served snapshot lacks (its version's side tables).
     """
     rows = candidate_rows(served, candidates, listed)
     user = user_inputs(fetched, rows.ids)

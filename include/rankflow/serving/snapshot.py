@@ -59,54 +59,72 @@ class ItemSnapshot:
     def codes_of(self, values: Sequence[str | None]) -> npt.NDArray[np.int64]:
         """The vocabulary codes of values (-1: missing, or a value the version never saw)."""
         vocabulary = self._sorted_vocabulary
-        codes = np.full(len(values), -1, np.int64)
-        for row, value in enumerate(values):
-            if value is None or not len(vocabulary):
-                continue
-            at = int(np.searchsorted(vocabulary, value))
-            if at < len(vocabulary) and vocabulary[at] == value:
-                codes[row] = at
-        return codes
+        given = np.array([v is not None for v in values], bool)
+        if not len(vocabulary) or not given.any():
+            return np.full(len(values), -1, np.int64)
+        wanted = np.array([v if v is not None else "" for v in values], dtype=object)
+        at = np.minimum(np.searchsorted(vocabulary, wanted), len(vocabulary) - 1)
+        found = given & (vocabulary[at] == wanted)
+        return np.where(found, at, -1).astype(np.int64)
 
 
-def with_listings(
-    listed: ItemSnapshot | None, snapshot: ItemSnapshot, listings: Sequence[Listing]
-) -> ItemSnapshot | None:
-    """The live listings ``snapshot`` lacks, as a table shaped like it, with ``listings`` added.
+Listed = tuple[ItemSnapshot, ...]  # live listings a snapshot lacks: sorted tables, newest last
+
+
+def with_listings(listed: Listed, snapshot: ItemSnapshot, listings: Sequence[Listing]) -> Listed:
+    """The live listings ``snapshot`` lacks, with ``listings`` added: tables shaped like it.
 
     Each listing's vector is what training gives a listing its feature day lacks
     (:func:`rankflow.features.listings.listing_vectors`, from the snapshot's context); its
     attributes are coded with the snapshot's vocabulary. A listing already held is kept as it
-    was first read (an item is listed once).
+    was first read (an item is listed once). New listings make a new small table, merged with
+    the one before while it is at least half that one's size (the logarithmic method): adding a
+    few listings to many copies only the few, and a lookup searches O(log n) tables.
     """
     from rankflow.features.listings import listing_vectors
 
     if snapshot.context is None:
         return listed
-    held = listed.item_ids if listed is not None else np.zeros(0, np.int64)
     ids = np.array([listing.item_id for listing in listings], np.int64)
     _, first = np.unique(ids, return_index=True)
-    once = np.zeros(len(ids), bool)
-    once[first] = True
-    _, in_snapshot = snapshot.positions(ids)
-    new = np.flatnonzero(once & ~in_snapshot & ~np.isin(ids, held))
-    if not len(new):
+    new = np.zeros(len(ids), bool)
+    new[first] = True
+    for table in (snapshot, *listed):
+        new &= ~table.positions(ids)[1]
+    if not new.any():
         return listed
-    added = [listings[int(i)] for i in new]
-    vectors = listing_vectors(added, snapshot.context, snapshot.feature_names)
-    codes = {
-        name: snapshot.codes_of([getattr(listing, name) for listing in added])
-        for name in snapshot.codes
-    }
-    if listed is not None:
-        vectors = np.concatenate([listed.vectors, vectors])
-        codes = {name: np.concatenate([listed.codes[name], codes[name]]) for name in codes}
-    all_ids = np.concatenate([held, ids[new]])
-    order = np.argsort(all_ids, kind="stable")
+    added = [listings[int(i)] for i in np.flatnonzero(new)]
+    table = listing_table(
+        snapshot,
+        ids[new],
+        listing_vectors(added, snapshot.context, snapshot.feature_names),
+        {name: snapshot.codes_of([getattr(one, name) for one in added]) for name in snapshot.codes},
+    )
+    levels = (*listed, table)
+    while len(levels) > 1 and 2 * len(levels[-1].item_ids) >= len(levels[-2].item_ids):
+        older, newer = levels[-2], levels[-1]
+        merged = listing_table(
+            snapshot,
+            np.concatenate([older.item_ids, newer.item_ids]),
+            np.concatenate([older.vectors, newer.vectors]),
+            {n: np.concatenate([older.codes[n], newer.codes[n]]) for n in older.codes},
+        )
+        levels = (*levels[:-2], merged)
+    return levels
+
+
+def listing_table(
+    snapshot: ItemSnapshot,
+    item_ids: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
+    codes: dict[str, npt.NDArray[np.int64]],
+) -> ItemSnapshot:
+    """Live listings' rows as a table of ``snapshot``'s version, sorted by id (none sold)."""
+    order = np.argsort(item_ids, kind="stable")
     return ItemSnapshot(
         version=snapshot.version,
         schema_hash=snapshot.schema_hash,
-        item_ids=all_ids[order],
+        item_ids=item_ids[order],
         vectors=vectors[order],
         codes={name: values[order] for name, values in codes.items()},
         is_sold=np.zeros(len(order), bool),

@@ -138,10 +138,9 @@ def test_a_live_listing_is_ranked_with_its_features_and_its_session_clicks(redis
     live = LiveCatalogue(redis_client, PREFIX, 0.5)
     live.follow(snapshot)
     listed = live.listed_for(snapshot)
-    assert listed is not None
-    assert listed.item_ids.tolist() == [99]
-    np.testing.assert_array_equal(listed.codes["category"], [2])
-    np.testing.assert_array_equal(listed.codes["style"], [-1])  # not given: missing
+    assert [table.item_ids.tolist() for table in listed] == [[99]]
+    np.testing.assert_array_equal(listed[0].codes["category"], [2])
+    np.testing.assert_array_equal(listed[0].codes["style"], [-1])  # not given: missing
 
     candidates = np.array([3, 99, 5], np.int64)
     cutoff = cutoff_ms(T, STREAM_LAG_SECONDS)

@@ -10,7 +10,7 @@ import pyarrow as pa
 from rankflow.features.listings import (
     ListingContext,
     context_of_items,
-    listing_values,
+    listing_columns,
     listing_vectors,
 )
 from rankflow.features.registry import ITEM_FEATURES, WINDOWS
@@ -18,6 +18,11 @@ from rankflow.quality.live import Listing
 
 DAY_END = 1_796_688_000_000  # 2026-12-08 00:00 UTC
 CONTEXT = ListingContext(DAY_END, 20.0, {1: 0.1, 7: 0.05, 28: 0.04}, {"dresses": 25.0})
+
+
+def listing_values(one: Listing, context: ListingContext) -> dict[str, float]:
+    """One listing's features as plain floats."""
+    return {name: float(values[0]) for name, values in listing_columns([one], context).items()}
 
 
 def listing(**changes: object) -> Listing:
