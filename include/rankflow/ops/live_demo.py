@@ -6,9 +6,12 @@ ranking service and, over HTTP as the app would:
 1. ranks a demo user's search-like page, sends a burst of intent (clicks and saves on one
    category the page's top did not favour) to ``POST /v1/events`` and ranks the page again:
    a model with stream features moves that category up;
-2. sells the page's top item (a purchase event by another user) and times how long until the
+2. lists a new item of that category (``POST /v1/events`` items) and times how long until the
+   service scores it (the item features training gives a listing newer than its feature day),
+   and where it ranks on the page;
+3. sells the page's top item (a purchase event by another user) and times how long until the
    item has left the answers;
-3. replays the next morning of the demo marketplace (sessions, new listings, sales) into the
+4. replays the next morning of the demo marketplace (sessions, new listings, sales) into the
    event log at a chosen speed and reads the updater's freshness figures.
 """
 
@@ -136,6 +139,52 @@ def burst_of_intent(
     }
 
 
+def listing_of(snapshot: Any, item: int, item_id: int, listed_ms: int) -> dict[str, Any]:
+    """A raw listing like a snapshot item (its attributes, price and condition), under a new id."""
+    from rankflow.features.registry import CONDITION_RANK
+
+    row = int(np.searchsorted(snapshot.item_ids, item))
+    words = {name: int(codes[row]) for name, codes in snapshot.codes.items()}
+    values = dict(zip(snapshot.feature_names, snapshot.vectors[row].tolist(), strict=True))
+    condition = {rank: name for name, rank in CONDITION_RANK.items()}.get(
+        int(values["item_condition_rank"]) if np.isfinite(values["item_condition_rank"]) else 0,
+        "good",
+    )
+    listing = {"item_id": item_id, "seller_id": 1, "listed_ts": iso(listed_ms),
+               "condition": condition, "price": round(float(values["item_price"]), 2)}  # fmt: skip
+    for name, code in words.items():
+        if code >= 0:
+            listing[name] = snapshot.vocabulary[code]
+    return listing
+
+
+def new_listing_ranked(
+    base: str, key: str, user: int, page: list[int], snapshot: Any, like: int
+) -> dict[str, Any]:
+    """List an item like ``like`` under a new id; time until it is scored, and its rank."""
+    at = time.time_ns() // 1_000_000
+    item_id = int(snapshot.item_ids.max()) + 1 + at % 1_000_000_000  # new on every run
+    listing = listing_of(snapshot, like, item_id, at)
+    candidates = [*page, item_id]
+    request = {"user_id": user, "surface": "search", "candidates": candidates,
+               "k": len(candidates)}  # fmt: skip
+    started = time.monotonic()
+    status, _ = post(f"{base}/v1/events", {"items": [listing]}, key)
+    if status != 202:
+        raise RuntimeError(f"POST /v1/events answered {status} for a listing")
+    while time.monotonic() - started < 10:
+        _, answer = post(f"{base}/v1/rank", request, key)
+        ranked = [(item["item_id"], item["score"]) for item in answer["items"]]
+        rank = next(n for n, (item, _) in enumerate(ranked, 1) if item == item_id)
+        if ranked[rank - 1][1] is not None:
+            return {"item_id": item_id, "like": like, "category": listing.get("category"),
+                    "scored_after_ms": round((time.monotonic() - started) * 1000),
+                    "rank": rank, "of": len(candidates)}  # fmt: skip
+        time.sleep(0.05)
+    return {"item_id": item_id, "like": like, "category": listing.get("category"),
+            "scored_after_ms": None, "rank": None, "of": len(candidates)}  # fmt: skip
+
+
 def sale_disappears(base: str, key: str, user: int, page: list[int]) -> dict[str, Any]:
     """Another user buys the page's top item; time until it has left the user's answers."""
     request = {"user_id": user, "surface": "search", "candidates": page, "k": 10}
@@ -156,7 +205,7 @@ def sale_disappears(base: str, key: str, user: int, page: list[int]) -> dict[str
 
 
 def live_morning(settings: Settings, ds: date, base: str, key: str, user: int) -> dict[str, Any]:
-    """The three scenes of the module docstring; print them and return their figures."""
+    """The four scenes of the module docstring; print them and return their figures."""
     from rankflow.monitoring.freshness import read_freshness
     from rankflow.runs import read_run_record
     from rankflow.serving.snapshot import load_snapshot
@@ -182,6 +231,10 @@ def live_morning(settings: Settings, ds: date, base: str, key: str, user: int) -
         f"({burst['untouched_intent_items_in_top10_after']} of them items the user had not touched)"
     )
     print(f"  top 10 before: {burst['top10_before']}\n  top 10 after:  {burst['top10_after']}")
+    listed = new_listing_ranked(base, key, user, page, snapshot, burst["clicked_and_saved"][0])
+    print(f"a new {listed['category']} listing like item {listed['like']} went up: scored "
+          f"{listed['scored_after_ms']} ms after its listing event, ranked {listed['rank']} of "
+          f"{listed['of']} for user {user}")  # fmt: skip
     sale = sale_disappears(base, key, user, page)
     print(f"item {sale['item_id']} (the page's first) sold: gone from the answers "
           f"{sale['gone_after_ms']} ms after its purchase event")  # fmt: skip
@@ -202,5 +255,5 @@ def live_morning(settings: Settings, ds: date, base: str, key: str, user: int) -
         f"listings in {replayed.seconds:.1f} s ({rate:,.0f}/s); event to visible p99 {p99}; "
         f"the stream is {state}"
     )
-    return {"model_reads_stream": reads, "burst": burst, "sale": sale,
+    return {"model_reads_stream": reads, "burst": burst, "listing": listed, "sale": sale,
             "replay": asdict(replayed), "freshness": freshness.as_record()}  # fmt: skip
