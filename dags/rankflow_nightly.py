@@ -185,6 +185,7 @@ def rankflow_nightly() -> None:
     chain(reuse, score, publish_s3, publish_redis, repair_sold(), monitor, alert_breaches(ds))
     # the day's served answers: drained from the serving log, replayed offline, judged by monitor
     chain(ds, drain_served, check_skew, monitor)
+    chain(ingest, check_skew)  # live listings are rebuilt from the day's bronze items
 
 
 rankflow_nightly()

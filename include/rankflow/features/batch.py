@@ -106,8 +106,10 @@ def catalogue_context(counted: DataFrame) -> tuple[DataFrame, DataFrame]:
     (:func:`context_of_features` reads the same values back from the feature rows).
     """
     rates = catalogue_rates(counted)
+    # the exact lower median (one of the category's prices), whatever the partitioning: an
+    # approximate one differs between the nightly job and training's many days in one job
     medians = counted.groupBy("as_of", "category").agg(
-        F.percentile_approx("price", 0.5).alias("category_median_price")
+        F.expr("percentile_disc(0.5) WITHIN GROUP (ORDER BY price)").alias("category_median_price")
     )
     return rates, medians
 

@@ -6,7 +6,7 @@ impression day has its attributes, nothing counted, the catalogue's click-throug
 window, age 0 and its price over its category's median price of the feature day. The ranking
 service meets such listings live, before any nightly run knows them, and computes the same
 vector from the listing record and the feature version's :class:`ListingContext` (the rates and
-medians, read back exactly from the day's item rows). ``tests/spark/features/
+medians, read back exactly from the day's item rows). ``tests/spark/transforms/
 test_listing_features.py`` proves the two equal; the skew check rebuilds served listings with
 :func:`rankflow.features.batch.listing_features`.
 """

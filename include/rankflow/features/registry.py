@@ -102,7 +102,7 @@ REGISTRY: tuple[Feature, ...] = (
     ],
     _item("item_age_days", "days between listing and the end of the as-of day"),
     _item("item_price", "asking price"),
-    _item("item_price_rel_category", "price over the category's approximate median (snapshot)"),
+    _item("item_price_rel_category", "price over its category's median as of the day"),
     _item("item_condition_rank", "condition, 4 = new with tags .. 1 = satisfactory"),
     _item("seller_rating", "the seller's rating"),
     _user("user_impressions_28d", "items shown to the user over 28 days", 28),

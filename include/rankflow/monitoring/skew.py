@@ -3,7 +3,9 @@
 For a day's sampled answers (``bronze/served`` rows that carry model inputs), every scored
 candidate's input row is rebuilt offline from the Delta commit its feature version was
 materialised from, through the same join and on-demand function as the training set
-(:func:`rankflow.features.on_demand.with_cross_features`). Per feature it counts mismatched
+(:func:`rankflow.features.on_demand.with_cross_features`); a live listing the version lacks is
+read from bronze (where the stream landed it) and given the training set's row of a listing
+newer than its feature day. Per feature it counts mismatched
 values (both present, different), missing ones (offline has a value, the service had none) and
 extra ones (the reverse), and the SMAPE; the rebuilt rows are re-scored with the logged model
 version, and every score must equal the logged one bit for bit and every answer's ranked head
@@ -176,6 +178,8 @@ def with_live_listings(
     and given the training set's row of a listing newer than its feature day
     (:func:`rankflow.features.batch.listing_features`, against the day's catalogue).
     """
+    from pyspark.sql import functions as F
+
     from rankflow.features.batch import context_of_features, listing_features
     from rankflow.lake.tables import bronze
 
@@ -183,7 +187,13 @@ def with_live_listings(
     lacking = (
         rows.select("as_of", "item_id").distinct().join(items, ["as_of", "item_id"], "left_anti")
     )
-    listings = listed.drop("ds").join(lacking, "item_id")
+    # listed after the feature day (the version holds the rest), once per item as ingest keeps it
+    listings = (
+        listed.join(lacking, "item_id")
+        .where(F.col("ds") > F.col("as_of"))
+        .dropDuplicates(["as_of", "item_id"])
+        .drop("ds")
+    )
     rates, medians = context_of_features(items)
     weight = float(settings.pipeline["features"]["ctr_prior_weight"])
     rebuilt = listing_features(listings, rates, medians, weight)

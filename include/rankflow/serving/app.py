@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from rankflow.quality.live import LogRecord
     from rankflow.serving.log import ServedRecord
     from rankflow.serving.ranker import Ranked
+    from rankflow.serving.snapshot import ItemSnapshot
     from rankflow.serving.state import ServingState
 
 log = logging.getLogger("rankflow.serving")
@@ -212,8 +213,11 @@ def create_app(
     batch_decoder = msgspec.json.Decoder(Batch)
     from rankflow.serving.live import LiveCatalogue
 
+    # its own connection: a whole read of the sets must not wait behind, or time out like, a
+    # lookup (whose timeout is the request deadline)
+    live_client = redis_client(settings.redis.lookup_url, socket_timeout=5.0)
     live = LiveCatalogue(
-        client, prefix, float(stream_config["poll_seconds"]),
+        live_client, prefix, float(stream_config["poll_seconds"]),
         stale_after_ms=int(float(stream_config["stale_after_seconds"]) * 1000),
         partitions=int(stream_config["partitions"]), backend=str(stream_config["backend"]),
     )  # fmt: skip
@@ -227,6 +231,14 @@ def create_app(
             log.warning("could not record the refusal in Redis: %s", problem)
 
     serving.on_refusal = record_refusal
+
+    def follow_listings(snapshot: ItemSnapshot) -> None:
+        try:
+            live.follow(snapshot)
+        except Exception as problem:  # Redis away: the poll thread reads them again
+            log.warning("could not read the live sales and listings again: %s", problem)
+
+    serving.on_features = follow_listings
     sample_percent = float(config["log_vectors_percent"])
     sample_seed = int(config["log_sample_seed"])
     fallbacks: dict[str, list[int]] = {}  # surface -> the nightly fallback list, for Redis outages
@@ -248,14 +260,8 @@ def create_app(
                 continue
 
     def refresh() -> None:
-        before = serving.served.features.version if serving.served else None
         serving.refresh_quietly()
         remember_fallbacks()
-        if serving.served is not None and serving.served.features.version != before:
-            try:
-                live.follow(serving.served.features.snapshot)
-            except Exception as problem:  # Redis away: the next poll catches up
-                log.warning("could not read the live sales and listings again: %s", problem)
         if serving.served is not None:
             metrics.show_served(serving.served.model.version, serving.served.features.version)
             listed = live.listed_for(serving.served.features.snapshot)
@@ -288,6 +294,7 @@ def create_app(
         for opened in opened_logs:
             opened.close()
         log_client.close()
+        live_client.close()
         client.close()
         metrics.close()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,11 +45,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("rankflow.serving")
 
 
-RECORDS_PER_CALL = 1_000  # listing records per MGET when the whole set is read again
+PAGE = 10_000  # set members per ZRANGEBYSCORE (a whole set is read again in pages)
+RECORDS_PER_CALL = 1_000  # listing records per MGET
 
 
 class LiveCatalogue:
-    """The items sold and listed live, polled from Redis; the updaters' progress."""
+    """The items sold and listed live, polled from Redis; the updaters' progress.
+
+    Three readers, each its own step of a poll so one failing leaves the others current:
+    progress first (a stale updater must be noticed even when the sets cannot be read), then
+    sales, then listings. Both sets are read by arrival sequence, in pages; a cursor moves only
+    after what it covers was read and applied, so a failed read is read again by the next poll.
+    A new feature version (:meth:`follow`) reads both sets whole into new state that replaces the
+    old at once: sales never come back and listings are never missing while it reads.
+    """
 
     def __init__(
         self,
@@ -61,7 +71,9 @@ class LiveCatalogue:
         backend: str = "redis",
     ) -> None:
         self.client = client
-        self.key = sold_key(prefix)
+        self.prefix = prefix
+        self.sold_key = sold_key(prefix)
+        self.listed_key = listed_key(prefix)
         self.progress = progress_key(prefix)
         self.stale_after_ms = stale_after_ms
         self.partitions = partitions
@@ -69,16 +81,15 @@ class LiveCatalogue:
         self.caught_up_ms: int | None = None  # the least recent partition's, at the last poll
         self.poll_seconds = poll_seconds
         self.sold = np.zeros(0, np.int64)
-        self.seen_up_to = 0.0  # the highest arrival sequence read
-        self.listed_key = listed_key(prefix)
-        self.prefix = prefix
-        self.listed_up_to = 0.0
-        self.snapshot: ItemSnapshot | None = None  # what the listings are ranked against
+        self.seen_up_to = 0.0  # the highest arrival sequence of the sales read
+        self.listed_up_to = 0.0  # ... of the listings read
+        self.wanted: ItemSnapshot | None = None  # the snapshot listings are to be ranked against
+        self.snapshot: ItemSnapshot | None = None  # ... and the one they are ranked against
         self.listed: Listed = ()  # live listings the snapshot lacks
         self.failures = 0
         self._lock = threading.Lock()  # one poll or resync at a time
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rankflow-live-sales", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="rankflow-live", daemon=True)
 
     def stale(self, now_ms: int | None = None) -> bool:
         """Whether the fresh state may be missing events (an updater behind, or none running)."""
@@ -96,29 +107,38 @@ class LiveCatalogue:
             return
         self.caught_up_ms = min(decode_progress(mark)[0] for mark in marks if mark is not None)
 
+    def arrived(self, key: str, after: float) -> Iterator[tuple[list[int], float]]:
+        """The members of a set scored after ``after``, in pages, each with its last score."""
+        while True:
+            reply: list[tuple[bytes, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+                key, f"({after}", "+inf", start=0, num=PAGE, withscores=True
+            )
+            if not reply:
+                return
+            after = float(reply[-1][1])
+            yield [int(member) for member, _ in reply], after
+            if len(reply) < PAGE:
+                return
+
     def poll(self) -> int:
         """Read the sales that arrived since the last poll; return how many were new."""
-        reply: list[tuple[bytes, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
-            self.key, f"({self.seen_up_to}", "+inf", withscores=True
-        )
-        if not reply:
-            return 0
-        ids = np.array([int(member) for member, _ in reply], np.int64)
-        self.seen_up_to = max(float(score) for _, score in reply)
-        self.sold = np.union1d(self.sold, ids)
-        return len(ids)
+        new = 0
+        for ids, last in self.arrived(self.sold_key, self.seen_up_to):
+            self.sold = np.union1d(self.sold, np.array(ids, np.int64))
+            self.seen_up_to, new = last, new + len(ids)
+        return new
 
     def poll_listings(self) -> int:
-        """Read the listings that arrived since the last poll into the side table."""
-        reply: list[tuple[bytes, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
-            self.listed_key, f"({self.listed_up_to}", "+inf", withscores=True
-        )
-        if not reply:
-            return 0
-        self.listed_up_to = max(float(score) for _, score in reply)
-        found = self.read_listings([int(member) for member, _ in reply])
-        self.add_listings(found)
-        return len(found)
+        """Add the listings that arrived since the last poll to the side tables."""
+        from rankflow.serving.snapshot import with_listings
+
+        snapshot, new = self.snapshot, 0
+        if snapshot is None or snapshot.context is None:
+            return 0  # nothing to rank them against: read whole by follow() when there is
+        for ids, last in self.arrived(self.listed_key, self.listed_up_to):
+            self.listed = with_listings(self.listed, snapshot, self.read_listings(ids))
+            self.listed_up_to, new = last, new + len(ids)
+        return new
 
     def read_listings(self, item_ids: list[int]) -> list[Listing]:
         """The listing records of ``item_ids`` (expired or unreadable ones are left out)."""
@@ -139,27 +159,33 @@ class LiveCatalogue:
                     found.append(record)
         return found
 
-    def add_listings(self, listings: list[Listing]) -> None:
-        """Give new listings their features against the snapshot and swap the side table in."""
+    def follow(self, snapshot: ItemSnapshot) -> None:
+        """Rank live listings against a new feature version: read both sets whole again.
+
+        Called before the version is served; the new state replaces the old in one step. On a
+        failure the old state stays and the poll thread tries again.
+        """
+        self.wanted = snapshot
+        with self._lock:
+            self.resync(snapshot)
+
+    def resync(self, snapshot: ItemSnapshot) -> None:
+        """Read both sets whole into new state, then swap it in (older items may have left)."""
         from rankflow.serving.snapshot import with_listings
 
-        snapshot = self.snapshot
-        if snapshot is None or snapshot.context is None:
-            return  # read again by follow() once a snapshot with a listing context is served
-        self.listed = with_listings(self.listed_for(snapshot), snapshot, listings)
-
-    def follow(self, snapshot: ItemSnapshot) -> None:
-        """Rank live listings against a new feature version; read both sets whole again."""
-        with self._lock:
-            self.snapshot = snapshot
-            self.resync()
-
-    def resync(self) -> None:
-        """Read both sets whole again (a new feature version: older items may have left them)."""
-        self.sold, self.seen_up_to = np.zeros(0, np.int64), 0.0
-        self.poll()
-        self.listed, self.listed_up_to = (), 0.0
-        self.poll_listings()
+        sold, seen_up_to = np.zeros(0, np.int64), 0.0
+        for ids, last in self.arrived(self.sold_key, 0.0):
+            sold, seen_up_to = np.union1d(sold, np.array(ids, np.int64)), last
+        listed: Listed = ()
+        listed_up_to = 0.0
+        if snapshot.context is not None:  # a snapshot from before live listings ranks none
+            for ids, last in self.arrived(self.listed_key, 0.0):
+                listed, listed_up_to = (
+                    with_listings(listed, snapshot, self.read_listings(ids)),
+                    last,
+                )
+        self.sold, self.seen_up_to = sold, seen_up_to
+        self.listed, self.listed_up_to, self.snapshot = listed, listed_up_to, snapshot
 
     def listed_for(self, snapshot: ItemSnapshot) -> Listed:
         """The live listings ranked against ``snapshot`` (none: another version's, or none yet)."""
@@ -184,16 +210,26 @@ class LiveCatalogue:
         self._thread.join(2.0)
 
     def _poll_quietly(self) -> None:
-        try:
-            with self._lock:
-                self.poll()
-                self.poll_listings()
-                self.poll_progress()
+        """One poll: progress, sales, listings (or a whole read for a version not yet followed)."""
+        wanted = self.wanted
+        steps: list[tuple[str, Callable[[], object]]] = [("progress", self.poll_progress)]
+        if wanted is not None and wanted is not self.snapshot:
+            steps.append(("sales and listings", lambda: self.resync(wanted)))
+        else:
+            steps += [("sales", self.poll), ("listings", self.poll_listings)]
+        failed = []
+        with self._lock:
+            for name, step in steps:
+                try:
+                    step()
+                except Exception as problem:  # Redis away: keep what we know
+                    failed.append(f"{name}: {problem}")
+        if not failed:
             self.failures = 0
-        except Exception as problem:  # Redis away: keep what we know, say so once a minute
-            self.failures += 1
-            if self.failures == 1 or self.failures % 120 == 0:
-                log.warning("could not read the live sales: %s", problem)
+            return
+        self.failures += 1  # said once a minute
+        if self.failures == 1 or self.failures % 120 == 0:
+            log.warning("could not read the live state (%s)", "; ".join(failed))
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_seconds):

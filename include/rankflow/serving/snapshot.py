@@ -76,10 +76,13 @@ def with_listings(listed: Listed, snapshot: ItemSnapshot, listings: Sequence[Lis
 
     Each listing's vector is what training gives a listing its feature day lacks
     (:func:`rankflow.features.listings.listing_vectors`, from the snapshot's context); its
-    attributes are coded with the snapshot's vocabulary. A listing already held is kept as it
-    was first read (an item is listed once). New listings make a new small table, merged with
-    the one before while it is at least half that one's size (the logarithmic method): adding a
-    few listings to many copies only the few, and a lookup searches O(log n) tables.
+    attributes are coded with the snapshot's vocabulary, extended by the values only live
+    listings brought (each table's ``vocabulary``: the snapshot's, then those, in arrival order),
+    so a new brand equals itself and nothing else, as the strings do offline. A listing already
+    held is kept as it was first read (an item is listed once). New listings make a new small
+    table, merged with the one before while it is at least half that one's size (the
+    logarithmic method): adding a few listings to many copies only the few, and a lookup
+    searches O(log n) tables.
     """
     from rankflow.features.listings import listing_vectors
 
@@ -94,13 +97,13 @@ def with_listings(listed: Listed, snapshot: ItemSnapshot, listings: Sequence[Lis
     if not new.any():
         return listed
     added = [listings[int(i)] for i in np.flatnonzero(new)]
-    table = listing_table(
-        snapshot,
-        ids[new],
-        listing_vectors(added, snapshot.context, snapshot.feature_names),
-        {name: snapshot.codes_of([getattr(one, name) for one in added]) for name in snapshot.codes},
-    )
-    levels = (*listed, table)
+    vocabulary = list(listed[-1].vocabulary if listed else snapshot.vocabulary)
+    codes = {
+        name: extended_codes(snapshot, vocabulary, [getattr(one, name) for one in added])
+        for name in snapshot.codes
+    }
+    vectors = listing_vectors(added, snapshot.context, snapshot.feature_names)
+    levels = (*listed, listing_table(snapshot, ids[new], vectors, codes, vocabulary))
     while len(levels) > 1 and 2 * len(levels[-1].item_ids) >= len(levels[-2].item_ids):
         older, newer = levels[-2], levels[-1]
         merged = listing_table(
@@ -108,9 +111,28 @@ def with_listings(listed: Listed, snapshot: ItemSnapshot, listings: Sequence[Lis
             np.concatenate([older.item_ids, newer.item_ids]),
             np.concatenate([older.vectors, newer.vectors]),
             {n: np.concatenate([older.codes[n], newer.codes[n]]) for n in older.codes},
+            newer.vocabulary,
         )
         levels = (*levels[:-2], merged)
     return levels
+
+
+def extended_codes(
+    snapshot: ItemSnapshot, vocabulary: list[str], values: Sequence[str | None]
+) -> npt.NDArray[np.int64]:
+    """Codes of values: the snapshot's, else a value's place in ``vocabulary``'s tail (grown)."""
+    codes = snapshot.codes_of(values)
+    known = len(snapshot.vocabulary)
+    tail = {value: known + k for k, value in enumerate(vocabulary[known:])}
+    for row in np.flatnonzero(codes < 0):
+        value = values[int(row)]
+        if value is None:
+            continue  # missing stays missing
+        if value not in tail:
+            tail[value] = len(vocabulary)
+            vocabulary.append(value)
+        codes[row] = tail[value]
+    return codes
 
 
 def listing_table(
@@ -118,6 +140,7 @@ def listing_table(
     item_ids: npt.NDArray[np.int64],
     vectors: npt.NDArray[np.float32],
     codes: dict[str, npt.NDArray[np.int64]],
+    vocabulary: list[str],
 ) -> ItemSnapshot:
     """Live listings' rows as a table of ``snapshot``'s version, sorted by id (none sold)."""
     order = np.argsort(item_ids, kind="stable")
@@ -128,7 +151,7 @@ def listing_table(
         vectors=vectors[order],
         codes={name: values[order] for name, values in codes.items()},
         is_sold=np.zeros(len(order), bool),
-        vocabulary=snapshot.vocabulary,
+        vocabulary=vocabulary,
         feature_names=snapshot.feature_names,
         context=snapshot.context,
     )

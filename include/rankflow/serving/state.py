@@ -182,6 +182,8 @@ class ServingState:
     last_error: str = ""
     last_refused: tuple[str, str] | None = None  # the (model, features) pair refused last
     on_refusal: Callable[[dict[str, str]], None] | None = None  # e.g. append to the refusals log
+    # called with a new feature version's snapshot just before it is served (live listings)
+    on_features: Callable[[ItemSnapshot], None] | None = None
     champion: tuple[str, str | None] | None = None  # MLflow's last answer: version, schema hash
     announcement: str | None = None  # the announcement that answer followed
     registry_read_at: float = float("-inf")  # monotonic time of that answer
@@ -231,6 +233,8 @@ class ServingState:
             if current and current.model.version == model_version
             else load_served_model(self.settings, model_version, model_hash)
         )
+        if self.on_features is not None and (current is None or current.features is not features):
+            self.on_features(features.snapshot)
         self.served = Served(model, features)
         freeze_heap()
         log.info("serving model %s with feature version %s", model.version, features.version)

@@ -183,7 +183,8 @@ for i = 11, #ARGV, 11 do
       end
     elseif kind == 'l' then
       local item = ARGV[i + 3]
-      redis.call('SET', base .. ':listing:' .. item, ARGV[i + 4], 'PX', day_ttl)
+      -- the first record of a listing stays, as the listed set and the landing keep the first
+      redis.call('SET', base .. ':listing:' .. item, ARGV[i + 4], 'NX', 'PX', day_ttl)
       local seq = redis.call('INCR', base .. ':seq')
       redis.call('ZADD', base .. ':listed', 'NX', seq, item)
       if seq % 1000 == 0 then -- now and then: keep the latest max_listings

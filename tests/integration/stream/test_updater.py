@@ -255,3 +255,43 @@ def test_the_service_sees_a_stale_updater_as_stale(redis_client) -> None:
     live.poll_progress()
     assert not live.stale(now + 1_000)
     assert live.stale(now + 6_000)  # not caught up for longer than stale_after
+
+
+def test_live_listings_are_read_in_pages_and_a_failed_read_is_read_again(
+    redis_client, monkeypatch
+) -> None:
+    """Many listings in pages; a read that fails moves no cursor, so the next poll gets them."""
+    from rankflow.features.listings import ListingContext
+    from rankflow.features.registry import AFFINITY_DIMENSIONS, ITEM_FEATURES
+    from rankflow.quality.live import encode_record
+    from rankflow.serving import live as live_module
+    from rankflow.serving.snapshot import ItemSnapshot
+
+    monkeypatch.setattr(live_module, "PAGE", 100)
+    listings = [Listing(20_000 + n, 1, DAY0, "c", "b", "good", 10.0) for n in range(450)]
+    entries = [Entry(0, (n + 1, 0), encode_record(one)) for n, one in enumerate(listings)]
+    apply_entries(redis_client, entries, CONFIG, partition="redis:0", caught_up=True)
+    context = ListingContext(DAY0, 20.0, {1: 0.1, 7: 0.1, 28: 0.1}, {"c": 10.0})
+    snapshot = ItemSnapshot(
+        "fv", "h", np.array([20_000]), np.zeros((1, len(ITEM_FEATURES)), np.float32),
+        {d: np.zeros(1, np.int64) for d in AFFINITY_DIMENSIONS}, np.zeros(1, bool), ["b", "c"],
+        list(ITEM_FEATURES), context,
+    )  # fmt: skip
+    live = live_module.LiveCatalogue(redis_client, "rft", 0.5)
+    live.follow(snapshot)
+    held = np.concatenate([t.item_ids for t in live.listed_for(snapshot)])
+    assert sorted(held.tolist()) == list(range(20_001, 20_450))  # all but the snapshot's own
+
+    more = [Listing(30_000 + n, 1, DAY0, "c", "b", "good", 10.0) for n in range(3)]
+    entries = [Entry(0, (500 + n, 0), encode_record(one)) for n, one in enumerate(more)]
+    apply_entries(redis_client, entries, CONFIG, partition="redis:0", caught_up=True)
+    real_mget = live.client.mget
+    monkeypatch.setattr(live.client, "mget", lambda keys: (_ for _ in ()).throw(OSError("away")))
+    live._poll_quietly()  # the record read fails: the listings wait
+    assert live.failures == 1
+    assert max(t.item_ids.max() for t in live.listed_for(snapshot)) < 30_000
+    monkeypatch.setattr(live.client, "mget", real_mget)
+    live._poll_quietly()
+    held = np.concatenate([t.item_ids for t in live.listed_for(snapshot)])
+    assert {30_000, 30_001, 30_002} <= set(held.tolist())
+    assert live.failures == 0

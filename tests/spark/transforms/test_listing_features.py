@@ -59,7 +59,7 @@ def as_listing(row: Any) -> Any:
     return Listing(
         item_id=int(row["item_id"]),
         seller_id=int(row["seller_id"]),
-        listed_ts_ms=int(row["listed_ts"].replace(tzinfo=UTC).timestamp() * 1000),
+        listed_ts_ms=int(row["listed_ms"]),
         category=row["category"],
         brand=row["brand"],
         condition=row["condition"],
@@ -75,7 +75,12 @@ def test_a_new_listing_gets_online_the_vector_training_gives_it(rows: dict[str, 
 
     from rankflow.features.listings import context_of_items, listing_vectors
 
-    listings = rows["listings"].orderBy("item_id").collect()
+    listings = (
+        rows["listings"]
+        .select("*", F.unix_millis("listed_ts").alias("listed_ms"))
+        .orderBy("item_id")
+        .collect()
+    )
     wanted = [int(r["item_id"]) for r in listings]
     trained = rows["training"].where(F.col("item_id").isin(wanted)).orderBy("item_id").toPandas()
     assert trained["item_id"].tolist() == wanted

@@ -45,11 +45,21 @@ def test_listings_grow_in_few_tables_each_item_once() -> None:
     assert with_listings(listed, items, [listing(3)]) is listed  # nothing new: the same tables
 
 
-def test_codes_come_from_the_snapshots_vocabulary() -> None:
-    (table,) = with_listings((), snapshot(), [listing(1, category="c2"), listing(3, category="x")])
-    np.testing.assert_array_equal(table.codes["category"], [2, -1])  # unseen: missing
-    np.testing.assert_array_equal(table.codes["style"], [-1, -1])  # not given: missing
-    np.testing.assert_array_equal(table.codes["size"], [3, 3])
+def test_codes_come_from_the_snapshots_vocabulary_then_from_the_listings() -> None:
+    items = snapshot()
+    listed = with_listings((), items, [listing(1, category="c2"), listing(3, category="x"),
+                                       listing(7, category="y")])  # fmt: skip
+    (table,) = listed
+    # a value the version never saw equals itself only, as the strings do offline
+    np.testing.assert_array_equal(table.codes["category"], [2, 4, 5])
+    assert table.vocabulary == [*VOCABULARY, "x", "y"]
+    np.testing.assert_array_equal(table.codes["style"], [-1, -1, -1])  # not given: missing
+    np.testing.assert_array_equal(table.codes["size"], [3, 3, 3])
+    listed = with_listings(listed, items, [listing(8, category="y"), listing(9, category="z")])
+    (merged,) = listed  # 2 new are at least half of 3: one table again
+    assert merged.item_ids.tolist() == [1, 3, 7, 8, 9]
+    np.testing.assert_array_equal(merged.codes["category"], [2, 4, 5, 5, 6])  # y: the same code
+    assert items.vocabulary == VOCABULARY  # the snapshot's own is untouched
 
 
 def test_candidates_are_found_in_request_order_across_the_tables() -> None:
