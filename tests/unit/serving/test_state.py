@@ -103,6 +103,33 @@ def test_a_refused_champion_is_remembered_when_its_features_arrive(
     assert pointers["mlflow_reads"] == 2
 
 
+def test_a_new_feature_version_is_announced_before_it_is_served_never_when_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Live listings are ranked against a version before its first answer (on_features)."""
+    pointers = {"model": "1", "mhash": "aaa", "fv": "f1", "fhash": "aaa", "announced": "a1"}
+    install(monkeypatch, pointers)
+    serving = ServingState(_Settings(), client=None, registry_poll_seconds=0)  # type: ignore[arg-type]
+    seen: list[tuple[str, str | None]] = []
+
+    def on_features(snapshot: object) -> None:
+        served = serving.served
+        seen.append((pointers["fv"], served.features.version if served else None))
+
+    serving.on_features = on_features  # type: ignore[assignment]
+    assert serving.refresh() is True
+    assert seen == [("f1", None)]  # before anything was served
+    pointers.update(model="2", announced="a2")  # a new model, the same features: no call
+    assert serving.refresh() is True
+    assert seen == [("f1", None)]
+    pointers.update(fv="f2", fhash="bbb")  # features of another schema: refused, no call
+    assert serving.refresh() is False
+    assert seen == [("f1", None)]
+    pointers.update(fhash="aaa", fv="f3")
+    assert serving.refresh() is True
+    assert seen == [("f1", None), ("f3", "f1")]  # called while f1 was still served
+
+
 class _Store:
     """A feature version's meta and schema as Redis returns them (bytes)."""
 
