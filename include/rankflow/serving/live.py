@@ -9,9 +9,9 @@ version (whose snapshot marks the older sales), so its copy stays as small.
 
 The same poll reads the listings that arrived (``{prefix}:fresh:listed``, then their records):
 each one the served snapshot does not hold gets the item features training gives a listing its
-feature day lacks (:mod:`rankflow.features.listings`), computed once on arrival, in a side table
+feature day lacks (:mod:`rankflow.features.listings`), computed once on arrival, in side tables
 shaped like the snapshot (:attr:`LiveCatalogue.listed`) that the ranker looks in after the
-snapshot; a new feature version rebuilds it against its own context and drops what it holds.
+snapshot; a new feature version rebuilds them against its own context, before it is served.
 
 The same poll reads the updaters' progress (``{prefix}:fresh:progress``): when a partition has
 not been caught up with its log for ``stale_after_ms``, or none ever reported, the fresh state is

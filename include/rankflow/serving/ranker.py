@@ -6,7 +6,7 @@ candidates' day counters from the stream updater's fresh state; item features co
 in-process snapshot; the user x item features from the same function the Spark jobs call; the
 stream features from the reduction the offline backfill is proven equal to
 (``rankflow.features.stream``), NaN when the updater is stale; the scores from one
-``inplace_predict``. Live listings the snapshot lacks are found in the side table of
+``inplace_predict``. Live listings the snapshot lacks are found in the side tables of
 :class:`rankflow.serving.live.LiveCatalogue` (the features training gives new listings). Sold
 items are removed; candidates neither knows are returned after the ranked ones, in request
 order.
