@@ -140,6 +140,22 @@ local function count_item_event(day, item, kind, second)
   redis.call('SET', key, struct.pack(ITEM_DAY, unpack(f)), 'PX', day_ttl)
 end
 
+-- add an item to a live set (sold, listed) scored by the arrival sequence, once; now and then
+-- keep only the latest ``most`` (older ones are in the next nightly snapshot). True when added.
+local function add_latest(key, item, most)
+  local seq = redis.call('INCR', base .. ':seq')
+  if redis.call('ZADD', key, 'NX', seq, item) == 0 then
+    return false
+  end
+  if seq % 1000 == 0 then
+    local kept = redis.call('ZCARD', key)
+    if kept > most then
+      redis.call('ZREMRANGEBYRANK', key, 0, kept - most - 1)
+    end
+  end
+  return true
+end
+
 local applied, duplicates, replayed, listings = 0, 0, 0, 0
 local sold = {}
 local last_position, last_event_ts = nil, nil
@@ -167,15 +183,8 @@ for i = 11, #ARGV, 11 do
         remember_user_event(user, tonumber(item), event_type, ts)
         count_item_event(day, item, event_type, second)
         if event_type == 5 then -- a purchase: the item is sold from now on
-          local seq = redis.call('INCR', base .. ':seq')
-          if redis.call('ZADD', base .. ':sold', 'NX', seq, item) == 1 then
+          if add_latest(base .. ':sold', item, max_sales) then
             sold[#sold + 1] = item
-            if seq % 1000 == 0 then -- now and then: keep the latest max_sales
-              local kept = redis.call('ZCARD', base .. ':sold')
-              if kept > max_sales then
-                redis.call('ZREMRANGEBYRANK', base .. ':sold', 0, kept - max_sales - 1)
-              end
-            end
           end
         end
         applied = applied + 1
@@ -185,14 +194,7 @@ for i = 11, #ARGV, 11 do
       local item = ARGV[i + 3]
       -- the first record of a listing stays, as the listed set and the landing keep the first
       redis.call('SET', base .. ':listing:' .. item, ARGV[i + 4], 'NX', 'PX', day_ttl)
-      local seq = redis.call('INCR', base .. ':seq')
-      redis.call('ZADD', base .. ':listed', 'NX', seq, item)
-      if seq % 1000 == 0 then -- now and then: keep the latest max_listings
-        local kept = redis.call('ZCARD', base .. ':listed')
-        if kept > max_listings then
-          redis.call('ZREMRANGEBYRANK', base .. ':listed', 0, kept - max_listings - 1)
-        end
-      end
+      add_latest(base .. ':listed', item, max_listings)
       listings = listings + 1
     end
   end
