@@ -23,6 +23,7 @@ from rankflow.sim.marketplace import GeneratorConfig, yesterday
 from rankflow.store.client import redact_url, redis_client
 
 DAG_ID = "rankflow_nightly"
+TINY_TOP_K = 50  # what the tests publish from the tiny marketplace (tests/dag_runs.py)
 
 
 class DemoError(RuntimeError):
@@ -397,6 +398,11 @@ def with_stream_features(settings: Settings) -> Settings:
     return load_settings()
 
 
+def night_top_k(settings: Settings, preset: str) -> int:
+    """The night's K: the tiny catalogue leaves some users fewer than 100 candidates."""
+    return min(settings.default_top_k, TINY_TOP_K) if preset == "tiny" else settings.default_top_k
+
+
 def run_demo(settings: Settings, preset: str = "demo", verbose: bool = False) -> int:
     """Run the whole demo; every stage is skipped when its result already exists."""
     from rankflow.ops import services
@@ -421,7 +427,7 @@ def run_demo(settings: Settings, preset: str = "demo", verbose: bool = False) ->
             run_nightly_dag(
                 settings,
                 last,
-                {"surface": surface, "top_k": settings.default_top_k, "retrain": True},
+                {"surface": surface, "top_k": night_top_k(settings, preset), "retrain": True},
                 log,
                 verbose,
             )
