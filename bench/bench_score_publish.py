@@ -79,6 +79,7 @@ WARM_UP_SURFACE = "warmup"
 BENCHMARK_RUNS = 3  # redis-benchmark runs before and after the publication (median of all)
 PUBLISH_RUNS = 3  # publications of the same snapshot, each into a fresh version (median)
 SCORING_RUNS = 3  # runs of each scoring path over the same rows (median, with the range)
+NIGHTLY_USERS = 1_000_000  # the marketplace size of issue #15's night: (b) is measured there too
 
 
 def parse_args(argv: Sequence[str], settings: Settings) -> Scale:
@@ -96,6 +97,13 @@ def parse_args(argv: Sequence[str], settings: Settings) -> Scale:
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated Parquet files")
     parser.add_argument(
+        "--publish-users",
+        type=int,
+        default=env_int("BENCH_PUBLISH_USERS", NIGHTLY_USERS),
+        help="also publish this many users' synthetic lists (the nightly's size, where a "
+        "publication's fixed cost, a Spark job's start, weighs less)",
+    )
+    parser.add_argument(
         "--publish-only",
         action="store_true",
         help="skip (a): generate the top-K lists directly in Spark and measure (b) and (c)",
@@ -110,6 +118,7 @@ def parse_args(argv: Sequence[str], settings: Settings) -> Scale:
         workdir=args.workdir.resolve(),
         keep=args.keep,
         publish_only=args.publish_only,
+        publish_users=args.users if args.publish_only else args.publish_users,
     )
 
 
@@ -443,6 +452,25 @@ def bench_publish(
     return PublishResult(done.users, done.seconds, rates, per_user, tuple(r.seconds for r in runs))
 
 
+def publish_nightly_size(
+    spark: SparkSession, settings: Settings, scale: Scale, workdir: Path
+) -> PublishResult:
+    """Measure (b) and (c) again on synthetic lists of ``--publish-users`` users."""
+    import dataclasses
+
+    night = dataclasses.replace(scale, users=scale.publish_users)
+    ranked_path = str(workdir / f"ranked-night-{os.getpid()}")
+    gold_path = str(workdir / f"gold-night-{os.getpid()}")
+    say(f"(b) at the nightly's size: top-{night.top_k} lists of {night.users:,} users")
+    try:
+        write_synthetic_lists(spark, night, ranked_path)
+        snapshot = make_gold(spark, ranked_path, gold_path)
+        return bench_publish(spark, settings, gold_path, snapshot, night.top_k)
+    finally:
+        shutil.rmtree(ranked_path, ignore_errors=True)
+        shutil.rmtree(gold_path, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -451,13 +479,26 @@ def verdict(value: float, target: float) -> str:
     return "PASS" if value >= target else "FAIL"
 
 
+def publish_line(published: PublishResult) -> str:
+    """Return the summary line of one publication size, with its verdict."""
+    rates = published.benchmark_rates
+    return (
+        f"(b) publish  {published.users:,} users  Redis {published.rate:,.0f} users/s "
+        f"{published.rate_range()}  benchmark {statistics.median(rates):,.0f} SET/s "
+        f"[{min(rates):,.0f} .. {max(rates):,.0f}]  ratio {published.ratio:.3f}  "
+        f"target >= {TARGET_PUBLISH}  {verdict(published.ratio, TARGET_PUBLISH)}"
+    )
+
+
 def summary(
-    scale: Scale, scoring: ScoringResult | None, published: PublishResult, total: float
+    scale: Scale, scoring: ScoringResult | None, published: list[PublishResult], total: float
 ) -> str:
-    """Return the final block: the three measurements, their ratios and the verdicts."""
+    """Return the final block: the three measurements, their ratios and the verdicts.
+
+    (b) has a line per size published; (c) is the last publication's (``--publish-users``).
+    """
     payload = scale.top_k * 4
-    bench_rate = statistics.median(published.benchmark_rates)
-    memory = published.bytes_per_user
+    memory = published[-1].bytes_per_user
     memory_text = (
         f"{memory:,.0f} B/user vs K x 4 = {payload} B  ratio {memory / payload:.2f}"
         if memory
@@ -475,11 +516,7 @@ def summary(
             if scoring
             else "(a) scoring  skipped (--publish-only)"
         ),
-        f"(b) publish  Redis {published.rate:,.0f} users/s {published.rate_range()}  "
-        f"benchmark {bench_rate:,.0f} SET/s [{min(published.benchmark_rates):,.0f} .. "
-        f"{max(published.benchmark_rates):,.0f}]  "
-        f"ratio {published.ratio:.3f}  target >= {TARGET_PUBLISH}  "
-        f"{verdict(published.ratio, TARGET_PUBLISH)}",
+        *(publish_line(result) for result in published),
         f"(c) memory   {memory_text}",
         "=" * 78,
     ]
@@ -539,7 +576,9 @@ def main(argv: Sequence[str], profiler: Profiler | None = None) -> int:
             model_raw = train_model(spark, path, scale, settings)
             scoring = bench_scoring(spark, path, ranked_path, model_raw, scale)
         snapshot = make_gold(spark, ranked_path, gold_path)
-        published = bench_publish(spark, settings, gold_path, snapshot, scale.top_k)
+        published = [bench_publish(spark, settings, gold_path, snapshot, scale.top_k)]
+        if scale.publish_users != scale.users:
+            published.append(publish_nightly_size(spark, settings, scale, workdir=scale.workdir))
         if profiler:
             profiler(spark, settings, scale, snapshot, path, model_raw)
     finally:

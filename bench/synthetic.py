@@ -50,6 +50,7 @@ class Scale:
     workdir: Path
     keep: bool
     publish_only: bool
+    publish_users: int  # (b) at the nightly's size too, where fixed costs weigh less
 
     @property
     def rows(self) -> int:
