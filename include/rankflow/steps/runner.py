@@ -13,6 +13,9 @@ from typing import Any
 from rankflow.config import Settings, load_settings
 
 log = logging.getLogger("rankflow")
+# great_expectations logs about 200 INFO lines when imported (`_docs_decorators`): they filled
+# the 40 last lines a failed task shows of its step's output, hiding the step's own error
+QUIET_LOGGERS = ("great_expectations", "py4j")
 # exit status of a step stopped by a data-quality gate: the orchestrator must not retry it
 BLOCKED_EXIT_CODE = 3
 # exit status of evaluate when the promotion gate rejected the model: nothing failed, the
@@ -48,15 +51,22 @@ def parse_args(step: str, argv: Sequence[str]) -> argparse.Namespace:
 StepRun = Callable[[Any, Settings, argparse.Namespace], Any]
 
 
+def configure_logging() -> None:
+    """Log INFO and up to stderr, except the libraries whose INFO lines bury the step's own."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(run: StepRun, argv: Sequence[str] | None = None) -> int:
     """Run one step's ``run`` in a Spark session and print its result as one JSON line."""
     step = run.__module__.rpartition(".")[2]  # rankflow.steps.<step>: the task id
     from rankflow.lake.session import get_session
     from rankflow.lake.storage import check_lake_access
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     args = parse_args(step, sys.argv[1:] if argv is None else argv)
     settings = load_settings()
     check_lake_access(settings)  # an unreachable S3 lake says which setting is missing
