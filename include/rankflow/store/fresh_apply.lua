@@ -13,7 +13,8 @@
 --   'x', position hi, position lo, then eight empty arguments (quarantined: only the position)
 -- An entry at or before the partition's applied position was applied by an earlier call (a
 -- batch re-read after a crash) and is skipped; an event id applied before on its day is counted
--- once. Returns {applied, duplicate ids, replayed entries, listings, newly sold item ids...}.
+-- once. Returns {applied, duplicate ids, replayed entries, listings, flags, newly sold item
+-- ids...}: flags has a character per event record in order, 1 if applied now, 0 if skipped.
 
 local prefix, partition = ARGV[1], ARGV[2]
 local keep_ms, user_ttl, day_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -157,13 +158,16 @@ local function add_latest(key, item, most)
 end
 
 local applied, duplicates, replayed, listings = 0, 0, 0, 0
-local sold = {}
+local sold, flags = {}, {}
 local last_position, last_event_ts = nil, nil
 for i = 11, #ARGV, 11 do
   local kind = ARGV[i]
   local hi, lo = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if not after_applied(hi, lo) then
     replayed = replayed + 1
+    if kind == 'e' then
+      flags[#flags + 1] = '0'
+    end
   else
     last_position = ARGV[i + 1] .. '-' .. ARGV[i + 2]
     if kind == 'e' then
@@ -178,6 +182,7 @@ for i = 11, #ARGV, 11 do
       end
       if redis.call('HSETNX', ids, event_id, '1') == 0 then
         duplicates = duplicates + 1
+        flags[#flags + 1] = '0'
       else
         redis.call('PEXPIRE', ids, day_ttl)
         remember_user_event(user, tonumber(item), event_type, ts)
@@ -188,6 +193,7 @@ for i = 11, #ARGV, 11 do
           end
         end
         applied = applied + 1
+        flags[#flags + 1] = '1'
         last_event_ts = ARGV[i + 8]
       end
     elseif kind == 'l' then
@@ -213,7 +219,7 @@ if caught_up or last_event_ts then
   redis.call('HSET', base .. ':progress', partition,
     (caught_up and ARGV[3] or was_caught) .. ',' .. (last_event_ts or was_ts))
 end
-local result = {applied, duplicates, replayed, listings}
+local result = {applied, duplicates, replayed, listings, table.concat(flags)}
 for _, item in ipairs(sold) do
   result[#result + 1] = item
 end

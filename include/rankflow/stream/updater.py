@@ -91,8 +91,8 @@ class Applied:
     listings: int = 0
     quarantined: int = 0
     sold: list[int] = field(default_factory=list)
-    latest_event_ms: int | None = None
-    event_ms: list[int] = field(default_factory=list)  # the applied batch's event times
+    # the times of the events applied now (not duplicates nor replayed entries): their freshness
+    event_ms: list[int] = field(default_factory=list)
 
 
 def _position(entry: Entry) -> tuple[str, str]:
@@ -178,9 +178,15 @@ def apply_entries(
         "1" if caught_up else "0", str(config.max_live_sales), str(config.max_live_listings),
     ]  # fmt: skip
     reply = _run(client, "fresh_apply", [], [*head, *records])
-    applied, duplicates, replayed, listings, *sold = (int(v) for v in reply)
-    latest = max(times) if times else None
-    return Applied(applied, duplicates, replayed, listings, len(refused), sold, latest, times)
+    applied, duplicates, replayed, listings = (int(v) for v in reply[:4])
+    fresh = [ms for ms, flag in zip(times, _text(reply[4]), strict=True) if flag == "1"]
+    sold = [int(v) for v in reply[5:]]
+    return Applied(applied, duplicates, replayed, listings, len(refused), sold, fresh)
+
+
+def _text(value: bytes | str) -> str:
+    """A script reply's string, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def retried_errors() -> tuple[type[Exception], ...]:
@@ -291,11 +297,13 @@ class FreshnessMeter:
     """Event time to visible online feature, per partition: the updater's freshness metric.
 
     Each applied event's lag is its apply time less its event time (the app's clock to the
-    fresh state: the log's delay, the updater's and any backlog). Every ``every_seconds`` the
-    lags since the last summary become one record per partition in ``{prefix}:fresh:freshness``
-    (JSON: when, how many events, p50/p99/max in ms), which the stream watch checks against
-    ``stream.max_freshness_seconds`` and the Ranking page shows; with ``histogram`` (a
-    Prometheus metric of ``rankflow stream --metrics-port``) every lag is observed there too.
+    fresh state: the log's delay, the updater's and any backlog). A duplicate id or an entry
+    re-read after a restart is not counted: its features were visible since its first apply.
+    Every ``every_seconds`` the lags since the last summary become one record per partition in
+    ``{prefix}:fresh:freshness`` (JSON: when, how many events, p50/p99/max in ms), which the
+    stream watch checks against ``stream.max_freshness_seconds`` and the Ranking page shows;
+    with ``histogram`` (a Prometheus metric of ``rankflow stream --metrics-port``) every lag is
+    observed there too.
     """
 
     def __init__(self, prefix: str, every_seconds: float = 10.0, histogram: Any = None) -> None:

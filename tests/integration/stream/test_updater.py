@@ -101,8 +101,11 @@ def test_a_record_logged_twice_or_read_twice_is_counted_once(redis_client) -> No
     ]
     first = apply_entries(redis_client, entries, CONFIG, partition="redis:0", caught_up=True)
     assert (first.applied, first.duplicates, first.replayed) == (5, 2, 0)
+    # freshness counts each event once, when first applied: not the retried copies
+    assert first.event_ms == [e.ts_ms for e in events]
     again = apply_entries(redis_client, entries, CONFIG, partition="redis:0", caught_up=True)
     assert (again.applied, again.duplicates, again.replayed) == (0, 0, 7)  # a crash's re-read
+    assert again.event_ms == []  # nor the entries read again after a restart
     counters = decode_item_day(redis_client.get(item_day_key("rft", day_text(t), 100)))
     assert counters.as_of(86_400) == (0, 5, 0)
     assert len(decode_recent(redis_client.get(user_recent_key("rft", 7)))) == 5
