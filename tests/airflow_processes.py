@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import httpx
 
@@ -192,6 +192,16 @@ class AirflowStack:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
         postgres_client(self.server_url, "dropdb", "--force", "--if-exists", self.database)
+
+
+def redis_connection(url: str) -> str:
+    """An Airflow Redis connection equivalent to a redis:// URL, as JSON."""
+    parts = urlparse(url)
+    connection: dict[str, Any] = {"conn_type": "redis", "host": parts.hostname, "port": parts.port}
+    connection["login"] = unquote(parts.username or "")
+    connection["password"] = unquote(parts.password or "")
+    connection["extra"] = {"db": int(parts.path.strip("/") or 0)}
+    return json.dumps(connection)
 
 
 def fernet_key() -> str:

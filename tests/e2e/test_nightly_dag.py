@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from airflow_processes import redis_connection
 from dag_runs import nightly_run, tiny_history
 from rankflow.config import load_settings
 from rankflow.monitoring.history import history_rows
@@ -64,16 +65,6 @@ def s3_connection(endpoint: str, env: dict[str, str], secret: str) -> str:
     extra["region_name"] = "us-east-1"
     login = os.environ.get("AWS_ACCESS_KEY_ID", "rankflow-local")
     return json.dumps({"conn_type": "aws", "login": login, "password": secret, "extra": extra})
-
-
-def redis_connection(url: str) -> str:
-    """An Airflow Redis connection equivalent to a redis:// URL, as JSON."""
-    parts = urlparse(url)
-    connection = {"conn_type": "redis", "host": parts.hostname, "port": parts.port}
-    connection["login"] = unquote(parts.username or "")
-    connection["password"] = unquote(parts.password or "")
-    connection["extra"] = {"db": int(parts.path.strip("/") or 0)}
-    return json.dumps(connection)
 
 
 def secrets_of_the_run(redis_url: str) -> list[str]:

@@ -16,7 +16,11 @@ through the REST API at once, then each test waits, with a timeout, for its own 
 * a run still going when its deadline passes -> one alert per channel (the triggerer runs the
   callback; the executor could not read the connections in Airflow 3.3.2);
 * ``POST /api/v2/backfills`` while that run is active -> created, its runs succeed, and their
-  past deadlines alert nobody (backfills are not held to them).
+  past deadlines alert nobody (backfills are not held to them);
+* the stream watch DAG (``dags/rankflow_stream_watch.py``, unchanged) over a Redis whose first
+  partition was last caught up ten minutes ago -> fails after its retry, one alert per channel
+  naming that partition only; Redis comes from the ``redis_rankflow`` connection, stored in the
+  metadata database like the alert channels.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from airflow_processes import AirflowStack, wait_for
+from airflow_processes import AirflowStack, redis_connection, wait_for
 from alert_receivers import (
     WEBHOOK_SECRET,
     SmtpServer,
@@ -44,6 +49,8 @@ from alert_receivers import (
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 PROBE = Path(__file__).resolve().parents[2] / "dags" / "rankflow_alert_probe.py"
 PROBE_ID = "rankflow_alert_probe"
+WATCH = Path(__file__).resolve().parents[3] / "dags" / "rankflow_stream_watch.py"
+WATCH_ID = "rankflow_stream_watch"
 DEADLINE_AFTER = timedelta(hours=28)  # the probe's deadline: logical date + 28 h (06:00 on D+1)
 DEADLINE_IN = timedelta(seconds=45)  # the slow run's deadline passes this long after its trigger
 SETTLE_SECONDS = 8  # after the first delivery, long enough for a duplicate to show up
@@ -61,35 +68,42 @@ def receivers() -> Iterator[tuple[Webhook, SmtpServer]]:
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, receivers: tuple[Webhook, SmtpServer]
+    tmp_path_factory: pytest.TempPathFactory, receivers: tuple[Webhook, SmtpServer], redis_url: str
 ) -> Iterator[AirflowStack]:
     """The four Airflow components on their own Postgres database, the probe DAG parsed."""
     webhook, smtp = receivers
     root = tmp_path_factory.mktemp("airflow-stack")
     dags = root / "dags"
     dags.mkdir()
-    shutil.copy(PROBE, dags / PROBE.name)
-    airflow = AirflowStack(root, dags, {"RANKFLOW_HOME": str(root / "home")})
+    for dag_file in (PROBE, WATCH):
+        shutil.copy(dag_file, dags / dag_file.name)
+    # the tasks find Redis through the connection only, as in production
+    env = {"RANKFLOW_HOME": str(root / "home"), "RANKFLOW_REDIS_URL": "redis://127.0.0.1:1/0"}
+    airflow = AirflowStack(root, dags, env)
     began = time.monotonic()
     try:
         airflow.start()
         for conn_id, conn in (
             ("slack_rankflow", slack_connection(webhook.url)),
             ("smtp_rankflow", smtp_connection(smtp.port)),
+            ("redis_rankflow", redis_connection(redis_url)),
         ):
             airflow.add_connection(conn_id, conn)
         airflow.wait_for_dag(PROBE_ID)
+        airflow.wait_for_dag(WATCH_ID)
         print(f"\nairflow stack up and probe parsed in {time.monotonic() - began:.0f} s")
         yield airflow
     finally:
         airflow.stop()
 
 
-def trigger(stack: AirflowStack, run_id: str, mode: str, logical_date: datetime) -> dict[str, Any]:
-    """Trigger one probe run through the REST API; return the run as the API shows it."""
+def trigger(
+    stack: AirflowStack, run_id: str, mode: str, logical_date: datetime, dag_id: str = PROBE_ID
+) -> dict[str, Any]:
+    """Trigger one run through the REST API; return the run as the API shows it."""
     answer = stack.api(
         "POST",
-        f"/dags/{PROBE_ID}/dagRuns",
+        f"/dags/{dag_id}/dagRuns",
         json={
             "dag_run_id": run_id,
             "logical_date": logical_date.isoformat(),
@@ -100,17 +114,58 @@ def trigger(stack: AirflowStack, run_id: str, mode: str, logical_date: datetime)
     return dict(answer.json())
 
 
+@contextmanager
+def stream_behind_on_its_first_partition(redis_admin_url: str) -> Iterator[None]:
+    """Progress as two updaters leave it: partition 0's stopped 10 minutes ago, 1's is alive.
+
+    The live one's heartbeat (its "caught up" time) is refreshed every 5 s, as a running updater
+    does, so the watch's retry a minute later still sees it fresh.
+    """
+    import threading
+
+    import redis
+
+    from rankflow.config import load_settings
+    from rankflow.store.fresh import progress_key
+
+    settings = load_settings()
+    backend = settings.pipeline["stream"]["backend"]
+    key = progress_key(settings.redis.key_prefix)
+    client = redis.Redis.from_url(redis_admin_url)
+    stopped = time.time_ns() // 1_000_000 - 600_000
+    client.hset(key, f"{backend}:0", f"{stopped},{stopped}")
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.is_set():
+            now = time.time_ns() // 1_000_000
+            client.hset(key, f"{backend}:1", f"{now},{now}")
+            done.wait(5.0)
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        done.set()
+        beating.join()
+        client.close()
+
+
 @pytest.fixture(scope="module")
-def runs(stack: AirflowStack) -> dict[str, Any]:
+def runs(stack: AirflowStack, redis_admin_url: str) -> Iterator[dict[str, Any]]:
     """The slow run (its deadline about to pass), the failing and the gate run, all at once."""
     now = datetime.now(UTC).replace(microsecond=0)
-    return {
-        "now": now,
-        "slow": trigger(stack, "probe-slow", "slow", now - DEADLINE_AFTER + DEADLINE_IN),
-        "fail": trigger(stack, "probe-fail", "fail", now - timedelta(hours=1)),
-        # three days back: no other run processes its day (the scheduler's own run is yesterday's)
-        "gate": trigger(stack, "probe-gate", "gate", now - timedelta(days=3)),
-    }
+    with stream_behind_on_its_first_partition(redis_admin_url):
+        yield {
+            "now": now,
+            "slow": trigger(stack, "probe-slow", "slow", now - DEADLINE_AFTER + DEADLINE_IN),
+            "fail": trigger(stack, "probe-fail", "fail", now - timedelta(hours=1)),
+            # three days back: no other run processes its day (the scheduler's own run is
+            # yesterday's)
+            "gate": trigger(stack, "probe-gate", "gate", now - timedelta(days=3)),
+            "watch": trigger(stack, "watch-behind", "-", now - timedelta(minutes=30), WATCH_ID),
+        }
 
 
 def deliveries(receivers: tuple[Webhook, SmtpServer], *marks: str) -> tuple[int, int]:
@@ -209,8 +264,24 @@ def test_a_missed_deadline_alerts_once_per_channel_from_the_triggerer(
     assert stack.run_state(PROBE_ID, "probe-slow") == "running"
 
 
-def test_no_secret_reaches_a_log(stack, runs, receivers) -> None:
+def test_the_stream_watch_alerts_once_per_channel_naming_the_partition_behind(
+    stack, runs, receivers
+) -> None:
+    state = stack.wait_for_run(WATCH_ID, "watch-behind", {"failed", "success"}, timeout=300)
+    assert state == "failed"
+    key = f"rankflow/task-failed/{WATCH_ID}/watch-behind/check_freshness"
+    delivered_once(receivers, key, timeout=60)
+    webhook, _ = receivers
+    (body,) = [json.dumps(b) for b in webhook.bodies if key in json.dumps(b)]
+    assert "the event stream is not fresh" in body
+    assert ":0: last caught up" in body, body  # about 600 s ago, past the 60 s bound
+    assert ":1: " not in body, body  # the live partition is not named
+
+
+def test_no_secret_reaches_a_log(stack, runs, receivers, redis_url) -> None:
     logs = stack.logs_text()
     assert "probe-fail" in logs  # the task logs are there to search
     assert WEBHOOK_SECRET not in logs
     assert urlparse(stack.url).password not in logs  # the metadata database's
+    redis_password = urlparse(redis_url).password
+    assert not redis_password or redis_password not in logs  # the watch's Redis connection's
