@@ -452,15 +452,13 @@ def bench_publish(
     return PublishResult(done.users, done.seconds, rates, per_user, tuple(r.seconds for r in runs))
 
 
-def publish_nightly_size(
-    spark: SparkSession, settings: Settings, scale: Scale, workdir: Path
-) -> PublishResult:
+def publish_nightly_size(spark: SparkSession, settings: Settings, scale: Scale) -> PublishResult:
     """Measure (b) and (c) again on synthetic lists of ``--publish-users`` users."""
     import dataclasses
 
     night = dataclasses.replace(scale, users=scale.publish_users)
-    ranked_path = str(workdir / f"ranked-night-{os.getpid()}")
-    gold_path = str(workdir / f"gold-night-{os.getpid()}")
+    ranked_path = str(scale.workdir / f"ranked-night-{os.getpid()}")
+    gold_path = str(scale.workdir / f"gold-night-{os.getpid()}")
     say(f"(b) at the nightly's size: top-{night.top_k} lists of {night.users:,} users")
     try:
         write_synthetic_lists(spark, night, ranked_path)
@@ -578,7 +576,7 @@ def main(argv: Sequence[str], profiler: Profiler | None = None) -> int:
         snapshot = make_gold(spark, ranked_path, gold_path)
         published = [bench_publish(spark, settings, gold_path, snapshot, scale.top_k)]
         if scale.publish_users != scale.users:
-            published.append(publish_nightly_size(spark, settings, scale, workdir=scale.workdir))
+            published.append(publish_nightly_size(spark, settings, scale))
         if profiler:
             profiler(spark, settings, scale, snapshot, path, model_raw)
     finally:

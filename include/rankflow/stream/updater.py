@@ -158,7 +158,7 @@ def apply_entries(
     now_ms: int | None = None,
 ) -> Applied:
     """Quarantine what does not decode, then apply the batch in one atomic script call."""
-    from rankflow.store.commands import _run
+    from rankflow.store.commands import _run, _text
 
     records, refused, times = script_arguments(entries, config)
     if refused:
@@ -179,14 +179,10 @@ def apply_entries(
     ]  # fmt: skip
     reply = _run(client, "fresh_apply", [], [*head, *records])
     applied, duplicates, replayed, listings = (int(v) for v in reply[:4])
-    fresh = [ms for ms, flag in zip(times, _text(reply[4]), strict=True) if flag == "1"]
+    flags = _text(reply[4]) or ""
+    fresh = [ms for ms, flag in zip(times, flags, strict=True) if flag == "1"]
     sold = [int(v) for v in reply[5:]]
     return Applied(applied, duplicates, replayed, listings, len(refused), sold, fresh)
-
-
-def _text(value: bytes | str) -> str:
-    """A script reply's string, whether the client decodes responses or not."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def retried_errors() -> tuple[type[Exception], ...]:

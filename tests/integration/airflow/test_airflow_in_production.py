@@ -123,15 +123,14 @@ def stream_behind_on_its_first_partition(redis_admin_url: str) -> Iterator[None]
     """
     import threading
 
-    import redis
-
     from rankflow.config import load_settings
+    from rankflow.store.client import redis_client
     from rankflow.store.fresh import progress_key
 
     settings = load_settings()
     backend = settings.pipeline["stream"]["backend"]
     key = progress_key(settings.redis.key_prefix)
-    client = redis.Redis.from_url(redis_admin_url)
+    client = redis_client(redis_admin_url)
     stopped = time.time_ns() // 1_000_000 - 600_000
     client.hset(key, f"{backend}:0", f"{stopped},{stopped}")
     done = threading.Event()
