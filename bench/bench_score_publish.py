@@ -76,8 +76,9 @@ if TYPE_CHECKING:
 TARGET_SCORING = 0.5
 TARGET_PUBLISH = 0.5
 WARM_UP_SURFACE = "warmup"
-BENCHMARK_RUNS = 3  # redis-benchmark runs before and after the publication (median of all)
-PUBLISH_RUNS = 3  # publications of the same snapshot, each into a fresh version (median)
+# publications of the same snapshot, each into a fresh version, each between two redis-benchmark
+# runs: its ratio is over the mean of its two neighbours (median of the ratios, with the range)
+PUBLISH_RUNS = 5
 SCORING_RUNS = 3  # runs of each scoring path over the same rows (median, with the range)
 NIGHTLY_USERS = 1_000_000  # the marketplace size of issue #15's night: (b) is measured there too
 
@@ -274,28 +275,42 @@ def bench_scoring(
 
 @dataclass(frozen=True)
 class PublishResult:
-    """Users/s of the real publication and of redis-benchmark, plus memory per user."""
+    """The publications' seconds, the redis-benchmark runs around them, memory per user.
+
+    ``benchmark_rates`` interleave with ``run_seconds``: reference, publication, reference, ...,
+    reference (one more reference than publications). The machine's speed drifts by a factor of
+    two within minutes (two processes on two cores), so each publication is compared with the
+    references measured just before and just after it, not with a median of runs minutes away.
+    """
 
     users: int
-    seconds: float  # the median run's
-    benchmark_rates: list[float]
+    run_seconds: tuple[float, ...]
+    benchmark_rates: tuple[float, ...]
     bytes_per_user: float | None
-    run_seconds: tuple[float, ...] = ()  # every publication's
 
-    def rate_range(self) -> str:
-        """Return ``[slowest .. fastest]`` users/s over the publications."""
-        rates = sorted(self.users / s for s in self.run_seconds or (self.seconds,))
-        return f"[{rates[0]:,.0f} .. {rates[-1]:,.0f}]"
+    @property
+    def rates(self) -> list[float]:
+        """Return every publication's users per second, in run order."""
+        return [self.users / seconds for seconds in self.run_seconds]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Return each publication's rate over the mean of the two references around it."""
+        around = zip(self.benchmark_rates, self.benchmark_rates[1:], strict=False)
+        return [
+            rate / ((before + after) / 2)
+            for rate, (before, after) in zip(self.rates, around, strict=True)
+        ]
 
     @property
     def rate(self) -> float:
-        """Return published users per second."""
-        return self.users / self.seconds
+        """Return the median publication's users per second."""
+        return statistics.median(self.rates)
 
     @property
     def ratio(self) -> float:
-        """Return the publish rate over the median redis-benchmark SET rate."""
-        return self.rate / statistics.median(self.benchmark_rates)
+        """Return the median of the publications' ratios to their neighbouring references."""
+        return statistics.median(self.ratios)
 
 
 def redis_benchmark(url: str, value_bytes: int, requests: int) -> float:
@@ -317,11 +332,6 @@ def redis_benchmark(url: str, value_bytes: int, requests: int) -> float:
     if not found:
         raise RuntimeError(f"cannot parse redis-benchmark output: {output!r}")
     return float(found[-1])
-
-
-def rate_list(rates: Sequence[float]) -> str:
-    """Return rates as ``a / b / c`` with thousands separators."""
-    return " / ".join(f"{r:,.0f}" for r in rates)
 
 
 def delete_namespace(client: redis.Redis) -> int:
@@ -408,7 +418,7 @@ def warm_up_publish(
 def bench_publish(
     spark: SparkSession, settings: Settings, gold_path: str, snapshot: GoldSnapshot, k: int
 ) -> PublishResult:
-    """Measure (b) and (c): gold -> Redis publication between two redis-benchmark runs."""
+    """Measure (b) and (c): gold -> Redis publications, each between two redis-benchmark runs."""
     from rankflow.store.client import checked_client
     from rankflow.store.versions import bytes_per_user
 
@@ -418,30 +428,25 @@ def bench_publish(
     had_stray = bool(client.exists(stray))
     delete_namespace(client)
     users = snapshot.users
-    rates = [redis_benchmark(url, k * 4, users) for _ in range(BENCHMARK_RUNS)]
-    say(f"(b) redis-benchmark -P 16 -t set -d {k * 4} -n {users}: {rate_list(rates)} SET/s")
+    say(
+        f"(b) publishing {len(snapshot.files)} gold files (begin_version, Spark tasks: pyarrow -> "
+        f"write_user_lists, write_fallback, commit_version) {PUBLISH_RUNS} times, each between "
+        f"two runs of redis-benchmark -P 16 -t set -d {k * 4} -n {users} ..."
+    )
     try:
-        say(
-            f"(b) publishing {len(snapshot.files)} gold files: begin_version, Spark tasks "
-            "(pyarrow -> write_user_lists), write_fallback, commit_version ..."
-        )
         warm_up_publish(spark, client, settings, gold_path, k)
-        runs = []
+        references = [redis_benchmark(url, k * 4, users)]
+        runs: list[Publication] = []
         for run in range(PUBLISH_RUNS):
             if run:
                 delete_namespace(client)
             runs.append(publish(spark, client, settings, snapshot, k))
-        say(
-            "    "
-            + " / ".join(f"{r.seconds:.2f} s" for r in runs)
-            + f" for {snapshot.users:,} users"
-        )
-        done = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
-        rate = done.users / done.seconds
-        say(f"    median {done.seconds:.2f} s -> {rate:,.0f} users/s")
-        after = [redis_benchmark(url, k * 4, users) for _ in range(BENCHMARK_RUNS)]
-        say(f"(b) redis-benchmark again: {rate_list(after)} SET/s")
-        rates += after
+            references.append(redis_benchmark(url, k * 4, users))
+            say(
+                f"    redis-benchmark {references[-2]:,.0f} SET/s, publication "
+                f"{runs[-1].seconds:.2f} s = {users / runs[-1].seconds:,.0f} users/s, "
+                f"redis-benchmark {references[-1]:,.0f} SET/s"
+            )
         # only the last publication is still in Redis (earlier ones were deleted before the next)
         per_user = bytes_per_user(client, PREFIX, SURFACE, runs[-1].version, sample=1000)
     finally:
@@ -449,7 +454,7 @@ def bench_publish(
         if not had_stray:
             client.delete(stray)
         say(f"    cleanup: deleted {removed:,} keys under {PREFIX}:")
-    return PublishResult(done.users, done.seconds, rates, per_user, tuple(r.seconds for r in runs))
+    return PublishResult(users, tuple(r.seconds for r in runs), tuple(references), per_user)
 
 
 def publish_nightly_size(spark: SparkSession, settings: Settings, scale: Scale) -> PublishResult:
@@ -479,12 +484,15 @@ def verdict(value: float, target: float) -> str:
 
 def publish_line(published: PublishResult) -> str:
     """Return the summary line of one publication size, with its verdict."""
-    rates = published.benchmark_rates
+    rates, ratios = sorted(published.rates), sorted(published.ratios)
+    references = published.benchmark_rates
     return (
         f"(b) publish  {published.users:,} users  Redis {published.rate:,.0f} users/s "
-        f"{published.rate_range()}  benchmark {statistics.median(rates):,.0f} SET/s "
-        f"[{min(rates):,.0f} .. {max(rates):,.0f}]  ratio {published.ratio:.3f}  "
-        f"target >= {TARGET_PUBLISH}  {verdict(published.ratio, TARGET_PUBLISH)}"
+        f"[{rates[0]:,.0f} .. {rates[-1]:,.0f}]  benchmark "
+        f"{statistics.median(references):,.0f} SET/s [{min(references):,.0f} .. "
+        f"{max(references):,.0f}]  ratio {published.ratio:.3f} [{ratios[0]:.3f} .. "
+        f"{ratios[-1]:.3f}]  target >= {TARGET_PUBLISH}  "
+        f"{verdict(published.ratio, TARGET_PUBLISH)}"
     )
 
 
