@@ -25,6 +25,7 @@ deletes every key under it afterwards, so the serving keys of a running demo are
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -278,9 +279,9 @@ class PublishResult:
     """The publications' seconds, the redis-benchmark runs around them, memory per user.
 
     ``benchmark_rates`` interleave with ``run_seconds``: reference, publication, reference, ...,
-    reference (one more reference than publications). The machine's speed drifts by a factor of
-    two within minutes (two processes on two cores), so each publication is compared with the
-    references measured just before and just after it, not with a median of runs minutes away.
+    reference (one more reference than publications). redis-benchmark alone moved 1.6-2x within
+    one run, so each publication is compared with the references measured just before and just
+    after it, not with a median of runs minutes away.
     """
 
     users: int
@@ -296,7 +297,7 @@ class PublishResult:
     @property
     def ratios(self) -> list[float]:
         """Return each publication's rate over the mean of the two references around it."""
-        around = zip(self.benchmark_rates, self.benchmark_rates[1:], strict=False)
+        around = itertools.pairwise(self.benchmark_rates)
         return [
             rate / ((before + after) / 2)
             for rate, (before, after) in zip(self.rates, around, strict=True)
