@@ -19,6 +19,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from rankflow.config import stream_watch_retry_delay
 from rankflow_alerts import failure_callbacks
 
 
@@ -31,8 +32,8 @@ from rankflow_alerts import failure_callbacks
     dagrun_timeout=timedelta(minutes=4),
     default_args={
         "owner": "ranking",
-        "retries": 1,  # one more look a minute later: a restart in progress is not an incident
-        "retry_delay": timedelta(minutes=1),
+        "retries": 1,  # one more look later (a minute by default): a restart is not an incident
+        "retry_delay": stream_watch_retry_delay(),
         **failure_callbacks(),
     },
     doc_md=__doc__,

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import time, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ SURFACES = ("home", "search", "similar")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6390/0"
 DEFAULT_S3_ENDPOINT = "http://127.0.0.1:9010"
 DEFAULT_PUBLICATION_DEADLINE = time(6, 0)  # lists out by 06:00 UTC the morning after their day
+DEFAULT_STREAM_WATCH_RETRY = timedelta(minutes=1)  # the watch's second look: a restart's time
 
 
 def repo_root() -> Path:
@@ -276,6 +277,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_name=env.get("RANKFLOW_MODEL_NAME", "rankflow-ranker"),
         pipeline=pipeline,
     )
+
+
+def stream_watch_retry_delay(env: Mapping[str, str] | None = None) -> timedelta:
+    """How long the stream watch waits before its second look (``..._WATCH_RETRY_SECONDS``).
+
+    A partition found behind is looked at once more after this delay before anyone is alerted:
+    an updater restarting is not an incident. ``RANKFLOW_STREAM_WATCH_RETRY_SECONDS`` sets it;
+    unset means 60 s. Read by the DAG processor when it parses the DAG.
+    """
+    env = os.environ if env is None else env
+    value = env.get("RANKFLOW_STREAM_WATCH_RETRY_SECONDS", "").strip()
+    if not value:
+        return DEFAULT_STREAM_WATCH_RETRY
+    if not value.isdigit() or int(value) == 0:
+        name = "RANKFLOW_STREAM_WATCH_RETRY_SECONDS"
+        raise ValueError(f"{name}={value!r}: give a whole number of seconds, at least 1")
+    return timedelta(seconds=int(value))
 
 
 def publication_deadline(env: Mapping[str, str] | None = None) -> time | None:

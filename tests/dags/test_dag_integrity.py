@@ -200,5 +200,17 @@ def test_the_stream_watch_checks_every_five_minutes_and_alerts_after_one_retry(d
     assert set(watch.task_dict) == {"check_freshness"}
     check = watch.task_dict["check_freshness"]
     assert check.retries == 1
+    assert check.retry_delay == timedelta(minutes=1)  # RANKFLOW_STREAM_WATCH_RETRY_SECONDS unset
     assert check.on_failure_callback  # the alerting notifier
     assert check.execution_timeout == timedelta(minutes=1)
+
+
+def test_the_stream_watch_retry_delay_is_set_in_whole_seconds() -> None:
+    from rankflow.config import stream_watch_retry_delay
+
+    name = "RANKFLOW_STREAM_WATCH_RETRY_SECONDS"
+    assert stream_watch_retry_delay({}) == timedelta(minutes=1)
+    assert stream_watch_retry_delay({name: " 5 "}) == timedelta(seconds=5)
+    for nonsense in ("0", "-5", "1m", "2.5"):
+        with pytest.raises(ValueError, match=f"{name}=.*whole number of seconds"):
+            stream_watch_retry_delay({name: nonsense})

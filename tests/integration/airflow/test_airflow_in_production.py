@@ -17,7 +17,8 @@ through the REST API at once, then each test waits, with a timeout, for its own 
   callback; the executor could not read the connections in Airflow 3.3.2);
 * ``POST /api/v2/backfills`` while that run is active -> created, its runs succeed, and their
   past deadlines alert nobody (backfills are not held to them);
-* the stream watch DAG (``dags/rankflow_stream_watch.py``, unchanged) over a Redis whose first
+* the stream watch DAG (``dags/rankflow_stream_watch.py``, unchanged; its retry 5 s later through
+  ``RANKFLOW_STREAM_WATCH_RETRY_SECONDS``, not a minute) over a Redis whose first
   partition was last caught up ten minutes ago -> fails after its retry, one alert per channel
   naming that partition only; Redis comes from the ``redis_rankflow`` connection, stored in the
   metadata database like the alert channels.
@@ -54,6 +55,7 @@ WATCH_ID = "rankflow_stream_watch"
 DEADLINE_AFTER = timedelta(hours=28)  # the probe's deadline: logical date + 28 h (06:00 on D+1)
 DEADLINE_IN = timedelta(seconds=45)  # the slow run's deadline passes this long after its trigger
 SETTLE_SECONDS = 8  # after the first delivery, long enough for a duplicate to show up
+WATCH_RETRY_SECONDS = 5  # the stream watch's retry delay in this stack (a minute in production)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,8 @@ def stack(
         shutil.copy(dag_file, dags / dag_file.name)
     # the tasks find Redis through the connection only, as in production
     env = {"RANKFLOW_HOME": str(root / "home"), "RANKFLOW_REDIS_URL": "redis://127.0.0.1:1/0"}
+    # the test waits for the watch's retry: WATCH_RETRY_SECONDS, not the production minute
+    env["RANKFLOW_STREAM_WATCH_RETRY_SECONDS"] = str(WATCH_RETRY_SECONDS)
     airflow = AirflowStack(root, dags, env)
     began = time.monotonic()
     try:
@@ -119,7 +123,7 @@ def stream_behind_on_its_first_partition(redis_admin_url: str) -> Iterator[None]
     """Progress as two updaters leave it: partition 0's stopped 10 minutes ago, 1's is alive.
 
     The live one's heartbeat (its "caught up" time) is refreshed every 5 s, as a running updater
-    does, so the watch's retry a minute later still sees it fresh.
+    does, so the watch's retry still sees it fresh.
     """
     import threading
 
