@@ -108,3 +108,45 @@ def spark(spark_home: Path) -> Iterator[object]:
     session = get_session(load_settings(env), "rankflow-tests")
     yield session
     session.stop()
+
+
+# --------------------------------------------------------------------------- CPU per module
+# `RANKFLOW_TEST_CPU=1 make test` ends with the wall and the machine-wide CPU seconds (every
+# process: pytest, its jobs, the services) of each test module, the slowest first: the suite is
+# CPU-bound on 2 cores, so CPU seconds, not wall seconds alone, say where a cut would help.
+CPU_BY_MODULE: dict[str, list[float]] = {}
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat, idle and iowait left out)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Add the test's wall and machine CPU seconds (setup, call, teardown) to its module's."""
+    if not os.environ.get("RANKFLOW_TEST_CPU"):
+        yield
+        return
+    import time
+
+    began, busy = time.monotonic(), machine_cpu_seconds()
+    yield
+    totals = CPU_BY_MODULE.setdefault(item.nodeid.split("::")[0], [0.0, 0.0])
+    totals[0] += time.monotonic() - began
+    totals[1] += machine_cpu_seconds() - busy
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the modules by wall seconds with their CPU seconds and busy cores."""
+    if not CPU_BY_MODULE:
+        return
+    terminalreporter.section("wall and machine CPU seconds per module")
+    ranked = sorted(CPU_BY_MODULE.items(), key=lambda entry: -entry[1][0])
+    for module, (wall, cpu) in ranked[:25]:
+        cores = cpu / wall if wall else 0.0
+        terminalreporter.write_line(f"{wall:8.0f} s {cpu:8.0f} cpu-s {cores:5.2f} cores  {module}")
+    wall, cpu = (sum(values) for values in zip(*CPU_BY_MODULE.values(), strict=True))
+    terminalreporter.write_line(f"{wall:8.0f} s {cpu:8.0f} cpu-s in all")
