@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -130,8 +131,6 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if not os.environ.get("RANKFLOW_TEST_CPU"):
         yield
         return
-    import time
-
     began, busy = time.monotonic(), machine_cpu_seconds()
     yield
     totals = CPU_BY_MODULE.setdefault(item.nodeid.split("::")[0], [0.0, 0.0])

@@ -290,7 +290,7 @@ def stream_watch_retry_delay(env: Mapping[str, str] | None = None) -> timedelta:
     value = env.get("RANKFLOW_STREAM_WATCH_RETRY_SECONDS", "").strip()
     if not value:
         return DEFAULT_STREAM_WATCH_RETRY
-    if not value.isdigit() or int(value) == 0:
+    if not value.isdecimal() or int(value) == 0:  # isdigit() passes '²'
         name = "RANKFLOW_STREAM_WATCH_RETRY_SECONDS"
         raise ValueError(f"{name}={value!r}: give a whole number of seconds, at least 1")
     return timedelta(seconds=int(value))

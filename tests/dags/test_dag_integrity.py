@@ -211,6 +211,6 @@ def test_the_stream_watch_retry_delay_is_set_in_whole_seconds() -> None:
     name = "RANKFLOW_STREAM_WATCH_RETRY_SECONDS"
     assert stream_watch_retry_delay({}) == timedelta(minutes=1)
     assert stream_watch_retry_delay({name: " 5 "}) == timedelta(seconds=5)
-    for nonsense in ("0", "-5", "1m", "2.5"):
+    for nonsense in ("0", "-5", "1m", "2.5", "²"):
         with pytest.raises(ValueError, match=f"{name}=.*whole number of seconds"):
             stream_watch_retry_delay({name: nonsense})
